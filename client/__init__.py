@@ -1,0 +1,7 @@
+"""The user's side of the mesh: the async client, its sync facade and the local mesh."""
+
+from client._async import AsyncClient, JobInfo, NodeInfo
+from client._local import LocalMesh
+from client._sync import Client
+
+__all__ = ["AsyncClient", "Client", "JobInfo", "LocalMesh", "NodeInfo"]

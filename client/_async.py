@@ -1,0 +1,733 @@
+"""The client, written once, in asyncio. The sync :class:`Client` runs it on a loop thread.
+
+All mutable state belongs to the event loop's thread, except what ``_prepare`` does
+(pickling and id allocation), which is safe from any thread so a script's ``map``
+pickles on its own thread while the loop keeps sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mesh._auth import load_secret
+from mesh._connection import Connection, open_connection
+from mesh._protocol import (
+    DONE,
+    ERROR,
+    JOB_STATES,
+    KILLED,
+    PROCESSING,
+    QUEUED,
+    Ack,
+    ErrorInfo,
+    Goodbye,
+    JobRecord,
+    Kill,
+    Load,
+    Message,
+    Query,
+    Records,
+    Results,
+    Submit,
+)
+from mesh._serialize import dumps_function, dumps_value, function_name, loads, unpack_error
+from mesh.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    MeshConnectionError,
+    MeshError,
+    MeshTimeout,
+    NoNodesAvailable,
+    UnknownJob,
+)
+
+from client._placement import NodeView, plan
+
+__all__ = ["AsyncClient", "JobInfo", "NodeInfo", "parse_peers"]
+
+log = logging.getLogger("mesh.client")
+
+UNKNOWN = -1  # a job id this client did not submit and has not yet heard of
+PIPELINE_S = 0.05  # keep about this much work queued at each node
+MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
+SUBMIT_BATCH = 4096  # jobs per Submit message, at most
+RECONNECT_S = 1.0
+OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_env", "_files")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What a node recorded about a job (``mesh.info``)."""
+
+    jid: str
+    status: str
+    node: str
+    function: str
+    label: str
+    submitted: float
+    started: float | None
+    finished: float | None
+    cpu_s: float
+    stdout: str
+    stderr: str
+    error: str
+    attempts: int
+
+    @classmethod
+    def from_record(cls, r: JobRecord) -> JobInfo:
+        return cls(
+            jid=r[0], status=JOB_STATES[r[1]], node=r[2], function=r[3], label=r[4],
+            submitted=r[5], started=r[6] or None, finished=r[7] or None, cpu_s=r[8],
+            stdout=r[9], stderr=r[10], error=r[11], attempts=r[12],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as this client sees it."""
+
+    name: str
+    node_id: str
+    address: str
+    workers: int
+    running: int
+    queued: int
+    connected: bool
+
+
+class _Func:
+    __slots__ = ("fhash", "blob", "name")
+
+    def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
+        self.fhash, self.blob, self.name = fhash, blob, name
+
+
+class _Job:
+    __slots__ = (
+        "jid", "func", "args", "cores", "label", "max_runtime", "retries",
+        "state", "link", "node", "blob", "error", "callbacks", "attempts",
+    )  # fmt: skip
+
+    def __init__(
+        self, jid: str, func: _Func | None, args: bytes, cores: int = 1, label: str = "",
+        max_runtime: float = 0.0, retries: int = 3, state: int = QUEUED,
+    ) -> None:  # fmt: skip
+        self.jid = jid
+        self.func = func
+        self.args = args
+        self.cores = cores
+        self.label = label
+        self.max_runtime = max_runtime
+        self.retries = retries
+        self.state = state
+        self.link: _Link | None = None
+        self.node = ""
+        self.blob = b""
+        self.error: ErrorInfo | None = None
+        self.callbacks: list[Callable[[_Job], None]] | None = None
+        self.attempts = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state >= DONE
+
+
+class _Link:
+    """One node: its connection, its last reported load, and our jobs in flight there."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.key = f"{host}:{port}"
+        self.conn: Connection | None = None
+        self.name = self.key
+        self.node_id = ""
+        self.workers = 0
+        self.running = 0
+        self.queued = 0
+        self.avg_run_s = 0.0
+        self.inflight: dict[str, _Job] = {}
+        self.inflight_slots = 0
+        self.sent_funcs: set[bytes] = set()
+        self.error: BaseException | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.conn is not None and not self.conn.closed and self.workers > 0
+
+    def view(self) -> NodeView:
+        if self.avg_run_s > 0:
+            depth = min(MAX_DEPTH, max(2, math.ceil(PIPELINE_S / self.avg_run_s)))
+        else:
+            depth = 2
+        others = max(0, self.running + self.queued - len(self.inflight))
+        room = self.workers * depth - self.inflight_slots
+        return NodeView(self.key, self.workers, self.inflight_slots + others, room)
+
+
+def parse_peers(peers: str | Iterable[str]) -> list[tuple[str, int]]:
+    """``"h1:7390,h2"`` or ``["h1:7390", "h2"]`` -> [(host, port)]; port defaults to 7390."""
+    items = peers.split(",") if isinstance(peers, str) else list(peers)
+    out = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep:
+            host, port = item, "7390"
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise ConfigurationError(f"bad peer address {item!r}: expected HOST:PORT") from None
+    if not out:
+        raise ConfigurationError("no peer addresses given")
+    return out
+
+
+def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("_")}
+    for k in opts:
+        if k not in OPTIONS:
+            raise TypeError(f"unknown job option {k}= (job options are {', '.join(OPTIONS)})")
+    for k in ("_env", "_files"):
+        if opts.get(k):
+            raise ConfigurationError(f"{k}= is not supported by this version of lanmesh yet")
+    return kwargs, opts
+
+
+class AsyncClient:
+    """A connection to a set of mesh nodes, with the whole job API as coroutines."""
+
+    def __init__(
+        self,
+        peers: str | Iterable[str] | None = None,
+        secret: str | bytes | None = None,
+        *,
+        name: str = "",
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        if peers is None:
+            env = os.environ.get("MESH_PEERS", "")
+            if not env.strip():
+                raise ConfigurationError(
+                    "no peers: pass peers=[...] or set MESH_PEERS (or use mesh.local())"
+                )
+            peers = env
+        self._links = {f"{h}:{p}": _Link(h, p) for h, p in parse_peers(peers)}
+        self._secret = load_secret(secret)
+        self._name = name or f"client-{os.getpid()}"
+        self._tag = secrets.token_hex(3)
+        self._counter = itertools.count(1)
+        self._connect_timeout_s = connect_timeout_s
+        self._jobs: dict[str, _Job] = {}
+        self._pending: deque[_Job] = deque()
+        self._pump_scheduled = False
+        self._requests: dict[int, tuple[asyncio.Future[list[JobRecord]], list[JobRecord], set[str]]] = {}
+        self._req_ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ---- lifecycle ----
+
+    async def start(self) -> AsyncClient:
+        """Connect to every peer; succeed if at least one answers."""
+        self._loop = asyncio.get_running_loop()
+        links = list(self._links.values())
+        results = await asyncio.gather(*(self._connect(l) for l in links), return_exceptions=True)
+        if not any(l.usable for l in links):
+            errors = [r for r in results if isinstance(r, BaseException)]
+            auth = [e for e in errors if isinstance(e, AuthenticationError)]
+            if auth:
+                raise auth[0]
+            raise NoNodesAvailable(
+                "no node reachable: " + "; ".join(str(e) for e in errors if isinstance(e, Exception))
+            )
+        for link in links:
+            if not link.usable:
+                log.warning("%s: %s", link.key, link.error)
+                self._spawn(self._reconnect(link))
+        return self
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for t in list(self._tasks):
+            t.cancel()
+        for link in self._links.values():
+            if link.conn is not None and not link.conn.closed:
+                try:
+                    link.conn.send(Goodbye("client closing"))
+                except MeshError:
+                    pass
+                link.conn.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, link: _Link) -> None:
+        try:
+            conn = await open_connection(
+                link.host,
+                link.port,
+                self._secret,
+                name=self._name,
+                timeout_s=self._connect_timeout_s,
+                on_message=lambda c, m: self._on_message(link, c, m),
+                on_close=lambda c, r: self._on_close(link, c, r),
+            )
+        except MeshError as exc:
+            link.error = exc
+            raise
+        link.conn = conn
+        link.name = conn.peer_name or link.key
+        link.node_id = conn.peer_id
+        link.sent_funcs = set()
+        link.error = None
+        # link.workers is set by the node's first message (Load), which follows at once.
+        deadline = time.monotonic() + self._connect_timeout_s
+        while link.workers == 0 and not conn.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        if conn.closed or link.workers == 0:
+            link.error = conn.close_reason or MeshConnectionError(f"{link.key} sent no load report")
+            raise link.error
+
+    async def _reconnect(self, link: _Link) -> None:
+        while not self._closed and not link.usable:
+            await asyncio.sleep(RECONNECT_S)
+            try:
+                await self._connect(link)
+            except MeshError:
+                continue
+            self._schedule_pump()
+
+    # ---- messages from nodes ----
+
+    def _on_message(self, link: _Link, conn: Connection, msg: Message) -> None:
+        if isinstance(msg, Results):
+            self._on_results(link, msg)
+        elif isinstance(msg, Load):
+            link.workers, link.running, link.queued = msg.workers, msg.running, msg.queued
+            link.name = msg.name or link.name
+            self._schedule_pump()
+        elif isinstance(msg, Records):
+            entry = self._requests.get(msg.req)
+            if entry is not None:
+                fut, records, waiting = entry
+                records.extend(msg.records)
+                waiting.discard(link.key)
+                if not waiting:
+                    del self._requests[msg.req]
+                    if not fut.done():
+                        fut.set_result(records)
+        elif isinstance(msg, Goodbye):
+            conn.close()
+
+    def _on_results(self, link: _Link, msg: Results) -> None:
+        link.running, link.queued = msg.running, msg.queued
+        if msg.avg_run_s > 0:
+            link.avg_run_s = msg.avg_run_s
+        jobs = self._jobs
+        acked = []
+        for jid, state, blob, error in msg.items:
+            acked.append(jid)
+            job = jobs.get(jid)
+            if job is None or job.state >= DONE:
+                continue  # a late duplicate, e.g. from a node we had given up on
+            owner = job.link
+            if owner is not None and owner.inflight.pop(jid, None) is not None:
+                owner.inflight_slots -= job.cores
+            job.link = None
+            job.state, job.blob, job.error, job.node = state, blob, error, link.name
+            if job.callbacks:
+                for cb in job.callbacks:
+                    cb(job)
+                job.callbacks = None
+        if link.conn is not None and not link.conn.closed:
+            link.conn.send(Ack(tuple(acked)))
+        if self._pending:
+            self._pump()
+
+    def _on_close(self, link: _Link, conn: Connection, reason: BaseException | None) -> None:
+        if conn is not link.conn:
+            return
+        link.error = reason
+        for req, (fut, records, waiting) in list(self._requests.items()):
+            if link.key in waiting:
+                waiting.discard(link.key)
+                if not waiting:
+                    del self._requests[req]
+                    if not fut.done():
+                        fut.set_result(records)
+        lost = list(link.inflight.values())
+        link.inflight.clear()
+        link.inflight_slots = 0
+        requeue = []
+        for job in lost:
+            job.link = None
+            if job.final:
+                continue
+            job.attempts += 1
+            if job.attempts > job.retries:
+                self._fail(job, ("worker-died", "ConnectionLost",
+                                 f"node {link.name} was lost while running it, "
+                                 f"{job.attempts} attempts", "", ""))  # fmt: skip
+            else:
+                job.state = QUEUED
+                requeue.append(job)
+        self._pending.extendleft(reversed(requeue))
+        if not self._closed:
+            if lost:
+                log.warning("lost %s (%s); re-placing %d jobs", link.name, reason, len(requeue))
+            self._spawn(self._reconnect(link))
+            self._schedule_pump()
+
+    def _fail(self, job: _Job, error: ErrorInfo) -> None:
+        job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
+        if job.callbacks:
+            for cb in job.callbacks:
+                cb(job)
+            job.callbacks = None
+
+    # ---- placing work ----
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        pending = self._pending
+        while pending and pending[0].final:
+            pending.popleft()  # killed before it was sent
+        if not pending:
+            return
+        links = {k: l for k, l in self._links.items() if l.usable}
+        if not links:
+            return  # a reconnect will pump again
+        while pending:
+            head = pending[0]
+            if head.final:
+                pending.popleft()
+                continue
+            group = 0
+            for job in pending:
+                if (job.func is not head.func or job.cores != head.cores or job.label != head.label
+                        or job.max_runtime != head.max_runtime):  # fmt: skip
+                    break
+                group += 1
+            allocation = plan(group, [l.view() for l in links.values()], head.cores)
+            if not allocation:
+                if head.cores > max(l.workers for l in links.values()):
+                    biggest = max(l.workers for l in links.values())
+                    for _ in range(group):
+                        self._fail(pending.popleft(), ("rejected", "ValueError",
+                                   f"job needs {head.cores} cores; the largest node has {biggest}",
+                                   "", ""))  # fmt: skip
+                    continue
+                return
+            for key, count in allocation:
+                self._send(links[key], [pending.popleft() for _ in range(count)])
+
+    def _send(self, link: _Link, jobs: list[_Job]) -> None:
+        assert link.conn is not None
+        jobs = [j for j in jobs if not j.final]
+        if not jobs:
+            return
+        head = jobs[0]
+        func = head.func
+        assert func is not None
+        for j in jobs:
+            j.state = PROCESSING
+            j.link = link
+            link.inflight[j.jid] = j
+        link.inflight_slots += head.cores * len(jobs)
+        for start in range(0, len(jobs), SUBMIT_BATCH):
+            batch = jobs[start : start + SUBMIT_BATCH]
+            fresh = func.fhash not in link.sent_funcs
+            link.sent_funcs.add(func.fhash)
+            link.conn.send(
+                Submit(func.fhash, func.blob if fresh else b"", func.name,
+                       tuple((j.jid, j.args) for j in batch), head.cores, head.label,
+                       head.max_runtime)
+            )  # fmt: skip
+
+    # ---- thread-safe preparation ----
+
+    def _prepare(
+        self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]], kwargs: dict[str, Any]
+    ) -> list[_Job]:
+        """Pickle the function once and every argument tuple; allocate job ids (any thread)."""
+        kwargs, opts = _split_options(dict(kwargs))
+        cores = int(opts.get("_cores", 1))
+        if cores < 1:
+            raise ValueError("_cores must be at least 1")
+        fhash, blob = dumps_function(fn, kwargs)
+        func = _Func(fhash, blob, function_name(fn))
+        label = str(opts.get("_label", ""))
+        max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
+        retries = int(opts.get("_retries", 3))
+        tag, counter, jobs_index = self._tag, self._counter, self._jobs
+        jobs = []
+        for args in arg_tuples:
+            jid = f"{tag}-{next(counter)}"
+            job = _Job(jid, func, dumps_value(args, f"arguments of {func.name}"), cores, label,
+                       max_runtime, retries)  # fmt: skip
+            jobs_index[jid] = job
+            jobs.append(job)
+        return jobs
+
+    def _enqueue(self, jobs: list[_Job]) -> None:
+        """Loop thread: queue prepared jobs for placement."""
+        self._pending.extend(jobs)
+        self._schedule_pump()
+
+    def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
+        """Loop thread: call ``cb(job)`` once per job when it is final (at once if it is)."""
+        for job in jobs:
+            if job.final:
+                cb(job)
+            elif job.callbacks is None:
+                job.callbacks = [cb]
+            else:
+                job.callbacks.append(cb)
+
+    def _lookup(self, jids: Iterable[str]) -> tuple[list[_Job], list[_Job]]:
+        """Loop thread: the jobs for ``jids``, adopting ids this client never submitted."""
+        jobs, adopted = [], []
+        for jid in jids:
+            if not isinstance(jid, str):
+                raise TypeError(f"job ids are strings, got {jid!r}")
+            job = self._jobs.get(jid)
+            if job is None:
+                job = self._jobs[jid] = _Job(jid, None, b"", state=UNKNOWN)
+                adopted.append(job)
+            jobs.append(job)
+        return jobs, adopted
+
+    async def _adopt(self, adopted: list[_Job]) -> None:
+        """Ask every node about ids from another process; watch those it knows."""
+        if not adopted:
+            return
+        jids = tuple(j.jid for j in adopted)
+        records = await self._query(list(self._usable()), jids, watch=True)
+        known = {}
+        for r in records:
+            if r[0] not in known or r[1] >= DONE:  # prefer a finished copy
+                known[r[0]] = r
+        missing = [job.jid for job in adopted if job.jid not in known]
+        if missing:
+            for jid in missing:
+                self._jobs.pop(jid, None)
+            raise UnknownJob(f"no reachable node knows job {', '.join(missing[:5])}"
+                             + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+        for job in adopted:
+            r = known[job.jid]
+            job.node = r[2]
+            if job.state == UNKNOWN:
+                job.state = min(r[1], PROCESSING)  # a finished result is on its way (watch)
+
+    def _usable(self) -> list[_Link]:
+        return [l for l in self._links.values() if l.usable]
+
+    async def _query(self, links: list[_Link], jids: tuple[str, ...], watch: bool = False) -> list[JobRecord]:
+        if not links or not jids:
+            return []
+        assert self._loop is not None
+        req = next(self._req_ids)
+        fut: asyncio.Future[list[JobRecord]] = self._loop.create_future()
+        self._requests[req] = (fut, [], {l.key for l in links})
+        for l in links:
+            assert l.conn is not None
+            l.conn.send(Query(req, jids, watch))
+        try:
+            return await asyncio.wait_for(fut, self._connect_timeout_s)
+        except asyncio.TimeoutError:
+            self._requests.pop(req, None)
+            raise MeshConnectionError(f"nodes did not answer a query about {len(jids)} jobs") from None
+
+    # ---- reading results (any thread) ----
+
+    def _value(self, job: _Job) -> Any:
+        if job.state == DONE:
+            return loads(job.blob)
+        assert job.error is not None
+        raise unpack_error(job.jid, job.node or "?", job.blob, job.error)
+
+    # ---- the API ----
+
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
+        """Run ``fn(*args, **kwargs)`` on the mesh; return its job id at once."""
+        (job,) = self._prepare(fn, [args], kwargs)
+        self._enqueue([job])
+        return job.jid
+
+    async def map(self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:
+        """Like builtin ``map``: one job per item; return the job ids at once."""
+        if not sequences:
+            raise TypeError("map() needs at least one sequence")
+        jobs = self._prepare(fn, zip(*sequences), kwargs)
+        self._enqueue(jobs)
+        return [j.jid for j in jobs]
+
+    async def _wait(self, jids: str | Sequence[str], timeout: float | None) -> list[_Job]:
+        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
+        await self._adopt(adopted)
+        pending = [j for j in jobs if not j.final]
+        if pending:
+            assert self._loop is not None
+            fut: asyncio.Future[None] = self._loop.create_future()
+            left = [len(pending)]
+
+            def done(_: _Job) -> None:
+                left[0] -= 1
+                if left[0] == 0 and not fut.done():
+                    fut.set_result(None)
+
+            self._add_callback(pending, done)
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                n = sum(1 for j in pending if not j.final)
+                raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s") from None
+        return jobs
+
+    async def result(self, jids: str | Sequence[str], timeout: float | None = None) -> Any:
+        """The result of one job, or the list of results of many; raises a job's exception."""
+        jobs = await self._wait(jids, timeout)
+        if isinstance(jids, str):
+            return self._value(jobs[0])
+        return [self._value(j) for j in jobs]
+
+    async def join(self, jids: str | Sequence[str], timeout: float | None = None,
+                   ignore_errors: bool = False) -> None:  # fmt: skip
+        """Wait for jobs to finish; raise the first failed job's exception unless ignored."""
+        jobs = await self._wait(jids, timeout)
+        if not ignore_errors:
+            for j in jobs:
+                if j.state != DONE:
+                    self._value(j)
+
+    async def iresult(self, jids: Sequence[str], timeout: float | None = None,
+                      ordered: bool = True) -> AsyncIterator[Any]:  # fmt: skip
+        """Yield results as jobs finish: in order, or in completion order."""
+        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
+        await self._adopt(adopted)
+        queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._add_callback(jobs, queue.put_nowait)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ready: dict[str, _Job] = {}
+        for want in jobs:
+            while True:
+                if ordered and want.jid in ready:
+                    break
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    job = await asyncio.wait_for(queue.get(), left)
+                except asyncio.TimeoutError:
+                    raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
+                if not ordered:
+                    want = job
+                    break
+                ready[job.jid] = job
+            yield self._value(ready.pop(want.jid) if ordered else want)
+
+    async def status(self, jids: str | Sequence[str]) -> str | list[str]:
+        """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list)."""
+        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
+        await self._adopt(adopted)
+        by_link: dict[str, list[_Job]] = {}
+        for j in jobs:
+            if j.state == PROCESSING and j.link is not None:
+                by_link.setdefault(j.link.key, []).append(j)
+        states = {j.jid: j.state for j in jobs}
+        for key, js in by_link.items():
+            for r in await self._query([self._links[key]], tuple(j.jid for j in js)):
+                if states.get(r[0]) == PROCESSING:
+                    states[r[0]] = r[1] if r[1] < DONE else PROCESSING
+        names = []
+        for j in jobs:
+            names.append(JOB_STATES[states[j.jid]] if j.state < DONE else JOB_STATES[j.state])
+        return names[0] if isinstance(jids, str) else names
+
+    async def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
+        """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
+        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
+        await self._adopt(adopted)
+        by_link: dict[str, list[str]] = {}
+        for j in jobs:
+            if j.final:
+                continue
+            if j.link is None and j.state == QUEUED:
+                self._fail(j, ("killed", "JobKilled", "killed on request before it started", "", ""))
+            elif j.link is not None:
+                by_link.setdefault(j.link.key, []).append(j.jid)
+            else:  # adopted: ask everyone
+                for l in self._usable():
+                    by_link.setdefault(l.key, []).append(j.jid)
+        for key, ids in by_link.items():
+            conn = self._links[key].conn
+            if conn is not None and not conn.closed:
+                conn.send(Kill(tuple(ids)))
+        try:
+            await self._wait([j.jid for j in jobs], timeout)
+        except MeshTimeout:
+            pass
+
+    async def info(self, jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
+        """Node, times, CPU seconds, captured stdout/stderr and error text of jobs."""
+        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
+        await self._adopt(adopted)
+        by_link: dict[str, list[str]] = {}
+        for j in jobs:
+            link = j.link or next((l for l in self._links.values() if l.name == j.node), None)
+            if link is not None and link.usable:
+                by_link.setdefault(link.key, []).append(j.jid)
+        records: dict[str, JobRecord] = {}
+        for key, ids in by_link.items():
+            for r in await self._query([self._links[key]], tuple(ids)):
+                records[r[0]] = r
+        out = []
+        for j in jobs:
+            r = records.get(j.jid)
+            if r is None:
+                if j.state == QUEUED:
+                    out.append(JobInfo(j.jid, "queued", "", j.func.name if j.func else "",
+                                       j.label, 0.0, None, None, 0.0, "", "", "", 0))  # fmt: skip
+                    continue
+                raise UnknownJob(f"no reachable node holds a record of job {j.jid}")
+            out.append(JobInfo.from_record(r))
+        return out[0] if isinstance(jids, str) else out
+
+    def nodes(self) -> list[NodeInfo]:
+        return [
+            NodeInfo(l.name, l.node_id, l.key, l.workers, l.running, l.queued, l.usable)
+            for l in self._links.values()
+        ]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,228 @@
+"""The sync facade: an :class:`AsyncClient` on a background event-loop thread.
+
+Scripts, notebooks and IPython call plain functions; the loop thread does the
+networking. ``map`` pickles on the caller's thread and hands the jobs over; waiting
+uses thread primitives set by the loop, so a Ctrl-C while waiting stops the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from mesh.errors import MeshTimeout
+
+from client._async import AsyncClient, JobInfo, NodeInfo, _Job
+from client._local import LocalMesh
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+class _LoopThread:
+    """An event loop running forever on a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(5.0)
+
+
+class Client:
+    """A mesh client for ordinary code. ``with mesh.Client(peers=[...]) as c: c.map(...)``."""
+
+    def __init__(
+        self,
+        peers: str | Iterable[str] | None = None,
+        secret: str | bytes | None = None,
+        *,
+        name: str = "",
+        connect_timeout_s: float = 5.0,
+        _local: LocalMesh | None = None,
+    ) -> None:
+        self._local = _local
+        self._thread = _LoopThread("mesh-client")
+        self._closed = False
+        try:
+            self._async = AsyncClient(peers, secret, name=name, connect_timeout_s=connect_timeout_s)
+            self._thread.run(self._async.start())
+        except BaseException:
+            self._thread.stop()
+            if _local is not None:
+                _local.close()
+            raise
+        _clients.add(self)
+
+    @classmethod
+    def local(cls, nodes: int = 2, workers: int | None = None) -> Client:
+        """Start an embedded mesh of ``nodes`` real node processes on 127.0.0.1 and connect."""
+        mesh = LocalMesh(nodes, workers)
+        addresses = mesh.start()
+        return cls(addresses, mesh.secret, _local=mesh)
+
+    @property
+    def is_local(self) -> bool:
+        return self._local is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect; stop the local mesh if this client started one."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._thread.run(self._async.close(), timeout=5.0)
+        except Exception:
+            pass
+        self._thread.stop()
+        if self._local is not None:
+            self._local.close()
+
+    # ---- submitting ----
+
+    def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
+        """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
+        jobs = self._async._prepare(func, [args], kwargs)
+        self._thread.loop.call_soon_threadsafe(self._async._enqueue, jobs)
+        return jobs[0].jid
+
+    def map(self, func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:
+        """Like builtin ``map``, one job per item; return the list of job ids at once."""
+        if not sequences:
+            raise TypeError("map() needs at least one sequence")
+        jobs = self._async._prepare(func, zip(*sequences), kwargs)
+        self._thread.loop.call_soon_threadsafe(self._async._enqueue, jobs)
+        return [j.jid for j in jobs]
+
+    # ---- waiting ----
+
+    def _jobs(self, jids: str | Sequence[str]) -> list[_Job]:
+        ids = [jids] if isinstance(jids, str) else list(jids)
+        known = self._async._jobs
+        jobs = [known.get(j) for j in ids]
+        if any(j is None for j in jobs):  # ids from another process: ask the nodes
+            async def adopt() -> list[_Job]:
+                found, adopted = self._async._lookup(ids)
+                await self._async._adopt(adopted)
+                return found
+
+            return self._thread.run(adopt())
+        return jobs  # type: ignore[return-value]
+
+    def _wait(self, jobs: list[_Job], timeout: float | None) -> None:
+        pending = [j for j in jobs if not j.final]
+        if not pending:
+            return
+        done = threading.Event()
+        left = [len(pending)]
+
+        def on_final(_: _Job) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                done.set()
+
+        self._thread.loop.call_soon_threadsafe(self._async._add_callback, pending, on_final)
+        if not done.wait(timeout):
+            n = sum(1 for j in pending if not j.final)
+            raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s")
+
+    def result(self, jids: str | Sequence[str], timeout: float | None = None) -> Any:
+        """The result of one job, or the list of results of many, in order.
+
+        Raises the first failed job's exception (with its remote traceback as
+        ``__cause__``) or :class:`MeshTimeout` (a ``TimeoutError``).
+        """
+        jobs = self._jobs(jids)
+        self._wait(jobs, timeout)
+        value = self._async._value
+        if isinstance(jids, str):
+            return value(jobs[0])
+        return [value(j) for j in jobs]
+
+    def join(self, jids: str | Sequence[str], timeout: float | None = None,
+             ignore_errors: bool = False) -> None:  # fmt: skip
+        """Wait for jobs to finish; raise the first failure unless ``ignore_errors``."""
+        jobs = self._jobs(jids)
+        self._wait(jobs, timeout)
+        if not ignore_errors:
+            for j in jobs:
+                if j.state != 2:
+                    self._async._value(j)
+
+    def iresult(self, jids: Sequence[str], timeout: float | None = None,
+                ordered: bool = True) -> Iterator[Any]:  # fmt: skip
+        """Yield results as they finish: in submission order, or in completion order."""
+        jobs = self._jobs(jids)
+        q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread.loop.call_soon_threadsafe(self._async._add_callback, jobs, q.put)
+        return self._iresult(jobs, q, timeout, ordered)
+
+    def _iresult(self, jobs: list[_Job], q: queue.SimpleQueue[_Job], timeout: float | None,
+                 ordered: bool) -> Iterator[Any]:  # fmt: skip
+        deadline = None if timeout is None else time.monotonic() + timeout
+        value = self._async._value
+        ready: set[str] = set()
+        for want in jobs:
+            while not (ordered and want.jid in ready):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    job = q.get(timeout=left)
+                except queue.Empty:
+                    raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
+                if not ordered:
+                    want = job
+                    break
+                ready.add(job.jid)
+            ready.discard(want.jid)
+            yield value(want)
+
+    # ---- asking ----
+
+    def status(self, jids: str | Sequence[str]) -> str | list[str]:
+        return self._thread.run(self._async.status(jids))
+
+    def kill(self, jids: str | Sequence[str]) -> None:
+        self._thread.run(self._async.kill(jids))
+
+    def info(self, jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
+        return self._thread.run(self._async.info(jids))
+
+    def nodes(self) -> list[NodeInfo]:
+        return self._async.nodes()
+
+
+@atexit.register
+def _close_all() -> None:
+    for c in list(_clients):
+        c.close()

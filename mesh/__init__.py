@@ -1,0 +1,141 @@
+"""lanmesh: run Python functions in parallel on every idle core of the LAN.
+
+    import mesh
+    jids = mesh.map(sum_primes, range(100_000, 100_010))
+    print(mesh.result(jids))
+
+The module-level functions use a default client: the peers given to
+:func:`connect` or in ``MESH_PEERS``, else an embedded local mesh (with a one-line
+notice). ``Client`` and ``AsyncClient`` give explicit control. This package shares
+the protocol with nodes and imports the client only when first used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mesh.errors import *  # noqa: F403 - the hierarchy is part of the public API
+from mesh.errors import __all__ as _errors_all
+
+if TYPE_CHECKING:
+    from client import AsyncClient, Client, JobInfo
+
+__version__ = "0.1.0"
+__all__ = [
+    "AsyncClient", "Client", "call", "connect", "info", "iresult", "is_local", "join",
+    "kill", "local", "map", "result", "status", "close", *_errors_all,
+]  # fmt: skip
+
+T = TypeVar("T")
+_lock = threading.Lock()
+_default: Client | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Client", "AsyncClient", "JobInfo", "NodeInfo"):
+        import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+
+
+def _set_default(new: Client) -> Client:
+    global _default
+    with _lock:
+        old, _default = _default, new
+    if old is not None and old is not new:
+        old.close()
+    return new
+
+
+def _client() -> Client:
+    global _default
+    with _lock:
+        if _default is not None and not _default.closed:
+            return _default
+        from client import Client
+
+        if os.environ.get("MESH_PEERS", "").strip():
+            _default = Client()
+        else:
+            nodes = int(os.environ.get("MESH_LOCAL_NODES", "2"))
+            print(
+                f"mesh: no peers configured (MESH_PEERS); starting a local mesh of {nodes} "
+                "nodes on 127.0.0.1",
+                file=sys.stderr,
+            )
+            _default = Client.local(nodes)
+        return _default
+
+
+def connect(peers: str | Iterable[str] | None = None, secret: str | bytes | None = None,
+            **kwargs: Any) -> Client:  # fmt: skip
+    """Use these nodes (``["host:7390", ...]``, or ``MESH_PEERS``) for the module-level calls."""
+    from client import Client
+
+    return _set_default(Client(peers, secret, **kwargs))
+
+
+def local(nodes: int = 2, workers: int | None = None) -> Client:
+    """Start an embedded mesh of real nodes on 127.0.0.1 and use it (PiCloud's simulator)."""
+    from client import Client
+
+    return _set_default(Client.local(nodes, workers))
+
+
+def is_local() -> bool:
+    """True when the module-level calls run on an embedded local mesh."""
+    return _default is not None and not _default.closed and _default.is_local
+
+
+def close() -> None:
+    """Disconnect the default client (and stop its local mesh, if any)."""
+    global _default
+    with _lock:
+        old, _default = _default, None
+    if old is not None:
+        old.close()
+
+
+def call(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
+    """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
+    return _client().call(func, *args, **kwargs)
+
+
+def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:  # noqa: A001
+    """Like builtin ``map``: one job per item; return the job ids at once."""
+    return _client().map(func, *sequences, **kwargs)
+
+
+def result(jids: str | Sequence[str], timeout: float | None = None) -> Any:
+    """The result of one job, or the list of results of many, in order."""
+    return _client().result(jids, timeout)
+
+
+def iresult(jids: Sequence[str], timeout: float | None = None, ordered: bool = True) -> Iterator[Any]:
+    """Yield results as they finish (in order, or in completion order)."""
+    return _client().iresult(jids, timeout, ordered)
+
+
+def join(jids: str | Sequence[str], timeout: float | None = None, ignore_errors: bool = False) -> None:
+    """Wait for jobs to finish; raise the first failure unless ``ignore_errors``."""
+    _client().join(jids, timeout, ignore_errors)
+
+
+def status(jids: str | Sequence[str]) -> str | list[str]:
+    """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list)."""
+    return _client().status(jids)
+
+
+def kill(jids: str | Sequence[str]) -> None:
+    """Stop queued or running jobs; a running job's worker process is terminated."""
+    _client().kill(jids)
+
+
+def info(jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
+    """Node, submit/start/finish times, CPU seconds, captured output and error of jobs."""
+    return _client().info(jids)

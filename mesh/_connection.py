@@ -1,0 +1,283 @@
+"""The asyncio edge of the wire: one class owns a transport, its codec and its handshake.
+
+Reading happens in the protocol callback (no per-message task), writes go straight
+to the transport in call order (the event loop serialises them), and any doubt
+mid-frame aborts the connection. OS errors are translated here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Literal
+
+from mesh._auth import ClientHandshake, ServerHandshake
+from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, FrameCodec
+from mesh._protocol import Message
+from mesh.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    ConnectionLost,
+    MeshConnectionError,
+    ProtocolError,
+)
+
+__all__ = ["Connection", "open_connection"]
+
+log = logging.getLogger("mesh.connection")
+
+Role = Literal["client", "server", "plain"]
+MessageHandler = Callable[["Connection", Message], None]
+CloseHandler = Callable[["Connection", "BaseException | None"], None]
+
+
+class Connection(asyncio.Protocol):
+    """A framed message connection; authenticated unless ``role='plain'`` (worker pipes)."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        secret: bytes = b"",
+        name: str = "",
+        node_id: str = "",
+        peer_label: str = "peer",
+        handshake_timeout_s: float = 5.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        on_message: MessageHandler | None = None,
+        on_close: CloseHandler | None = None,
+    ) -> None:
+        self.role = role
+        self.peer_label = peer_label
+        self.codec = FrameCodec(
+            authenticated=role != "plain", max_frame=max_frame, max_message=max_message
+        )
+        self.on_message = on_message
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.close_reason: BaseException | None = None
+        self.peer_name = ""
+        self.peer_id = ""
+        self._handshake_timeout_s = handshake_timeout_s
+        self._client_hs = ClientHandshake(secret, name=name, peer=peer_label) if role == "client" else None
+        self._server_hs = (
+            ServerHandshake(secret, name=name, node_id=node_id) if role == "server" else None
+        )
+        self._deadline: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self._paused = False
+        self._hello_seen = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        if role == "plain":
+            self.ready.set_result(None)
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=4 << 20)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.role != "plain":
+            self._deadline = self._loop.call_later(self._handshake_timeout_s, self._handshake_expired)
+        if self._client_hs is not None:
+            self._write(self._client_hs.start())
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            if self.codec.in_handshake:
+                self._handshake(data)
+                data = b""
+                if self.codec.in_handshake or self.closed:
+                    return
+            for msg in self.codec.receive(data):
+                if self.on_message is not None:
+                    self.on_message(self, msg)
+                if self.closed:
+                    return
+        except (ProtocolError, AuthenticationError) as exc:
+            self.abort(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason: BaseException | None
+        if self.close_reason is not None:
+            reason = self.close_reason
+        elif exc is not None:
+            reason = ConnectionLost(f"connection to {self.peer_label} lost: {exc}")
+        elif self.closed:
+            reason = None
+        else:
+            reason = ConnectionLost(f"{self.peer_label} closed the connection")
+        self._finish(reason)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    # ---- handshake ----
+
+    def _handshake(self, data: bytes) -> None:
+        msgs = self.codec.receive(data)
+        while msgs:
+            (msg,) = msgs
+            if self._server_hs is not None:
+                try:
+                    if not self._hello_seen:
+                        self._hello_seen = True
+                        self._write(self._server_hs.receive_hello(msg))
+                    else:
+                        keys = self._server_hs.receive_proof(msg)
+                        self.codec.start_session(keys.send, keys.recv)
+                        self.peer_name = self._server_hs.client_name
+                        self._authenticated()
+                        return
+                except AuthenticationError as exc:
+                    log.info("refused %s: %s", self.peer_label, exc)
+                    raise
+            else:
+                assert self._client_hs is not None
+                proof, keys = self._client_hs.receive(msg)
+                self._write(proof)
+                self.codec.start_session(keys.send, keys.recv)
+                self.peer_name = self._client_hs.node_name
+                self.peer_id = self._client_hs.node_id
+                self._authenticated()
+                return
+            msgs = self.codec.receive()
+
+    def _authenticated(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self.codec.in_handshake and not self.closed:
+            self.abort(AuthenticationError(f"{self.peer_label}: handshake not completed in time"))
+
+    # ---- sending and closing ----
+
+    def _write(self, msg: Message) -> None:
+        assert self.transport is not None
+        self.transport.writelines(self.codec.send(msg))
+
+    def send(self, msg: Message) -> None:
+        """Queue one message for sending; raises ConnectionClosed/Lost if the link is gone."""
+        if self.closed or self.transport is None:
+            raise self.close_reason or ConnectionClosed(f"connection to {self.peer_label} is closed")
+        self._write(msg)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.closed:
+            raise self.close_reason or ConnectionClosed(f"connection to {self.peer_label} is closed")
+        if self._paused:
+            w = self._loop.create_future()
+            self._drain_waiters.append(w)
+            await w
+
+    def close(self) -> None:
+        """Close after flushing what was already queued."""
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self, reason: BaseException | None = None) -> None:
+        """Drop the connection at once (after a protocol error or a failed handshake)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _finish(self, reason: BaseException | None) -> None:
+        self.closed = True
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if not self.ready.done():
+            self.ready.set_exception(
+                reason or ConnectionLost(f"{self.peer_label} closed the connection during the handshake")
+            )
+            self.ready.exception()  # mark retrieved: the opener may already have given up
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(reason or ConnectionClosed("closed"))
+                w.exception()
+        self._drain_waiters.clear()
+        if self.on_close is not None:
+            handler, self.on_close = self.on_close, None
+            handler(self, reason)
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    secret: bytes,
+    *,
+    name: str = "",
+    timeout_s: float = 5.0,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    on_message: MessageHandler | None = None,
+    on_close: CloseHandler | None = None,
+) -> Connection:
+    """Connect to a node and complete the mutual handshake, or raise a MeshError."""
+    loop = asyncio.get_running_loop()
+    label = f"node at {host}:{port}"
+    conn: Connection | None = None
+
+    def factory() -> Connection:
+        nonlocal conn
+        conn = Connection(
+            "client",
+            secret=secret,
+            name=name,
+            peer_label=label,
+            handshake_timeout_s=timeout_s,
+            max_frame=max_frame,
+            max_message=max_message,
+            on_message=on_message,
+            on_close=on_close,
+        )
+        return conn
+
+    try:
+        await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_s)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise MeshConnectionError(f"cannot reach {label}: {exc or 'timed out'}") from exc
+    assert conn is not None
+    try:
+        await conn.ready
+    except AuthenticationError:
+        conn.abort()
+        raise
+    except ConnectionLost as exc:
+        # The node closes without a word when it refuses our proof.
+        raise AuthenticationError(
+            f"{label} refused this client's proof of the mesh secret (wrong secret?)"
+        ) from exc
+    if conn.peer_name:
+        conn.peer_label = f"node {conn.peer_name} ({host}:{port})"
+    return conn

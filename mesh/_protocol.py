@@ -1,0 +1,292 @@
+"""Wire messages: frozen, typed classes in a tagged union, encoded as msgpack arrays.
+
+A message travels as ``[tag, field1, field2, ...]`` in declaration order. New fields
+are only ever appended, with defaults, so a peer one version apart still talks: a
+decoder fills fields it does not receive from their defaults and drops fields it does
+not know. Decoding validates every field's type, so a peer's bytes either become a
+well-typed message or raise :class:`RemoteProtocolError`; nothing else escapes.
+This module does no I/O.
+"""
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+
+import msgpack
+
+from mesh.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "JOB_STATES",
+    "QUEUED",
+    "PROCESSING",
+    "DONE",
+    "ERROR",
+    "KILLED",
+    "Message",
+    "Hello",
+    "Challenge",
+    "Proof",
+    "Load",
+    "Submit",
+    "Results",
+    "Kill",
+    "Ack",
+    "Query",
+    "Records",
+    "Goodbye",
+    "WorkerReady",
+    "Run",
+    "Ran",
+    "encode",
+    "decode",
+]
+
+PROTOCOL_VERSION = 1
+
+# Job states travel as small ints; JOB_STATES names them for users.
+QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
+JOB_STATES = ("queued", "processing", "done", "error", "killed")
+
+# An error as data: (kind, type name, message, remote traceback text, module name).
+# kind is one of "raised", "worker-died", "killed", "max-runtime", "missing-module",
+# "unpicklable", "rejected", "lost".
+ErrorInfo = tuple[str, str, str, str, str]
+# A result item: (jid, state, pickled result or exception (may be b""), error or None).
+ResultItem = tuple[str, int, bytes, Optional[ErrorInfo]]
+# A job as a worker reports it: result item fields + started, finished, cpu_s, stdout, stderr.
+RanItem = tuple[str, int, bytes, Optional[ErrorInfo], float, float, float, str, str]
+# A job record for info/status: jid, state, node, function name, label, submitted,
+# started, finished, cpu_s, stdout, stderr, error text, attempts.
+JobRecord = tuple[str, int, str, str, str, float, float, float, float, str, str, str, int]
+
+_M = TypeVar("_M", bound="Message")
+_REGISTRY: dict[int, type["Message"]] = {}
+
+
+class Message:
+    """Base of all wire messages. Subclasses are frozen dataclasses with a unique TAG."""
+
+    __slots__ = ()
+    TAG: ClassVar[int] = -1
+    _checks: ClassVar[tuple[Callable[[Any], bool], ...]] = ()
+    _required: ClassVar[int] = 0
+    _defaults: ClassVar[tuple[Any, ...]] = ()
+
+
+def _checker(tp: Any) -> Callable[[Any], bool]:
+    """Build a predicate that accepts exactly the msgpack-decoded shape of ``tp``."""
+    if tp is Any:
+        return lambda v: True
+    if tp is bool:
+        return lambda v: v is True or v is False
+    if tp is int:
+        return lambda v: type(v) is int
+    if tp is float:
+        return lambda v: type(v) is float or type(v) is int
+    if tp is str:
+        return lambda v: type(v) is str
+    if tp is bytes:
+        return lambda v: type(v) is bytes
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union or origin is types.UnionType:
+        checks = [_checker(a) for a in args if a is not type(None)]
+        nullable = type(None) in args
+        return lambda v: (nullable and v is None) or any(c(v) for c in checks)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            each = _checker(args[0])
+            return lambda v: type(v) is tuple and all(each(x) for x in v)
+        fixed = [_checker(a) for a in args]
+        n = len(fixed)
+        return lambda v: (
+            type(v) is tuple and len(v) == n and all(c(x) for c, x in zip(fixed, v))
+        )
+    raise TypeError(f"unsupported wire type {tp!r}")
+
+
+def message(tag: int) -> Callable[[type[_M]], type[_M]]:
+    """Register a frozen dataclass as the wire message with ``tag``."""
+
+    def register(cls: type[_M]) -> type[_M]:
+        if tag in _REGISTRY:
+            raise ValueError(f"tag {tag} already used by {_REGISTRY[tag].__name__}")
+        dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        hints = typing.get_type_hints(dc)
+        fields = dataclasses.fields(dc)
+        dc.TAG = tag
+        dc._checks = tuple(_checker(hints[f.name]) for f in fields)
+        required = [f for f in fields if f.default is dataclasses.MISSING]
+        dc._required = len(required)
+        if fields[: len(required)] != tuple(required):
+            raise TypeError(f"{cls.__name__}: fields with defaults must come last")
+        dc._defaults = tuple(f.default for f in fields[len(required) :])
+        _REGISTRY[tag] = dc
+        return dc
+
+    return register
+
+
+# ---- handshake (before authentication; each encodes to at most 256 bytes) ----
+
+
+@message(1)
+class Hello(Message):
+    """Client -> node: who I am, what I speak, and my challenge nonce."""
+
+    magic: str
+    protocol: int
+    python: str
+    nonce: bytes
+    name: str = ""
+
+
+@message(2)
+class Challenge(Message):
+    """Node -> client: its versions, its nonce, and its proof of the secret."""
+
+    protocol: int
+    python: str
+    nonce: bytes
+    proof: bytes
+    name: str = ""
+    node_id: str = ""
+
+
+@message(3)
+class Proof(Message):
+    """Client -> node: the client's proof of the secret."""
+
+    proof: bytes
+
+
+# ---- client <-> node (authenticated) ----
+
+
+@message(10)
+class Load(Message):
+    """A node's capacity and load; sent on connect and whenever it changes."""
+
+    node_id: str
+    name: str
+    workers: int
+    running: int
+    queued: int
+
+
+@message(11)
+class Submit(Message):
+    """Run ``fn(*args)`` for each item. The function blob is sent once per connection."""
+
+    fhash: bytes
+    fblob: bytes
+    fname: str
+    items: tuple[tuple[str, bytes], ...]
+    cores: int = 1
+    label: str = ""
+    max_runtime: float = 0.0
+
+
+@message(12)
+class Results(Message):
+    """Finished jobs, with the node's load at the time."""
+
+    items: tuple[ResultItem, ...]
+    running: int = 0
+    queued: int = 0
+    avg_run_s: float = 0.0
+
+
+@message(13)
+class Kill(Message):
+    jids: tuple[str, ...]
+
+
+@message(14)
+class Ack(Message):
+    """The client holds these results; the node may expire them after its TTL."""
+
+    jids: tuple[str, ...]
+
+
+@message(15)
+class Query(Message):
+    """Ask for job records; with ``watch`` the node also pushes their results when done."""
+
+    req: int
+    jids: tuple[str, ...]
+    watch: bool = False
+
+
+@message(16)
+class Records(Message):
+    """Reply to :class:`Query`: records of the jobs this node knows (others are absent)."""
+
+    req: int
+    records: tuple[JobRecord, ...]
+
+
+@message(17)
+class Goodbye(Message):
+    reason: str = ""
+
+
+# ---- node <-> worker (a local socketpair, same codec, no MAC) ----
+
+
+@message(30)
+class WorkerReady(Message):
+    pid: int
+
+
+@message(31)
+class Run(Message):
+    """Run these items with the function of ``fhash`` (its blob is sent when new to the worker)."""
+
+    fhash: bytes
+    fblob: bytes
+    fname: str
+    items: tuple[tuple[str, bytes], ...]
+
+
+@message(32)
+class Ran(Message):
+    items: tuple[RanItem, ...]
+
+
+def encode(msg: Message) -> bytes:
+    """Encode one message as msgpack bytes."""
+    try:
+        values = [getattr(msg, f) for f in msg.__slots__]  # type: ignore[attr-defined]
+        return msgpack.packb([msg.TAG, *values], use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def decode(data: bytes | memoryview) -> Message:
+    """Decode and validate one message; anything malformed raises RemoteProtocolError."""
+    try:
+        obj = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types for garbage; all mean the same.
+        raise RemoteProtocolError(f"undecodable message: {type(exc).__name__}") from None
+    if type(obj) is not tuple or not obj or type(obj[0]) is not int:
+        raise RemoteProtocolError("message is not a tagged array")
+    cls = _REGISTRY.get(obj[0])
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message tag {obj[0]}")
+    values = obj[1:]
+    checks = cls._checks
+    if len(values) < cls._required:
+        raise RemoteProtocolError(f"{cls.__name__} has {len(values)} fields, needs {cls._required}")
+    if len(values) > len(checks):
+        values = values[: len(checks)]  # from a newer peer: fields we do not know
+    for i, value in enumerate(values):
+        if not checks[i](value):
+            name = cls.__slots__[i]  # type: ignore[attr-defined]
+            raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
+    if len(values) < len(checks):
+        values = values + cls._defaults[len(values) - cls._required :]
+    return cls(*values)

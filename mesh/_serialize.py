@@ -1,0 +1,235 @@
+"""Pickling of functions, arguments, results and exceptions.
+
+Functions travel by value (cloudpickle) whenever the receiving node could not import
+them: ``__main__``, notebooks, and every module that lives outside site-packages and
+the standard library (the user's own ``closestwords.py``). Plain data takes the C
+pickler's fast path. A job's exception travels as data: the pickled exception when it
+round-trips, always with its remote traceback text, and is re-raised on the client as
+its original type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import pickle
+import site
+import sys
+import sysconfig
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from mesh._protocol import ErrorInfo
+from mesh.errors import (
+    JobError,
+    JobKilled,
+    MaxRuntimeExceeded,
+    MissingModule,
+    RemoteTraceback,
+    SerializationError,
+    WorkerDied,
+)
+
+__all__ = [
+    "dumps_function",
+    "dumps_value",
+    "loads",
+    "pack_exception",
+    "unpack_error",
+    "function_name",
+]
+
+PROTOCOL = 5
+_SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex, bytearray})
+# Our own packages are installed editable in development; never ship them by value.
+_OWN = frozenset({"mesh", "node", "client"})
+
+
+def _installed_roots() -> tuple[str, ...]:
+    roots: set[str] = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            roots.add(os.path.realpath(path))
+    try:
+        roots.update(os.path.realpath(p) for p in site.getsitepackages())
+    except AttributeError:  # some embedded interpreters lack it
+        pass
+    user = site.getusersitepackages()
+    if isinstance(user, str):
+        roots.add(os.path.realpath(user))
+    return tuple(sorted(roots))
+
+
+_ROOTS = _installed_roots()
+_by_value: set[str] = set()
+_scanned_modules = 0
+
+
+def _is_local(module: types.ModuleType) -> bool:
+    """True for a module a node cannot be expected to import: outside site-packages/stdlib."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False  # builtin, frozen or namespace: importable wherever Python is
+    real = os.path.realpath(path)
+    return not any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
+
+
+def register_local_modules() -> None:
+    """Mark every imported local top-level module to be pickled by value."""
+    global _scanned_modules
+    if len(sys.modules) == _scanned_modules:
+        return
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in _by_value or name in _OWN or name.startswith("__"):
+            continue
+        if module is None or not isinstance(module, types.ModuleType):
+            continue
+        if _is_local(module):
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except (ValueError, TypeError):
+                continue
+            _by_value.add(name)
+    _scanned_modules = len(sys.modules)
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+def dumps_function(fn: Callable[..., Any], kwargs: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
+    """Pickle ``fn`` (with constant keyword arguments) by value where needed: (hash, blob)."""
+    if not callable(fn):
+        raise SerializationError(f"{fn!r} is not callable")
+    register_local_modules()
+    payload = (fn, kwargs) if kwargs else fn
+    try:
+        blob = cloudpickle.dumps(payload, protocol=PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle function {function_name(fn)}: {exc}") from exc
+    return hashlib.blake2b(blob, digest_size=16).digest(), blob
+
+
+def _is_simple(value: Any) -> bool:
+    t = type(value)
+    if t in _SIMPLE:
+        return True
+    if t is tuple or t is list:
+        return len(value) < 64 and all(type(v) in _SIMPLE for v in value)
+    return False
+
+
+def dumps_value(value: Any, what: str = "value") -> bytes:
+    """Pickle data: the C pickler for plain values, cloudpickle for anything else."""
+    try:
+        if _is_simple(value):
+            return pickle.dumps(value, PROTOCOL)
+        register_local_modules()
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def loads(blob: bytes) -> Any:
+    """Unpickle a blob from an authenticated peer (never call on unauthenticated bytes)."""
+    return pickle.loads(blob)
+
+
+def load_function(blob: bytes) -> Callable[..., Any]:
+    payload = pickle.loads(blob)
+    if isinstance(payload, tuple):
+        fn, kwargs = payload
+        return lambda *args: fn(*args, **kwargs)
+    return payload  # type: ignore[no-any-return]
+
+
+# ---- exceptions as data ----
+
+
+def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, ErrorInfo]:
+    """Describe an exception raised by a job: (pickled exception or b"", ErrorInfo)."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        blob = cloudpickle.dumps(exc, protocol=PROTOCOL)
+        pickle.loads(blob)
+    except Exception:
+        blob = b""
+    kind = "missing-module" if isinstance(exc, ModuleNotFoundError) else "raised"
+    module = (getattr(exc, "name", None) or "") if kind == "missing-module" else ""
+    tname = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return blob, (kind, tname, str(exc), text, module)
+
+
+def _client_version_hint(module: str) -> tuple[str, str]:
+    """(the client's distribution and version for ``module``, or "", the _env hint)."""
+    top = module.split(".")[0]
+    try:
+        dists = importlib.metadata.packages_distributions().get(top, [])
+    except Exception:
+        dists = []
+    for dist in dists:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return f"{dist} {version}", f'_env=["{dist}=={version}"]'
+    return "", ""
+
+
+_KINDS: dict[str, type[JobError]] = {
+    "worker-died": WorkerDied,
+    "killed": JobKilled,
+    "max-runtime": MaxRuntimeExceeded,
+}
+
+
+def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseException:
+    """Re-create a job's exception on the client, with the remote traceback attached."""
+    kind, tname, message, tb_text, module = info
+    where = f"job {jid} on node {node}"
+    if kind == "missing-module":
+        has, hint = _client_version_hint(module or message)
+        client_side = f"client has {has}" if has else "this client does not have it either"
+        advice = f"pass {hint} or install it there" if hint else "install it there"
+        err: BaseException = MissingModule(
+            f"node {node} lacks module {module!r} ({client_side}); {advice} [{where}]",
+            jid=jid,
+            node=node,
+            remote_traceback=tb_text,
+            module=module or None,
+        )
+        err.__cause__ = RemoteTraceback(tb_text) if tb_text else None
+        return err
+    if kind in _KINDS:
+        return _KINDS[kind](f"{message} [{where}]", jid=jid, node=node, remote_traceback=tb_text)
+    exc: BaseException | None = None
+    if blob:
+        try:
+            candidate = pickle.loads(blob)
+        except Exception:
+            candidate = None
+        if isinstance(candidate, BaseException):
+            exc = candidate
+    if exc is None:
+        exc = JobError(f"{tname}: {message} [{where}]", jid=jid, node=node, remote_traceback=tb_text)
+    try:
+        exc.jid = jid  # type: ignore[attr-defined]
+        exc.node = node  # type: ignore[attr-defined]
+        exc.remote_traceback = tb_text  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(f"\n{where} raised:\n\"\"\"\n{tb_text}\"\"\"")
+    return exc

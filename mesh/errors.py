@@ -1,0 +1,184 @@
+"""The one exception hierarchy of lanmesh.
+
+::
+
+    MeshError
+    ├── ConfigurationError          bad settings: a missing or unsafe secret file, a bad peer address
+    ├── ProtocolError               a frame or message broke the wire protocol
+    │   ├── RemoteProtocolError     ... the peer sent it (its connection is closed)
+    │   └── LocalProtocolError      ... we were about to send it (e.g. larger than the maximum)
+    ├── AuthenticationError         a peer could not prove the mesh secret, or we could not
+    │   └── VersionMismatch         protocol or Python versions differ; names both sides
+    ├── ConnectionError_            base of transport failures (exported as MeshConnectionError)
+    │   ├── ConnectionClosed        we closed it; using it again is our bug
+    │   ├── ConnectionLost          it broke: peer died, reset, timed out
+    │   └── NoNodesAvailable        nothing to run on
+    ├── SerializationError          a function, argument or result could not be pickled
+    ├── UnknownJob                  no node knows this job id
+    ├── MeshTimeout                 also a builtin TimeoutError: result/join/iresult ran out of time
+    └── JobError                    a job failed and its own exception could not be re-created
+        ├── WorkerDied              its worker process exited or crashed while running it
+        ├── JobKilled               it was killed: by ``kill`` or past ``_max_runtime``
+        │   └── MaxRuntimeExceeded
+        └── MissingModule           also ModuleNotFoundError: the node lacks a module the job needs
+
+A job's own exception (``ValueError`` raised by the user's function) is re-raised
+as its original type; its ``__cause__`` is a :class:`RemoteTraceback` holding the
+remote traceback text, and it carries ``jid`` and ``node`` attributes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionClosed",
+    "ConnectionLost",
+    "JobError",
+    "JobKilled",
+    "LocalProtocolError",
+    "MaxRuntimeExceeded",
+    "MeshConnectionError",
+    "MeshError",
+    "MeshTimeout",
+    "MissingModule",
+    "NoNodesAvailable",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RemoteTraceback",
+    "SerializationError",
+    "UnknownJob",
+    "VersionMismatch",
+    "WorkerDied",
+]
+
+
+class MeshError(Exception):
+    """Base of every error lanmesh raises itself."""
+
+
+class ConfigurationError(MeshError):
+    """A setting is missing, malformed or unsafe."""
+
+
+class ProtocolError(MeshError):
+    """A frame or message violates the wire protocol."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that violate the protocol; its connection is closed."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow."""
+
+
+class AuthenticationError(MeshError):
+    """The mutual challenge-response failed: a wrong secret, or not a mesh peer."""
+
+
+class VersionMismatch(AuthenticationError):
+    """Both sides are mesh peers but speak different protocol or Python versions."""
+
+
+class MeshConnectionError(MeshError):
+    """A connection to a node could not be made or used."""
+
+
+class ConnectionClosed(MeshConnectionError):
+    """The connection was closed by this side."""
+
+
+class ConnectionLost(MeshConnectionError):
+    """The connection broke: the peer went away, reset it, or stopped answering."""
+
+
+class NoNodesAvailable(MeshConnectionError):
+    """No node is reachable to run the work."""
+
+
+class SerializationError(MeshError):
+    """A function, its arguments or its result could not be pickled."""
+
+
+class UnknownJob(MeshError, KeyError):
+    """No reachable node knows this job id."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want a sentence.
+        return str(self.args[0]) if self.args else "unknown job"
+
+
+class MeshTimeout(MeshError, TimeoutError):
+    """Waiting for jobs took longer than the timeout; the jobs keep running."""
+
+
+class JobError(MeshError):
+    """A job failed in a way its own exception type cannot express.
+
+    ``jid`` and ``node`` name the job and where it ran; ``remote_traceback`` is the
+    traceback text from the node, when there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        jid: str | None = None,
+        node: str | None = None,
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.jid = jid
+        self.node = node
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_job_error,
+            (type(self), str(self), self.jid, self.node, self.remote_traceback),
+        )
+
+
+def _rebuild_job_error(
+    cls: type[JobError], message: str, jid: str | None, node: str | None, tb: str
+) -> JobError:
+    return cls(message, jid=jid, node=node, remote_traceback=tb)
+
+
+class WorkerDied(JobError):
+    """The worker process running the job exited, crashed or was killed from outside."""
+
+
+class JobKilled(JobError):
+    """The job was killed on request."""
+
+
+class MaxRuntimeExceeded(JobKilled):
+    """The job ran past its ``_max_runtime`` and was killed."""
+
+
+class MissingModule(JobError, ModuleNotFoundError):
+    """The node lacks a module the job needs (to unpickle it, or while running)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        jid: str | None = None,
+        node: str | None = None,
+        remote_traceback: str = "",
+        module: str | None = None,
+    ) -> None:
+        JobError.__init__(self, message, jid=jid, node=node, remote_traceback=remote_traceback)
+        self.name = module
+
+
+class RemoteTraceback(Exception):
+    """Carries a remote traceback as the ``__cause__`` of a re-raised job exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,3 @@
+from node._cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""``mesh-node``: start a node of the mesh on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mesh._auth import default_secret_path, ensure_secret_file, load_secret
+from mesh._netif import default_route_ipv4
+from mesh.errors import ConfigurationError
+from node._server import Node, NodeConfig
+
+
+def _data_dir_default() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lanmesh"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mesh-node",
+        description="Run a lanmesh node: it executes jobs sent by clients that know the mesh secret.",
+    )
+    p.add_argument("--host", help="address to listen on (default: the default-route interface's IPv4)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("MESH_PORT", 7390)),
+                   help="TCP port (default 7390; 0 picks a free one)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes, i.e. jobs run at once (default: the number of cores)")
+    p.add_argument("--data-dir", type=Path, default=_data_dir_default(),
+                   help="where the node keeps its state (default ~/.local/share/lanmesh)")
+    p.add_argument("--name", default="", help="node name shown to users (default: the hostname)")
+    p.add_argument("--interface", action="append", default=[], metavar="IP",
+                   help="pin listening and discovery to this interface address (repeatable)")
+    p.add_argument("--secret-file", type=Path, default=None,
+                   help=f"mesh secret file (default {default_secret_path()}; MESH_SECRET overrides)")
+    p.add_argument("--handshake-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds a new connection has to authenticate (default 5)")
+    p.add_argument("--kill-grace", type=float, default=5.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL when killing a job (default 5)")
+    p.add_argument("--result-ttl", type=float, default=3600.0, metavar="S",
+                   help="seconds results are kept after the client has them (default 3600)")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default=os.environ.get("MESH_LOG_LEVEL", "warning"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    try:
+        if os.environ.get("MESH_SECRET", "").strip():
+            secret = load_secret()
+        else:
+            secret = ensure_secret_file(args.secret_file)
+    except ConfigurationError as exc:
+        sys.exit(f"mesh-node: {exc}")
+    if args.workers < 1:
+        sys.exit("mesh-node: --workers must be at least 1")
+    host = args.host or (args.interface[0] if args.interface else None) or default_route_ipv4()
+    if host is None:
+        sys.exit("mesh-node: no default-route interface found; pass --host or --interface")
+    config = NodeConfig(
+        secret=secret,
+        host=host,
+        port=args.port,
+        name=args.name,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        handshake_timeout_s=args.handshake_timeout,
+        kill_grace_s=min(args.kill_grace, 5.0),
+        result_ttl_s=args.result_ttl,
+        parent_pid=args.parent_pid,
+    )
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        sys.exit(f"mesh-node: cannot listen on {host}:{args.port}: {exc.strerror or exc}")
+
+
+async def _serve(config: NodeConfig) -> None:
+    node = Node(config)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+    print(f"mesh-node {node.name} listening on {config.host}:{node.port}", flush=True)
+    try:
+        await node.serve_forever()
+    finally:
+        await node.stop()

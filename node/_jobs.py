@@ -1,0 +1,392 @@
+"""The node's job table: a pure state machine from events to instructions.
+
+Events come from the asyncio node (a client submitted, a worker is ready, a worker
+reported results, a worker died, a kill was asked, time passed); each method returns
+the instructions the node must carry out (send this batch to that worker, kill that
+worker, deliver these results to that connection). No I/O, no clock: ``now`` is
+passed in. Job states: queued -> processing -> done | error | killed.
+
+Workers take batches of consecutive jobs of one function, sized so a batch is a few
+milliseconds of work; a job that needs several cores reserves idle workers; a job
+with a runtime limit runs alone. When a worker dies, the job it was running gets the
+blame only if it ran alone; the rest of a batch is re-queued to run one by one
+("suspects"), so a crashing job is always identified on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from mesh._protocol import (
+    DONE,
+    ERROR,
+    KILLED,
+    PROCESSING,
+    QUEUED,
+    ErrorInfo,
+    JobRecord,
+    RanItem,
+    ResultItem,
+)
+
+__all__ = ["Deliver", "Dispatch", "Func", "Job", "JobTable", "KillWorker", "Instruction"]
+
+# A batch should take about this long; a longer one delays results and kills.
+BATCH_TARGET_S = 0.01
+MAX_BATCH = 512
+NODE_TRACKED_FUNCTIONS = 128
+WORKER_FUNCTIONS = 2 * NODE_TRACKED_FUNCTIONS
+_EWMA = 0.2
+
+
+@dataclass(slots=True, eq=False)
+class Func:
+    fhash: bytes
+    blob: bytes
+    name: str
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    jid: str
+    func: Func
+    args: bytes
+    owner: int
+    submitted: float
+    cores: int = 1
+    label: str = ""
+    max_runtime: float = 0.0
+    state: int = QUEUED
+    started: float = 0.0
+    finished: float = 0.0
+    cpu_s: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    result: bytes = b""
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    worker: int = -1
+    suspect: bool = False
+    kill_reason: str = ""
+    watchers: set[int] | None = None
+
+    def item(self) -> ResultItem:
+        return (self.jid, self.state, self.result, self.error)
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    wid: int
+    batch: dict[str, Job] = field(default_factory=dict)
+    reserved_for: str = ""  # jid of a multi-core job holding this idle worker
+    reserving: list[int] = field(default_factory=list)
+    # Functions this worker holds, most recent last. The worker keeps twice as many
+    # (WORKER_FUNCTIONS), so every function listed here is still there.
+    functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    worker: int
+    func: Func
+    send_function: bool
+    jobs: list[Job]
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    worker: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    conn: int
+    items: list[ResultItem]
+
+
+Instruction = Dispatch | KillWorker | Deliver
+
+
+class JobTable:
+    """All jobs a node knows, its queue and its workers' assignments."""
+
+    def __init__(self, node_name: str, *, result_ttl_s: float = 3600.0, unclaimed_ttl_s: float = 86400.0) -> None:
+        self.node_name = node_name
+        self.result_ttl_s = result_ttl_s
+        self.unclaimed_ttl_s = unclaimed_ttl_s
+        self.jobs: dict[str, Job] = {}
+        self.queue: deque[Job] = deque()
+        self.workers: dict[int, _Worker] = {}
+        self.capacity = 0  # workers the node is configured for (ready or starting)
+        self.avg_run_s: float | None = None
+        self._expiry: deque[tuple[float, str]] = deque()
+        self._out: dict[int, list[ResultItem]] = {}
+
+    # ---- queries ----
+
+    @property
+    def running(self) -> int:
+        return sum(1 for w in self.workers.values() if w.batch or w.reserved_for)
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def record(self, jid: str) -> JobRecord | None:
+        j = self.jobs.get(jid)
+        if j is None:
+            return None
+        err = ""
+        if j.error is not None:
+            err = j.error[3] or f"{j.error[1]}: {j.error[2]}"
+        return (
+            j.jid, j.state, self.node_name, j.func.name, j.label, j.submitted, j.started,
+            j.finished, j.cpu_s, j.stdout, j.stderr, err, j.attempts,
+        )  # fmt: skip
+
+    # ---- events ----
+
+    def submit(
+        self,
+        conn: int,
+        func: Func,
+        items: tuple[tuple[str, bytes], ...],
+        now: float,
+        *,
+        cores: int = 1,
+        label: str = "",
+        max_runtime: float = 0.0,
+    ) -> list[Instruction]:
+        """A client submitted jobs. A jid seen before is not run twice: the sender watches it."""
+        fresh: list[Job] = []
+        for jid, args in items:
+            old = self.jobs.get(jid)
+            if old is not None:
+                self._watch(old, conn)
+                continue
+            job = Job(jid, func, args, conn, now, cores, label, max_runtime)
+            self.jobs[jid] = job
+            if cores > max(self.capacity, 1) or cores < 1:
+                self._finish(
+                    job,
+                    ERROR,
+                    now,
+                    error=("rejected", "ValueError", f"job needs {cores} cores; node "
+                           f"{self.node_name} has {self.capacity} workers", "", ""),
+                )  # fmt: skip
+                continue
+            fresh.append(job)
+        self.queue.extend(fresh)
+        return self._schedule(now)
+
+    def watch(self, conn: int, jids: tuple[str, ...]) -> list[Instruction]:
+        """Also deliver these jobs' results to ``conn`` (at once for finished ones)."""
+        for jid in jids:
+            job = self.jobs.get(jid)
+            if job is not None:
+                self._watch(job, conn)
+        return self._flush()
+
+    def _watch(self, job: Job, conn: int) -> None:
+        if job.state in (DONE, ERROR, KILLED):
+            self._out.setdefault(conn, []).append(job.item())
+        elif conn != job.owner:
+            if job.watchers is None:
+                job.watchers = set()
+            job.watchers.add(conn)
+
+    def worker_ready(self, wid: int, now: float) -> list[Instruction]:
+        self.workers[wid] = _Worker(wid)
+        return self._schedule(now)
+
+    def worker_ran(self, wid: int, items: tuple[RanItem, ...], now: float) -> list[Instruction]:
+        """A worker reported finished jobs (its batch may still be running)."""
+        w = self.workers.get(wid)
+        if w is None:
+            return []
+        for jid, state, blob, error, started, finished, cpu_s, out, err in items:
+            job = w.batch.pop(jid, None)
+            if job is None:
+                continue
+            job.started, job.cpu_s, job.stdout, job.stderr = started, cpu_s, out, err
+            self._observe(finished - started)
+            self._finish(job, state, now, result=blob, error=error, finished=finished)
+        if not w.batch:
+            self._release(w)
+        return self._schedule(now)
+
+    def worker_died(self, wid: int, exit_desc: str, now: float) -> list[Instruction]:
+        """A worker process is gone. Blame its job only if it ran alone; re-queue the rest."""
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return []
+        self._release(w)
+        batch = list(w.batch.values())
+        requeue: list[Job] = []
+        for job in batch:
+            if job.kill_reason:
+                kind = "max-runtime" if job.kill_reason == "max-runtime" else "killed"
+                msg = (
+                    f"killed after exceeding _max_runtime={job.max_runtime:g}s"
+                    if kind == "max-runtime"
+                    else "killed on request"
+                )
+                self._finish(job, KILLED, now, error=(kind, "JobKilled", msg, "", ""))
+            elif len(batch) == 1:
+                job.attempts += 1
+                self._finish(
+                    job,
+                    ERROR,
+                    now,
+                    error=(
+                        "worker-died",
+                        "WorkerDied",
+                        f"worker process on node {self.node_name} {exit_desc} while running "
+                        f"{job.func.name}",
+                        "",
+                        "",
+                    ),
+                )
+            else:
+                job.state, job.worker, job.suspect = QUEUED, -1, True
+                requeue.append(job)
+        self.queue.extendleft(reversed(requeue))
+        return self._schedule(now)
+
+    def kill(self, jids: tuple[str, ...], now: float, *, reason: str = "killed") -> list[Instruction]:
+        out: list[Instruction] = []
+        for jid in jids:
+            job = self.jobs.get(jid)
+            if job is None:
+                continue
+            if job.state == QUEUED:
+                try:
+                    self.queue.remove(job)
+                except ValueError:
+                    pass
+                self._finish(job, KILLED, now, error=("killed", "JobKilled", "killed on request", "", ""))
+            elif job.state == PROCESSING and not job.kill_reason:
+                job.kill_reason = reason
+                out.append(KillWorker(job.worker, f"{reason}: {jid}"))
+        return out + self._schedule(now)
+
+    def ack(self, jids: tuple[str, ...], now: float) -> None:
+        """The client has these results: keep them for ``result_ttl_s`` more."""
+        expire = now + self.result_ttl_s
+        for jid in jids:
+            if jid in self.jobs:
+                self._expiry.append((expire, jid))
+
+    def tick(self, now: float) -> list[Instruction]:
+        """Time passed: enforce runtime limits, forget expired results."""
+        out: list[Instruction] = []
+        for w in self.workers.values():
+            for job in w.batch.values():
+                if (
+                    job.max_runtime > 0
+                    and not job.kill_reason
+                    and job.started
+                    and now - job.started > job.max_runtime
+                ):
+                    job.kill_reason = "max-runtime"
+                    out.append(KillWorker(w.wid, f"max-runtime: {job.jid}"))
+        while self._expiry and self._expiry[0][0] <= now:
+            _, jid = self._expiry.popleft()
+            job = self.jobs.get(jid)
+            if job is not None and job.state in (DONE, ERROR, KILLED):
+                del self.jobs[jid]
+        return out
+
+    def disconnected(self, conn: int) -> None:
+        """A client went away; its jobs keep running and their results wait to be fetched."""
+        for job in self.jobs.values():
+            if job.watchers and conn in job.watchers:
+                job.watchers.discard(conn)
+
+    # ---- internals ----
+
+    def _observe(self, run_s: float) -> None:
+        run_s = max(run_s, 0.0)
+        self.avg_run_s = run_s if self.avg_run_s is None else (1 - _EWMA) * self.avg_run_s + _EWMA * run_s
+
+    def _finish(
+        self,
+        job: Job,
+        state: int,
+        now: float,
+        *,
+        result: bytes = b"",
+        error: ErrorInfo | None = None,
+        finished: float | None = None,
+    ) -> None:
+        job.state, job.result, job.error = state, result, error
+        job.finished = finished if finished is not None else now
+        job.worker = -1
+        self._out.setdefault(job.owner, []).append(job.item())
+        if job.watchers:
+            for conn in job.watchers:
+                self._out.setdefault(conn, []).append(job.item())
+        self._expiry.append((now + self.unclaimed_ttl_s, job.jid))
+
+    def _release(self, w: _Worker) -> None:
+        for other in w.reserving:
+            ow = self.workers.get(other)
+            if ow is not None:
+                ow.reserved_for = ""
+        w.reserving.clear()
+
+    def _batch_size(self, head: Job, idle: int) -> int:
+        if head.cores > 1 or head.max_runtime > 0 or head.suspect:
+            return 1
+        by_queue = len(self.queue) // (2 * max(len(self.workers), 1))
+        if self.avg_run_s is None:
+            return 1
+        by_time = BATCH_TARGET_S / self.avg_run_s if self.avg_run_s > 0 else MAX_BATCH
+        return max(1, min(MAX_BATCH, by_queue, math.floor(by_time)))
+
+    def _schedule(self, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        if self.queue:
+            idle = [w for w in self.workers.values() if not w.batch and not w.reserved_for]
+            while self.queue and idle:
+                head = self.queue[0]
+                if head.cores > len(idle):
+                    break  # wait for enough idle workers; keep order
+                w = idle.pop()
+                n = self._batch_size(head, len(idle) + 1)
+                jobs: list[Job] = []
+                q = self.queue
+                while q and len(jobs) < n:
+                    j = q[0]
+                    if j.func is not head.func or j.cores != 1 or j.max_runtime > 0 or j.suspect:
+                        if jobs:
+                            break
+                    jobs.append(q.popleft())
+                    if len(jobs) == 1 and n == 1:
+                        break
+                for j in jobs:
+                    j.state, j.worker, j.started = PROCESSING, w.wid, now
+                    w.batch[j.jid] = j
+                if head.cores > 1:
+                    for _ in range(head.cores - 1):
+                        other = idle.pop()
+                        other.reserved_for = head.jid
+                        w.reserving.append(other.wid)
+                fhash = head.func.fhash
+                send = fhash not in w.functions
+                w.functions[fhash] = None
+                w.functions.move_to_end(fhash)
+                if len(w.functions) > NODE_TRACKED_FUNCTIONS:
+                    w.functions.popitem(last=False)
+                out.append(Dispatch(w.wid, head.func, send, jobs))
+        return out + self._flush()
+
+    def _flush(self) -> list[Instruction]:
+        if not self._out:
+            return []
+        out: list[Instruction] = [Deliver(conn, items) for conn, items in self._out.items()]
+        self._out = {}
+        return out

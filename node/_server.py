@@ -1,0 +1,261 @@
+"""The ``mesh-node`` daemon: an asyncio TCP server that runs jobs in its worker pool.
+
+The node carries out what its pure :class:`JobTable` decides: it turns messages from
+clients and workers into table events, and the table's instructions into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from mesh._connection import Connection
+from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
+from mesh._protocol import (
+    Ack,
+    Goodbye,
+    Kill,
+    Load,
+    Message,
+    Query,
+    RanItem,
+    Records,
+    Results,
+    Run,
+    Submit,
+)
+from node._jobs import Deliver, Dispatch, Func, Instruction, JobTable, KillWorker
+from node._pool import WorkerPool
+
+__all__ = ["Node", "NodeConfig"]
+
+log = logging.getLogger("mesh.node")
+
+TICK_S = 0.1
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node is started with. Tests shrink timings here, not by patching."""
+
+    secret: bytes
+    host: str = "127.0.0.1"
+    port: int = 7390
+    name: str = ""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "lanmesh")
+    handshake_timeout_s: float = 5.0
+    kill_grace_s: float = 5.0
+    result_ttl_s: float = 3600.0
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_message: int = DEFAULT_MAX_MESSAGE
+    parent_pid: int | None = None
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name or os.uname().nodename.split(".")[0] or "node"
+        self.node_id = secrets.token_hex(6)
+        self.table = JobTable(self.name, result_ttl_s=config.result_ttl_s)
+        self.table.capacity = config.workers
+        self.port = config.port
+        self._conns: dict[int, Connection] = {}
+        self._conn_ids: dict[Connection, int] = {}
+        self._funcs: dict[int, dict[bytes, Func]] = {}
+        self._next_conn = 0
+        self._server: asyncio.Server | None = None
+        self._pool: WorkerPool | None = None
+        self._log_file: IO[bytes] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Return once the node accepts connections; workers warm up in the background."""
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.config.data_dir / "workers.log", "ab")  # noqa: SIM115
+        self._pool = WorkerPool(
+            self.config.workers,
+            on_ready=self._worker_ready,
+            on_ran=self._worker_ran,
+            on_died=self._worker_died,
+            log_file=self._log_file,
+            kill_grace_s=self.config.kill_grace_s,
+        )
+        self._pool.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_connection, self.config.host, self.config.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = loop.create_task(self._tick())
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns.values()):
+            with contextlib.suppress(Exception):
+                conn.send(Goodbye("node stopping"))
+            conn.close()
+        if self._pool is not None:
+            await self._pool.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self._log_file is not None:
+            self._log_file.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self._apply(self.table.tick(time.time()))
+            ppid = self.config.parent_pid
+            if ppid is not None and not _alive(ppid):
+                log.info("parent process %d is gone; stopping", ppid)
+                self._stopped.set()
+
+    # ---- connections ----
+
+    def _new_connection(self) -> Connection:
+        self._next_conn += 1
+        cid = self._next_conn
+        conn = Connection(
+            "server",
+            secret=self.config.secret,
+            name=self.name,
+            node_id=self.node_id,
+            peer_label=f"connection {cid}",
+            handshake_timeout_s=self.config.handshake_timeout_s,
+            max_frame=self.config.max_frame,
+            max_message=self.config.max_message,
+            on_message=self._message,
+            on_close=self._closed,
+        )
+        conn.ready.add_done_callback(lambda f: self._authenticated(cid, conn, f))
+        return conn
+
+    def _authenticated(self, cid: int, conn: Connection, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None or conn.closed:
+            return
+        self._conns[cid] = conn
+        self._conn_ids[conn] = cid
+        self._funcs[cid] = {}
+        conn.send(self._load())
+
+    def _closed(self, conn: Connection, reason: BaseException | None) -> None:
+        cid = self._conn_ids.pop(conn, None)
+        if cid is None:
+            return
+        self._conns.pop(cid, None)
+        self._funcs.pop(cid, None)
+        self.table.disconnected(cid)
+
+    def _load(self) -> Load:
+        return Load(self.node_id, self.name, self.config.workers, self.table.running, self.table.queued)
+
+    def _message(self, conn: Connection, msg: Message) -> None:
+        cid = self._conn_ids.get(conn)
+        if cid is None:
+            return
+        now = time.time()
+        if isinstance(msg, Submit):
+            funcs = self._funcs[cid]
+            func = funcs.get(msg.fhash)
+            if func is None:
+                if not msg.fblob:
+                    conn.abort()  # a client that skips the function blob is broken
+                    return
+                func = funcs[msg.fhash] = Func(msg.fhash, msg.fblob, msg.fname)
+            self._apply(
+                self.table.submit(
+                    cid,
+                    func,
+                    msg.items,
+                    now,
+                    cores=msg.cores,
+                    label=msg.label,
+                    max_runtime=msg.max_runtime,
+                )
+            )
+        elif isinstance(msg, Ack):
+            self.table.ack(msg.jids, now)
+        elif isinstance(msg, Kill):
+            self._apply(self.table.kill(msg.jids, now))
+        elif isinstance(msg, Query):
+            records = tuple(r for r in map(self.table.record, msg.jids) if r is not None)
+            conn.send(Records(msg.req, records))
+            if msg.watch:
+                self._apply(self.table.watch(cid, msg.jids))
+        elif isinstance(msg, Goodbye):
+            conn.close()
+        else:
+            log.warning("unexpected %s from %s; closing", type(msg).__name__, conn.peer_label)
+            conn.abort()
+
+    # ---- workers ----
+
+    def _worker_ready(self, wid: int) -> None:
+        self._apply(self.table.worker_ready(wid, time.time()))
+
+    def _worker_ran(self, wid: int, items: tuple[RanItem, ...]) -> None:
+        self._apply(self.table.worker_ran(wid, items, time.time()))
+
+    def _worker_died(self, wid: int, desc: str) -> None:
+        self._apply(self.table.worker_died(wid, desc, time.time()))
+
+    # ---- carrying out instructions ----
+
+    def _apply(self, instructions: list[Instruction]) -> None:
+        assert self._pool is not None
+        for ins in instructions:
+            if isinstance(ins, Dispatch):
+                f = ins.func
+                run = Run(f.fhash, f.blob if ins.send_function else b"", f.name,
+                          tuple((j.jid, j.args) for j in ins.jobs))  # fmt: skip
+                if not self._pool.send(ins.worker, run):
+                    # The worker vanished between events; its death event re-queues.
+                    log.info("worker %d gone before dispatch", ins.worker)
+            elif isinstance(ins, KillWorker):
+                log.info("killing worker %d (%s)", ins.worker, ins.reason)
+                self._pool.kill(ins.worker)
+            elif isinstance(ins, Deliver):
+                conn = self._conns.get(ins.conn)
+                if conn is not None and not conn.closed:
+                    conn.send(
+                        Results(tuple(ins.items), self.table.running, self.table.queued,
+                                self.table.avg_run_s or 0.0)
+                    )  # fmt: skip
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self._pool.pids if self._pool is not None else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
