@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -62,6 +63,7 @@ PIPELINE_S = 0.05  # keep about this much work queued at each node
 MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
 RECONNECT_S = 1.0
+ACK_DELAY_S = 0.02
 OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_env", "_files")
 
 T = TypeVar("T")
@@ -233,6 +235,10 @@ class AsyncClient:
         self._connect_timeout_s = connect_timeout_s
         self._jobs: dict[str, _Job] = {}
         self._pending: deque[_Job] = deque()
+        # Guards job finalisation against waiters registered from other threads.
+        self._final_lock = threading.Lock()
+        self._acks: dict[_Link, list[str]] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
         self._requests: dict[int, tuple[asyncio.Future[list[JobRecord]], list[JobRecord], set[str]]] = {}
         self._req_ids = itertools.count(1)
@@ -351,24 +357,37 @@ class AsyncClient:
             link.avg_run_s = msg.avg_run_s
         jobs = self._jobs
         acked = []
-        for jid, state, blob, error in msg.items:
-            acked.append(jid)
-            job = jobs.get(jid)
-            if job is None or job.state >= DONE:
-                continue  # a late duplicate, e.g. from a node we had given up on
-            owner = job.link
-            if owner is not None and owner.inflight.pop(jid, None) is not None:
-                owner.inflight_slots -= job.cores
-            job.link = None
-            job.state, job.blob, job.error, job.node = state, blob, error, link.name
-            if job.callbacks:
-                for cb in job.callbacks:
-                    cb(job)
-                job.callbacks = None
-        if link.conn is not None and not link.conn.closed:
-            link.conn.send(Ack(tuple(acked)))
+        with self._final_lock:
+            for jid, state, blob, error in msg.items:
+                acked.append(jid)
+                job = jobs.get(jid)
+                if job is None or job.state >= DONE:
+                    continue  # a late duplicate, e.g. from a node we had given up on
+                owner = job.link
+                if owner is not None and owner.inflight.pop(jid, None) is not None:
+                    owner.inflight_slots -= job.cores
+                job.link = None
+                job.state, job.blob, job.error, job.node = state, blob, error, link.name
+                if job.callbacks:
+                    for cb in job.callbacks:
+                        cb(job)
+                    job.callbacks = None
+        self._ack(link, acked)
         if self._pending:
             self._pump()
+
+    def _ack(self, link: _Link, jids: list[str]) -> None:
+        """Acknowledge results in batches: one Ack per link every ACK_DELAY_S at most."""
+        self._acks.setdefault(link, []).extend(jids)
+        if self._ack_timer is None and self._loop is not None:
+            self._ack_timer = self._loop.call_later(ACK_DELAY_S, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        acks, self._acks = self._acks, {}
+        for link, jids in acks.items():
+            if link.conn is not None and not link.conn.closed:
+                link.conn.send(Ack(tuple(jids)))
 
     def _on_close(self, link: _Link, conn: Connection, reason: BaseException | None) -> None:
         if conn is not link.conn:
@@ -405,11 +424,12 @@ class AsyncClient:
             self._schedule_pump()
 
     def _fail(self, job: _Job, error: ErrorInfo) -> None:
-        job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
-        if job.callbacks:
-            for cb in job.callbacks:
-                cb(job)
-            job.callbacks = None
+        with self._final_lock:
+            job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
+            if job.callbacks:
+                for cb in job.callbacks:
+                    cb(job)
+                job.callbacks = None
 
     # ---- placing work ----
 
@@ -501,19 +521,24 @@ class AsyncClient:
         return jobs
 
     def _enqueue(self, jobs: list[_Job]) -> None:
-        """Loop thread: queue prepared jobs for placement."""
+        """Loop thread: queue prepared jobs and place what can be placed now."""
         self._pending.extend(jobs)
-        self._schedule_pump()
+        self._pump()
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
-        """Loop thread: call ``cb(job)`` once per job when it is final (at once if it is)."""
-        for job in jobs:
-            if job.final:
-                cb(job)
-            elif job.callbacks is None:
-                job.callbacks = [cb]
-            else:
-                job.callbacks.append(cb)
+        """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).
+
+        ``cb`` runs on the loop thread (or on the caller's, for jobs already final);
+        it must be quick and thread-safe.
+        """
+        with self._final_lock:
+            for job in jobs:
+                if job.final:
+                    cb(job)
+                elif job.callbacks is None:
+                    job.callbacks = [cb]
+                else:
+                    job.callbacks.append(cb)
 
     def _lookup(self, jids: Iterable[str]) -> tuple[list[_Job], list[_Job]]:
         """Loop thread: the jobs for ``jids``, adopting ids this client never submitted."""
@@ -661,17 +686,21 @@ class AsyncClient:
         await self._adopt(adopted)
         by_link: dict[str, list[_Job]] = {}
         for j in jobs:
-            if j.state == PROCESSING and j.link is not None:
-                by_link.setdefault(j.link.key, []).append(j)
+            if j.state == PROCESSING:  # the node knows better: queued there, or done already
+                link = j.link or self._link_named(j.node)
+                if link is not None and link.usable:
+                    by_link.setdefault(link.key, []).append(j)
         states = {j.jid: j.state for j in jobs}
         for key, js in by_link.items():
             for r in await self._query([self._links[key]], tuple(j.jid for j in js)):
                 if states.get(r[0]) == PROCESSING:
-                    states[r[0]] = r[1] if r[1] < DONE else PROCESSING
-        names = []
-        for j in jobs:
-            names.append(JOB_STATES[states[j.jid]] if j.state < DONE else JOB_STATES[j.state])
+                    states[r[0]] = r[1]
+        names = [JOB_STATES[self._jobs[j.jid].state if self._jobs[j.jid].final else states[j.jid]]
+                 for j in jobs]  # fmt: skip
         return names[0] if isinstance(jids, str) else names
+
+    def _link_named(self, name: str) -> _Link | None:
+        return next((l for l in self._links.values() if l.name == name and name), None)
 
     async def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
         """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
@@ -703,7 +732,7 @@ class AsyncClient:
         await self._adopt(adopted)
         by_link: dict[str, list[str]] = {}
         for j in jobs:
-            link = j.link or next((l for l in self._links.values() if l.name == j.node), None)
+            link = j.link or self._link_named(j.node)
             if link is not None and link.usable:
                 by_link.setdefault(link.key, []).append(j.jid)
         records: dict[str, JobRecord] = {}

@@ -152,7 +152,7 @@ class Client:
             if left[0] == 0:
                 done.set()
 
-        self._thread.loop.call_soon_threadsafe(self._async._add_callback, pending, on_final)
+        self._async._add_callback(pending, on_final)
         if not done.wait(timeout):
             n = sum(1 for j in pending if not j.final)
             raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s")
@@ -185,7 +185,7 @@ class Client:
         """Yield results as they finish: in submission order, or in completion order."""
         jobs = self._jobs(jids)
         q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._thread.loop.call_soon_threadsafe(self._async._add_callback, jobs, q.put)
+        self._async._add_callback(jobs, q.put)
         return self._iresult(jobs, q, timeout, ordered)
 
     def _iresult(self, jobs: list[_Job], q: queue.SimpleQueue[_Job], timeout: float | None,

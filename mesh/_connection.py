@@ -79,8 +79,7 @@ class Connection(asyncio.Protocol):
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=4 << 20)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -269,7 +268,10 @@ async def open_connection(
         raise MeshConnectionError(f"cannot reach {label}: {exc or 'timed out'}") from exc
     assert conn is not None
     try:
-        await conn.ready
+        await asyncio.wait_for(asyncio.shield(conn.ready), timeout_s + 1.0)
+    except asyncio.TimeoutError:
+        conn.abort()
+        raise AuthenticationError(f"{label} did not complete the handshake in time") from None
     except AuthenticationError:
         conn.abort()
         raise

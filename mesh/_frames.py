@@ -124,6 +124,8 @@ class FrameCodec:
     def _frame(self, kind: int, body: bytes | memoryview) -> list[bytes | memoryview]:
         n = len(body)
         if self._send_mac is None:
+            if n < 65536:  # one buffer: the reader wakes once, not for the header alone
+                return [HEADER.pack(n, kind) + bytes(body)]
             return [HEADER.pack(n, kind), body]
         mac = self._send_mac.copy()
         mac.update(SEQ_HEADER.pack(self._send_seq, n, kind))
@@ -213,6 +215,7 @@ class FrameCodec:
             self._error = exc
             buf.clear()
             self._parts.clear()
+            self._parts_size = 0
             raise
         finally:
             if pos:

@@ -76,36 +76,41 @@ class Message:
     _defaults: ClassVar[tuple[Any, ...]] = ()
 
 
-def _checker(tp: Any) -> Callable[[Any], bool]:
-    """Build a predicate that accepts exactly the msgpack-decoded shape of ``tp``."""
+def _expr(tp: Any, var: str, depth: int = 0) -> str:
+    """A Python expression that is true exactly when ``var`` has the decoded shape of ``tp``.
+
+    Checks are compiled to one expression per field (no closures, no generators but
+    one per variable-length tuple): this runs for every job a node sees.
+    """
     if tp is Any:
-        return lambda v: True
+        return "True"
     if tp is bool:
-        return lambda v: v is True or v is False
-    if tp is int:
-        return lambda v: type(v) is int
+        return f"({var} is True or {var} is False)"
     if tp is float:
-        return lambda v: type(v) is float or type(v) is int
-    if tp is str:
-        return lambda v: type(v) is str
-    if tp is bytes:
-        return lambda v: type(v) is bytes
+        return f"(type({var}) is float or type({var}) is int)"
+    if tp in (int, str, bytes):
+        return f"type({var}) is {tp.__name__}"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Union or origin is types.UnionType:
-        checks = [_checker(a) for a in args if a is not type(None)]
-        nullable = type(None) in args
-        return lambda v: (nullable and v is None) or any(c(v) for c in checks)
+        parts = [f"{var} is None" if a is type(None) else _expr(a, var, depth) for a in args]
+        return "(" + " or ".join(parts) + ")"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            each = _checker(args[0])
-            return lambda v: type(v) is tuple and all(each(x) for x in v)
-        fixed = [_checker(a) for a in args]
-        n = len(fixed)
-        return lambda v: (
-            type(v) is tuple and len(v) == n and all(c(x) for c, x in zip(fixed, v))
-        )
+            item = f"x{depth}"
+            return (
+                f"(type({var}) is tuple and all({_expr(args[0], item, depth + 1)} "
+                f"for {item} in {var}))"
+            )
+        parts = [f"type({var}) is tuple", f"len({var}) == {len(args)}"]
+        parts += [_expr(a, f"{var}[{i}]", depth) for i, a in enumerate(args)]
+        return "(" + " and ".join(parts) + ")"
     raise TypeError(f"unsupported wire type {tp!r}")
+
+
+def _checker(tp: Any) -> Callable[[Any], bool]:
+    """Compile a predicate that accepts exactly the msgpack-decoded shape of ``tp``."""
+    return eval(f"lambda v: {_expr(tp, 'v')}", {})  # type: ignore[no-any-return]
 
 
 def message(tag: int) -> Callable[[type[_M]], type[_M]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import pickle
 import site
@@ -68,7 +69,7 @@ def _installed_roots() -> tuple[str, ...]:
 
 _ROOTS = _installed_roots()
 _by_value: set[str] = set()
-_scanned_modules = 0
+_scanned: tuple[int, str] = (0, "")
 
 
 def _is_local(module: types.ModuleType) -> bool:
@@ -82,8 +83,11 @@ def _is_local(module: types.ModuleType) -> bool:
 
 def register_local_modules() -> None:
     """Mark every imported local top-level module to be pickled by value."""
-    global _scanned_modules
-    if len(sys.modules) == _scanned_modules:
+    global _scanned
+    # New imports land at the end of sys.modules: (size, last name) changes whenever
+    # a module arrives, even if another left, and costs O(1) to check on every call.
+    mark = (len(sys.modules), next(reversed(sys.modules), ""))
+    if mark == _scanned:
         return
     for name, module in list(sys.modules.items()):
         if "." in name or name in _by_value or name in _OWN or name.startswith("__"):
@@ -96,7 +100,7 @@ def register_local_modules() -> None:
             except (ValueError, TypeError):
                 continue
             _by_value.add(name)
-    _scanned_modules = len(sys.modules)
+    _scanned = mark
 
 
 def function_name(fn: Callable[..., Any]) -> str:
@@ -188,6 +192,13 @@ def _client_version_hint(module: str) -> tuple[str, str]:
     return "", ""
 
 
+def _importable(module: str) -> bool:
+    try:
+        return bool(module) and importlib.util.find_spec(module.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 _KINDS: dict[str, type[JobError]] = {
     "worker-died": WorkerDied,
     "killed": JobKilled,
@@ -201,7 +212,12 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
     where = f"job {jid} on node {node}"
     if kind == "missing-module":
         has, hint = _client_version_hint(module or message)
-        client_side = f"client has {has}" if has else "this client does not have it either"
+        if has:
+            client_side = f"client has {has}"
+        elif _importable(module):
+            client_side = "the client has it as a local module, not an installed package"
+        else:
+            client_side = "this client does not have it either"
         advice = f"pass {hint} or install it there" if hint else "install it there"
         err: BaseException = MissingModule(
             f"node {node} lacks module {module!r} ({client_side}); {advice} [{where}]",

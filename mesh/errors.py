@@ -172,6 +172,18 @@ class MissingModule(JobError, ModuleNotFoundError):
         JobError.__init__(self, message, jid=jid, node=node, remote_traceback=remote_traceback)
         self.name = module
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_missing_module,
+            (str(self), self.jid, self.node, self.remote_traceback, self.name),
+        )
+
+
+def _rebuild_missing_module(
+    message: str, jid: str | None, node: str | None, tb: str, module: str | None
+) -> MissingModule:
+    return MissingModule(message, jid=jid, node=node, remote_traceback=tb, module=module)
+
 
 class RemoteTraceback(Exception):
     """Carries a remote traceback as the ``__cause__`` of a re-raised job exception."""

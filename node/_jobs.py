@@ -15,6 +15,7 @@ blame only if it ran alone; the rest of a batch is re-queued to run one by one
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class JobTable:
         self.workers: dict[int, _Worker] = {}
         self.capacity = 0  # workers the node is configured for (ready or starting)
         self.avg_run_s: float | None = None
-        self._expiry: deque[tuple[float, str]] = deque()
+        self._expiry: list[tuple[float, str]] = []  # a heap: (time, jid)
         self._out: dict[int, list[ResultItem]] = {}
 
     # ---- queries ----
@@ -278,7 +279,7 @@ class JobTable:
         expire = now + self.result_ttl_s
         for jid in jids:
             if jid in self.jobs:
-                self._expiry.append((expire, jid))
+                heapq.heappush(self._expiry, (expire, jid))
 
     def tick(self, now: float) -> list[Instruction]:
         """Time passed: enforce runtime limits, forget expired results."""
@@ -294,7 +295,7 @@ class JobTable:
                     job.kill_reason = "max-runtime"
                     out.append(KillWorker(w.wid, f"max-runtime: {job.jid}"))
         while self._expiry and self._expiry[0][0] <= now:
-            _, jid = self._expiry.popleft()
+            _, jid = heapq.heappop(self._expiry)
             job = self.jobs.get(jid)
             if job is not None and job.state in (DONE, ERROR, KILLED):
                 del self.jobs[jid]
@@ -329,7 +330,7 @@ class JobTable:
         if job.watchers:
             for conn in job.watchers:
                 self._out.setdefault(conn, []).append(job.item())
-        self._expiry.append((now + self.unclaimed_ttl_s, job.jid))
+        heapq.heappush(self._expiry, (now + self.unclaimed_ttl_s, job.jid))
 
     def _release(self, w: _Worker) -> None:
         for other in w.reserving:

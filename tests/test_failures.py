@@ -1,0 +1,160 @@
+"""Jobs that fail in every way a job can: the node survives each and keeps serving.
+
+Most tests run on one node (two workers) with a client connected to it alone, so the
+call that follows a failure is certain to run on the node that saw it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from _helpers import square, started_then_gated, wait_until
+from conftest import NodeProc, alive
+
+import mesh
+
+
+class CustomError(Exception):
+    """An exception type the node only knows because the client shipped it."""
+
+
+def explode_in_job(x):
+    raise ValueError(f"bad value {x}")
+
+
+def raise_custom(x):
+    raise CustomError("custom", x)
+
+
+def exit_with_3():
+    os._exit(3)
+
+
+def segfault():
+    import ctypes
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for this crash
+    ctypes.string_at(0)
+
+
+def sleeper(seconds):
+    time.sleep(seconds)
+    return "woke up"
+
+
+def crash_at(x, bad):
+    if x == bad:
+        os._exit(7)
+    return x * x
+
+
+@pytest.fixture
+def solo(node_factory) -> NodeProc:
+    return node_factory(name="solo", workers=2)
+
+
+@pytest.fixture
+def c(solo: NodeProc, secret: str) -> Iterator[mesh.Client]:
+    with mesh.Client([solo.address], secret) as client:
+        yield client
+
+
+def assert_serving(node: NodeProc, client: mesh.Client, before: set[int], replaced: int) -> None:
+    """The node has its full worker count, ``replaced`` of them new, and runs jobs."""
+    after = set(node.wait_workers(2))
+    assert len(before - after) == replaced, (before, after)
+    for pid in before - after:
+        wait_until(lambda pid=pid: not alive(pid), what=f"worker {pid} to be gone")
+    assert node.proc.poll() is None
+    assert client.result(client.map(square, range(4)), timeout=30) == [0, 1, 4, 9]
+
+
+def test_job_exception_is_reraised_with_remote_traceback(solo, c):
+    before = set(solo.worker_pids())
+    jid = c.call(explode_in_job, 7)
+    with pytest.raises(ValueError, match="bad value 7") as ei:
+        c.result(jid)
+    exc = ei.value
+    assert type(exc) is ValueError
+    assert isinstance(exc.__cause__, mesh.RemoteTraceback)
+    remote = str(exc.__cause__)
+    assert "explode_in_job" in remote
+    assert "ValueError: bad value 7" in remote
+    assert exc.node == "solo"
+    assert exc.jid == jid
+    assert c.status(jid) == "error"
+    # a raising job costs no worker
+    assert_serving(solo, c, before, replaced=0)
+
+
+def test_job_exception_of_a_class_defined_by_the_client(solo, c):
+    with pytest.raises(CustomError) as ei:
+        c.result(c.call(raise_custom, 5))
+    assert ei.value.args == ("custom", 5)
+    assert "raise_custom" in str(ei.value.__cause__)
+    assert ei.value.node == "solo"
+
+
+def test_worker_exiting_gives_worker_died_with_exit_code(solo, c):
+    before = set(solo.worker_pids())
+    jid = c.call(exit_with_3)
+    with pytest.raises(mesh.WorkerDied, match="exited with code 3") as ei:
+        c.result(jid, timeout=30)
+    assert ei.value.node == "solo"
+    assert ei.value.jid == jid
+    assert "exit_with_3" in str(ei.value)
+    assert c.status(jid) == "error"
+    assert_serving(solo, c, before, replaced=1)
+
+
+def test_worker_segfault_gives_worker_died_naming_sigsegv(solo, c):
+    before = set(solo.worker_pids())
+    jid = c.call(segfault)
+    with pytest.raises(mesh.WorkerDied, match="SIGSEGV") as ei:
+        c.result(jid, timeout=30)
+    assert ei.value.node == "solo"
+    assert c.status(jid) == "error"
+    assert_serving(solo, c, before, replaced=1)
+
+
+def test_killed_running_job(solo, c, tmp_path):
+    before = set(solo.worker_pids())
+    started = tmp_path / "started"
+    jid = c.call(started_then_gated, str(started), str(tmp_path / "never"), None)
+    wait_until(started.exists, what="job to start")
+    c.kill(jid)
+    with pytest.raises(mesh.JobKilled):
+        c.result(jid, timeout=30)
+    assert c.status(jid) == "killed"
+    assert_serving(solo, c, before, replaced=1)
+
+
+def test_job_past_max_runtime(solo, c):
+    before = set(solo.worker_pids())
+    jid = c.call(sleeper, 30, _max_runtime=1)
+    with pytest.raises(mesh.MaxRuntimeExceeded):
+        c.result(jid, timeout=20)
+    assert c.status(jid) == "killed"
+    assert_serving(solo, c, before, replaced=1)
+
+
+def test_crash_inside_a_map_of_many_trivial_jobs(client, nodes):
+    n, bad = 1000, 613
+    jids = client.map(crash_at, range(n), bad=bad)
+    client.join(jids, timeout=60, ignore_errors=True)
+    states = client.status(jids)
+    assert [i for i, s in enumerate(states) if s != "done"] == [bad]
+    assert states[bad] == "error"
+    for i, jid in enumerate(jids):
+        if i == bad:
+            with pytest.raises(mesh.WorkerDied, match="exited with code 7"):
+                client.result(jid)
+        else:
+            assert client.result(jid) == i * i
+    for node in nodes:
+        node.wait_workers(2)
+    assert client.result(client.map(square, range(8))) == [i * i for i in range(8)]

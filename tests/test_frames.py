@@ -1,0 +1,713 @@
+"""The frame codec and the wire messages, with no I/O.
+
+Two :class:`FrameCodec` objects are wired back to back (h11's ``ConnectionPair``):
+keys come from a real ClientHandshake/ServerHandshake run, bytes are delivered one
+at a time and in one piece, and every attack has its own test with literal bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh import _protocol as proto
+from mesh._auth import ClientHandshake, ServerHandshake
+from mesh._frames import HANDSHAKE_MAX, HEADER_SIZE, MAC_SIZE, FrameCodec
+from mesh._protocol import (
+    Challenge,
+    Goodbye,
+    Hello,
+    Kill,
+    Load,
+    Message,
+    Proof,
+    Results,
+    Submit,
+    decode,
+    encode,
+)
+from mesh.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
+SECRET = b"0123456789abcdef" * 4
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---- the pair ----
+
+
+def join(buffers: Iterable[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(b) for b in buffers)
+
+
+def feed(codec: FrameCodec, data: bytes, *, bytewise: bool) -> list[Message]:
+    """Deliver ``data`` (one byte per call, or in one piece); drain what is buffered."""
+    out: list[Message] = []
+    if bytewise:
+        for i in range(len(data)):
+            out += codec.receive(data[i : i + 1])
+    else:
+        out += codec.receive(data)
+    while True:  # handshake mode returns one message per call
+        more = codec.receive(b"")
+        if not more:
+            return out
+        out += more
+
+
+@dataclass
+class Pair:
+    client: FrameCodec
+    server: FrameCodec
+
+    def to_server(self, *msgs: Message, bytewise: bool = False) -> list[Message]:
+        data = join(b for m in msgs for b in self.client.send(m))
+        return feed(self.server, data, bytewise=bytewise)
+
+    def to_client(self, *msgs: Message, bytewise: bool = False) -> list[Message]:
+        data = join(b for m in msgs for b in self.server.send(m))
+        return feed(self.client, data, bytewise=bytewise)
+
+
+def make_pair(
+    *, bytewise: bool = False, server_limits: dict[str, int] | None = None, **limits: int
+) -> Pair:
+    """Two codecs that have run the real handshake over their own frames."""
+    pair = Pair(FrameCodec(**limits), FrameCodec(**(server_limits or limits)))
+    ch = ClientHandshake(SECRET, name="laptop", peer="node ws-07")
+    sh = ServerHandshake(SECRET, name="ws-07", node_id="n7")
+    hello = ch.start()
+    assert pair.to_server(hello, bytewise=bytewise) == [hello]
+    challenge = sh.receive_hello(hello)
+    assert pair.to_client(challenge, bytewise=bytewise) == [challenge]
+    proof, ckeys = ch.receive(challenge)
+    proof_bytes = join(pair.client.send(proof))
+    pair.client.start_session(ckeys.send, ckeys.recv)
+    assert feed(pair.server, proof_bytes, bytewise=bytewise) == [proof]
+    skeys = sh.receive_proof(proof)
+    pair.server.start_session(skeys.send, skeys.recv)
+    assert not pair.client.in_handshake and not pair.server.in_handshake
+    return pair
+
+
+def frames_of(data: bytes, *, mac: bool = True) -> list[bytes]:
+    """Split wire bytes into whole frames (header, body and MAC each)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        end = pos + HEADER_SIZE + length + (MAC_SIZE if mac else 0)
+        out.append(data[pos:end])
+        pos = end
+    assert pos == len(data)
+    return out
+
+
+def flip(data: bytes, index: int) -> bytes:
+    b = bytearray(data)
+    b[index] ^= 0x01
+    return bytes(b)
+
+
+def submit(payload: bytes = b"args", jid: str = "j1") -> Submit:
+    return Submit(b"h" * 16, b"fblob", "mod.fn", ((jid, payload),), cores=1, label="x")
+
+
+# ---- pair tests ----
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
+def test_pair_handshake_then_messages_both_ways(bytewise: bool) -> None:
+    pair = make_pair(bytewise=bytewise)
+    s = submit()
+    assert pair.to_server(s, bytewise=bytewise) == [s]
+    r = Results((("j1", proto.DONE, b"\x80\x05K\x07.", None),), running=1, queued=2, avg_run_s=0.5)
+    assert pair.to_client(r, bytewise=bytewise) == [r]
+    msgs = [Kill(("a", "b")), Goodbye("bye"), Load("n7", "ws-07", 8, 3, 0)]
+    assert pair.to_server(*msgs, bytewise=bytewise) == msgs
+    assert pair.server.buffered == 0 and pair.client.buffered == 0
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
+def test_pair_plain_codecs_without_mac(bytewise: bool) -> None:
+    a, b = FrameCodec(authenticated=False), FrameCodec(authenticated=False)
+    assert not a.in_handshake
+    s = submit()
+    data = join(a.send(s))
+    assert len(data) == HEADER_SIZE + len(encode(s))  # no MAC on a worker pipe
+    assert feed(b, data, bytewise=bytewise) == [s]
+
+
+def test_first_message_pipelined_behind_proof_waits_for_session() -> None:
+    """Handshake mode returns one message per call so the caller can switch keys."""
+    client, server = FrameCodec(), FrameCodec()
+    ch, sh = ClientHandshake(SECRET), ServerHandshake(SECRET)
+    hello = ch.start()
+    assert server.receive(join(client.send(hello))) == [hello]
+    challenge = sh.receive_hello(hello)
+    assert client.receive(join(server.send(challenge))) == [challenge]
+    proof, ckeys = ch.receive(challenge)
+    data = join(client.send(proof))
+    client.start_session(ckeys.send, ckeys.recv)
+    s = submit()
+    data += join(client.send(s))
+    assert server.receive(data) == [proof]  # the Submit stays buffered
+    assert server.buffered > 0
+    skeys = sh.receive_proof(proof)
+    server.start_session(skeys.send, skeys.recv)
+    assert server.receive(b"") == [s]
+    assert server.buffered == 0
+
+
+def test_start_session_twice_is_a_local_error() -> None:
+    pair = make_pair()
+    with pytest.raises(LocalProtocolError):
+        pair.client.start_session(b"k" * 32, b"k" * 32)
+
+
+def test_mac_keys_differ_per_direction() -> None:
+    """A frame sent by the server cannot be reflected back to it."""
+    pair = make_pair()
+    data = join(pair.server.send(Goodbye("x")))
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(data)
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
+def test_multi_frame_message(bytewise: bool) -> None:
+    pair = make_pair(max_frame=1024, max_message=1 << 20)
+    payload = os.urandom(100_000)
+    s = submit(payload)
+    body_size = len(encode(s))
+    data = join(pair.client.send(s))
+    frames = frames_of(data)
+    assert len(frames) == -(-body_size // 1024)
+    kinds = [f[4] for f in frames]
+    assert kinds == [2] * (len(frames) - 1) + [3]  # PART ... END
+    assert all(len(f) == HEADER_SIZE + 1024 + MAC_SIZE for f in frames[:-1])
+    got = feed(pair.server, data, bytewise=bytewise)
+    assert got == [s]
+    assert got[0].items[0][1] == payload
+    assert pair.server.buffered == 0
+    # and the sequence numbers still agree afterwards
+    assert pair.to_server(Goodbye("after")) == [Goodbye("after")]
+
+
+def test_partial_multi_frame_message_is_buffered_not_returned() -> None:
+    pair = make_pair(max_frame=1024, max_message=1 << 20)
+    s = submit(os.urandom(5000))
+    frames = frames_of(join(pair.client.send(s)))
+    for f in frames[:-1]:
+        assert pair.server.receive(f) == []
+    assert pair.server.buffered >= 4 * 1024
+    assert pair.server.receive(frames[-1]) == [s]
+
+
+def test_large_single_frame_uses_separate_buffers() -> None:
+    pair = make_pair()
+    s = submit(os.urandom(10_000))
+    bufs = pair.client.send(s)
+    assert len(bufs) == 3  # header, body (not copied), MAC
+    assert len(bufs[-1]) == MAC_SIZE
+    assert feed(pair.server, join(bufs), bytewise=False) == [s]
+
+
+def test_handshake_message_too_large_is_refused_by_sender() -> None:
+    with pytest.raises(LocalProtocolError, match="handshake frame"):
+        FrameCodec().send(Hello("lanmesh", 1, "3.11", b"n" * 300))
+
+
+def test_limits_are_checked_at_construction() -> None:
+    with pytest.raises(ValueError):
+        FrameCodec(max_frame=HANDSHAKE_MAX - 1)
+    with pytest.raises(ValueError):
+        FrameCodec(max_frame=2048, max_message=1024)
+
+
+# ---- attacks, one per test, literal bytes ----
+
+
+def test_attack_http_request_in_handshake_mode() -> None:
+    codec = FrameCodec()
+    with pytest.raises(RemoteProtocolError, match="bad handshake frame"):
+        codec.receive(b"GET / HTTP/1.1\r\nHost: ws-07:7390\r\nUser-Agent: curl/8.0\r\n\r\n")
+
+
+def test_attack_http_request_rejected_after_five_bytes() -> None:
+    codec = FrameCodec()
+    for byte in b"GET ":
+        assert codec.receive(bytes([byte])) == []
+    with pytest.raises(RemoteProtocolError):
+        codec.receive(b"/")
+
+
+@pytest.mark.parametrize("session", [False, True], ids=["handshake", "session"])
+def test_attack_2_pow_63_length_prefix(session: bool) -> None:
+    codec = make_pair().server if session else FrameCodec()
+    with pytest.raises(RemoteProtocolError):
+        codec.receive(b"\x80" + b"\x00" * 7)
+    assert codec.buffered == 0
+
+
+def test_attack_2_pow_63_length_prefix_on_plain_codec() -> None:
+    codec = FrameCodec(authenticated=False)
+    with pytest.raises(RemoteProtocolError, match="exceeds the maximum"):
+        codec.receive(b"\x80\x00\x00\x00\x01\x00\x00\x00")
+
+
+def test_attack_handshake_frame_of_257_bytes() -> None:
+    codec = FrameCodec()
+    with pytest.raises(RemoteProtocolError, match="257 bytes"):
+        codec.receive(b"\x00\x00\x01\x01\x00")
+
+
+def test_attack_length_just_over_max_frame_fails_on_header() -> None:
+    pair = make_pair(max_frame=1024, max_message=4096)
+    header = b"\x00\x00\x04\x01\x01"  # 1025 bytes, MSG
+    assert struct.unpack(">IB", header) == (1025, 1)
+    for byte in header[:-1]:
+        assert pair.server.receive(bytes([byte])) == []
+    with pytest.raises(RemoteProtocolError, match="1025 bytes exceeds the maximum 1024"):
+        pair.server.receive(header[-1:])  # no body byte has arrived
+    assert pair.server.buffered == 0
+
+
+def test_length_exactly_max_frame_is_accepted() -> None:
+    pair = make_pair(max_frame=1024, max_message=4096)
+    msg = Goodbye("x" * 1019)
+    assert len(encode(msg)) == 1024
+    assert pair.to_server(msg) == [msg]
+
+
+def test_attack_flipped_bit_in_body() -> None:
+    pair = make_pair()
+    data = join(pair.client.send(submit()))
+    with pytest.raises(RemoteProtocolError, match="frame 0 failed its MAC"):
+        pair.server.receive(flip(data, HEADER_SIZE + 3))
+
+
+def test_attack_flipped_bit_in_mac() -> None:
+    pair = make_pair()
+    data = join(pair.client.send(submit()))
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(flip(data, len(data) - 1))
+
+
+def test_attack_flipped_kind_in_header() -> None:
+    """MSG turned into END: the kind is under the MAC too."""
+    pair = make_pair()
+    data = bytearray(join(pair.client.send(Goodbye("x"))))
+    assert data[4] == 1
+    data[4] = 3
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(bytes(data))
+
+
+def test_attack_replayed_frame() -> None:
+    pair = make_pair()
+    data = join(pair.client.send(Kill(("j1",))))
+    assert pair.server.receive(data) == [Kill(("j1",))]
+    with pytest.raises(RemoteProtocolError, match="frame 1 failed its MAC"):
+        pair.server.receive(data)
+
+
+def test_attack_reordered_frames() -> None:
+    pair = make_pair()
+    first = join(pair.client.send(Kill(("a",))))
+    second = join(pair.client.send(Kill(("b",))))
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(second + first)
+
+
+def test_attack_dropped_frame() -> None:
+    pair = make_pair()
+    pair.client.send(Kill(("a",)))  # lost on the way
+    second = join(pair.client.send(Kill(("b",))))
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(second)
+
+
+def test_attack_unauthenticated_frame_after_session() -> None:
+    """A frame without a MAC, as an injector without the key would write it."""
+    pair = make_pair()
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(b"\x00\x00\x00\x05\x01\x92\x0d\x91\xa1a" + b"\x00" * 16)
+
+
+def test_attack_kill_message_in_handshake_mode() -> None:
+    body = b"\x92\x0d\x91\xa1a"  # [13, ["a"]]: Kill(("a",))
+    assert encode(Kill(("a",))) == body
+    codec = FrameCodec()
+    with pytest.raises(RemoteProtocolError, match="Kill before authentication"):
+        codec.receive(b"\x00\x00\x00\x05\x00" + body)
+
+
+def test_attack_submit_in_handshake_mode() -> None:
+    body = encode(submit())
+    codec = FrameCodec()
+    with pytest.raises(RemoteProtocolError, match="Submit before authentication"):
+        codec.receive(struct.pack(">IB", len(body), 0) + body)
+
+
+def test_attack_msg_frame_kind_in_handshake_mode() -> None:
+    codec = FrameCodec()
+    with pytest.raises(RemoteProtocolError, match="kind 1"):
+        codec.receive(b"\x00\x00\x00\x05\x01\x92\x0d\x91\xa1a")
+
+
+def test_submit_before_authentication_is_refused_by_sender() -> None:
+    with pytest.raises(LocalProtocolError, match="Submit sent before authentication"):
+        FrameCodec().send(submit())
+
+
+def test_attack_unknown_frame_kind() -> None:
+    codec = FrameCodec(authenticated=False)
+    with pytest.raises(RemoteProtocolError, match="unknown frame kind 7"):
+        codec.receive(b"\x00\x00\x00\x00\x07")
+
+
+def test_attack_empty_message_body() -> None:
+    codec = FrameCodec(authenticated=False)
+    with pytest.raises(RemoteProtocolError, match="undecodable"):
+        codec.receive(b"\x00\x00\x00\x00\x01")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xdd\xff\xff\xff\xff",  # array of 2**32-1 items in 5 bytes
+        b"\xdf\xff\xff\xff\xff",  # map of 2**32-1 pairs
+        b"\xc6\xff\xff\xff\xff",  # bin of 4 GiB
+        b"\x92\x0d\xdd\xff\xff\xff\xff",  # Kill whose jids claim 2**32-1 items
+        b"\x91" * 5000 + b"\xc0",  # arrays nested 5000 deep
+        b"\x92\x0d\x91\xa1a\xc0",  # a whole message plus a trailing byte
+        b"\x92\x0d\x81\xa1a\x01",  # Kill whose jids is a map
+    ],
+    ids=["array-bomb", "map-bomb", "bin-bomb", "nested-bomb", "deep", "extra-data", "map"],
+)
+def test_attack_msgpack_bombs(body: bytes) -> None:
+    codec = FrameCodec(authenticated=False)
+    with pytest.raises(RemoteProtocolError):
+        codec.receive(struct.pack(">IB", len(body), 1) + body)
+
+
+def test_attack_whole_frame_inside_multi_frame_message() -> None:
+    codec = FrameCodec(authenticated=False)
+    assert codec.receive(b"\x00\x00\x00\x01\x02\x92") == []  # PART
+    with pytest.raises(RemoteProtocolError, match="whole frame inside"):
+        codec.receive(b"\x00\x00\x00\x05\x01\x92\x0d\x91\xa1a")
+
+
+def test_attack_oversized_multi_part_message_literal() -> None:
+    codec = FrameCodec(authenticated=False, max_frame=256, max_message=512)
+    part = b"\x00\x00\x01\x00\x02" + b"x" * 256  # PART of 256 bytes
+    assert codec.receive(part) == []
+    assert codec.receive(part) == []  # 512 bytes: at the limit
+    with pytest.raises(RemoteProtocolError, match="maximum size 512"):
+        codec.receive(part)  # fails before any END frame arrives
+
+
+def test_buffered_drops_to_zero_when_a_multi_part_message_fails() -> None:
+    """The parts are freed on error, so memory accounting must not keep counting them."""
+    codec = FrameCodec(authenticated=False, max_frame=256, max_message=512)
+    part = b"\x00\x00\x01\x00\x02" + b"x" * 256
+    codec.receive(part)
+    assert codec.buffered == 256
+    with pytest.raises(RemoteProtocolError):
+        codec.receive(b"\x00\x00\x00\x00\x07")  # unknown kind mid-message
+    assert codec.buffered == 0
+
+
+def test_attack_oversized_multi_part_message_authenticated() -> None:
+    pair = make_pair(
+        max_frame=1024, max_message=1 << 20, server_limits={"max_frame": 1024, "max_message": 2048}
+    )
+    receiver = pair.server
+    frames = frames_of(join(pair.client.send(submit(os.urandom(5000)))))
+    assert len(frames) >= 4 and frames[2][4] == 2  # the third frame is still a PART
+    assert receiver.receive(frames[0]) == []
+    assert receiver.receive(frames[1]) == []
+    with pytest.raises(RemoteProtocolError, match="exceeds the maximum size 2048"):
+        receiver.receive(frames[2])
+
+
+def test_message_of_exactly_max_message_passes() -> None:
+    pair = make_pair(max_frame=1024, max_message=2048)
+    msg = Goodbye("x" * 2043)
+    assert len(encode(msg)) == 2048
+    assert pair.to_server(msg, bytewise=True) == [msg]
+
+
+def test_attack_flipped_bit_in_a_part_frame() -> None:
+    pair = make_pair(max_frame=1024, max_message=1 << 20)
+    frames = frames_of(join(pair.client.send(submit(os.urandom(3000)))))
+    assert pair.server.receive(frames[0]) == []
+    with pytest.raises(RemoteProtocolError, match="frame 1 failed its MAC"):
+        pair.server.receive(flip(frames[1], HEADER_SIZE + 100))
+
+
+def test_oversized_message_is_refused_by_sender() -> None:
+    pair = make_pair(max_frame=1024, max_message=2048)
+    with pytest.raises(LocalProtocolError, match="exceeds the maximum message size 2048"):
+        pair.client.send(submit(b"x" * 3000))
+
+
+def test_unencodable_message_is_a_local_error() -> None:
+    pair = make_pair()
+    with pytest.raises(LocalProtocolError, match="cannot encode"):
+        pair.client.send(Goodbye("\udc80"))  # a lone surrogate is not UTF-8
+
+
+# ---- after an error the codec stays broken ----
+
+
+def test_codec_stays_broken_after_a_receive_error() -> None:
+    pair = make_pair()
+    good = join(pair.client.send(Kill(("a",))))
+    with pytest.raises(RemoteProtocolError) as first:
+        pair.server.receive(flip(good, HEADER_SIZE))
+    assert pair.server.buffered == 0
+    with pytest.raises(RemoteProtocolError) as again:
+        pair.server.receive(b"")
+    assert str(again.value) == str(first.value)
+    # even the very frame that would have been valid is refused now
+    with pytest.raises(RemoteProtocolError):
+        pair.server.receive(good)
+    with pytest.raises(LocalProtocolError, match="broken"):
+        pair.server.send(Goodbye("bye"))
+
+
+def test_codec_stays_broken_after_a_handshake_error() -> None:
+    codec = FrameCodec()
+    with pytest.raises(RemoteProtocolError):
+        codec.receive(b"GET / HTTP/1.1\r\n\r\n")
+    hello = ClientHandshake(SECRET).start()
+    with pytest.raises(RemoteProtocolError):
+        codec.receive(join(FrameCodec().send(hello)))
+
+
+# ---- message decoding: schema evolution and validation ----
+
+
+def test_decode_fills_defaults_for_fields_an_older_peer_omits() -> None:
+    old = msgpack.packb([11, b"h", b"b", "f", [["j", b"a"]]], use_bin_type=True)
+    assert decode(old) == Submit(b"h", b"b", "f", (("j", b"a"),), 1, "", 0.0)
+
+
+def test_decode_fills_only_the_defaults_not_sent() -> None:
+    partial = msgpack.packb([11, b"h", b"b", "f", [], 4, "lbl"], use_bin_type=True)
+    assert decode(partial) == Submit(b"h", b"b", "f", (), 4, "lbl", 0.0)
+    assert decode(msgpack.packb([17])) == Goodbye("")
+
+
+def test_decode_drops_fields_a_newer_peer_adds() -> None:
+    new = msgpack.packb([14, ["j1"], "future field", 42], use_bin_type=True)
+    assert decode(new) == proto.Ack(("j1",))
+
+
+@pytest.mark.parametrize(
+    "obj, match",
+    [
+        ([13, "a"], "Kill.jids has the wrong type"),
+        ([13, [b"a"]], "Kill.jids has the wrong type"),
+        ([10, "n", "x", True, 0, 0], "Load.workers has the wrong type"),  # bool is not int
+        ([17, 5], "Goodbye.reason"),
+        ([13], "needs 1"),
+        ([99, "x"], "unknown message tag 99"),
+        (["13", ["a"]], "tagged array"),
+        ({"op": "kill"}, "tagged array"),
+        ([], "tagged array"),
+        ([12, [["j", 2, b"", ["raised", "T", "m", "tb"]]]], "Results.items"),  # 4-tuple error
+    ],
+)
+def test_decode_rejects_wrong_types(obj: object, match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        decode(msgpack.packb(obj, use_bin_type=True))
+
+
+def test_float_fields_accept_ints() -> None:
+    assert decode(msgpack.packb([12, [], 0, 0, 3])) == Results((), 0, 0, 3)
+
+
+# ---- property tests ----
+
+MAX_INT = 2**64 - 1
+MIN_INT = -(2**63)
+
+
+def strategy_for(tp: object) -> st.SearchStrategy[object]:
+    """Values of a wire field type, as the message dataclasses declare them."""
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return st.integers(MIN_INT, MAX_INT)
+    if tp is float:
+        return st.floats(allow_nan=False)
+    if tp is str:
+        return st.text(max_size=20)
+    if tp is bytes:
+        return st.binary(max_size=40)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return st.one_of(*(st.none() if a is type(None) else strategy_for(a) for a in args))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return st.lists(strategy_for(args[0]), max_size=4).map(tuple)
+        return st.tuples(*(strategy_for(a) for a in args))
+    raise TypeError(f"no strategy for {tp!r}")
+
+
+MESSAGE_CLASSES: Sequence[type[Message]] = sorted(
+    proto._REGISTRY.values(), key=lambda c: c.TAG  # noqa: SLF001
+)
+
+
+def test_every_registered_message_is_exported() -> None:
+    exported = {
+        name
+        for name in proto.__all__
+        if isinstance(getattr(proto, name), type)
+        and issubclass(getattr(proto, name), Message)
+        and name != "Message"
+    }
+    assert {c.__name__ for c in MESSAGE_CLASSES} == exported
+
+
+def message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
+    hints = typing.get_type_hints(cls)
+    return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in fields(cls)})
+
+
+any_message = st.one_of(*(message_strategy(c) for c in MESSAGE_CLASSES))
+handshake_message = st.one_of(*(message_strategy(c) for c in (Hello, Challenge, Proof))).filter(
+    lambda m: len(encode(m)) <= HANDSHAKE_MAX
+)
+
+
+@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.__name__)
+def test_each_message_class_round_trips(cls: type[Message]) -> None:
+    @settings(max_examples=15, deadline=None)
+    @given(msg=message_strategy(cls), bytewise=st.booleans())
+    def round_trip(msg: Message, bytewise: bool) -> None:
+        pair = make_pair()
+        assert pair.to_server(msg, bytewise=bytewise) == [msg]
+        assert pair.to_client(msg, bytewise=bytewise) == [msg]
+
+    round_trip()
+
+
+@FUZZ
+@given(msgs=st.lists(any_message, min_size=1, max_size=4), bytewise=st.booleans())
+def test_every_message_round_trips_in_a_session(msgs: list[Message], bytewise: bool) -> None:
+    pair = make_pair()
+    assert pair.to_server(*msgs, bytewise=bytewise) == msgs
+    assert pair.to_client(*msgs, bytewise=bytewise) == msgs
+
+
+@FUZZ
+@given(msg=any_message, bytewise=st.booleans())
+def test_every_message_round_trips_in_parts(msg: Message, bytewise: bool) -> None:
+    pair = make_pair(max_frame=256, max_message=1 << 16)
+    assert pair.to_server(msg, bytewise=bytewise) == [msg]
+
+
+@FUZZ
+@given(msgs=st.lists(any_message, min_size=1, max_size=4), data=st.data())
+def test_every_message_round_trips_on_plain_codec_in_random_chunks(
+    msgs: list[Message], data: st.DataObject
+) -> None:
+    a, b = FrameCodec(authenticated=False), FrameCodec(authenticated=False)
+    wire = join(x for m in msgs for x in a.send(m))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    got: list[Message] = []
+    start = 0
+    for cut in [*cuts, len(wire)]:
+        got += b.receive(wire[start:cut])
+        start = cut
+    assert got == msgs
+
+
+@FUZZ
+@given(msg=handshake_message, bytewise=st.booleans())
+def test_handshake_messages_round_trip_in_handshake_mode(msg: Message, bytewise: bool) -> None:
+    a, b = FrameCodec(), FrameCodec()
+    assert feed(b, join(a.send(msg)), bytewise=bytewise) == [msg]
+    assert b.in_handshake
+
+
+def _feed_garbage(codec: FrameCodec, chunks: list[bytes]) -> None:
+    try:
+        for chunk in chunks:
+            codec.receive(chunk)
+            codec.receive(b"")
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            codec.receive(b"")
+
+
+@FUZZ
+@given(chunks=st.lists(st.binary(max_size=64), max_size=6))
+def test_random_bytes_in_handshake_mode_raise_only_protocol_errors(chunks: list[bytes]) -> None:
+    _feed_garbage(FrameCodec(), chunks)
+
+
+@FUZZ
+@given(chunks=st.lists(st.binary(max_size=64), max_size=6))
+def test_random_bytes_in_a_session_raise_only_protocol_errors(chunks: list[bytes]) -> None:
+    _feed_garbage(make_pair().server, chunks)
+
+
+@FUZZ
+@given(chunks=st.lists(st.binary(max_size=64), max_size=6))
+def test_random_bytes_on_plain_codec_raise_only_protocol_errors(chunks: list[bytes]) -> None:
+    _feed_garbage(FrameCodec(authenticated=False, max_frame=256, max_message=1024), chunks)
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from([0, 1, 2, 3]),
+    body=st.binary(max_size=200),
+)
+def test_random_bodies_in_valid_frames_raise_only_protocol_errors(kind: int, body: bytes) -> None:
+    """Garbage that passes the framing reaches ``decode`` (kind 0 in handshake mode)."""
+    frame = struct.pack(">IB", len(body), kind) + body
+    codec = FrameCodec() if kind == 0 else FrameCodec(authenticated=False)
+    _feed_garbage(codec, [frame])
+
+
+msgpack_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(MIN_INT, MAX_INT)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 9), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(
+    tag=st.sampled_from([c.TAG for c in MESSAGE_CLASSES] + [0, 99]),
+    values=st.lists(msgpack_value, max_size=10),
+)
+def test_decode_of_tagged_garbage_raises_only_remote_protocol_error(
+    tag: int, values: list[object]
+) -> None:
+    raw = msgpack.packb([tag, *values], use_bin_type=True)
+    try:
+        msg = decode(raw)
+    except RemoteProtocolError:
+        return
+    # whatever decode accepts is a well-typed message that can be sent on
+    assert type(msg) is proto._REGISTRY[tag]  # noqa: SLF001
+    encode(msg)

@@ -1,0 +1,417 @@
+"""The node's job table: events in, exact instructions out, no I/O and no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED
+from node._jobs import MAX_BATCH, Deliver, Dispatch, Func, Job, JobTable, KillWorker
+
+OWNER, OTHER = 1, 2
+F = Func(b"f" * 16, b"blob-f", "work.square")
+G = Func(b"g" * 16, b"blob-g", "work.cube")
+KILLED_ON_REQUEST = ("killed", "JobKilled", "killed on request", "", "")
+
+
+def table(capacity: int = 4, **ttls: float) -> JobTable:
+    t = JobTable("ws-07", **ttls)
+    t.capacity = capacity
+    return t
+
+
+def items(*jids: str) -> tuple[tuple[str, bytes], ...]:
+    return tuple((jid, f"args-{jid}".encode()) for jid in jids)
+
+
+def ran(jid: str, started: float = 1.0, finished: float = 1.0, state: int = DONE):
+    """One RanItem as a worker reports it."""
+    return (jid, state, f"result-{jid}".encode(), None, started, finished, 0.25, "out", "")
+
+
+def done(jid: str) -> tuple[str, int, bytes, None]:
+    return (jid, DONE, f"result-{jid}".encode(), None)
+
+
+def jobs(t: JobTable, *jids: str) -> list[Job]:
+    return [t.jobs[j] for j in jids]
+
+
+def warm_up(t: JobTable, wid: int, run_s: float = 0.0, now: float = 1.0) -> None:
+    """Run one job of F on ``wid`` so avg_run_s is known and the worker holds F."""
+    t.submit(OWNER, F, items("warm"), now)
+    assert t.worker_ready(wid, now) == [Dispatch(wid, F, True, jobs(t, "warm"))]
+    out = t.worker_ran(wid, (ran("warm", 0.0, run_s),), now)
+    assert out == [Deliver(OWNER, [done("warm")])]
+    assert t.avg_run_s == run_s
+
+
+# ---- submit and dispatch ----
+
+
+def test_submit_with_no_workers_dispatches_nothing() -> None:
+    t = table()
+    assert t.submit(OWNER, F, items("j1", "j2"), 0.5) == []
+    assert t.queued == 2 and t.running == 0
+    assert [j.state for j in t.jobs.values()] == [QUEUED, QUEUED]
+    assert t.record("j1") == (
+        "j1", QUEUED, "ws-07", "work.square", "", 0.5, 0.0, 0.0, 0.0, "", "", "", 0,
+    )  # fmt: skip
+
+
+def test_worker_ready_dispatches_and_sends_the_function_once() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    assert t.worker_ready(10, 1.0) == [Dispatch(10, F, True, jobs(t, "j1"))]
+    assert t.jobs["j1"].state == PROCESSING and t.jobs["j1"].worker == 10
+    assert t.running == 1 and t.queued == 0
+    t.worker_ran(10, (ran("j1"),), 2.0)
+    assert t.submit(OWNER, F, items("j2"), 3.0) == [Dispatch(10, F, False, jobs(t, "j2"))]
+
+
+def test_a_new_function_or_a_new_worker_gets_the_blob() -> None:
+    t = table()
+    warm_up(t, 10)
+    assert t.submit(OWNER, G, items("g1"), 2.0) == [Dispatch(10, G, True, jobs(t, "g1"))]
+    assert t.worker_ready(11, 2.0) == []
+    assert t.submit(OWNER, F, items("f1"), 2.0) == [Dispatch(11, F, True, jobs(t, "f1"))]
+
+
+def test_worker_ran_delivers_to_the_owner() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    out = t.worker_ran(10, (ran("j1", started=1.1, finished=1.6),), 2.0)
+    assert out == [Deliver(OWNER, [("j1", DONE, b"result-j1", None)])]
+    assert t.running == 0
+    assert t.record("j1") == (
+        "j1", DONE, "ws-07", "work.square", "", 0.0, 1.1, 1.6, 0.25, "out", "", "", 0,
+    )  # fmt: skip
+
+
+def test_worker_ran_with_an_error_delivers_it() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    err = ("raised", "builtins.ValueError", "bad", "Traceback...\nValueError: bad\n", "")
+    item = ("j1", ERROR, b"pickled", err, 1.0, 1.2, 0.1, "", "warn")
+    assert t.worker_ran(10, (item,), 2.0) == [Deliver(OWNER, [("j1", ERROR, b"pickled", err)])]
+    assert t.record("j1")[11] == "Traceback...\nValueError: bad\n"
+
+
+def test_worker_ran_from_an_unknown_worker_or_job_is_ignored() -> None:
+    t = table()
+    assert t.worker_ran(99, (ran("j1"),), 1.0) == []
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    assert t.worker_ran(10, (ran("nope"),), 1.0) == []
+    assert t.jobs["j1"].state == PROCESSING
+
+
+# ---- kill ----
+
+
+def test_kill_of_a_queued_job_delivers_killed_at_once() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1", "j2"), 0.0)
+    assert t.kill(("j1",), 5.0) == [Deliver(OWNER, [("j1", KILLED, b"", KILLED_ON_REQUEST)])]
+    assert list(t.queue) == jobs(t, "j2")
+    assert t.worker_ready(10, 6.0) == [Dispatch(10, F, True, jobs(t, "j2"))]
+
+
+def test_kill_of_a_running_job_kills_its_worker() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    assert t.kill(("j1",), 3.0) == [KillWorker(10, "killed: j1")]
+    assert t.kill(("j1",), 3.5) == []  # asked twice, killed once
+    assert t.jobs["j1"].state == PROCESSING
+    out = t.worker_died(10, "was killed by signal 9", 4.0)
+    assert out == [Deliver(OWNER, [("j1", KILLED, b"", KILLED_ON_REQUEST)])]
+    assert 10 not in t.workers
+
+
+def test_kill_of_unknown_or_finished_jobs_does_nothing() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    t.worker_ran(10, (ran("j1"),), 2.0)
+    assert t.kill(("j1", "nope"), 3.0) == []
+    assert t.jobs["j1"].state == DONE
+
+
+def test_kill_one_job_of_a_batch_requeues_the_others() -> None:
+    t = table()
+    warm_up(t, 10)
+    t.submit(OWNER, F, items("a", "b", "c", "d", "e", "f", "g", "h"), 2.0)
+    assert len(t.workers[10].batch) == 4  # 8 queued // (2 * 1 worker)
+    assert t.kill(("b",), 3.0) == [KillWorker(10, "killed: b")]
+    out = t.worker_died(10, "was killed by signal 9", 4.0)
+    assert out == [Deliver(OWNER, [("b", KILLED, b"", KILLED_ON_REQUEST)])]
+    assert list(t.queue) == jobs(t, "a", "c", "d", "e", "f", "g", "h")
+    assert [j.suspect for j in t.queue] == [True, True, True, False, False, False, False]
+
+
+# ---- workers dying ----
+
+
+def test_worker_died_with_a_single_job_blames_it() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    out = t.worker_died(10, "exited with code -11 (SIGSEGV)", 2.0)
+    message = "worker process on node ws-07 exited with code -11 (SIGSEGV) while running work.square"
+    assert out == [Deliver(OWNER, [("j1", ERROR, b"", ("worker-died", "WorkerDied", message, "", ""))])]
+    assert t.jobs["j1"].attempts == 1
+    assert t.record("j1")[11] == f"WorkerDied: {message}"
+    assert t.worker_died(10, "again", 3.0) == []  # already gone
+
+
+def test_worker_died_with_a_batch_requeues_suspects_one_at_a_time() -> None:
+    t = table()
+    warm_up(t, 10)
+    names = [f"j{i}" for i in range(1, 9)]
+    out = t.submit(OWNER, F, items(*names), 2.0)
+    assert out == [Dispatch(10, F, False, jobs(t, "j1", "j2", "j3", "j4"))]
+    assert t.worker_died(10, "exited with code 1", 3.0) == []  # nobody blamed, no worker left
+    assert list(t.queue) == jobs(t, *names)
+    assert all(j.state == QUEUED and j.worker == -1 for j in t.queue)
+    assert [j.suspect for j in t.queue] == [True] * 4 + [False] * 4
+    # a fresh worker gets the suspects alone, in order
+    assert t.worker_ready(11, 4.0) == [Dispatch(11, F, True, jobs(t, "j1"))]
+    assert t.worker_ran(11, (ran("j1"),), 5.0) == [
+        Dispatch(11, F, False, jobs(t, "j2")),
+        Deliver(OWNER, [done("j1")]),
+    ]
+    # j2 is the crasher: alone, it gets the blame
+    out = t.worker_died(11, "exited with code -11", 6.0)
+    assert out == [
+        Deliver(
+            OWNER,
+            [("j2", ERROR, b"", ("worker-died", "WorkerDied",
+              "worker process on node ws-07 exited with code -11 while running work.square",
+              "", ""))],
+        )
+    ]  # fmt: skip
+    assert t.worker_ready(12, 7.0) == [Dispatch(12, F, True, jobs(t, "j3"))]
+    assert t.worker_ran(12, (ran("j3"),), 8.0)[0] == Dispatch(12, F, False, jobs(t, "j4"))
+    # the last suspect done, the innocent rest go as a batch again: 4 queued // 2 = 2
+    assert t.worker_ran(12, (ran("j4"),), 9.0)[0] == Dispatch(12, F, False, jobs(t, "j5", "j6"))
+
+
+# ---- max runtime ----
+
+
+def test_max_runtime_kills_via_tick() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 10.0, max_runtime=5.0)
+    assert t.worker_ready(10, 10.0) == [Dispatch(10, F, True, jobs(t, "j1"))]
+    assert t.tick(14.0) == []
+    assert t.tick(15.0) == []  # exactly at the limit is still allowed
+    assert t.tick(15.5) == [KillWorker(10, "max-runtime: j1")]
+    assert t.tick(16.0) == []  # once
+    out = t.worker_died(10, "was killed by signal 9", 16.0)
+    error = ("max-runtime", "JobKilled", "killed after exceeding _max_runtime=5s", "", "")
+    assert out == [Deliver(OWNER, [("j1", KILLED, b"", error)])]
+
+
+def test_jobs_with_max_runtime_run_alone() -> None:
+    t = table()
+    warm_up(t, 10)
+    t.worker_ready(11, 1.0)
+    limited = t.submit(OWNER, F, items(*[f"j{i}" for i in range(8)]), 2.0, max_runtime=60.0)
+    assert limited == [Dispatch(11, F, True, jobs(t, "j0")), Dispatch(10, F, False, jobs(t, "j1"))]
+
+
+# ---- cores ----
+
+
+def test_multi_core_job_reserves_a_second_idle_worker() -> None:
+    t = table(capacity=2)
+    t.worker_ready(10, 0.0)
+    t.worker_ready(11, 0.0)
+    assert t.submit(OWNER, F, items("big"), 1.0, cores=2) == [
+        Dispatch(11, F, True, jobs(t, "big"))
+    ]
+    assert t.workers[10].reserved_for == "big"
+    assert t.running == 2
+    assert t.submit(OWNER, F, items("small"), 1.0) == []  # no idle worker left
+    assert t.queued == 1
+    out = t.worker_ran(11, (ran("big"),), 2.0)
+    assert out == [Dispatch(11, F, False, jobs(t, "small")), Deliver(OWNER, [done("big")])]
+    assert t.workers[10].reserved_for == ""
+
+
+def test_multi_core_job_waits_for_enough_idle_workers() -> None:
+    t = table(capacity=2)
+    t.worker_ready(10, 0.0)
+    assert t.submit(OWNER, F, items("big", "small"), 1.0, cores=2) == []
+    assert t.worker_ready(11, 2.0) == [Dispatch(11, F, True, jobs(t, "big"))]
+    assert t.workers[10].reserved_for == "big"
+
+
+def test_multi_core_job_dying_frees_its_reserved_worker() -> None:
+    t = table(capacity=2)
+    t.worker_ready(10, 0.0)
+    t.worker_ready(11, 0.0)
+    t.submit(OWNER, F, items("big"), 1.0, cores=2)
+    assert t.submit(OWNER, F, items("small"), 1.0) == []
+    out = t.worker_died(11, "exited with code 1", 2.0)
+    assert out[0] == Dispatch(10, F, True, jobs(t, "small"))
+    assert out[1].items[0][:2] == ("big", ERROR)
+    assert t.workers[10].reserved_for == ""
+
+
+def test_cores_larger_than_capacity_is_rejected() -> None:
+    t = table(capacity=2)
+    t.worker_ready(10, 0.0)
+    out = t.submit(OWNER, F, items("huge"), 1.0, cores=3)
+    error = ("rejected", "ValueError", "job needs 3 cores; node ws-07 has 2 workers", "", "")
+    assert out == [Deliver(OWNER, [("huge", ERROR, b"", error)])]
+    assert t.queued == 0 and t.running == 0
+
+
+def test_zero_cores_is_rejected() -> None:
+    t = table()
+    out = t.submit(OWNER, F, items("none"), 1.0, cores=0)
+    assert len(out) == 1 and out[0].items[0][1] == ERROR
+    assert out[0].items[0][3][0] == "rejected"
+
+
+# ---- duplicates and watchers ----
+
+
+def test_duplicate_jid_is_not_run_twice() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    assert t.submit(OWNER, F, items("j1"), 0.1) == []
+    assert t.queued == 1
+    assert t.worker_ready(10, 1.0) == [Dispatch(10, F, True, jobs(t, "j1"))]
+    assert t.worker_ready(11, 1.0) == []
+    # resent by another connection while running: that connection hears the result too
+    assert t.submit(OTHER, F, items("j1"), 1.5) == []
+    assert t.worker_ran(10, (ran("j1"),), 2.0) == [
+        Deliver(OWNER, [done("j1")]),
+        Deliver(OTHER, [done("j1")]),
+    ]
+    # resent after it finished: the result at once, no new run
+    assert t.submit(OTHER, F, items("j1"), 3.0) == [Deliver(OTHER, [done("j1")])]
+    assert t.queued == 0 and t.running == 0
+
+
+def test_watch_from_a_second_connection_gets_the_result() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1", "j2"), 0.0)
+    t.worker_ready(10, 1.0)
+    assert t.watch(OTHER, ("j1", "unknown")) == []
+    assert t.worker_ran(10, (ran("j1"),), 2.0) == [
+        Dispatch(10, F, False, jobs(t, "j2")),
+        Deliver(OWNER, [done("j1")]),
+        Deliver(OTHER, [done("j1")]),
+    ]
+    assert t.watch(OTHER, ("j1",)) == [Deliver(OTHER, [done("j1")])]  # finished: at once
+
+
+def test_watch_by_the_owner_does_not_deliver_twice() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    assert t.watch(OWNER, ("j1",)) == []
+    assert t.worker_ran(10, (ran("j1"),), 2.0) == [Deliver(OWNER, [done("j1")])]
+
+
+def test_disconnected_watcher_hears_nothing() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    t.watch(OTHER, ("j1",))
+    t.disconnected(OTHER)
+    assert t.worker_ran(10, (ran("j1"),), 2.0) == [Deliver(OWNER, [done("j1")])]
+
+
+# ---- expiry ----
+
+
+def test_ack_then_tick_after_result_ttl_forgets_the_job() -> None:
+    t = table(result_ttl_s=10.0, unclaimed_ttl_s=1000.0)
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    t.worker_ran(10, (ran("j1"),), 2.0)
+    t.ack(("j1",), 3.0)
+    assert t.tick(12.9) == []
+    assert t.record("j1") is not None
+    t.tick(13.0)
+    assert t.record("j1") is None
+    assert "j1" not in t.jobs
+
+
+def test_unacked_result_is_forgotten_after_unclaimed_ttl() -> None:
+    t = table(result_ttl_s=10.0, unclaimed_ttl_s=100.0)
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    t.worker_ran(10, (ran("j1"),), 2.0)
+    t.tick(101.9)
+    assert "j1" in t.jobs
+    t.tick(102.0)
+    assert "j1" not in t.jobs
+
+
+def test_tick_never_forgets_a_running_job() -> None:
+    t = table(result_ttl_s=1.0, unclaimed_ttl_s=1.0)
+    t.submit(OWNER, F, items("j1"), 0.0)
+    t.worker_ready(10, 1.0)
+    t.ack(("j1",), 1.0)
+    t.tick(50.0)
+    assert t.jobs["j1"].state == PROCESSING
+
+
+# ---- batch sizing ----
+
+
+def test_batch_is_one_job_until_the_run_time_is_known() -> None:
+    t = table()
+    t.worker_ready(10, 0.0)
+    names = [f"j{i:02}" for i in range(40)]
+    assert t.submit(OWNER, F, items(*names), 1.0) == [Dispatch(10, F, True, jobs(t, "j00"))]
+    assert t.avg_run_s is None
+    out = t.worker_ran(10, (ran("j00", 1.0, 1.0),), 2.0)  # a job that takes no time
+    assert t.avg_run_s == 0.0
+    # 39 queued over 1 worker: half the queue per batch, 19 jobs
+    assert out[0] == Dispatch(10, F, False, jobs(t, *names[1:20]))
+
+
+def test_batch_is_sized_by_run_time() -> None:
+    t = table()
+    warm_up(t, 10, run_s=0.001)
+    names = [f"j{i:03}" for i in range(100)]
+    out = t.submit(OWNER, F, items(*names), 2.0)
+    assert out == [Dispatch(10, F, False, jobs(t, *names[:10]))]  # 10 ms / 1 ms
+
+
+def test_batch_is_capped() -> None:
+    t = table()
+    warm_up(t, 10, run_s=0.0)
+    names = [f"j{i:04}" for i in range(4 * MAX_BATCH)]
+    out = t.submit(OWNER, F, items(*names), 2.0)
+    assert len(out) == 1 and len(out[0].jobs) == MAX_BATCH
+
+
+def test_batch_holds_one_function() -> None:
+    t = table()
+    warm_up(t, 10, run_s=0.0)
+    assert t.submit(OWNER, F, items("busy"), 2.0) == [Dispatch(10, F, False, jobs(t, "busy"))]
+    assert t.submit(OWNER, F, items("f1", "f2"), 2.0) == []
+    assert t.submit(OWNER, G, items(*[f"g{i}" for i in range(10)]), 2.0) == []
+    # 12 queued // 2 would allow 6, but the batch stops where the function changes
+    out = t.worker_ran(10, (ran("busy", 1.0, 1.0),), 3.0)
+    assert out[0] == Dispatch(10, F, False, jobs(t, "f1", "f2"))
+    out = t.worker_ran(10, (ran("f1", 1.0, 1.0), ran("f2", 1.0, 1.0)), 4.0)
+    assert out[0] == Dispatch(10, G, True, jobs(t, "g0", "g1", "g2", "g3", "g4"))
+
+
+@pytest.mark.parametrize("queued", [2, 3])
+def test_short_queue_gets_single_job_batches(queued: int) -> None:
+    t = table()
+    warm_up(t, 10, run_s=0.0)
+    names = [f"j{i}" for i in range(queued)]
+    out = t.submit(OWNER, F, items(*names), 2.0)
+    assert out == [Dispatch(10, F, False, jobs(t, names[0]))]

@@ -1,0 +1,322 @@
+"""Pickling of functions and exceptions, checked in this process and in a fresh one."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from mesh._serialize import (
+    dumps_function,
+    dumps_value,
+    function_name,
+    load_function,
+    loads,
+    pack_exception,
+    unpack_error,
+)
+from mesh.errors import (
+    JobError,
+    JobKilled,
+    MaxRuntimeExceeded,
+    MissingModule,
+    RemoteTraceback,
+    SerializationError,
+    WorkerDied,
+)
+
+
+def power(x: int, exp: int = 2) -> int:
+    return x**exp
+
+
+class LockedError(Exception):
+    """Holds a lock, so it cannot be pickled at all."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class TwoArgError(Exception):
+    """Pickles, but cannot be re-created from its args (a common mistake)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raised(exc: BaseException) -> BaseException:
+    """``exc`` with a real traceback, raised two frames deep."""
+
+    def inner() -> None:
+        raise exc
+
+    def outer() -> None:
+        inner()
+
+    try:
+        outer()
+    except BaseException as caught:  # noqa: BLE001 - we want it whatever it is
+        return caught
+    raise AssertionError("not raised")
+
+
+# ---- functions ----
+
+
+def test_function_round_trip() -> None:
+    fhash, blob = dumps_function(power)
+    assert len(fhash) == 16
+    assert load_function(blob)(7) == 49
+
+
+def test_function_round_trip_with_kwargs() -> None:
+    fhash, blob = dumps_function(power, {"exp": 3})
+    fn = load_function(blob)
+    assert fn(2) == 8
+    assert fn(3) == 27
+    assert fhash != dumps_function(power, {"exp": 4})[0]
+    assert fhash != dumps_function(power)[0]
+
+
+def test_closure_and_lambda_round_trip() -> None:
+    offset = 100
+    _, blob = dumps_function(lambda x: x + offset)
+    assert load_function(blob)(1) == 101
+
+
+def test_same_function_same_hash() -> None:
+    assert dumps_function(power)[0] == dumps_function(power)[0]
+
+
+def test_non_callable_is_refused() -> None:
+    with pytest.raises(SerializationError, match="not callable"):
+        dumps_function(42)  # type: ignore[arg-type]
+
+
+def test_unpicklable_function_raises_serialization_error() -> None:
+    lock = threading.Lock()
+
+    def uses_lock(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(SerializationError, match="uses_lock"):
+        dumps_function(uses_lock)
+
+
+def test_function_name() -> None:
+    assert function_name(power) == f"{__name__}.power"
+    assert function_name(len) == "len"
+
+
+@pytest.fixture
+def local_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A user's own module (``closestwords.py``) importable only from tmp_path."""
+    name = f"lanmesh_usermod_{uuid.uuid4().hex[:12]}"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / f"{name}.py").write_text(
+        "FACTOR = 3\n"
+        "\n"
+        "def helper(x):\n"
+        "    return x * FACTOR\n"
+        "\n"
+        "def triple_plus(x, plus=0):\n"
+        "    return helper(x) + plus\n"
+    )
+    monkeypatch.syspath_prepend(str(src))
+    module = importlib.import_module(name)
+    try:
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+        try:
+            cloudpickle.unregister_pickle_by_value(module)
+        except ValueError:
+            pass
+
+
+def test_local_module_function_is_pickled_by_value(
+    local_module: object, tmp_path: Path
+) -> None:
+    name = local_module.__name__  # type: ignore[attr-defined]
+    _, blob = dumps_function(local_module.triple_plus, {"plus": 1})  # type: ignore[attr-defined]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import sys, importlib.util\n"
+        "from mesh._serialize import load_function\n"
+        f"assert importlib.util.find_spec({name!r}) is None, 'module must not be importable'\n"
+        "fn = load_function(sys.stdin.buffer.read())\n"
+        "print(fn(14))\n"
+        f"print({name!r} in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=blob,
+        capture_output=True,
+        cwd=elsewhere,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split() == ["43", "False"]
+
+
+def test_installed_module_function_is_pickled_by_reference() -> None:
+    import json
+
+    _, blob = dumps_function(json.dumps)
+    assert b"json" in blob and len(blob) < 100  # a reference, not the code
+    assert load_function(blob) is json.dumps
+
+
+# ---- values ----
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1, 2.5, "x", b"y", None, True, (1, "a"), [1, 2], {"k": [1, 2]}, {1, 2}, 3 + 4j],
+)
+def test_value_round_trip(value: object) -> None:
+    assert loads(dumps_value(value)) == value
+
+
+def test_unpicklable_value_raises_serialization_error() -> None:
+    with pytest.raises(SerializationError, match="argument"):
+        dumps_value(threading.Lock(), "argument")
+
+
+# ---- exceptions as data ----
+
+
+def test_value_error_is_re_created_with_remote_traceback() -> None:
+    exc = raised(ValueError("bad input 7"))
+    blob, info = pack_exception(exc)
+    kind, tname, message, tb_text, module = info
+    assert (kind, tname, message, module) == ("raised", "builtins.ValueError", "bad input 7", "")
+    assert "ValueError: bad input 7" in tb_text
+    assert "in inner" in tb_text
+    assert blob
+
+    err = unpack_error("j-42", "ws-07", blob, info)
+    assert type(err) is ValueError
+    assert err.args == ("bad input 7",)
+    assert err.jid == "j-42"  # type: ignore[attr-defined]
+    assert err.node == "ws-07"  # type: ignore[attr-defined]
+    assert err.remote_traceback == tb_text  # type: ignore[attr-defined]
+    cause = err.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert tb_text in str(cause)
+    assert "job j-42 on node ws-07" in str(cause)
+
+
+def test_skip_frames_drops_the_runner_frames() -> None:
+    exc = raised(KeyError("k"))
+    _, (_, _, _, full, _) = pack_exception(exc)
+    _, (_, _, _, short, _) = pack_exception(exc, skip_frames=2)
+    assert "in outer" in full and "in raised" in full
+    assert "in outer" not in short and "in raised" not in short
+    assert "in inner" in short
+
+
+def test_unpicklable_exception_becomes_job_error_naming_its_type() -> None:
+    exc = raised(LockedError("lock held"))
+    blob, info = pack_exception(exc)
+    assert blob == b""
+    tname = f"{LockedError.__module__}.{LockedError.__qualname__}"
+    assert info[:3] == ("raised", tname, "lock held")
+    err = unpack_error("j1", "ws-07", blob, info)
+    assert type(err) is JobError
+    assert str(err) == f"{tname}: lock held [job j1 on node ws-07]"
+    assert (err.jid, err.node) == ("j1", "ws-07")
+    assert "LockedError: lock held" in err.remote_traceback
+    assert isinstance(err.__cause__, RemoteTraceback)
+
+
+def test_exception_that_cannot_be_re_created_becomes_job_error() -> None:
+    exc = raised(TwoArgError("a", "b"))
+    blob, info = pack_exception(exc)
+    assert blob == b""  # it pickles, but would not unpickle on the client
+    err = unpack_error("j1", "ws-07", blob, info)
+    assert type(err) is JobError
+    assert "TwoArgError: a/b" in str(err)
+
+
+def test_garbage_blob_falls_back_to_job_error() -> None:
+    info = ("raised", "mymod.Weird", "boom", "Traceback ...\nmymod.Weird: boom\n", "")
+    err = unpack_error("j1", "ws-07", b"not a pickle", info)
+    assert type(err) is JobError
+    assert str(err) == "mymod.Weird: boom [job j1 on node ws-07]"
+    # a blob that unpickles to something other than an exception is not raised either
+    err = unpack_error("j1", "ws-07", pickle.dumps("a string"), info)
+    assert type(err) is JobError
+
+
+def test_module_not_found_becomes_missing_module() -> None:
+    missing = f"lanmesh_absent_{uuid.uuid4().hex[:8]}"
+    try:
+        importlib.import_module(missing)
+    except ModuleNotFoundError as caught:
+        exc = caught
+    blob, info = pack_exception(exc)
+    assert info[0] == "missing-module"
+    assert info[4] == missing
+    err = unpack_error("j1", "ws-07", blob, info)
+    assert isinstance(err, MissingModule)
+    assert isinstance(err, ModuleNotFoundError) and isinstance(err, JobError)
+    assert err.name == missing
+    assert (err.jid, err.node) == ("j1", "ws-07")
+    text = str(err)
+    assert f"node ws-07 lacks module {missing!r}" in text
+    assert "this client does not have it either" in text
+    assert "job j1 on node ws-07" in text
+    assert isinstance(err.__cause__, RemoteTraceback)
+
+
+def test_missing_module_the_client_has_names_its_version() -> None:
+    version = importlib.metadata.version("msgpack")
+    info = ("missing-module", "builtins.ModuleNotFoundError", "No module named 'msgpack'",
+            "Traceback ...\n", "msgpack")  # fmt: skip
+    err = unpack_error("j1", "ws-07", b"", info)
+    assert isinstance(err, MissingModule)
+    text = str(err)
+    assert f"client has msgpack {version}" in text
+    assert f'_env=["msgpack=={version}"]' in text
+
+
+@pytest.mark.parametrize(
+    "kind, cls",
+    [("worker-died", WorkerDied), ("killed", JobKilled), ("max-runtime", MaxRuntimeExceeded)],
+)
+def test_error_kinds_become_their_classes(kind: str, cls: type[JobError]) -> None:
+    err = unpack_error("j1", "ws-07", b"", (kind, "JobKilled", "it happened", "", ""))
+    assert type(err) is cls
+    assert str(err) == "it happened [job j1 on node ws-07]"
+    assert (err.jid, err.node) == ("j1", "ws-07")
+
+
+def test_job_errors_pickle_with_their_attributes() -> None:
+    again = pickle.loads(pickle.dumps(WorkerDied("w", jid="j", node="n", remote_traceback="tb")))
+    assert type(again) is WorkerDied
+    assert (str(again), again.jid, again.node, again.remote_traceback) == ("w", "j", "n", "tb")
+
+
+def test_missing_module_pickles_with_its_module_name() -> None:
+    """A MissingModule re-raised inside a job travels pickled; it must keep ``name``."""
+    err = MissingModule("m", jid="j", node="n", remote_traceback="tb", module="Levenshtein")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is MissingModule
+    assert (again.jid, again.node, again.remote_traceback) == ("j", "n", "tb")
+    assert again.name == "Levenshtein"
