@@ -16,14 +16,16 @@ demo: $(STAMP)
 	$(PY) examples/pi.py
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check mesh node client tests
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/core.py
 
 lint: $(STAMP)
-	$(PY) -m pip install --quiet mypy ruff
 	$(VENV)/bin/ruff check mesh node client tests
+	$(VENV)/bin/ruff format --check mesh node client tests
 	$(VENV)/bin/mypy
 
 clean:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, open_connection
 from mesh._protocol import (
@@ -51,8 +52,6 @@ from mesh.errors import (
     NoNodesAvailable,
     UnknownJob,
 )
-
-from client._placement import NodeView, plan
 
 __all__ = ["AsyncClient", "JobInfo", "NodeInfo", "parse_peers"]
 
@@ -110,7 +109,7 @@ class NodeInfo:
 
 
 class _Func:
-    __slots__ = ("fhash", "blob", "name")
+    __slots__ = ("blob", "fhash", "name")
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
@@ -118,8 +117,20 @@ class _Func:
 
 class _Job:
     __slots__ = (
-        "jid", "func", "args", "cores", "label", "max_runtime", "retries",
-        "state", "link", "node", "blob", "error", "callbacks", "attempts",
+        "args",
+        "attempts",
+        "blob",
+        "callbacks",
+        "cores",
+        "error",
+        "func",
+        "jid",
+        "label",
+        "link",
+        "max_runtime",
+        "node",
+        "retries",
+        "state",
     )  # fmt: skip
 
     def __init__(
@@ -163,6 +174,7 @@ class _Link:
         self.inflight_slots = 0
         self.sent_funcs: set[bytes] = set()
         self.error: BaseException | None = None
+        self.loaded: asyncio.Event | None = None  # set by the node's first Load
 
     @property
     def usable(self) -> bool:
@@ -240,7 +252,9 @@ class AsyncClient:
         self._acks: dict[_Link, list[str]] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
-        self._requests: dict[int, tuple[asyncio.Future[list[JobRecord]], list[JobRecord], set[str]]] = {}
+        self._requests: dict[
+            int, tuple[asyncio.Future[list[JobRecord]], list[JobRecord], set[str]]
+        ] = {}
         self._req_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -252,14 +266,15 @@ class AsyncClient:
         """Connect to every peer; succeed if at least one answers."""
         self._loop = asyncio.get_running_loop()
         links = list(self._links.values())
-        results = await asyncio.gather(*(self._connect(l) for l in links), return_exceptions=True)
-        if not any(l.usable for l in links):
+        results = await asyncio.gather(*(self._connect(lk) for lk in links), return_exceptions=True)
+        if not any(lk.usable for lk in links):
             errors = [r for r in results if isinstance(r, BaseException)]
             auth = [e for e in errors if isinstance(e, AuthenticationError)]
             if auth:
                 raise auth[0]
             raise NoNodesAvailable(
-                "no node reachable: " + "; ".join(str(e) for e in errors if isinstance(e, Exception))
+                "no node reachable: "
+                + "; ".join(str(e) for e in errors if isinstance(e, Exception))
             )
         for link in links:
             if not link.usable:
@@ -294,6 +309,9 @@ class AsyncClient:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, link: _Link) -> None:
+        # The node's first message (Load) may arrive before open_connection returns.
+        link.loaded = loaded = asyncio.Event()
+        link.workers = 0
         try:
             conn = await open_connection(
                 link.host,
@@ -313,9 +331,10 @@ class AsyncClient:
         link.sent_funcs = set()
         link.error = None
         # link.workers is set by the node's first message (Load), which follows at once.
-        deadline = time.monotonic() + self._connect_timeout_s
-        while link.workers == 0 and not conn.closed and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
+        try:
+            await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
+        except asyncio.TimeoutError:
+            pass
         if conn.closed or link.workers == 0:
             link.error = conn.close_reason or MeshConnectionError(f"{link.key} sent no load report")
             raise link.error
@@ -337,6 +356,8 @@ class AsyncClient:
         elif isinstance(msg, Load):
             link.workers, link.running, link.queued = msg.workers, msg.running, msg.queued
             link.name = msg.name or link.name
+            if link.loaded is not None:
+                link.loaded.set()
             self._schedule_pump()
         elif isinstance(msg, Records):
             entry = self._requests.get(msg.req)
@@ -445,7 +466,7 @@ class AsyncClient:
             pending.popleft()  # killed before it was sent
         if not pending:
             return
-        links = {k: l for k, l in self._links.items() if l.usable}
+        links = {k: lk for k, lk in self._links.items() if lk.usable}
         if not links:
             return  # a reconnect will pump again
         while pending:
@@ -459,10 +480,10 @@ class AsyncClient:
                         or job.max_runtime != head.max_runtime):  # fmt: skip
                     break
                 group += 1
-            allocation = plan(group, [l.view() for l in links.values()], head.cores)
+            allocation = plan(group, [lk.view() for lk in links.values()], head.cores)
             if not allocation:
-                if head.cores > max(l.workers for l in links.values()):
-                    biggest = max(l.workers for l in links.values())
+                if head.cores > max(lk.workers for lk in links.values()):
+                    biggest = max(lk.workers for lk in links.values())
                     for _ in range(group):
                         self._fail(pending.popleft(), ("rejected", "ValueError",
                                    f"job needs {head.cores} cores; the largest node has {biggest}",
@@ -567,8 +588,10 @@ class AsyncClient:
         if missing:
             for jid in missing:
                 self._jobs.pop(jid, None)
-            raise UnknownJob(f"no reachable node knows job {', '.join(missing[:5])}"
-                             + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+            raise UnknownJob(
+                f"no reachable node knows job {', '.join(missing[:5])}"
+                + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
         for job in adopted:
             r = known[job.jid]
             job.node = r[2]
@@ -576,23 +599,27 @@ class AsyncClient:
                 job.state = min(r[1], PROCESSING)  # a finished result is on its way (watch)
 
     def _usable(self) -> list[_Link]:
-        return [l for l in self._links.values() if l.usable]
+        return [lk for lk in self._links.values() if lk.usable]
 
-    async def _query(self, links: list[_Link], jids: tuple[str, ...], watch: bool = False) -> list[JobRecord]:
+    async def _query(
+        self, links: list[_Link], jids: tuple[str, ...], watch: bool = False
+    ) -> list[JobRecord]:
         if not links or not jids:
             return []
         assert self._loop is not None
         req = next(self._req_ids)
         fut: asyncio.Future[list[JobRecord]] = self._loop.create_future()
-        self._requests[req] = (fut, [], {l.key for l in links})
-        for l in links:
-            assert l.conn is not None
-            l.conn.send(Query(req, jids, watch))
+        self._requests[req] = (fut, [], {lk.key for lk in links})
+        for lk in links:
+            assert lk.conn is not None
+            lk.conn.send(Query(req, jids, watch))
         try:
             return await asyncio.wait_for(fut, self._connect_timeout_s)
         except asyncio.TimeoutError:
             self._requests.pop(req, None)
-            raise MeshConnectionError(f"nodes did not answer a query about {len(jids)} jobs") from None
+            raise MeshConnectionError(
+                f"nodes did not answer a query about {len(jids)} jobs"
+            ) from None
 
     # ---- reading results (any thread) ----
 
@@ -610,11 +637,13 @@ class AsyncClient:
         self._enqueue([job])
         return job.jid
 
-    async def map(self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:
+    async def map(
+        self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
+    ) -> list[str]:
         """Like builtin ``map``: one job per item; return the job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        jobs = self._prepare(fn, zip(*sequences), kwargs)
+        jobs = self._prepare(fn, zip(*sequences, strict=False), kwargs)
         self._enqueue(jobs)
         return [j.jid for j in jobs]
 
@@ -637,7 +666,9 @@ class AsyncClient:
                 await asyncio.wait_for(asyncio.shield(fut), timeout)
             except asyncio.TimeoutError:
                 n = sum(1 for j in pending if not j.final)
-                raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s") from None
+                raise MeshTimeout(
+                    f"{n} of {len(jobs)} jobs not finished after {timeout} s"
+                ) from None
         return jobs
 
     async def result(self, jids: str | Sequence[str], timeout: float | None = None) -> Any:
@@ -700,7 +731,7 @@ class AsyncClient:
         return names[0] if isinstance(jids, str) else names
 
     def _link_named(self, name: str) -> _Link | None:
-        return next((l for l in self._links.values() if l.name == name and name), None)
+        return next((lk for lk in self._links.values() if lk.name == name and name), None)
 
     async def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
         """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
@@ -711,12 +742,14 @@ class AsyncClient:
             if j.final:
                 continue
             if j.link is None and j.state == QUEUED:
-                self._fail(j, ("killed", "JobKilled", "killed on request before it started", "", ""))
+                self._fail(
+                    j, ("killed", "JobKilled", "killed on request before it started", "", "")
+                )
             elif j.link is not None:
                 by_link.setdefault(j.link.key, []).append(j.jid)
             else:  # adopted: ask everyone
-                for l in self._usable():
-                    by_link.setdefault(l.key, []).append(j.jid)
+                for lk in self._usable():
+                    by_link.setdefault(lk.key, []).append(j.jid)
         for key, ids in by_link.items():
             conn = self._links[key].conn
             if conn is not None and not conn.closed:
@@ -741,20 +774,20 @@ class AsyncClient:
                 records[r[0]] = r
         out = []
         for j in jobs:
-            r = records.get(j.jid)
-            if r is None:
+            found = records.get(j.jid)
+            if found is None:
                 if j.state == QUEUED:
                     out.append(JobInfo(j.jid, "queued", "", j.func.name if j.func else "",
                                        j.label, 0.0, None, None, 0.0, "", "", "", 0))  # fmt: skip
                     continue
                 raise UnknownJob(f"no reachable node holds a record of job {j.jid}")
-            out.append(JobInfo.from_record(r))
+            out.append(JobInfo.from_record(found))
         return out[0] if isinstance(jids, str) else out
 
     def nodes(self) -> list[NodeInfo]:
         return [
-            NodeInfo(l.name, l.node_id, l.key, l.workers, l.running, l.queued, l.usable)
-            for l in self._links.values()
+            NodeInfo(lk.name, lk.node_id, lk.key, lk.workers, lk.running, lk.queued, lk.usable)
+            for lk in self._links.values()
         ]
 
     @property

@@ -19,8 +19,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("secret", help="print this machine's mesh secret, to copy to other machines")
-    for name, text in (("status", "print job states"), ("result", "print job results"),
-                       ("info", "print what nodes recorded about jobs"), ("kill", "stop jobs")):
+    for name, text in (
+        ("status", "print job states"),
+        ("result", "print job results"),
+        ("info", "print what nodes recorded about jobs"),
+        ("kill", "stop jobs"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("jids", nargs="+", metavar="JID")
     return p
@@ -48,16 +52,30 @@ def _jobs_command(args: argparse.Namespace) -> int:
     with Client(args.peers) as c:
         if args.command == "status":
             states = c.status(args.jids)
-            _print(args, dict(zip(args.jids, states)), lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()))
+            _print(
+                args,
+                dict(zip(args.jids, states, strict=True)),
+                lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()),
+            )
             return EXIT_OK
         if args.command == "kill":
             c.kill(args.jids)
-            _print(args, {j: "killed" for j in args.jids}, lambda d: "\n".join(f"{k}\tkilled" for k in d))
+            _print(
+                args,
+                {j: "killed" for j in args.jids},
+                lambda d: "\n".join(f"{k}\tkilled" for k in d),
+            )
             return EXIT_OK
         if args.command == "info":
-            infos = c.info(args.jids)
-            _print(args, [i.__dict__ for i in infos],
-                   lambda rows: "\n\n".join("\n".join(f"{k}: {v}" for k, v in r.items()) for r in rows))
+            infos = c.info(list(args.jids))
+            assert isinstance(infos, list)
+            _print(
+                args,
+                [i.__dict__ for i in infos],
+                lambda rows: "\n\n".join(
+                    "\n".join(f"{k}: {v}" for k, v in r.items()) for r in rows
+                ),
+            )
             return EXIT_OK
         failed = EXIT_OK
         out: dict[str, Any] = {}
@@ -67,8 +85,11 @@ def _jobs_command(args: argparse.Namespace) -> int:
             except Exception as exc:  # the job's own exception: report it, keep going
                 out[jid] = f"{type(exc).__name__}: {exc}"
                 failed = EXIT_JOB_FAILED
-        _print(args, {k: repr(v) if not args.json else v for k, v in out.items()},
-               lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()))
+        _print(
+            args,
+            {k: repr(v) if not args.json else v for k, v in out.items()},
+            lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()),
+        )
         return failed
 
 

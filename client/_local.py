@@ -26,7 +26,9 @@ _LISTENING = re.compile(r"^mesh-node (\S+) listening on (\S+):(\d+)$")
 
 
 class LocalMesh:
-    def __init__(self, nodes: int = 2, workers: int | None = None, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, nodes: int = 2, workers: int | None = None, *, start_timeout_s: float = 30.0
+    ) -> None:
         if nodes < 1:
             raise ValueError("a local mesh needs at least one node")
         cores = os.cpu_count() or 1

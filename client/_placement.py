@@ -23,33 +23,37 @@ class NodeView:
     room: int  # slots we may still fill before its credit runs out
 
 
+@dataclass(slots=True)
+class _Fill:
+    level: float
+    view: NodeView
+    given: int = 0
+
+
 def plan(n: int, nodes: Sequence[NodeView], cores: int = 1) -> list[tuple[str, int]]:
     """Split ``n`` jobs of ``cores`` slots each over ``nodes``: [(key, count), ...] with count > 0."""
     if n <= 0 or cores < 1:
         return []
-    state = [
-        [v.load / v.workers, v, 0]
-        for v in nodes
-        if v.workers >= cores and v.room >= cores
-    ]
+    state = [_Fill(v.load / v.workers, v) for v in nodes if v.workers >= cores and v.room >= cores]
     done: dict[str, int] = {}
     while n > 0 and state:
-        state.sort(key=lambda s: (s[0], -s[1].workers, s[1].key))
-        level, v, given = state[0]
-        cap = (v.room - given * cores) // cores
+        state.sort(key=lambda f: (f.level, -f.view.workers, f.view.key))
+        head = state[0]
+        v = head.view
+        cap = (v.room - head.given * cores) // cores
         if cap <= 0:
-            done[v.key] = given
+            done[v.key] = head.given
             state.pop(0)
             continue
         if len(state) > 1:
             # enough to lift this node to the next one's level, and at least one job
-            need = max(1, math.ceil((state[1][0] - level) * v.workers / cores))
+            need = max(1, math.ceil((state[1].level - head.level) * v.workers / cores))
         else:
             need = n
         d = min(cap, n, need)
-        state[0][2] = given + d
-        state[0][0] = level + d * cores / v.workers
+        head.given += d
+        head.level += d * cores / v.workers
         n -= d
-    for _, v, given in state:
-        done[v.key] = given
+    for f in state:
+        done[f.view.key] = f.given
     return [(key, count) for key, count in done.items() if count > 0]

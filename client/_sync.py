@@ -16,10 +16,9 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from mesh.errors import MeshTimeout
-
 from client._async import AsyncClient, JobInfo, NodeInfo, _Job
 from client._local import LocalMesh
+from mesh.errors import MeshTimeout
 
 __all__ = ["Client"]
 
@@ -121,7 +120,7 @@ class Client:
         """Like builtin ``map``, one job per item; return the list of job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        jobs = self._async._prepare(func, zip(*sequences), kwargs)
+        jobs = self._async._prepare(func, zip(*sequences, strict=False), kwargs)
         self._thread.loop.call_soon_threadsafe(self._async._enqueue, jobs)
         return [j.jid for j in jobs]
 
@@ -132,6 +131,7 @@ class Client:
         known = self._async._jobs
         jobs = [known.get(j) for j in ids]
         if any(j is None for j in jobs):  # ids from another process: ask the nodes
+
             async def adopt() -> list[_Job]:
                 found, adopted = self._async._lookup(ids)
                 await self._async._adopt(adopted)

@@ -18,8 +18,28 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mesh.errors import *  # noqa: F403 - the hierarchy is part of the public API
-from mesh.errors import __all__ as _errors_all
+from mesh.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionClosed,
+    ConnectionLost,
+    JobError,
+    JobKilled,
+    LocalProtocolError,
+    MaxRuntimeExceeded,
+    MeshConnectionError,
+    MeshError,
+    MeshTimeout,
+    MissingModule,
+    NoNodesAvailable,
+    ProtocolError,
+    RemoteProtocolError,
+    RemoteTraceback,
+    SerializationError,
+    UnknownJob,
+    VersionMismatch,
+    WorkerDied,
+)
 
 if TYPE_CHECKING:
     from client import AsyncClient, Client, JobInfo
@@ -27,7 +47,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "Client", "call", "connect", "info", "iresult", "is_local", "join",
-    "kill", "local", "map", "result", "status", "close", *_errors_all,
+    "kill", "local", "map", "result", "status", "close",
+    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MeshConnectionError", "MeshError", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -106,7 +127,7 @@ def call(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
     return _client().call(func, *args, **kwargs)
 
 
-def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:  # noqa: A001
+def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:
     """Like builtin ``map``: one job per item; return the job ids at once."""
     return _client().map(func, *sequences, **kwargs)
 
@@ -116,12 +137,16 @@ def result(jids: str | Sequence[str], timeout: float | None = None) -> Any:
     return _client().result(jids, timeout)
 
 
-def iresult(jids: Sequence[str], timeout: float | None = None, ordered: bool = True) -> Iterator[Any]:
+def iresult(
+    jids: Sequence[str], timeout: float | None = None, ordered: bool = True
+) -> Iterator[Any]:
     """Yield results as they finish (in order, or in completion order)."""
     return _client().iresult(jids, timeout, ordered)
 
 
-def join(jids: str | Sequence[str], timeout: float | None = None, ignore_errors: bool = False) -> None:
+def join(
+    jids: str | Sequence[str], timeout: float | None = None, ignore_errors: bool = False
+) -> None:
     """Wait for jobs to finish; raise the first failure unless ``ignore_errors``."""
     _client().join(jids, timeout, ignore_errors)
 

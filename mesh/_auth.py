@@ -54,7 +54,9 @@ class SessionKeys:
     recv: bytes
 
 
-def _session(secret: bytes, client_nonce: bytes, server_nonce: bytes, *, client: bool) -> SessionKeys:
+def _session(
+    secret: bytes, client_nonce: bytes, server_nonce: bytes, *, client: bool
+) -> SessionKeys:
     c2s = _mac(secret, b"lanmesh key client->node", client_nonce, server_nonce)
     s2c = _mac(secret, b"lanmesh key node->client", client_nonce, server_nonce)
     return SessionKeys(send=c2s, recv=s2c) if client else SessionKeys(send=s2c, recv=c2s)

@@ -63,7 +63,9 @@ class Connection(asyncio.Protocol):
         self.peer_name = ""
         self.peer_id = ""
         self._handshake_timeout_s = handshake_timeout_s
-        self._client_hs = ClientHandshake(secret, name=name, peer=peer_label) if role == "client" else None
+        self._client_hs = (
+            ClientHandshake(secret, name=name, peer=peer_label) if role == "client" else None
+        )
         self._server_hs = (
             ServerHandshake(secret, name=name, node_id=node_id) if role == "server" else None
         )
@@ -79,13 +81,16 @@ class Connection(asyncio.Protocol):
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert hasattr(transport, "write")  # a stream transport (asyncio's or uvloop's)
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=4 << 20)
+        transport.set_write_buffer_limits(high=4 << 20)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.role != "plain":
-            self._deadline = self._loop.call_later(self._handshake_timeout_s, self._handshake_expired)
+            self._deadline = self._loop.call_later(
+                self._handshake_timeout_s, self._handshake_expired
+            )
         if self._client_hs is not None:
             self._write(self._client_hs.start())
 
@@ -180,13 +185,17 @@ class Connection(asyncio.Protocol):
     def send(self, msg: Message) -> None:
         """Queue one message for sending; raises ConnectionClosed/Lost if the link is gone."""
         if self.closed or self.transport is None:
-            raise self.close_reason or ConnectionClosed(f"connection to {self.peer_label} is closed")
+            raise self.close_reason or ConnectionClosed(
+                f"connection to {self.peer_label} is closed"
+            )
         self._write(msg)
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
         if self.closed:
-            raise self.close_reason or ConnectionClosed(f"connection to {self.peer_label} is closed")
+            raise self.close_reason or ConnectionClosed(
+                f"connection to {self.peer_label} is closed"
+            )
         if self._paused:
             w = self._loop.create_future()
             self._drain_waiters.append(w)
@@ -217,7 +226,8 @@ class Connection(asyncio.Protocol):
             self._deadline = None
         if not self.ready.done():
             self.ready.set_exception(
-                reason or ConnectionLost(f"{self.peer_label} closed the connection during the handshake")
+                reason
+                or ConnectionLost(f"{self.peer_label} closed the connection during the handshake")
             )
             self.ready.exception()  # mark retrieved: the opener may already have given up
         for w in self._drain_waiters:

@@ -31,12 +31,12 @@ from mesh._protocol import Challenge, Hello, Message, Proof, decode, encode
 from mesh.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
-    "FrameCodec",
-    "HANDSHAKE_MAX",
     "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_MESSAGE",
+    "HANDSHAKE_MAX",
     "HEADER_SIZE",
     "MAC_SIZE",
+    "FrameCodec",
 ]
 
 HEADER = struct.Struct(">IB")

@@ -14,7 +14,9 @@ _SIOCGIFADDR = 0x8915
 def _interface_ipv4(ifname: str) -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", ifname[:15].encode()))
+            packed = fcntl.ioctl(
+                s.fileno(), _SIOCGIFADDR, struct.pack("256s", ifname[:15].encode())
+            )
         except OSError:
             return None
     return socket.inet_ntoa(packed[20:24])

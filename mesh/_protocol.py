@@ -11,37 +11,38 @@ This module does no I/O.
 import dataclasses
 import types
 import typing
-from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, Union
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "JOB_STATES",
-    "QUEUED",
-    "PROCESSING",
     "DONE",
     "ERROR",
+    "JOB_STATES",
     "KILLED",
-    "Message",
-    "Hello",
-    "Challenge",
-    "Proof",
-    "Load",
-    "Submit",
-    "Results",
-    "Kill",
+    "PROCESSING",
+    "PROTOCOL_VERSION",
+    "QUEUED",
     "Ack",
-    "Query",
-    "Records",
+    "Challenge",
     "Goodbye",
-    "WorkerReady",
-    "Run",
+    "Hello",
+    "Kill",
+    "Load",
+    "Message",
+    "Proof",
+    "Query",
     "Ran",
-    "encode",
+    "Records",
+    "Results",
+    "Run",
+    "Submit",
+    "WorkerReady",
     "decode",
+    "encode",
 ]
 
 PROTOCOL_VERSION = 1
@@ -55,9 +56,9 @@ JOB_STATES = ("queued", "processing", "done", "error", "killed")
 # "unpicklable", "rejected", "lost".
 ErrorInfo = tuple[str, str, str, str, str]
 # A result item: (jid, state, pickled result or exception (may be b""), error or None).
-ResultItem = tuple[str, int, bytes, Optional[ErrorInfo]]
+ResultItem = tuple[str, int, bytes, ErrorInfo | None]
 # A job as a worker reports it: result item fields + started, finished, cpu_s, stdout, stderr.
-RanItem = tuple[str, int, bytes, Optional[ErrorInfo], float, float, float, str, str]
+RanItem = tuple[str, int, bytes, ErrorInfo | None, float, float, float, str, str]
 # A job record for info/status: jid, state, node, function name, label, submitted,
 # started, finished, cpu_s, stdout, stderr, error text, attempts.
 JobRecord = tuple[str, int, str, str, str, float, float, float, float, str, str, str, int]
@@ -69,7 +70,7 @@ _REGISTRY: dict[int, type["Message"]] = {}
 class Message:
     """Base of all wire messages. Subclasses are frozen dataclasses with a unique TAG."""
 
-    __slots__ = ()
+    __slots__: ClassVar[tuple[str, ...]] = ()
     TAG: ClassVar[int] = -1
     _checks: ClassVar[tuple[Callable[[Any], bool], ...]] = ()
     _required: ClassVar[int] = 0
@@ -116,10 +117,11 @@ def _checker(tp: Any) -> Callable[[Any], bool]:
 def message(tag: int) -> Callable[[type[_M]], type[_M]]:
     """Register a frozen dataclass as the wire message with ``tag``."""
 
-    def register(cls: type[_M]) -> type[_M]:
+    def register(dc: type[_M]) -> type[_M]:
         if tag in _REGISTRY:
             raise ValueError(f"tag {tag} already used by {_REGISTRY[tag].__name__}")
-        dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        if not dataclasses.is_dataclass(dc) or "__slots__" not in dc.__dict__:
+            raise TypeError(f"{dc.__name__} must be a frozen, slotted dataclass")
         hints = typing.get_type_hints(dc)
         fields = dataclasses.fields(dc)
         dc.TAG = tag
@@ -127,7 +129,7 @@ def message(tag: int) -> Callable[[type[_M]], type[_M]]:
         required = [f for f in fields if f.default is dataclasses.MISSING]
         dc._required = len(required)
         if fields[: len(required)] != tuple(required):
-            raise TypeError(f"{cls.__name__}: fields with defaults must come last")
+            raise TypeError(f"{dc.__name__}: fields with defaults must come last")
         dc._defaults = tuple(f.default for f in fields[len(required) :])
         _REGISTRY[tag] = dc
         return dc
@@ -139,6 +141,7 @@ def message(tag: int) -> Callable[[type[_M]], type[_M]]:
 
 
 @message(1)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Hello(Message):
     """Client -> node: who I am, what I speak, and my challenge nonce."""
 
@@ -150,6 +153,7 @@ class Hello(Message):
 
 
 @message(2)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Challenge(Message):
     """Node -> client: its versions, its nonce, and its proof of the secret."""
 
@@ -162,6 +166,7 @@ class Challenge(Message):
 
 
 @message(3)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Proof(Message):
     """Client -> node: the client's proof of the secret."""
 
@@ -172,6 +177,7 @@ class Proof(Message):
 
 
 @message(10)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Load(Message):
     """A node's capacity and load; sent on connect and whenever it changes."""
 
@@ -183,6 +189,7 @@ class Load(Message):
 
 
 @message(11)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Submit(Message):
     """Run ``fn(*args)`` for each item. The function blob is sent once per connection."""
 
@@ -196,6 +203,7 @@ class Submit(Message):
 
 
 @message(12)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Results(Message):
     """Finished jobs, with the node's load at the time."""
 
@@ -206,11 +214,13 @@ class Results(Message):
 
 
 @message(13)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Kill(Message):
     jids: tuple[str, ...]
 
 
 @message(14)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ack(Message):
     """The client holds these results; the node may expire them after its TTL."""
 
@@ -218,6 +228,7 @@ class Ack(Message):
 
 
 @message(15)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Query(Message):
     """Ask for job records; with ``watch`` the node also pushes their results when done."""
 
@@ -227,6 +238,7 @@ class Query(Message):
 
 
 @message(16)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Records(Message):
     """Reply to :class:`Query`: records of the jobs this node knows (others are absent)."""
 
@@ -235,6 +247,7 @@ class Records(Message):
 
 
 @message(17)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Goodbye(Message):
     reason: str = ""
 
@@ -243,11 +256,13 @@ class Goodbye(Message):
 
 
 @message(30)
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerReady(Message):
     pid: int
 
 
 @message(31)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Run(Message):
     """Run these items with the function of ``fhash`` (its blob is sent when new to the worker)."""
 
@@ -258,6 +273,7 @@ class Run(Message):
 
 
 @message(32)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ran(Message):
     items: tuple[RanItem, ...]
 
@@ -265,7 +281,7 @@ class Ran(Message):
 def encode(msg: Message) -> bytes:
     """Encode one message as msgpack bytes."""
     try:
-        values = [getattr(msg, f) for f in msg.__slots__]  # type: ignore[attr-defined]
+        values = [getattr(msg, f) for f in msg.__slots__]
         return msgpack.packb([msg.TAG, *values], use_bin_type=True)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
@@ -290,7 +306,7 @@ def decode(data: bytes | memoryview) -> Message:
         values = values[: len(checks)]  # from a newer peer: fields we do not know
     for i, value in enumerate(values):
         if not checks[i](value):
-            name = cls.__slots__[i]  # type: ignore[attr-defined]
+            name = cls.__slots__[i]
             raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
     if len(values) < len(checks):
         values = values + cls._defaults[len(values) - cls._required :]

@@ -23,7 +23,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 
 from mesh._protocol import ErrorInfo
 from mesh.errors import (
@@ -39,10 +39,10 @@ from mesh.errors import (
 __all__ = [
     "dumps_function",
     "dumps_value",
+    "function_name",
     "loads",
     "pack_exception",
     "unpack_error",
-    "function_name",
 ]
 
 PROTOCOL = 5
@@ -109,7 +109,9 @@ def function_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}" if module and module != "builtins" else str(name)
 
 
-def dumps_function(fn: Callable[..., Any], kwargs: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
+def dumps_function(
+    fn: Callable[..., Any], kwargs: dict[str, Any] | None = None
+) -> tuple[bytes, bytes]:
     """Pickle ``fn`` (with constant keyword arguments) by value where needed: (hash, blob)."""
     if not callable(fn):
         raise SerializationError(f"{fn!r} is not callable")
@@ -137,7 +139,8 @@ def dumps_value(value: Any, what: str = "value") -> bytes:
         if _is_simple(value):
             return pickle.dumps(value, PROTOCOL)
         register_local_modules()
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+        blob: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
+        return blob
     except Exception as exc:
         raise SerializationError(f"cannot pickle {what}: {type(exc).__name__}: {exc}") from exc
 
@@ -239,7 +242,9 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
         if isinstance(candidate, BaseException):
             exc = candidate
     if exc is None:
-        exc = JobError(f"{tname}: {message} [{where}]", jid=jid, node=node, remote_traceback=tb_text)
+        exc = JobError(
+            f"{tname}: {message} [{where}]", jid=jid, node=node, remote_traceback=tb_text
+        )
     try:
         exc.jid = jid  # type: ignore[attr-defined]
         exc.node = node  # type: ignore[attr-defined]
@@ -247,5 +252,5 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
     except (AttributeError, TypeError):
         pass
     if tb_text:
-        exc.__cause__ = RemoteTraceback(f"\n{where} raised:\n\"\"\"\n{tb_text}\"\"\"")
+        exc.__cause__ = RemoteTraceback(f'\n{where} raised:\n"""\n{tb_text}"""')
     return exc

@@ -26,24 +26,62 @@ def parser() -> argparse.ArgumentParser:
         prog="mesh-node",
         description="Run a lanmesh node: it executes jobs sent by clients that know the mesh secret.",
     )
-    p.add_argument("--host", help="address to listen on (default: the default-route interface's IPv4)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("MESH_PORT", 7390)),
-                   help="TCP port (default 7390; 0 picks a free one)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes, i.e. jobs run at once (default: the number of cores)")
-    p.add_argument("--data-dir", type=Path, default=_data_dir_default(),
-                   help="where the node keeps its state (default ~/.local/share/lanmesh)")
+    p.add_argument(
+        "--host", help="address to listen on (default: the default-route interface's IPv4)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MESH_PORT", 7390)),
+        help="TCP port (default 7390; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes, i.e. jobs run at once (default: the number of cores)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=_data_dir_default(),
+        help="where the node keeps its state (default ~/.local/share/lanmesh)",
+    )
     p.add_argument("--name", default="", help="node name shown to users (default: the hostname)")
-    p.add_argument("--interface", action="append", default=[], metavar="IP",
-                   help="pin listening and discovery to this interface address (repeatable)")
-    p.add_argument("--secret-file", type=Path, default=None,
-                   help=f"mesh secret file (default {default_secret_path()}; MESH_SECRET overrides)")
-    p.add_argument("--handshake-timeout", type=float, default=5.0, metavar="S",
-                   help="seconds a new connection has to authenticate (default 5)")
-    p.add_argument("--kill-grace", type=float, default=5.0, metavar="S",
-                   help="seconds between SIGTERM and SIGKILL when killing a job (default 5)")
-    p.add_argument("--result-ttl", type=float, default=3600.0, metavar="S",
-                   help="seconds results are kept after the client has them (default 3600)")
+    p.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="pin listening and discovery to this interface address (repeatable)",
+    )
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help=f"mesh secret file (default {default_secret_path()}; MESH_SECRET overrides)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds a new connection has to authenticate (default 5)",
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL when killing a job (default 5)",
+    )
+    p.add_argument(
+        "--result-ttl",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="seconds results are kept after the client has them (default 3600)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("MESH_LOG_LEVEL", "warning"))
     return p

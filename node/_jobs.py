@@ -32,7 +32,7 @@ from mesh._protocol import (
     ResultItem,
 )
 
-__all__ = ["Deliver", "Dispatch", "Func", "Job", "JobTable", "KillWorker", "Instruction"]
+__all__ = ["Deliver", "Dispatch", "Func", "Instruction", "Job", "JobTable", "KillWorker"]
 
 # A batch should take about this long; a longer one delays results and kills.
 BATCH_TARGET_S = 0.01
@@ -114,7 +114,9 @@ Instruction = Dispatch | KillWorker | Deliver
 class JobTable:
     """All jobs a node knows, its queue and its workers' assignments."""
 
-    def __init__(self, node_name: str, *, result_ttl_s: float = 3600.0, unclaimed_ttl_s: float = 86400.0) -> None:
+    def __init__(
+        self, node_name: str, *, result_ttl_s: float = 3600.0, unclaimed_ttl_s: float = 86400.0
+    ) -> None:
         self.node_name = node_name
         self.result_ttl_s = result_ttl_s
         self.unclaimed_ttl_s = unclaimed_ttl_s
@@ -209,9 +211,10 @@ class JobTable:
         if w is None:
             return []
         for jid, state, blob, error, started, finished, cpu_s, out, err in items:
-            job = w.batch.pop(jid, None)
-            if job is None:
+            found = w.batch.pop(jid, None)
+            if found is None:
                 continue
+            job = found
             job.started, job.cpu_s, job.stdout, job.stderr = started, cpu_s, out, err
             self._observe(finished - started)
             self._finish(job, state, now, result=blob, error=error, finished=finished)
@@ -257,7 +260,9 @@ class JobTable:
         self.queue.extendleft(reversed(requeue))
         return self._schedule(now)
 
-    def kill(self, jids: tuple[str, ...], now: float, *, reason: str = "killed") -> list[Instruction]:
+    def kill(
+        self, jids: tuple[str, ...], now: float, *, reason: str = "killed"
+    ) -> list[Instruction]:
         out: list[Instruction] = []
         for jid in jids:
             job = self.jobs.get(jid)
@@ -268,7 +273,9 @@ class JobTable:
                     self.queue.remove(job)
                 except ValueError:
                     pass
-                self._finish(job, KILLED, now, error=("killed", "JobKilled", "killed on request", "", ""))
+                self._finish(
+                    job, KILLED, now, error=("killed", "JobKilled", "killed on request", "", "")
+                )
             elif job.state == PROCESSING and not job.kill_reason:
                 job.kill_reason = reason
                 out.append(KillWorker(job.worker, f"{reason}: {jid}"))
@@ -296,8 +303,8 @@ class JobTable:
                     out.append(KillWorker(w.wid, f"max-runtime: {job.jid}"))
         while self._expiry and self._expiry[0][0] <= now:
             _, jid = heapq.heappop(self._expiry)
-            job = self.jobs.get(jid)
-            if job is not None and job.state in (DONE, ERROR, KILLED):
+            expired = self.jobs.get(jid)
+            if expired is not None and expired.state in (DONE, ERROR, KILLED):
                 del self.jobs[jid]
         return out
 
@@ -311,7 +318,9 @@ class JobTable:
 
     def _observe(self, run_s: float) -> None:
         run_s = max(run_s, 0.0)
-        self.avg_run_s = run_s if self.avg_run_s is None else (1 - _EWMA) * self.avg_run_s + _EWMA * run_s
+        self.avg_run_s = (
+            run_s if self.avg_run_s is None else (1 - _EWMA) * self.avg_run_s + _EWMA * run_s
+        )
 
     def _finish(
         self,
@@ -358,16 +367,13 @@ class JobTable:
                     break  # wait for enough idle workers; keep order
                 w = idle.pop()
                 n = self._batch_size(head, len(idle) + 1)
-                jobs: list[Job] = []
                 q = self.queue
+                jobs = [q.popleft()]
                 while q and len(jobs) < n:
                     j = q[0]
                     if j.func is not head.func or j.cores != 1 or j.max_runtime > 0 or j.suspect:
-                        if jobs:
-                            break
-                    jobs.append(q.popleft())
-                    if len(jobs) == 1 and n == 1:
                         break
+                    jobs.append(q.popleft())
                 for j in jobs:
                     j.state, j.worker, j.started = PROCESSING, w.wid, now
                     w.batch[j.jid] = j

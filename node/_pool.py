@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import IO
 
 from mesh._connection import Connection
-from mesh._protocol import Message, Ran, Run, RanItem, WorkerReady
+from mesh._protocol import Message, Ran, RanItem, Run, WorkerReady
 
 __all__ = ["WorkerPool", "describe_exit"]
 
@@ -37,7 +37,7 @@ def describe_exit(returncode: int) -> str:
 
 
 class _Proc:
-    __slots__ = ("wid", "proc", "conn", "kill_timer")
+    __slots__ = ("conn", "kill_timer", "proc", "wid")
 
     def __init__(self, wid: int, proc: asyncio.subprocess.Process, conn: Connection) -> None:
         self.wid = wid
@@ -161,7 +161,7 @@ class WorkerPool:
         for p in list(self._procs.values()):
             self._signal(p, signal.SIGTERM)
         if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=self._kill_grace_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._kill_grace_s)
             for p in list(self._procs.values()):
                 self._signal(p, signal.SIGKILL)
             if pending:

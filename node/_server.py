@@ -82,7 +82,7 @@ class Node:
     async def start(self) -> None:
         """Return once the node accepts connections; workers warm up in the background."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.config.data_dir / "workers.log", "ab")  # noqa: SIM115
+        self._log_file = await asyncio.to_thread(open, self.config.data_dir / "workers.log", "ab")
         self._pool = WorkerPool(
             self.config.workers,
             on_ready=self._worker_ready,
@@ -171,7 +171,9 @@ class Node:
         self.table.disconnected(cid)
 
     def _load(self) -> Load:
-        return Load(self.node_id, self.name, self.config.workers, self.table.running, self.table.queued)
+        return Load(
+            self.node_id, self.name, self.config.workers, self.table.running, self.table.queued
+        )
 
     def _message(self, conn: Connection, msg: Message) -> None:
         cid = self._conn_ids.get(conn)

@@ -33,7 +33,7 @@ def closed_by_peer(sock: socket.socket, within_s: float = CLOSE_DEADLINE_S) -> b
             data = sock.recv(65536)
         except ConnectionResetError:
             return True
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         if not data:
             return True

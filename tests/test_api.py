@@ -331,4 +331,3 @@ def test_module_level_local_mesh_starts_and_stops_its_nodes():
     assert default.closed
     for pid in node_pids + worker_pids:
         wait_until(lambda pid=pid: not alive(pid), timeout_s=10, what=f"pid {pid} to exit")
-

@@ -63,7 +63,7 @@ def test_hello_carries_versions_and_a_nonce() -> None:
     hello = ClientHandshake(SECRET, name="laptop").start()
     assert hello == Hello(MAGIC, PROTOCOL_VERSION, PYTHON_VERSION, hello.nonce, "laptop")
     assert len(hello.nonce) == NONCE_SIZE
-    assert PYTHON_VERSION == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == PYTHON_VERSION
 
 
 def test_names_are_capped_to_fit_a_handshake_frame() -> None:
@@ -260,7 +260,9 @@ def test_missing_or_empty_secret_file(tmp_path: Path) -> None:
         load_secret(path=empty)
 
 
-def test_mesh_secret_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mesh_secret_env_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "secret"
     path.write_text("from-file\n")
     path.chmod(0o644)  # would be refused if it were read

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import types
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -555,7 +556,7 @@ def strategy_for(tp: object) -> st.SearchStrategy[object]:
     if tp is bytes:
         return st.binary(max_size=40)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         return st.one_of(*(st.none() if a is type(None) else strategy_for(a) for a in args))
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
@@ -564,9 +565,7 @@ def strategy_for(tp: object) -> st.SearchStrategy[object]:
     raise TypeError(f"no strategy for {tp!r}")
 
 
-MESSAGE_CLASSES: Sequence[type[Message]] = sorted(
-    proto._REGISTRY.values(), key=lambda c: c.TAG  # noqa: SLF001
-)
+MESSAGE_CLASSES: Sequence[type[Message]] = sorted(proto._REGISTRY.values(), key=lambda c: c.TAG)
 
 
 def test_every_registered_message_is_exported() -> None:
@@ -689,8 +688,10 @@ msgpack_value = st.recursive(
     | st.floats()
     | st.text(max_size=8)
     | st.binary(max_size=8),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=4) | st.integers(0, 9), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.integers(0, 9), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 
@@ -709,5 +710,5 @@ def test_decode_of_tagged_garbage_raises_only_remote_protocol_error(
     except RemoteProtocolError:
         return
     # whatever decode accepts is a well-typed message that can be sent on
-    assert type(msg) is proto._REGISTRY[tag]  # noqa: SLF001
+    assert type(msg) is proto._REGISTRY[tag]
     encode(msg)

@@ -159,8 +159,12 @@ def test_worker_died_with_a_single_job_blames_it() -> None:
     t.submit(OWNER, F, items("j1"), 0.0)
     t.worker_ready(10, 1.0)
     out = t.worker_died(10, "exited with code -11 (SIGSEGV)", 2.0)
-    message = "worker process on node ws-07 exited with code -11 (SIGSEGV) while running work.square"
-    assert out == [Deliver(OWNER, [("j1", ERROR, b"", ("worker-died", "WorkerDied", message, "", ""))])]
+    message = (
+        "worker process on node ws-07 exited with code -11 (SIGSEGV) while running work.square"
+    )
+    assert out == [
+        Deliver(OWNER, [("j1", ERROR, b"", ("worker-died", "WorkerDied", message, "", ""))])
+    ]
     assert t.jobs["j1"].attempts == 1
     assert t.record("j1")[11] == f"WorkerDied: {message}"
     assert t.worker_died(10, "again", 3.0) == []  # already gone
@@ -229,9 +233,7 @@ def test_multi_core_job_reserves_a_second_idle_worker() -> None:
     t = table(capacity=2)
     t.worker_ready(10, 0.0)
     t.worker_ready(11, 0.0)
-    assert t.submit(OWNER, F, items("big"), 1.0, cores=2) == [
-        Dispatch(11, F, True, jobs(t, "big"))
-    ]
+    assert t.submit(OWNER, F, items("big"), 1.0, cores=2) == [Dispatch(11, F, True, jobs(t, "big"))]
     assert t.workers[10].reserved_for == "big"
     assert t.running == 2
     assert t.submit(OWNER, F, items("small"), 1.0) == []  # no idle worker left

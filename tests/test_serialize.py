@@ -66,7 +66,7 @@ def raised(exc: BaseException) -> BaseException:
 
     try:
         outer()
-    except BaseException as caught:  # noqa: BLE001 - we want it whatever it is
+    except BaseException as caught:
         return caught
     raise AssertionError("not raised")
 
@@ -147,9 +147,7 @@ def local_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ob
             pass
 
 
-def test_local_module_function_is_pickled_by_value(
-    local_module: object, tmp_path: Path
-) -> None:
+def test_local_module_function_is_pickled_by_value(local_module: object, tmp_path: Path) -> None:
     name = local_module.__name__  # type: ignore[attr-defined]
     _, blob = dumps_function(local_module.triple_plus, {"plus": 1})  # type: ignore[attr-defined]
     elsewhere = tmp_path / "elsewhere"

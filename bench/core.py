@@ -1,0 +1,524 @@
+"""The core benchmark: a local mesh of 2 nodes against multiprocessing.Pool(2) and raw TCP.
+
+Prints ONE JSON object on stdout (progress goes to stderr). Workloads, each run on
+the mesh (``Client.local(2)``) and on ``multiprocessing.Pool(2)`` in the same run:
+
+* latency: call -> result of a trivial function, 1,000 sequential calls (p50/p99);
+* throughput: a map of 20,000 trivial tasks, each its own job (tasks/s, from the
+  ``map`` call until every result is back); Pool both one ``apply_async`` per item
+  and ``Pool.map`` with its default chunking;
+* CPU: a map of 10 ``sum_primes`` calls, speedup over the same calls run serially
+  in this process;
+* bandwidth: one call whose argument is a 50 MB ``bytes`` (MB/s, 1 MB = 10^6 bytes);
+* start: a fresh ``Client.local(2)`` until the first result is back (s).
+
+And the floors: an asyncio TCP echo round trip over 127.0.0.1 (server in another
+process) and raw loopback TCP throughput (500 MB through one connection). Then the
+ratios and, for each target of the core issue, whether it is met. Only 127.0.0.1.
+
+    .venv/bin/python bench/core.py            # the full run (< 3 minutes on 2 cores)
+    .venv/bin/python bench/core.py --quick    # a smoke run with small sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import json
+import math
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+MB = 1_000_000
+perf = time.perf_counter
+
+
+# ---- the workloads (module level, so Pool's workers and the mesh both can run them) ----
+
+
+def noop(x: Any) -> Any:
+    return x
+
+
+def length(blob: bytes) -> int:
+    return len(blob)
+
+
+def isprime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n == 2:
+        return True
+    limit = math.ceil(math.sqrt(n))
+    i = 2
+    while i <= limit:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def sum_primes(n: int) -> int:
+    """The seed's prime1.sum_primes: pure-Python CPU work."""
+    return sum([x for x in range(2, n) if isprime(x)])
+
+
+# ---- helpers ----
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between closest ranks."""
+    xs = sorted(samples)
+    if len(xs) == 1:
+        return xs[0]
+    k = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def latency_us(samples_s: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(samples_s, 50) * 1e6, 1),
+        "p99": round(percentile(samples_s, 99) * 1e6, 1),
+        "mean": round(statistics.fmean(samples_s) * 1e6, 1),
+        "n": len(samples_s),
+    }
+
+
+def r(x: float, nd: int = 3) -> float:
+    return round(x, nd)
+
+
+class Config:
+    def __init__(self, args: argparse.Namespace) -> None:
+        quick = args.quick
+        self.quick = quick
+        self.repeat = args.repeat if args.repeat is not None else (1 if quick else 3)
+        self.latency_calls = 200 if quick else 1_000
+        self.map_tasks = 2_000 if quick else 20_000
+        self.cpu_tasks = 10
+        self.cpu_n = 30_000 if quick else 150_000  # ~0.24 s per call on a 2020s core
+        self.arg_bytes = 5 * MB if quick else 50 * MB
+        self.echo_round_trips = 200 if quick else 1_000
+        self.raw_bytes = 50 * MB if quick else 500 * MB
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---- the floors: raw loopback TCP ----
+
+
+def _echo_server(conn: Any) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        conn.send(server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def on_parent() -> None:  # "stop", or the parent went away
+            if not stop.done():
+                stop.set_result(None)
+
+        loop.add_reader(conn.fileno(), on_parent)
+        async with server:
+            await stop
+
+    asyncio.run(serve())
+
+
+def bench_echo(cfg: Config) -> dict[str, Any]:
+    """asyncio client <-> asyncio echo server in another process, small messages."""
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.Process(target=_echo_server, args=(child,), daemon=True)
+    proc.start()
+    try:
+        port = parent.recv()
+
+        async def run() -> list[float]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            msg = b"x" * 64
+            samples = []
+            for i in range(50 + cfg.echo_round_trips):
+                t0 = perf()
+                writer.write(msg)
+                await reader.readexactly(len(msg))
+                if i >= 50:
+                    samples.append(perf() - t0)
+            writer.close()
+            await writer.wait_closed()
+            return samples
+
+        samples = asyncio.run(run())
+    finally:
+        parent.send("stop")
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return latency_us(samples)
+
+
+def _receive(listener: socket.socket, size: int, received: list[int]) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        buf = bytearray(1 << 20)
+        left = size
+        while left > 0:
+            n = conn.recv_into(buf, min(len(buf), left))
+            if n == 0:
+                break
+            left -= n
+        received.append(size - left)
+        conn.sendall(b"k")
+
+
+def bench_tcp_throughput(cfg: Config) -> dict[str, Any]:
+    """Blocking sockets, receiver in a thread: the loopback bandwidth this machine gives."""
+    chunk = memoryview(bytearray(1 << 20))
+    runs = []
+    for _ in range(cfg.repeat):
+        received: list[int] = []
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            t = threading.Thread(
+                target=_receive, args=(listener, cfg.raw_bytes, received), daemon=True
+            )
+            t.start()
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                t0 = perf()
+                left = cfg.raw_bytes
+                while left > 0:
+                    n = min(len(chunk), left)
+                    s.sendall(chunk[:n])
+                    left -= n
+                assert s.recv(1) == b"k"
+                dt = perf() - t0
+            t.join()
+        assert received == [cfg.raw_bytes]
+        runs.append(cfg.raw_bytes / MB / dt)
+    return {"mb_per_s": r(statistics.median(runs), 1), "runs": [r(x, 1) for x in runs]}
+
+
+# ---- the mesh ----
+
+
+def bench_mesh(cfg: Config) -> dict[str, Any]:
+    from client import Client
+
+    out: dict[str, Any] = {}
+    timeout_s = 300.0
+
+    log(f"mesh: start a local mesh of 2 nodes -> first result, {cfg.repeat}x")
+    starts = []
+    client = None
+    try:
+        for _ in range(cfg.repeat):
+            if client is not None:
+                client.close()
+                client = None
+            t0 = perf()
+            client = Client.local(2)
+            assert client.result(client.call(noop, 1), timeout=60) == 1
+            starts.append(perf() - t0)
+        assert client is not None
+        c = client
+        out["start_to_first_result_s"] = r(statistics.median(starts))
+        out["start_runs_s"] = [r(x) for x in starts]
+        out["nodes"] = [{"name": n.name, "workers": n.workers} for n in c.nodes()]
+
+        # Warm both nodes' workers (function caches, imports) before timing.
+        c.result(c.map(noop, range(200)), timeout=timeout_s)
+        c.result(c.map(sum_primes, [10] * 4), timeout=timeout_s)
+
+        log(f"mesh: latency, {cfg.latency_calls} sequential call -> result")
+        for i in range(50):
+            c.result(c.call(noop, i), timeout=timeout_s)
+        lat = []
+        for i in range(cfg.latency_calls):
+            t0 = perf()
+            c.result(c.call(noop, i), timeout=timeout_s)
+            lat.append(perf() - t0)
+        out["latency_us"] = latency_us(lat)
+
+        log(f"mesh: map of {cfg.map_tasks:,} trivial tasks, {cfg.repeat}x")
+        rates = []
+        for _ in range(cfg.repeat):
+            t0 = perf()
+            jids = c.map(noop, range(cfg.map_tasks))
+            got = c.result(jids, timeout=timeout_s)
+            dt = perf() - t0
+            assert got == list(range(cfg.map_tasks))
+            rates.append(cfg.map_tasks / dt)
+        out["map_tasks_per_s"] = r(statistics.median(rates), 0)
+        out["map_runs_tasks_per_s"] = [r(x, 0) for x in rates]
+
+        out["cpu"] = _cpu(
+            cfg, lambda ns: c.result(c.map(sum_primes, ns), timeout=timeout_s), "mesh"
+        )
+
+        log(f"mesh: call(f, {cfg.arg_bytes / MB:.0f} MB bytes), {cfg.repeat}x")
+        blob = os.urandom(cfg.arg_bytes)
+        c.result(c.call(length, b"warm"), timeout=timeout_s)
+        runs = []
+        for _ in range(cfg.repeat):
+            t0 = perf()
+            n = c.result(c.call(length, blob), timeout=timeout_s)
+            dt = perf() - t0
+            assert n == cfg.arg_bytes
+            runs.append(cfg.arg_bytes / MB / dt)
+        out["arg_mb_per_s"] = r(statistics.median(runs), 1)
+        out["arg_runs_mb_per_s"] = [r(x, 1) for x in runs]
+        del blob
+    finally:
+        if client is not None:
+            client.close()
+    return out
+
+
+def _cpu(cfg: Config, run_map: Callable[[list[int]], list[int]], who: str) -> dict[str, Any]:
+    """Serial in this process, then the parallel map, paired per repeat; median speedup."""
+    ns = list(range(cfg.cpu_n, cfg.cpu_n + cfg.cpu_tasks))
+    log(
+        f"{who}: CPU map of {cfg.cpu_tasks} sum_primes({cfg.cpu_n:,}..), serial vs parallel, "
+        f"{cfg.repeat}x"
+    )
+    serial, parallel, speedups = [], [], []
+    for _ in range(cfg.repeat):
+        t0 = perf()
+        expected = [sum_primes(n) for n in ns]
+        s = perf() - t0
+        t0 = perf()
+        got = run_map(ns)
+        p = perf() - t0
+        assert got == expected
+        serial.append(s)
+        parallel.append(p)
+        speedups.append(s / p)
+    return {
+        "speedup": r(statistics.median(speedups), 2),
+        "serial_s": r(statistics.median(serial)),
+        "parallel_s": r(statistics.median(parallel)),
+        "speedup_runs": [r(x, 2) for x in speedups],
+    }
+
+
+# ---- multiprocessing.Pool(2) ----
+
+
+def bench_pool(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    timeout_s = 300.0
+    t0 = perf()
+    with multiprocessing.Pool(2) as pool:
+        pool.apply_async(noop, (1,)).get(timeout_s)
+        out["start_to_first_result_s"] = r(perf() - t0)
+
+        log(f"pool: latency, {cfg.latency_calls} sequential apply_async().get()")
+        for i in range(50):
+            pool.apply_async(noop, (i,)).get(timeout_s)
+        lat = []
+        for i in range(cfg.latency_calls):
+            t0 = perf()
+            pool.apply_async(noop, (i,)).get(timeout_s)
+            lat.append(perf() - t0)
+        out["latency_us"] = latency_us(lat)
+
+        log(f"pool: {cfg.map_tasks:,} apply_async one by one, and Pool.map, {cfg.repeat}x")
+        one, chunked = [], []
+        for _ in range(cfg.repeat):
+            t0 = perf()
+            handles = [pool.apply_async(noop, (i,)) for i in range(cfg.map_tasks)]
+            got = [h.get(timeout_s) for h in handles]
+            one.append(cfg.map_tasks / (perf() - t0))
+            assert got == list(range(cfg.map_tasks))
+            t0 = perf()
+            got = pool.map(noop, range(cfg.map_tasks))
+            chunked.append(cfg.map_tasks / (perf() - t0))
+            assert got == list(range(cfg.map_tasks))
+        out["apply_one_by_one_tasks_per_s"] = r(statistics.median(one), 0)
+        out["apply_one_by_one_runs"] = [r(x, 0) for x in one]
+        out["pool_map_tasks_per_s"] = r(statistics.median(chunked), 0)
+        out["pool_map_runs"] = [r(x, 0) for x in chunked]
+
+        # chunksize=1: with Pool.map's default (2 here) 10 tasks split 6/4 between the
+        # two workers, which would understate what Pool can do.
+        out["cpu"] = _cpu(cfg, lambda ns: pool.map(sum_primes, ns, chunksize=1), "pool")
+        out["cpu"]["note"] = "Pool.map(sum_primes, ns, chunksize=1)"
+
+        log(f"pool: apply_async(f, ({cfg.arg_bytes / MB:.0f} MB bytes,)), {cfg.repeat}x")
+        blob = os.urandom(cfg.arg_bytes)
+        runs = []
+        for _ in range(cfg.repeat):
+            t0 = perf()
+            n = pool.apply_async(length, (blob,)).get(timeout_s)
+            dt = perf() - t0
+            assert n == cfg.arg_bytes
+            runs.append(cfg.arg_bytes / MB / dt)
+        out["arg_mb_per_s"] = r(statistics.median(runs), 1)
+        out["arg_runs_mb_per_s"] = [r(x, 1) for x in runs]
+    return out
+
+
+# ---- the report ----
+
+
+def _target(measured: float, op: str, bound: float, what: str) -> dict[str, Any]:
+    met = measured <= bound if op == "<=" else measured >= bound
+    return {"what": what, "measured": measured, "target": f"{op} {bound:g}", "met": met}
+
+
+def report(
+    cfg: Config,
+    mesh: dict[str, Any],
+    pool: dict[str, Any],
+    echo: dict[str, Any],
+    tcp: dict[str, Any],
+    started: float,
+    load_before: tuple[float, ...],
+) -> dict[str, Any]:
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 3) if b else float("nan")
+
+    ratios = {
+        "latency_p50_mesh_over_pool": ratio(mesh["latency_us"]["p50"], pool["latency_us"]["p50"]),
+        "latency_p99_mesh_over_pool": ratio(mesh["latency_us"]["p99"], pool["latency_us"]["p99"]),
+        "latency_p50_mesh_over_raw_echo": ratio(mesh["latency_us"]["p50"], echo["p50"]),
+        "tasks_per_s_mesh_over_pool_one_by_one": ratio(
+            mesh["map_tasks_per_s"], pool["apply_one_by_one_tasks_per_s"]
+        ),
+        "tasks_per_s_mesh_over_pool_map": ratio(
+            mesh["map_tasks_per_s"], pool["pool_map_tasks_per_s"]
+        ),
+        "cpu_speedup_mesh_over_pool": ratio(mesh["cpu"]["speedup"], pool["cpu"]["speedup"]),
+        "arg_mb_per_s_mesh_over_pool": ratio(mesh["arg_mb_per_s"], pool["arg_mb_per_s"]),
+        "arg_mb_per_s_mesh_over_raw_tcp": ratio(mesh["arg_mb_per_s"], tcp["mb_per_s"]),
+    }
+    targets = {
+        "latency": _target(
+            ratios["latency_p50_mesh_over_pool"],
+            "<=",
+            1.5,
+            "call->result p50 / Pool apply_async().get() p50",
+        ),
+        "map_rate": _target(
+            mesh["map_tasks_per_s"],
+            ">=",
+            50_000,
+            f"map of {cfg.map_tasks:,} trivial tasks, tasks/s",
+        ),
+        "map_vs_pool": _target(
+            ratios["tasks_per_s_mesh_over_pool_one_by_one"],
+            ">=",
+            2,
+            "map tasks/s / Pool apply_async one-by-one tasks/s",
+        ),
+        "cpu_speedup": _target(
+            mesh["cpu"]["speedup"],
+            ">=",
+            1.85,
+            f"map of {cfg.cpu_tasks} sum_primes, speedup over serial",
+        ),
+        "arg_vs_pool": _target(
+            ratios["arg_mb_per_s_mesh_over_pool"],
+            ">=",
+            2,
+            f"{cfg.arg_bytes / MB:.0f} MB argument MB/s / Pool's",
+        ),
+        "arg_vs_raw_tcp": _target(
+            ratios["arg_mb_per_s_mesh_over_raw_tcp"],
+            ">=",
+            0.25,
+            f"{cfg.arg_bytes / MB:.0f} MB argument MB/s / raw loopback TCP",
+        ),
+        "start": _target(
+            mesh["start_to_first_result_s"], "<=", 1.0, "fresh Client.local(2) -> first result, s"
+        ),
+    }
+    return {
+        "benchmark": "lanmesh core",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "config": cfg.as_dict(),
+        "mesh": mesh,
+        "pool": pool,
+        "raw": {"asyncio_echo_round_trip_us": echo, "tcp_throughput": tcp},
+        "ratios": ratios,
+        "targets": targets,
+        "all_targets_met": all(t["met"] for t in targets.values()),
+        "quick_sizes_not_comparable_to_targets": cfg.quick,
+        "elapsed_s": r(perf() - started, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="lanmesh core benchmark: one JSON object on stdout")
+    p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="repeats of the cheap workloads, median reported (default 3; 1 with --quick)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="abort with every thread's traceback after this many seconds (default 900)",
+    )
+    args = p.parse_args()
+    if args.repeat is not None and args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    cfg = Config(args)
+    faulthandler.dump_traceback_later(args.timeout, exit=True)  # a hang becomes a traceback
+    started = perf()
+    load_before = os.getloadavg()
+    log(
+        f"{os.cpu_count()} CPUs, load {load_before[0]:.2f}; "
+        f"{'quick' if cfg.quick else 'full'} run, {cfg.repeat} repeat(s)"
+    )
+
+    log(f"raw: asyncio echo over 127.0.0.1, {cfg.echo_round_trips} round trips")
+    echo = bench_echo(cfg)
+    log(f"raw: TCP throughput over 127.0.0.1, {cfg.raw_bytes / MB:.0f} MB, {cfg.repeat}x")
+    tcp = bench_tcp_throughput(cfg)
+    mesh = bench_mesh(cfg)
+    pool = bench_pool(cfg)
+
+    out = report(cfg, mesh, pool, echo, tcp, started, load_before)
+    faulthandler.cancel_dump_traceback_later()
+    met = sum(t["met"] for t in out["targets"].values())
+    log(f"done in {out['elapsed_s']} s; {met} of {len(out['targets'])} targets met")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
