@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -27,6 +28,8 @@ from mesh.errors import (
 __all__ = ["Connection", "open_connection"]
 
 log = logging.getLogger("mesh.connection")
+
+WRITE_SLICE = 256 * 1024
 
 Role = Literal["client", "server", "plain"]
 MessageHandler = Callable[["Connection", Message], None]
@@ -73,6 +76,9 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self._loop.create_future()
         self._paused = False
+        # Buffers waiting while the transport is paused: large payloads are handed to
+        # the transport as fast as the socket drains, never copied into its buffer whole.
+        self._outbox: deque[bytes | memoryview] = deque()
         self._hello_seen = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         if role == "plain":
@@ -83,7 +89,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert hasattr(transport, "write")  # a stream transport (asyncio's or uvloop's)
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=4 << 20)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(high=WRITE_SLICE)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -128,6 +134,9 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._flush()
+        if self._paused:
+            return
         for w in self._drain_waiters:
             if not w.done():
                 w.set_result(None)
@@ -180,7 +189,39 @@ class Connection(asyncio.Protocol):
 
     def _write(self, msg: Message) -> None:
         assert self.transport is not None
-        self.transport.writelines(self.codec.send(msg))
+        buffers = self.codec.send(msg)
+        if len(buffers) == 1 and not self._outbox:
+            self.transport.write(buffers[0])
+        else:
+            self._outbox.extend(buffers)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand queued buffers to the transport until it asks us to pause.
+
+        Small buffers are joined into one write; big ones go in slices, so at most
+        a slice is ever copied into the transport's own buffer.
+        """
+        transport, outbox = self.transport, self._outbox
+        if transport is None or transport.is_closing():
+            outbox.clear()
+            return
+        small: list[bytes | memoryview] = []
+        while outbox and not self._paused:
+            b = outbox.popleft()
+            if len(b) <= WRITE_SLICE:
+                small.append(b)
+                if outbox and len(small) < 64:
+                    continue
+            if small:
+                transport.write(b"".join(small))
+                small = []
+            if len(b) > WRITE_SLICE:
+                view = memoryview(b)
+                transport.write(view[:WRITE_SLICE])
+                outbox.appendleft(view[WRITE_SLICE:])
+        if small:
+            transport.write(b"".join(small))
 
     def send(self, msg: Message) -> None:
         """Queue one message for sending; raises ConnectionClosed/Lost if the link is gone."""

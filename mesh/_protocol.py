@@ -9,9 +9,10 @@ This module does no I/O.
 """
 
 import dataclasses
+import mmap
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack  # type: ignore[import-untyped]
@@ -72,6 +73,9 @@ class Message:
 
     __slots__: ClassVar[tuple[str, ...]] = ()
     TAG: ClassVar[int] = -1
+    # Fields that may hold large byte strings (received as bytearray or mmap), sent out of band as attachments:
+    # (field name, index inside each item of that field, or -1 for the field itself).
+    BLOBS: ClassVar[tuple[tuple[str, int], ...]] = ()
     _checks: ClassVar[tuple[Callable[[Any], bool], ...]] = ()
     _required: ClassVar[int] = 0
     _defaults: ClassVar[tuple[Any, ...]] = ()
@@ -89,7 +93,9 @@ def _expr(tp: Any, var: str, depth: int = 0) -> str:
         return f"({var} is True or {var} is False)"
     if tp is float:
         return f"(type({var}) is float or type({var}) is int)"
-    if tp in (int, str, bytes):
+    if tp is bytes:  # attachments arrive as bytearray
+        return f"(type({var}) is bytes or type({var}) is bytearray or type({var}) is _mmap)"
+    if tp in (int, str):
         return f"type({var}) is {tp.__name__}"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -111,7 +117,7 @@ def _expr(tp: Any, var: str, depth: int = 0) -> str:
 
 def _checker(tp: Any) -> Callable[[Any], bool]:
     """Compile a predicate that accepts exactly the msgpack-decoded shape of ``tp``."""
-    return eval(f"lambda v: {_expr(tp, 'v')}", {})  # type: ignore[no-any-return]
+    return eval(f"lambda v: {_expr(tp, 'v')}", {"_mmap": mmap.mmap})  # type: ignore[no-any-return]
 
 
 def message(tag: int) -> Callable[[type[_M]], type[_M]]:
@@ -193,6 +199,7 @@ class Load(Message):
 class Submit(Message):
     """Run ``fn(*args)`` for each item. The function blob is sent once per connection."""
 
+    BLOBS = (("fblob", -1), ("items", 1))
     fhash: bytes
     fblob: bytes
     fname: str
@@ -207,6 +214,7 @@ class Submit(Message):
 class Results(Message):
     """Finished jobs, with the node's load at the time."""
 
+    BLOBS = (("items", 2),)
     items: tuple[ResultItem, ...]
     running: int = 0
     queued: int = 0
@@ -266,6 +274,7 @@ class WorkerReady(Message):
 class Run(Message):
     """Run these items with the function of ``fhash`` (its blob is sent when new to the worker)."""
 
+    BLOBS = (("fblob", -1), ("items", 1))
     fhash: bytes
     fblob: bytes
     fname: str
@@ -275,6 +284,8 @@ class Run(Message):
 @message(32)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ran(Message):
+    BLOBS = (("items", 2),)
+
     items: tuple[RanItem, ...]
 
 
@@ -287,10 +298,66 @@ def encode(msg: Message) -> bytes:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
 
-def decode(data: bytes | memoryview) -> Message:
-    """Decode and validate one message; anything malformed raises RemoteProtocolError."""
+_ATTACHMENT = 1  # msgpack ext code of a placeholder for attachment number N (u32)
+
+
+def encode_attached(msg: Message, min_size: int) -> tuple[bytes, list[bytes | bytearray]] | None:
+    """Encode with byte strings of ``min_size`` or more moved out as attachments.
+
+    Returns (body with placeholders, attachments), or None when there are none:
+    big payloads then travel as raw frames, never copied through msgpack.
+    """
+    cls = type(msg)
+    if not cls.BLOBS:
+        return None
+    slots = cls.__slots__
+    values = [getattr(msg, f) for f in slots]
+    blobs: list[bytes | bytearray] = []
+
+    def placeholder(blob: bytes | bytearray) -> msgpack.ExtType:
+        blobs.append(blob)
+        return msgpack.ExtType(_ATTACHMENT, (len(blobs) - 1).to_bytes(4, "big"))
+
+    for name, idx in cls.BLOBS:
+        i = slots.index(name)
+        value = values[i]
+        if idx < 0:
+            if len(value) >= min_size:
+                values[i] = placeholder(value)
+            continue
+        big = [k for k, item in enumerate(value) if len(item[idx]) >= min_size]
+        if big:
+            items = list(value)
+            for k in big:
+                item = list(items[k])
+                item[idx] = placeholder(item[idx])
+                items[k] = item
+            values[i] = items
+    if not blobs:
+        return None
     try:
-        obj = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True)
+        return msgpack.packb([cls.TAG, *values], use_bin_type=True), blobs
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
+
+
+def decode(data: bytes | memoryview, attachments: Sequence[bytearray | mmap.mmap] = ()) -> Message:
+    """Decode and validate one message; anything malformed raises RemoteProtocolError.
+
+    ``attachments`` replace the placeholders that :func:`encode_attached` left.
+    """
+
+    def ext_hook(code: int, data: bytes) -> object:
+        if code == _ATTACHMENT and len(data) == 4:
+            n = int.from_bytes(data, "big")
+            if n < len(attachments):
+                return attachments[n]
+        return msgpack.ExtType(code, data)  # fails validation below
+
+    try:
+        obj = msgpack.unpackb(
+            data, use_list=False, raw=False, strict_map_key=True, ext_hook=ext_hook
+        )
     except Exception as exc:  # msgpack raises many types for garbage; all mean the same.
         raise RemoteProtocolError(f"undecodable message: {type(exc).__name__}") from None
     if type(obj) is not tuple or not obj or type(obj[0]) is not int:

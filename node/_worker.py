@@ -117,11 +117,13 @@ class Worker:
 
     def serve(self) -> None:
         self.send(WorkerReady(os.getpid()))
+        buf = bytearray(1 << 20)  # reused: no fresh pages per read
+        view = memoryview(buf)
         while True:
-            data = self.sock.recv(1 << 20)
-            if not data:
+            n = self.sock.recv_into(buf)
+            if not n:
                 return
-            for msg in self.codec.receive(data):
+            for msg in self.codec.receive(view[:n]):
                 if isinstance(msg, Run):
                     self.run(msg)
 

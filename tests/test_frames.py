@@ -184,8 +184,8 @@ def test_mac_keys_differ_per_direction() -> None:
 @pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
 def test_multi_frame_message(bytewise: bool) -> None:
     pair = make_pair(max_frame=1024, max_message=1 << 20)
-    payload = os.urandom(100_000)
-    s = submit(payload)
+    payload = os.urandom(1000)  # small items: one msgpack body split into PART frames
+    s = Submit(b"h" * 16, b"fblob", "mod.fn", tuple((f"j{i}", payload) for i in range(100)))
     body_size = len(encode(s))
     data = join(pair.client.send(s))
     frames = frames_of(data)
@@ -712,3 +712,58 @@ def test_decode_of_tagged_garbage_raises_only_remote_protocol_error(
     # whatever decode accepts is a well-typed message that can be sent on
     assert type(msg) is proto._REGISTRY[tag]
     encode(msg)
+
+
+# ---- attachments: large byte strings out of band ----
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
+def test_large_payload_travels_as_attachment_frames(bytewise: bool) -> None:
+    pair = make_pair(max_frame=4096, max_message=1 << 20)
+    payload = os.urandom(100_000)
+    s = Submit(b"h" * 16, os.urandom(40_000), "mod.fn", (("a", b"x"), ("b", payload)))
+    data = join(pair.client.send(s))
+    kinds = [f[4] for f in frames_of(data)]
+    assert kinds[0] == 4 and set(kinds[1:]) == {5}  # HEAD, then BLOB frames only
+    assert len(kinds) == 1 + -(-40_000 // 4096) + -(-100_000 // 4096)
+    got = feed(pair.server, data, bytewise=bytewise)
+    assert got == [s]
+    assert bytes(got[0].items[1][1]) == payload
+    assert pair.server.buffered == 0
+    assert feed(pair.server, join(pair.client.send(submit(b"after"))), bytewise=False) == [
+        submit(b"after")
+    ]
+
+
+def test_plain_codec_carries_attachments() -> None:
+    sender, receiver = FrameCodec(authenticated=False), FrameCodec(authenticated=False)
+    s = submit(os.urandom(200_000))
+    data = join(sender.send(s))
+    got = receiver.receive(data[:70_000]) + receiver.receive(data[70_000:])
+    assert got == [s]
+
+
+def test_attack_flipped_bit_in_an_attachment_frame() -> None:
+    pair = make_pair(max_frame=4096, max_message=1 << 20)
+    data = bytearray(join(pair.client.send(submit(os.urandom(50_000)))))
+    data[len(data) // 2] ^= 0x01  # inside some BLOB frame's body
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        pair.server.receive(bytes(data))
+    assert pair.server.buffered == 0
+
+
+def test_attack_attachment_frame_without_a_head() -> None:
+    pair = make_pair(max_frame=4096, max_message=1 << 20)
+    frames = frames_of(join(pair.client.send(submit(os.urandom(50_000)))))
+    fresh = make_pair(max_frame=4096, max_message=1 << 20)
+    with pytest.raises(RemoteProtocolError):
+        fresh.server.receive(frames[1])  # a BLOB frame first: never accepted
+
+
+def test_attack_attachments_larger_than_max_message_refused_before_allocation() -> None:
+    sender = FrameCodec(authenticated=False, max_frame=4096, max_message=1 << 30)
+    receiver = FrameCodec(authenticated=False, max_frame=4096, max_message=64 * 1024)
+    frames = frames_of(join(sender.send(submit(os.urandom(100_000)))), mac=False)
+    with pytest.raises(RemoteProtocolError, match="attachments of 100000 bytes"):
+        receiver.receive(frames[0])  # the HEAD alone is refused
+    assert receiver.buffered == 0
