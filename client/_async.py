@@ -109,10 +109,11 @@ class NodeInfo:
 
 
 class _Func:
-    __slots__ = ("blob", "fhash", "name")
+    __slots__ = ("blob", "fhash", "finished", "name")
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
+        self.finished = 0  # jobs of this function that came back: until then, no deep pipeline
 
 
 class _Job:
@@ -180,8 +181,11 @@ class _Link:
     def usable(self) -> bool:
         return self.conn is not None and not self.conn.closed and self.workers > 0
 
-    def view(self) -> NodeView:
-        if self.avg_run_s > 0:
+    def view(self, measured: bool = True) -> NodeView:
+        """This node for placement. ``measured``: the work's run time is known, so the
+        node's average may size a deep pipeline; else a new function (perhaps slow)
+        gets a small one, so one node cannot take a whole CPU-bound map."""
+        if measured and self.avg_run_s > 0:
             depth = min(MAX_DEPTH, max(2, math.ceil(PIPELINE_S / self.avg_run_s)))
         else:
             depth = 2
@@ -389,6 +393,8 @@ class AsyncClient:
                     owner.inflight_slots -= job.cores
                 job.link = None
                 job.state, job.blob, job.error, job.node = state, blob, error, link.name
+                if job.func is not None:
+                    job.func.finished += 1
                 if job.callbacks:
                     for cb in job.callbacks:
                         cb(job)
@@ -480,7 +486,8 @@ class AsyncClient:
                         or job.max_runtime != head.max_runtime):  # fmt: skip
                     break
                 group += 1
-            allocation = plan(group, [lk.view() for lk in links.values()], head.cores)
+            measured = head.func is not None and head.func.finished > 0
+            allocation = plan(group, [lk.view(measured) for lk in links.values()], head.cores)
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
                     biggest = max(lk.workers for lk in links.values())
