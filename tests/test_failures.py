@@ -158,3 +158,23 @@ def test_crash_inside_a_map_of_many_trivial_jobs(client, nodes):
     for node in nodes:
         node.wait_workers(2)
     assert client.result(client.map(square, range(8))) == [i * i for i in range(8)]
+
+
+def nap_then_double(x):
+    time.sleep(0.05)
+    return x * 2
+
+
+def test_a_node_killed_mid_map_costs_only_time(node_factory, secret):
+    """SIGKILL one of two nodes while a map runs: every result arrives, once, correct."""
+    import signal
+
+    first, second = node_factory(name="keep", workers=1), node_factory(name="doomed", workers=1)
+    with mesh.Client([first.address, second.address], secret) as c:
+        jids = c.map(nap_then_double, range(30))
+        wait_until(lambda: "done" in c.status(jids), what="a first result")
+        second.proc.send_signal(signal.SIGKILL)
+        assert c.result(jids, timeout=60) == [x * 2 for x in range(30)]
+        late = c.info(jids[-3:])
+        assert {i.node for i in late} == {"keep"}
+        assert first.proc.poll() is None
