@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from mesh._auth import default_secret_path, load_secret
-from mesh.errors import MeshError
+from mesh.errors import MeshConnectionError, MeshError, UnknownJob
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
 
@@ -82,6 +82,8 @@ def _jobs_command(args: argparse.Namespace) -> int:
         for jid in args.jids:
             try:
                 out[jid] = c.result(jid)
+            except (UnknownJob, MeshConnectionError):
+                raise  # not the job's failure: the mesh's (exit 2)
             except Exception as exc:  # the job's own exception: report it, keep going
                 out[jid] = f"{type(exc).__name__}: {exc}"
                 failed = EXIT_JOB_FAILED

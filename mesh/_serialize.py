@@ -180,7 +180,7 @@ def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, 
 
 
 def _client_version_hint(module: str) -> tuple[str, str]:
-    """(the client's distribution and version for ``module``, or "", the _env hint)."""
+    """(the client's distribution and version for ``module``, or "", how to install it)."""
     top = module.split(".")[0]
     try:
         dists = importlib.metadata.packages_distributions().get(top, [])
@@ -191,7 +191,7 @@ def _client_version_hint(module: str) -> tuple[str, str]:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-        return f"{dist} {version}", f'_env=["{dist}=={version}"]'
+        return f"{dist} {version}", f"pip install {dist}=={version}"
     return "", ""
 
 
@@ -221,7 +221,7 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
             client_side = "the client has it as a local module, not an installed package"
         else:
             client_side = "this client does not have it either"
-        advice = f"pass {hint} or install it there" if hint else "install it there"
+        advice = f"install it there ({hint})" if hint else "install it there"
         err: BaseException = MissingModule(
             f"node {node} lacks module {module!r} ({client_side}); {advice} [{where}]",
             jid=jid,

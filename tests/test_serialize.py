@@ -291,7 +291,7 @@ def test_missing_module_the_client_has_names_its_version() -> None:
     assert isinstance(err, MissingModule)
     text = str(err)
     assert f"client has msgpack {version}" in text
-    assert f'_env=["msgpack=={version}"]' in text
+    assert f"pip install msgpack=={version}" in text
 
 
 @pytest.mark.parametrize(
