@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -52,11 +53,17 @@ class Connection(asyncio.Protocol):
         max_message: int = DEFAULT_MAX_MESSAGE,
         on_message: MessageHandler | None = None,
         on_close: CloseHandler | None = None,
+        allocate: Callable[[int], bytearray | mmap.mmap] | None = None,
+        share: Callable[[object], str | None] | None = None,
     ) -> None:
         self.role = role
         self.peer_label = peer_label
         self.codec = FrameCodec(
-            authenticated=role != "plain", max_frame=max_frame, max_message=max_message
+            authenticated=role != "plain",
+            max_frame=max_frame,
+            max_message=max_message,
+            allocate=allocate,
+            share=share,
         )
         self.on_message = on_message
         self.on_close = on_close

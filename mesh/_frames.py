@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import mmap
 import struct
+from collections.abc import Callable
 
 from mesh._protocol import Challenge, Hello, Message, Proof, decode, encode, encode_attached
 from mesh.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -85,7 +86,18 @@ class FrameCodec:
         authenticated: bool = True,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        allocate: Callable[[int], bytearray | mmap.mmap] | None = None,
+        share: Callable[[object], str | None] | None = None,
+        open_shared: bool = False,
     ) -> None:
+        """``allocate`` makes attachment buffers (the node: shared memory for big ones);
+        ``share`` names a shared file for a buffer instead of sending it, and
+        ``open_shared`` accepts such names: both only on a node's pipes to its workers."""
+        if open_shared and authenticated:
+            raise ValueError("shared buffers are for a node's local worker pipes only")
+        self._allocate = allocate or _allocate
+        self._share = share
+        self._open_shared = open_shared
         if max_frame < HANDSHAKE_MAX or max_message < max_frame:
             raise ValueError("need HANDSHAKE_MAX <= max_frame <= max_message")
         self.max_frame = max_frame
@@ -134,12 +146,17 @@ class FrameCodec:
             if len(body) > HANDSHAKE_MAX:
                 raise LocalProtocolError(f"handshake frame of {len(body)} bytes > {HANDSHAKE_MAX}")
             return [HEADER.pack(len(body), HANDSHAKE) + body]
-        attached = encode_attached(msg, ATTACH_MIN)
+        body = b""
+        attached = encode_attached(msg, ATTACH_MIN, self._share)
         if attached is not None:
-            out = self._send_attached(msg, *attached)
-            if out is not None:
-                return out
-        body = encode(msg)
+            if attached[1]:
+                out = self._send_attached(msg, *attached)
+                if out is not None:
+                    return out
+            else:
+                body = attached[0]  # every big buffer went as a shared-file name
+        if not body:
+            body = encode(msg)
         n = len(body)
         if n <= self.max_frame:
             return self._frame(MSG, body)
@@ -242,7 +259,7 @@ class FrameCodec:
             self._att_pos = 0
         if self._att_index == len(self._attachments):
             attachments, self._attachments = self._attachments, []
-            out.append(decode(self._head_body, attachments))
+            out.append(decode(self._head_body, attachments, open_shared=self._open_shared))
             self._head_body = b""
 
     def _verify(self, mac: hmac.HMAC, got: bytes | memoryview) -> None:
@@ -332,7 +349,7 @@ class FrameCodec:
                 if kind == MSG:
                     if self._parts:
                         raise RemoteProtocolError("whole frame inside a multi-frame message")
-                    out.append(decode(body))
+                    out.append(decode(body, open_shared=self._open_shared))
                 elif kind == HEAD:
                     if self._parts:
                         raise RemoteProtocolError("attached message inside a multi-frame message")
@@ -348,7 +365,7 @@ class FrameCodec:
                         whole = b"".join(self._parts)
                         self._parts.clear()
                         self._parts_size = 0
-                        out.append(decode(whole))
+                        out.append(decode(whole, open_shared=self._open_shared))
         finally:
             if pos:
                 del buf[:pos]
@@ -366,7 +383,7 @@ class FrameCodec:
             raise RemoteProtocolError(
                 f"attachments of {total} bytes (sizes must be > 0; at most {self.max_message})"
             )
-        self._attachments = [_allocate(size) for size in sizes]  # sizes checked above
+        self._attachments = [self._allocate(size) for size in sizes]  # sizes checked above
         self._att_index = self._att_pos = 0
         self._head_body = head[body_at:]
 

@@ -10,6 +10,7 @@ This module does no I/O.
 
 import dataclasses
 import mmap
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -299,13 +300,30 @@ def encode(msg: Message) -> bytes:
 
 
 _ATTACHMENT = 1  # msgpack ext code of a placeholder for attachment number N (u32)
+_SHARED = 2  # ... for a shared memory file of the node (path); only worker pipes accept it
 
 
-def encode_attached(msg: Message, min_size: int) -> tuple[bytes, list[bytes | bytearray]] | None:
+def _open_shared(path: bytes) -> mmap.mmap:
+    """Map a node's shared memory file read-only (worker side)."""
+    try:
+        fd = os.open(os.fsdecode(path), os.O_RDONLY)
+    except OSError as exc:
+        raise RemoteProtocolError(f"shared buffer {path!r} cannot be opened: {exc}") from None
+    try:
+        return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+
+
+def encode_attached(
+    msg: Message, min_size: int, share: Callable[[object], str | None] | None = None
+) -> tuple[bytes, list[bytes | bytearray]] | None:
     """Encode with byte strings of ``min_size`` or more moved out as attachments.
 
-    Returns (body with placeholders, attachments), or None when there are none:
-    big payloads then travel as raw frames, never copied through msgpack.
+    Returns (body with placeholders, attachments), or None when nothing moved:
+    big payloads then travel as raw frames, never copied through msgpack. With
+    ``share`` (the node's pipes to its own workers), a buffer it names a shared
+    memory file for is sent as that file's name instead of its bytes.
     """
     cls = type(msg)
     if not cls.BLOBS:
@@ -314,7 +332,14 @@ def encode_attached(msg: Message, min_size: int) -> tuple[bytes, list[bytes | by
     values = [getattr(msg, f) for f in slots]
     blobs: list[bytes | bytearray] = []
 
+    shared = 0
+
     def placeholder(blob: bytes | bytearray) -> msgpack.ExtType:
+        nonlocal shared
+        path = share(blob) if share is not None else None
+        if path is not None:
+            shared += 1
+            return msgpack.ExtType(_SHARED, path.encode())
         blobs.append(blob)
         return msgpack.ExtType(_ATTACHMENT, (len(blobs) - 1).to_bytes(4, "big"))
 
@@ -333,7 +358,7 @@ def encode_attached(msg: Message, min_size: int) -> tuple[bytes, list[bytes | by
                 item[idx] = placeholder(item[idx])
                 items[k] = item
             values[i] = items
-    if not blobs:
+    if not blobs and not shared:
         return None
     try:
         return msgpack.packb([cls.TAG, *values], use_bin_type=True), blobs
@@ -341,10 +366,17 @@ def encode_attached(msg: Message, min_size: int) -> tuple[bytes, list[bytes | by
         raise LocalProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
 
 
-def decode(data: bytes | memoryview, attachments: Sequence[bytearray | mmap.mmap] = ()) -> Message:
+def decode(
+    data: bytes | memoryview,
+    attachments: Sequence[bytearray | mmap.mmap] = (),
+    *,
+    open_shared: bool = False,
+) -> Message:
     """Decode and validate one message; anything malformed raises RemoteProtocolError.
 
     ``attachments`` replace the placeholders that :func:`encode_attached` left.
+    ``open_shared`` (worker side only, never for the network) maps the node's
+    shared memory files that a message names.
     """
 
     def ext_hook(code: int, data: bytes) -> object:
@@ -352,6 +384,8 @@ def decode(data: bytes | memoryview, attachments: Sequence[bytearray | mmap.mmap
             n = int.from_bytes(data, "big")
             if n < len(attachments):
                 return attachments[n]
+        elif code == _SHARED and open_shared:
+            return _open_shared(data)
         return msgpack.ExtType(code, data)  # fails validation below
 
     try:

@@ -333,6 +333,7 @@ class JobTable:
         finished: float | None = None,
     ) -> None:
         job.state, job.result, job.error = state, result, error
+        job.args = b""  # it will not run again: free its (possibly shared) buffer
         job.finished = finished if finished is not None else now
         job.worker = -1
         self._out.setdefault(job.owner, []).append(job.item())

@@ -56,7 +56,9 @@ class WorkerPool:
         on_died: Callable[[int, str], None],
         log_file: IO[bytes] | None = None,
         kill_grace_s: float = 5.0,
+        share: Callable[[object], str | None] | None = None,
     ) -> None:
+        self._share = share
         self.size = size
         self._on_ready = on_ready
         self._on_ran = on_ran
@@ -112,7 +114,9 @@ class WorkerPool:
                 self._on_ready(wid)
 
         _, conn = await loop.create_unix_connection(
-            lambda: Connection("plain", peer_label=f"worker {wid}", on_message=on_message),
+            lambda: Connection(
+                "plain", peer_label=f"worker {wid}", on_message=on_message, share=self._share
+            ),
             sock=parent,
         )
         entry = _Proc(wid, proc, conn)

@@ -33,6 +33,7 @@ from mesh._protocol import (
 )
 from node._jobs import Deliver, Dispatch, Func, Instruction, JobTable, KillWorker
 from node._pool import WorkerPool
+from node._shm import SharedBlocks
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -74,6 +75,7 @@ class Node:
         self._server: asyncio.Server | None = None
         self._pool: WorkerPool | None = None
         self._log_file: IO[bytes] | None = None
+        self._shm: SharedBlocks | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -83,8 +85,10 @@ class Node:
         """Return once the node accepts connections; workers warm up in the background."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._log_file = await asyncio.to_thread(open, self.config.data_dir / "workers.log", "ab")
+        self._shm = SharedBlocks(self.node_id, self.config.data_dir)
         self._pool = WorkerPool(
             self.config.workers,
+            share=self._shm.share,
             on_ready=self._worker_ready,
             on_ran=self._worker_ran,
             on_died=self._worker_died,
@@ -124,6 +128,8 @@ class Node:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         if self._log_file is not None:
             self._log_file.close()
+        if self._shm is not None:
+            self._shm.close()
 
     async def _tick(self) -> None:
         while True:
@@ -150,6 +156,7 @@ class Node:
             max_message=self.config.max_message,
             on_message=self._message,
             on_close=self._closed,
+            allocate=self._shm.allocate if self._shm is not None else None,
         )
         conn.ready.add_done_callback(lambda f: self._authenticated(cid, conn, f))
         return conn

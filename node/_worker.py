@@ -40,7 +40,7 @@ class _Capture(io.StringIO):
 class Worker:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.codec = FrameCodec(authenticated=False)
+        self.codec = FrameCodec(authenticated=False, open_shared=True)
         self.functions: OrderedDict[bytes, Callable[..., Any] | ErrorInfo] = OrderedDict()
         self.out: list[RanItem] = []
         self.last_flush = time.monotonic()

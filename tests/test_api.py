@@ -6,6 +6,7 @@ must be running while the test looks at them wait on a gate file (see ``_helpers
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -331,3 +332,17 @@ def test_module_level_local_mesh_starts_and_stops_its_nodes():
     assert default.closed
     for pid in node_pids + worker_pids:
         wait_until(lambda pid=pid: not alive(pid), timeout_s=10, what=f"pid {pid} to exit")
+
+
+def byte_sum(blob):
+    return sum(blob[::4096]), len(blob)
+
+
+def test_a_big_argument_arrives_intact_and_leaves_no_shared_file(client, nodes):
+    import glob
+
+    blob = os.urandom(6 << 20)
+    assert client.result(client.call(byte_sum, blob), timeout=60) == (sum(blob[::4096]), len(blob))
+    dirs = [d for n in nodes for d in glob.glob(f"/dev/shm/lanmesh-{n.pid}-*")]
+    assert dirs, "nodes keep their shared buffers under /dev/shm"
+    wait_until(lambda: all(not os.listdir(d) for d in dirs), what="shared files unlinked")

@@ -767,3 +767,55 @@ def test_attack_attachments_larger_than_max_message_refused_before_allocation() 
     with pytest.raises(RemoteProtocolError, match="attachments of 100000 bytes"):
         receiver.receive(frames[0])  # the HEAD alone is refused
     assert receiver.buffered == 0
+
+
+# ---- shared buffers: a node's big argument handed to its worker by file name ----
+
+
+def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_path) -> None:
+    import mmap
+
+    from node._shm import SharedBlocks
+
+    blocks = SharedBlocks("t", tmp_path)
+    try:
+        payload = os.urandom(3 << 20)
+        buf = blocks.allocate(len(payload))
+        assert isinstance(buf, mmap.mmap)
+        buf[:] = payload
+        node_side = FrameCodec(authenticated=False, share=blocks.share)
+        worker_side = FrameCodec(authenticated=False, open_shared=True)
+        run = proto.Run(b"h" * 16, b"", "mod.fn", (("j1", buf),))
+        data = join(node_side.send(run))
+        assert len(data) < 4096  # the name travelled, not the 3 MB
+        (got,) = worker_side.receive(data)
+        assert bytes(got.items[0][1]) == payload
+        (path,) = list(blocks.dir.iterdir())
+        del buf, run, got
+        import gc
+
+        gc.collect()
+        assert not path.exists()  # dropped by the node: unlinked
+    finally:
+        blocks.close()
+    assert not blocks.dir.exists()
+
+
+def test_network_codecs_never_open_shared_names() -> None:
+    with pytest.raises(ValueError):
+        FrameCodec(authenticated=True, open_shared=True)
+
+
+def test_attack_shared_file_name_from_an_authenticated_peer_is_refused(tmp_path) -> None:
+    """A peer naming a file (ext type 2) gets a protocol error; nothing is opened."""
+    secret_file = tmp_path / "not-for-you"
+    secret_file.write_bytes(b"x" * 100)
+    pair = make_pair()
+    body = msgpack.packb(
+        [proto.Submit.TAG, b"h" * 16, b"f", "fn",
+         [["j1", msgpack.ExtType(2, str(secret_file).encode())]]],
+        use_bin_type=True,
+    )  # fmt: skip
+    frame = pair.client._frame(1, body)  # a well-MAC'd MSG frame around it
+    with pytest.raises(RemoteProtocolError, match="wrong type"):
+        pair.server.receive(join(frame))
