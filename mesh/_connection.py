@@ -87,7 +87,7 @@ class Connection(asyncio.Protocol):
         # the transport as fast as the socket drains, never copied into its buffer whole.
         self._outbox: deque[bytes | memoryview] = deque()
         self._hello_seen = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._close_when_flushed = False
         if role == "plain":
             self.ready.set_result(None)
 
@@ -142,12 +142,6 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._flush()
-        if self._paused:
-            return
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
 
     # ---- handshake ----
 
@@ -229,6 +223,8 @@ class Connection(asyncio.Protocol):
                 outbox.appendleft(view[WRITE_SLICE:])
         if small:
             transport.write(b"".join(small))
+        if self._close_when_flushed and not outbox:
+            transport.close()
 
     def send(self, msg: Message) -> None:
         """Queue one message for sending; raises ConnectionClosed/Lost if the link is gone."""
@@ -238,23 +234,15 @@ class Connection(asyncio.Protocol):
             )
         self._write(msg)
 
-    async def drain(self) -> None:
-        """Wait until the transport's write buffer is below its high-water mark."""
-        if self.closed:
-            raise self.close_reason or ConnectionClosed(
-                f"connection to {self.peer_label} is closed"
-            )
-        if self._paused:
-            w = self._loop.create_future()
-            self._drain_waiters.append(w)
-            await w
-
     def close(self) -> None:
         """Close after flushing what was already queued."""
         if not self.closed:
             self.closed = True
             if self.transport is not None:
-                self.transport.close()
+                if self._outbox:
+                    self._close_when_flushed = True  # _flush closes it when done
+                else:
+                    self.transport.close()
 
     def abort(self, reason: BaseException | None = None) -> None:
         """Drop the connection at once (after a protocol error or a failed handshake)."""
@@ -278,11 +266,7 @@ class Connection(asyncio.Protocol):
                 or ConnectionLost(f"{self.peer_label} closed the connection during the handshake")
             )
             self.ready.exception()  # mark retrieved: the opener may already have given up
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_exception(reason or ConnectionClosed("closed"))
-                w.exception()
-        self._drain_waiters.clear()
+        self._outbox.clear()
         if self.on_close is not None:
             handler, self.on_close = self.on_close, None
             handler(self, reason)
