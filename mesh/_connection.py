@@ -31,13 +31,15 @@ __all__ = ["Connection", "open_connection"]
 log = logging.getLogger("mesh.connection")
 
 WRITE_SLICE = 256 * 1024
+READ_SIZE = 256 * 1024
+DIRECT_MIN = 64 * 1024  # read straight into an attachment when this much is due
 
 Role = Literal["client", "server", "plain"]
 MessageHandler = Callable[["Connection", Message], None]
 CloseHandler = Callable[["Connection", "BaseException | None"], None]
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """A framed message connection; authenticated unless ``role='plain'`` (worker pipes)."""
 
     def __init__(
@@ -88,6 +90,9 @@ class Connection(asyncio.Protocol):
         self._outbox: deque[bytes | memoryview] = deque()
         self._hello_seen = False
         self._close_when_flushed = False
+        # Reads land here, or straight in an attachment's buffer (get_buffer).
+        self._read_view = memoryview(bytearray(READ_SIZE))
+        self._direct: memoryview | None = None
         if role == "plain":
             self.ready.set_result(None)
 
@@ -107,7 +112,36 @@ class Connection(asyncio.Protocol):
         if self._client_hs is not None:
             self._write(self._client_hs.start())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        direct = self.codec.direct_buffer()
+        if direct is not None and len(direct) >= DIRECT_MIN:
+            self._direct = direct
+            return direct
+        self._direct = None
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.closed:
+            return
+        direct, self._direct = self._direct, None
+        if direct is None:
+            self.data_received(self._read_view[:nbytes])
+            return
+        try:
+            msgs = self.codec.received_direct(direct, nbytes)
+            direct.release()
+            self._deliver(msgs)
+        except (ProtocolError, AuthenticationError) as exc:
+            self.abort(exc)
+
+    def _deliver(self, msgs: list[Message]) -> None:
+        for msg in msgs:
+            if self.on_message is not None:
+                self.on_message(self, msg)
+            if self.closed:
+                return
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.closed:
             return
         try:
@@ -116,11 +150,7 @@ class Connection(asyncio.Protocol):
                 data = b""
                 if self.codec.in_handshake or self.closed:
                     return
-            for msg in self.codec.receive(data):
-                if self.on_message is not None:
-                    self.on_message(self, msg)
-                if self.closed:
-                    return
+            self._deliver(self.codec.receive(data))
         except (ProtocolError, AuthenticationError) as exc:
             self.abort(exc)
 
@@ -145,7 +175,7 @@ class Connection(asyncio.Protocol):
 
     # ---- handshake ----
 
-    def _handshake(self, data: bytes) -> None:
+    def _handshake(self, data: bytes | memoryview) -> None:
         msgs = self.codec.receive(data)
         while msgs:
             (msg,) = msgs

@@ -240,6 +240,30 @@ class FrameCodec:
             raise
         return out
 
+    def direct_buffer(self) -> memoryview | None:
+        """Where the next received bytes may be written directly, if anywhere.
+
+        Inside an attachment frame's body with nothing else buffered, the rest of
+        that body: an I/O layer reads into it (``recv_into``) and then calls
+        :meth:`received_direct`, sparing a copy of every large payload.
+        """
+        if self._blob_left and not self._buf and self._error is None:
+            target = self._attachments[self._att_index]
+            return memoryview(target)[self._att_pos : self._att_pos + self._blob_left]
+        return None
+
+    def received_direct(self, view: memoryview, n: int) -> list[Message]:
+        """``n`` bytes were written at the start of ``view`` from :meth:`direct_buffer`."""
+        if self._error is not None:
+            raise self._error
+        if not 0 < n <= self._blob_left:
+            raise LocalProtocolError("received_direct without a matching direct_buffer")
+        if self._blob_mac is not None:
+            self._blob_mac.update(view[:n])
+        self._att_pos += n
+        self._blob_left -= n
+        return self.receive()
+
     def _fill(self, view: memoryview) -> memoryview:
         """Copy the current BLOB frame's body from ``view``; return what is left of it."""
         take = min(self._blob_left, len(view))

@@ -819,3 +819,36 @@ def test_attack_shared_file_name_from_an_authenticated_peer_is_refused(tmp_path)
     frame = pair.client._frame(1, body)  # a well-MAC'd MSG frame around it
     with pytest.raises(RemoteProtocolError, match="wrong type"):
         pair.server.receive(join(frame))
+
+
+def _deliver_like_a_buffered_protocol(codec: FrameCodec, data: bytes, chunk: int) -> list:
+    """Feed ``data`` as asyncio's BufferedProtocol would: into direct buffers when offered."""
+    out, pos = [], 0
+    while pos < len(data):
+        direct = codec.direct_buffer()
+        if direct is not None:
+            n = min(len(direct), chunk, len(data) - pos)
+            direct[:n] = data[pos : pos + n]
+            out += codec.received_direct(direct, n)
+        else:
+            n = min(chunk, len(data) - pos)
+            out += codec.receive(data[pos : pos + n])
+        pos += n
+    return out
+
+
+def test_direct_reads_into_attachments_round_trip() -> None:
+    pair = make_pair(max_frame=64 * 1024, max_message=1 << 22)
+    s = submit(os.urandom(500_000))
+    data = join(pair.client.send(s))
+    got = _deliver_like_a_buffered_protocol(pair.server, data, chunk=50_000)
+    assert got == [s]
+    assert pair.server.direct_buffer() is None and pair.server.buffered == 0
+
+
+def test_attack_flipped_bit_read_directly_into_an_attachment() -> None:
+    pair = make_pair(max_frame=64 * 1024, max_message=1 << 22)
+    data = bytearray(join(pair.client.send(submit(os.urandom(500_000)))))
+    data[300_000] ^= 0x01
+    with pytest.raises(RemoteProtocolError, match="MAC"):
+        _deliver_like_a_buffered_protocol(pair.server, bytes(data), chunk=50_000)
