@@ -294,6 +294,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        self._flush_acks()  # so nodes may expire what we hold after their TTL, not a day
         for t in list(self._tasks):
             t.cancel()
         for link in self._links.values():

@@ -349,7 +349,7 @@ class JobTable:
                 ow.reserved_for = ""
         w.reserving.clear()
 
-    def _batch_size(self, head: Job, idle: int) -> int:
+    def _batch_size(self, head: Job) -> int:
         if head.cores > 1 or head.max_runtime > 0 or head.suspect:
             return 1
         by_queue = len(self.queue) // (2 * max(len(self.workers), 1))
@@ -367,7 +367,7 @@ class JobTable:
                 if head.cores > len(idle):
                     break  # wait for enough idle workers; keep order
                 w = idle.pop()
-                n = self._batch_size(head, len(idle) + 1)
+                n = self._batch_size(head)
                 q = self.queue
                 jobs = [q.popleft()]
                 while q and len(jobs) < n:
