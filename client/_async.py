@@ -235,6 +235,7 @@ class AsyncClient:
         *,
         name: str = "",
         connect_timeout_s: float = 5.0,
+        no_nodes_timeout_s: float = 30.0,
     ) -> None:
         if peers is None:
             env = os.environ.get("MESH_PEERS", "")
@@ -249,6 +250,9 @@ class AsyncClient:
         self._tag = secrets.token_hex(3)
         self._counter = itertools.count(1)
         self._connect_timeout_s = connect_timeout_s
+        # With no node reachable this long, unfinished jobs fail instead of waiting forever.
+        self._no_nodes_timeout_s = no_nodes_timeout_s
+        self._no_nodes_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, _Job] = {}
         self._pending: deque[_Job] = deque()
         # Guards job finalisation against waiters registered from other threads.
@@ -353,6 +357,9 @@ class AsyncClient:
                 await self._connect(link)
             except MeshError:
                 continue
+            if self._no_nodes_timer is not None:
+                self._no_nodes_timer.cancel()
+                self._no_nodes_timer = None
             self._schedule_pump()
 
     # ---- messages from nodes ----
@@ -452,6 +459,31 @@ class AsyncClient:
                 log.warning("lost %s (%s); re-placing %d jobs", link.name, reason, len(requeue))
             self._spawn(self._reconnect(link))
             self._schedule_pump()
+            self._watch_for_no_nodes()
+
+    def _watch_for_no_nodes(self) -> None:
+        """Start the countdown to failing unfinished work if no node is usable now."""
+        if self._no_nodes_timer is None and self._loop is not None and not self._usable():
+            self._no_nodes_timer = self._loop.call_later(
+                self._no_nodes_timeout_s, self._no_nodes_expired
+            )
+
+    def _no_nodes_expired(self) -> None:
+        self._no_nodes_timer = None
+        if self._closed or self._usable():
+            return
+        why = "; ".join(f"{lk.name} ({lk.key}): {lk.error}" for lk in self._links.values())
+        error = ("no-nodes", "NoNodesAvailable",
+                 f"no node reachable for {self._no_nodes_timeout_s:g} s ({why})", "", "")  # fmt: skip
+        for job in list(self._pending) + [
+            j for lk in self._links.values() for j in lk.inflight.values()
+        ]:
+            if not job.final:
+                self._fail(job, error)
+        self._pending.clear()
+        for lk in self._links.values():
+            lk.inflight.clear()
+            lk.inflight_slots = 0
 
     def _fail(self, job: _Job, error: ErrorInfo) -> None:
         with self._final_lock:
@@ -555,6 +587,8 @@ class AsyncClient:
         """Loop thread: queue prepared jobs and place what can be placed now."""
         self._pending.extend(jobs)
         self._pump()
+        if self._pending:
+            self._watch_for_no_nodes()
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
         """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).

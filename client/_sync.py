@@ -59,13 +59,20 @@ class Client:
         *,
         name: str = "",
         connect_timeout_s: float = 5.0,
+        no_nodes_timeout_s: float = 30.0,
         _local: LocalMesh | None = None,
     ) -> None:
         self._local = _local
         self._thread = _LoopThread("mesh-client")
         self._closed = False
         try:
-            self._async = AsyncClient(peers, secret, name=name, connect_timeout_s=connect_timeout_s)
+            self._async = AsyncClient(
+                peers,
+                secret,
+                name=name,
+                connect_timeout_s=connect_timeout_s,
+                no_nodes_timeout_s=no_nodes_timeout_s,
+            )
             self._thread.run(self._async.start())
         except BaseException:
             self._thread.stop()

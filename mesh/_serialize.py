@@ -31,6 +31,7 @@ from mesh.errors import (
     JobKilled,
     MaxRuntimeExceeded,
     MissingModule,
+    NoNodesAvailable,
     RemoteTraceback,
     SerializationError,
     WorkerDied,
@@ -231,6 +232,8 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
         )
         err.__cause__ = RemoteTraceback(tb_text) if tb_text else None
         return err
+    if kind == "no-nodes":
+        return NoNodesAvailable(f"{message} [{where}]")
     if kind in _KINDS:
         return _KINDS[kind](f"{message} [{where}]", jid=jid, node=node, remote_traceback=tb_text)
     exc: BaseException | None = None

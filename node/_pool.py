@@ -90,7 +90,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "node._worker", str(child.fileno()),
+                sys.executable, "-m", "node._worker", str(child.fileno()), str(os.getpid()),
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

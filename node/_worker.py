@@ -26,6 +26,7 @@ from mesh._serialize import dumps_value, load_function, pack_exception
 from node._jobs import WORKER_FUNCTIONS
 
 FLUSH_EVERY_S = 0.005
+_PR_SET_PDEATHSIG = 1
 CAPTURE_BYTES = 64 * 1024
 
 
@@ -128,8 +129,23 @@ class Worker:
                     self.run(msg)
 
 
+def _die_with_node(node_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when its node dies (Linux), even mid-job."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the worker still exits at its next read of the closed pipe
+    if os.getppid() != node_pid:  # the node died before we asked
+        os._exit(1)
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when we stop
+    if len(sys.argv) > 2:
+        _die_with_node(int(sys.argv[2]))
     sock = socket.socket(fileno=int(sys.argv[1]))
     sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
     try:

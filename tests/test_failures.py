@@ -178,3 +178,19 @@ def test_a_node_killed_mid_map_costs_only_time(node_factory, secret):
         late = c.info(jids[-3:])
         assert {i.node for i in late} == {"keep"}
         assert first.proc.poll() is None
+
+
+def test_with_every_node_gone_jobs_fail_with_no_nodes_available(node_factory, secret):
+    """No node reachable for the configured time: unfinished jobs fail, nothing hangs."""
+    import signal
+
+    only = node_factory(name="only", workers=1)
+    with mesh.Client([only.address], secret, no_nodes_timeout_s=1.0) as c:
+        running = c.call(sleeper, 30)
+        wait_until(lambda: c.status(running) == "processing", what="the job to start")
+        only.proc.send_signal(signal.SIGKILL)
+        with pytest.raises(mesh.NoNodesAvailable, match="no node reachable for 1 s"):
+            c.result(running, timeout=30)
+        later = c.call(square, 3)  # submitted while nothing is reachable
+        with pytest.raises(mesh.NoNodesAvailable, match=r"only \(127\.0\.0\.1:\d+\)"):
+            c.result(later, timeout=30)
