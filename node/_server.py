@@ -33,6 +33,7 @@ from mesh._protocol import (
 )
 from node._jobs import Deliver, Dispatch, Func, Instruction, JobTable, KillWorker
 from node._pool import WorkerPool
+from node._proc import pid_alive
 from node._shm import SharedBlocks
 
 __all__ = ["Node", "NodeConfig"]
@@ -136,7 +137,7 @@ class Node:
             await asyncio.sleep(TICK_S)
             self._apply(self.table.tick(time.time()))
             ppid = self.config.parent_pid
-            if ppid is not None and not _alive(ppid):
+            if ppid is not None and not pid_alive(ppid):
                 log.info("parent process %d is gone; stopping", ppid)
                 self._stopped.set()
 
@@ -258,13 +259,3 @@ class Node:
     @property
     def worker_pids(self) -> list[int]:
         return self._pool.pids if self._pool is not None else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

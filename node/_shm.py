@@ -18,20 +18,12 @@ import shutil
 import weakref
 from pathlib import Path
 
+from node._proc import pid_alive
+
 __all__ = ["SharedBlocks", "SHARE_MIN"]
 
 SHARE_MIN = 1 << 20
 _PREFIX = "lanmesh-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SharedBlocks:
@@ -49,7 +41,7 @@ class SharedBlocks:
         """Remove folders of nodes that died without cleaning up."""
         for entry in base.glob(f"{_PREFIX}*-*"):
             pid = entry.name[len(_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def allocate(self, size: int) -> bytearray | mmap.mmap:
