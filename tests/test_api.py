@@ -346,3 +346,22 @@ def test_a_big_argument_arrives_intact_and_leaves_no_shared_file(client, nodes):
     dirs = [d for n in nodes for d in glob.glob(f"/dev/shm/lanmesh-{n.pid}-*")]
     assert dirs, "nodes keep their shared buffers under /dev/shm"
     wait_until(lambda: all(not os.listdir(d) for d in dirs), what="shared files unlinked")
+
+
+def test_a_job_outlives_the_process_that_submitted_it(nodes, secret):
+    """A script submits and exits; later another process gets the result by its id."""
+    code = (
+        "import mesh, sys\n"
+        "def slow(x):\n"
+        "    import time; time.sleep(0.5); return x * 10\n"
+        f"c = mesh.Client({[n.address for n in nodes]!r}, {secret!r})\n"
+        "print(c.call(slow, 7))\n"
+        "c.close()\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    jid = done.stdout.strip()
+    with mesh.Client([n.address for n in nodes], secret) as later:
+        assert later.result(jid, timeout=30) == 70
+        assert later.status(jid) == "done"
