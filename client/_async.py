@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, open_connection
+from mesh._discovery import discover, interfaces_from_env
+from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     DONE,
     ERROR,
@@ -236,15 +238,16 @@ class AsyncClient:
         name: str = "",
         connect_timeout_s: float = 5.0,
         no_nodes_timeout_s: float = 30.0,
+        discovery_window_s: float = 1.5,
     ) -> None:
-        if peers is None:
-            env = os.environ.get("MESH_PEERS", "")
-            if not env.strip():
-                raise ConfigurationError(
-                    "no peers: pass peers=[...] or set MESH_PEERS (or use mesh.local())"
-                )
-            peers = env
-        self._links = {f"{h}:{p}": _Link(h, p) for h, p in parse_peers(peers)}
+        self._discovery_window_s = discovery_window_s
+        if peers is None and os.environ.get("MESH_PEERS", "").strip():
+            peers = os.environ["MESH_PEERS"]
+        # No peers anywhere: find this mesh's nodes over mDNS when starting.
+        self._discover = peers is None
+        self._links = (
+            {} if peers is None else {f"{h}:{p}": _Link(h, p) for h, p in parse_peers(peers)}
+        )
         self._secret = load_secret(secret)
         self._name = name or f"client-{os.getpid()}"
         self._tag = secrets.token_hex(3)
@@ -273,6 +276,15 @@ class AsyncClient:
     async def start(self) -> AsyncClient:
         """Connect to every peer; succeed if at least one answers."""
         self._loop = asyncio.get_running_loop()
+        if self._discover:
+            interfaces = interfaces_from_env() or [a for a in [default_route_ipv4()] if a]
+            adverts = await discover(self._secret, interfaces, window_s=self._discovery_window_s)
+            if not adverts:
+                raise NoNodesAvailable(
+                    f"no lanmesh node of this mesh answered on {', '.join(interfaces) or 'no interface'}"
+                    f" within {self._discovery_window_s:g} s (set MESH_PEERS to name nodes)"
+                )
+            self._links = {a.address: _Link(a.host, a.port) for a in adverts}
         links = list(self._links.values())
         results = await asyncio.gather(*(self._connect(lk) for lk in links), return_exceptions=True)
         if not any(lk.usable for lk in links):

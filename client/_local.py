@@ -52,7 +52,7 @@ class LocalMesh:
                         [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0",
                          "--name", f"local-{i}", "--workers", str(self.workers),
                          "--data-dir", os.path.join(self._dir, f"node-{i}"),
-                         "--parent-pid", str(os.getpid())],
+                         "--parent-pid", str(os.getpid()), "--no-advertise"],
                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     )
                 )  # fmt: skip

@@ -60,6 +60,7 @@ class Client:
         name: str = "",
         connect_timeout_s: float = 5.0,
         no_nodes_timeout_s: float = 30.0,
+        discovery_window_s: float = 1.5,
         _local: LocalMesh | None = None,
     ) -> None:
         self._local = _local
@@ -72,6 +73,7 @@ class Client:
                 name=name,
                 connect_timeout_s=connect_timeout_s,
                 no_nodes_timeout_s=no_nodes_timeout_s,
+                discovery_window_s=discovery_window_s,
             )
             self._thread.run(self._async.start())
         except BaseException:

@@ -83,10 +83,15 @@ def _client() -> Client:
         if os.environ.get("MESH_PEERS", "").strip():
             _default = Client()
         else:
+            try:
+                _default = Client()  # nodes of this mesh found over mDNS
+                return _default
+            except (NoNodesAvailable, ConfigurationError):
+                pass
             nodes = int(os.environ.get("MESH_LOCAL_NODES", "2"))
             print(
-                f"mesh: no peers configured (MESH_PEERS); starting a local mesh of {nodes} "
-                "nodes on 127.0.0.1",
+                f"mesh: no nodes found (MESH_PEERS unset, none answered on the LAN); starting a "
+                f"local mesh of {nodes} nodes on 127.0.0.1",
                 file=sys.stderr,
             )
             _default = Client.local(nodes)

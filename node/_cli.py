@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mesh._auth import default_secret_path, ensure_secret_file, load_secret
+from mesh._discovery import interfaces_from_env
 from mesh._netif import default_route_ipv4
 from mesh.errors import ConfigurationError
 from node._server import Node, NodeConfig
@@ -82,6 +83,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds results are kept after the client has them (default 3600)",
     )
+    p.add_argument(
+        "--no-advertise",
+        action="store_true",
+        help="do not announce this node over mDNS (clients then need --peers/MESH_PEERS)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("MESH_LOG_LEVEL", "warning"))
     return p
@@ -99,7 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mesh-node: {exc}")
     if args.workers < 1:
         sys.exit("mesh-node: --workers must be at least 1")
-    host = args.host or (args.interface[0] if args.interface else None) or default_route_ipv4()
+    try:
+        interfaces = args.interface or interfaces_from_env()
+    except ConfigurationError as exc:
+        sys.exit(f"mesh-node: {exc}")
+    host = args.host or (interfaces[0] if interfaces else None) or default_route_ipv4()
     if host is None:
         sys.exit("mesh-node: no default-route interface found; pass --host or --interface")
     config = NodeConfig(
@@ -113,9 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         kill_grace_s=min(args.kill_grace, 5.0),
         result_ttl_s=args.result_ttl,
         parent_pid=args.parent_pid,
+        advertise=not args.no_advertise,
+        interfaces=interfaces,
     )
     try:
         asyncio.run(_serve(config))
+    except ConfigurationError as exc:
+        sys.exit(f"mesh-node: {exc}")
     except OSError as exc:
         sys.exit(f"mesh-node: cannot listen on {host}:{args.port}: {exc.strerror or exc}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from mesh._auth import fingerprint
 from mesh._connection import Connection
+from mesh._discovery import Advert, Advertiser
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 from mesh._protocol import (
     Ack,
@@ -59,6 +62,9 @@ class NodeConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     max_message: int = DEFAULT_MAX_MESSAGE
     parent_pid: int | None = None
+    advertise: bool = True
+    # Interfaces to advertise on; empty: the listening address unless it is loopback.
+    interfaces: list[str] = field(default_factory=list)
 
 
 class Node:
@@ -77,6 +83,7 @@ class Node:
         self._pool: WorkerPool | None = None
         self._log_file: IO[bytes] | None = None
         self._shm: SharedBlocks | None = None
+        self._advertiser: Advertiser | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -103,6 +110,22 @@ class Node:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick())
+        if self.config.advertise:
+            await self._advertise()
+
+    async def _advertise(self) -> None:
+        """Announce this node over mDNS on its pinned interfaces (never loopback by default)."""
+        interfaces = self.config.interfaces
+        if not interfaces:
+            if ipaddress.IPv4Address(self.config.host).is_loopback:
+                log.warning("not advertised: listening on loopback (name it with --interface)")
+                return
+            interfaces = [self.config.host]
+        host = self.config.host if self.config.host in interfaces else interfaces[0]
+        advert = Advert(self.node_id, self.name, host, self.port, self.config.workers,
+                        os.cpu_count() or 1, fingerprint(self.config.secret))  # fmt: skip
+        self._advertiser = Advertiser(advert, interfaces)
+        await self._advertiser.start()
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -112,6 +135,9 @@ class Node:
 
     async def stop(self) -> None:
         self._stopped.set()
+        if self._advertiser is not None:
+            with contextlib.suppress(Exception):
+                await self._advertiser.close()  # goodbye packets first
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -119,12 +119,14 @@ def start_node(
     port: int = 0,
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    advertise: bool = False,
 ) -> NodeProc:
     """Start a real ``mesh-node`` on 127.0.0.1 and wait for its listening line."""
     full_env = dict(os.environ, MESH_SECRET=secret, **(env or {}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", str(port), "--name", name,
-         "--workers", str(workers), "--data-dir", str(data_dir), *extra],
+         "--workers", str(workers), "--data-dir", str(data_dir),
+         *(() if advertise else ("--no-advertise",)), *extra],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -1,0 +1,188 @@
+"""Zero-config discovery: nodes advertise ``_lanmesh._tcp.local.``, clients browse for it.
+
+The TXT record carries the node's id, name, protocol version, port, cores, workers
+and a fingerprint of the mesh secret (never the secret), so meshes with different
+secrets on one LAN ignore each other. It says nothing about load or liveness: mDNS
+records linger, so liveness is the TCP connection's business. Interfaces are always
+explicit: tests and demos pin 127.0.0.1 (``MESH_INTERFACES``); loopback and container
+bridges are never chosen by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mesh._auth import fingerprint
+from mesh._protocol import PROTOCOL_VERSION
+from mesh.errors import ConfigurationError
+
+__all__ = ["SERVICE", "Advert", "Advertiser", "discover", "interfaces_from_env"]
+
+SERVICE = "_lanmesh._tcp.local."
+TXT_MAX = 200
+
+
+def interfaces_from_env() -> list[str]:
+    """``MESH_INTERFACES``: comma-separated IPv4 addresses to pin discovery to."""
+    out = []
+    for item in os.environ.get("MESH_INTERFACES", "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            ipaddress.IPv4Address(item)
+        except ValueError:
+            raise ConfigurationError(f"MESH_INTERFACES: {item!r} is not an IPv4 address") from None
+        out.append(item)
+    return out
+
+
+@dataclass(frozen=True)
+class Advert:
+    """What a node tells the LAN about itself."""
+
+    node_id: str
+    name: str
+    host: str
+    port: int
+    workers: int
+    cpus: int
+    fingerprint: str
+    protocol: int = PROTOCOL_VERSION
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def properties(self) -> dict[str, str]:
+        props = {
+            "id": self.node_id, "name": self.name[:40], "v": str(self.protocol),
+            "port": str(self.port), "cpus": str(self.cpus), "w": str(self.workers),
+            "fp": self.fingerprint,
+        }  # fmt: skip
+        size = sum(len(k) + len(v) + 2 for k, v in props.items())
+        if size > TXT_MAX:
+            raise ConfigurationError(f"TXT record of {size} bytes exceeds {TXT_MAX}")
+        return props
+
+    @classmethod
+    def from_record(cls, host: str, port: int, props: dict[bytes, bytes | None]) -> Advert | None:
+        p = {
+            k.decode(errors="replace"): (v or b"").decode(errors="replace")
+            for k, v in props.items()
+        }
+        try:
+            return cls(p["id"], p.get("name", ""), host, port, int(p.get("w", "0")),
+                       int(p.get("cpus", "0")), p["fp"], int(p["v"]))  # fmt: skip
+        except (KeyError, ValueError):
+            return None  # not one of ours, or from a future version we cannot read
+
+
+def _zeroconf(interfaces: list[str]) -> Any:
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncZeroconf
+
+    if not interfaces:
+        raise ConfigurationError(
+            "discovery needs explicit interfaces (--interface or MESH_INTERFACES)"
+        )
+    return AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+
+
+class Advertiser:
+    """Registers one node on the given interfaces; ``close()`` sends the goodbyes."""
+
+    def __init__(self, advert: Advert, interfaces: list[str]) -> None:
+        self.advert = advert
+        self.interfaces = interfaces
+        self._azc: Any = None
+        self._info: Any = None
+
+    async def start(self) -> None:
+        """Probe for the name (a collision raises), then announce."""
+        from zeroconf import NonUniqueNameException
+        from zeroconf.asyncio import AsyncServiceInfo
+
+        self._azc = _zeroconf(self.interfaces)
+        a = self.advert
+        self._info = AsyncServiceInfo(
+            SERVICE,
+            f"{a.node_id}.{SERVICE}",
+            addresses=[socket.inet_aton(a.host)],
+            port=a.port,
+            properties=a.properties(),
+            server=f"{a.node_id}.local.",
+        )
+        try:
+            await (await self._azc.async_register_service(self._info))
+        except NonUniqueNameException:
+            await self.close()
+            raise ConfigurationError(
+                f"another node already advertises the name {a.node_id} on this LAN"
+            ) from None
+
+    async def close(self) -> None:
+        if self._azc is not None:
+            azc, self._azc = self._azc, None
+            try:
+                await azc.async_unregister_all_services()
+            finally:
+                await azc.async_close()
+
+
+async def discover(
+    secret: bytes,
+    interfaces: list[str],
+    *,
+    window_s: float = 1.5,
+    settle_s: float = 0.25,
+) -> list[Advert]:
+    """Nodes of this mesh (same secret fingerprint and protocol) seen within ``window_s``.
+
+    Returns early once nodes have been heard and no new one came for ``settle_s``.
+    """
+    from zeroconf import ServiceStateChange
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
+
+    mine = fingerprint(secret)
+    azc = _zeroconf(interfaces)
+    names: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_change(zeroconf: object, service_type: str, name: str, state_change: object) -> None:
+        if state_change is ServiceStateChange.Added:
+            names.put_nowait(name)
+
+    browser = AsyncServiceBrowser(azc.zeroconf, SERVICE, handlers=[on_change])
+    found: dict[str, Advert] = {}
+    try:
+        deadline = time.monotonic() + window_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                name = await asyncio.wait_for(names.get(), min(left, settle_s) if found else left)
+            except asyncio.TimeoutError:
+                if found:
+                    break
+                continue
+            info = AsyncServiceInfo(SERVICE, name)
+            if not await info.async_request(azc.zeroconf, 1000):
+                continue
+            addresses = info.parsed_addresses()
+            if not addresses or info.port is None:
+                continue
+            advert = Advert.from_record(addresses[0], info.port, info.properties)
+            if advert is None or advert.fingerprint != mine or advert.protocol != PROTOCOL_VERSION:
+                continue  # another mesh, or a version we cannot talk to: never connect
+            found[advert.node_id] = advert
+    finally:
+        await browser.async_cancel()
+        await azc.async_close()
+    return sorted(found.values(), key=lambda a: a.name)
