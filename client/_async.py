@@ -39,6 +39,8 @@ from mesh._protocol import (
     Kill,
     Load,
     Message,
+    Ping,
+    Pong,
     Query,
     Records,
     Results,
@@ -48,6 +50,7 @@ from mesh._serialize import dumps_function, dumps_value, function_name, loads, u
 from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
+    ConnectionLost,
     MeshConnectionError,
     MeshError,
     MeshTimeout,
@@ -239,8 +242,12 @@ class AsyncClient:
         connect_timeout_s: float = 5.0,
         no_nodes_timeout_s: float = 30.0,
         discovery_window_s: float = 1.5,
+        heartbeat_s: float = 1.0,
+        dead_after_s: float = 5.0,
     ) -> None:
         self._discovery_window_s = discovery_window_s
+        self._heartbeat_s = heartbeat_s
+        self._dead_after_s = dead_after_s
         if peers is None and os.environ.get("MESH_PEERS", "").strip():
             peers = os.environ["MESH_PEERS"]
         # No peers anywhere: find this mesh's nodes over mDNS when starting.
@@ -300,7 +307,29 @@ class AsyncClient:
             if not link.usable:
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
+        self._spawn(self._heartbeat())
         return self
+
+    async def _heartbeat(self) -> None:
+        """Ping every node each heartbeat; one silent for dead_after_s is lost.
+
+        mDNS records linger for many minutes, so liveness comes from here: a node
+        that crashed, froze or lost its link is dropped and its jobs placed again.
+        """
+        assert self._loop is not None
+        while not self._closed:
+            await asyncio.sleep(self._heartbeat_s)
+            now = self._loop.time()
+            for link in list(self._links.values()):
+                conn = link.conn
+                if conn is None or conn.closed:
+                    continue
+                if now - conn.last_alive > self._dead_after_s:
+                    conn.abort(ConnectionLost(
+                        f"node {link.name} ({link.key}) missed heartbeats for "
+                        f"{self._dead_after_s:g} s"))  # fmt: skip
+                else:
+                    conn.send(Ping(now))
 
     async def __aenter__(self) -> AsyncClient:
         return await self.start()
@@ -395,6 +424,8 @@ class AsyncClient:
                     del self._requests[msg.req]
                     if not fut.done():
                         fut.set_result(records)
+        elif isinstance(msg, Pong):
+            link.running, link.queued = msg.running, msg.queued
         elif isinstance(msg, Goodbye):
             conn.close()
 

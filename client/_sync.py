@@ -61,6 +61,8 @@ class Client:
         connect_timeout_s: float = 5.0,
         no_nodes_timeout_s: float = 30.0,
         discovery_window_s: float = 1.5,
+        heartbeat_s: float = 1.0,
+        dead_after_s: float = 5.0,
         _local: LocalMesh | None = None,
     ) -> None:
         self._local = _local
@@ -74,6 +76,8 @@ class Client:
                 connect_timeout_s=connect_timeout_s,
                 no_nodes_timeout_s=no_nodes_timeout_s,
                 discovery_window_s=discovery_window_s,
+                heartbeat_s=heartbeat_s,
+                dead_after_s=dead_after_s,
             )
             self._thread.run(self._async.start())
         except BaseException:

@@ -90,6 +90,8 @@ class Connection(asyncio.BufferedProtocol):
         self._outbox: deque[bytes | memoryview] = deque()
         self._hello_seen = False
         self._close_when_flushed = False
+        # Loop time the peer last showed life: it sent bytes, or took ours off the socket.
+        self.last_alive = self._loop.time()
         # Reads land here, or straight in an attachment's buffer (get_buffer).
         self._read_view = memoryview(bytearray(READ_SIZE))
         self._direct: memoryview | None = None
@@ -121,6 +123,7 @@ class Connection(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_alive = self._loop.time()
         if self.closed:
             return
         direct, self._direct = self._direct, None
@@ -170,6 +173,7 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = True
 
     def resume_writing(self) -> None:
+        self.last_alive = self._loop.time()  # the peer is reading what we send
         self._paused = False
         self._flush()
 

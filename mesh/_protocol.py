@@ -31,6 +31,8 @@ __all__ = [
     "Ack",
     "Challenge",
     "Goodbye",
+    "Ping",
+    "Pong",
     "Hello",
     "Kill",
     "Load",
@@ -259,6 +261,24 @@ class Records(Message):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Goodbye(Message):
     reason: str = ""
+
+
+@message(18)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Liveness: the peer answers with :class:`Pong` at once."""
+
+    t: float = 0.0
+
+
+@message(19)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pong(Message):
+    """Answer to :class:`Ping`, with the node's load (placement stays fresh between results)."""
+
+    t: float = 0.0
+    running: int = 0
+    queued: int = 0
 
 
 # ---- node <-> worker (a local socketpair, same codec, no MAC) ----

@@ -27,6 +27,8 @@ from mesh._protocol import (
     Kill,
     Load,
     Message,
+    Ping,
+    Pong,
     Query,
     RanItem,
     Records,
@@ -63,6 +65,7 @@ class NodeConfig:
     max_message: int = DEFAULT_MAX_MESSAGE
     parent_pid: int | None = None
     advertise: bool = True
+    client_timeout_s: float = 30.0  # clients ping every second
     # Interfaces to advertise on; empty: the listening address unless it is loopback.
     interfaces: list[str] = field(default_factory=list)
 
@@ -162,6 +165,10 @@ class Node:
         while True:
             await asyncio.sleep(TICK_S)
             self._apply(self.table.tick(time.time()))
+            now = asyncio.get_running_loop().time()
+            for conn in list(self._conns.values()):
+                if now - conn.last_alive > self.config.client_timeout_s:
+                    conn.abort()  # a client that stopped pinging: its jobs carry on
             ppid = self.config.parent_pid
             if ppid is not None and not pid_alive(ppid):
                 log.info("parent process %d is gone; stopping", ppid)
@@ -242,6 +249,8 @@ class Node:
             conn.send(Records(msg.req, records))
             if msg.watch:
                 self._apply(self.table.watch(cid, msg.jids))
+        elif isinstance(msg, Ping):
+            conn.send(Pong(msg.t, self.table.running, self.table.queued))
         elif isinstance(msg, Goodbye):
             conn.close()
         else:

@@ -194,3 +194,25 @@ def test_with_every_node_gone_jobs_fail_with_no_nodes_available(node_factory, se
         later = c.call(square, 3)  # submitted while nothing is reachable
         with pytest.raises(mesh.NoNodesAvailable, match=r"only \(127\.0\.0\.1:\d+\)"):
             c.result(later, timeout=30)
+
+
+def test_a_frozen_node_is_dropped_by_heartbeats_and_its_jobs_redone(node_factory, secret):
+    """SIGSTOP (a hung machine or a cut link: no TCP reset) is noticed by missed heartbeats."""
+    import signal
+
+    alive_node = node_factory(name="alive", workers=1)
+    frozen = node_factory(name="frozen", workers=1)
+    with mesh.Client(
+        [alive_node.address, frozen.address], secret, heartbeat_s=0.2, dead_after_s=1.0
+    ) as c:
+        jids = c.map(nap_then_double, range(30))
+        wait_until(lambda: "done" in c.status(jids), what="a first result")
+        frozen.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert c.result(jids, timeout=60) == [x * 2 for x in range(30)]
+            assert {i.node for i in c.info(jids[-3:])} == {"alive"}
+        finally:
+            frozen.proc.send_signal(signal.SIGCONT)
+        # the frozen node wakes with stale work: nothing reaches the user twice
+        time.sleep(0.5)
+        assert c.result(jids, timeout=10) == [x * 2 for x in range(30)]
