@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("secret", help="print this machine's mesh secret, to copy to other machines")
+    sub.add_parser("nodes", help="list the nodes this machine sees, with workers and load")
     for name, text in (
         ("status", "print job states"),
         ("result", "print job results"),
@@ -50,6 +51,10 @@ def _jobs_command(args: argparse.Namespace) -> int:
     from client import Client
 
     with Client(args.peers) as c:
+        if args.command == "nodes":
+            rows = [n.__dict__ for n in c.nodes()]
+            _print(args, rows, _table)
+            return EXIT_OK
         if args.command == "status":
             states = c.status(args.jids)
             _print(
@@ -95,5 +100,18 @@ def _jobs_command(args: argparse.Namespace) -> int:
         return failed
 
 
+def _table(rows: list[dict[str, Any]]) -> str:
+    cols = ["name", "address", "workers", "running", "queued", "connected"]
+    cells = [cols] + [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
 def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
     print(json.dumps(data, default=repr) if args.json else human(data))
+
+
+if __name__ == "__main__":
+    main()
