@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, open_connection
-from mesh._discovery import discover, interfaces_from_env
+from mesh._discovery import Advert, Browser, interfaces_from_env
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     DONE,
@@ -246,6 +246,8 @@ class AsyncClient:
         dead_after_s: float = 5.0,
     ) -> None:
         self._discovery_window_s = discovery_window_s
+        self._browser: Browser | None = None
+        self._started = False
         self._heartbeat_s = heartbeat_s
         self._dead_after_s = dead_after_s
         if peers is None and os.environ.get("MESH_PEERS", "").strip():
@@ -285,13 +287,17 @@ class AsyncClient:
         self._loop = asyncio.get_running_loop()
         if self._discover:
             interfaces = interfaces_from_env() or [a for a in [default_route_ipv4()] if a]
-            adverts = await discover(self._secret, interfaces, window_s=self._discovery_window_s)
+            # The browser stays on: nodes that appear later join (see _node_found).
+            self._browser = Browser(self._secret, interfaces, self._node_found)
+            await self._browser.start()
+            await self._browser.settle(self._discovery_window_s)
+            adverts = list(self._browser.found.values())
             if not adverts:
+                await self._browser.close()
                 raise NoNodesAvailable(
                     f"no lanmesh node of this mesh answered on {', '.join(interfaces) or 'no interface'}"
                     f" within {self._discovery_window_s:g} s (set MESH_PEERS to name nodes)"
                 )
-            self._links = {a.address: _Link(a.host, a.port) for a in adverts}
         links = list(self._links.values())
         results = await asyncio.gather(*(self._connect(lk) for lk in links), return_exceptions=True)
         if not any(lk.usable for lk in links):
@@ -308,7 +314,25 @@ class AsyncClient:
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
         self._spawn(self._heartbeat())
+        self._started = True
         return self
+
+    def _node_found(self, advert: Advert) -> None:
+        """The browser heard of a node of this mesh; one seen after start joins now."""
+        if advert.address in self._links or self._closed:
+            return
+        link = self._links[advert.address] = _Link(advert.host, advert.port)
+        if self._started:
+            self._spawn(self._join(link))
+
+    async def _join(self, link: _Link) -> None:
+        try:
+            await self._connect(link)
+        except MeshError as exc:
+            log.warning("node %s found but not reachable: %s", link.key, exc)
+            self._spawn(self._reconnect(link))
+            return
+        self._schedule_pump()
 
     async def _heartbeat(self) -> None:
         """Ping every node each heartbeat; one silent for dead_after_s is lost.
@@ -339,6 +363,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self._browser is not None:
+            await self._browser.close()
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         self._flush_acks()  # so nodes may expire what we hold after their TTL, not a day

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from mesh._auth import fingerprint
 from mesh._protocol import PROTOCOL_VERSION
 from mesh.errors import ConfigurationError
 
-__all__ = ["SERVICE", "Advert", "Advertiser", "discover", "interfaces_from_env"]
+__all__ = ["SERVICE", "Advert", "Advertiser", "Browser", "discover", "interfaces_from_env"]
 
 SERVICE = "_lanmesh._tcp.local."
 TXT_MAX = 200
@@ -136,6 +137,86 @@ class Advertiser:
                 await azc.async_close()
 
 
+class Browser:
+    """Finds the nodes of one mesh and keeps watching: ``on_found`` hears of each new one.
+
+    Nodes of other meshes (another secret's fingerprint) or protocols are ignored
+    and never reported, so nothing ever connects to them.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        interfaces: list[str],
+        on_found: Callable[[Advert], None] | None = None,
+    ) -> None:
+        self._fingerprint = fingerprint(secret)
+        self._interfaces = interfaces
+        self._on_found = on_found
+        self.found: dict[str, Advert] = {}
+        self._azc: Any = None
+        self._browser: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        from zeroconf.asyncio import AsyncServiceBrowser
+
+        self._azc = _zeroconf(self._interfaces)
+        self._browser = AsyncServiceBrowser(self._azc.zeroconf, SERVICE, handlers=[self._on_change])
+
+    def _on_change(self, zeroconf: object, service_type: str, name: str, state_change: object) -> None:
+        from zeroconf import ServiceStateChange
+
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            task = asyncio.get_running_loop().create_task(self._resolve(name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, name: str) -> None:
+        from zeroconf.asyncio import AsyncServiceInfo
+
+        info = AsyncServiceInfo(SERVICE, name)
+        if self._azc is None or not await info.async_request(self._azc.zeroconf, 1000):
+            return
+        addresses = info.parsed_addresses()
+        if not addresses or info.port is None:
+            return
+        advert = Advert.from_record(addresses[0], info.port, info.properties)
+        if advert is None or advert.fingerprint != self._fingerprint:
+            return  # another mesh: never connect to it
+        if advert.protocol != PROTOCOL_VERSION or advert.node_id in self.found:
+            return
+        self.found[advert.node_id] = advert
+        self._changed.set()
+        if self._on_found is not None:
+            self._on_found(advert)
+
+    async def settle(self, window_s: float, settle_s: float = 0.25) -> None:
+        """Wait until nodes were heard and none new came for ``settle_s``, or ``window_s``."""
+        deadline = time.monotonic() + window_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(left, settle_s) if self.found else left)
+            except asyncio.TimeoutError:
+                if self.found:
+                    return
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        if self._azc is not None:
+            azc, self._azc = self._azc, None
+            await azc.async_close()
+
+
 async def discover(
     secret: bytes,
     interfaces: list[str],
@@ -147,42 +228,10 @@ async def discover(
 
     Returns early once nodes have been heard and no new one came for ``settle_s``.
     """
-    from zeroconf import ServiceStateChange
-    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
-
-    mine = fingerprint(secret)
-    azc = _zeroconf(interfaces)
-    names: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_change(zeroconf: object, service_type: str, name: str, state_change: object) -> None:
-        if state_change is ServiceStateChange.Added:
-            names.put_nowait(name)
-
-    browser = AsyncServiceBrowser(azc.zeroconf, SERVICE, handlers=[on_change])
-    found: dict[str, Advert] = {}
+    browser = Browser(secret, interfaces)
+    await browser.start()
     try:
-        deadline = time.monotonic() + window_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                name = await asyncio.wait_for(names.get(), min(left, settle_s) if found else left)
-            except asyncio.TimeoutError:
-                if found:
-                    break
-                continue
-            info = AsyncServiceInfo(SERVICE, name)
-            if not await info.async_request(azc.zeroconf, 1000):
-                continue
-            addresses = info.parsed_addresses()
-            if not addresses or info.port is None:
-                continue
-            advert = Advert.from_record(addresses[0], info.port, info.properties)
-            if advert is None or advert.fingerprint != mine or advert.protocol != PROTOCOL_VERSION:
-                continue  # another mesh, or a version we cannot talk to: never connect
-            found[advert.node_id] = advert
+        await browser.settle(window_s, settle_s)
     finally:
-        await browser.async_cancel()
-        await azc.async_close()
-    return sorted(found.values(), key=lambda a: a.name)
+        await browser.close()
+    return sorted(browser.found.values(), key=lambda a: a.name)

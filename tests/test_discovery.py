@@ -50,3 +50,20 @@ def test_txt_record_stays_small_and_never_holds_the_secret():
     assert not any(secret.decode() in v for v in props.values())
     back = Advert.from_record("127.0.0.1", 7390, {k.encode(): v.encode() for k, v in props.items()})
     assert back is not None and back.fingerprint == advert.fingerprint and back.workers == 64
+
+
+def slow_double(x):
+    import time
+
+    time.sleep(0.1)
+    return 2 * x
+
+
+def test_a_node_started_mid_map_gets_work(node_factory, secret):
+    node_factory(name="first", workers=1, advertise=True)
+    with mesh.Client(secret=secret) as c:
+        jids = c.map(slow_double, range(60))  # ~6 s on the first node alone
+        node_factory(name="late", workers=1, advertise=True)  # ~1.6 s to advertise
+        assert c.result(jids, timeout=60) == [2 * x for x in range(60)]
+        used = {i.node for i in c.info(jids)}
+        assert used == {"first", "late"}
