@@ -72,3 +72,79 @@ def test_a_client_with_no_configuration_finds_three_hosts_and_uses_them(tmp_path
                     proc.wait()
                 if proc.stdout is not None:
                     proc.stdout.close()
+
+
+CUT_CLIENT = """
+import json, os, sys, time, mesh
+def nap(x):
+    import time
+    time.sleep(0.1)
+    return x
+with mesh.Client() as c:
+    jids = c.map(nap, range(150))
+    c.result(jids[0], timeout=60)
+    print("cut-now", flush=True)
+    seen = list(c.iresult(jids, timeout=120, ordered=False))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)  # the cut node is back: anything it sends now must change nothing
+    again = c.result(jids, timeout=30)
+    print(json.dumps({"count": len(seen), "distinct": len(set(seen)),
+                      "ok": sorted(seen) == list(range(150)) and again == list(range(150))}))
+"""
+
+
+def test_a_node_whose_link_is_cut_has_its_jobs_redone_and_nothing_arrives_twice(tmp_path):
+    import time
+
+    secret = secrets.token_hex(32)
+    restored = tmp_path / "restored"
+    with lan(4) as hosts:
+        *node_hosts, client_host = hosts
+        nodes = []
+        try:
+            for i, host in enumerate(node_hosts, 1):
+                env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address)
+                proc = subprocess.Popen(
+                    host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
+                             "--data-dir", str(tmp_path / f"h{i}")),
+                    env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+                nodes.append(proc)
+                assert proc.stdout is not None
+                assert LISTENING.match(proc.stdout.readline().decode().strip())
+            env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=client_host.address)
+            env.pop("MESH_PEERS", None)
+            client = subprocess.Popen(
+                client_host.cmd(sys.executable, "-c", CUT_CLIENT, str(restored)),
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert client.stdout is not None
+                assert client.stdout.readline().strip() == "cut-now"
+                cut = node_hosts[2]
+                subprocess.run(["ip", "-n", cut.ns, "link", "set", "eth0", "down"], check=True)
+                time.sleep(10)
+                subprocess.run(["ip", "-n", cut.ns, "link", "set", "eth0", "up"], check=True)
+                restored.touch()
+                out, err = client.communicate(timeout=120)
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+            assert client.returncode == 0, err
+            report = json.loads(out.strip().splitlines()[-1])
+            # every result arrived exactly once and right, also after the cut node came back
+            assert report["ok"] and report["count"] == report["distinct"] == 150
+        finally:
+            for proc in nodes:
+                proc.terminate()
+            for proc in nodes:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
