@@ -8,14 +8,56 @@ import re
 import secrets
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from _netns import lan, netns_available
+from _netns import Host, lan, netns_available
 
 WHY_NOT = netns_available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no LAN testbed: {WHY_NOT}")
 
 LISTENING = re.compile(r"^mesh-node (\S+) listening on (\S+):(\d+)$")
+
+
+@contextmanager
+def lan_nodes(hosts: list[Host], secret: str, data: Path) -> Iterator[None]:
+    """A mesh-node (1 worker, advertising) in each host; all stopped afterwards."""
+    nodes: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, host in enumerate(hosts, 1):
+            env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address)
+            proc = subprocess.Popen(
+                host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
+                         "--data-dir", str(data / f"h{i}")),
+                env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            nodes.append(proc)
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode().strip()
+            m = LISTENING.match(line)
+            assert m and m.group(2) == host.address, line
+        yield
+    finally:
+        for proc in nodes:
+            proc.terminate()
+        for proc in nodes:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def client_env(host: Host, secret: str) -> dict[str, str]:
+    env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address)
+    env.pop("MESH_PEERS", None)
+    return env
+
 
 CLIENT = """
 import json, mesh
@@ -36,42 +78,16 @@ def test_a_client_with_no_configuration_finds_three_hosts_and_uses_them(tmp_path
     secret = secrets.token_hex(32)
     with lan(4) as hosts:
         *node_hosts, client_host = hosts
-        nodes = []
-        try:
-            for i, host in enumerate(node_hosts, 1):
-                env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address)
-                proc = subprocess.Popen(
-                    host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
-                             "--data-dir", str(tmp_path / f"h{i}"), "--port", "7390"),
-                    env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                )  # fmt: skip
-                nodes.append(proc)
-                assert proc.stdout is not None
-                line = proc.stdout.readline().decode().strip()
-                m = LISTENING.match(line)
-                assert m and m.group(2) == host.address, line
-            env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=client_host.address)
-            env.pop("MESH_PEERS", None)
+        with lan_nodes(node_hosts, secret, tmp_path):
             out = subprocess.run(
                 client_host.cmd(sys.executable, "-c", CLIENT),
-                env=env, capture_output=True, text=True, timeout=120,
+                env=client_env(client_host, secret), capture_output=True, text=True, timeout=120,
             )  # fmt: skip
-            assert out.returncode == 0, out.stderr
-            report = json.loads(out.stdout.strip().splitlines()[-1])
-            assert report["ok"]
-            assert report["found"] == ["host1", "host2", "host3"]
-            assert report["used"] == ["host1", "host2", "host3"]
-        finally:
-            for proc in nodes:
-                proc.terminate()
-            for proc in nodes:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["ok"]
+        assert report["found"] == ["host1", "host2", "host3"]
+        assert report["used"] == ["host1", "host2", "host3"]
 
 
 CUT_CLIENT = """
@@ -96,29 +112,15 @@ with mesh.Client() as c:
 
 
 def test_a_node_whose_link_is_cut_has_its_jobs_redone_and_nothing_arrives_twice(tmp_path):
-    import time
-
     secret = secrets.token_hex(32)
     restored = tmp_path / "restored"
     with lan(4) as hosts:
         *node_hosts, client_host = hosts
-        nodes = []
-        try:
-            for i, host in enumerate(node_hosts, 1):
-                env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address)
-                proc = subprocess.Popen(
-                    host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
-                             "--data-dir", str(tmp_path / f"h{i}")),
-                    env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                )  # fmt: skip
-                nodes.append(proc)
-                assert proc.stdout is not None
-                assert LISTENING.match(proc.stdout.readline().decode().strip())
-            env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=client_host.address)
-            env.pop("MESH_PEERS", None)
+        with lan_nodes(node_hosts, secret, tmp_path):
             client = subprocess.Popen(
                 client_host.cmd(sys.executable, "-c", CUT_CLIENT, str(restored)),
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=client_env(client_host, secret),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             try:
                 assert client.stdout is not None
@@ -133,18 +135,7 @@ def test_a_node_whose_link_is_cut_has_its_jobs_redone_and_nothing_arrives_twice(
                 if client.poll() is None:
                     client.kill()
                     client.wait()
-            assert client.returncode == 0, err
-            report = json.loads(out.strip().splitlines()[-1])
-            # every result arrived exactly once and right, also after the cut node came back
-            assert report["ok"] and report["count"] == report["distinct"] == 150
-        finally:
-            for proc in nodes:
-                proc.terminate()
-            for proc in nodes:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+        assert client.returncode == 0, err
+        report = json.loads(out.strip().splitlines()[-1])
+        # every result arrived exactly once and right, also after the cut node came back
+        assert report["ok"] and report["count"] == report["distinct"] == 150
