@@ -55,7 +55,7 @@ def length(blob: bytes) -> int:
 
 # The CPU-bound workload is the example's own sum_primes (the seed's), not a copy.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from primes import sum_primes  # noqa: E402
+from primes import sum_primes  # type: ignore[import-not-found]  # noqa: E402
 
 # ---- helpers ----
 
@@ -80,6 +80,35 @@ def latency_us(samples_s: list[float]) -> dict[str, float]:
         "p99": round(percentile(samples_s, 99) * 1e6, 1),
         "mean": round(statistics.fmean(samples_s) * 1e6, 1),
         "n": len(samples_s),
+    }
+
+
+def _latency(cfg: Config, call: Callable[..., Any]) -> dict[str, float]:
+    """p50/p99 of ``call(noop, i)`` run one after another, after a warm-up."""
+    for i in range(50):
+        call(noop, i)
+    lat = []
+    for i in range(cfg.latency_calls):
+        t0 = perf()
+        call(noop, i)
+        lat.append(perf() - t0)
+    return latency_us(lat)
+
+
+def _arg_throughput(cfg: Config, call: Callable[..., Any]) -> dict[str, Any]:
+    """MB/s of ``call(length, blob)`` with a blob of ``cfg.arg_bytes``: median and runs."""
+    blob = os.urandom(cfg.arg_bytes)
+    call(length, b"warm")
+    runs = []
+    for _ in range(cfg.repeat):
+        t0 = perf()
+        n = call(length, blob)
+        dt = perf() - t0
+        assert n == cfg.arg_bytes
+        runs.append(cfg.arg_bytes / MB / dt)
+    return {
+        "arg_mb_per_s": r(statistics.median(runs), 1),
+        "arg_runs_mb_per_s": [r(x, 1) for x in runs],
     }
 
 
@@ -239,15 +268,11 @@ def bench_mesh(cfg: Config) -> dict[str, Any]:
         c.result(c.map(noop, range(200)), timeout=timeout_s)
         c.result(c.map(sum_primes, [10] * 4), timeout=timeout_s)
 
+        def mesh_call(f: Callable[..., Any], *args: Any) -> Any:
+            return c.result(c.call(f, *args), timeout=timeout_s)
+
         log(f"mesh: latency, {cfg.latency_calls} sequential call -> result")
-        for i in range(50):
-            c.result(c.call(noop, i), timeout=timeout_s)
-        lat = []
-        for i in range(cfg.latency_calls):
-            t0 = perf()
-            c.result(c.call(noop, i), timeout=timeout_s)
-            lat.append(perf() - t0)
-        out["latency_us"] = latency_us(lat)
+        out["latency_us"] = _latency(cfg, mesh_call)
 
         log(f"mesh: map of {cfg.map_tasks:,} trivial tasks, {cfg.repeat}x")
         rates = []
@@ -266,18 +291,7 @@ def bench_mesh(cfg: Config) -> dict[str, Any]:
         )
 
         log(f"mesh: call(f, {cfg.arg_bytes / MB:.0f} MB bytes), {cfg.repeat}x")
-        blob = os.urandom(cfg.arg_bytes)
-        c.result(c.call(length, b"warm"), timeout=timeout_s)
-        runs = []
-        for _ in range(cfg.repeat):
-            t0 = perf()
-            n = c.result(c.call(length, blob), timeout=timeout_s)
-            dt = perf() - t0
-            assert n == cfg.arg_bytes
-            runs.append(cfg.arg_bytes / MB / dt)
-        out["arg_mb_per_s"] = r(statistics.median(runs), 1)
-        out["arg_runs_mb_per_s"] = [r(x, 1) for x in runs]
-        del blob
+        out.update(_arg_throughput(cfg, mesh_call))
     finally:
         if client is not None:
             client.close()
@@ -322,15 +336,11 @@ def bench_pool(cfg: Config) -> dict[str, Any]:
         pool.apply_async(noop, (1,)).get(timeout_s)
         out["start_to_first_result_s"] = r(perf() - t0)
 
+        def pool_call(f: Callable[..., Any], *args: Any) -> Any:
+            return pool.apply_async(f, args).get(timeout_s)
+
         log(f"pool: latency, {cfg.latency_calls} sequential apply_async().get()")
-        for i in range(50):
-            pool.apply_async(noop, (i,)).get(timeout_s)
-        lat = []
-        for i in range(cfg.latency_calls):
-            t0 = perf()
-            pool.apply_async(noop, (i,)).get(timeout_s)
-            lat.append(perf() - t0)
-        out["latency_us"] = latency_us(lat)
+        out["latency_us"] = _latency(cfg, pool_call)
 
         log(f"pool: {cfg.map_tasks:,} apply_async one by one, and Pool.map, {cfg.repeat}x")
         one, chunked = [], []
@@ -355,16 +365,7 @@ def bench_pool(cfg: Config) -> dict[str, Any]:
         out["cpu"]["note"] = "Pool.map(sum_primes, ns, chunksize=1)"
 
         log(f"pool: apply_async(f, ({cfg.arg_bytes / MB:.0f} MB bytes,)), {cfg.repeat}x")
-        blob = os.urandom(cfg.arg_bytes)
-        runs = []
-        for _ in range(cfg.repeat):
-            t0 = perf()
-            n = pool.apply_async(length, (blob,)).get(timeout_s)
-            dt = perf() - t0
-            assert n == cfg.arg_bytes
-            runs.append(cfg.arg_bytes / MB / dt)
-        out["arg_mb_per_s"] = r(statistics.median(runs), 1)
-        out["arg_runs_mb_per_s"] = [r(x, 1) for x in runs]
+        out.update(_arg_throughput(cfg, pool_call))
     return out
 
 

@@ -839,8 +839,7 @@ class AsyncClient:
             for r in await self._query([self._links[key]], tuple(j.jid for j in js)):
                 if states.get(r[0]) == PROCESSING:
                     states[r[0]] = r[1]
-        names = [JOB_STATES[self._jobs[j.jid].state if self._jobs[j.jid].final else states[j.jid]]
-                 for j in jobs]  # fmt: skip
+        names = [JOB_STATES[j.state if j.final else states[j.jid]] for j in jobs]
         return names[0] if isinstance(jids, str) else names
 
     def _link_named(self, name: str) -> _Link | None:

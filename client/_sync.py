@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from client._async import AsyncClient, JobInfo, NodeInfo, _Job
 from client._local import LocalMesh
+from mesh._protocol import DONE
 from mesh.errors import MeshTimeout
 
 __all__ = ["Client"]
@@ -190,7 +191,7 @@ class Client:
         self._wait(jobs, timeout)
         if not ignore_errors:
             for j in jobs:
-                if j.state != 2:
+                if j.state != DONE:
                     self._async._value(j)
 
     def iresult(self, jids: Sequence[str], timeout: float | None = None,

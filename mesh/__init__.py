@@ -80,21 +80,19 @@ def _client() -> Client:
             return _default
         from client import Client
 
-        if os.environ.get("MESH_PEERS", "").strip():
-            _default = Client()
-        else:
-            try:
-                _default = Client()  # nodes of this mesh found over mDNS
-                return _default
-            except (NoNodesAvailable, ConfigurationError):
-                pass
-            nodes = int(os.environ.get("MESH_LOCAL_NODES", "2"))
-            print(
-                f"mesh: no nodes found (MESH_PEERS unset, none answered on the LAN); starting a "
-                f"local mesh of {nodes} nodes on 127.0.0.1",
-                file=sys.stderr,
-            )
-            _default = Client.local(nodes)
+        try:
+            _default = Client()  # MESH_PEERS, else the nodes of this mesh found over mDNS
+            return _default
+        except (NoNodesAvailable, ConfigurationError):
+            if os.environ.get("MESH_PEERS", "").strip():
+                raise  # nodes were named: failing to reach them is the user's answer
+        nodes = int(os.environ.get("MESH_LOCAL_NODES", "2"))
+        print(
+            f"mesh: no nodes found (MESH_PEERS unset, none answered on the LAN); starting a "
+            f"local mesh of {nodes} nodes on 127.0.0.1",
+            file=sys.stderr,
+        )
+        _default = Client.local(nodes)
         return _default
 
 

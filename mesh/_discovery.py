@@ -165,7 +165,9 @@ class Browser:
         self._azc = _zeroconf(self._interfaces)
         self._browser = AsyncServiceBrowser(self._azc.zeroconf, SERVICE, handlers=[self._on_change])
 
-    def _on_change(self, zeroconf: object, service_type: str, name: str, state_change: object) -> None:
+    def _on_change(
+        self, zeroconf: object, service_type: str, name: str, state_change: object
+    ) -> None:
         from zeroconf import ServiceStateChange
 
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
@@ -201,7 +203,9 @@ class Browser:
                 return
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), min(left, settle_s) if self.found else left)
+                await asyncio.wait_for(
+                    self._changed.wait(), min(left, settle_s) if self.found else left
+                )
             except asyncio.TimeoutError:
                 if self.found:
                     return
