@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, open_connection
-from mesh._discovery import Advert, Browser, interfaces_from_env
+from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     DONE,
@@ -39,7 +39,7 @@ from mesh._protocol import (
     Kill,
     Load,
     Message,
-    Ping,
+    Peers,
     Pong,
     Query,
     Records,
@@ -50,7 +50,6 @@ from mesh._serialize import dumps_function, dumps_value, function_name, loads, u
 from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
-    ConnectionLost,
     MeshConnectionError,
     MeshError,
     MeshTimeout,
@@ -199,26 +198,6 @@ class _Link:
         return NodeView(self.key, self.workers, self.inflight_slots + others, room)
 
 
-def parse_peers(peers: str | Iterable[str]) -> list[tuple[str, int]]:
-    """``"h1:7390,h2"`` or ``["h1:7390", "h2"]`` -> [(host, port)]; port defaults to 7390."""
-    items = peers.split(",") if isinstance(peers, str) else list(peers)
-    out = []
-    for item in items:
-        item = item.strip()
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            host, port = item, "7390"
-        try:
-            out.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise ConfigurationError(f"bad peer address {item!r}: expected HOST:PORT") from None
-    if not out:
-        raise ConfigurationError("no peer addresses given")
-    return out
-
-
 def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("_")}
     for k in opts:
@@ -247,7 +226,8 @@ class AsyncClient:
     ) -> None:
         self._discovery_window_s = discovery_window_s
         self._browser: Browser | None = None
-        self._started = False
+        self._connecting = False
+        self._aliases: set[str] = set()  # addresses that turned out to be a known node
         self._heartbeat_s = heartbeat_s
         self._dead_after_s = dead_after_s
         if peers is None and os.environ.get("MESH_PEERS", "").strip():
@@ -299,6 +279,7 @@ class AsyncClient:
                     f" within {self._discovery_window_s:g} s (set MESH_PEERS to name nodes)"
                 )
         links = list(self._links.values())
+        self._connecting = True  # nodes learned from now on connect by themselves
         results = await asyncio.gather(*(self._connect(lk) for lk in links), return_exceptions=True)
         if not any(lk.usable for lk in links):
             errors = [r for r in results if isinstance(r, BaseException)]
@@ -314,15 +295,19 @@ class AsyncClient:
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
         self._spawn(self._heartbeat())
-        self._started = True
         return self
 
     def _node_found(self, advert: Advert) -> None:
-        """The browser heard of a node of this mesh; one seen after start joins now."""
-        if advert.address in self._links or self._closed:
+        """The browser heard of a node of this mesh."""
+        self._learn(advert.host, advert.port)
+
+    def _learn(self, host: str, port: int) -> None:
+        """A node found by mDNS or named by a node's Peers; once connecting, it joins now."""
+        key = f"{host}:{port}"
+        if key in self._links or key in self._aliases or self._closed:
             return
-        link = self._links[advert.address] = _Link(advert.host, advert.port)
-        if self._started:
+        link = self._links[key] = _Link(host, port)
+        if self._connecting:
             self._spawn(self._join(link))
 
     async def _join(self, link: _Link) -> None:
@@ -331,6 +316,13 @@ class AsyncClient:
         except MeshError as exc:
             log.warning("node %s found but not reachable: %s", link.key, exc)
             self._spawn(self._reconnect(link))
+            return
+        assert link.conn is not None
+        if any(lk is not link and lk.node_id == link.node_id for lk in self._links.values()):
+            # Another address of a node we already use (a node names itself as it sees fit).
+            del self._links[link.key]
+            self._aliases.add(link.key)
+            link.conn.close()
             return
         self._schedule_pump()
 
@@ -343,17 +335,9 @@ class AsyncClient:
         assert self._loop is not None
         while not self._closed:
             await asyncio.sleep(self._heartbeat_s)
-            now = self._loop.time()
             for link in list(self._links.values()):
-                conn = link.conn
-                if conn is None or conn.closed:
-                    continue
-                if now - conn.last_alive > self._dead_after_s:
-                    conn.abort(ConnectionLost(
-                        f"node {link.name} ({link.key}) missed heartbeats for "
-                        f"{self._dead_after_s:g} s"))  # fmt: skip
-                else:
-                    conn.send(Ping(now))
+                if link.conn is not None:
+                    link.conn.keepalive(self._dead_after_s, f"node {link.name} ({link.key})")
 
     async def __aenter__(self) -> AsyncClient:
         return await self.start()
@@ -370,6 +354,10 @@ class AsyncClient:
         self._flush_acks()  # so nodes may expire what we hold after their TTL, not a day
         for t in list(self._tasks):
             t.cancel()
+        if self._tasks:
+            # A connect that had just finished may swallow its cancellation: wait for
+            # every task first, so the loop below sees every connection.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in self._links.values():
             if link.conn is not None and not link.conn.closed:
                 try:
@@ -377,8 +365,6 @@ class AsyncClient:
                 except MeshError:
                     pass
                 link.conn.close()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         assert self._loop is not None
@@ -452,6 +438,9 @@ class AsyncClient:
                         fut.set_result(records)
         elif isinstance(msg, Pong):
             link.running, link.queued = msg.running, msg.queued
+        elif isinstance(msg, Peers):
+            for host, port in parse_peers(msg.addrs, strict=False):
+                self._learn(host, port)
         elif isinstance(msg, Goodbye):
             conn.close()
 

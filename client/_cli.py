@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from mesh._auth import default_secret_path, load_secret
 from mesh.errors import MeshConnectionError, MeshError, UnknownJob
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
+NODES_SETTLE_S = 1.5
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,6 +54,10 @@ def _jobs_command(args: argparse.Namespace) -> int:
 
     with Client(args.peers) as c:
         if args.command == "nodes":
+            # Nodes named by other nodes (Peers) are still connecting: give them a moment.
+            deadline = time.monotonic() + NODES_SETTLE_S
+            while time.monotonic() < deadline and not all(n.connected for n in c.nodes()):
+                time.sleep(0.05)
             rows = [n.__dict__ for n in c.nodes()]
             _print(args, rows, _table)
             return EXIT_OK

@@ -45,6 +45,7 @@ class LocalMesh:
         """Start the nodes and return their addresses once all listen."""
         self._dir = tempfile.mkdtemp(prefix="lanmesh-local-")
         env = dict(os.environ, MESH_SECRET=self.secret)
+        env.pop("MESH_PEERS", None)  # a local mesh joins no other nodes
         try:
             for i in range(1, self.nodes + 1):
                 self._procs.append(

@@ -17,7 +17,7 @@ from typing import Literal
 
 from mesh._auth import ClientHandshake, ServerHandshake
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, FrameCodec
-from mesh._protocol import Message
+from mesh._protocol import Message, Ping
 from mesh.errors import (
     AuthenticationError,
     ConnectionClosed,
@@ -55,6 +55,7 @@ class Connection(asyncio.BufferedProtocol):
         max_message: int = DEFAULT_MAX_MESSAGE,
         on_message: MessageHandler | None = None,
         on_close: CloseHandler | None = None,
+        on_ready: Callable[[Connection], None] | None = None,
         allocate: Callable[[int], bytearray | mmap.mmap] | None = None,
         share: Callable[[object], str | None] | None = None,
     ) -> None:
@@ -68,6 +69,8 @@ class Connection(asyncio.BufferedProtocol):
             share=share,
         )
         self.on_message = on_message
+        # Called the moment the handshake succeeds, before any later message is read.
+        self.on_ready = on_ready
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -212,6 +215,8 @@ class Connection(asyncio.BufferedProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self.on_ready is not None:
+            self.on_ready(self)
         if not self.ready.done():
             self.ready.set_result(None)
 
@@ -267,6 +272,20 @@ class Connection(asyncio.BufferedProtocol):
                 f"connection to {self.peer_label} is closed"
             )
         self._write(msg)
+
+    def keepalive(self, dead_after_s: float, what: str) -> None:
+        """One heartbeat: ping the peer, or drop it if it has been silent too long.
+
+        Liveness comes from here, never from mDNS (a crashed node's record lingers):
+        a peer that crashed, froze or lost its link is aborted with ConnectionLost.
+        """
+        if self.closed:
+            return
+        now = self._loop.time()
+        if now - self.last_alive > dead_after_s:
+            self.abort(ConnectionLost(f"{what} missed heartbeats for {dead_after_s:g} s"))
+        else:
+            self.send(Ping(now))
 
     def close(self) -> None:
         """Close after flushing what was already queued."""
@@ -340,15 +359,20 @@ async def open_connection(
 
     try:
         await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_s)
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise MeshConnectionError(f"cannot reach {label}: {exc or 'timed out'}") from exc
+    except BaseException as exc:
+        # wait_for may drop a connection made just as it timed out or was cancelled.
+        if conn is not None:
+            conn.abort()
+        if isinstance(exc, (OSError, asyncio.TimeoutError)):
+            raise MeshConnectionError(f"cannot reach {label}: {exc or 'timed out'}") from exc
+        raise
     assert conn is not None
     try:
         await asyncio.wait_for(asyncio.shield(conn.ready), timeout_s + 1.0)
     except asyncio.TimeoutError:
         conn.abort()
         raise AuthenticationError(f"{label} did not complete the handshake in time") from None
-    except AuthenticationError:
+    except (AuthenticationError, asyncio.CancelledError):
         conn.abort()
         raise
     except ConnectionLost as exc:

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,21 @@ from mesh._auth import fingerprint
 from mesh._protocol import PROTOCOL_VERSION
 from mesh.errors import ConfigurationError
 
-__all__ = ["SERVICE", "Advert", "Advertiser", "Browser", "discover", "interfaces_from_env"]
+__all__ = [
+    "DEFAULT_PORT",
+    "SERVICE",
+    "Advert",
+    "Advertiser",
+    "Browser",
+    "discover",
+    "interfaces_from_env",
+    "parse_peers",
+    "peers_from_env",
+]
 
 SERVICE = "_lanmesh._tcp.local."
 TXT_MAX = 200
+DEFAULT_PORT = 7390
 
 
 def interfaces_from_env() -> list[str]:
@@ -42,6 +53,36 @@ def interfaces_from_env() -> list[str]:
             raise ConfigurationError(f"MESH_INTERFACES: {item!r} is not an IPv4 address") from None
         out.append(item)
     return out
+
+
+def parse_peers(peers: str | Iterable[str], *, strict: bool = True) -> list[tuple[str, int]]:
+    """``"h1:7390,h2"`` or ``["h1:7390", "h2"]`` -> [(host, port)]; port defaults to 7390.
+
+    ``strict=False`` (addresses a node sent) skips bad items and accepts none at all.
+    """
+    items = peers.split(",") if isinstance(peers, str) else list(peers)
+    out = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep:
+            host, port = item, str(DEFAULT_PORT)
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError:
+            if strict:
+                raise ConfigurationError(f"bad peer address {item!r}: expected HOST:PORT") from None
+    if not out and strict:
+        raise ConfigurationError("no peer addresses given")
+    return out
+
+
+def peers_from_env() -> list[tuple[str, int]]:
+    """``MESH_PEERS``: nodes to connect to without multicast (clients and nodes alike)."""
+    value = os.environ.get("MESH_PEERS", "").strip()
+    return parse_peers(value) if value else []
 
 
 @dataclass(frozen=True)

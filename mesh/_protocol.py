@@ -33,6 +33,7 @@ __all__ = [
     "Goodbye",
     "Ping",
     "Pong",
+    "Peers",
     "Hello",
     "Kill",
     "Load",
@@ -279,6 +280,19 @@ class Pong(Message):
     t: float = 0.0
     running: int = 0
     queued: int = 0
+
+
+@message(20)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Peers(Message):
+    """The nodes a node knows to be alive, as ``"host:port"``, the sender first.
+
+    A node sends it to every connection once authenticated and again when it finds
+    a new peer, so one address (``--peer``/``MESH_PEERS``) is enough to learn a mesh
+    on a network that blocks multicast.
+    """
+
+    addrs: tuple[str, ...]
 
 
 # ---- node <-> worker (a local socketpair, same codec, no MAC) ----

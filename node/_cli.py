@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from mesh._auth import default_secret_path, ensure_secret_file, load_secret
-from mesh._discovery import interfaces_from_env
+from mesh._discovery import interfaces_from_env, parse_peers, peers_from_env
 from mesh._netif import default_route_ipv4
 from mesh.errors import ConfigurationError
 from node._server import Node, NodeConfig
@@ -55,6 +55,13 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="IP",
         help="pin listening and discovery to this interface address (repeatable)",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another node to join without mDNS (repeatable; default MESH_PEERS)",
     )
     p.add_argument(
         "--secret-file",
@@ -109,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
         interfaces = args.interface or interfaces_from_env()
     except ConfigurationError as exc:
         sys.exit(f"mesh-node: {exc}")
+    try:
+        peers = parse_peers(args.peer) if args.peer else peers_from_env()
+    except ConfigurationError as exc:
+        sys.exit(f"mesh-node: {exc}")
     host = args.host or (interfaces[0] if interfaces else None) or default_route_ipv4()
     if host is None:
         sys.exit("mesh-node: no default-route interface found; pass --host or --interface")
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         parent_pid=args.parent_pid,
         advertise=not args.no_advertise,
         interfaces=interfaces,
+        peers=peers,
     )
     try:
         asyncio.run(_serve(config))

@@ -21,12 +21,14 @@ from mesh._auth import fingerprint
 from mesh._connection import Connection
 from mesh._discovery import Advert, Advertiser
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
+from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
     Goodbye,
     Kill,
     Load,
     Message,
+    Peers,
     Ping,
     Pong,
     Query,
@@ -37,6 +39,7 @@ from mesh._protocol import (
     Submit,
 )
 from node._jobs import Deliver, Dispatch, Func, Instruction, JobTable, KillWorker
+from node._peers import PeerTable
 from node._pool import WorkerPool
 from node._proc import pid_alive
 from node._shm import SharedBlocks
@@ -68,6 +71,10 @@ class NodeConfig:
     client_timeout_s: float = 30.0  # clients ping every second
     # Interfaces to advertise on; empty: the listening address unless it is loopback.
     interfaces: list[str] = field(default_factory=list)
+    # Other nodes to connect to without mDNS (--peer, MESH_PEERS).
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    heartbeat_s: float = 1.0
+    dead_after_s: float = 5.0
 
 
 class Node:
@@ -87,6 +94,7 @@ class Node:
         self._log_file: IO[bytes] | None = None
         self._shm: SharedBlocks | None = None
         self._advertiser: Advertiser | None = None
+        self.peers: PeerTable | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -113,22 +121,56 @@ class Node:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick())
-        if self.config.advertise:
-            await self._advertise()
+        interfaces = self._mdns_interfaces() if self.config.advertise else []
+        if interfaces:
+            advert = Advert(self.node_id, self.name, self.host, self.port, self.config.workers,
+                            os.cpu_count() or 1, fingerprint(self.config.secret))  # fmt: skip
+            self._advertiser = Advertiser(advert, interfaces)
+            await self._advertiser.start()
+        self.peers = PeerTable(
+            self.config.secret,
+            node_id=self.node_id,
+            name=self.name,
+            address=self.address,
+            on_change=self._peers_changed,
+            heartbeat_s=self.config.heartbeat_s,
+            dead_after_s=self.config.dead_after_s,
+        )
+        await self.peers.start(self.config.peers, browse_on=interfaces)
 
-    async def _advertise(self) -> None:
-        """Announce this node over mDNS on its pinned interfaces (never loopback by default)."""
-        interfaces = self.config.interfaces
-        if not interfaces:
-            if ipaddress.IPv4Address(self.config.host).is_loopback:
-                log.warning("not advertised: listening on loopback (name it with --interface)")
-                return
-            interfaces = [self.config.host]
-        host = self.config.host if self.config.host in interfaces else interfaces[0]
-        advert = Advert(self.node_id, self.name, host, self.port, self.config.workers,
-                        os.cpu_count() or 1, fingerprint(self.config.secret))  # fmt: skip
-        self._advertiser = Advertiser(advert, interfaces)
-        await self._advertiser.start()
+    def _mdns_interfaces(self) -> list[str]:
+        """Where to advertise and browse: the pinned interfaces, else the listening
+        address unless it is loopback (never advertised unless named)."""
+        if self.config.interfaces:
+            return self.config.interfaces
+        if ipaddress.ip_address(self.config.host).is_loopback:
+            log.warning("not advertised: listening on loopback (name it with --interface)")
+            return []
+        if ipaddress.ip_address(self.config.host).is_unspecified:
+            return []  # --host 0.0.0.0 with no --interface: nothing is chosen for the user
+        return [self.config.host]
+
+    @property
+    def host(self) -> str:
+        """The address other machines reach this node at (the listener's, unless wildcard)."""
+        host = self.config.host
+        if self.config.interfaces and host not in self.config.interfaces:
+            return self.config.interfaces[0]
+        if ipaddress.ip_address(host).is_unspecified:
+            return default_route_ipv4() or "127.0.0.1"
+        return host
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _peers_changed(self) -> None:
+        """A peer joined: tell every connection, so clients and nodes learn it too."""
+        assert self.peers is not None
+        msg = Peers(self.peers.addresses())
+        for conn in list(self._conns.values()):
+            if not conn.closed:
+                conn.send(msg)
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -138,6 +180,8 @@ class Node:
 
     async def stop(self) -> None:
         self._stopped.set()
+        if self.peers is not None:
+            await self.peers.close()
         if self._advertiser is not None:
             with contextlib.suppress(Exception):
                 await self._advertiser.close()  # goodbye packets first
@@ -190,18 +234,19 @@ class Node:
             max_message=self.config.max_message,
             on_message=self._message,
             on_close=self._closed,
+            on_ready=lambda conn: self._authenticated(cid, conn),
             allocate=self._shm.allocate if self._shm is not None else None,
         )
-        conn.ready.add_done_callback(lambda f: self._authenticated(cid, conn, f))
         return conn
 
-    def _authenticated(self, cid: int, conn: Connection, fut: asyncio.Future[None]) -> None:
-        if fut.cancelled() or fut.exception() is not None or conn.closed:
-            return
+    def _authenticated(self, cid: int, conn: Connection) -> None:
+        """Registered before the connection's next message is read (it may follow at once)."""
         self._conns[cid] = conn
         self._conn_ids[conn] = cid
         self._funcs[cid] = {}
         conn.send(self._load())
+        if self.peers is not None and self.peers.alive():
+            conn.send(Peers(self.peers.addresses()))
 
     def _closed(self, conn: Connection, reason: BaseException | None) -> None:
         cid = self._conn_ids.pop(conn, None)
@@ -251,6 +296,9 @@ class Node:
                 self._apply(self.table.watch(cid, msg.jids))
         elif isinstance(msg, Ping):
             conn.send(Pong(msg.t, self.table.running, self.table.queued))
+        elif isinstance(msg, Peers):
+            if self.peers is not None:
+                self.peers.heard(msg)
         elif isinstance(msg, Goodbye):
             conn.close()
         else:

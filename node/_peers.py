@@ -1,0 +1,224 @@
+"""A node's table of the other nodes of its mesh, kept alive by heartbeats.
+
+Peers come from three places that all feed this one table: mDNS adverts (the
+browser), ``--peer``/``MESH_PEERS`` (networks that block multicast), and the
+``Peers`` messages other nodes send (so naming one node is enough to learn the
+mesh). Each peer is reached over an authenticated connection, as a client would;
+its load arrives in ``Load`` and ``Pong``. A peer silent for ``dead_after_s`` is
+dropped and retried with backoff; one that was only heard of, never named, is
+forgotten after ``forget_after_s`` of failures (mDNS records of crashed nodes
+linger for an hour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh._connection import Connection, open_connection
+from mesh._discovery import Advert, Browser, parse_peers
+from mesh._protocol import Goodbye, Load, Message, Peers, Pong
+from mesh.errors import MeshError
+
+__all__ = ["Peer", "PeerTable"]
+
+log = logging.getLogger("mesh.node.peers")
+
+
+@dataclass(eq=False)
+class Peer:
+    host: str
+    port: int
+    static: bool = False  # named by --peer/MESH_PEERS: never forgotten
+    name: str = ""
+    node_id: str = ""
+    workers: int = 0
+    running: int = 0
+    queued: int = 0
+    conn: Connection | None = None
+    error: BaseException | None = None
+    failing_since: float | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.conn is not None and not self.conn.closed and self.workers > 0
+
+
+class PeerTable:
+    """The other nodes this node knows, each with its connection and last load."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        node_id: str,
+        name: str,
+        address: str,
+        on_change: Callable[[], None] | None = None,
+        heartbeat_s: float = 1.0,
+        dead_after_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+        retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
+        forget_after_s: float = 600.0,
+    ) -> None:
+        self._secret = secret
+        self.node_id, self.name, self.address = node_id, name, address
+        self._on_change = on_change
+        self._heartbeat_s, self._dead_after_s = heartbeat_s, dead_after_s
+        self._connect_timeout_s = connect_timeout_s
+        self._retry_s, self._max_retry_s = retry_s, max_retry_s
+        self._forget_after_s = forget_after_s
+        self.peers: dict[str, Peer] = {}
+        self._ignored = {address}  # ourselves, and other addresses of known nodes
+        self._browser: Browser | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self, static: list[tuple[str, int]], browse_on: list[str]) -> None:
+        """Connect to ``static`` peers and, with interfaces given, browse mDNS on them."""
+        for host, port in static:
+            self.add(host, port, static=True)
+        self._spawn(self._heartbeat())
+        if browse_on:
+            self._browser = Browser(self._secret, browse_on, self._found)
+            await self._browser.start()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._browser is not None:
+            with contextlib.suppress(Exception):
+                await self._browser.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:  # first, so that a connect finishing now is closed below
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in self.peers.values():
+            if peer.conn is not None and not peer.conn.closed:
+                with contextlib.suppress(MeshError):
+                    peer.conn.send(Goodbye("node stopping"))
+                peer.conn.close()
+
+    def alive(self) -> list[Peer]:
+        return [p for p in self.peers.values() if p.alive]
+
+    def addresses(self) -> tuple[str, ...]:
+        """This node first, then every live peer: what a ``Peers`` message carries."""
+        return (self.address, *(p.key for p in self.alive()))
+
+    # ---- learning of peers ----
+
+    def add(self, host: str, port: int, *, static: bool = False) -> None:
+        key = f"{host}:{port}"
+        if self._closing or key in self._ignored:
+            return
+        peer = self.peers.get(key)
+        if peer is not None:
+            peer.static = peer.static or static
+            return
+        peer = self.peers[key] = Peer(host, port, static=static)
+        self._spawn(self._maintain(peer))
+
+    def heard(self, msg: Peers) -> None:
+        """Another node (or a connection to us) named the nodes it knows."""
+        for host, port in parse_peers(msg.addrs, strict=False):
+            self.add(host, port)
+
+    def _found(self, advert: Advert) -> None:
+        if advert.node_id != self.node_id:
+            self.add(advert.host, advert.port)
+
+    # ---- keeping connections ----
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _maintain(self, peer: Peer) -> None:
+        """Connect, wait for the connection to end, back off, and again, until forgotten."""
+        loop = asyncio.get_running_loop()
+        delay = self._retry_s
+        while not self._closing:
+            try:
+                await self._connect(peer)
+            except MeshError as exc:
+                peer.error = exc
+                if peer.failing_since is None:
+                    peer.failing_since = loop.time()
+                elif not peer.static and loop.time() - peer.failing_since > self._forget_after_s:
+                    log.info("forgetting peer %s: unreachable since long (%s)", peer.key, exc)
+                    del self.peers[peer.key]
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_s)
+                continue
+            if peer.conn is None:  # it was ourselves, or a node we know by another address
+                return
+            delay = self._retry_s
+            peer.failing_since = None
+            log.info("peer %s (%s) joined: %d workers", peer.name, peer.key, peer.workers)
+            if self._on_change is not None:
+                self._on_change()
+            await peer.closed.wait()
+            peer.workers = 0
+            log.info("peer %s (%s) lost: %s", peer.name, peer.key, peer.error)
+            await asyncio.sleep(self._retry_s)
+
+    async def _connect(self, peer: Peer) -> None:
+        peer.closed.clear()
+        loaded = asyncio.Event()
+
+        def on_message(conn: Connection, msg: Message) -> None:
+            if isinstance(msg, Pong):
+                peer.running, peer.queued = msg.running, msg.queued
+            elif isinstance(msg, Load):
+                peer.workers, peer.running, peer.queued = msg.workers, msg.running, msg.queued
+                peer.name = msg.name or peer.name
+                loaded.set()
+            elif isinstance(msg, Peers):
+                self.heard(msg)
+            elif isinstance(msg, Goodbye):
+                conn.close()
+
+        def on_close(conn: Connection, reason: BaseException | None) -> None:
+            if conn is peer.conn:
+                peer.error = reason
+                peer.closed.set()
+
+        conn = await open_connection(
+            peer.host, peer.port, self._secret, name=self.name,
+            timeout_s=self._connect_timeout_s, on_message=on_message, on_close=on_close,
+        )  # fmt: skip
+        if conn.peer_id == self.node_id or any(
+            p is not peer and p.node_id == conn.peer_id for p in self.peers.values()
+        ):
+            conn.close()
+            del self.peers[peer.key]
+            self._ignored.add(peer.key)
+            return
+        peer.conn, peer.node_id = conn, conn.peer_id
+        peer.name = conn.peer_name or peer.key
+        conn.send(Peers(self.addresses()))  # so a peer that named nobody learns of us
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
+        if conn.closed or not loaded.is_set():
+            conn.abort()
+            peer.conn = None
+            raise peer.error or MeshError(f"peer {peer.key} sent no load report")
+
+    async def _heartbeat(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._heartbeat_s)
+            for peer in list(self.peers.values()):
+                if peer.conn is not None:
+                    peer.conn.keepalive(self._dead_after_s, f"peer {peer.name} ({peer.key})")
