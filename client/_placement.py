@@ -8,6 +8,7 @@ the answer is deterministic.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,37 +24,30 @@ class NodeView:
     room: int  # slots we may still fill before its credit runs out
 
 
-@dataclass(slots=True)
-class _Fill:
-    level: float
-    view: NodeView
-    given: int = 0
-
-
 def plan(n: int, nodes: Sequence[NodeView], cores: int = 1) -> list[tuple[str, int]]:
-    """Split ``n`` jobs of ``cores`` slots each over ``nodes``: [(key, count), ...] with count > 0."""
+    """Split ``n`` jobs of ``cores`` slots each over ``nodes``: [(key, count), ...] with count > 0.
+
+    A heap keeps the least-loaded node on top: O(k log N) for k fill steps over N nodes.
+    """
     if n <= 0 or cores < 1:
         return []
-    state = [_Fill(v.load / v.workers, v) for v in nodes if v.workers >= cores and v.room >= cores]
-    done: dict[str, int] = {}
-    while n > 0 and state:
-        state.sort(key=lambda f: (f.level, -f.view.workers, f.view.key))
-        head = state[0]
-        v = head.view
-        cap = (v.room - head.given * cores) // cores
+    views = [v for v in nodes if v.workers >= cores and v.room >= cores]
+    given = [0] * len(views)
+    heap = [(v.load / v.workers, -v.workers, v.key, i) for i, v in enumerate(views)]
+    heapq.heapify(heap)
+    while n > 0 and heap:
+        level, neg_workers, key, i = heapq.heappop(heap)
+        v = views[i]
+        cap = (v.room - given[i] * cores) // cores
         if cap <= 0:
-            done[v.key] = head.given
-            state.pop(0)
-            continue
-        if len(state) > 1:
+            continue  # this node's credit is spent
+        if heap:
             # enough to lift this node to the next one's level, and at least one job
-            need = max(1, math.ceil((state[1].level - head.level) * v.workers / cores))
+            need = max(1, math.ceil((heap[0][0] - level) * v.workers / cores))
         else:
             need = n
         d = min(cap, n, need)
-        head.given += d
-        head.level += d * cores / v.workers
+        given[i] += d
         n -= d
-    for f in state:
-        done[f.view.key] = f.given
-    return [(key, count) for key, count in done.items() if count > 0]
+        heapq.heappush(heap, (level + d * cores / v.workers, neg_workers, key, i))
+    return sorted((v.key, g) for v, g in zip(views, given, strict=True) if g > 0)
