@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from client._placement import NodeView, plan
@@ -124,6 +124,7 @@ class _Job:
     __slots__ = (
         "args",
         "attempts",
+        "avoid",
         "blob",
         "callbacks",
         "cores",
@@ -136,6 +137,7 @@ class _Job:
         "node",
         "retries",
         "state",
+        "tried",
     )  # fmt: skip
 
     def __init__(
@@ -155,7 +157,9 @@ class _Job:
         self.blob = b""
         self.error: ErrorInfo | None = None
         self.callbacks: list[Callable[[_Job], None]] | None = None
-        self.attempts = 0
+        self.attempts = 0  # attempts that ended with their worker or node dying
+        self.tried: list[str] = []  # the nodes of those attempts
+        self.avoid: set[str] = set()  # link keys not to place it on again while others exist
 
     @property
     def final(self) -> bool:
@@ -196,6 +200,17 @@ class _Link:
         others = max(0, self.running + self.queued - len(self.inflight))
         room = self.workers * depth - self.inflight_slots
         return NodeView(self.key, self.workers, self.inflight_slots + others, room)
+
+
+def _group_length(pending: Iterable[_Job], head: _Job) -> int:
+    """How many jobs from the head of ``pending`` can be placed as one group."""
+    n = 0
+    for j in pending:
+        if (j.func is not head.func or j.cores != head.cores or j.label != head.label
+                or j.max_runtime != head.max_runtime or j.avoid):  # fmt: skip
+            break
+        n += 1
+    return n
 
 
 def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -450,6 +465,7 @@ class AsyncClient:
             link.avg_run_s = msg.avg_run_s
         jobs = self._jobs
         acked = []
+        crashed: list[tuple[_Job, str]] = []
         with self._final_lock:
             for jid, state, blob, error in msg.items:
                 acked.append(jid)
@@ -460,6 +476,9 @@ class AsyncClient:
                 if owner is not None and owner.inflight.pop(jid, None) is not None:
                     owner.inflight_slots -= job.cores
                 job.link = None
+                if error is not None and error[0] == "worker-died":
+                    crashed.append((job, error[2]))  # retried or failed below
+                    continue
                 job.state, job.blob, job.error, job.node = state, blob, error, link.name
                 if job.func is not None:
                     job.func.finished += 1
@@ -468,8 +487,27 @@ class AsyncClient:
                         cb(job)
                     job.callbacks = None
         self._ack(link, acked)
+        if crashed:
+            requeue = [j for j, why in crashed if self._attempt_lost(j, link, why)]
+            self._pending.extendleft(reversed(requeue))
         if self._pending:
             self._pump()
+
+    def _attempt_lost(self, job: _Job, link: _Link, why: str) -> bool:
+        """An attempt ended with its worker or node dying: True to place it again, else
+        it has used its ``_retries`` and fails with WorkerDied naming every attempt."""
+        job.attempts += 1
+        job.tried.append(link.name)
+        job.avoid.add(link.key)
+        job.node = link.name
+        if job.attempts <= job.retries:
+            job.state = QUEUED
+            return True
+        name = job.func.name if job.func is not None else "it"
+        self._fail(job, ("worker-died", "WorkerDied",
+                         f"job {job.jid} ({name}) failed {job.attempts} attempts, on nodes "
+                         f"{', '.join(job.tried)}; the last: {why}", "", ""))  # fmt: skip
+        return False
 
     def _ack(self, link: _Link, jids: list[str]) -> None:
         """Acknowledge results in batches: one Ack per link every ACK_DELAY_S at most."""
@@ -499,17 +537,10 @@ class AsyncClient:
         link.inflight.clear()
         link.inflight_slots = 0
         requeue = []
+        why = f"node {link.name} ({link.key}) was lost while running it ({reason})"
         for job in lost:
             job.link = None
-            if job.final:
-                continue
-            job.attempts += 1
-            if job.attempts > job.retries:
-                self._fail(job, ("worker-died", "ConnectionLost",
-                                 f"node {link.name} was lost while running it, "
-                                 f"{job.attempts} attempts", "", ""))  # fmt: skip
-            else:
-                job.state = QUEUED
+            if not job.final and self._attempt_lost(job, link, why):
                 requeue.append(job)
         self._pending.extendleft(reversed(requeue))
         if not self._closed:
@@ -573,14 +604,13 @@ class AsyncClient:
             if head.final:
                 pending.popleft()
                 continue
-            group = 0
-            for job in pending:
-                if (job.func is not head.func or job.cores != head.cores or job.label != head.label
-                        or job.max_runtime != head.max_runtime):  # fmt: skip
-                    break
-                group += 1
+            group = _group_length(pending, head)
+            candidates = links
+            if head.avoid:  # a retry goes alone, to a node it has not died on where one exists
+                group = 1
+                candidates = {k: lk for k, lk in links.items() if k not in head.avoid} or links
             measured = head.func is not None and head.func.finished > 0
-            allocation = plan(group, [lk.view(measured) for lk in links.values()], head.cores)
+            allocation = plan(group, [lk.view(measured) for lk in candidates.values()], head.cores)
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
                     biggest = max(lk.workers for lk in links.values())
@@ -613,7 +643,7 @@ class AsyncClient:
             link.conn.send(
                 Submit(func.fhash, func.blob if fresh else b"", func.name,
                        tuple((j.jid, j.args) for j in batch), head.cores, head.label,
-                       head.max_runtime)
+                       head.max_runtime, retry=any(j.attempts for j in batch))
             )  # fmt: skip
 
     # ---- thread-safe preparation ----
@@ -877,12 +907,18 @@ class AsyncClient:
         for j in jobs:
             found = records.get(j.jid)
             if found is None:
-                if j.state == QUEUED:
-                    out.append(JobInfo(j.jid, "queued", "", j.func.name if j.func else "",
-                                       j.label, 0.0, None, None, 0.0, "", "", "", 0))  # fmt: skip
+                if j.state == QUEUED or (j.final and j.error is not None):
+                    # Not placed yet, or failed here (its node lost): what this client knows.
+                    err = "" if j.error is None else f"{j.error[1]}: {j.error[2]}"
+                    out.append(JobInfo(j.jid, JOB_STATES[j.state], j.node,
+                                       j.func.name if j.func else "", j.label, 0.0, None, None,
+                                       0.0, "", "", err, j.attempts))  # fmt: skip
                     continue
                 raise UnknownJob(f"no reachable node holds a record of job {j.jid}")
-            out.append(JobInfo.from_record(found))
+            info = JobInfo.from_record(found)
+            if j.attempts > info.attempts:  # this client saw attempts die on other nodes
+                info = replace(info, attempts=j.attempts)
+            out.append(info)
         return out[0] if isinstance(jids, str) else out
 
     def nodes(self) -> list[NodeInfo]:

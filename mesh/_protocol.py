@@ -211,6 +211,9 @@ class Submit(Message):
     cores: int = 1
     label: str = ""
     max_runtime: float = 0.0
+    # Items whose earlier attempt here killed its worker: run them again (a jid seen
+    # before is otherwise never run twice: the sender just gets its record).
+    retry: bool = False
 
 
 @message(12)

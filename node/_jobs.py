@@ -162,15 +162,19 @@ class JobTable:
         cores: int = 1,
         label: str = "",
         max_runtime: float = 0.0,
+        retry: bool = False,
     ) -> list[Instruction]:
-        """A client submitted jobs. A jid seen before is not run twice: the sender watches it."""
+        """A client submitted jobs. A jid seen before is not run twice: the sender watches
+        it; unless ``retry`` and its last attempt here killed its worker."""
         fresh: list[Job] = []
         for jid, args in items:
             old = self.jobs.get(jid)
-            if old is not None:
+            if old is not None and not (retry and old.error and old.error[0] == "worker-died"):
                 self._watch(old, conn)
                 continue
             job = Job(jid, func, args, conn, now, cores, label, max_runtime)
+            if old is not None:
+                job.attempts = old.attempts
             self.jobs[jid] = job
             if cores > max(self.capacity, 1) or cores < 1:
                 self._finish(

@@ -283,6 +283,7 @@ class Node:
                     cores=msg.cores,
                     label=msg.label,
                     max_runtime=msg.max_runtime,
+                    retry=msg.retry,
                 )
             )
         elif isinstance(msg, Ack):

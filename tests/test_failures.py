@@ -101,7 +101,7 @@ def test_job_exception_of_a_class_defined_by_the_client(solo, c):
 
 def test_worker_exiting_gives_worker_died_with_exit_code(solo, c):
     before = set(solo.worker_pids())
-    jid = c.call(exit_with_3)
+    jid = c.call(exit_with_3, _retries=0)  # one attempt: the retries have their own tests
     with pytest.raises(mesh.WorkerDied, match="exited with code 3") as ei:
         c.result(jid, timeout=30)
     assert ei.value.node == "solo"
@@ -113,7 +113,7 @@ def test_worker_exiting_gives_worker_died_with_exit_code(solo, c):
 
 def test_worker_segfault_gives_worker_died_naming_sigsegv(solo, c):
     before = set(solo.worker_pids())
-    jid = c.call(segfault)
+    jid = c.call(segfault, _retries=0)
     with pytest.raises(mesh.WorkerDied, match="SIGSEGV") as ei:
         c.result(jid, timeout=30)
     assert ei.value.node == "solo"
