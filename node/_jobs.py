@@ -127,6 +127,8 @@ class JobTable:
         self.avg_run_s: float | None = None
         self._expiry: list[tuple[float, str]] = []  # a heap: (time, jid)
         self._out: dict[int, list[ResultItem]] = {}
+        self._finished: list[Job] = []  # to be stored before their results go out
+        self._expired: list[str] = []  # to be removed from the store
 
     # ---- queries ----
 
@@ -150,7 +152,23 @@ class JobTable:
             j.finished, j.cpu_s, j.stdout, j.stderr, err, j.attempts,
         )  # fmt: skip
 
+    def take_finished(self) -> list[Job]:
+        """Jobs finished since the last call: the node stores them before delivering."""
+        out, self._finished = self._finished, []
+        return out
+
+    def take_expired(self) -> list[str]:
+        """Finished jobs forgotten since the last call."""
+        out, self._expired = self._expired, []
+        return out
+
     # ---- events ----
+
+    def restore(self, jobs: list[Job], now: float) -> None:
+        """Finished jobs from the store of a previous run: served again until they expire."""
+        for job in jobs:
+            self.jobs[job.jid] = job
+            heapq.heappush(self._expiry, (now + self.result_ttl_s, job.jid))
 
     def submit(
         self,
@@ -310,6 +328,7 @@ class JobTable:
             expired = self.jobs.get(jid)
             if expired is not None and expired.state in (DONE, ERROR, KILLED):
                 del self.jobs[jid]
+                self._expired.append(jid)
         return out
 
     def disconnected(self, conn: int) -> None:
@@ -340,6 +359,7 @@ class JobTable:
         job.args = b""  # it will not run again: free its (possibly shared) buffer
         job.finished = finished if finished is not None else now
         job.worker = -1
+        self._finished.append(job)
         self._out.setdefault(job.owner, []).append(job.item())
         if job.watchers:
             for conn in job.watchers:

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +39,12 @@ from mesh._protocol import (
     Run,
     Submit,
 )
-from node._jobs import Deliver, Dispatch, Func, Instruction, JobTable, KillWorker
+from node._jobs import Deliver, Dispatch, Func, Instruction, Job, JobTable, KillWorker
 from node._peers import PeerTable
 from node._pool import WorkerPool
 from node._proc import pid_alive
 from node._shm import SharedBlocks
+from node._store import JobStore, StoredJob
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -95,6 +97,7 @@ class Node:
         self._shm: SharedBlocks | None = None
         self._advertiser: Advertiser | None = None
         self.peers: PeerTable | None = None
+        self._store: JobStore | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -103,6 +106,11 @@ class Node:
     async def start(self) -> None:
         """Return once the node accepts connections; workers warm up in the background."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
+        stored = await asyncio.to_thread(self._store.load)
+        self.table.restore([_from_store(row) for row in stored], time.time())
+        if stored:
+            log.info("serving %d finished jobs from %s", len(stored), self._store.path)
         self._log_file = await asyncio.to_thread(open, self.config.data_dir / "workers.log", "ab")
         self._shm = SharedBlocks(self.node_id, self.config.data_dir)
         self._pool = WorkerPool(
@@ -204,11 +212,16 @@ class Node:
             self._log_file.close()
         if self._shm is not None:
             self._shm.close()
+        if self._store is not None:
+            self._store.close()
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             self._apply(self.table.tick(time.time()))
+            expired = self.table.take_expired()
+            if expired and self._store is not None:
+                self._store.forget(expired)
             now = asyncio.get_running_loop().time()
             for conn in list(self._conns.values()):
                 if now - conn.last_alive > self.config.client_timeout_s:
@@ -321,6 +334,14 @@ class Node:
 
     def _apply(self, instructions: list[Instruction]) -> None:
         assert self._pool is not None
+        finished = self.table.take_finished()
+        if finished and self._store is not None:
+            # On disk before any client hears of them: a restarted node serves them again.
+            try:
+                self._store.save(map(_to_store, finished))
+            except sqlite3.Error as exc:  # results still go out; a restart loses them
+                log.error("could not store %d finished jobs in %s: %s",
+                          len(finished), self._store.path, exc)  # fmt: skip
         for ins in instructions:
             if isinstance(ins, Dispatch):
                 f = ins.func
@@ -343,3 +364,16 @@ class Node:
     @property
     def worker_pids(self) -> list[int]:
         return self._pool.pids if self._pool is not None else []
+
+
+def _to_store(j: Job) -> StoredJob:
+    return (j.jid, j.state, j.func.name, j.label, j.submitted, j.started, j.finished, j.cpu_s,
+            j.stdout, j.stderr, j.result, j.error, j.attempts)  # fmt: skip
+
+
+def _from_store(row: StoredJob) -> Job:
+    jid, state, fname, label, submitted, started, finished, cpu_s, out, err, result, error, n = row
+    job = Job(jid, Func(b"", b"", fname), b"", -1, submitted, label=label, state=state,
+              started=started, finished=finished, cpu_s=cpu_s, stdout=out, stderr=err,
+              result=result, error=error, attempts=n)  # fmt: skip
+    return job

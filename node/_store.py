@@ -1,0 +1,118 @@
+"""Finished jobs on disk, so a node restarted on the same ``--data-dir`` serves them again.
+
+SQLite in WAL mode (the stdlib's): the node writes every finished job here before
+it tells a client, in one transaction per batch of results. ``synchronous=NORMAL``
+makes a commit durable against the node's process dying (SIGKILL, a crash), which
+is what this store is for; a power cut may lose the last commits, and the clients
+then run those jobs again (at-least-once). Queued and running jobs are not stored:
+their clients place them again when the node is lost.
+
+One node owns a data dir at a time (an exclusive lock on ``node.lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from mesh._protocol import ErrorInfo
+from mesh.errors import ConfigurationError
+
+__all__ = ["JobStore", "StoredJob"]
+
+# jid, state, fname, label, submitted, started, finished, cpu_s, stdout, stderr,
+# result, error, attempts
+StoredJob = tuple[
+    str, int, str, str, float, float, float, float, str, str, bytes, ErrorInfo | None, int
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    jid TEXT PRIMARY KEY,
+    state INTEGER NOT NULL,
+    fname TEXT NOT NULL,
+    label TEXT NOT NULL,
+    submitted REAL NOT NULL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL,
+    cpu_s REAL NOT NULL,
+    stdout TEXT NOT NULL,
+    stderr TEXT NOT NULL,
+    result BLOB NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL
+)
+"""
+
+
+class JobStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "jobs.sqlite3"
+        self._lock: IO[str] | None = _lock_data_dir(data_dir)
+        try:
+            # Opened in a helper thread, then used from the node's loop thread only.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise ConfigurationError(f"cannot open the job store {self.path}: {exc}") from exc
+
+    def save(self, jobs: Iterable[StoredJob]) -> None:
+        """Store finished jobs in one transaction; raises sqlite3.Error (say, disk full)."""
+        rows = [(*j[:11], None if j[11] is None else json.dumps(j[11]), j[12]) for j in jobs]
+        if not rows:
+            return
+        with self._db:  # one transaction
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+
+    def forget(self, jids: Iterable[str]) -> None:
+        rows = [(jid,) for jid in jids]
+        if rows:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("DELETE FROM jobs WHERE jid = ?", rows)
+
+    def load(self) -> list[StoredJob]:
+        out: list[StoredJob] = []
+        for row in self._db.execute("SELECT * FROM jobs ORDER BY finished"):
+            error = None if row[11] is None else tuple(json.loads(row[11]))
+            out.append((*row[:11], error, row[12]))
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    f = open(data_dir / "node.lock", "a+")  # noqa: SIM115 (held for the node's life)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigurationError(
+            f"data dir {data_dir} is in use by another mesh-node ({holder}); "
+            "give each node its own --data-dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
