@@ -35,6 +35,7 @@ from mesh._protocol import (
     Ack,
     ErrorInfo,
     Goodbye,
+    Handback,
     JobRecord,
     Kill,
     Load,
@@ -184,6 +185,7 @@ class _Link:
         self.sent_funcs: set[bytes] = set()
         self.error: BaseException | None = None
         self.loaded: asyncio.Event | None = None  # set by the node's first Load
+        self.draining = False  # the node is leaving (Handback): no new work there
 
     @property
     def usable(self) -> bool:
@@ -409,6 +411,7 @@ class AsyncClient:
         link.node_id = conn.peer_id
         link.sent_funcs = set()
         link.error = None
+        link.draining = False
         # link.workers is set by the node's first message (Load), which follows at once.
         try:
             await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
@@ -453,6 +456,8 @@ class AsyncClient:
                         fut.set_result(records)
         elif isinstance(msg, Pong):
             link.running, link.queued = msg.running, msg.queued
+        elif isinstance(msg, Handback):
+            self._handed_back(link, msg.jids)
         elif isinstance(msg, Peers):
             for host, port in parse_peers(msg.addrs, strict=False):
                 self._learn(host, port)
@@ -492,6 +497,23 @@ class AsyncClient:
             self._pending.extendleft(reversed(requeue))
         if self._pending:
             self._pump()
+
+    def _handed_back(self, link: _Link, jids: tuple[str, ...]) -> None:
+        """The node is leaving and did not start these: place them elsewhere, no attempt lost."""
+        link.draining = True
+        back = []
+        for jid in jids:
+            job = link.inflight.pop(jid, None)
+            if job is None:
+                continue
+            link.inflight_slots -= job.cores
+            job.link = None
+            if not job.final:
+                job.state = QUEUED
+                back.append(job)
+        log.info("node %s is leaving; placing %d jobs elsewhere", link.name, len(back))
+        self._pending.extendleft(reversed(back))
+        self._schedule_pump()
 
     def _attempt_lost(self, job: _Job, link: _Link, why: str) -> bool:
         """An attempt ended with its worker or node dying: True to place it again, else
@@ -596,7 +618,7 @@ class AsyncClient:
             pending.popleft()  # killed before it was sent
         if not pending:
             return
-        links = {k: lk for k, lk in self._links.items() if lk.usable}
+        links = {k: lk for k, lk in self._links.items() if lk.usable and not lk.draining}
         if not links:
             return  # a reconnect will pump again
         while pending:

@@ -53,7 +53,8 @@ class LocalMesh:
                         [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0",
                          "--name", f"local-{i}", "--workers", str(self.workers),
                          "--data-dir", os.path.join(self._dir, f"node-{i}"),
-                         "--parent-pid", str(os.getpid()), "--no-advertise"],
+                         "--parent-pid", str(os.getpid()), "--no-advertise",
+                         "--grace", "0"],  # closing a local mesh ends its jobs at once
                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     )
                 )  # fmt: skip

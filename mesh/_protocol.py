@@ -34,6 +34,7 @@ __all__ = [
     "Ping",
     "Pong",
     "Peers",
+    "Handback",
     "Hello",
     "Kill",
     "Load",
@@ -296,6 +297,18 @@ class Peers(Message):
     """
 
     addrs: tuple[str, ...]
+
+
+@message(21)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handback(Message):
+    """The node is leaving: these jobs were not started here; place them elsewhere.
+
+    They cost no attempt. The node takes no new work after sending it and still
+    delivers the results of the jobs it is running.
+    """
+
+    jids: tuple[str, ...]
 
 
 # ---- node <-> worker (a local socketpair, same codec, no MAC) ----

@@ -84,6 +84,14 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between SIGTERM and SIGKILL when killing a job (default 5)",
     )
     p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds running jobs may take to finish (default 30); queued "
+        "jobs go back to their clients at once",
+    )
+    p.add_argument(
         "--result-ttl",
         type=float,
         default=3600.0,
@@ -133,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         handshake_timeout_s=args.handshake_timeout,
         kill_grace_s=min(args.kill_grace, 5.0),
         result_ttl_s=args.result_ttl,
+        grace_s=max(args.grace, 0.0),
         parent_pid=args.parent_pid,
         advertise=not args.no_advertise,
         interfaces=interfaces,

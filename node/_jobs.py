@@ -32,7 +32,16 @@ from mesh._protocol import (
     ResultItem,
 )
 
-__all__ = ["Deliver", "Dispatch", "Func", "Instruction", "Job", "JobTable", "KillWorker"]
+__all__ = [
+    "Deliver",
+    "Dispatch",
+    "Func",
+    "HandBack",
+    "Instruction",
+    "Job",
+    "JobTable",
+    "KillWorker",
+]
 
 # A batch should take about this long; a longer one delays results and kills.
 BATCH_TARGET_S = 0.01
@@ -108,7 +117,13 @@ class Deliver:
     items: list[ResultItem]
 
 
-Instruction = Dispatch | KillWorker | Deliver
+@dataclass(frozen=True, slots=True)
+class HandBack:
+    conn: int
+    jids: list[str]
+
+
+Instruction = Dispatch | KillWorker | Deliver | HandBack
 
 
 class JobTable:
@@ -128,6 +143,8 @@ class JobTable:
         self._expiry: list[tuple[float, str]] = []  # a heap: (time, jid)
         self._out: dict[int, list[ResultItem]] = {}
         self._finished: list[Job] = []  # to be stored before their results go out
+        self._back: dict[int, list[str]] = {}  # jobs handed back, by connection
+        self.draining = False  # leaving: no new work, queued jobs go back to their clients
         self._expired: list[str] = []  # to be removed from the store
 
     # ---- queries ----
@@ -189,6 +206,9 @@ class JobTable:
             old = self.jobs.get(jid)
             if old is not None and not (retry and old.error and old.error[0] == "worker-died"):
                 self._watch(old, conn)
+                continue
+            if self.draining:
+                self._back.setdefault(conn, []).append(jid)
                 continue
             job = Job(jid, func, args, conn, now, cores, label, max_runtime)
             if old is not None:
@@ -302,6 +322,15 @@ class JobTable:
                 job.kill_reason = reason
                 out.append(KillWorker(job.worker, f"{reason}: {jid}"))
         return out + self._schedule(now)
+
+    def drain(self) -> list[Instruction]:
+        """The node is leaving: take no new jobs and hand the queued ones back."""
+        self.draining = True
+        for job in self.queue:
+            self._back.setdefault(job.owner, []).append(job.jid)
+            del self.jobs[job.jid]  # it runs elsewhere; a later ask here finds nothing
+        self.queue.clear()
+        return self._flush()
 
     def ack(self, jids: tuple[str, ...], now: float) -> None:
         """The client has these results: keep them for ``result_ttl_s`` more."""
@@ -417,8 +446,11 @@ class JobTable:
         return out + self._flush()
 
     def _flush(self) -> list[Instruction]:
-        if not self._out:
-            return []
-        out: list[Instruction] = [Deliver(conn, items) for conn, items in self._out.items()]
-        self._out = {}
+        out: list[Instruction] = []
+        if self._out:
+            out.extend(Deliver(conn, items) for conn, items in self._out.items())
+            self._out = {}
+        if self._back:
+            out.extend(HandBack(conn, jids) for conn, jids in self._back.items())
+            self._back = {}
         return out

@@ -26,6 +26,7 @@ from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
     Goodbye,
+    Handback,
     Kill,
     Load,
     Message,
@@ -39,7 +40,16 @@ from mesh._protocol import (
     Run,
     Submit,
 )
-from node._jobs import Deliver, Dispatch, Func, Instruction, Job, JobTable, KillWorker
+from node._jobs import (
+    Deliver,
+    Dispatch,
+    Func,
+    HandBack,
+    Instruction,
+    Job,
+    JobTable,
+    KillWorker,
+)
 from node._peers import PeerTable
 from node._pool import WorkerPool
 from node._proc import pid_alive
@@ -77,6 +87,8 @@ class NodeConfig:
     peers: list[tuple[str, int]] = field(default_factory=list)
     heartbeat_s: float = 1.0
     dead_after_s: float = 5.0
+    # On SIGTERM: how long running jobs may take to finish before they are killed.
+    grace_s: float = 30.0
 
 
 class Node:
@@ -100,6 +112,7 @@ class Node:
         self._store: JobStore | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
 
     # ---- lifecycle ----
 
@@ -184,21 +197,29 @@ class Node:
         await self._stopped.wait()
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: leave gracefully; a second one leaves at once."""
+        if self._stopped.is_set():
+            self._hurry.set()
         self._stopped.set()
 
     async def stop(self) -> None:
+        """Leave: stop being found and taking work, hand queued jobs back to their
+        clients, let running jobs finish for up to ``grace_s``, then say goodbye."""
         self._stopped.set()
+        if self._server is not None:
+            self._server.close()  # no new connections; the open ones stay for results
         if self.peers is not None:
             await self.peers.close()
         if self._advertiser is not None:
             with contextlib.suppress(Exception):
                 await self._advertiser.close()  # goodbye packets first
+        if self._pool is not None:
+            self._apply(self.table.drain())
+            await self._let_running_finish()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        if self._server is not None:
-            self._server.close()
         for conn in list(self._conns.values()):
             with contextlib.suppress(Exception):
                 conn.send(Goodbye("node stopping"))
@@ -214,6 +235,24 @@ class Node:
             self._shm.close()
         if self._store is not None:
             self._store.close()
+
+    async def _let_running_finish(self) -> None:
+        running = self.table.running
+        if not running or self.config.grace_s <= 0:
+            return
+        log.warning("leaving: %d running jobs may finish within %g s (stop again to "
+                    "leave at once)", running, self.config.grace_s)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace_s
+        while self.table.running and not self._hurry.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):  # wake to look at the table
+                await asyncio.wait_for(self._hurry.wait(), min(left, 0.05))
+        if self.table.running:
+            log.warning("leaving with %d jobs still running: their clients run them again",
+                        self.table.running)  # fmt: skip
 
     async def _tick(self) -> None:
         while True:
@@ -353,6 +392,10 @@ class Node:
             elif isinstance(ins, KillWorker):
                 log.info("killing worker %d (%s)", ins.worker, ins.reason)
                 self._pool.kill(ins.worker)
+            elif isinstance(ins, HandBack):
+                conn = self._conns.get(ins.conn)
+                if conn is not None and not conn.closed:
+                    conn.send(Handback(tuple(ins.jids)))
             elif isinstance(ins, Deliver):
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:

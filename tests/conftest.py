@@ -126,7 +126,7 @@ def start_node(
     proc = subprocess.Popen(
         [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", str(port), "--name", name,
          "--workers", str(workers), "--data-dir", str(data_dir),
-         *(() if advertise else ("--no-advertise",)), *extra],
+         "--grace", "1", *(() if advertise else ("--no-advertise",)), *extra],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env,
     )  # fmt: skip
     assert proc.stdout is not None
