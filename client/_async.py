@@ -16,10 +16,11 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
+from client._handle import Job, register_owner
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, open_connection
@@ -51,6 +52,7 @@ from mesh._serialize import dumps_function, dumps_value, function_name, loads, u
 from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
+    ConnectionClosed,
     MeshConnectionError,
     MeshError,
     MeshTimeout,
@@ -257,6 +259,7 @@ class AsyncClient:
         self._secret = load_secret(secret)
         self._name = name or f"client-{os.getpid()}"
         self._tag = secrets.token_hex(3)
+        register_owner(self._tag, self)  # so its Job handles can be awaited
         self._counter = itertools.count(1)
         self._connect_timeout_s = connect_timeout_s
         # With no node reachable this long, unfinished jobs fail instead of waiting forever.
@@ -785,21 +788,21 @@ class AsyncClient:
 
     # ---- the API ----
 
-    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
-        """Run ``fn(*args, **kwargs)`` on the mesh; return its job id at once."""
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
+        """Run ``fn(*args, **kwargs)`` on the mesh; return its job id (awaitable) at once."""
         (job,) = self._prepare(fn, [args], kwargs)
         self._enqueue([job])
-        return job.jid
+        return Job(job.jid)
 
     async def map(
         self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
-    ) -> list[str]:
-        """Like builtin ``map``: one job per item; return the job ids at once."""
+    ) -> list[Job[T]]:
+        """Like builtin ``map``: one job per item; return the job ids (awaitable) at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
         jobs = self._prepare(fn, zip(*sequences, strict=False), kwargs)
         self._enqueue(jobs)
-        return [j.jid for j in jobs]
+        return [Job(j.jid) for j in jobs]
 
     async def _wait(self, jids: str | Sequence[str], timeout: float | None) -> list[_Job]:
         jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
@@ -825,12 +828,45 @@ class AsyncClient:
                 ) from None
         return jobs
 
-    async def result(self, jids: str | Sequence[str], timeout: float | None = None) -> Any:
-        """The result of one job, or the list of results of many; raises a job's exception."""
-        jobs = await self._wait(jids, timeout)
+    @overload  # a Job is also a Sequence[str]: the first match wins
+    async def result(  # type: ignore[overload-overlap]
+        self, jids: Job[T], timeout: float | None = None, *, kill_on_cancel: bool = False
+    ) -> T: ...
+    @overload
+    async def result(
+        self, jids: str, timeout: float | None = None, *, kill_on_cancel: bool = False
+    ) -> Any: ...
+    @overload
+    async def result(
+        self, jids: Sequence[Job[T]], timeout: float | None = None, *, kill_on_cancel: bool = False
+    ) -> list[T]: ...
+    @overload
+    async def result(
+        self, jids: Sequence[str], timeout: float | None = None, *, kill_on_cancel: bool = False
+    ) -> list[Any]: ...
+
+    async def result(self, jids: str | Sequence[str], timeout: float | None = None, *,
+                     kill_on_cancel: bool = False) -> Any:  # fmt: skip
+        """The result of one job, or the list of results of many; raises a job's exception.
+
+        Cancelling the awaiting task stops the wait and leaves the jobs running, unless
+        ``kill_on_cancel``: then the jobs not finished yet are killed.
+        """
+        try:
+            jobs = await self._wait(jids, timeout)
+        except asyncio.CancelledError:
+            if kill_on_cancel and not self._closed:
+                self._spawn(self.kill(jids))  # owned by the client: close() awaits it
+            raise
         if isinstance(jids, str):
             return self._value(jobs[0])
         return [self._value(j) for j in jobs]
+
+    def _await_job(self, job: str) -> Generator[Any, None, Any]:
+        """``await job`` (see :class:`Job`): its result, in this client's loop."""
+        if self._closed:
+            raise ConnectionClosed(f"cannot wait for job {job}: its client is closed")
+        return self.result(job).__await__()
 
     async def join(self, jids: str | Sequence[str], timeout: float | None = None,
                    ignore_errors: bool = False) -> None:  # fmt: skip
@@ -841,9 +877,18 @@ class AsyncClient:
                 if j.state != DONE:
                     self._value(j)
 
+    @overload
+    def iresult(
+        self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True
+    ) -> AsyncIterator[T]: ...
+    @overload
+    def iresult(
+        self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True
+    ) -> AsyncIterator[Any]: ...
+
     async def iresult(self, jids: Sequence[str], timeout: float | None = None,
                       ordered: bool = True) -> AsyncIterator[Any]:  # fmt: skip
-        """Yield results as jobs finish: in order, or in completion order."""
+        """Yield results as jobs finish: in order, or in completion order (``async for``)."""
         jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
         await self._adopt(adopted)
         queue: asyncio.Queue[_Job] = asyncio.Queue()

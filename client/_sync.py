@@ -13,13 +13,14 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 from client._async import AsyncClient, JobInfo, NodeInfo, _Job
+from client._handle import Job, register_owner
 from client._local import LocalMesh
 from mesh._protocol import DONE
-from mesh.errors import MeshTimeout
+from mesh.errors import ConnectionClosed, MeshTimeout
 
 __all__ = ["Client"]
 
@@ -69,6 +70,8 @@ class Client:
         self._local = _local
         self._thread = _LoopThread("mesh-client")
         self._closed = False
+        self._kill_lock = threading.Lock()
+        self._to_kill: list[str] = []  # jobs to kill, gathered by _kill_soon
         try:
             self._async = AsyncClient(
                 peers,
@@ -86,6 +89,7 @@ class Client:
             if _local is not None:
                 _local.close()
             raise
+        register_owner(self._async._tag, self)  # `await job` waits on our loop thread
         _clients.add(self)
 
     @classmethod
@@ -124,19 +128,23 @@ class Client:
 
     # ---- submitting ----
 
-    def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
+    def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
         """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
-        jobs = self._async._prepare(func, [args], kwargs)
-        self._thread.loop.call_soon_threadsafe(self._async._enqueue, jobs)
-        return jobs[0].jid
+        return Job(self._send(self._async._prepare(func, [args], kwargs))[0].jid)
 
-    def map(self, func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:
+    def map(
+        self, func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
+    ) -> list[Job[T]]:
         """Like builtin ``map``, one job per item; return the list of job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
         jobs = self._async._prepare(func, zip(*sequences, strict=False), kwargs)
+        return [Job(j.jid) for j in self._send(jobs)]
+
+    def _send(self, jobs: list[_Job]) -> list[_Job]:
+        """Hand jobs prepared (pickled) on this thread to the loop thread, which places them."""
         self._thread.loop.call_soon_threadsafe(self._async._enqueue, jobs)
-        return [j.jid for j in jobs]
+        return jobs
 
     # ---- waiting ----
 
@@ -167,9 +175,22 @@ class Client:
                 done.set()
 
         self._async._add_callback(pending, on_final)
-        if not done.wait(timeout):
+        try:
+            finished = done.wait(timeout)
+        except KeyboardInterrupt:
+            raise _interrupted(jobs) from None
+        if not finished:
             n = sum(1 for j in pending if not j.final)
             raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s")
+
+    @overload  # a Job is also a Sequence[str]: the first match wins
+    def result(self, jids: Job[T], timeout: float | None = None) -> T: ...  # type: ignore[overload-overlap]
+    @overload
+    def result(self, jids: str, timeout: float | None = None) -> Any: ...
+    @overload
+    def result(self, jids: Sequence[Job[T]], timeout: float | None = None) -> list[T]: ...
+    @overload
+    def result(self, jids: Sequence[str], timeout: float | None = None) -> list[Any]: ...
 
     def result(self, jids: str | Sequence[str], timeout: float | None = None) -> Any:
         """The result of one job, or the list of results of many, in order.
@@ -194,6 +215,15 @@ class Client:
                 if j.state != DONE:
                     self._async._value(j)
 
+    @overload
+    def iresult(
+        self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True
+    ) -> Iterator[T]: ...
+    @overload
+    def iresult(
+        self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True
+    ) -> Iterator[Any]: ...
+
     def iresult(self, jids: Sequence[str], timeout: float | None = None,
                 ordered: bool = True) -> Iterator[Any]:  # fmt: skip
         """Yield results as they finish: in submission order, or in completion order."""
@@ -214,6 +244,8 @@ class Client:
                     job = q.get(timeout=left)
                 except queue.Empty:
                     raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
+                except KeyboardInterrupt:
+                    raise _interrupted(jobs) from None
                 if not ordered:
                     want = job
                     break
@@ -229,11 +261,52 @@ class Client:
     def kill(self, jids: str | Sequence[str]) -> None:
         self._thread.run(self._async.kill(jids))
 
+    def _kill_soon(self, jids: Sequence[str]) -> None:
+        """Any thread, never blocks: have these jobs killed (a future's ``cancel``).
+
+        Ids gathered before the loop thread gets to them go in one kill."""
+        if self._closed or not jids:
+            return
+        with self._kill_lock:
+            first = not self._to_kill
+            self._to_kill.extend(jids)
+        if first:
+            try:
+                self._thread.loop.call_soon_threadsafe(self._flush_kills)
+            except RuntimeError:  # the loop has just closed: nothing left to kill with
+                pass
+
+    def _flush_kills(self) -> None:
+        with self._kill_lock:
+            ids, self._to_kill = self._to_kill, []
+        if ids and not self._async.closed:
+            self._async._spawn(self._async.kill(ids))  # owned: the client's close awaits it
+
+    def _await_job(self, job: str) -> Generator[Any, None, Any]:
+        """``await job`` in the caller's event loop, waiting on this client's loop thread."""
+        if self._closed:
+            raise ConnectionClosed(f"cannot wait for job {job}: its client is closed")
+        done = asyncio.run_coroutine_threadsafe(self._async.result(job), self._thread.loop)
+        return asyncio.wrap_future(done).__await__()
+
     def info(self, jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
         return self._thread.run(self._async.info(jids))
 
     def nodes(self) -> list[NodeInfo]:
         return self._async.nodes()
+
+
+def _interrupted(jobs: list[_Job]) -> KeyboardInterrupt:
+    """Ctrl-C while waiting: say that the jobs go on, and how to stop them."""
+    left = [j.jid for j in jobs if not j.final]
+    if not left:
+        return KeyboardInterrupt("stopped waiting; every job had finished")
+    some = " ".join(left[:3]) + (" ..." if len(left) > 3 else "")
+    return KeyboardInterrupt(
+        f"stopped waiting; {len(left)} job{'s' if len(left) > 1 else ''} still running on the "
+        f"mesh ({some}). To stop {'them' if len(left) > 1 else 'it'}: mesh.kill(jids) (or "
+        f"client.kill(jids)) with the ids you waited on, or `mesh kill {some}` in a shell"
+    )
 
 
 @atexit.register

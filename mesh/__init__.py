@@ -6,8 +6,10 @@
 
 The module-level functions use a default client: the peers given to
 :func:`connect` or in ``MESH_PEERS``, else an embedded local mesh (with a one-line
-notice). ``Client`` and ``AsyncClient`` give explicit control. This package shares
-the protocol with nodes and imports the client only when first used.
+notice). ``Client`` and ``AsyncClient`` give explicit control; ``Executor`` is a
+``concurrent.futures.Executor`` on the mesh, and ``import mesh.joblib`` adds a joblib
+backend. This package shares the protocol with nodes and imports the client only when
+first used.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from mesh.errors import (
     AuthenticationError,
@@ -42,11 +44,11 @@ from mesh.errors import (
 )
 
 if TYPE_CHECKING:
-    from client import AsyncClient, Client, JobInfo
+    from client import AsyncClient, Client, Executor, Job, JobInfo, NodeInfo
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "call", "connect", "info", "iresult", "is_local", "join",
+    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "call", "connect", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close",
     "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MeshConnectionError", "MeshError", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
 ]  # fmt: skip
@@ -57,7 +59,7 @@ _default: Client | None = None
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Client", "AsyncClient", "JobInfo", "NodeInfo"):
+    if name in ("Client", "AsyncClient", "Executor", "Job", "JobInfo", "NodeInfo"):
         import client
 
         return getattr(client, name)
@@ -125,19 +127,43 @@ def close() -> None:
         old.close()
 
 
-def call(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> str:
-    """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
+def call(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
+    """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once.
+
+    The id is a :class:`Job` (a ``str``) typed by ``func``'s result, so ``result(jid)``
+    has that type; ``await jid`` waits for it in asyncio code.
+    """
     return _client().call(func, *args, **kwargs)
 
 
-def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[str]:
+def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[Job[T]]:
     """Like builtin ``map``: one job per item; return the job ids at once."""
     return _client().map(func, *sequences, **kwargs)
+
+
+@overload  # a Job is also a Sequence[str]: the first match wins
+def result(jids: Job[T], timeout: float | None = None) -> T: ...  # type: ignore[overload-overlap]
+@overload
+def result(jids: str, timeout: float | None = None) -> Any: ...
+@overload
+def result(jids: Sequence[Job[T]], timeout: float | None = None) -> list[T]: ...
+@overload
+def result(jids: Sequence[str], timeout: float | None = None) -> list[Any]: ...
 
 
 def result(jids: str | Sequence[str], timeout: float | None = None) -> Any:
     """The result of one job, or the list of results of many, in order."""
     return _client().result(jids, timeout)
+
+
+@overload
+def iresult(
+    jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True
+) -> Iterator[T]: ...
+@overload
+def iresult(
+    jids: Sequence[str], timeout: float | None = None, ordered: bool = True
+) -> Iterator[Any]: ...
 
 
 def iresult(
