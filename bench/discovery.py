@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,37 +25,13 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import mesh
+from bench._nodes import start_node, stop
 from client._placement import NodeView, plan
-
-LISTENING = re.compile(r"^mesh-node (\S+) listening on (\S+):(\d+)$")
 
 
 def nap(x: int) -> int:
     time.sleep(0.05)
     return x
-
-
-def start_node(
-    secret: str, name: str, workers: int, data: str, advertise: bool
-) -> tuple[subprocess.Popen[bytes], str]:
-    env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES="127.0.0.1")
-    argv = [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0", "--name", name,
-            "--workers", str(workers), "--data-dir", os.path.join(data, name)]  # fmt: skip
-    if not advertise:
-        argv.append("--no-advertise")
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    m = LISTENING.match(proc.stdout.readline().decode().strip())
-    assert m, "node did not start"
-    return proc, f"{m.group(2)}:{m.group(3)}"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(15)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def node_start_to_first_use(data: str) -> float:
