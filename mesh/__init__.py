@@ -29,6 +29,7 @@ from mesh.errors import (
     JobKilled,
     LocalProtocolError,
     MaxRuntimeExceeded,
+    MemoryLimitExceeded,
     MeshConnectionError,
     MeshError,
     MeshTimeout,
@@ -50,7 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "call", "connect", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close",
-    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MeshConnectionError", "MeshError", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
+    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
 ]  # fmt: skip
 
 T = TypeVar("T")

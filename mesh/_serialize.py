@@ -30,6 +30,7 @@ from mesh.errors import (
     JobError,
     JobKilled,
     MaxRuntimeExceeded,
+    MemoryLimitExceeded,
     MissingModule,
     NoNodesAvailable,
     RemoteTraceback,
@@ -207,6 +208,7 @@ _KINDS: dict[str, type[JobError]] = {
     "worker-died": WorkerDied,
     "killed": JobKilled,
     "max-runtime": MaxRuntimeExceeded,
+    "memory": MemoryLimitExceeded,
 }
 
 

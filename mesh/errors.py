@@ -19,7 +19,8 @@
     └── JobError                    a job failed and its own exception could not be re-created
         ├── WorkerDied              its worker process exited or crashed while running it
         ├── JobKilled               it was killed: by ``kill`` or past ``_max_runtime``
-        │   └── MaxRuntimeExceeded
+        │   ├── MaxRuntimeExceeded
+        │   └── MemoryLimitExceeded past the node's --max-memory per worker
         └── MissingModule           also ModuleNotFoundError: the node lacks a module the job needs
 
 A job's own exception (``ValueError`` raised by the user's function) is re-raised
@@ -38,6 +39,7 @@ __all__ = [
     "JobKilled",
     "LocalProtocolError",
     "MaxRuntimeExceeded",
+    "MemoryLimitExceeded",
     "MeshConnectionError",
     "MeshError",
     "MeshTimeout",
@@ -155,6 +157,10 @@ class JobKilled(JobError):
 
 class MaxRuntimeExceeded(JobKilled):
     """The job ran past its ``_max_runtime`` and was killed."""
+
+
+class MemoryLimitExceeded(JobKilled):
+    """The job's worker grew past the node's ``--max-memory`` and was stopped."""
 
 
 class MissingModule(JobError, ModuleNotFoundError):

@@ -14,12 +14,28 @@ from mesh._auth import default_secret_path, ensure_secret_file, load_secret
 from mesh._discovery import interfaces_from_env, parse_peers, peers_from_env
 from mesh._netif import default_route_ipv4
 from mesh.errors import ConfigurationError
-from node._server import Node, NodeConfig
+from node._server import Node, NodeConfig, default_max_memory
 
 
 def _data_dir_default() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "lanmesh"
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _size(text: str) -> int:
+    """``2G``, ``512M``, ``1.5GiB``, ``1000000`` (bytes) -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] != "" else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 2G or 512M") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(value * _UNITS[unit])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between SIGTERM and SIGKILL when killing a job (default 5)",
     )
     p.add_argument(
+        "--max-memory",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="resident memory one worker may use, e.g. 2G or 512M; a job past it is "
+        "stopped (default: 80%% of this machine's memory / workers; 0: no limit)",
+    )
+    p.add_argument(
         "--grace",
         type=float,
         default=30.0,
@@ -142,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         kill_grace_s=min(args.kill_grace, 5.0),
         result_ttl_s=args.result_ttl,
         grace_s=max(args.grace, 0.0),
+        max_memory=default_max_memory(args.workers) if args.max_memory is None else args.max_memory,
         parent_pid=args.parent_pid,
         advertise=not args.no_advertise,
         interfaces=interfaces,

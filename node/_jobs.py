@@ -95,6 +95,7 @@ class _Worker:
     # Functions this worker holds, most recent last. The worker keeps twice as many
     # (WORKER_FUNCTIONS), so every function listed here is still there.
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    stopping: bool = False  # being killed for its memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class JobTable:
         self._finished: list[Job] = []  # to be stored before their results go out
         self._back: dict[int, list[str]] = {}  # jobs handed back, by connection
         self.draining = False  # leaving: no new work, queued jobs go back to their clients
+        self.paused = False  # the machine is short of memory: queued jobs wait
         self._expired: list[str] = []  # to be removed from the store
 
     # ---- queries ----
@@ -273,7 +275,13 @@ class JobTable:
         batch = list(w.batch.values())
         requeue: list[Job] = []
         for job in batch:
-            if job.kill_reason:
+            if job.kill_reason.startswith("memory"):
+                _, rss, limit = job.kill_reason.split(":")
+                msg = (f"stopped at {int(rss) / 2**20:,.0f} MiB of memory, past the limit of "
+                       f"{int(limit) / 2**20:,.0f} MiB per worker on node {self.node_name} "
+                       "(mesh-node --max-memory)")  # fmt: skip
+                self._finish(job, KILLED, now, error=("memory", "MemoryLimitExceeded", msg, "", ""))
+            elif job.kill_reason:
                 kind = "max-runtime" if job.kill_reason == "max-runtime" else "killed"
                 msg = (
                     f"killed after exceeding _max_runtime={job.max_runtime:g}s"
@@ -331,6 +339,23 @@ class JobTable:
             del self.jobs[job.jid]  # it runs elsewhere; a later ask here finds nothing
         self.queue.clear()
         return self._flush()
+
+    def set_paused(self, paused: bool, now: float) -> list[Instruction]:
+        """Pause (the machine is short of memory) or resume starting queued jobs."""
+        self.paused = paused
+        return self._schedule(now)
+
+    def over_memory(self, wid: int, rss: int, limit: int) -> list[Instruction]:
+        """A worker grew past the memory limit: stop it. A job running alone is blamed;
+        the jobs of a batch run again one by one, as after a crash."""
+        w = self.workers.get(wid)
+        if w is None or not w.batch or w.stopping:
+            return []
+        w.stopping = True
+        if len(w.batch) == 1:
+            (job,) = w.batch.values()
+            job.kill_reason = job.kill_reason or f"memory:{rss}:{limit}"
+        return [KillWorker(wid, f"memory: {rss} bytes > {limit}")]
 
     def ack(self, jids: tuple[str, ...], now: float) -> None:
         """The client has these results: keep them for ``result_ttl_s`` more."""
@@ -413,7 +438,7 @@ class JobTable:
 
     def _schedule(self, now: float) -> list[Instruction]:
         out: list[Instruction] = []
-        if self.queue:
+        if self.queue and not self.paused:
             idle = [w for w in self.workers.values() if not w.batch and not w.reserved_for]
             while self.queue and idle:
                 head = self.queue[0]

@@ -74,6 +74,10 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [p.proc.pid for p in self._procs.values()]
 
+    def pid(self, wid: int) -> int | None:
+        p = self._procs.get(wid)
+        return None if p is None else p.proc.pid
+
     def start(self) -> None:
         for _ in range(self.size):
             self._spawn()

@@ -89,6 +89,10 @@ class NodeConfig:
     dead_after_s: float = 5.0
     # On SIGTERM: how long running jobs may take to finish before they are killed.
     grace_s: float = 30.0
+    # Resident memory a worker may reach (bytes; 0: no limit), and the share of the
+    # machine's memory in use above which the node starts no new jobs.
+    max_memory: int = 0
+    pause_above: float = 0.8
 
 
 class Node:
@@ -236,6 +240,23 @@ class Node:
         if self._store is not None:
             self._store.close()
 
+    def _watch_memory(self) -> None:
+        """Stop a worker past --max-memory; pause starting jobs while memory is short."""
+        assert self._pool is not None
+        limit = self.config.max_memory
+        if limit:
+            for wid, w in self.table.workers.items():
+                pid = self._pool.pid(wid) if w.batch else None
+                rss = _rss(pid) if pid is not None else 0
+                if rss > limit:
+                    self._apply(self.table.over_memory(wid, rss, limit))
+        used = _memory_in_use()
+        short = used > self.config.pause_above
+        if short != self.table.paused:
+            log.warning("%s new jobs: %.0f %% of this machine's memory is in use",
+                        "pausing" if short else "resuming", used * 100)  # fmt: skip
+            self._apply(self.table.set_paused(short, time.time()))
+
     async def _let_running_finish(self) -> None:
         running = self.table.running
         if not running or self.config.grace_s <= 0:
@@ -258,6 +279,7 @@ class Node:
         while True:
             await asyncio.sleep(TICK_S)
             self._apply(self.table.tick(time.time()))
+            self._watch_memory()
             expired = self.table.take_expired()
             if expired and self._store is not None:
                 self._store.forget(expired)
@@ -420,3 +442,40 @@ def _from_store(row: StoredJob) -> Job:
               started=started, finished=finished, cpu_s=cpu_s, stdout=out, stderr=err,
               result=result, error=error, attempts=n)  # fmt: skip
     return job
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of a process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _memory_in_use() -> float:
+    """The share of this machine's memory in use (1 - MemAvailable / MemTotal)."""
+    total = avail = 0
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemTotal:"):
+                    total = int(line.split()[1])
+                elif line.startswith(b"MemAvailable:"):
+                    avail = int(line.split()[1])
+                    break
+    except (OSError, ValueError):
+        return 0.0
+    return 1 - avail / total if total else 0.0
+
+
+def default_max_memory(workers: int) -> int:
+    """A worker's share of the memory a node may fill: 80 % of the machine's."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * _PAGE
+    except (ValueError, OSError):
+        return 0
+    return int(total * 0.8 / max(workers, 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED
-from node._jobs import MAX_BATCH, Deliver, Dispatch, Func, Job, JobTable, KillWorker
+from node._jobs import MAX_BATCH, Deliver, Dispatch, Func, HandBack, Job, JobTable, KillWorker
 
 OWNER, OTHER = 1, 2
 F = Func(b"f" * 16, b"blob-f", "work.square")
@@ -417,3 +417,64 @@ def test_short_queue_gets_single_job_batches(queued: int) -> None:
     names = [f"j{i}" for i in range(queued)]
     out = t.submit(OWNER, F, items(*names), 2.0)
     assert out == [Dispatch(10, F, False, jobs(t, names[0]))]
+
+
+# ---- retries, leaving, memory ----
+
+
+def test_a_retry_runs_a_jid_whose_worker_died_here_again() -> None:
+    t = table()
+    t.submit(OWNER, F, items("j1"), 1.0)
+    t.worker_ready(1, 1.0)
+    t.worker_died(1, "was killed by SIGKILL", 2.0)
+    assert t.jobs["j1"].state == ERROR
+    t.worker_ready(2, 3.0)
+    assert t.submit(OWNER, F, items("j1"), 3.0) == [Deliver(OWNER, [t.jobs["j1"].item()])]
+    out = t.submit(OWNER, F, items("j1"), 4.0, retry=True)
+    assert out == [Dispatch(2, F, True, jobs(t, "j1"))]
+    assert t.jobs["j1"].attempts == 1
+
+
+def test_drain_hands_queued_jobs_back_and_refuses_new_ones() -> None:
+    t = table()
+    t.worker_ready(1, 1.0)
+    t.submit(OWNER, F, items("run", "q1", "q2"), 1.0)
+    assert t.drain() == [HandBack(OWNER, ["q1", "q2"])]
+    assert t.queued == 0 and "q1" not in t.jobs and t.jobs["run"].state == PROCESSING
+    assert t.submit(OTHER, F, items("late"), 2.0) == [HandBack(OTHER, ["late"])]
+    assert t.worker_ran(1, (ran("run"),), 3.0) == [Deliver(OWNER, [done("run")])]
+
+
+def test_over_memory_blames_a_job_running_alone() -> None:
+    t = table()
+    t.worker_ready(1, 1.0)
+    t.submit(OWNER, F, items("big"), 1.0)
+    assert t.over_memory(1, 300 * 2**20, 200 * 2**20) == [
+        KillWorker(1, f"memory: {300 * 2**20} bytes > {200 * 2**20}")
+    ]
+    assert t.over_memory(1, 310 * 2**20, 200 * 2**20) == []  # once
+    t.worker_died(1, "was killed by SIGTERM", 2.0)
+    job = t.jobs["big"]
+    assert job.state == KILLED and job.error is not None
+    assert job.error[:2] == ("memory", "MemoryLimitExceeded")
+    assert "300 MiB" in job.error[2] and "200 MiB" in job.error[2] and "ws-07" in job.error[2]
+
+
+def test_over_memory_in_a_batch_reruns_its_jobs_one_by_one() -> None:
+    t = table()
+    warm_up(t, 1, run_s=0.0001)
+    t.submit(OWNER, F, items(*(f"j{i}" for i in range(8))), 2.0)
+    t.worker_ready(2, 2.0)
+    (batch,) = [w for w in t.workers.values() if len(w.batch) > 1]
+    t.over_memory(batch.wid, 2, 1)
+    t.worker_died(batch.wid, "was killed by SIGTERM", 3.0)
+    assert all(j.state != KILLED for j in t.jobs.values())
+    assert any(j.suspect for j in t.jobs.values())
+
+
+def test_paused_starts_nothing_until_resumed() -> None:
+    t = table()
+    t.set_paused(True, 1.0)
+    t.worker_ready(1, 1.0)
+    assert t.submit(OWNER, F, items("j1"), 1.0) == []
+    assert t.set_paused(False, 2.0) == [Dispatch(1, F, True, jobs(t, "j1"))]
