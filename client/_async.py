@@ -206,12 +206,15 @@ class _Link:
         return NodeView(self.key, self.workers, self.inflight_slots + others, room)
 
 
-def _group_length(pending: Iterable[_Job], head: _Job) -> int:
-    """How many jobs from the head of ``pending`` can be placed as one group."""
+def _group_length(pending: Iterable[_Job], head: _Job, limit: int) -> int:
+    """How many jobs from the head of ``pending`` (at most ``limit``: the room there is)
+    can be placed as one group. Bounded, so a map of a million jobs costs a pump no more
+    than the nodes can take."""
     n = 0
     for j in pending:
-        if (j.func is not head.func or j.cores != head.cores or j.label != head.label
-                or j.max_runtime != head.max_runtime or j.avoid):  # fmt: skip
+        if n >= limit or (j.func is not head.func or j.cores != head.cores
+                          or j.label != head.label or j.max_runtime != head.max_runtime
+                          or j.avoid):  # fmt: skip
             break
         n += 1
     return n
@@ -353,11 +356,15 @@ class AsyncClient:
         that crashed, froze or lost its link is dropped and its jobs placed again.
         """
         assert self._loop is not None
+        last = self._loop.time()
         while not self._closed:
             await asyncio.sleep(self._heartbeat_s)
+            now = self._loop.time()
+            on_time, last = now - last < 2 * self._heartbeat_s, now
             for link in list(self._links.values()):
                 if link.conn is not None:
-                    link.conn.keepalive(self._dead_after_s, f"node {link.name} ({link.key})")
+                    link.conn.keepalive(self._dead_after_s, f"node {link.name} ({link.key})",
+                                        judge=on_time)  # fmt: skip
 
     async def __aenter__(self) -> AsyncClient:
         return await self.start()
@@ -499,7 +506,7 @@ class AsyncClient:
             requeue = [j for j, why in crashed if self._attempt_lost(j, link, why)]
             self._pending.extendleft(reversed(requeue))
         if self._pending:
-            self._pump()
+            self._schedule_pump()  # once for every Results that arrived together
 
     def _handed_back(self, link: _Link, jids: tuple[str, ...]) -> None:
         """The node is leaving and did not start these: place them elsewhere, no attempt lost."""
@@ -629,13 +636,14 @@ class AsyncClient:
             if head.final:
                 pending.popleft()
                 continue
-            group = _group_length(pending, head)
             candidates = links
             if head.avoid:  # a retry goes alone, to a node it has not died on where one exists
-                group = 1
                 candidates = {k: lk for k, lk in links.items() if k not in head.avoid} or links
             measured = head.func is not None and head.func.finished > 0
-            allocation = plan(group, [lk.view(measured) for lk in candidates.values()], head.cores)
+            views = [lk.view(measured) for lk in candidates.values()]
+            room = sum(max(v.room, 0) for v in views) // head.cores
+            group = 1 if head.avoid else _group_length(pending, head, max(1, room))
+            allocation = plan(group, views, head.cores)
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
                     biggest = max(lk.workers for lk in links.values())

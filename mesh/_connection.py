@@ -273,16 +273,18 @@ class Connection(asyncio.BufferedProtocol):
             )
         self._write(msg)
 
-    def keepalive(self, dead_after_s: float, what: str) -> None:
+    def keepalive(self, dead_after_s: float, what: str, judge: bool = True) -> None:
         """One heartbeat: ping the peer, or drop it if it has been silent too long.
 
         Liveness comes from here, never from mDNS (a crashed node's record lingers):
         a peer that crashed, froze or lost its link is aborted with ConnectionLost.
+        ``judge=False`` (our own loop was stalled, so what the peer sent may still be
+        unread) only pings.
         """
         if self.closed:
             return
         now = self._loop.time()
-        if now - self.last_alive > dead_after_s:
+        if judge and now - self.last_alive > dead_after_s:
             self.abort(ConnectionLost(f"{what} missed heartbeats for {dead_after_s:g} s"))
         else:
             self.send(Ping(now))

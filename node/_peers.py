@@ -217,8 +217,13 @@ class PeerTable:
             raise peer.error or MeshError(f"peer {peer.key} sent no load report")
 
     async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while not self._closing:
             await asyncio.sleep(self._heartbeat_s)
+            now = loop.time()
+            on_time, last = now - last < 2 * self._heartbeat_s, now  # else: judge nobody
             for peer in list(self.peers.values()):
                 if peer.conn is not None:
-                    peer.conn.keepalive(self._dead_after_s, f"peer {peer.name} ({peer.key})")
+                    peer.conn.keepalive(self._dead_after_s, f"peer {peer.name} ({peer.key})",
+                                        judge=on_time)  # fmt: skip

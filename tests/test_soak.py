@@ -41,3 +41,11 @@ def test_soak_every_result_arrives_exactly_once():
     result = soak(clients=4, jobs=150, nodes=3, restart_every_s=2.0, duration_s=6.0)
     assert result["restarts"] >= 2, result
     assert result["lost"] == 0 and result["duplicated"] == 0, result
+
+
+def test_a_big_map_keeps_every_node_alive(nodes, client):
+    """60,000 jobs: the client's loop stays responsive (placement is bounded per pump),
+    so no node is ever dropped for missed heartbeats; with _retries=0 a drop would
+    fail jobs instead of hiding in re-runs."""
+    jids = client.map(abs, range(-60_000, 0), _retries=0)
+    assert client.result(jids, timeout=300) == list(range(60_000, 0, -1))
