@@ -1,35 +1,93 @@
-"""``mesh``: the mesh from a shell (the secret, and jobs by id)."""
+"""``mesh``: the mesh from a shell: nodes, jobs, results, kills, the secret and tokens.
+
+Every command prints a human-readable table or block by default and JSON with
+``--json``. Exit codes: 0 ok; 1 a job failed (``result``); 2 a mesh error (nodes
+or dashboard unreachable, wrong secret, unknown job) or a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from mesh._auth import default_secret_path, load_secret
-from mesh.errors import MeshConnectionError, MeshError, UnknownJob
+from mesh._auth import dashboard_token, default_secret_path, load_secret
+from mesh._protocol import JOB_STATES
+from mesh.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    MeshConnectionError,
+    MeshError,
+    NoNodesAvailable,
+    UnknownJob,
+)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
 NODES_SETTLE_S = 1.5
+HTTP_TIMEOUT_S = 10.0
+FILES_NOTE = "files: not available in this version (the mesh file store comes in a later release)"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mesh", description="Work with a lanmesh mesh from a shell.")
+    p = argparse.ArgumentParser(
+        prog="mesh",
+        description="Work with a lanmesh mesh from a shell.",
+        epilog="Exit codes: 0 ok; 1 a job failed (result); 2 a mesh error (unreachable nodes "
+        "or dashboard, wrong secret, unknown job) or a usage error.",
+    )
     p.add_argument("--peers", help="HOST:PORT,... of nodes (default: MESH_PEERS)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("secret", help="print this machine's mesh secret, to copy to other machines")
-    sub.add_parser("nodes", help="list the nodes this machine sees, with workers and load")
+    # --json is also accepted after the command (`mesh nodes --json`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts")  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common])
+
+    command("secret", "print this machine's mesh secret, to copy to other machines")
+    command("token", "print the dashboard login token (derived from the mesh secret)")
+    command("nodes", "list the nodes this machine sees, with workers and load")
+    jobs = command("jobs", "list jobs, newest first, from node dashboards (this machine's "
+                           "node by default)")  # fmt: skip
+    jobs.add_argument("--status", default="", metavar="S",
+                      help=f"only jobs in these states (comma-separated: {', '.join(JOB_STATES)})")  # fmt: skip
+    jobs.add_argument("--label", default="", metavar="L", help="only jobs with this _label")
+    jobs.add_argument("--client", default="", metavar="C", help="only jobs of this client name")
+    jobs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)")  # fmt: skip
+    jobs.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N newest")
+    jobs.add_argument(
+        "--dashboard", action="append", default=[], metavar="URL",
+        help="a node's dashboard (repeatable; default MESH_DASHBOARD, else the one of the node "
+        "run by this user here, else http://127.0.0.1:8390/)",
+    )  # fmt: skip
+    job = command("job", "print everything the nodes recorded about jobs")
+    job.add_argument("jids", nargs="+", metavar="JID")
     for name, text in (
         ("status", "print job states"),
         ("result", "print job results"),
-        ("info", "print what nodes recorded about jobs"),
-        ("kill", "stop jobs"),
+        ("info", "print what nodes recorded about jobs (as `job`, one field a line)"),
+        ("kill", "stop jobs (queued or running)"),
     ):
-        sp = sub.add_parser(name, help=text)
+        sp = command(name, text)
         sp.add_argument("jids", nargs="+", metavar="JID")
+    files = command("files", "the mesh file store (not available in this version)")
+    files.add_argument("action", choices=["ls", "put", "get", "rm", "info"])
+    files.add_argument("names", nargs="*", metavar="NAME")
+    demo = command("demo", "estimate pi on the mesh (a local one when no node answers)")
+    demo.add_argument("--jobs", type=int, default=20, metavar="N", help="jobs (default 20)")
+    demo.add_argument("--samples", type=int, default=200_000, metavar="N",
+                      help="random points per job (default 200000)")  # fmt: skip
     return p
 
 
@@ -43,6 +101,16 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(secret.decode())
             sys.exit(EXIT_OK)
+        if args.command == "token":
+            token = dashboard_token(load_secret())
+            print(json.dumps({"token": token}) if args.json else token)
+            sys.exit(EXIT_OK)
+        if args.command == "files":
+            raise ConfigurationError(FILES_NOTE)
+        if args.command == "jobs":
+            sys.exit(_list_jobs(args))
+        if args.command == "demo":
+            sys.exit(_demo(args))
         sys.exit(_jobs_command(args))
     except MeshError as exc:
         print(f"mesh: {exc}", file=sys.stderr)
@@ -77,6 +145,13 @@ def _jobs_command(args: argparse.Namespace) -> int:
                 lambda d: "\n".join(f"{k}\tkilled" for k in d),
             )
             return EXIT_OK
+        if args.command == "job":
+            infos = c.info(list(args.jids))
+            assert isinstance(infos, list)
+            _print(
+                args, [i.__dict__ for i in infos], lambda rows: "\n\n".join(map(_job_block, rows))
+            )
+            return EXIT_OK
         if args.command == "info":
             infos = c.info(list(args.jids))
             assert isinstance(infos, list)
@@ -106,17 +181,180 @@ def _jobs_command(args: argparse.Namespace) -> int:
         return failed
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ["name", "address", "workers", "running", "queued", "connected"]
+def _table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+    cols = cols or ["name", "address", "workers", "running", "queued", "connected"]
     cells = [cols] + [[str(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
     )
 
 
 def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
     print(json.dumps(data, default=repr) if args.json else human(data))
+
+
+# ---- job listing, from the nodes' dashboards ----
+
+
+def _dashboards(given: list[str]) -> list[str]:
+    """Dashboard URLs: --dashboard, else MESH_DASHBOARD, else this user's node's, else :8390."""
+    urls = [u for g in given for u in g.split(",") if u.strip()]
+    if not urls:
+        urls = [u for u in os.environ.get("MESH_DASHBOARD", "").split(",") if u.strip()]
+    if not urls:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        written = Path(base) / "lanmesh" / "dashboard"  # the default data dir's node writes it
+        try:
+            urls = [written.read_text().strip()]
+        except OSError:
+            port = int(os.environ.get("MESH_PORT", "7390") or 7390)
+            urls = [f"http://127.0.0.1:{port + 1000}/"]
+    out = []
+    for u in urls:
+        u = u.strip()
+        if "://" not in u:
+            u = "http://" + u
+        out.append(u if u.endswith("/") else u + "/")
+    return out
+
+
+def _get_json(base: str, path: str) -> Any:
+    """GET a dashboard's JSON API with the login token (when this machine has the secret)."""
+    url = base + path
+    headers = {"Accept": "application/json"}
+    try:
+        headers["Authorization"] = "Bearer " + dashboard_token(load_secret())
+    except ConfigurationError:
+        pass  # a loopback dashboard needs none
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            detail = _error_text(exc)
+        if exc.code == 401:
+            raise AuthenticationError(
+                f"dashboard {base} refused the token: this machine's mesh secret is not that "
+                "node's (compare `mesh token` on both)"
+            ) from None
+        raise MeshError(f"dashboard {base}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MeshConnectionError(
+            f"no dashboard at {base} ({reason}); is mesh-node running there? Name it with "
+            "--dashboard URL or MESH_DASHBOARD"
+        ) from None
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read()).get("error", exc.reason))
+    except (ValueError, AttributeError, OSError):
+        return str(exc.reason)
+
+
+def _list_jobs(args: argparse.Namespace) -> int:
+    if args.limit < 1 or args.offset < 0:
+        raise ConfigurationError("--limit must be at least 1 and --offset at least 0")
+    query = {"status": args.status, "label": args.label, "client": args.client}
+    query = {k: v for k, v in query.items() if v}
+    total, jobs = 0, []
+    for url in _dashboards(args.dashboard):
+        # Every dashboard's newest offset+limit: their merge holds the page asked for.
+        page = _get_json(url, "api/jobs?" + urllib.parse.urlencode(
+            {**query, "offset": 0, "limit": min(args.offset + args.limit, 1000)}))  # fmt: skip
+        total += int(page["total"])
+        jobs.extend(page["jobs"])
+    jobs.sort(key=lambda j: j["submitted"], reverse=True)
+    jobs = jobs[args.offset : args.offset + args.limit]
+    if args.json:
+        print(json.dumps({"total": total, "offset": args.offset, "jobs": jobs}))
+        return EXIT_OK
+    rows = [
+        {"jid": j["jid"], "status": j["status"], "node": j["node"], "function": j["function"],
+         "label": j["label"] or "-", "client": j["client"], "submitted": _clock(j["submitted"]),
+         "run time": _duration(j["started"], j["finished"])}
+        for j in jobs
+    ]  # fmt: skip
+    cols = ["jid", "status", "node", "function", "label", "client", "submitted", "run time"]
+    print(_table(rows, cols))
+    if total > len(jobs):
+        print(f"({len(jobs)} of {total} jobs, newest first; --offset/--limit for others)")
+    return EXIT_OK
+
+
+def _clock(t: float | None) -> str:
+    if not t:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _duration(started: float | None, finished: float | None) -> str:
+    if not started:
+        return "-"
+    return f"{max(0.0, (finished or time.time()) - started):.2f} s"
+
+
+def _job_block(r: dict[str, Any]) -> str:
+    lines = [
+        f"job        {r['jid']}",
+        f"status     {r['status']}",
+        f"node       {r['node'] or '-'}",
+        f"function   {r['function']}",
+        f"label      {r['label'] or '-'}",
+        f"submitted  {_clock(r['submitted'])}",
+        f"started    {_clock(r['started'])}",
+        f"finished   {_clock(r['finished'])}",
+        f"run time   {_duration(r['started'], r['finished'])}",
+        f"cpu        {r['cpu_s']:.3f} s",
+        f"attempts   {r['attempts']}",
+    ]
+    for what in ("stdout", "stderr", "error"):
+        if r[what]:
+            lines += [f"--- {what} ---", r[what].rstrip("\n")]
+    return "\n".join(lines)
+
+
+# ---- demo ----
+
+
+def _pi_hits(samples: int, seed: int) -> int:
+    """Random points in the unit square that fall inside the quarter circle."""
+    rnd = random.Random(seed)
+    return sum(1 for _ in range(samples) if rnd.random() ** 2 + rnd.random() ** 2 <= 1.0)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from client import Client
+
+    if args.jobs < 1 or args.samples < 1:
+        raise ConfigurationError("--jobs and --samples must be at least 1")
+    try:
+        c = Client(args.peers)
+    except (NoNodesAvailable, ConfigurationError):
+        if args.peers or os.environ.get("MESH_PEERS", "").strip():
+            raise  # nodes were named: failing to reach them is the answer
+        print("mesh demo: no nodes found; starting a local mesh of 2 nodes on 127.0.0.1",
+              file=sys.stderr)  # fmt: skip
+        c = Client.local(2)
+    with c:
+        t0 = time.monotonic()
+        jids = c.map(_pi_hits, [args.samples] * args.jobs, range(args.jobs))
+        hits = c.result(jids, progress=None if args.json else True)
+        seconds = time.monotonic() - t0
+        infos = c.info(jids)
+        assert isinstance(infos, list)
+    nodes = Counter(i.node for i in infos)
+    samples = args.samples * args.jobs
+    out = {"pi": 4 * sum(hits) / samples, "samples": samples, "jobs": args.jobs,
+           "nodes": dict(sorted(nodes.items())), "seconds": round(seconds, 3)}  # fmt: skip
+    _print(args, out, lambda d: (
+        f"pi is about {d['pi']:.5f} ({d['samples']:,} random points in {d['jobs']} jobs, "
+        f"{d['seconds']:.2f} s)\n" + "\n".join(f"  {n}: {k} jobs" for n, k in d["nodes"].items())
+    ))  # fmt: skip
+    return EXIT_OK
 
 
 if __name__ == "__main__":

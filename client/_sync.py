@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
+from client import _progress
 from client._async import AsyncClient, JobInfo, NodeInfo, _Job
 from client._handle import Job, register_owner
 from client._local import LocalMesh
@@ -184,22 +185,34 @@ class Client:
             raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s")
 
     @overload  # a Job is also a Sequence[str]: the first match wins
-    def result(self, jids: Job[T], timeout: float | None = None) -> T: ...  # type: ignore[overload-overlap]
+    def result(  # type: ignore[overload-overlap]
+        self, jids: Job[T], timeout: float | None = None, progress: bool | None = None
+    ) -> T: ...
     @overload
-    def result(self, jids: str, timeout: float | None = None) -> Any: ...
+    def result(
+        self, jids: str, timeout: float | None = None, progress: bool | None = None
+    ) -> Any: ...
     @overload
-    def result(self, jids: Sequence[Job[T]], timeout: float | None = None) -> list[T]: ...
+    def result(
+        self, jids: Sequence[Job[T]], timeout: float | None = None, progress: bool | None = None
+    ) -> list[T]: ...
     @overload
-    def result(self, jids: Sequence[str], timeout: float | None = None) -> list[Any]: ...
+    def result(
+        self, jids: Sequence[str], timeout: float | None = None, progress: bool | None = None
+    ) -> list[Any]: ...
 
-    def result(self, jids: str | Sequence[str], timeout: float | None = None) -> Any:
+    def result(self, jids: str | Sequence[str], timeout: float | None = None,
+               progress: bool | None = None) -> Any:  # fmt: skip
         """The result of one job, or the list of results of many, in order.
 
         Raises the first failed job's exception (with its remote traceback as
-        ``__cause__``) or :class:`MeshTimeout` (a ``TimeoutError``).
+        ``__cause__``) or :class:`MeshTimeout` (a ``TimeoutError``). ``progress``:
+        a bar on stderr (True), none (False), or one for waits past 2 s (None); only
+        ever on a terminal.
         """
         jobs = self._jobs(jids)
-        self._wait(jobs, timeout)
+        with _progress.watch(self._async, jobs, progress, single=isinstance(jids, str)):
+            self._wait(jobs, timeout)
         value = self._async._value
         if isinstance(jids, str):
             return value(jobs[0])
@@ -217,20 +230,27 @@ class Client:
 
     @overload
     def iresult(
-        self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True
-    ) -> Iterator[T]: ...
+        self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True,
+        progress: bool | None = None,
+    ) -> Iterator[T]: ...  # fmt: skip
     @overload
     def iresult(
-        self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True
-    ) -> Iterator[Any]: ...
+        self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True,
+        progress: bool | None = None,
+    ) -> Iterator[Any]: ...  # fmt: skip
 
     def iresult(self, jids: Sequence[str], timeout: float | None = None,
-                ordered: bool = True) -> Iterator[Any]:  # fmt: skip
-        """Yield results as they finish: in submission order, or in completion order."""
+                ordered: bool = True, progress: bool | None = None) -> Iterator[Any]:  # fmt: skip
+        """Yield results as they finish: in submission order, or in completion order.
+
+        ``progress`` as for :meth:`result`: the bar moves while the results are iterated.
+        """
         jobs = self._jobs(jids)
         q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._async._add_callback(jobs, q.put)
-        return self._iresult(jobs, q, timeout, ordered)
+        return _progress.track(
+            self._async, jobs, progress, self._iresult(jobs, q, timeout, ordered)
+        )
 
     def _iresult(self, jobs: list[_Job], q: queue.SimpleQueue[_Job], timeout: float | None,
                  ordered: bool) -> Iterator[Any]:  # fmt: skip

@@ -143,35 +143,51 @@ def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> 
 
 
 @overload  # a Job is also a Sequence[str]: the first match wins
-def result(jids: Job[T], timeout: float | None = None) -> T: ...  # type: ignore[overload-overlap]
+def result(  # type: ignore[overload-overlap]
+    jids: Job[T], timeout: float | None = None, progress: bool | None = None
+) -> T: ...
 @overload
-def result(jids: str, timeout: float | None = None) -> Any: ...
+def result(jids: str, timeout: float | None = None, progress: bool | None = None) -> Any: ...
 @overload
-def result(jids: Sequence[Job[T]], timeout: float | None = None) -> list[T]: ...
+def result(
+    jids: Sequence[Job[T]], timeout: float | None = None, progress: bool | None = None
+) -> list[T]: ...
 @overload
-def result(jids: Sequence[str], timeout: float | None = None) -> list[Any]: ...
+def result(
+    jids: Sequence[str], timeout: float | None = None, progress: bool | None = None
+) -> list[Any]: ...
 
 
-def result(jids: str | Sequence[str], timeout: float | None = None) -> Any:
-    """The result of one job, or the list of results of many, in order."""
-    return _client().result(jids, timeout)
+def result(
+    jids: str | Sequence[str], timeout: float | None = None, progress: bool | None = None
+) -> Any:
+    """The result of one job, or the list of results of many, in order.
+
+    ``progress``: a bar on stderr (True), none (False), or one once the wait passes
+    2 s (None, the default); only ever on a terminal.
+    """
+    return _client().result(jids, timeout, progress)
 
 
 @overload
 def iresult(
-    jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True
-) -> Iterator[T]: ...
+    jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True,
+    progress: bool | None = None,
+) -> Iterator[T]: ...  # fmt: skip
 @overload
 def iresult(
-    jids: Sequence[str], timeout: float | None = None, ordered: bool = True
-) -> Iterator[Any]: ...
+    jids: Sequence[str], timeout: float | None = None, ordered: bool = True,
+    progress: bool | None = None,
+) -> Iterator[Any]: ...  # fmt: skip
 
 
 def iresult(
-    jids: Sequence[str], timeout: float | None = None, ordered: bool = True
-) -> Iterator[Any]:
-    """Yield results as they finish (in order, or in completion order)."""
-    return _client().iresult(jids, timeout, ordered)
+    jids: Sequence[str], timeout: float | None = None, ordered: bool = True,
+    progress: bool | None = None,
+) -> Iterator[Any]:  # fmt: skip
+    """Yield results as they finish (in order, or in completion order); ``progress``
+    as for :func:`result`."""
+    return _client().iresult(jids, timeout, ordered, progress)
 
 
 def join(

@@ -29,6 +29,7 @@ __all__ = [
     "ClientHandshake",
     "ServerHandshake",
     "SessionKeys",
+    "dashboard_token",
     "default_secret_path",
     "ensure_secret_file",
     "fingerprint",
@@ -213,3 +214,9 @@ def ensure_secret_file(path: Path | None = None) -> bytes:
 def fingerprint(secret: bytes) -> str:
     """A short public fingerprint of the secret (for zeroconf records and logs)."""
     return _mac(secret, b"lanmesh fingerprint")[:8].hex()
+
+
+def dashboard_token(secret: bytes) -> str:
+    """The login token of exposed dashboards (``mesh token``): derived from the secret,
+    so every machine that holds the secret can print it, and it reveals nothing of it."""
+    return _mac(secret, b"lanmesh dashboard token")[:16].hex()

@@ -16,6 +16,10 @@ from mesh._netif import default_route_ipv4
 from mesh.errors import ConfigurationError
 from node._server import Node, NodeConfig, default_max_memory
 
+# The default dashboard's port is the node's + 1000 (8390): nodes run side by side on
+# consecutive ports (7390, 7391) keep clear of each other's dashboards.
+DASHBOARD_PORT_OFFSET = 1000
+
 
 def _data_dir_default() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -127,6 +131,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not announce this node over mDNS (clients then need --peers/MESH_PEERS)",
     )
+    p.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the web dashboard there, for other machines too; it then asks for the "
+        "login token (`mesh token`) (default: 127.0.0.1 only, on the node's port + 1000)",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="serve no web dashboard")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("MESH_LOG_LEVEL", "warning"))
     return p
@@ -152,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         peers = parse_peers(args.peer) if args.peer else peers_from_env()
     except ConfigurationError as exc:
         sys.exit(f"mesh-node: {exc}")
+    try:
+        dashboard = _dashboard_address(args)
+    except ConfigurationError as exc:
+        sys.exit(f"mesh-node: {exc}")
     host = args.host or (interfaces[0] if interfaces else None) or default_route_ipv4()
     if host is None:
         sys.exit("mesh-node: no default-route interface found; pass --host or --interface")
@@ -171,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         advertise=not args.no_advertise,
         interfaces=interfaces,
         peers=peers,
+        dashboard=dashboard,
+        dashboard_token=args.dashboard is not None,
     )
     try:
         asyncio.run(_serve(config))
@@ -178,6 +196,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mesh-node: {exc}")
     except OSError as exc:
         sys.exit(f"mesh-node: cannot listen on {host}:{args.port}: {exc.strerror or exc}")
+
+
+def _dashboard_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Where the dashboard listens: --dashboard HOST:PORT, else 127.0.0.1 on port + 1000."""
+    if args.no_dashboard:
+        return None
+    if args.dashboard is None:
+        port = args.port + DASHBOARD_PORT_OFFSET
+        return ("127.0.0.1", port if args.port and port <= 65535 else 0)
+    host, sep, port = args.dashboard.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigurationError(f"--dashboard {args.dashboard!r}: expected HOST:PORT")
+    return (host, int(port))
 
 
 async def _serve(config: NodeConfig) -> None:

@@ -40,6 +40,7 @@ from mesh._protocol import (
     Run,
     Submit,
 )
+from node._dashboard import Dashboard
 from node._jobs import (
     Deliver,
     Dispatch,
@@ -93,6 +94,10 @@ class NodeConfig:
     # machine's memory in use above which the node starts no new jobs.
     max_memory: int = 0
     pause_above: float = 0.8
+    # The web dashboard's (host, port), or None for none; with dashboard_token every
+    # request needs the login token (`mesh token`): mesh-node sets it for --dashboard.
+    dashboard: tuple[str, int] | None = None
+    dashboard_token: bool = False
 
 
 class Node:
@@ -117,11 +122,17 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
+        self.dashboard: Dashboard | None = None
+        self.client_names: dict[int, str] = {}  # connection id -> name from its handshake
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
         """Return once the node accepts connections; workers warm up in the background."""
+        if self.config.dashboard is not None:  # first: a taken port fails before workers start
+            host, port = self.config.dashboard
+            self.dashboard = Dashboard(self, host, port, token_required=self.config.dashboard_token)
+            self.dashboard.start()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
         stored = await asyncio.to_thread(self._store.load)
@@ -212,6 +223,8 @@ class Node:
         self._stopped.set()
         if self._server is not None:
             self._server.close()  # no new connections; the open ones stay for results
+        if self.dashboard is not None:
+            await self.dashboard.close()
         if self.peers is not None:
             await self.peers.close()
         if self._advertiser is not None:
@@ -318,6 +331,9 @@ class Node:
         self._conns[cid] = conn
         self._conn_ids[conn] = cid
         self._funcs[cid] = {}
+        self.client_names[cid] = conn.peer_name or conn.peer_label
+        if len(self.client_names) > 10_000:  # the dashboard's; oldest connections go first
+            del self.client_names[next(iter(self.client_names))]
         conn.send(self._load())
         if self.peers is not None and self.peers.alive():
             conn.send(Peers(self.peers.addresses()))

@@ -1,0 +1,689 @@
+"""The node's web dashboard: pages for people and a JSON API under ``/api/`` (aiohttp).
+
+It listens on 127.0.0.1 by default. Bound elsewhere (``mesh-node --dashboard
+HOST:PORT``) every request needs the login token, which ``mesh token`` derives from
+the mesh secret; without it pages answer 401 with a login form and the API 401.
+The listening socket is bound when the node starts (so its address is known and
+taken), but aiohttp is imported and serving starts on the first connection: a node
+nobody looks at pays nothing for it. Everything shown is read from the node's own
+tables: jobs are the ones this node holds; job arguments are previewed by reading
+their pickle opcodes, never by unpickling them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib
+import ipaddress
+import json
+import logging
+import pickletools
+import reprlib
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mesh._auth import dashboard_token
+from mesh._protocol import JOB_STATES, PROCESSING, QUEUED
+from mesh.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from node._jobs import Job
+    from node._server import Node
+
+__all__ = ["Dashboard", "preview_pickle"]
+
+log = logging.getLogger("mesh.node.dashboard")
+
+STATIC = Path(__file__).with_name("static")
+COOKIE = "lanmesh_token"
+URL_FILE = "dashboard"
+PAGES = ("/", "/jobs", "/files")
+PAGE_LIMIT = 50
+MAX_LIMIT = 1000
+PREVIEW_MAX_BYTES = 64 * 1024
+PREVIEWS_KEPT = 4096
+PREVIEWS_PER_EVENT = 256
+FILES_NOTE = "files: not available in this version (the mesh file store comes in a later release)"
+# Pages may load only what this node serves (no CDN), and may not be framed (kill buttons).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+class Dashboard:
+    """One node's dashboard server; ``start()`` binds it, the first connection serves it."""
+
+    def __init__(
+        self,
+        node: Node,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token_required: bool = False,
+        event_interval_s: float = 0.5,
+    ) -> None:
+        self.node = node
+        self.host, self.port = host, port
+        self.token_required = token_required
+        self.event_interval_s = event_interval_s
+        self._token = dashboard_token(node.config.secret).encode()
+        self._sock: socket.socket | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._subscribers: set[asyncio.Queue[str | None]] = set()
+        self._jobs_version = 0
+        self._jobs_signature = 0
+        self._previews: OrderedDict[str, str] = OrderedDict()
+        self._closing = False
+
+    @property
+    def url_file(self) -> Path:
+        """The file in the node's data dir that holds :attr:`url` while it serves."""
+        return self.node.config.data_dir / URL_FILE
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Bind and listen now; import aiohttp and serve once someone connects.
+
+        The default (loopback, no token) dashboard takes any free port when its own is
+        taken (a second node on this machine); an explicit ``--dashboard`` fails instead.
+        """
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            sock = socket.create_server((self.host, self.port), family=family)
+        except OSError as exc:
+            if self.token_required or self.port == 0:
+                raise ConfigurationError(
+                    f"the dashboard cannot listen on {self.host}:{self.port}: "
+                    f"{exc.strerror or exc} (pick another with --dashboard HOST:PORT)"
+                ) from exc
+            sock = socket.create_server((self.host, 0), family=family)
+            log.warning("dashboard port %d is taken; it is on port %d instead",
+                        self.port, sock.getsockname()[1])  # fmt: skip
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        # Where `mesh jobs` on this machine finds it (stdout keeps its one line).
+        self.node.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.url_file.write_text(self.url + "\n")
+        log.info("dashboard on %s", self.url)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._first_connection)
+
+    def _first_connection(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._sock.fileno())
+        if not self._closing:
+            self._serving = loop.create_task(self._serve(self._sock))
+            self._serving.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the dashboard cannot serve: %r", task.exception())
+            if self._sock is not None:
+                self._sock.close()  # refused, rather than left hanging
+
+    async def _serve(self, sock: socket.socket) -> None:
+        # Imported off the event loop: jobs keep flowing while aiohttp loads.
+        web_ = await asyncio.to_thread(importlib.import_module, "aiohttp.web")
+        app = self._app(web_)
+        runner = web_.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._runner = runner
+        await web_.SockSite(runner, sock).start()
+        log.info("dashboard serving on %s", self.url)
+
+    async def close(self) -> None:
+        self._closing = True
+        for q in self._subscribers:
+            _offer(q, None)  # event streams end, so the runner need not wait for them
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._serving is not None:
+            try:
+                await self._serving
+            except Exception as exc:  # it failed at start: it was logged there
+                log.debug("dashboard had failed to start: %s", exc)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        elif self._sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        if self._sock is not None:
+            self._sock.close()
+            with contextlib.suppress(OSError):
+                self.url_file.unlink()
+
+    # ---- the application ----
+
+    def _app(self, web_: Any) -> web.Application:
+        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._guard(request, handler)
+
+        app: web.Application = web_.Application(
+            middlewares=[web_.middleware(guard)], client_max_size=64 * 1024
+        )
+        app.on_response_prepare.append(_security_headers)
+        r = app.router
+        for path in PAGES:
+            r.add_get(path, self._page)
+        r.add_get("/job/{jid}", self._page)
+        r.add_get("/static/{name}", self._static)
+        r.add_get("/login", self._login_page)
+        r.add_post("/login", self._login)
+        r.add_get("/api/nodes", self._api_nodes)
+        r.add_get("/api/jobs", self._api_jobs)
+        r.add_get("/api/jobs/{jid}", self._api_job)
+        r.add_post("/api/jobs/{jid}/kill", self._api_kill)
+        r.add_get("/api/files", self._api_files)
+        r.add_get("/api/events", self._api_events)
+        return app
+
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Who may ask: the token where it is required, else loopback names only.
+
+        Without a token, a Host that is neither an IP address nor localhost means a
+        page of some web site reached us through DNS rebinding: refused. POSTs must
+        carry ``X-Mesh: 1``, which no cross-site form can send without our consent.
+        """
+        from aiohttp import web
+
+        if self.token_required:
+            if request.path not in ("/login", "/static/style.css") and not self._authorized(
+                request
+            ):
+                return self._unauthorized(request)
+        elif not _local_host(request.host):
+            return web.Response(status=403, text="forbidden: open the dashboard by IP address\n")
+        post = request.method == "POST" and request.path.startswith("/api/")
+        if post and request.headers.get("X-Mesh") != "1":
+            return _json({"error": "POST requests need the header X-Mesh: 1"}, 403)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.cookies.get(COOKIE, "")
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return bool(given) and hmac.compare_digest(given.encode(), self._token)
+
+    def _unauthorized(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        challenge = {"WWW-Authenticate": 'Bearer realm="lanmesh dashboard"'}
+        if request.path.startswith("/api/"):
+            return web.json_response(
+                {"error": "this dashboard needs its login token: run `mesh token` and send "
+                          "it as 'Authorization: Bearer TOKEN'"},
+                status=401, headers=challenge,
+            )  # fmt: skip
+        return web.Response(
+            status=401, text=_login_html(self.node.name, ""), content_type="text/html",
+            headers=challenge,
+        )  # fmt: skip
+
+    async def _login_page(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        if not self.token_required or self._authorized(request):
+            raise web.HTTPSeeOther("/")
+        return web.Response(text=_login_html(self.node.name, ""), content_type="text/html")
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        form = await request.post()
+        token = str(form.get("token", "")).strip()
+        if not hmac.compare_digest(token.encode(), self._token):
+            return web.Response(
+                status=401, content_type="text/html",
+                text=_login_html(self.node.name, "That is not this mesh's token."),
+            )  # fmt: skip
+        resp = web.Response(status=303, headers={"Location": "/"})
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", max_age=30 * 86400)
+        return resp
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        return web.FileResponse(STATIC / "index.html")
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        name = request.match_info["name"]
+        if name not in ("app.js", "style.css"):
+            raise web.HTTPNotFound()
+        return web.FileResponse(STATIC / name)
+
+    # ---- the API ----
+
+    async def _api_nodes(self, request: web.Request) -> web.StreamResponse:
+        return _json({"node": self.node.name, "nodes": self.nodes()})
+
+    async def _api_jobs(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        return _json(
+            self.jobs(
+                status=q.get("status", ""),
+                label=q.get("label", ""),
+                client=q.get("client", ""),
+                offset=_int(q.get("offset", "0"), "offset"),
+                limit=_int(q.get("limit", str(PAGE_LIMIT)), "limit"),
+            )
+        )
+
+    async def _api_job(self, request: web.Request) -> web.StreamResponse:
+        detail = self.job(request.match_info["jid"])
+        if detail is None:
+            return _json(
+                {"error": f"node {self.node.name} holds no job {request.match_info['jid']}"}, 404
+            )
+        return _json(detail)
+
+    async def _api_kill(self, request: web.Request) -> web.StreamResponse:
+        jid = request.match_info["jid"]
+        job = self.node.table.jobs.get(jid)
+        if job is None:
+            return _json({"error": f"node {self.node.name} holds no job {jid}"}, 404)
+        killable = job.state in (QUEUED, PROCESSING)
+        if killable:
+            # What a client's Kill message does; a running job's worker is terminated.
+            self.node._apply(self.node.table.kill((jid,), time.time()))
+        return _json({"jid": jid, "killed": killable, "status": JOB_STATES[job.state]})
+
+    async def _api_files(self, request: web.Request) -> web.StreamResponse:
+        return _json({"available": False, "files": [], "message": FILES_NOTE})
+
+    async def _api_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the node's view every ``event_interval_s``; pages refetch
+        their jobs when ``jobs_version`` moves."""
+        from aiohttp import web
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4)
+        self._subscribers.add(q)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        try:
+            await resp.write(f"retry: 2000\ndata: {self._event()}\n\n".encode())
+            while not self._closing:
+                data = await q.get()
+                if data is None:
+                    break
+                await resp.write(f"data: {data}\n\n".encode())
+        except ConnectionError:
+            pass  # the page went away
+        finally:
+            self._subscribers.discard(q)
+        return resp
+
+    async def _tick(self) -> None:
+        """Fan the node's state out to every open event stream; stop when none is left."""
+        while self._subscribers and not self._closing:
+            await asyncio.sleep(self.event_interval_s)
+            data = self._event()
+            for q in list(self._subscribers):
+                _offer(q, data)
+
+    def _event(self) -> str:
+        counts = dict.fromkeys(JOB_STATES, 0)
+        states = []
+        budget = PREVIEWS_PER_EVENT
+        for job in self.node.table.jobs.values():
+            states.append(job.state)
+            counts[JOB_STATES[job.state]] += 1
+            if budget and job.args and job.state <= PROCESSING and job.jid not in self._previews:
+                # Arguments are freed when a job finishes: look while someone watches.
+                self._preview(job)
+                budget -= 1
+        signature = hash(tuple(states))
+        if signature != self._jobs_signature:
+            self._jobs_signature = signature
+            self._jobs_version += 1
+        return _dumps(
+            {"node": self.node.name, "t": time.time(), "nodes": self.nodes(), "counts": counts,
+             "jobs_version": self._jobs_version}
+        )  # fmt: skip
+
+    # ---- what the API shows ----
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """This node, then the other nodes of its mesh, with their load and last heartbeat."""
+        node = self.node
+        table = node.table
+        workers = node.config.workers
+        rows = [
+            {"name": node.name, "node_id": node.node_id, "address": node.address,
+             "workers": workers, "running": table.running, "queued": table.queued,
+             "load": _load(table.running, table.queued, workers), "files": None,
+             "heartbeat_s": 0.0, "connected": True, "self": True}
+        ]  # fmt: skip
+        if node.peers is not None:
+            now = asyncio.get_running_loop().time()
+            peers = sorted(node.peers.peers.values(), key=lambda p: (p.name or p.key, p.key))
+            for p in peers:
+                conn = p.conn
+                live = conn is not None and not conn.closed
+                rows.append(
+                    {"name": p.name or p.key, "node_id": p.node_id, "address": p.key,
+                     "workers": p.workers, "running": p.running, "queued": p.queued,
+                     "load": _load(p.running, p.queued, p.workers), "files": None,
+                     "heartbeat_s": round(now - conn.last_alive, 3) if live and conn else None,
+                     "connected": p.alive, "self": False}
+                )  # fmt: skip
+        return rows
+
+    def jobs(
+        self,
+        *,
+        status: str = "",
+        label: str = "",
+        client: str = "",
+        offset: int = 0,
+        limit: int = PAGE_LIMIT,
+    ) -> dict[str, Any]:
+        """Jobs this node holds, newest first, filtered, one page of them."""
+        if offset < 0 or not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
+        wanted: set[int] | None = None
+        if status:
+            names = [s.strip() for s in status.split(",") if s.strip()]
+            bad = [s for s in names if s not in JOB_STATES]
+            if bad:
+                raise ValueError(f"unknown status {bad[0]!r} (one of {', '.join(JOB_STATES)})")
+            wanted = {JOB_STATES.index(s) for s in names}
+        page: list[dict[str, Any]] = []
+        total = 0
+        for job in self._newest_first():
+            if wanted is not None and job.state not in wanted:
+                continue
+            if label and job.label != label:
+                continue
+            if client and self._client(job) != client:
+                continue
+            if offset <= total < offset + limit:
+                page.append(self._summary(job))
+            total += 1
+        return {"node": self.node.name, "total": total, "offset": offset, "limit": limit,
+                "jobs": page}  # fmt: skip
+
+    def job(self, jid: str) -> dict[str, Any] | None:
+        """Everything this node knows of one job, or None."""
+        job = self.node.table.jobs.get(jid)
+        if job is None:
+            return None
+        out = self._summary(job)
+        err = job.error
+        preview = self._previews.get(jid)
+        if preview is None and job.args:
+            preview = self._preview(job)
+        out.update(
+            args_preview=preview,
+            max_runtime=job.max_runtime,
+            stdout=job.stdout,
+            stderr=job.stderr,
+            error=None
+            if err is None
+            else {"kind": err[0], "type": err[1], "message": err[2], "traceback": err[3]},
+        )
+        return out
+
+    def _preview(self, job: Job) -> str:
+        preview = self._previews[job.jid] = preview_pickle(job.args)
+        while len(self._previews) > PREVIEWS_KEPT:
+            self._previews.popitem(last=False)
+        return preview
+
+    def _newest_first(self) -> Iterator[Job]:
+        return reversed(self.node.table.jobs.values())
+
+    def _client(self, job: Job) -> str:
+        if job.owner < 0:  # restored from disk after a restart: its connection is long gone
+            return ""
+        return self.node.client_names.get(job.owner, f"connection {job.owner}")
+
+    def _summary(self, job: Job) -> dict[str, Any]:
+        return {
+            "jid": job.jid, "status": JOB_STATES[job.state], "function": job.func.name,
+            "label": job.label, "client": self._client(job), "node": self.node.name,
+            "submitted": job.submitted, "started": job.started or None,
+            "finished": job.finished or None, "cpu_s": job.cpu_s, "attempts": job.attempts,
+            "cores": job.cores,
+        }  # fmt: skip
+
+
+# ---- helpers ----
+
+
+def _offer(q: asyncio.Queue[str | None], item: str | None) -> None:
+    """Put without waiting: a slow page skips to the newest state."""
+    if q.full():
+        with contextlib.suppress(asyncio.QueueEmpty):
+            q.get_nowait()
+    q.put_nowait(item)
+
+
+def _load(running: int, queued: int, workers: int) -> float | None:
+    return round((running + queued) / workers, 3) if workers > 0 else None
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{what} must be an integer, got {text!r}") from None
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    from aiohttp import web
+
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _local_host(host: str | None) -> bool:
+    """Is this Host header an IP address or localhost (not a name some DNS maps here)?"""
+    if not host:
+        return False
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for k, v in SECURITY_HEADERS.items():
+        response.headers.setdefault(k, v)
+
+
+def _login_html(node: str, problem: str) -> str:
+    from html import escape
+
+    note = f'<p class="problem">{escape(problem)}</p>' if problem else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lanmesh {escape(node)}: log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/static/style.css"></head>
+<body><main class="login">
+<h1>lanmesh dashboard of {escape(node)}</h1>
+<p>This dashboard is reachable from other machines, so it asks for its login token.
+Get it on any machine that holds the mesh secret with:</p>
+<pre>mesh token</pre>
+{note}
+<form method="post" action="/login">
+<label>Token <input name="token" type="password" autocomplete="current-password" autofocus></label>
+<button type="submit">Log in</button>
+</form></main></body></html>
+"""
+
+
+# ---- a look at job arguments without unpickling them ----
+
+
+class _Opaque:
+    """Stands for what a pickle would build by calling code (shown, never run)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxlevel = 3
+
+_LITERALS = {
+    "BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT",
+    "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BINBYTES", "SHORT_BINBYTES",
+    "BINBYTES8", "STRING", "BINSTRING", "SHORT_BINSTRING",
+}  # fmt: skip
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+
+
+def preview_pickle(blob: bytes | bytearray | memoryview, max_bytes: int = PREVIEW_MAX_BYTES) -> str:
+    """A short ``repr`` of pickled data, read from its opcodes; nothing is imported or run.
+
+    Plain values (numbers, strings, bytes, tuples, lists, dicts, sets) are shown as
+    they are; objects as ``module.Class(...)``.
+    """
+    size = len(blob)
+    if size > max_bytes:
+        return f"<{size:,} bytes, not previewed>"
+    try:
+        return _REPR.repr(_read_pickle(bytes(blob)))
+    except Exception:
+        return f"<{size:,} bytes>"
+
+
+def _read_pickle(data: bytes) -> Any:
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+
+    def since_mark() -> list[Any]:
+        k = marks.pop()
+        items = stack[k:]
+        del stack[k:]
+        return items
+
+    for op, raw, _ in pickletools.genops(data):
+        name = op.name
+        arg: Any = raw
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name == "STOP":
+            return stack.pop()
+        if name == "MARK":
+            marks.append(len(stack))
+        elif name in _LITERALS:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name == "BYTEARRAY8":
+            stack.append(bytearray(arg))
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = stack[-n:]
+            del stack[-n:]
+            stack.append(tuple(items))
+        elif name == "TUPLE":
+            stack.append(tuple(since_mark()))
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name == "LIST":
+            stack.append(since_mark())
+        elif name == "APPEND":
+            value = stack.pop()
+            stack[-1].append(value)
+        elif name == "APPENDS":
+            items = since_mark()
+            stack[-1].extend(items)
+        elif name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "DICT":
+            items = since_mark()
+            stack.append(dict(zip(items[::2], items[1::2], strict=True)))
+        elif name == "SETITEM":
+            value = stack.pop()
+            key = stack.pop()
+            stack[-1][key] = value
+        elif name == "SETITEMS":
+            items = since_mark()
+            stack[-1].update(zip(items[::2], items[1::2], strict=True))
+        elif name == "EMPTY_SET":
+            stack.append(set())
+        elif name == "ADDITEMS":
+            items = since_mark()
+            stack[-1].update(items)
+        elif name == "FROZENSET":
+            stack.append(frozenset(since_mark()))
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[arg])
+        elif name == "GLOBAL":
+            stack.append(_Opaque(str(arg).replace(" ", ".")))
+        elif name == "STACK_GLOBAL":
+            attr = stack.pop()
+            module = stack.pop()
+            stack.append(_Opaque(f"{module}.{attr}"))
+        elif name in ("REDUCE", "NEWOBJ"):
+            stack.pop()
+            stack.append(_Opaque(f"{stack.pop()!r}(...)"))
+        elif name == "NEWOBJ_EX":
+            del stack[-2:]
+            stack.append(_Opaque(f"{stack.pop()!r}(...)"))
+        elif name == "BUILD":
+            stack.pop()  # the object's state: the object stays as shown
+        else:
+            raise ValueError(f"opcode {name} is not previewed")
+    raise ValueError("pickle without STOP")

@@ -1,0 +1,208 @@
+"""The ``mesh`` command's newer commands (token, jobs, job, kill, files, demo, --help of
+each), in table and ``--json`` form, against real nodes, with their exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _helpers import started_then_gated, wait_until
+from test_dashboard import dashboard
+
+from client._cli import main
+from mesh._auth import dashboard_token
+
+COMMANDS = ["secret", "token", "nodes", "jobs", "job", "status", "result", "info", "kill",
+            "files", "demo"]  # fmt: skip
+
+
+def fails(x):
+    print("about to fail")
+    raise KeyError(x)
+
+
+def square(x):
+    return x * x
+
+
+@pytest.fixture
+def cli(nodes, secret, monkeypatch, capsys):
+    """Run ``mesh ARGS`` in this process against the two nodes: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("MESH_SECRET", secret)
+    monkeypatch.setenv("MESH_PEERS", ",".join(n.address for n in nodes))
+    monkeypatch.setenv("MESH_DASHBOARD", ",".join(dashboard(n) for n in nodes))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(list(args))
+        out, err = capsys.readouterr()
+        code = exit_.value.code
+        return (code if isinstance(code, int) else 1), out, err
+
+    return run
+
+
+def table(out: str) -> list[list[str]]:
+    return [line.split() for line in out.strip().splitlines()]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mesh {command}") and "--json" in out
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in (["frobnicate"], ["kill"], ["jobs", "--limit", "many"], []):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2, argv
+    assert "usage: mesh" in capsys.readouterr().err
+
+
+def test_token_is_the_dashboards(cli, secret):
+    assert cli("token") == (0, dashboard_token(secret.encode()) + "\n", "")
+    code, out, _ = cli("token", "--json")
+    assert code == 0 and json.loads(out) == {"token": dashboard_token(secret.encode())}
+
+
+def test_nodes_table_and_json(cli, nodes):
+    code, out, _ = cli("nodes")
+    rows = table(out)
+    assert code == 0 and rows[0] == ["name", "address", "workers", "running", "queued", "connected"]
+    assert sorted(r[0] for r in rows[1:]) == ["n1", "n2"]
+    code, out, _ = cli("nodes", "--json")  # --json after the command works too
+    assert code == 0 and {r["address"] for r in json.loads(out)} == {n.address for n in nodes}
+
+
+def test_jobs_lists_every_dashboards_jobs_with_filters(cli, client):
+    good = client.map(square, range(6), _label="sq")
+    bad = client.call(fails, 1, _label="bad")
+    assert client.result(good) == [0, 1, 4, 9, 16, 25]
+    client.join(bad, ignore_errors=True)
+
+    code, out, _ = cli("jobs")
+    rows = table(out)
+    assert code == 0
+    assert rows[0] == ["jid", "status", "node", "function", "label", "client", "submitted",
+                       "run", "time"]  # fmt: skip
+    # both nodes' jobs (newest first by the nodes' own receipt times: checked below)
+    assert sorted(r[0] for r in rows[1:]) == sorted([*good, bad])
+    assert {r[2] for r in rows[1:]} <= {"n1", "n2"}
+    listed = [r[0] for r in rows[1:]]
+
+    code, out, _ = cli("jobs", "--json")
+    submitted = [j["submitted"] for j in json.loads(out)["jobs"]]
+    assert submitted == sorted(submitted, reverse=True)
+
+    code, out, _ = cli("jobs", "--json", "--label", "sq")
+    data = json.loads(out)
+    assert code == 0 and data["total"] == 6
+    assert sorted(j["jid"] for j in data["jobs"]) == sorted(good)
+    assert all(j["status"] == "done" and j["label"] == "sq" for j in data["jobs"])
+
+    code, out, _ = cli("--json", "jobs", "--status", "error")
+    assert [j["jid"] for j in json.loads(out)["jobs"]] == [bad]
+    code, out, _ = cli("jobs", "--limit", "2", "--offset", "1")
+    assert [r[0] for r in table(out)[1:3]] == listed[1:3]
+    assert "(2 of 7 jobs" in out
+    code, out, _ = cli("jobs", "--status", "running")
+    assert code == 2 and out == ""
+
+
+def test_jobs_errors_exit_2(cli, nodes, monkeypatch, tmp_path):
+    code, _, err = cli("jobs", "--dashboard", "http://127.0.0.1:1/")
+    assert code == 2 and "no dashboard at http://127.0.0.1:1/" in err
+    # without --dashboard/MESH_DASHBOARD: the URL this user's node wrote, in its data dir
+    monkeypatch.delenv("MESH_DASHBOARD")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    (tmp_path / "lanmesh").mkdir()
+    (tmp_path / "lanmesh" / "dashboard").write_text(dashboard(nodes[0]))
+    code, out, _ = cli("jobs", "--json")
+    assert code == 0 and json.loads(out)["total"] == 0
+
+
+def test_exposed_dashboard_and_the_wrong_secret(node_factory, secret, monkeypatch, capsys):
+    node = node_factory(name="exposed", extra=("--dashboard", "127.0.0.1:0"))
+    monkeypatch.setenv("MESH_DASHBOARD", dashboard(node))
+    monkeypatch.setenv("MESH_SECRET", secret)
+    with pytest.raises(SystemExit) as exit_:
+        main(["jobs", "--json"])  # the token comes from this machine's secret
+    assert exit_.value.code == 0 and json.loads(capsys.readouterr().out)["total"] == 0
+    monkeypatch.setenv("MESH_SECRET", "another mesh")
+    with pytest.raises(SystemExit) as exit_:
+        main(["jobs"])
+    assert exit_.value.code == 2 and "refused the token" in capsys.readouterr().err
+
+
+def test_job_prints_a_block_or_json(cli, client):
+    bad = client.call(fails, 7, _label="bad")
+    client.join(bad, ignore_errors=True)
+    code, out, _ = cli("job", bad)
+    assert code == 0
+    fields = dict(line.split(None, 1) for line in out.splitlines()[:11])
+    assert fields["job"] == bad and fields["status"] == "error" and fields["label"] == "bad"
+    assert fields["node"] in ("n1", "n2") and fields["function"].endswith("fails")
+    assert "--- stdout ---\nabout to fail" in out and "KeyError: 7" in out
+
+    code, out, _ = cli("job", "--json", bad)
+    [info] = json.loads(out)
+    assert info["jid"] == bad and info["status"] == "error" and info["stdout"] == "about to fail\n"
+    code, _, err = cli("job", "nosuch-1")
+    assert code == 2 and "nosuch-1" in err
+
+
+def test_kill_and_result_table_and_json(cli, client, tmp_path):
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    running = client.call(started_then_gated, str(started), str(gate), "never")
+    wait_until(started.exists, what="the job to start")
+    code, out, _ = cli("kill", running)
+    assert (code, out) == (0, f"{running}\tkilled\n")
+    assert client.status(running) == "killed"
+    code, out, _ = cli("kill", "--json", running)
+    assert code == 0 and json.loads(out) == {running: "killed"}
+    code, _, err = cli("kill", "nosuch-1")
+    assert code == 2 and "nosuch-1" in err
+
+    ok = client.call(square, 9)
+    code, out, _ = cli("result", ok)
+    assert (code, out) == (0, f"{ok}\t81\n")
+    code, out, _ = cli("result", "--json", ok, running)
+    assert code == 1  # a job failed (killed)
+    data = json.loads(out)
+    assert data[ok] == 81 and data[running].startswith("JobKilled")
+
+
+def test_files_is_not_in_this_version(cli):
+    code, out, err = cli("files", "ls")
+    assert code == 2 and out == ""
+    assert err.startswith("mesh: files: not available in this version")
+
+
+def test_demo_estimates_pi_on_the_mesh(cli):
+    code, out, _ = cli("demo", "--jobs", "4", "--samples", "20000", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert 2.9 < data["pi"] < 3.4 and data["samples"] == 80_000 and data["jobs"] == 4
+    assert sum(data["nodes"].values()) == 4 and set(data["nodes"]) <= {"n1", "n2"}
+    code, out, _ = cli("demo", "--jobs", "2", "--samples", "1000")
+    assert code == 0 and out.startswith("pi is about ") and "2,000 random points in 2 jobs" in out
+
+
+def test_the_mesh_script_runs_the_new_commands(nodes, secret):
+    env_peers = ",".join(n.address for n in nodes)
+    mesh_bin = str(Path(sys.executable).parent / "mesh")
+    proc = subprocess.run(
+        [mesh_bin, "--peers", env_peers, "--json", "jobs", "--dashboard", dashboard(nodes[0])],
+        capture_output=True, text=True, timeout=60,
+        env={"MESH_SECRET": secret, "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"total": 0, "offset": 0, "jobs": []}
