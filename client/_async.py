@@ -127,7 +127,6 @@ class _Job:
     __slots__ = (
         "args",
         "attempts",
-        "avoid",
         "blob",
         "callbacks",
         "cores",
@@ -161,8 +160,9 @@ class _Job:
         self.error: ErrorInfo | None = None
         self.callbacks: list[Callable[[_Job], None]] | None = None
         self.attempts = 0  # attempts that ended with their worker or node dying
-        self.tried: list[str] = []  # the nodes of those attempts
-        self.avoid: set[str] = set()  # link keys not to place it on again while others exist
+        # (node name, link key) of those attempts: not placed there again while others
+        # exist. A tuple, so the million jobs of a big map share the one empty tuple.
+        self.tried: tuple[tuple[str, str], ...] = ()
 
     @property
     def final(self) -> bool:
@@ -214,7 +214,7 @@ def _group_length(pending: Iterable[_Job], head: _Job, limit: int) -> int:
     for j in pending:
         if n >= limit or (j.func is not head.func or j.cores != head.cores
                           or j.label != head.label or j.max_runtime != head.max_runtime
-                          or j.avoid):  # fmt: skip
+                          or j.tried):  # fmt: skip
             break
         n += 1
     return n
@@ -529,8 +529,7 @@ class AsyncClient:
         """An attempt ended with its worker or node dying: True to place it again, else
         it has used its ``_retries`` and fails with WorkerDied naming every attempt."""
         job.attempts += 1
-        job.tried.append(link.name)
-        job.avoid.add(link.key)
+        job.tried += ((link.name, link.key),)
         job.node = link.name
         if job.attempts <= job.retries:
             job.state = QUEUED
@@ -538,7 +537,7 @@ class AsyncClient:
         name = job.func.name if job.func is not None else "it"
         self._fail(job, ("worker-died", "WorkerDied",
                          f"job {job.jid} ({name}) failed {job.attempts} attempts, on nodes "
-                         f"{', '.join(job.tried)}; the last: {why}", "", ""))  # fmt: skip
+                         f"{', '.join(name for name, _ in job.tried)}; the last: {why}", "", ""))  # fmt: skip
         return False
 
     def _ack(self, link: _Link, jids: list[str]) -> None:
@@ -637,12 +636,13 @@ class AsyncClient:
                 pending.popleft()
                 continue
             candidates = links
-            if head.avoid:  # a retry goes alone, to a node it has not died on where one exists
-                candidates = {k: lk for k, lk in links.items() if k not in head.avoid} or links
+            if head.tried:  # a retry goes alone, to a node it has not died on where one exists
+                avoid = {key for _, key in head.tried}
+                candidates = {k: lk for k, lk in links.items() if k not in avoid} or links
             measured = head.func is not None and head.func.finished > 0
             views = [lk.view(measured) for lk in candidates.values()]
             room = sum(max(v.room, 0) for v in views) // head.cores
-            group = 1 if head.avoid else _group_length(pending, head, max(1, room))
+            group = 1 if head.tried else _group_length(pending, head, max(1, room))
             allocation = plan(group, views, head.cores)
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
@@ -697,7 +697,7 @@ class AsyncClient:
         tag, counter, jobs_index = self._tag, self._counter, self._jobs
         jobs = []
         for args in arg_tuples:
-            jid = f"{tag}-{next(counter)}"
+            jid: str = Job(f"{tag}-{next(counter)}")  # the handle map returns, shared
             job = _Job(jid, func, dumps_value(args, f"arguments of {func.name}"), cores, label,
                        max_runtime, retries)  # fmt: skip
             jobs_index[jid] = job
@@ -800,7 +800,7 @@ class AsyncClient:
         """Run ``fn(*args, **kwargs)`` on the mesh; return its job id (awaitable) at once."""
         (job,) = self._prepare(fn, [args], kwargs)
         self._enqueue([job])
-        return Job(job.jid)
+        return job.jid  # type: ignore[return-value]  # a Job since _prepare
 
     async def map(
         self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
@@ -810,7 +810,7 @@ class AsyncClient:
             raise TypeError("map() needs at least one sequence")
         jobs = self._prepare(fn, zip(*sequences, strict=False), kwargs)
         self._enqueue(jobs)
-        return [Job(j.jid) for j in jobs]
+        return [j.jid for j in jobs]  # type: ignore[misc]  # Jobs since _prepare
 
     async def _wait(self, jids: str | Sequence[str], timeout: float | None) -> list[_Job]:
         jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
