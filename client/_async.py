@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import secrets
+import statistics
 import threading
 import time
 from collections import deque
@@ -69,8 +70,14 @@ PIPELINE_S = 0.05  # keep about this much work queued at each node
 MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
 RECONNECT_S = 1.0
+# _speculative=True: from this share of a map done, a job running longer than
+# STRAGGLER x the median run time (and at least MIN_STRAGGLER_S) gets a copy.
+SPECULATE_AFTER = 0.75
+STRAGGLER = 1.5
+MIN_STRAGGLER_S = 0.2
+SPECULATE_EVERY_S = 0.25
+OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
 ACK_DELAY_S = 0.02
-OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_env", "_files")
 
 T = TypeVar("T")
 
@@ -116,11 +123,12 @@ class NodeInfo:
 
 
 class _Func:
-    __slots__ = ("blob", "fhash", "finished", "name")
+    __slots__ = ("blob", "fhash", "finished", "name", "speculative")
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
         self.finished = 0  # jobs of this function that came back: until then, no deep pipeline
+        self.speculative = False  # stragglers of this map get a copy elsewhere
 
 
 class _Job:
@@ -140,6 +148,7 @@ class _Job:
         "retries",
         "state",
         "tried",
+        "twin",
     )  # fmt: skip
 
     def __init__(
@@ -163,6 +172,7 @@ class _Job:
         # (node name, link key) of those attempts: not placed there again while others
         # exist. A tuple, so the million jobs of a big map share the one empty tuple.
         self.tried: tuple[tuple[str, str], ...] = ()
+        self.twin: _Link | None = None  # the node running a speculative copy
 
     @property
     def final(self) -> bool:
@@ -487,13 +497,21 @@ class AsyncClient:
                 job = jobs.get(jid)
                 if job is None or job.state >= DONE:
                     continue  # a late duplicate, e.g. from a node we had given up on
-                owner = job.link
-                if owner is not None and owner.inflight.pop(jid, None) is not None:
-                    owner.inflight_slots -= job.cores
-                job.link = None
+                copies = [lk for lk in (job.link, job.twin) if lk is not None]
+                for lk in copies:
+                    if lk.inflight.pop(jid, None) is not None:
+                        lk.inflight_slots -= job.cores
+                job.link = job.twin = None
+                others = [lk for lk in copies if lk is not link]
                 if error is not None and error[0] == "worker-died":
+                    if others and others[0].usable:  # a speculative copy still runs there
+                        self._keep_running(job, others[0])
+                        continue
                     crashed.append((job, error[2]))  # retried or failed below
                     continue
+                for lk in others:  # the first result wins: stop the other copy
+                    if lk.conn is not None and not lk.conn.closed:
+                        lk.conn.send(Kill((jid,)))
                 job.state, job.blob, job.error, job.node = state, blob, error, link.name
                 if job.func is not None:
                     job.func.finished += 1
@@ -507,6 +525,14 @@ class AsyncClient:
             self._pending.extendleft(reversed(requeue))
         if self._pending:
             self._schedule_pump()  # once for every Results that arrived together
+
+    @staticmethod
+    def _keep_running(job: _Job, link: _Link) -> None:
+        """One copy of a job is gone; the one on ``link`` carries on alone."""
+        if job.jid not in link.inflight:
+            link.inflight[job.jid] = job
+            link.inflight_slots += job.cores
+        job.link, job.twin, job.state = link, None, PROCESSING
 
     def _handed_back(self, link: _Link, jids: tuple[str, ...]) -> None:
         """The node is leaving and did not start these: place them elsewhere, no attempt lost."""
@@ -570,7 +596,11 @@ class AsyncClient:
         requeue = []
         why = f"node {link.name} ({link.key}) was lost while running it ({reason})"
         for job in lost:
-            job.link = None
+            other = job.twin if job.link is link else job.link
+            if job.twin is not None and other is not None and other.usable and not job.final:
+                self._keep_running(job, other)  # its speculative copy carries on
+                continue
+            job.link = job.twin = None
             if not job.final and self._attempt_lost(job, link, why):
                 requeue.append(job)
         self._pending.extendleft(reversed(requeue))
@@ -656,7 +686,8 @@ class AsyncClient:
             for key, count in allocation:
                 self._send(links[key], [pending.popleft() for _ in range(count)])
 
-    def _send(self, link: _Link, jobs: list[_Job]) -> None:
+    def _send(self, link: _Link, jobs: list[_Job], copy: bool = False) -> None:
+        """Submit ``jobs`` to ``link``; ``copy``: a speculative second copy (job.twin)."""
         assert link.conn is not None
         jobs = [j for j in jobs if not j.final]
         if not jobs:
@@ -666,7 +697,8 @@ class AsyncClient:
         assert func is not None
         for j in jobs:
             j.state = PROCESSING
-            j.link = link
+            if not copy:
+                j.link = link
             link.inflight[j.jid] = j
         link.inflight_slots += head.cores * len(jobs)
         for start in range(0, len(jobs), SUBMIT_BATCH):
@@ -691,6 +723,7 @@ class AsyncClient:
             raise ValueError("_cores must be at least 1")
         fhash, blob = dumps_function(fn, kwargs)
         func = _Func(fhash, blob, function_name(fn))
+        func.speculative = bool(opts.get("_speculative", False))
         label = str(opts.get("_label", ""))
         max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
         retries = int(opts.get("_retries", 3))
@@ -710,6 +743,67 @@ class AsyncClient:
         self._pump()
         if self._pending:
             self._watch_for_no_nodes()
+        if jobs and jobs[0].func is not None and jobs[0].func.speculative:
+            self._spawn(self._speculate(jobs))
+
+    async def _speculate(self, jobs: list[_Job]) -> None:
+        """``_speculative=True``: once most of a map is done, a job running much longer than
+        the median gets a copy on a node with a free worker; the first result wins and the
+        other copy is killed. Run times come from the nodes' records (machine clocks are
+        assumed to agree within a fraction of the median, as NTP keeps them)."""
+        median = 0.0
+        while not self._closed:
+            await asyncio.sleep(SPECULATE_EVERY_S)
+            left = [j for j in jobs if not j.final]
+            if not left:
+                return
+            if len(jobs) - len(left) < SPECULATE_AFTER * len(jobs):
+                continue
+            if not median:
+                median = await self._median_run_s([j for j in jobs if j.state == DONE][:50])
+                continue
+            by_link: dict[_Link, list[str]] = {}
+            for j in left:
+                if j.state == PROCESSING and j.link is not None and j.twin is None:
+                    by_link.setdefault(j.link, []).append(j.jid)
+            limit = max(STRAGGLER * median, MIN_STRAGGLER_S)
+            for link, jids in by_link.items():
+                if not link.usable:
+                    continue
+                now = time.time()
+                for r in await self._query([link], tuple(jids)):
+                    job = self._jobs.get(r[0])
+                    if (job is None or job.final or job.twin is not None or job.link is not link
+                            or r[1] != PROCESSING or not r[6] or now - r[6] < limit):  # fmt: skip
+                        continue
+                    spare = self._spare_link(job, exclude=link)
+                    if spare is not None:
+                        log.info("job %s runs %.1f s on %s (median %.2f s): a copy goes to %s",
+                                 job.jid, now - r[6], link.name, median, spare.name)  # fmt: skip
+                        job.twin = spare
+                        self._send(spare, [job], copy=True)
+
+    async def _median_run_s(self, done: list[_Job]) -> float:
+        by_link: dict[_Link, list[str]] = {}
+        for j in done:
+            link = self._link_named(j.node)
+            if link is not None and link.usable:
+                by_link.setdefault(link, []).append(j.jid)
+        runs = []
+        for link, jids in by_link.items():
+            runs += [r[7] - r[6] for r in await self._query([link], tuple(jids)) if r[7] and r[6]]
+        return statistics.median(runs) if runs else 0.0
+
+    def _spare_link(self, job: _Job, exclude: _Link) -> _Link | None:
+        """The least-loaded node other than ``exclude`` with a free worker for ``job``."""
+        best, best_load = None, 0.0
+        for lk in self._links.values():
+            if lk is exclude or not lk.usable or lk.draining:
+                continue
+            v = lk.view()
+            if v.load + job.cores <= v.workers and (best is None or v.load / v.workers < best_load):
+                best, best_load = lk, v.load / v.workers
+        return best
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
         """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).
