@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar, overload
 
 from client._handle import Job, register_owner
+from client._local import LocalMesh
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, open_connection
@@ -292,11 +293,29 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._local_mesh: LocalMesh | None = None  # started by AsyncClient.local()
+        self._started = False
 
     # ---- lifecycle ----
 
+    @classmethod
+    async def local(cls, nodes: int = 2, workers: int | None = None) -> AsyncClient:
+        """Start an embedded mesh of ``nodes`` real node processes on 127.0.0.1 and connect:
+        ``async with await AsyncClient.local() as c: ...``; closing stops the nodes."""
+        mesh = LocalMesh(nodes, workers)
+        addresses = await asyncio.to_thread(mesh.start)
+        client = cls(addresses, mesh.secret)
+        client._local_mesh = mesh
+        try:
+            return await client.start()
+        except BaseException:
+            await asyncio.to_thread(mesh.close)
+            raise
+
     async def start(self) -> AsyncClient:
-        """Connect to every peer; succeed if at least one answers."""
+        """Connect to every peer; succeed if at least one answers. Once: again is a no-op."""
+        if self._started:
+            return self
         self._loop = asyncio.get_running_loop()
         if self._discover:
             interfaces = interfaces_from_env() or [a for a in [default_route_ipv4()] if a]
@@ -328,6 +347,7 @@ class AsyncClient:
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
         self._spawn(self._heartbeat())
+        self._started = True
         return self
 
     def _node_found(self, advert: Advert) -> None:
@@ -402,6 +422,8 @@ class AsyncClient:
                 except MeshError:
                     pass
                 link.conn.close()
+        if self._local_mesh is not None:
+            await asyncio.to_thread(self._local_mesh.close)
 
     def _spawn(self, coro: Any) -> None:
         assert self._loop is not None

@@ -166,3 +166,12 @@ async def test_a_handle_is_its_id(aclient, nodes, secret):
         assert await other.result(str(job)) == 25
     with pytest.raises(TypeError, match="not submitted by an open client"):
         await mesh.Job("nosuch-1")
+
+
+async def test_async_client_local_starts_and_stops_its_own_nodes():
+    async with await mesh.AsyncClient.local(nodes=2, workers=1) as c:
+        assert sorted(n.name for n in c.nodes()) == ["local-1", "local-2"]
+        assert await c.result(await c.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        procs = list(c._local_mesh._procs)
+    assert c.closed and procs
+    assert all(p.poll() is not None for p in procs)  # the nodes were stopped and reaped
