@@ -77,10 +77,16 @@ _scanned: tuple[int, str] = (0, "")
 def _is_local(module: types.ModuleType) -> bool:
     """True for a module a node cannot be expected to import: outside site-packages/stdlib."""
     path = getattr(module, "__file__", None)
-    if not path:
-        return False  # builtin, frozen or namespace: importable wherever Python is
+    if path:
+        return not _installed(path)
+    # A namespace package (a folder of modules without __init__.py, say the user's
+    # "tools/") is local if a folder of it is; builtin and frozen modules have none.
+    return any(not _installed(p) for p in getattr(module, "__path__", None) or ())
+
+
+def _installed(path: str) -> bool:
     real = os.path.realpath(path)
-    return not any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
+    return any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
 
 
 def register_local_modules() -> None:

@@ -159,3 +159,21 @@ def test_module_missing_on_the_node_raises_missing_module(nodes, client, tmp_pat
     assert client.status(jid) == "error"
     # the node is fine and still runs jobs
     assert client.result(client.call(pow, 2, 10)) == 1024
+
+
+def test_a_module_in_a_namespace_package_ships_by_value(nodes, client, tmp_path):
+    """``tools/helpers.py`` with no ``tools/__init__.py``: still the user's own code."""
+    package = f"tools_{secrets.token_hex(4)}"
+    (tmp_path / "proj" / package).mkdir(parents=True)
+    (tmp_path / "proj" / package / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")
+    for node in nodes:
+        assert_cannot_see(node, tmp_path)
+    sys.path.insert(0, str(tmp_path / "proj"))
+    try:
+        helpers = importlib.import_module(f"{package}.helpers")
+        assert getattr(sys.modules[package], "__file__", None) is None  # a namespace package
+        assert client.result(client.map(helpers.triple, [1, 2]), timeout=30) == [3, 6]
+    finally:
+        sys.path.remove(str(tmp_path / "proj"))
+        sys.modules.pop(f"{package}.helpers", None)
+        sys.modules.pop(package, None)
