@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequen
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, overload
 
+from client._files import AsyncFiles
 from client._handle import Job, register_owner
 from client._local import LocalMesh
 from client._placement import NodeView, plan
@@ -77,8 +78,8 @@ SPECULATE_AFTER = 0.75
 STRAGGLER = 1.5
 MIN_STRAGGLER_S = 0.2
 SPECULATE_EVERY_S = 0.25
-OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
 ACK_DELAY_S = 0.02
+OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
 
 T = TypeVar("T")
 
@@ -124,12 +125,14 @@ class NodeInfo:
 
 
 class _Func:
-    __slots__ = ("blob", "fhash", "finished", "name", "speculative")
+    __slots__ = ("blob", "fhash", "files", "finished", "name", "prefer", "speculative")
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
         self.finished = 0  # jobs of this function that came back: until then, no deep pipeline
         self.speculative = False  # stragglers of this map get a copy elsewhere
+        self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
+        self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
 
 
 class _Job:
@@ -231,12 +234,22 @@ def _group_length(pending: Iterable[_Job], head: _Job, limit: int) -> int:
     return n
 
 
+def _file_names(files: Any) -> tuple[str, ...]:
+    """``_files=``: a name or names of mesh files the job reads."""
+    if not files:
+        return ()
+    names = (files,) if isinstance(files, str) else tuple(files)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"_files= takes mesh file names (str), not {files!r}")
+    return names
+
+
 def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("_")}
     for k in opts:
         if k not in OPTIONS:
             raise TypeError(f"unknown job option {k}= (job options are {', '.join(OPTIONS)})")
-    for k in ("_env", "_files"):
+    for k in ("_env",):
         if opts.get(k):
             raise ConfigurationError(f"{k}= is not supported by this version of lanmesh yet")
     return kwargs, opts
@@ -295,6 +308,7 @@ class AsyncClient:
         self._closed = False
         self._local_mesh: LocalMesh | None = None  # started by AsyncClient.local()
         self._started = False
+        self.files = AsyncFiles(self._usable)  # mesh.files over these same links
 
     # ---- lifecycle ----
 
@@ -505,6 +519,8 @@ class AsyncClient:
                 self._learn(host, port)
         elif isinstance(msg, Goodbye):
             conn.close()
+        else:
+            self.files.handle(conn, msg)  # mesh.files replies and chunks
 
     def _on_results(self, link: _Link, msg: Results) -> None:
         link.running, link.queued = msg.running, msg.queued
@@ -695,7 +711,7 @@ class AsyncClient:
             views = [lk.view(measured) for lk in candidates.values()]
             room = sum(max(v.room, 0) for v in views) // head.cores
             group = 1 if head.tried else _group_length(pending, head, max(1, room))
-            allocation = plan(group, views, head.cores)
+            allocation = plan(group, views, head.cores, (head.func and head.func.prefer) or ())
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
                     biggest = max(lk.workers for lk in links.values())
@@ -746,6 +762,7 @@ class AsyncClient:
         fhash, blob = dumps_function(fn, kwargs)
         func = _Func(fhash, blob, function_name(fn))
         func.speculative = bool(opts.get("_speculative", False))
+        func.files = _file_names(opts.get("_files"))
         label = str(opts.get("_label", ""))
         max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
         retries = int(opts.get("_retries", 3))
@@ -761,6 +778,9 @@ class AsyncClient:
 
     def _enqueue(self, jobs: list[_Job]) -> None:
         """Loop thread: queue prepared jobs and place what can be placed now."""
+        if jobs and jobs[0].func is not None and jobs[0].func.files and jobs[0].func.prefer is None:
+            self._spawn(self._enqueue_near_files(jobs))  # first: which nodes hold them
+            return
         self._pending.extend(jobs)
         self._pump()
         if self._pending:
@@ -826,6 +846,16 @@ class AsyncClient:
             if v.load + job.cores <= v.workers and (best is None or v.load / v.workers < best_load):
                 best, best_load = lk, v.load / v.workers
         return best
+
+    async def _enqueue_near_files(self, jobs: list[_Job]) -> None:
+        """Learn which nodes hold the jobs' ``_files`` (a placement tie-breaker), then queue."""
+        func = jobs[0].func
+        assert func is not None
+        try:
+            func.prefer = await self.files.holder_keys(func.files, self._usable())
+        except MeshError:
+            func.prefer = frozenset()  # no preference: the job still runs
+        self._enqueue(jobs)
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
         """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).

@@ -2,15 +2,16 @@
 
 Least-loaded first: jobs are water-filled into nodes by load per worker slot, each
 node taking at most the credit (room) it has left, so a node whose results come
-back slowly is sent less. Ties go to the node with more workers, then by key, so
-the answer is deterministic.
+back slowly is sent less. Ties go to a node in ``prefer`` (it holds the job's
+``_files``) first, then to the node with more workers, then by key, so the answer is
+deterministic; a preference never leaves a less-loaded node idle.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 __all__ = ["NodeView", "plan"]
@@ -24,7 +25,9 @@ class NodeView:
     room: int  # slots we may still fill before its credit runs out
 
 
-def plan(n: int, nodes: Sequence[NodeView], cores: int = 1) -> list[tuple[str, int]]:
+def plan(
+    n: int, nodes: Sequence[NodeView], cores: int = 1, prefer: Collection[str] = ()
+) -> list[tuple[str, int]]:
     """Split ``n`` jobs of ``cores`` slots each over ``nodes``: [(key, count), ...] with count > 0.
 
     A heap keeps the least-loaded node on top: O(k log N) for k fill steps over N nodes.
@@ -33,10 +36,12 @@ def plan(n: int, nodes: Sequence[NodeView], cores: int = 1) -> list[tuple[str, i
         return []
     views = [v for v in nodes if v.workers >= cores and v.room >= cores]
     given = [0] * len(views)
-    heap = [(v.load / v.workers, -v.workers, v.key, i) for i, v in enumerate(views)]
+    heap = [
+        (v.load / v.workers, v.key not in prefer, -v.workers, v.key, i) for i, v in enumerate(views)
+    ]
     heapq.heapify(heap)
     while n > 0 and heap:
-        level, neg_workers, key, i = heapq.heappop(heap)
+        level, other, neg_workers, key, i = heapq.heappop(heap)
         v = views[i]
         cap = (v.room - given[i] * cores) // cores
         if cap <= 0:
@@ -49,5 +54,5 @@ def plan(n: int, nodes: Sequence[NodeView], cores: int = 1) -> list[tuple[str, i
         d = min(cap, n, need)
         given[i] += d
         n -= d
-        heapq.heappush(heap, (level + d * cores / v.workers, neg_workers, key, i))
+        heapq.heappush(heap, (level + d * cores / v.workers, other, neg_workers, key, i))
     return sorted((v.key, g) for v, g in zip(views, given, strict=True) if g > 0)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, overload
 
 from client import _progress
 from client._async import AsyncClient, JobInfo, NodeInfo, _Job
+from client._files import Files
 from client._handle import Job, register_owner
 from client._local import LocalMesh
 from mesh._protocol import DONE
@@ -91,6 +92,7 @@ class Client:
                 _local.close()
             raise
         register_owner(self._async._tag, self)  # `await job` waits on our loop thread
+        self.files = Files(self._async.files, self._thread.run)  # mesh.files
         _clients.add(self)
 
     @classmethod

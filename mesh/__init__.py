@@ -25,6 +25,9 @@ from mesh.errors import (
     ConfigurationError,
     ConnectionClosed,
     ConnectionLost,
+    FileCorrupted,
+    FilesError,
+    FileStoreFull,
     JobError,
     JobKilled,
     LocalProtocolError,
@@ -32,6 +35,7 @@ from mesh.errors import (
     MemoryLimitExceeded,
     MeshConnectionError,
     MeshError,
+    MeshFileNotFound,
     MeshTimeout,
     MissingModule,
     NoNodesAvailable,
@@ -50,8 +54,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "call", "connect", "info", "iresult", "is_local", "join",
-    "kill", "local", "map", "result", "status", "close",
-    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
+    "kill", "local", "map", "result", "status", "close", "files",
+    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -64,6 +68,10 @@ def __getattr__(name: str) -> Any:
         import client
 
         return getattr(client, name)
+    if name == "files":  # mesh.files, the file store (imports the client when first used)
+        import importlib
+
+        return importlib.import_module("mesh.files")
     raise AttributeError(f"module 'mesh' has no attribute {name!r}")
 
 

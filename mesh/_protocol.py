@@ -30,6 +30,17 @@ __all__ = [
     "QUEUED",
     "Ack",
     "Challenge",
+    "FileAck",
+    "FileCatalog",
+    "FileChunk",
+    "FileDelete",
+    "FileEnd",
+    "FileEntry",
+    "FileGet",
+    "FileList",
+    "FilePut",
+    "FileReply",
+    "Holders",
     "Goodbye",
     "Ping",
     "Pong",
@@ -309,6 +320,125 @@ class Handback(Message):
     """
 
     jids: tuple[str, ...]
+
+
+# ---- mesh.files (tags 40-59): client <-> node, node <-> node, job <-> its node ----
+#
+# A transfer is one request id on one connection: FilePut, then FileChunks, then
+# FileEnd from the sender; FileAcks (bytes written) from the receiver open the sender's
+# window, so neither side holds more than a window of chunks; one FileReply ends it
+# (or ends it early: a receiver that already holds the blob, or failed). FileGet is
+# answered by a FileReply naming the version, then the chunks and a FileEnd. Blobs are
+# named by SHA-256 (hex); a name is only ever a key in the catalog, never a path.
+
+# A file version: name, SHA-256 hex ("" for a delete), size in bytes, version time
+# (epoch seconds; the later (time, hash) wins everywhere), deleted (a tombstone).
+FileEntry = tuple[str, str, int, float, bool]
+# Who holds a version: (node id, node name) pairs.
+Holders = tuple[tuple[str, str], ...]
+
+
+@message(40)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FilePut(Message):
+    """Store ``size`` bytes under ``name`` (chunks follow). A node pushing a replica
+    sends the version's ``time``; otherwise the receiving node stamps it. With ``hash``
+    known up front, a node that holds the blob answers at once and no byte moves."""
+
+    req: int
+    name: str
+    size: int
+    replicas: int = 2
+    hash: str = ""
+    time: float = 0.0
+
+
+@message(41)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileChunk(Message):
+    BLOBS = (("data", -1),)
+    req: int
+    data: bytes
+
+
+@message(42)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileAck(Message):
+    """The receiver wrote ``nbytes`` more of transfer ``req``: the sender may send as much."""
+
+    req: int
+    nbytes: int
+
+
+@message(43)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileEnd(Message):
+    """The sender is done: the SHA-256 of everything sent, or why it stopped."""
+
+    req: int
+    hash: str
+    error: str = ""
+
+
+@message(44)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileGet(Message):
+    """Send the current version of ``name`` (or the blob ``hash``). With ``local`` (a job
+    on the node's own machine) the node answers with the blob's path, not its bytes."""
+
+    req: int
+    name: str
+    hash: str = ""
+    local: bool = False
+
+
+@message(45)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileReply(Message):
+    """Answer to a files request. ``error_kind``: "" (ok), "not-found", "invalid",
+    "disk", "corrupt", "unavailable"; ``error`` says what, where and why."""
+
+    req: int
+    entries: tuple[FileEntry, ...] = ()
+    holders: tuple[Holders, ...] = ()
+    error_kind: str = ""
+    error: str = ""
+    path: str = ""
+
+
+@message(46)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileList(Message):
+    """The live versions whose names start with ``prefix``, or exactly ``names``.
+    A node asked about names it does not know asks its peers first, unless ``ask_peers``
+    is false (a node asking: no question goes round the mesh twice)."""
+
+    req: int
+    prefix: str = ""
+    names: tuple[str, ...] = ()
+    ask_peers: bool = True
+
+
+@message(47)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileDelete(Message):
+    req: int
+    name: str
+
+
+@message(48)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileCatalog(Message):
+    """Node -> node: catalog versions (all with ``full``, else the ones that changed)
+    and the blobs the sender holds (all with ``full``, else ``have`` gained and
+    ``gone`` lost), so every node answers ``list`` and knows who holds what."""
+
+    node_id: str
+    name: str
+    entries: tuple[FileEntry, ...]
+    have: tuple[str, ...] = ()
+    gone: tuple[str, ...] = ()
+    full: bool = False
 
 
 # ---- node <-> worker (a local socketpair, same codec, no MAC) ----

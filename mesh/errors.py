@@ -16,6 +16,10 @@
     ├── SerializationError          a function, argument or result could not be pickled
     ├── UnknownJob                  no node knows this job id
     ├── MeshTimeout                 also a builtin TimeoutError: result/join/iresult ran out of time
+    ├── FilesError                  mesh.files could not do it; says which file, which node, why
+    │   ├── MeshFileNotFound        also FileNotFoundError: no live version of that name
+    │   ├── FileCorrupted           every copy reachable failed its hash check
+    │   └── FileStoreFull           a node's disk is full (its catalog is unchanged)
     └── JobError                    a job failed and its own exception could not be re-created
         ├── WorkerDied              its worker process exited or crashed while running it
         ├── JobKilled               it was killed: by ``kill`` or past ``_max_runtime``
@@ -35,6 +39,9 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionLost",
+    "FileCorrupted",
+    "FileStoreFull",
+    "FilesError",
     "JobError",
     "JobKilled",
     "LocalProtocolError",
@@ -42,6 +49,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "MeshConnectionError",
     "MeshError",
+    "MeshFileNotFound",
     "MeshTimeout",
     "MissingModule",
     "NoNodesAvailable",
@@ -112,6 +120,41 @@ class UnknownJob(MeshError, KeyError):
 
 class MeshTimeout(MeshError, TimeoutError):
     """Waiting for jobs took longer than the timeout; the jobs keep running."""
+
+
+class FilesError(MeshError):
+    """The mesh file store could not do what was asked; the message names the file,
+    the node and the cause. ``name`` is the file's name in the store."""
+
+    def __init__(self, message: str, *, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_files_error, (type(self), str(self), self.name))
+
+
+def _rebuild_files_error(cls: type[FilesError], message: str, name: str) -> FilesError:
+    return cls(message, name=name)
+
+
+class MeshFileNotFound(FilesError, FileNotFoundError):
+    """No live version of this name in the mesh file store (also a FileNotFoundError)."""
+
+    def __init__(self, message: str, *, name: str = "") -> None:
+        FilesError.__init__(self, message, name=name)
+        self.filename = name
+
+    def __str__(self) -> str:  # OSError formats its args; we want the sentence.
+        return str(self.args[0]) if self.args else "file not found"
+
+
+class FileCorrupted(FilesError):
+    """Every copy of a blob that could be reached failed its hash check."""
+
+
+class FileStoreFull(FilesError):
+    """A node ran out of disk space storing a file; nothing was recorded."""
 
 
 class JobError(MeshError):

@@ -41,6 +41,7 @@ from mesh._protocol import (
     Submit,
 )
 from node._dashboard import Dashboard
+from node._files import FILE_MESSAGES, FileService
 from node._jobs import (
     Deliver,
     Dispatch,
@@ -124,6 +125,7 @@ class Node:
         self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
         self.dashboard: Dashboard | None = None
         self.client_names: dict[int, str] = {}  # connection id -> name from its handshake
+        self.files: FileService | None = None  # mesh.files: blobs, catalog, replication
 
     # ---- lifecycle ----
 
@@ -140,6 +142,8 @@ class Node:
         if stored:
             log.info("serving %d finished jobs from %s", len(stored), self._store.path)
         self._log_file = await asyncio.to_thread(open, self.config.data_dir / "workers.log", "ab")
+        self.files = FileService(self)  # before the workers start: they inherit its socket path
+        await self.files.start()
         self._shm = SharedBlocks(self.node_id, self.config.data_dir)
         self._pool = WorkerPool(
             self.config.workers,
@@ -243,6 +247,8 @@ class Node:
             conn.close()
         if self._pool is not None:
             await self._pool.close()
+        if self.files is not None:  # after the workers: jobs finishing in the grace use it
+            await self.files.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -392,6 +398,8 @@ class Node:
                 self.peers.heard(msg)
         elif isinstance(msg, Goodbye):
             conn.close()
+        elif isinstance(msg, FILE_MESSAGES) and self.files is not None:
+            self.files.handle(conn, msg)
         else:
             log.warning("unexpected %s from %s; closing", type(msg).__name__, conn.peer_label)
             conn.abort()

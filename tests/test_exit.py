@@ -129,7 +129,14 @@ def test_ctrl_c_while_waiting_stops_the_wait_and_says_how_to_kill(nodes, secret,
     """)
     jids = json.loads(read_marker(proc, "WAITING"))
     with mesh.Client([n.address for n in nodes], secret) as c:
-        wait_until(lambda: c.status(jids) == ["processing"] * 3, timeout_s=30, what="jobs to run")
+
+        def running() -> bool:
+            try:
+                return c.status(jids) == ["processing"] * 3
+            except mesh.UnknownJob:  # the script's map has not reached the nodes yet
+                return False
+
+        wait_until(running, timeout_s=30, what="jobs to run")
         proc.send_signal(signal.SIGINT)
         code, err = finish(proc, 10)
         assert code != 0

@@ -1,0 +1,211 @@
+"""A node's file store on disk: content-addressed blobs and the catalog of names.
+
+Blobs live under ``DATA_DIR/blobs/ab/abcd...`` named by their SHA-256 (hex), so a
+file's name never becomes a path: no name can escape the data dir. A blob is written
+with aiofiles to ``blobs/tmp/``, fsynced, and renamed into place only once its hash is
+checked, so a crash never leaves a half-written blob under its final name (``tmp`` is
+emptied at start). The catalog maps names to versions (hash, size, time, deleted) in
+SQLite (WAL, like the job store); the later (time, hash) wins, and a delete is a
+version too (a tombstone), so merging catalogs never resurrects a deleted file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+
+from mesh._protocol import FileEntry
+from mesh.errors import ConfigurationError
+
+__all__ = ["BlobStore", "BlobWriter", "is_hash", "newer"]
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    time REAL NOT NULL,
+    deleted INTEGER NOT NULL
+)
+"""
+
+
+def is_hash(h: str) -> bool:
+    return _HASH.fullmatch(h) is not None
+
+
+def newer(a: FileEntry, b: FileEntry | None) -> bool:
+    """True when version ``a`` wins over ``b`` (later time; the hash breaks ties)."""
+    return b is None or (a[3], a[1], a[4]) > (b[3], b[1], b[4])
+
+
+class BlobStore:
+    """Blobs on disk (``have``: the hashes held) and the catalog of names (``entries``)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir / "blobs"
+        self.tmp = self.dir / "tmp"
+        shutil.rmtree(self.tmp, ignore_errors=True)  # writes a crash interrupted
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.have: set[str] = set()
+        for sub in self.dir.iterdir():
+            if sub.is_dir() and len(sub.name) == 2:
+                self.have.update(p.name for p in sub.iterdir() if is_hash(p.name))
+        self.path_db = data_dir / "files.sqlite3"
+        try:
+            self._db = sqlite3.connect(self.path_db, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            rows = self._db.execute("SELECT name, hash, size, time, deleted FROM versions")
+            self.entries: dict[str, FileEntry] = {
+                r[0]: (r[0], r[1], r[2], r[3], bool(r[4])) for r in rows
+            }
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open the file catalog {self.path_db}: {exc}") from exc
+        # Blobs whose hash was checked, with the (inode, size, mtime) they had then.
+        self._verified: dict[str, tuple[int, int, int]] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- blobs ----
+
+    def path(self, h: str) -> Path:
+        if not is_hash(h):
+            raise ValueError(f"not a blob hash: {h!r}")
+        return self.dir / h[:2] / h
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def remove(self, h: str) -> None:
+        """Drop a blob (corrupt, or no version names it any more)."""
+        self.have.discard(h)
+        self._verified.pop(h, None)
+        with contextlib.suppress(OSError):
+            self.path(h).unlink()
+
+    async def verify(self, h: str) -> bool:
+        """Whether blob ``h`` is on disk and its bytes still hash to ``h``.
+
+        A check is remembered until the file's inode, size or mtime changes, so a
+        blob read by many jobs is hashed once.
+        """
+        path = self.path(h)
+        try:
+            st = path.stat()
+        except OSError:
+            self.have.discard(h)
+            return False
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._verified.get(h) == stamp:
+            return True
+        ok = await asyncio.to_thread(_hash_file, path) == h
+        if ok:
+            self._verified[h] = stamp
+        return ok
+
+    def trust(self, h: str) -> None:
+        """A blob just written and checked: remember it as verified."""
+        with contextlib.suppress(OSError):
+            st = self.path(h).stat()
+            self._verified[h] = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    # ---- catalog ----
+
+    def merge(self, entries: Iterable[FileEntry]) -> list[FileEntry]:
+        """Keep the versions that win over what we know; return those (persisted)."""
+        changed = []
+        for e in entries:
+            if newer(e, self.entries.get(e[0])):
+                self.entries[e[0]] = e
+                changed.append(e)
+        if changed:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?)",
+                    [(e[0], e[1], e[2], e[3], int(e[4])) for e in changed],
+                )
+        return changed
+
+    def live(self, prefix: str = "") -> list[FileEntry]:
+        return sorted(e for n, e in self.entries.items() if not e[4] and n.startswith(prefix))
+
+    def current(self, name: str) -> FileEntry | None:
+        e = self.entries.get(name)
+        return None if e is None or e[4] else e
+
+
+class BlobWriter:
+    """One blob being written: to a temp file, then fsynced and renamed into place."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self.temp = store.tmp / secrets.token_hex(8)
+        self._f: Any = None
+        self.size = 0
+
+    async def open(self) -> None:
+        self._f = await aiofiles.open(self.temp, "wb")
+
+    async def write(self, data: bytes) -> None:
+        await self._f.write(data)
+        self.size += len(data)
+
+    async def commit(self, h: str) -> Path:
+        """Make the blob durable under its hash (the caller checked ``h``)."""
+        f, self._f = self._f, None
+        try:
+            await f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+        finally:
+            await f.close()
+        final = self._store.path(h)
+        final.parent.mkdir(exist_ok=True)
+        os.chmod(self.temp, 0o444)  # jobs open blobs in place: read-only
+        os.replace(self.temp, final)
+        await asyncio.to_thread(_fsync_dir, final.parent)
+        self._store.have.add(h)
+        self._store.trust(h)
+        return final
+
+    async def abort(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                await self._f.close()
+            self._f = None
+        with contextlib.suppress(OSError):
+            self.temp.unlink()
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,608 @@
+"""The node's side of ``mesh.files``: requests, replication, pulls and catalog exchange.
+
+Clients reach it over their authenticated connections; jobs reach it over a unix
+socket in the data dir (``files.sock``, mode 0600, its path in ``MESH_NODE_FILES``
+for the workers): only this user can connect, as only the node's own socketpair
+reaches its workers, and no secret passes through the environment of every
+process a job starts. Other nodes are reached over file links this service opens
+itself to each live peer of the node's peer table; on each it first sends its whole
+catalog and the blobs it holds, then every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiofiles
+
+from mesh._connection import Connection, open_connection
+from mesh._protocol import (
+    FileAck,
+    FileCatalog,
+    FileChunk,
+    FileDelete,
+    FileEnd,
+    FileEntry,
+    FileGet,
+    FileList,
+    FilePut,
+    FileReply,
+    Holders,
+    Message,
+)
+from mesh._transfer import Stream, Transfers, file_chunks
+from mesh.errors import FileCorrupted, FilesError, FileStoreFull, MeshError
+from node._blobs import BlobStore, is_hash
+
+if TYPE_CHECKING:
+    from node._peers import Peer
+    from node._server import Node
+
+__all__ = ["FILE_MESSAGES", "FileService"]
+
+log = logging.getLogger("mesh.node.files")
+
+# Every message this service handles (the node routes them here).
+FILE_MESSAGES = (FilePut, FileChunk, FileAck, FileEnd, FileGet, FileReply, FileList, FileDelete,
+                 FileCatalog)  # fmt: skip
+MAINTAIN_S = 0.5
+SETTLE_S = 2.0  # a put or delete waits this long at most for peers to hear of it
+MAX_NAME = 4096
+
+
+def _rereplicate_after_s() -> float:
+    """How long a holder may be missing before the others copy its blobs elsewhere."""
+    try:
+        return float(os.environ.get("MESH_FILES_REREPLICATE_S", "30"))
+    except ValueError:
+        return 30.0
+
+
+def _bad_name(name: str) -> str | None:
+    if not name:
+        return "a file name cannot be empty"
+    if len(name) > MAX_NAME or "\0" in name:
+        return f"file name {name[:40]!r}... is too long or holds a NUL byte"
+    return None
+
+
+class FileService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.store: BlobStore | None = None
+        self.transfers = Transfers()
+        self.holders: dict[str, set[str]] = {}  # blob hash -> ids of *other* nodes holding it
+        self.names: dict[str, str] = {}  # node id -> node name
+        self._links: dict[str, Connection] = {}  # peer node id -> our file link to it
+        self._linking: set[str] = set()
+        self._seen: dict[str, float] = {}  # peer node id -> loop time last seen alive
+        self._pulls: dict[str, asyncio.Future[Path]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unix: asyncio.AbstractServer | None = None
+        self._sock_dir: str | None = None
+        self.socket_path = ""
+        self._started = 0.0
+        self._rereplicate_s = _rereplicate_after_s()
+        self._restoring = False
+
+    @property
+    def label(self) -> str:
+        return f"node {self.node.name} ({self.node.address})"
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        data_dir = self.node.config.data_dir
+        self.store = await asyncio.to_thread(BlobStore, data_dir)
+        path = str(data_dir / "files.sock")
+        if len(path) > 100:  # AF_UNIX paths are short: a private temp dir instead
+            self._sock_dir = tempfile.mkdtemp(prefix="lanmesh-files-")
+            path = os.path.join(self._sock_dir, "files.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        loop = asyncio.get_running_loop()
+        old = os.umask(0o177)
+        try:
+            self._unix = await loop.create_unix_server(self._local_connection, path)
+        finally:
+            os.umask(old)
+        self.socket_path = path
+        os.environ["MESH_NODE_FILES"] = path  # the workers started after this inherit it
+        self._started = loop.time()
+        self._spawn(self._maintain())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in self._links.values():
+            conn.close()
+        if self._unix is not None:
+            self._unix.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
+        if self._sock_dir is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._sock_dir)
+        if self.store is not None:
+            self.store.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, MeshError):  # its connection went away mid-answer: no one to tell
+            log.info("files request ended: %s", exc)
+        elif exc is not None:
+            log.error("files request failed", exc_info=exc)
+
+    def _local_connection(self) -> Connection:
+        return Connection("plain", peer_label="a job on this node", on_message=self.handle)
+
+    # ---- messages ----
+
+    def handle(self, conn: Connection, msg: Message) -> None:
+        """A files message from a client, a job, or another node (ours to answer)."""
+        if self.transfers.dispatch(conn, msg):
+            return
+        if self.store is None:
+            return
+        if isinstance(msg, FilePut):
+            self._spawn(self._put(self.transfers.open(conn, msg.req), msg))
+        elif isinstance(msg, FileGet):
+            self._spawn(self._get(self.transfers.open(conn, msg.req), msg))
+        elif isinstance(msg, FileList):
+            missing = [n for n in msg.names if self.store.current(n) is None]
+            if missing and msg.ask_peers and self._alive():
+                self._spawn(self._ask_then(missing, self._list, conn, msg))
+            else:
+                self._list(conn, msg)
+        elif isinstance(msg, FileDelete):
+            if self.store.current(msg.name) is None and self._alive():
+                self._spawn(self._ask_then([msg.name], self._delete, conn, msg))
+            else:
+                self._delete(conn, msg)
+        elif isinstance(msg, FileCatalog):
+            self._catalog(msg)
+
+    async def _ask_then(self, names: list[str], then: Any, conn: Connection, msg: Any) -> None:
+        await self._ask_peers(tuple(names))
+        then(conn, msg)
+
+    async def _ask_peers(self, names: tuple[str, ...]) -> None:
+        """Names we do not know: ask every linked peer before saying "not found" (a
+        version stored a moment ago on a node whose link to us is not up yet)."""
+        assert self.store is not None
+        store = self.store
+
+        async def ask(conn: Connection) -> None:
+            with self.transfers.open(conn) as stream:
+                stream.send(FileList(stream.req, names=names, ask_peers=False))
+                while not isinstance(reply := await stream.next(), FileReply):
+                    pass
+            entries = [e for e in reply.entries if e[4] or is_hash(e[1])]
+            for entry, holders in zip(entries, reply.holders, strict=False):
+                for node_id, name in holders:
+                    if node_id != self.node.node_id:
+                        self.holders.setdefault(entry[1], set()).add(node_id)
+                        self.names[node_id] = name
+            before = {e[0]: store.entries.get(e[0]) for e in entries}
+            if store.merge(entries):
+                self._collect([o[1] for o in before.values() if o is not None and o[1]])
+
+        await self._all_links(ask)
+
+    async def _all_links(self, ask: Any) -> None:
+        """Run ``ask(conn)`` on a link to every live peer at once (linking first where
+        there is none yet), for SETTLE_S at most."""
+
+        async def on(peer: Peer) -> None:
+            await ask(await self._link(peer))
+
+        tasks = [asyncio.ensure_future(on(p)) for p in self._alive()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=SETTLE_S)
+        for t in pending:
+            t.cancel()
+        for t in tasks:
+            if t.done() and not t.cancelled():
+                t.exception()  # a peer that failed to answer is no one's error
+
+    def _holders(self, h: str) -> Holders:
+        assert self.store is not None
+        out = [(self.node.node_id, self.node.name)] if h in self.store.have else []
+        alive = self._alive_ids()
+        out += sorted((i, self.names.get(i, i)) for i in self.holders.get(h, ()) if i in alive)
+        return tuple(out)
+
+    def _reply(self, conn: Connection, msg: FileReply) -> None:
+        if not conn.closed:
+            conn.send(msg)
+
+    def _list(self, conn: Connection, msg: FileList) -> None:
+        assert self.store is not None
+        if msg.names:
+            entries = [e for e in map(self.store.current, msg.names) if e is not None]
+        else:
+            entries = self.store.live(msg.prefix)
+        self._reply(conn, FileReply(msg.req, tuple(entries),
+                                    tuple(self._holders(e[1]) for e in entries)))  # fmt: skip
+
+    def _delete(self, conn: Connection, msg: FileDelete) -> None:
+        assert self.store is not None
+        entry = self.store.current(msg.name)
+        if entry is None:
+            self._reply(conn, FileReply(msg.req, error_kind="not-found",
+                        error=f"no file {msg.name!r} in the mesh file store ({self.label})"))  # fmt: skip
+            return
+        tomb = (msg.name, "", 0, max(time.time(), entry[3] + 1e-6), True)
+        self._commit([tomb])
+        self._spawn(self._settle_then_reply(conn, (msg.name,), FileReply(msg.req, (tomb,))))
+
+    async def _settle_then_reply(self, conn: Connection, names: tuple[str, ...],
+                                 reply: FileReply) -> None:  # fmt: skip
+        await self._settle(names)
+        self._reply(conn, reply)
+
+    async def _settle(self, names: tuple[str, ...]) -> None:
+        """Wait until every linked peer has merged what we just told it about ``names``
+        (a question asked behind it on the same link is answered after it), so a
+        client that hears "done" finds the change on any node it asks next."""
+
+        async def ask(conn: Connection) -> None:
+            with self.transfers.open(conn) as stream:
+                stream.send(FileList(stream.req, names=names, ask_peers=False))
+                while not isinstance(await stream.next(), FileReply):
+                    pass
+
+        await self._all_links(ask)
+
+    def _commit(self, entries: list[FileEntry]) -> None:
+        """Record versions here and tell every peer; drop blobs no version names now."""
+        assert self.store is not None
+        before = {e[0]: self.store.entries.get(e[0]) for e in entries}
+        changed = self.store.merge(entries)
+        if changed:
+            self._broadcast(FileCatalog(self.node.node_id, self.node.name, tuple(changed)))
+            self._collect([old[1] for old in before.values() if old is not None and old[1]])
+
+    def _collect(self, hashes: list[str]) -> None:
+        assert self.store is not None
+        named = {e[1] for e in self.store.entries.values() if not e[4]}
+        gone = [h for h in hashes if h not in named and h in self.store.have]
+        for h in gone:
+            self.store.remove(h)
+        if gone:
+            self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=tuple(gone)))
+
+    def _catalog(self, msg: FileCatalog) -> None:
+        assert self.store is not None
+        self.names[msg.node_id] = msg.name
+        if msg.full:
+            for ids in self.holders.values():
+                ids.discard(msg.node_id)
+        for h in msg.have:
+            self.holders.setdefault(h, set()).add(msg.node_id)
+        for h in msg.gone:
+            self.holders.get(h, set()).discard(msg.node_id)
+        entries = [e for e in msg.entries if e[4] or is_hash(e[1])]
+        if entries:
+            before = {e[0]: self.store.entries.get(e[0]) for e in entries}
+            changed = self.store.merge(entries)
+            if changed:  # gossip what was news to us: a peer the sender misses hears it
+                self._broadcast(FileCatalog(self.node.node_id, self.node.name, tuple(changed)),
+                                skip=msg.node_id)  # fmt: skip
+                self._collect([o[1] for o in before.values() if o is not None and o[1]])
+
+    def _broadcast(self, msg: FileCatalog, skip: str = "") -> None:
+        for pid, conn in list(self._links.items()):
+            if pid != skip and not conn.closed:
+                with contextlib.suppress(MeshError):
+                    conn.send(msg)
+
+    def _announce_have(self, h: str) -> None:
+        self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), have=(h,)))
+
+    # ---- put ----
+
+    async def _put(self, stream: Stream, msg: FilePut) -> None:
+        assert self.store is not None
+        with stream:
+            bad = _bad_name(msg.name)
+            if bad is not None:
+                stream.send(FileReply(msg.req, error_kind="invalid", error=bad))
+                return
+            h = msg.hash
+            if h and is_hash(h) and h in self.store.have and await self.store.verify(h):
+                size = self.store.path(h).stat().st_size  # held already: nothing moves
+            else:
+                try:
+                    h, size = await self._receive(stream, msg.name)
+                except FilesError as exc:
+                    if not stream.conn.closed:
+                        kind = "disk" if isinstance(exc, FileStoreFull) else "failed"
+                        stream.send(FileReply(msg.req, error_kind=kind, error=str(exc)))
+                    return
+                except MeshError as exc:
+                    log.info("put of %r from %s failed: %s", msg.name, stream.conn.peer_label, exc)
+                    return
+                self._announce_have(h)
+            entry = (msg.name, h, size, msg.time or time.time(), False)
+            if msg.replicas > 1:
+                await self._replicate(entry, msg.replicas - 1)
+            self._commit([entry])
+            if not msg.time:  # the client's own put (not a replica): read-your-writes
+                await self._settle((msg.name,))
+            if not stream.conn.closed:
+                stream.send(FileReply(msg.req, (entry,), (self._holders(h),)))
+
+    async def _receive(self, stream: Stream, name: str) -> tuple[str, int]:
+        """Receive a blob into the store (temp file, fsync, rename); (hash, size)."""
+        assert self.store is not None
+        writer = self.store.writer()
+        try:
+            await writer.open()
+            h, size = await stream.receive_chunks(writer.write)
+            await writer.commit(h)
+            return h, size
+        except OSError as exc:
+            await writer.abort()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise FileStoreFull(
+                    f"{self.label} has no space left storing {name!r} "
+                    f"({self.store.dir}): {exc.strerror}", name=name,
+                ) from exc  # fmt: skip
+            raise FilesError(f"{self.label} could not store {name!r}: {exc}", name=name) from exc
+        except BaseException:
+            await writer.abort()
+            raise
+
+    def _by_load(self, peers: list[Peer]) -> list[Peer]:
+        return sorted(peers, key=lambda p: ((p.running + p.queued) / max(p.workers, 1), p.name))
+
+    async def _replicate(self, entry: FileEntry, copies: int) -> int:
+        """Push blob and version to ``copies`` least-loaded peers lacking it; how many took it."""
+        h = entry[1]
+        lacking = [p for p in self._alive() if p.node_id not in self.holders.get(h, set())]
+        done = 0
+        for peer in self._by_load(lacking):
+            if done >= copies:
+                break
+            try:
+                await self._push(peer, entry)
+                done += 1
+            except MeshError as exc:
+                log.warning("could not copy %r to %s: %s", entry[0], peer.name, exc)
+        return done
+
+    async def _push(self, peer: Peer, entry: FileEntry) -> None:
+        assert self.store is not None
+        conn = await self._link(peer)
+        h = entry[1]
+        with self.transfers.open(conn) as stream:
+            stream.send(FilePut(stream.req, entry[0], entry[2], 1, h, entry[3]))
+            async with aiofiles.open(self.store.path(h), "rb") as f:
+                await stream.send_chunks(file_chunks(f.read))
+            while True:
+                reply = await stream.next()
+                if isinstance(reply, FileReply):
+                    break
+            if reply.error_kind:
+                raise FilesError(reply.error)
+        self.holders.setdefault(h, set()).add(peer.node_id)
+
+    # ---- get and pull ----
+
+    async def _get(self, stream: Stream, msg: FileGet) -> None:
+        assert self.store is not None
+        with stream:
+            if msg.hash:  # another node pulling a blob: only what we hold
+                entry: FileEntry | None = ("", msg.hash, 0, 0.0, False)
+                if not is_hash(msg.hash) or msg.hash not in self.store.have:
+                    entry = None
+            else:
+                entry = self.store.current(msg.name)
+                if entry is None and self._alive():
+                    await self._ask_peers((msg.name,))
+                    entry = self.store.current(msg.name)
+            if entry is None:
+                what = f"file {msg.name!r}" if msg.name else f"blob {msg.hash[:12]}"
+                stream.send(FileReply(msg.req, error_kind="not-found",
+                                      error=f"no {what} in the mesh file store ({self.label})"))  # fmt: skip
+                return
+            h = entry[1]
+            try:
+                if msg.local or not msg.hash:
+                    path = await self.ensure_local(h, msg.name)
+                else:
+                    path = self.store.path(h)
+            except FilesError as exc:
+                kind = "corrupt" if isinstance(exc, FileCorrupted) else "unavailable"
+                stream.send(FileReply(msg.req, error_kind=kind, error=str(exc)))
+                return
+            except MeshError as exc:
+                stream.send(FileReply(msg.req, error_kind="unavailable", error=str(exc)))
+                return
+            if msg.local and stream.conn.role == "plain":  # only a job on this machine
+                stream.send(FileReply(msg.req, (entry,), path=str(path)))
+                return
+            try:
+                f = await aiofiles.open(path, "rb")
+            except OSError as exc:
+                self.store.remove(h)
+                stream.send(FileReply(msg.req, error_kind="unavailable",
+                                      error=f"{self.label} lost blob {h[:12]}: {exc}"))  # fmt: skip
+                return
+            stream.send(FileReply(msg.req, (entry,)))
+            try:
+                sent = await stream.send_chunks(file_chunks(f.read), expect=h)
+            except MeshError as exc:
+                log.info("sending %r to %s stopped: %s", msg.name or h, stream.conn.peer_label, exc)
+                return
+            finally:
+                await f.close()
+            if sent is not None and sent[0] != h:
+                log.error("blob %s (%r) failed its hash check; dropped", h, msg.name)
+                self._drop(h)
+
+    def _drop(self, h: str) -> None:
+        assert self.store is not None
+        self.store.remove(h)
+        self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=(h,)))
+
+    async def ensure_local(self, h: str, name: str = "") -> Path:
+        """The path of a verified copy of blob ``h`` here, pulled from a peer if need be."""
+        assert self.store is not None
+        if h in self.store.have:
+            if await self.store.verify(h):
+                return self.store.path(h)
+            log.error("blob %s (%r) failed its hash check; fetching it again", h, name)
+            self._drop(h)
+        pending = self._pulls.get(h)
+        if pending is None:
+            pending = self._pulls[h] = asyncio.get_running_loop().create_future()
+            self._spawn(self._pull(h, name, pending))
+        return await asyncio.shield(pending)
+
+    async def _pull(self, h: str, name: str, done: asyncio.Future[Path]) -> None:
+        errors = []
+        try:
+            holders = [p for p in self._alive() if p.node_id in self.holders.get(h, set())]
+            for peer in self._by_load(holders):
+                try:
+                    path = await self._pull_from(peer, h, name)
+                except MeshError as exc:
+                    errors.append(f"{peer.name}: {exc}")
+                    continue
+                done.set_result(path)
+                return
+            what = f"{name!r}" if name else f"blob {h[:12]}"
+            why = "; ".join(errors) or "no live node holds it"
+            cls = FileCorrupted if errors and all("hash" in e for e in errors) else FilesError
+            done.set_exception(cls(f"{self.label} could not fetch {what}: {why}", name=name))
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc)
+            raise
+        finally:
+            self._pulls.pop(h, None)
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: nobody may be waiting any more
+
+    async def _pull_from(self, peer: Peer, h: str, name: str) -> Path:
+        conn = await self._link(peer)
+        with self.transfers.open(conn) as stream:
+            stream.send(FileGet(stream.req, "", h))
+            head = await stream.next()
+            if not isinstance(head, FileReply) or head.error_kind:
+                err = head.error if isinstance(head, FileReply) else "unexpected answer"
+                self.holders.get(h, set()).discard(peer.node_id)
+                raise FilesError(err)
+            got, _ = await self._receive(stream, name or h[:12])
+        if got != h:
+            raise FileCorrupted(f"blob from {peer.name} hashes to {got[:12]}, not {h[:12]}")
+        log.info("pulled %r (%s) from %s", name, h[:12], peer.name)
+        self._announce_have(h)
+        assert self.store is not None
+        return self.store.path(h)
+
+    # ---- peers ----
+
+    def _alive(self) -> list[Peer]:
+        peers = self.node.peers
+        return [p for p in peers.alive() if p.node_id] if peers is not None else []
+
+    def _alive_ids(self) -> set[str]:
+        return {p.node_id for p in self._alive()}
+
+    async def _link(self, peer: Peer) -> Connection:
+        conn = self._links.get(peer.node_id)
+        if conn is not None and not conn.closed:
+            return conn
+        conn = await open_connection(
+            peer.host, peer.port, self.node.config.secret, name=f"{self.node.name}/files",
+            on_message=self.handle, on_close=self._link_closed,
+        )  # fmt: skip
+        old = self._links.get(peer.node_id)
+        if old is not None and not old.closed:  # another task linked meanwhile
+            conn.close()
+            return old
+        self._links[peer.node_id] = conn
+        self.names[peer.node_id] = peer.name
+        assert self.store is not None
+        conn.send(FileCatalog(self.node.node_id, self.node.name,
+                              tuple(self.store.entries.values()), tuple(self.store.have),
+                              full=True))  # fmt: skip
+        return conn
+
+    def _link_closed(self, conn: Connection, reason: BaseException | None) -> None:
+        self.transfers.fail_all(conn)
+
+    async def _connect(self, peer: Peer) -> None:
+        try:
+            await self._link(peer)
+        except MeshError as exc:
+            log.info("no file link to %s yet: %s", peer.name, exc)
+        finally:
+            self._linking.discard(peer.node_id)
+
+    async def _maintain(self) -> None:
+        """Keep a file link to every live peer; restore replica counts of lost holders."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(MAINTAIN_S)
+            now = loop.time()
+            for peer in self._alive():
+                self._seen[peer.node_id] = now
+                conn = self._links.get(peer.node_id)
+                if (conn is None or conn.closed) and peer.node_id not in self._linking:
+                    self._linking.add(peer.node_id)
+                    self._spawn(self._connect(peer))
+                elif conn is not None and not conn.closed:
+                    conn.keepalive(self.node.config.dead_after_s, f"file link to {peer.name}")
+            if not self._restoring:
+                self._restoring = True
+                self._spawn(self._restore_replicas(now))  # copies may take long: not inline
+
+    async def _restore_replicas(self, now: float) -> None:
+        """A holder missing for good: the first live holder (by id) copies its blobs."""
+        try:
+            await self._restore_replicas_now(now)
+        finally:
+            self._restoring = False
+
+    async def _restore_replicas_now(self, now: float) -> None:
+        assert self.store is not None
+        alive = self._alive_ids()
+        for entry in self.store.live():
+            h = entry[1]
+            ids = self.holders.get(h)
+            if not ids or h not in self.store.have:
+                continue
+            lost = {
+                i for i in ids
+                if i not in alive
+                and now - self._seen.get(i, self._started) > self._rereplicate_s
+            }  # fmt: skip
+            if not lost:
+                continue
+            live = {self.node.node_id} | (ids & alive)
+            if min(live) == self.node.node_id:
+                made = await self._replicate(entry, len(lost))
+                log.info("%r lost %d holders; copied it to %d nodes", entry[0], len(lost), made)
+            ids -= lost

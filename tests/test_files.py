@@ -1,0 +1,458 @@
+"""mesh.files on real nodes: every call from a client and from inside a job, pulls,
+replication, sync, tombstones and corruption. Nodes name each other with --peer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import NodeProc
+
+import mesh
+from mesh.errors import MeshFileNotFound
+
+UNICODE = "fotos/été/ünïcödé 猫.txt"
+
+
+def wait_for(cond: Callable[[], object], timeout_s: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or cond}")
+
+
+def peered(node_factory: Callable[..., NodeProc], n: int, **kw: object) -> list[NodeProc]:
+    """``n`` nodes with one worker each, every one naming the first with --peer."""
+    first = node_factory(name="n1", workers=1, **kw)
+    rest = [
+        node_factory(name=f"n{i}", workers=1, extra=("--peer", first.address), **kw)
+        for i in range(2, n + 1)
+    ]
+    return [first, *rest]
+
+
+def linked(c: mesh.Client, tmp: Path, n: int) -> None:
+    """Wait until a put can be copied to ``n`` nodes (every file link is up)."""
+    probe = tmp / "probe"
+    probe.write_bytes(b"probe")
+
+    def ok() -> bool:
+        c.files.put(probe, "probe", replicas=n)
+        return len(c.files.info("probe").nodes) == n
+
+    wait_for(ok, what=f"{n} nodes linked")
+    c.files.delete("probe")
+
+
+def readf(c: object, name: str) -> bytes:
+    with c.files.getf(name) as f:  # type: ignore[attr-defined]
+        return f.read()  # type: ignore[no-any-return]
+
+
+def blob_path(node: NodeProc, h: str) -> Path:
+    return node.data_dir / "blobs" / h[:2] / h
+
+
+# ---- every call, from a client ----
+
+
+def test_every_call_from_a_client_with_folders_and_unicode(node_factory, secret, tmp_path):
+    nodes = peered(node_factory, 2)
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+        src = tmp_path / "in.txt"
+        src.write_text("bonjour ünïcode 猫\n" * 1000)
+        info = c.files.put(src, UNICODE)
+        assert info.name == UNICODE and info.size == src.stat().st_size
+        assert info.hash == hashlib.sha256(src.read_bytes()).hexdigest()
+        assert sorted(info.nodes) == ["n1", "n2"]  # replicas=2 by default
+        assert c.files.exists(UNICODE) and not c.files.exists("fotos/none")
+        assert c.files.list() == [UNICODE]
+        assert c.files.list("fotos/été/") == [UNICODE] and c.files.list("x") == []
+        assert c.files.info(UNICODE) == info
+
+        out = c.files.get(UNICODE, tmp_path / "deep" / "out.txt")
+        assert Path(out).read_bytes() == src.read_bytes()
+        with c.files.getf(UNICODE) as f:
+            assert f.read(7) == b"bonjour"
+            f.seek(0)
+            assert f.read() == src.read_bytes()
+
+        c.files.putf(b"raw bytes", "dir/b.bin")
+        import io
+
+        c.files.putf(io.StringIO("text"), "dir/t.txt")
+        assert readf(c, "dir/t.txt") == b"text"
+        assert c.files.list("dir/") == ["dir/b.bin", "dir/t.txt"]
+
+        c.files.delete("dir/b.bin")
+        assert c.files.list("dir/") == ["dir/t.txt"]
+        with pytest.raises(MeshFileNotFound) as err:
+            c.files.get("dir/b.bin", tmp_path / "never")
+        assert isinstance(err.value, FileNotFoundError)
+        assert "'dir/b.bin'" in str(err.value) and err.value.name == "dir/b.bin"
+        assert not (tmp_path / "never").exists()
+        with pytest.raises(FileNotFoundError):
+            c.files.delete("dir/b.bin")
+        with pytest.raises(FileNotFoundError):
+            c.files.info("dir/b.bin")
+        # Blobs are named by hash: no name reaches the file system of a node.
+        for n in nodes:
+            assert not list(n.data_dir.rglob("*.txt")) and not list(n.data_dir.rglob("*.bin"))
+
+
+def test_module_level_files_use_the_default_client(node_factory, secret, tmp_path):
+    (node,) = peered(node_factory, 1)
+    mesh.connect([node.address], secret)
+    mesh.files.putf(b"x" * 100, "m/x")
+    assert mesh.files.list("m/") == ["m/x"] and mesh.files.info("m/x").nodes == ("n1",)
+    assert readf(mesh, "m/x") == b"x" * 100
+
+
+# ---- every call, from inside a job ----
+
+
+def every_call_in_a_job(name: str, workdir: str) -> dict[str, object]:
+    import io
+
+    import mesh
+
+    out: dict[str, object] = {}
+    with mesh.files.getf(name) as f:
+        out["getf"] = f.read()
+        f.seek(0)
+        out["seek"] = f.read(3)
+    out["get"] = Path(mesh.files.get(name, os.path.join(workdir, "got"))).read_bytes()
+    out["info"] = mesh.files.info(name).size
+    mesh.files.putf(io.BytesIO(b"from a job"), "job/ö/out.txt")
+    src = Path(workdir) / "src.txt"
+    src.write_bytes(b"put by a job")
+    mesh.files.put(src, "job/put.txt")
+    out["list"] = mesh.files.list("job/")
+    out["exists"] = (mesh.files.exists("job/put.txt"), mesh.files.exists("job/nope"))
+    mesh.files.delete("job/put.txt")
+    out["after"] = mesh.files.list("job/")
+    (Path(workdir) / "tree").mkdir()
+    (Path(workdir) / "tree" / "a").write_bytes(b"a")
+    out["sync"] = mesh.files.sync(os.path.join(workdir, "tree"), prefix="job/tree/").sent
+    try:
+        mesh.files.getf("job/nope")
+    except FileNotFoundError as exc:
+        out["missing"] = str(exc)
+    return out
+
+
+def test_every_call_from_inside_a_job(node_factory, secret, tmp_path):
+    nodes = peered(node_factory, 2)
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+        c.files.putf("données ✓".encode(), UNICODE)
+        out = c.result(c.call(every_call_in_a_job, UNICODE, str(tmp_path)))
+        want = "données ✓".encode()
+        assert out["getf"] == want and out["get"] == want and out["seek"] == want[:3]
+        assert out["info"] == len(want)
+        assert out["list"] == ["job/put.txt", "job/ö/out.txt"]
+        assert out["exists"] == (True, False)
+        assert out["after"] == ["job/ö/out.txt"]
+        assert out["sync"] == ["job/tree/a"]
+        assert "'job/nope'" in str(out["missing"])
+        # What the job stored is there for the client, from any node.
+        assert readf(c, "job/ö/out.txt") == b"from a job"
+        assert readf(c, "job/tree/a") == b"a"
+
+
+# ---- pulls ----
+
+
+def read_in_job(name: str) -> tuple[bytes, str]:
+    import mesh
+
+    with mesh.files.getf(name) as f:
+        return f.read(), f.name
+
+
+def test_a_job_pulls_a_file_its_node_lacks_and_a_second_job_does_not(
+    node_factory, secret, tmp_path
+):
+    nodes = peered(node_factory, 2)
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+        info = c.files.putf(os.urandom(300_000), "in/one.bin", replicas=1)
+        (holder,) = info.nodes
+        lacking = next(n for n in nodes if n.name != holder)
+        assert not blob_path(lacking, info.hash).exists()
+        # One job per node (one worker each, both idle): one lands where the blob is not.
+        first = c.result(c.map(read_in_job, ["in/one.bin"] * 2))
+        assert {hashlib.sha256(d).hexdigest() for d, _ in first} == {info.hash}
+        paths = {Path(p) for _, p in first}
+        assert blob_path(lacking, info.hash) in paths  # read in place, on its own node
+        pulled = os.stat(blob_path(lacking, info.hash))
+        assert sorted(c.files.info("in/one.bin").nodes) == ["n1", "n2"]  # it kept the copy
+        second = c.result(c.map(read_in_job, ["in/one.bin"] * 2))
+        assert {Path(p) for _, p in second} == paths
+        again = os.stat(blob_path(lacking, info.hash))
+        assert (again.st_ino, again.st_mtime_ns) == (pulled.st_ino, pulled.st_mtime_ns)
+
+
+# ---- replication ----
+
+
+def test_a_killed_holder_loses_nothing_and_the_replica_count_comes_back(
+    node_factory, secret, tmp_path
+):
+    nodes = peered(node_factory, 3, env={"MESH_FILES_REREPLICATE_S": "1"})
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 3)
+        payload = os.urandom(2_000_000)
+        info = c.files.putf(payload, "r/two.bin", replicas=2)
+        assert len(info.nodes) == 2
+        victim = next(n for n in nodes if n.name == info.nodes[0])
+        victim.stop(signal.SIGKILL)
+        assert readf(c, "r/two.bin") == payload
+
+        def restored() -> bool:
+            held = c.files.info("r/two.bin").nodes
+            return len(held) == 2 and victim.name not in held
+
+        wait_for(restored, what="the replica count restored")
+        survivors = [n for n in nodes if n is not victim]
+        assert all(blob_path(n, info.hash).exists() for n in survivors)
+
+
+# ---- sync and versions ----
+
+
+def read_text_in_job(name: str) -> bytes:
+    import mesh
+
+    return readf(mesh, name)
+
+
+def test_sync_sends_only_what_changed_and_jobs_see_the_new_version(node_factory, secret, tmp_path):
+    nodes = peered(node_factory, 2)
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(f"image {i}".encode())
+    (folder / "sub" / "é.jpg").write_bytes(b"nested")
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+        first = c.files.sync(folder, prefix="imgs/")
+        assert first.sent == ["imgs/0.jpg", "imgs/1.jpg", "imgs/2.jpg", "imgs/sub/é.jpg"]
+        assert first.unchanged == []
+        assert c.result(c.call(read_text_in_job, "imgs/1.jpg")) == b"image 1"
+        old = c.files.info("imgs/1.jpg")
+
+        again = c.files.sync(folder, prefix="imgs/")
+        assert again.sent == [] and again.bytes_sent == 0 and len(again.unchanged) == 4
+
+        (folder / "1.jpg").write_bytes(b"image 1, retouched")
+        changed = c.files.sync(folder, prefix="imgs/")
+        assert changed.sent == ["imgs/1.jpg"] and changed.bytes_sent == len(b"image 1, retouched")
+        new = c.files.info("imgs/1.jpg")
+        assert new.hash != old.hash and new.time > old.time
+        results = c.result(c.map(read_text_in_job, ["imgs/1.jpg"] * 4))
+        assert results == [b"image 1, retouched"] * 4
+        # The old version's blob is gone from every node.
+        for n in nodes:
+            wait_for(lambda n=n: not blob_path(n, old.hash).exists(), what="old blob dropped")
+
+        os.chdir(folder)
+        try:
+            assert c.files.sync("*.jpg").sent == ["0.jpg", "1.jpg", "2.jpg"]
+        finally:
+            os.chdir(tmp_path)
+
+
+# ---- tombstones ----
+
+
+def test_a_delete_while_a_node_is_down_stays_deleted_when_it_returns(
+    node_factory, secret, tmp_path
+):
+    n1, n2 = peered(node_factory, 2)
+    with mesh.Client([n1.address, n2.address], secret) as c:
+        linked(c, tmp_path, 2)
+        c.files.putf(b"soon gone", "t/gone.txt")
+        c.files.putf(b"stays", "t/stays.txt")
+        assert sorted(c.files.info("t/gone.txt").nodes) == ["n1", "n2"]
+    n2.stop()
+    with mesh.Client([n1.address], secret) as c:
+        c.files.delete("t/gone.txt")
+        assert c.files.list("t/") == ["t/stays.txt"]
+    n2b = node_factory(name="n2", workers=1, extra=("--peer", n1.address))  # same data dir
+    assert n2b.data_dir == n2.data_dir
+    with mesh.Client([n2b.address], secret) as c2, mesh.Client([n1.address], secret) as c1:
+        wait_for(lambda: c2.files.list("t/") == ["t/stays.txt"], what="n2 learns the delete")
+        time.sleep(1.0)  # catalogs have gone both ways by now
+        assert c1.files.list("t/") == ["t/stays.txt"]
+        assert c2.files.list("t/") == ["t/stays.txt"]
+        with pytest.raises(FileNotFoundError):
+            c2.files.getf("t/gone.txt")
+
+
+# ---- corruption ----
+
+
+def test_a_corrupted_blob_is_not_served_and_is_fetched_again(node_factory, secret, tmp_path):
+    n1, n2 = peered(node_factory, 2)
+    payload = os.urandom(500_000)
+    with mesh.Client([n1.address, n2.address], secret) as c:
+        linked(c, tmp_path, 2)
+        info = c.files.putf(payload, "c/blob.bin")
+        assert sorted(info.nodes) == ["n1", "n2"]
+    for path in (blob_path(n1, info.hash),):
+        path.chmod(stat.S_IWUSR | stat.S_IRUSR)
+        with open(path, "r+b") as f:
+            f.seek(1000)
+            f.write(b"\0garbage\0")
+    with mesh.Client([n1.address], secret) as c:
+        assert readf(c, "c/blob.bin") == payload  # streamed from n1: checked
+        assert hashlib.sha256(blob_path(n1, info.hash).read_bytes()).hexdigest() == info.hash
+        # And in place, for a job on n1, after corrupting it again.
+        path = blob_path(n1, info.hash)
+        path.chmod(stat.S_IWUSR | stat.S_IRUSR)
+        with open(path, "r+b") as f:
+            f.write(b"bad")
+        # One job per node (one worker each), so one reads on n1.
+        assert [d for d, _ in c.result(c.map(read_in_job, ["c/blob.bin"] * 2))] == [payload] * 2
+        assert hashlib.sha256(blob_path(n1, info.hash).read_bytes()).hexdigest() == info.hash
+
+
+# ---- big files, bounded memory ----
+
+BIG_CLIENT = """
+import hashlib, os, sys
+import mesh
+
+def hwm_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
+src, dest, secret, *peers = sys.argv[1:]
+with mesh.Client(peers, secret) as c:
+    c.files.putf(b"warm", "warm")  # imports and buffers of a first call: the baseline
+    c.files.get("warm", dest)
+    before = hwm_kib()
+    info = c.files.put(src, "big/200MB.bin")
+    c.files.get("big/200MB.bin", dest)
+    print(info.hash, len(info.nodes), before, hwm_kib())
+"""
+
+
+def hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_200mb_file_round_trips_byte_exact_in_bounded_memory(node_factory, secret, tmp_path):
+    import subprocess
+    import sys
+
+    nodes = peered(node_factory, 2)
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+    src, dest = tmp_path / "big.bin", tmp_path / "back.bin"
+    h = hashlib.sha256()
+    with open(src, "wb") as f:
+        block = os.urandom(1 << 20)
+        for i in range(200):
+            chunk = block[:-4] + i.to_bytes(4, "big")  # no two MiB alike
+            h.update(chunk)
+            f.write(chunk)
+    node_before = {n.name: hwm_kib(n.pid) for n in nodes}
+    out = subprocess.run(
+        [sys.executable, "-c", BIG_CLIENT, str(src), str(dest), secret,
+         *(n.address for n in nodes)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    digest, holders, client_before, client_after = out.stdout.split()
+    assert digest == h.hexdigest() and int(holders) == 2
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest  # byte-exact
+    limit_kib = 64 * 1024
+    assert int(client_after) - int(client_before) < limit_kib, (client_before, client_after)
+    for n in nodes:
+        grew = hwm_kib(n.pid) - node_before[n.name]
+        assert grew < limit_kib, f"node {n.name} peak RSS grew by {grew} KiB"
+        assert blob_path(n, digest).stat().st_size == 200 << 20
+
+
+# ---- a full disk ----
+
+
+def test_a_full_disk_names_file_and_node_and_records_nothing(secret, tmp_path):
+    """The node's data dir is an 8 MB tmpfs in a mount namespace of its own."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import LISTENING
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give a node a small disk")
+    data = tmp_path / "small"
+    data.mkdir()
+    node_cmd = [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0", "--name",
+                "tiny", "--workers", "1", "--data-dir", str(data), "--no-advertise", "--grace", "1",
+                "--no-dashboard"]  # fmt: skip
+    script = 'mount -t tmpfs -o size=8m tmpfs "$1" && shift && exec "$@"'
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(data), *node_cmd],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=dict(os.environ, MESH_SECRET=secret),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        m = LISTENING.match(line)
+        if m is None:
+            pytest.skip(f"cannot mount a tmpfs for the node here ({line!r})")
+        with mesh.Client([f"{m.group(2)}:{m.group(3)}"], secret) as c:
+            big = tmp_path / "big.bin"
+            big.write_bytes(os.urandom(20 << 20))
+            with pytest.raises(mesh.FileStoreFull) as err:
+                c.files.put(big, "too/big.bin")
+            msg = str(err.value)
+            assert "'too/big.bin'" in msg and "tiny" in msg and "space" in msg
+            assert c.files.list() == [] and not c.files.exists("too/big.bin")
+            c.files.putf(b"small", "small.txt")  # the failed write freed its space
+            assert c.files.list() == ["small.txt"]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# ---- the seeds' example ----
+
+
+def test_the_thumbnails_example_runs_on_a_local_mesh(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("PIL")
+    example = Path(__file__).parent.parent / "examples" / "thumbnails.py"
+    run = [sys.executable, str(example), "photos", "--samples", "3"]
+    out = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "sync: sent 3 images" in out.stdout and "sync again: sent 0, 3 unchanged" in out.stdout
+    thumbs = sorted(p.name for p in (tmp_path / "photos-thumbs").iterdir())
+    assert len(thumbs) == 9 and thumbs[0] == "sample-00.thumbnail.128.jpg"
+    from PIL import Image
+
+    with Image.open(tmp_path / "photos-thumbs" / "sample-02.thumbnail.64.jpg") as img:
+        assert max(img.size) == 64
