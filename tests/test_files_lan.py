@@ -3,55 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from _netns import Host, lan, netns_available
-from test_lan import LISTENING, client_env
+from test_lan import client_env, lan_nodes
 
 WHY_NOT = netns_available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no LAN testbed: {WHY_NOT}")
 
 
-@contextmanager
 def file_nodes(
     hosts: list[Host], secret: str, data: Path
-) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """A mesh-node per host (found over mDNS), holders lost for 1 s count as lost."""
-    nodes: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for i, host in enumerate(hosts, 1):
-            env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address,
-                       MESH_FILES_REREPLICATE_S="1")  # fmt: skip
-            proc = subprocess.Popen(
-                host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
-                         "--data-dir", str(data / f"h{i}"), "--no-dashboard"),
-                env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-            nodes[f"host{i}"] = proc
-            assert proc.stdout is not None
-            m = LISTENING.match(proc.stdout.readline().decode().strip())
-            assert m and m.group(2) == host.address
-        yield nodes
-    finally:
-        for proc in nodes.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in nodes.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+) -> AbstractContextManager[dict[str, subprocess.Popen[bytes]]]:
+    """A mesh-node per host (found over mDNS); holders lost for 1 s count as lost."""
+    return lan_nodes(hosts, secret, data, env={"MESH_FILES_REREPLICATE_S": "1"},
+                     extra=("--no-dashboard",))  # fmt: skip
 
 
 CLIENT = """

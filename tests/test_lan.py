@@ -23,27 +23,36 @@ LISTENING = re.compile(r"^mesh-node (\S+) listening on (\S+):(\d+)$")
 
 
 @contextmanager
-def lan_nodes(hosts: list[Host], secret: str, data: Path) -> Iterator[None]:
-    """A mesh-node (1 worker, advertising) in each host; all stopped afterwards."""
-    nodes: list[subprocess.Popen[bytes]] = []
+def lan_nodes(
+    hosts: list[Host],
+    secret: str,
+    data: Path,
+    env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """A mesh-node (1 worker, advertising) in each host, named host1, host2, ...;
+    all stopped afterwards, also when the test fails."""
+    nodes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for i, host in enumerate(hosts, 1):
-            env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address)
+            node_env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address,
+                            **(env or {}))  # fmt: skip
             proc = subprocess.Popen(
                 host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
-                         "--data-dir", str(data / f"h{i}")),
-                env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         "--data-dir", str(data / f"h{i}"), *extra),
+                env=node_env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
             )  # fmt: skip
-            nodes.append(proc)
+            nodes[f"host{i}"] = proc
             assert proc.stdout is not None
             line = proc.stdout.readline().decode().strip()
             m = LISTENING.match(line)
             assert m and m.group(2) == host.address, line
-        yield
+        yield nodes
     finally:
-        for proc in nodes:
-            proc.terminate()
-        for proc in nodes:
+        for proc in nodes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in nodes.values():
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
