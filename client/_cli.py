@@ -1,13 +1,14 @@
-"""``mesh``: the mesh from a shell: nodes, jobs, results, kills, the secret and tokens.
+"""``mesh``: the mesh from a shell: nodes, jobs, results, kills, files, the secret and tokens.
 
 Every command prints a human-readable table or block by default and JSON with
 ``--json``. Exit codes: 0 ok; 1 a job failed (``result``); 2 a mesh error (nodes
-or dashboard unreachable, wrong secret, unknown job) or a usage error.
+or dashboard unreachable, wrong secret, unknown job, missing file) or a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from mesh.errors import (
     ConfigurationError,
     MeshConnectionError,
     MeshError,
+    MeshFileNotFound,
     NoNodesAvailable,
     UnknownJob,
 )
@@ -34,7 +36,7 @@ from mesh.errors import (
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
 NODES_SETTLE_S = 1.5
 HTTP_TIMEOUT_S = 10.0
-FILES_NOTE = "files: not available in this version (the mesh file store comes in a later release)"
+FILE_COLUMNS = ["name", "size", "version", "stored", "nodes"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
         prog="mesh",
         description="Work with a lanmesh mesh from a shell.",
         epilog="Exit codes: 0 ok; 1 a job failed (result); 2 a mesh error (unreachable nodes "
-        "or dashboard, wrong secret, unknown job) or a usage error.",
+        "or dashboard, wrong secret, unknown job, missing file) or a usage error.",
     )
     p.add_argument("--peers", help="HOST:PORT,... of nodes (default: MESH_PEERS)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -81,9 +83,29 @@ def parser() -> argparse.ArgumentParser:
     ):
         sp = command(name, text)
         sp.add_argument("jids", nargs="+", metavar="JID")
-    files = command("files", "the mesh file store (not available in this version)")
-    files.add_argument("action", choices=["ls", "put", "get", "rm", "info"])
-    files.add_argument("names", nargs="*", metavar="NAME")
+    files = command("files", "the mesh file store (mesh.files): list, store, fetch, delete files")
+    actions = files.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=text, description=text, parents=[common])
+
+    ls = action("ls", "list the stored files (name, size, version, time stored, holders)")
+    ls.add_argument("prefix", nargs="?", default="", metavar="PREFIX",
+                    help="only names starting with PREFIX")  # fmt: skip
+    put = action("put", "store a local file (durable on --replicas nodes when this returns)")
+    put.add_argument("path", metavar="PATH", help="the local file")
+    put.add_argument("name", nargs="?", default=None, metavar="NAME",
+                     help="its name in the store (default: PATH's file name)")  # fmt: skip
+    put.add_argument("--replicas", type=int, default=2, metavar="N",
+                     help="nodes that keep a copy (default 2; all of them if fewer)")  # fmt: skip
+    get = action("get", "write a stored file's current version to a local file")
+    get.add_argument("name", metavar="NAME")
+    get.add_argument("path", nargs="?", default=None, metavar="PATH",
+                     help="where to write it (default: NAME's last component, here)")  # fmt: skip
+    rm = action("rm", "delete stored files on every node")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    info = action("info", "print a stored file's size, hash, version time and holders")
+    info.add_argument("name", metavar="NAME")
     demo = command("demo", "estimate pi on the mesh (a local one when no node answers)")
     demo.add_argument("--jobs", type=int, default=20, metavar="N", help="jobs (default 20)")
     demo.add_argument("--samples", type=int, default=200_000, metavar="N",
@@ -106,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"token": token}) if args.json else token)
             sys.exit(EXIT_OK)
         if args.command == "files":
-            raise ConfigurationError(FILES_NOTE)
+            sys.exit(_files_command(args))
         if args.command == "jobs":
             sys.exit(_list_jobs(args))
         if args.command == "demo":
@@ -192,6 +214,90 @@ def _table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
 
 def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
     print(json.dumps(data, default=repr) if args.json else human(data))
+
+
+# ---- files, through the mesh.files API of a client ----
+
+
+def _files_command(args: argparse.Namespace) -> int:
+    from client import Client
+
+    if args.action == "put" and args.replicas < 1:
+        raise ConfigurationError("--replicas must be at least 1")
+    with Client(args.peers) as c:
+        files = c.files
+        if args.action == "ls":
+            infos = []
+            for name in files.list(args.prefix):
+                try:
+                    infos.append(files.info(name))
+                except MeshFileNotFound:
+                    continue  # deleted since it was listed
+            rows = [_file_dict(i) for i in infos]
+            _print(args, rows, lambda rows: _file_table(rows, args.prefix))
+            return EXIT_OK
+        if args.action == "put":
+            stored = files.put(args.path, args.name, args.replicas)
+            _print(args, _file_dict(stored), lambda d: (
+                f"stored {d['name']} ({_size(d['size'])}, version {d['hash'][:12]}) on "
+                f"{', '.join(d['nodes']) or 'no live node'}"
+            ))  # fmt: skip
+            return EXIT_OK
+        if args.action == "get":
+            path = files.get(args.name, args.path)
+            out = {"name": args.name, "path": path, "size": os.path.getsize(path)}
+            _print(args, out, lambda d: f"wrote {d['name']} to {d['path']} ({_size(d['size'])})")
+            return EXIT_OK
+        if args.action == "info":
+            d = _file_dict(files.info(args.name))
+            _print(args, d, lambda d: "\n".join([
+                f"name     {d['name']}",
+                f"size     {_size(d['size'])} ({d['size']:,} bytes)",
+                f"hash     {d['hash']}",
+                f"stored   {_clock(d['time'])}",
+                f"nodes    {', '.join(d['nodes']) or '-'}",
+            ]))  # fmt: skip
+            return EXIT_OK
+        removed, missing = [], []
+        for name in args.names:  # rm: every name, saying which were not there
+            try:
+                files.delete(name)
+            except MeshFileNotFound as exc:
+                print(f"mesh: {exc}", file=sys.stderr)
+                missing.append(name)
+            else:
+                removed.append(name)
+        if args.json or removed:
+            _print(args, {"removed": removed, "missing": missing},
+                   lambda d: "\n".join(f"removed {n}" for n in d["removed"]))  # fmt: skip
+        return EXIT_ERROR if missing else EXIT_OK
+
+
+def _file_dict(info: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(info)
+    d["nodes"] = list(d["nodes"])
+    return d
+
+
+def _file_table(rows: list[dict[str, Any]], prefix: str) -> str:
+    if not rows:
+        return "no files" + (f" starting with {prefix!r}" if prefix else "") + " in the store"
+    cells = [
+        {"name": r["name"], "size": _size(r["size"]), "version": r["hash"][:12],
+         "stored": _clock(r["time"]), "nodes": ",".join(r["nodes"]) or "-"}
+        for r in rows
+    ]  # fmt: skip
+    return _table(cells, FILE_COLUMNS)
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 812 B, 4.0 KiB, 1.25 GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{n} B" if unit == "B" else f"{size:.{2 if size < 10 else 1}f} {unit}"
 
 
 # ---- job listing, from the nodes' dashboards ----

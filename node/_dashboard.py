@@ -6,8 +6,9 @@ the mesh secret; without it pages answer 401 with a login form and the API 401.
 The listening socket is bound when the node starts (so its address is known and
 taken), but aiohttp is imported and serving starts on the first connection: a node
 nobody looks at pays nothing for it. Everything shown is read from the node's own
-tables: jobs are the ones this node holds; job arguments are previewed by reading
-their pickle opcodes, never by unpickling them.
+tables: jobs are the ones this node holds, files its file catalog (the versions it
+knows and who holds them); job arguments are previewed by reading their pickle
+opcodes, never by unpickling them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ MAX_LIMIT = 1000
 PREVIEW_MAX_BYTES = 64 * 1024
 PREVIEWS_KEPT = 4096
 PREVIEWS_PER_EVENT = 256
-FILES_NOTE = "files: not available in this version (the mesh file store comes in a later release)"
 # Pages may load only what this node serves (no CDN), and may not be framed (kill buttons).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -88,6 +88,8 @@ class Dashboard:
         self._subscribers: set[asyncio.Queue[str | None]] = set()
         self._jobs_version = 0
         self._jobs_signature = 0
+        self._files_version = 0
+        self._files_signature = 0
         self._previews: OrderedDict[str, str] = OrderedDict()
         self._closing = False
 
@@ -322,7 +324,14 @@ class Dashboard:
         return _json({"jid": jid, "killed": killable, "status": JOB_STATES[job.state]})
 
     async def _api_files(self, request: web.Request) -> web.StreamResponse:
-        return _json({"available": False, "files": [], "message": FILES_NOTE})
+        q = request.query
+        return _json(
+            self.files(
+                prefix=q.get("prefix", ""),
+                offset=_int(q.get("offset", "0"), "offset"),
+                limit=_int(q.get("limit", str(PAGE_LIMIT)), "limit"),
+            )
+        )
 
     async def _api_events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the node's view every ``event_interval_s``; pages refetch
@@ -371,9 +380,14 @@ class Dashboard:
         if signature != self._jobs_signature:
             self._jobs_signature = signature
             self._jobs_version += 1
+        files = self.node.files
+        signature = hash(tuple(files.catalog())) if files is not None else 0
+        if signature != self._files_signature:
+            self._files_signature = signature
+            self._files_version += 1
         return _dumps(
             {"node": self.node.name, "t": time.time(), "nodes": self.nodes(), "counts": counts,
-             "jobs_version": self._jobs_version}
+             "jobs_version": self._jobs_version, "files_version": self._files_version}
         )  # fmt: skip
 
     # ---- what the API shows ----
@@ -383,10 +397,19 @@ class Dashboard:
         node = self.node
         table = node.table
         workers = node.config.workers
+        # Blobs (count, bytes) each node holds, as this node's file catalog knows.
+        held = node.files.held() if node.files is not None else None
+
+        def files(node_id: str) -> dict[str, Any]:
+            if held is None:
+                return {"files": None, "files_bytes": None}
+            count, size = held.get(node_id, (0, 0))
+            return {"files": count, "files_bytes": size}
+
         rows = [
             {"name": node.name, "node_id": node.node_id, "address": node.address,
              "workers": workers, "running": table.running, "queued": table.queued,
-             "load": _load(table.running, table.queued, workers), "files": None,
+             "load": _load(table.running, table.queued, workers), **files(node.node_id),
              "heartbeat_s": 0.0, "connected": True, "self": True}
         ]  # fmt: skip
         if node.peers is not None:
@@ -398,7 +421,7 @@ class Dashboard:
                 rows.append(
                     {"name": p.name or p.key, "node_id": p.node_id, "address": p.key,
                      "workers": p.workers, "running": p.running, "queued": p.queued,
-                     "load": _load(p.running, p.queued, p.workers), "files": None,
+                     "load": _load(p.running, p.queued, p.workers), **files(p.node_id),
                      "heartbeat_s": round(now - conn.last_alive, 3) if live and conn else None,
                      "connected": p.alive, "self": False}
                 )  # fmt: skip
@@ -437,6 +460,22 @@ class Dashboard:
             total += 1
         return {"node": self.node.name, "total": total, "offset": offset, "limit": limit,
                 "jobs": page}  # fmt: skip
+
+    def files(
+        self, *, prefix: str = "", offset: int = 0, limit: int = PAGE_LIMIT
+    ) -> dict[str, Any]:
+        """One page of the files this node's catalog knows, by name, with their holders."""
+        if offset < 0 or not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
+        catalog = self.node.files.catalog(prefix) if self.node.files is not None else []
+        page = [
+            {"name": e[0], "size": e[2], "hash": e[1], "time": e[3],
+             "holders": [name for _, name in holders]}
+            for e, holders in catalog[offset : offset + limit]
+        ]  # fmt: skip
+        return {"node": self.node.name, "total": len(catalog),
+                "bytes": sum(e[2] for e, _ in catalog), "offset": offset, "limit": limit,
+                "files": page}  # fmt: skip
 
     def job(self, jid: str) -> dict[str, Any] | None:
         """Everything this node knows of one job, or None."""

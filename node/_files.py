@@ -230,6 +230,34 @@ class FileService:
         out += sorted((i, self.names.get(i, i)) for i in self.holders.get(h, ()) if i in alive)
         return tuple(out)
 
+    # ---- read-only views (the dashboard) ----
+
+    def catalog(self, prefix: str = "") -> list[tuple[FileEntry, Holders]]:
+        """The live versions this node knows, by name, each with its live holders."""
+        if self.store is None:
+            return []
+        return [(e, self._holders(e[1])) for e in self.store.live(prefix)]
+
+    def held(self) -> dict[str, tuple[int, int]]:
+        """Node id -> (blobs, bytes) it holds: this node's from its blob store, the
+        peers' from what they announced (sizes from the catalog's versions)."""
+        if self.store is None:
+            return {}
+        sizes = {e[1]: e[2] for e in self.store.entries.values() if not e[4]}
+        out: dict[str, tuple[int, int]] = {}
+        for h in self.store.have:
+            size = sizes.get(h)
+            if size is None:  # no live version names it (about to be collected)
+                with contextlib.suppress(OSError):
+                    size = self.store.path(h).stat().st_size
+            count, total = out.get(self.node.node_id, (0, 0))
+            out[self.node.node_id] = (count + 1, total + (size or 0))
+        for h, ids in self.holders.items():
+            for node_id in ids:
+                count, total = out.get(node_id, (0, 0))
+                out[node_id] = (count + 1, total + sizes.get(h, 0))
+        return out
+
     def _reply(self, conn: Connection, msg: FileReply) -> None:
         if not conn.closed:
             conn.send(msg)

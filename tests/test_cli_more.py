@@ -180,10 +180,12 @@ def test_kill_and_result_table_and_json(cli, client, tmp_path):
     assert data[ok] == 81 and data[running].startswith("JobKilled")
 
 
-def test_files_is_not_in_this_version(cli):
-    code, out, err = cli("files", "ls")
-    assert code == 2 and out == ""
-    assert err.startswith("mesh: files: not available in this version")
+def test_files_on_an_empty_store(cli):
+    # the file store's commands, in full, are in test_files_cli.py
+    assert cli("files", "ls") == (0, "no files in the store\n", "")
+    assert cli("files", "ls", "--json") == (0, "[]\n", "")
+    code, out, err = cli("files", "rm", "nothing")
+    assert (code, out) == (2, "") and err.startswith("mesh: no file 'nothing' in the mesh file")
 
 
 def test_demo_estimates_pi_on_the_mesh(cli):

@@ -3,6 +3,7 @@ headless browser (Debian's chromium driven by Playwright), against real nodes.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -96,6 +97,16 @@ def mesh2(node_factory) -> list[NodeProc]:
     return [n1, n2]
 
 
+def files_linked(c: mesh.Client) -> None:
+    """Wait until a put lands on both nodes of ``mesh2`` (their file links are up)."""
+
+    def both_hold_a_probe() -> bool:
+        return len(c.files.putf(b"probe", "probe", replicas=2).nodes) == 2
+
+    wait_until(both_hold_a_probe, timeout_s=20, what="the nodes' file links")
+    c.files.delete("probe")
+
+
 def shout(text: str) -> None:
     print(text)
     print("to stderr", file=sys.stderr)
@@ -119,7 +130,7 @@ def test_api_nodes_lists_the_node_and_its_peers(mesh2):
     assert rows["n2"]["address"] == n2.address and not rows["n2"]["self"]
     for r in rows.values():
         assert r["workers"] == 2 and r["running"] == 0 and r["queued"] == 0 and r["load"] == 0
-        assert r["files"] is None  # no file store in this version
+        assert r["files"] == 0 and r["files_bytes"] == 0  # no file stored yet
     assert 0 <= rows["n2"]["heartbeat_s"] < 5  # heard within the peer timeout
 
 
@@ -163,6 +174,64 @@ def test_api_jobs_newest_first_filtered_and_paged_past_thousands(mesh2, secret):
     assert status == 400 and b"unknown status" in body
     status, _, _ = http(urls[0] + "api/jobs?limit=0")
     assert status == 400
+
+
+def test_api_files_lists_the_catalog_and_what_each_node_holds(mesh2, secret):
+    urls = {n.name: dashboard(n) for n in mesh2}
+    with mesh.Client([n.address for n in mesh2], secret) as c:
+        files_linked(c)
+        both = c.files.putf(b"a" * 3000, "docs/a.txt", replicas=2)
+        one = c.files.putf(b"b" * 700, "docs/b.txt", replicas=1)
+        top = c.files.putf(b"top", "top.txt", replicas=1)
+        infos = {i.name: i for i in (both, one, top)}
+        assert sorted(both.nodes) == ["n1", "n2"] and len(one.nodes) == len(top.nodes) == 1
+
+        expected = {  # node -> (blobs, bytes) it holds
+            n: (sum(n in i.nodes for i in infos.values()),
+                sum(i.size for i in infos.values() if n in i.nodes))
+            for n in ("n1", "n2")
+        }  # fmt: skip
+        assert sum(count for count, _ in expected.values()) == 4
+
+        def rows(url: str) -> dict[str, dict[str, Any]]:
+            return {f["name"]: f for f in api(url + "api/files?limit=1000")["files"]}
+
+        for name, url in urls.items():
+            # every node's catalog: every name, its current version, its holders
+            wait_until(lambda url=url: {f: sorted(r["holders"]) for f, r in rows(url).items()}
+                       == {i.name: sorted(i.nodes) for i in infos.values()},
+                       what=f"{name}'s catalog to know every holder")  # fmt: skip
+            data = api(url + "api/files")
+            assert data["node"] == name and data["total"] == 3 and data["bytes"] == 3703
+            assert [f["name"] for f in data["files"]] == ["docs/a.txt", "docs/b.txt", "top.txt"]
+            for f in data["files"]:
+                i = infos[f["name"]]
+                assert (f["size"], f["hash"], f["time"]) == (i.size, i.hash, i.time)
+            assert data["files"][0]["hash"] == hashlib.sha256(b"a" * 3000).hexdigest()
+
+            # blobs held per node, the node's own from its store, peers' from the catalog
+            def held(url: str = url) -> dict[str, tuple[int, int]]:
+                nodes = api(url + "api/nodes")["nodes"]
+                return {n["name"]: (n["files"], n["files_bytes"]) for n in nodes}
+
+            wait_until(lambda held=held: held() == expected, what=f"{name}'s files held")
+
+        url = urls["n1"]
+        page = api(url + "api/files?prefix=docs/&offset=1&limit=1")
+        assert (page["total"], page["bytes"], page["offset"], page["limit"]) == (2, 3700, 1, 1)
+        assert [f["name"] for f in page["files"]] == ["docs/b.txt"]
+        assert api(url + "api/files?prefix=nothing/")["files"] == []
+        assert http(url + "api/files?limit=0")[0] == 400
+        assert http(url + "api/files?offset=x")[0] == 400
+
+        for name in infos:
+            c.files.delete(name)
+    for name, url in urls.items():  # deleted: gone from the catalog, blobs collected
+        assert api(url + "api/files") == {"node": name, "total": 0, "bytes": 0, "offset": 0,
+                                          "limit": 50, "files": []}  # fmt: skip
+        wait_until(lambda url=url: {(n["files"], n["files_bytes"])
+                                    for n in api(url + "api/nodes")["nodes"]} == {(0, 0)},
+                   what=f"{name} to hold no blobs")  # fmt: skip
 
 
 def test_api_job_shows_output_traceback_and_arguments(node_factory, secret, tmp_path):
@@ -380,9 +449,29 @@ def test_dashboard_pages_in_a_browser(mesh2, secret, browser, tmp_path):
     assert page.inner_text("#job-status") == "error"
     page.screenshot(path=str(shots / "job.png"), full_page=True)
 
-    page.goto(urls[node] + "files")
-    assert "not available in this version" in page.inner_text("#files-empty")
+    # the files page: empty, then a file put meanwhile appears, live, with its holders
+    page = pages["n1"]
+    page.goto(urls["n1"] + "files")
+    page.wait_for_selector("#live.on")
+    assert "No files in the mesh file store yet" in page.inner_text("#files-empty")
+    with mesh.Client([n1.address, n2.address], secret) as c:
+        files_linked(c)
+        info = c.files.putf(b"meow" * 5000, "photos/cat.jpg", replicas=2)
+    assert sorted(info.nodes) == ["n1", "n2"]
+    row = 'tr[data-name="photos/cat.jpg"]'
+    page.wait_for_selector(f"#files {row}")  # appeared without a reload
+    assert page.inner_text(f"#files {row} .size") == "19.5 KiB"
+    assert page.inner_text(f"#files {row} .version") == info.hash[:12]
+    wait_until(lambda: sorted(page.inner_text(f"#files {row} .holders").split(", "))
+               == ["n1", "n2"], what="the page to show both holders")  # fmt: skip
+    assert page.inner_text("#files-summary") == "1 file, 19.5 KiB"
     page.screenshot(path=str(shots / "files.png"), full_page=True)
+
+    page.goto(urls["n1"])  # the mesh page says what each node holds
+    for name in ("n1", "n2"):
+        cell = f'#nodes tr[data-node="{name}"] .files-held'
+        wait_until(lambda cell=cell: page.inner_text(cell) == "1 · 19.5 KiB",
+                   what=f"{name}'s files held")  # fmt: skip
     context.close()
     assert not errors, errors
     assert {p.name for p in shots.iterdir()} == {"mesh.png", "jobs.png", "job.png", "files.png"}

@@ -6,6 +6,7 @@ const main = document.getElementById("main");
 let view = null;          // the current view: {render(), onEvent(ev)}
 let lastEvent = null;     // the newest server-sent event
 let jobsVersion = -1;
+let filesVersion = -1;
 
 // ---- small helpers ----
 
@@ -54,6 +55,14 @@ function fmtSeconds(s) {
   if (s < 120) return s.toFixed(1) + " s";
   const m = Math.floor(s / 60);
   return m < 120 ? m + " min " + Math.round(s % 60) + " s" : (s / 3600).toFixed(1) + " h";
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? String(n) : n.toFixed(n < 10 ? 2 : 1)) + " " + units[i];
 }
 
 function duration(job) {
@@ -105,9 +114,9 @@ function meshView() {
       h("thead", {}, h("tr", {},
         h("th", {}, "Node"), h("th", {}, "Address"), h("th", {class: "num"}, "Workers"),
         h("th", {class: "num"}, "Running"), h("th", {class: "num"}, "Queued"),
-        h("th", {}, "Load"), h("th", {}, "Files held"), h("th", {}, "Last heartbeat"))),
+        h("th", {}, "Load"), h("th", {class: "num"}, "Files held"), h("th", {}, "Last heartbeat"))),
       tbody),
-    h("p", {class: "note"}, "Files held: the mesh file store is not available in this version."),
+    h("p", {class: "note"}, "Files held: the blobs of the mesh file store on each node's disk, as this node's catalog knows them."),
     h("h2", {}, "Jobs held by this node"),
     counts);
 
@@ -126,7 +135,8 @@ function meshView() {
       h("td", {}, n.load === null ? "" : [
         h("span", {class: "loadbar"}, h("span", {style: "width:" + Math.min(100, n.load * 100) + "%"})),
         Math.round(n.load * 100) + " %"]),
-      h("td", {class: "muted", title: "not available in this version"}, n.files === null ? "—" : n.files),
+      h("td", {class: "num files-held"}, n.files === null ? h("span", {class: "muted"}, "—")
+        : [n.files.toLocaleString(), h("span", {class: "muted"}, " · " + fmtBytes(n.files_bytes))]),
       h("td", {}, n.self ? "this node" : !n.connected ? badge("off") :
         n.heartbeat_s === null ? "" : fmtSeconds(n.heartbeat_s) + " ago"))));
     if (jobCounts) {
@@ -271,12 +281,65 @@ function jobView(jid) {
 }
 
 function filesView() {
+  const params = new URLSearchParams(location.search);
+  const state = {prefix: params.get("prefix") || "",
+                 page: Math.max(0, parseInt(params.get("page") || "0", 10) || 0)};
+  const limit = 50;
+  const prefix = h("input", {name: "prefix", id: "f-prefix", placeholder: "any", value: state.prefix});
+  const summary = h("span", {id: "files-summary", class: "muted"});
+  const tbody = h("tbody");
+  const info = h("span", {id: "files-page-info"});
+  const prev = h("button", {id: "files-prev", onclick: () => { state.page--; changed(); }}, "← Previous");
+  const next = h("button", {id: "files-next", onclick: () => { state.page++; changed(); }}, "Next →");
   main.replaceChildren(
-    h("h1", {}, "Files"),
-    h("div", {class: "card empty-state", id: "files-empty"},
-      h("p", {}, h("strong", {}, "files: not available in this version")),
-      h("p", {}, "The mesh file store (mesh.files) comes in a later release of lanmesh.")));
-  return {refresh: () => {}, onEvent: () => {}, onJobs: () => {}};
+    h("h1", {}, "Files", summary),
+    h("form", {class: "filters", onsubmit: (e) => e.preventDefault()}, h("label", {}, "Name starts with", prefix)),
+    h("table", {id: "files"},
+      h("thead", {}, h("tr", {},
+        h("th", {}, "Name"), h("th", {class: "num"}, "Size"), h("th", {}, "Version"),
+        h("th", {}, "Stored"), h("th", {}, "Held by"))),
+      tbody),
+    h("div", {class: "pager"}, prev, info, next),
+    h("p", {class: "note"}, "The mesh file store (mesh.files) as this node's catalog knows it: every name's current version and the live nodes holding a copy. Store files with ",
+      h("code", {}, "mesh.files.put(path)"), " or ", h("code", {}, "mesh files put PATH"), "."));
+
+  let timer = null;
+  prefix.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { state.page = 0; changed(); }, 250); });
+  function changed() {
+    state.prefix = prefix.value;
+    const q = new URLSearchParams();
+    if (state.prefix) q.set("prefix", state.prefix);
+    if (state.page) q.set("page", state.page);
+    history.replaceState(null, "", "/files" + (q.toString() ? "?" + q : ""));
+    refresh();
+  }
+  const refresh = refresher(async () => {
+    const q = new URLSearchParams({offset: state.page * limit, limit});
+    if (state.prefix) q.set("prefix", state.prefix);
+    const data = await api("/api/files?" + q);
+    if (data.total && state.page * limit >= data.total) {  // the page emptied: go back
+      state.page = Math.max(0, Math.ceil(data.total / limit) - 1);
+      return changed();
+    }
+    summary.textContent = data.total.toLocaleString() + (data.total === 1 ? " file, " : " files, ") + fmtBytes(data.bytes);
+    tbody.replaceChildren(...data.files.map((f) => h("tr", {"data-name": f.name},
+      h("td", {class: "mono wrap name"}, f.name),
+      h("td", {class: "num size", title: f.size.toLocaleString() + " bytes"}, fmtBytes(f.size)),
+      h("td", {class: "mono version", title: "SHA-256 " + f.hash}, f.hash.slice(0, 12)),
+      h("td", {class: "time"}, fmtTime(f.time)),
+      h("td", {class: "holders"}, f.holders.length ? f.holders.join(", ") : h("span", {class: "muted"}, "no live node")))));
+    if (!data.files.length) {
+      tbody.append(h("tr", {}, h("td", {colspan: 5, class: "empty-state", id: "files-empty"},
+        data.total ? "" : state.prefix ? "No file names start with this." : "No files in the mesh file store yet.")));
+    }
+    const first = data.total ? data.offset + 1 : 0;
+    info.textContent = first.toLocaleString() + "–" + (data.offset + data.files.length).toLocaleString() +
+      " of " + data.total.toLocaleString();
+    prev.disabled = state.page === 0;
+    next.disabled = data.offset + data.files.length >= data.total;
+  });
+  refresh();
+  return {refresh, onEvent: () => {}, onJobs: () => {}, onFiles: refresh};
 }
 
 // ---- routing and live updates ----
@@ -315,6 +378,10 @@ function connect() {
       const first = jobsVersion === -1;
       jobsVersion = ev.jobs_version;
       if (!first && view) view.onJobs();
+    }
+    if (ev.files_version !== filesVersion) {  // the first one too: a put may precede it
+      filesVersion = ev.files_version;
+      if (view && view.onFiles) view.onFiles();
     }
   };
 }
