@@ -8,6 +8,7 @@ pickles on its own thread while the loop keeps sending.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import math
@@ -125,7 +126,8 @@ class NodeInfo:
 
 
 class _Func:
-    __slots__ = ("blob", "fhash", "files", "finished", "name", "prefer", "speculative")
+    __slots__ = ("blob", "env", "fhash", "files", "finished", "name", "prefer", "push",
+                 "speculative")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
@@ -133,6 +135,8 @@ class _Func:
         self.speculative = False  # stragglers of this map get a copy elsewhere
         self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
+        self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
+        self.push: tuple[tuple[str, str], ...] = ()  # (local path, store name) to push first
 
 
 class _Job:
@@ -249,10 +253,47 @@ def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     for k in opts:
         if k not in OPTIONS:
             raise TypeError(f"unknown job option {k}= (job options are {', '.join(OPTIONS)})")
-    for k in ("_env",):
-        if opts.get(k):
-            raise ConfigurationError(f"{k}= is not supported by this version of lanmesh yet")
     return kwargs, opts
+
+
+_DIST_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
+
+
+def _env_requirements(env: Any) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``_env=``: pip requirements, and local wheels or sdists to push through mesh.files
+    (by hash: a ``wheel:<sha256>:<file name>`` requirement). Returns (requirements,
+    (path, store name) of the files to push)."""
+    if not env:
+        return (), ()
+    reqs = (env,) if isinstance(env, str) else tuple(env)
+    if not all(isinstance(r, str) for r in reqs):
+        raise TypeError(f"_env= takes requirement strings, not {env!r}")
+    out, push = [], []
+    for req in reqs:
+        req = req.strip()
+        local = req.endswith(_DIST_SUFFIXES) and (
+            req.startswith((".", "/", "~")) or os.sep in req or os.path.exists(req)
+        )
+        if not local:
+            out.append(req)
+            continue
+        path = os.path.expanduser(req)
+        try:
+            sha = _sha256_file(path)
+        except OSError as exc:
+            raise ConfigurationError(f"_env: cannot read {req}: {exc}") from exc
+        filename = os.path.basename(path)
+        out.append(f"wheel:{sha}:{filename}")
+        push.append((path, f".lanmesh-env/{sha}/{filename}"))
+    return tuple(out), tuple(push)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class AsyncClient:
@@ -309,6 +350,7 @@ class AsyncClient:
         self._local_mesh: LocalMesh | None = None  # started by AsyncClient.local()
         self._started = False
         self.files = AsyncFiles(self._usable)  # mesh.files over these same links
+        self._pushed: set[str] = set()  # _env files already in the store
 
     # ---- lifecycle ----
 
@@ -746,7 +788,7 @@ class AsyncClient:
             link.conn.send(
                 Submit(func.fhash, func.blob if fresh else b"", func.name,
                        tuple((j.jid, j.args) for j in batch), head.cores, head.label,
-                       head.max_runtime, retry=any(j.attempts for j in batch))
+                       head.max_runtime, retry=any(j.attempts for j in batch), env=func.env)
             )  # fmt: skip
 
     # ---- thread-safe preparation ----
@@ -763,6 +805,7 @@ class AsyncClient:
         func = _Func(fhash, blob, function_name(fn))
         func.speculative = bool(opts.get("_speculative", False))
         func.files = _file_names(opts.get("_files"))
+        func.env, func.push = _env_requirements(opts.get("_env"))
         label = str(opts.get("_label", ""))
         max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
         retries = int(opts.get("_retries", 3))
@@ -778,6 +821,9 @@ class AsyncClient:
 
     def _enqueue(self, jobs: list[_Job]) -> None:
         """Loop thread: queue prepared jobs and place what can be placed now."""
+        if jobs and jobs[0].func is not None and jobs[0].func.push:
+            self._spawn(self._enqueue_after_push(jobs))  # first: the _env's local files
+            return
         if jobs and jobs[0].func is not None and jobs[0].func.files and jobs[0].func.prefer is None:
             self._spawn(self._enqueue_near_files(jobs))  # first: which nodes hold them
             return
@@ -846,6 +892,26 @@ class AsyncClient:
             if v.load + job.cores <= v.workers and (best is None or v.load / v.workers < best_load):
                 best, best_load = lk, v.load / v.workers
         return best
+
+    async def _enqueue_after_push(self, jobs: list[_Job]) -> None:
+        """Push the local wheels of an ``_env`` through mesh.files (once per client and
+        hash; the nodes then fetch them by hash), then queue the jobs."""
+        func = jobs[0].func
+        assert func is not None
+        for path, name in func.push:
+            if name in self._pushed:
+                continue
+            try:
+                if not await self.files.exists(name):
+                    await self.files.put(path, name)
+            except MeshError as exc:
+                msg = f"_env: could not push {path} through mesh.files: {exc}"
+                for job in jobs:
+                    self._fail(job, ("env-build", "EnvBuildFailed", msg, "", ""))
+                return
+            self._pushed.add(name)
+        func.push = ()
+        self._enqueue(jobs)
 
     async def _enqueue_near_files(self, jobs: list[_Job]) -> None:
         """Learn which nodes hold the jobs' ``_files`` (a placement tie-breaker), then queue."""

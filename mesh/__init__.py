@@ -25,6 +25,7 @@ from mesh.errors import (
     ConfigurationError,
     ConnectionClosed,
     ConnectionLost,
+    EnvBuildFailed,
     FileCorrupted,
     FilesError,
     FileStoreFull,
@@ -55,7 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "call", "connect", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close", "files",
-    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
+    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "EnvBuildFailed", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
 ]  # fmt: skip
 
 T = TypeVar("T")

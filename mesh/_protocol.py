@@ -226,6 +226,9 @@ class Submit(Message):
     # Items whose earlier attempt here killed its worker: run them again (a jid seen
     # before is otherwise never run twice: the sender just gets its record).
     retry: bool = False
+    # _env: requirements the jobs need (pip specifiers, or "wheel:<sha256>:<file name>"
+    # for a file pushed through mesh.files); the node runs them in a cached venv.
+    env: tuple[str, ...] = ()
 
 
 @message(12)

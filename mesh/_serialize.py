@@ -27,6 +27,7 @@ import cloudpickle  # type: ignore[import-untyped]
 
 from mesh._protocol import ErrorInfo
 from mesh.errors import (
+    EnvBuildFailed,
     JobError,
     JobKilled,
     MaxRuntimeExceeded,
@@ -215,6 +216,7 @@ _KINDS: dict[str, type[JobError]] = {
     "killed": JobKilled,
     "max-runtime": MaxRuntimeExceeded,
     "memory": MemoryLimitExceeded,
+    "env-build": EnvBuildFailed,
 }
 
 
@@ -230,7 +232,9 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
             client_side = "the client has it as a local module, not an installed package"
         else:
             client_side = "this client does not have it either"
-        advice = f"install it there ({hint})" if hint else "install it there"
+        pin = hint.removeprefix("pip install ")
+        advice = (f"pass _env=[{pin!r}] or install it there ({hint})" if hint
+                  else "install it there")  # fmt: skip
         err: BaseException = MissingModule(
             f"node {node} lacks module {module!r} ({client_side}); {advice} [{where}]",
             jid=jid,

@@ -25,7 +25,8 @@
         ├── JobKilled               it was killed: by ``kill`` or past ``_max_runtime``
         │   ├── MaxRuntimeExceeded
         │   └── MemoryLimitExceeded past the node's --max-memory per worker
-        └── MissingModule           also ModuleNotFoundError: the node lacks a module the job needs
+        ├── MissingModule           also ModuleNotFoundError: the node lacks a module the job needs
+        └── EnvBuildFailed          the node could not build the job's ``_env``; pip's last lines
 
 A job's own exception (``ValueError`` raised by the user's function) is re-raised
 as its original type; its ``__cause__`` is a :class:`RemoteTraceback` holding the
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionLost",
+    "EnvBuildFailed",
     "FileCorrupted",
     "FileStoreFull",
     "FilesError",
@@ -232,6 +234,11 @@ def _rebuild_missing_module(
     message: str, jid: str | None, node: str | None, tb: str, module: str | None
 ) -> MissingModule:
     return MissingModule(message, jid=jid, node=node, remote_traceback=tb, module=module)
+
+
+class EnvBuildFailed(JobError):
+    """The node could not build the job's environment (``_env``); the message names the
+    node and ends with pip's last lines. Cached as failed there until the set changes."""
 
 
 class RemoteTraceback(Exception):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -139,6 +140,23 @@ def parser() -> argparse.ArgumentParser:
         "login token (`mesh token`) (default: 127.0.0.1 only, on the node's port + 1000)",
     )
     p.add_argument("--no-dashboard", action="store_true", help="serve no web dashboard")
+    p.add_argument(
+        "--pip-option",
+        action="append",
+        default=None,
+        metavar="OPT",
+        help="an extra pip option for building job environments (_env), e.g. "
+        "--pip-option=--no-index --pip-option=--find-links=/srv/wheels (repeatable; "
+        "default MESH_PIP_ARGS, split like a shell)",
+    )
+    p.add_argument(
+        "--env-budget",
+        type=_size,
+        default=5 * 2**30,
+        metavar="SIZE",
+        help="disk space cached job environments may take before the least recently "
+        "used is removed (default 5G)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("MESH_LOG_LEVEL", "warning"))
     return p
@@ -189,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         peers=peers,
         dashboard=dashboard,
         dashboard_token=args.dashboard is not None,
+        pip_args=args.pip_option
+        if args.pip_option is not None
+        else shlex.split(os.environ.get("MESH_PIP_ARGS", "")),
+        env_budget_bytes=args.env_budget,
     )
     try:
         asyncio.run(_serve(config))

@@ -56,6 +56,7 @@ class Func:
     fhash: bytes
     blob: bytes
     name: str
+    env: str = ""  # key of the job environment (_env) its jobs run in; "" the node's own
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +97,7 @@ class _Worker:
     # (WORKER_FUNCTIONS), so every function listed here is still there.
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     stopping: bool = False  # being killed for its memory
+    env: str = ""  # the job environment this worker runs in ("" the node's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,8 @@ class JobTable:
         self.unclaimed_ttl_s = unclaimed_ttl_s
         self.jobs: dict[str, Job] = {}
         self.queue: deque[Job] = deque()
+        # Jobs waiting for workers of a job environment (_env), by environment key.
+        self.env_queues: dict[str, deque[Job]] = {}
         self.workers: dict[int, _Worker] = {}
         self.capacity = 0  # workers the node is configured for (ready or starting)
         self.avg_run_s: float | None = None
@@ -157,7 +161,21 @@ class JobTable:
 
     @property
     def queued(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + sum(len(q) for q in self.env_queues.values())
+
+    def _queue_of(self, func: Func) -> deque[Job]:
+        if not func.env:
+            return self.queue
+        q = self.env_queues.get(func.env)
+        if q is None:
+            q = self.env_queues[func.env] = deque()
+        return q
+
+    def env_busy(self, env: str) -> bool:
+        """Jobs of this environment are queued or running."""
+        if self.env_queues.get(env):
+            return True
+        return any(w.env == env and (w.batch or w.reserved_for) for w in self.workers.values())
 
     def record(self, jid: str) -> JobRecord | None:
         j = self.jobs.get(jid)
@@ -226,7 +244,8 @@ class JobTable:
                 )  # fmt: skip
                 continue
             fresh.append(job)
-        self.queue.extend(fresh)
+        if fresh:
+            self._queue_of(func).extend(fresh)
         return self._schedule(now)
 
     def watch(self, conn: int, jids: tuple[str, ...]) -> list[Instruction]:
@@ -245,9 +264,22 @@ class JobTable:
                 job.watchers = set()
             job.watchers.add(conn)
 
-    def worker_ready(self, wid: int, now: float) -> list[Instruction]:
-        self.workers[wid] = _Worker(wid)
+    def worker_ready(self, wid: int, now: float, env: str = "") -> list[Instruction]:
+        self.workers[wid] = _Worker(wid, env=env)
         return self._schedule(now)
+
+    def env_failed(self, env: str, error: ErrorInfo, now: float) -> list[Instruction]:
+        """The environment could not be built: its queued jobs fail with ``error``."""
+        for job in self.env_queues.pop(env, deque()):
+            self._finish(job, ERROR, now, error=error)
+        return self._flush()
+
+    def remove_env_workers(self, env: str) -> list[int]:
+        """The environment's (idle) workers are being shut down: forget them."""
+        wids = [wid for wid, w in self.workers.items() if w.env == env]
+        for wid in wids:
+            del self.workers[wid]
+        return wids
 
     def worker_ran(self, wid: int, items: tuple[RanItem, ...], now: float) -> list[Instruction]:
         """A worker reported finished jobs (its batch may still be running)."""
@@ -307,7 +339,8 @@ class JobTable:
             else:
                 job.state, job.worker, job.suspect = QUEUED, -1, True
                 requeue.append(job)
-        self.queue.extendleft(reversed(requeue))
+        if requeue:
+            self._queue_of(requeue[0].func).extendleft(reversed(requeue))
         return self._schedule(now)
 
     def kill(
@@ -320,7 +353,7 @@ class JobTable:
                 continue
             if job.state == QUEUED:
                 try:
-                    self.queue.remove(job)
+                    self._queue_of(job.func).remove(job)
                 except ValueError:
                     pass
                 self._finish(
@@ -334,10 +367,12 @@ class JobTable:
     def drain(self) -> list[Instruction]:
         """The node is leaving: take no new jobs and hand the queued ones back."""
         self.draining = True
-        for job in self.queue:
-            self._back.setdefault(job.owner, []).append(job.jid)
-            del self.jobs[job.jid]  # it runs elsewhere; a later ask here finds nothing
-        self.queue.clear()
+        for q in (self.queue, *self.env_queues.values()):
+            for job in q:
+                self._back.setdefault(job.owner, []).append(job.jid)
+                del self.jobs[job.jid]  # it runs elsewhere; a later ask here finds nothing
+            q.clear()
+        self.env_queues.clear()
         return self._flush()
 
     def set_paused(self, paused: bool, now: float) -> list[Instruction]:
@@ -427,10 +462,10 @@ class JobTable:
                 ow.reserved_for = ""
         w.reserving.clear()
 
-    def _batch_size(self, head: Job) -> int:
+    def _batch_size(self, head: Job, queued: int, workers: int) -> int:
         if head.cores > 1 or head.max_runtime > 0 or head.suspect:
             return 1
-        by_queue = len(self.queue) // (2 * max(len(self.workers), 1))
+        by_queue = queued // (2 * max(workers, 1))
         if self.avg_run_s is None:
             return 1
         by_time = BATCH_TARGET_S / self.avg_run_s if self.avg_run_s > 0 else MAX_BATCH
@@ -438,15 +473,43 @@ class JobTable:
 
     def _schedule(self, now: float) -> list[Instruction]:
         out: list[Instruction] = []
-        if self.queue and not self.paused:
-            idle = [w for w in self.workers.values() if not w.batch and not w.reserved_for]
-            while self.queue and idle:
-                head = self.queue[0]
+        if self.paused:
+            return self._flush()
+        # Environment pools run beside the node's own: all of them together run at most
+        # ``capacity`` jobs at once, so a node never runs more jobs than it has workers for.
+        shared = any(w.env for w in self.workers.values())
+        if self.queue:
+            idle = [w for w in self.workers.values()
+                    if not w.batch and not w.reserved_for and not w.env]  # fmt: skip
+            n_workers = len(self.workers) if not self.env_queues else sum(
+                1 for w in self.workers.values() if not w.env)  # fmt: skip
+            if shared:
+                idle = idle[: self._free_slots()]
+            self._schedule_queue(self.queue, idle, n_workers, now, out)
+        for env, q in list(self.env_queues.items()):
+            if q:
+                mine = [w for w in self.workers.values() if w.env == env]
+                idle = [w for w in mine if not w.batch and not w.reserved_for]
+                self._schedule_queue(q, idle[: self._free_slots()], len(mine), now, out)
+            if not q:
+                del self.env_queues[env]
+        return out + self._flush()
+
+    def _free_slots(self) -> int:
+        busy = sum(1 for w in self.workers.values() if w.batch or w.reserved_for)
+        return max(0, max(self.capacity, 1) - busy)
+
+    def _schedule_queue(
+        self, q: deque[Job], idle: list[_Worker], n_workers: int, now: float, out: list[Instruction]
+    ) -> None:
+        """Start jobs from the head of ``q`` on the ``idle`` workers (theirs alone)."""
+        if q and idle:
+            while q and idle:
+                head = q[0]
                 if head.cores > len(idle):
                     break  # wait for enough idle workers; keep order
                 w = idle.pop()
-                n = self._batch_size(head)
-                q = self.queue
+                n = self._batch_size(head, len(q), n_workers)
                 jobs = [q.popleft()]
                 while q and len(jobs) < n:
                     j = q[0]
@@ -468,7 +531,6 @@ class JobTable:
                 if len(w.functions) > NODE_TRACKED_FUNCTIONS:
                     w.functions.popitem(last=False)
                 out.append(Dispatch(w.wid, head.func, send, jobs))
-        return out + self._flush()
 
     def _flush(self) -> list[Instruction]:
         out: list[Instruction] = []

@@ -57,8 +57,11 @@ class WorkerPool:
         log_file: IO[bytes] | None = None,
         kill_grace_s: float = 5.0,
         share: Callable[[object], str | None] | None = None,
+        python: str = sys.executable,
+        first_wid: int = 0,
     ) -> None:
         self._share = share
+        self.python = python  # a job environment's interpreter, or the node's own
         self.size = size
         self._on_ready = on_ready
         self._on_ran = on_ran
@@ -67,7 +70,7 @@ class WorkerPool:
         self._kill_grace_s = kill_grace_s
         self._procs: dict[int, _Proc] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._next_wid = 0
+        self._next_wid = first_wid  # pools of one node number their workers apart
         self._closing = False
 
     @property
@@ -94,7 +97,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "node._worker", str(child.fileno()), str(os.getpid()),
+                self.python, "-m", "node._worker", str(child.fileno()), str(os.getpid()),
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -41,6 +41,7 @@ from mesh._protocol import (
     Submit,
 )
 from node._dashboard import Dashboard
+from node._envs import Env, EnvBuildError, EnvCache, normalise
 from node._files import FILE_MESSAGES, FileService
 from node._jobs import (
     Deliver,
@@ -63,6 +64,7 @@ __all__ = ["Node", "NodeConfig"]
 log = logging.getLogger("mesh.node")
 
 TICK_S = 0.1
+ENV_WID_STRIDE = 1_000_000  # worker ids of the n-th environment's pool start at n * this
 
 
 @dataclass
@@ -99,6 +101,10 @@ class NodeConfig:
     # request needs the login token (`mesh token`): mesh-node sets it for --dashboard.
     dashboard: tuple[str, int] | None = None
     dashboard_token: bool = False
+    # Job environments (_env): extra pip options (--pip-option, MESH_PIP_ARGS; e.g.
+    # --no-index --find-links DIR offline) and the disk budget of cached environments.
+    pip_args: list[str] = field(default_factory=list)
+    env_budget_bytes: int = 5 * 2**30
 
 
 class Node:
@@ -126,6 +132,12 @@ class Node:
         self.dashboard: Dashboard | None = None
         self.client_names: dict[int, str] = {}  # connection id -> name from its handshake
         self.files: FileService | None = None  # mesh.files: blobs, catalog, replication
+        self.envs: EnvCache | None = None  # _env: cached virtual environments
+        self._env_pools: dict[str, WorkerPool] = {}  # env key -> its workers
+        self._pools_by_base: dict[int, WorkerPool] = {}  # wid // ENV_WID_STRIDE -> pool
+        self._env_building: set[str] = set()
+        self._env_tasks: set[asyncio.Task[None]] = set()
+        self._pool_count = 0
 
     # ---- lifecycle ----
 
@@ -144,6 +156,13 @@ class Node:
         self._log_file = await asyncio.to_thread(open, self.config.data_dir / "workers.log", "ab")
         self.files = FileService(self)  # before the workers start: they inherit its socket path
         await self.files.start()
+        self.envs = await asyncio.to_thread(
+            EnvCache,
+            self.config.data_dir,
+            node_name=self.name,
+            pip_args=self.config.pip_args,
+            budget_bytes=self.config.env_budget_bytes,
+        )
         self._shm = SharedBlocks(self.node_id, self.config.data_dir)
         self._pool = WorkerPool(
             self.config.workers,
@@ -245,6 +264,12 @@ class Node:
             with contextlib.suppress(Exception):
                 conn.send(Goodbye("node stopping"))
             conn.close()
+        for task in list(self._env_tasks):
+            task.cancel()
+        if self._env_tasks:
+            await asyncio.wait(set(self._env_tasks), timeout=5.0)
+        for pool in list(self._env_pools.values()):
+            await pool.close()
         if self._pool is not None:
             await self._pool.close()
         if self.files is not None:  # after the workers: jobs finishing in the grace use it
@@ -264,8 +289,9 @@ class Node:
         assert self._pool is not None
         limit = self.config.max_memory
         if limit:
-            for wid, w in self.table.workers.items():
-                pid = self._pool.pid(wid) if w.batch else None
+            for wid, w in list(self.table.workers.items()):
+                pool = self._pool_for(wid)
+                pid = pool.pid(wid) if w.batch and pool is not None else None
                 rss = _rss(pid) if pid is not None else 0
                 if rss > limit:
                     self._apply(self.table.over_memory(wid, rss, limit))
@@ -370,6 +396,15 @@ class Node:
                     conn.abort()  # a client that skips the function blob is broken
                     return
                 func = funcs[msg.fhash] = Func(msg.fhash, msg.fblob, msg.fname)
+            if msg.env and self.envs is not None:
+                reqs = normalise(msg.env)
+                key = EnvCache.key(reqs)
+                fkey = msg.fhash + key.encode()
+                base, env_func = func, funcs.get(fkey)
+                if env_func is None:
+                    env_func = funcs[fkey] = Func(base.fhash, base.blob, base.name, env=key)
+                func = env_func
+                self._want_env(key, reqs)
             self._apply(
                 self.table.submit(
                     cid,
@@ -406,6 +441,89 @@ class Node:
 
     # ---- workers ----
 
+    # ---- job environments ----
+
+    def _want_env(self, key: str, reqs: tuple[str, ...]) -> None:
+        """Jobs need this environment: use its workers, or build it (once) and start them."""
+        assert self.envs is not None
+        if key in self._env_pools:
+            self.envs.touch(key)
+            return
+        if key in self._env_building:
+            return
+        self._env_building.add(key)
+        task = asyncio.get_running_loop().create_task(self._build_env(key, reqs))
+        self._env_tasks.add(task)
+        task.add_done_callback(self._env_tasks.discard)
+
+    async def _fetch_file(self, sha: str, filename: str) -> Path:
+        if self.files is None:
+            raise EnvBuildError("this node has no file store")
+        return await self.files.ensure_local(sha, filename)
+
+    async def _build_env(self, key: str, reqs: tuple[str, ...]) -> None:
+        assert self.envs is not None
+        try:
+            env = await self.envs.ensure(reqs, self._fetch_file)
+        except EnvBuildError as exc:
+            msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {exc}"
+            log.warning("%s", msg)
+            self._apply(self.table.env_failed(key, ("env-build", "EnvBuildFailed", msg, "", ""),
+                                              time.time()))  # fmt: skip
+            return
+        except Exception as exc:  # a bug of ours: the jobs still get an answer
+            log.exception("building environment %s", key)
+            msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {exc!r}"
+            self._apply(self.table.env_failed(key, ("env-build", "EnvBuildFailed", msg, "", ""),
+                                              time.time()))  # fmt: skip
+            return
+        finally:
+            self._env_building.discard(key)
+        if self._stopped.is_set():
+            return
+        self._start_env_pool(env)
+        busy = {k for k in self._env_pools if self.table.env_busy(k)}
+        for gone in self.envs.evict(keep=busy | {key}):
+            log.info("environment %s evicted (least recently used, past the budget)", gone)
+            self._stop_env_pool(gone)
+
+    def _start_env_pool(self, env: Env) -> None:
+        self._pool_count += 1
+        key = env.key
+
+        def ready(wid: int) -> None:
+            if self._env_pools.get(key) is pool:  # not a pool being shut down
+                self._apply(self.table.worker_ready(wid, time.time(), env=key))
+
+        pool = WorkerPool(
+            self.config.workers,
+            share=self._shm.share if self._shm is not None else None,
+            on_ready=ready,
+            on_ran=self._worker_ran,
+            on_died=self._worker_died,
+            log_file=self._log_file,
+            kill_grace_s=self.config.kill_grace_s,
+            python=env.python,
+            first_wid=self._pool_count * ENV_WID_STRIDE,
+        )
+        self._env_pools[key] = pool
+        self._pools_by_base[self._pool_count] = pool
+        pool.start()
+
+    def _stop_env_pool(self, key: str) -> None:
+        pool = self._env_pools.pop(key, None)
+        if pool is None:
+            return
+        self._pools_by_base = {b: p for b, p in self._pools_by_base.items() if p is not pool}
+        self.table.remove_env_workers(key)
+        task = asyncio.get_running_loop().create_task(pool.close())
+        self._env_tasks.add(task)
+        task.add_done_callback(self._env_tasks.discard)
+
+    def _pool_for(self, wid: int) -> WorkerPool | None:
+        base = wid // ENV_WID_STRIDE
+        return self._pool if base == 0 else self._pools_by_base.get(base)
+
     def _worker_ready(self, wid: int) -> None:
         self._apply(self.table.worker_ready(wid, time.time()))
 
@@ -432,12 +550,15 @@ class Node:
                 f = ins.func
                 run = Run(f.fhash, f.blob if ins.send_function else b"", f.name,
                           tuple((j.jid, j.args) for j in ins.jobs))  # fmt: skip
-                if not self._pool.send(ins.worker, run):
+                pool = self._pool_for(ins.worker)
+                if pool is None or not pool.send(ins.worker, run):
                     # The worker vanished between events; its death event re-queues.
                     log.info("worker %d gone before dispatch", ins.worker)
             elif isinstance(ins, KillWorker):
                 log.info("killing worker %d (%s)", ins.worker, ins.reason)
-                self._pool.kill(ins.worker)
+                pool = self._pool_for(ins.worker)
+                if pool is not None:
+                    pool.kill(ins.worker)
             elif isinstance(ins, HandBack):
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:
@@ -452,7 +573,8 @@ class Node:
 
     @property
     def worker_pids(self) -> list[int]:
-        return self._pool.pids if self._pool is not None else []
+        pids = self._pool.pids if self._pool is not None else []
+        return pids + [pid for pool in self._env_pools.values() for pid in pool.pids]
 
 
 def _to_store(j: Job) -> StoredJob:

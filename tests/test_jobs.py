@@ -478,3 +478,14 @@ def test_paused_starts_nothing_until_resumed() -> None:
     t.worker_ready(1, 1.0)
     assert t.submit(OWNER, F, items("j1"), 1.0) == []
     assert t.set_paused(False, 2.0) == [Dispatch(1, F, True, jobs(t, "j1"))]
+
+
+def test_environment_workers_share_the_nodes_slots() -> None:
+    t = table(capacity=1)
+    envf = Func(b"e" * 16, b"blob-e", "work.env", env="k1")
+    t.worker_ready(1, 1.0)
+    t.worker_ready(1_000_000, 1.0, env="k1")
+    assert t.submit(OWNER, F, items("plain"), 1.0) == [Dispatch(1, F, True, jobs(t, "plain"))]
+    assert t.submit(OWNER, envf, items("in-env"), 1.0) == []  # the one slot is taken
+    out = t.worker_ran(1, (ran("plain"),), 2.0)
+    assert Dispatch(1_000_000, envf, True, jobs(t, "in-env")) in out
