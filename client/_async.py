@@ -126,11 +126,14 @@ class NodeInfo:
 
 
 class _Func:
-    __slots__ = ("blob", "env", "fhash", "files", "finished", "name", "prefer", "push",
-                 "speculative")  # fmt: skip
+    __slots__ = ("blob", "cores", "env", "fhash", "files", "finished", "label", "max_runtime",
+                 "name", "prefer", "push", "retries", "speculative")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
+        # One call or map: its jobs share these options (per job they would cost a map
+        # of a million jobs 32 MB).
+        self.cores, self.label, self.max_runtime, self.retries = 1, "", 0.0, 3
         self.finished = 0  # jobs of this function that came back: until then, no deep pipeline
         self.speculative = False  # stragglers of this map get a copy elsewhere
         self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
@@ -145,31 +148,20 @@ class _Job:
         "attempts",
         "blob",
         "callbacks",
-        "cores",
         "error",
         "func",
         "jid",
-        "label",
         "link",
-        "max_runtime",
         "node",
-        "retries",
         "state",
         "tried",
         "twin",
     )  # fmt: skip
 
-    def __init__(
-        self, jid: str, func: _Func | None, args: bytes, cores: int = 1, label: str = "",
-        max_runtime: float = 0.0, retries: int = 3, state: int = QUEUED,
-    ) -> None:  # fmt: skip
+    def __init__(self, jid: str, func: _Func | None, args: bytes, state: int = QUEUED) -> None:
         self.jid = jid
         self.func = func
-        self.args = args
-        self.cores = cores
-        self.label = label
-        self.max_runtime = max_runtime
-        self.retries = retries
+        self.args = args  # pickled; dropped once the job is final
         self.state = state
         self.link: _Link | None = None
         self.node = ""
@@ -181,6 +173,23 @@ class _Job:
         # exist. A tuple, so the million jobs of a big map share the one empty tuple.
         self.tried: tuple[tuple[str, str], ...] = ()
         self.twin: _Link | None = None  # the node running a speculative copy
+
+    # The options of the job's call or map; a job adopted from another process has none.
+    @property
+    def cores(self) -> int:
+        return self.func.cores if self.func is not None else 1
+
+    @property
+    def label(self) -> str:
+        return self.func.label if self.func is not None else ""
+
+    @property
+    def max_runtime(self) -> float:
+        return self.func.max_runtime if self.func is not None else 0.0
+
+    @property
+    def retries(self) -> int:
+        return self.func.retries if self.func is not None else 0
 
     @property
     def final(self) -> bool:
@@ -593,6 +602,7 @@ class AsyncClient:
                     if lk.conn is not None and not lk.conn.closed:
                         lk.conn.send(Kill((jid,)))
                 job.state, job.blob, job.error, job.node = state, blob, error, link.name
+                job.args = b""  # final: it will not be sent again
                 if job.func is not None:
                     job.func.finished += 1
                 if job.callbacks:
@@ -718,6 +728,7 @@ class AsyncClient:
     def _fail(self, job: _Job, error: ErrorInfo) -> None:
         with self._final_lock:
             job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
+            job.args = b""
             if job.callbacks:
                 for cb in job.callbacks:
                     cb(job)
@@ -806,15 +817,15 @@ class AsyncClient:
         func.speculative = bool(opts.get("_speculative", False))
         func.files = _file_names(opts.get("_files"))
         func.env, func.push = _env_requirements(opts.get("_env"))
-        label = str(opts.get("_label", ""))
-        max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
-        retries = int(opts.get("_retries", 3))
+        func.cores = cores
+        func.label = str(opts.get("_label", ""))
+        func.max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
+        func.retries = int(opts.get("_retries", 3))
         tag, counter, jobs_index = self._tag, self._counter, self._jobs
         jobs = []
         for args in arg_tuples:
             jid: str = Job(f"{tag}-{next(counter)}")  # the handle map returns, shared
-            job = _Job(jid, func, dumps_value(args, f"arguments of {func.name}"), cores, label,
-                       max_runtime, retries)  # fmt: skip
+            job = _Job(jid, func, dumps_value(args, f"arguments of {func.name}"))
             jobs_index[jid] = job
             jobs.append(job)
         return jobs
