@@ -38,6 +38,8 @@ from mesh._protocol import (
     PROCESSING,
     QUEUED,
     Ack,
+    EnvQuery,
+    EnvReport,
     ErrorInfo,
     Goodbye,
     Handback,
@@ -64,7 +66,7 @@ from mesh.errors import (
     UnknownJob,
 )
 
-__all__ = ["AsyncClient", "JobInfo", "NodeInfo", "parse_peers"]
+__all__ = ["AsyncClient", "EnvInfo", "EnvRebuild", "JobInfo", "NodeInfo", "parse_peers"]
 
 log = logging.getLogger("mesh.client")
 
@@ -123,6 +125,34 @@ class NodeInfo:
     running: int
     queued: int
     connected: bool
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """A job environment (``_env``) a node holds (``mesh.env_info``)."""
+
+    node: str
+    key: str
+    requirements: tuple[str, ...]  # pushed files as "wheel:<sha256>:<file name>"
+    status: str  # "ready", "building" or "failed"
+    size_bytes: int
+    last_used: float  # epoch seconds
+    builds: int
+    python: str
+    build_s: float  # how long the last build took (0.0: not finished)
+    error: str  # failed: why, ending with the last lines of pip's build log
+
+
+@dataclass(frozen=True)
+class EnvRebuild:
+    """What ``rebuild_env`` did on a node: ``outcome`` is "forgotten" (a failed build:
+    the next job tries again), "removed" (a ready environment: the next job builds it
+    again), or "building" / "in use" (left alone)."""
+
+    node: str
+    what: str
+    key: str
+    outcome: str
 
 
 class _Func:
@@ -353,6 +383,7 @@ class AsyncClient:
             int, tuple[asyncio.Future[list[JobRecord]], list[JobRecord], set[str]]
         ] = {}
         self._req_ids = itertools.count(1)
+        self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -568,6 +599,10 @@ class AsyncClient:
         elif isinstance(msg, Peers):
             for host, port in parse_peers(msg.addrs, strict=False):
                 self._learn(host, port)
+        elif isinstance(msg, EnvReport):
+            env_fut = self._env_requests.pop(msg.req, None)
+            if env_fut is not None and not env_fut.done():
+                env_fut.set_result(msg)
         elif isinstance(msg, Goodbye):
             conn.close()
         else:
@@ -1224,6 +1259,47 @@ class AsyncClient:
             NodeInfo(lk.name, lk.node_id, lk.key, lk.workers, lk.running, lk.queued, lk.usable)
             for lk in self._links.values()
         ]
+
+    async def env_info(self) -> list[EnvInfo]:
+        """The job environments (``_env``) of every reachable node: requirements, status,
+        size, last use, builds, and for a failed build pip's last lines."""
+        infos, _ = await self._env_query(())
+        return infos
+
+    async def rebuild_env(self, *what: str) -> list[EnvRebuild]:
+        """Drop the environments ``what`` names (key prefixes, requirements, project names,
+        pushed or local wheel files) on every node, so their next job builds them again;
+        a failed build is forgotten. Those building or in use are left alone."""
+        reqs, _ = _env_requirements(list(what))  # a local wheel: by hash, as _env sends it
+        _, done = await self._env_query(tuple(reqs))
+        return done
+
+    async def _env_query(self, rebuild: tuple[str, ...]) -> tuple[list[EnvInfo], list[EnvRebuild]]:
+        links = self._usable()
+        if not links:
+            raise NoNodesAvailable("no node is reachable to ask about its environments")
+        assert self._loop is not None
+        asked: dict[int, tuple[_Link, asyncio.Future[EnvReport]]] = {}
+        for lk in links:
+            assert lk.conn is not None
+            req = next(self._req_ids)
+            fut: asyncio.Future[EnvReport] = self._loop.create_future()
+            self._env_requests[req] = fut
+            asked[req] = (lk, fut)
+            lk.conn.send(EnvQuery(req, rebuild))
+        try:
+            await asyncio.wait([f for _, f in asked.values()], timeout=self._connect_timeout_s)
+        finally:
+            for req in asked:
+                self._env_requests.pop(req, None)
+        missing = [lk.name for lk, f in asked.values() if not f.done()]
+        if missing:  # a node lost meanwhile, or too busy to answer
+            raise MeshConnectionError(f"{', '.join(missing)} did not answer about environments")
+        reports = [(lk.name, f.result()) for lk, f in asked.values()]
+        infos = [EnvInfo(node, *r) for node, report in reports for r in report.envs]
+        infos.sort(key=lambda e: (e.node, -e.last_used, e.key))
+        done = [EnvRebuild(node, *d) for node, report in reports for d in report.rebuilt]
+        return infos, done
 
     @property
     def closed(self) -> bool:

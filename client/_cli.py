@@ -60,8 +60,16 @@ def parser() -> argparse.ArgumentParser:
     command("secret", "print this machine's mesh secret, to copy to other machines")
     command("token", "print the dashboard login token (derived from the mesh secret)")
     command("nodes", "list the nodes this machine sees, with workers and load")
-    jobs = command("jobs", "list jobs, newest first, from node dashboards (this machine's "
-                           "node by default)")  # fmt: skip
+    envs = command("envs", "list the job environments (_env) each node holds: requirements, "
+                           "status, size, last use, builds, and why a build failed")  # fmt: skip
+    envs.add_argument(
+        "--rebuild", nargs="+", default=[], metavar="KEY_OR_REQUIREMENT",
+        help="drop these environments (a key prefix, a requirement, a project name or a "
+        "wheel file) on every node, so their next job builds them again; a failed build "
+        "is forgotten (not those building or with jobs running)",
+    )  # fmt: skip
+    jobs = command("jobs", "list the mesh's jobs, newest first, from a node's dashboard (this "
+                           "machine's node by default)")  # fmt: skip
     jobs.add_argument("--status", default="", metavar="S",
                       help=f"only jobs in these states (comma-separated: {', '.join(JOB_STATES)})")  # fmt: skip
     jobs.add_argument("--label", default="", metavar="L", help="only jobs with this _label")
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_list_jobs(args))
         if args.command == "demo":
             sys.exit(_demo(args))
+        if args.command == "envs":
+            sys.exit(_envs_command(args))
         sys.exit(_jobs_command(args))
     except MeshError as exc:
         print(f"mesh: {exc}", file=sys.stderr)
@@ -366,17 +376,36 @@ def _list_jobs(args: argparse.Namespace) -> int:
         raise ConfigurationError("--limit must be at least 1 and --offset at least 0")
     query = {"status": args.status, "label": args.label, "client": args.client}
     query = {k: v for k, v in query.items() if v}
-    total, jobs = 0, []
-    for url in _dashboards(args.dashboard):
+    urls = _dashboards(args.dashboard)
+    if len(urls) == 1:  # a node's dashboard lists the whole mesh as it sees it
+        page = _get_json(urls[0], "api/jobs?" + urllib.parse.urlencode(
+            {**query, "offset": args.offset, "limit": min(args.limit, 1000)}))  # fmt: skip
+        total, jobs = int(page["total"]), list(page["jobs"])
+        missing = set(page.get("missing", ()))
+    else:
         # Every dashboard's newest offset+limit: their merge holds the page asked for.
-        page = _get_json(url, "api/jobs?" + urllib.parse.urlencode(
-            {**query, "offset": 0, "limit": min(args.offset + args.limit, 1000)}))  # fmt: skip
-        total += int(page["total"])
-        jobs.extend(page["jobs"])
-    jobs.sort(key=lambda j: j["submitted"], reverse=True)
-    jobs = jobs[args.offset : args.offset + args.limit]
+        # Dashboards of nodes that know each other list the same jobs: each (job, node)
+        # once, and each node's count once.
+        by_node: dict[str, int] = {}
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        missing = set()
+        for url in urls:
+            page = _get_json(url, "api/jobs?" + urllib.parse.urlencode(
+                {**query, "offset": 0, "limit": min(args.offset + args.limit, 1000)}))  # fmt: skip
+            by_node.update(page.get("by_node") or {page["node"]: int(page["total"])})
+            missing.update(page.get("missing", ()))
+            for j in page["jobs"]:
+                seen.setdefault((j["jid"], j["node"]), j)
+        missing -= set(by_node)  # a node one dashboard could not reach, another did
+        total = sum(by_node.values())
+        jobs = sorted(seen.values(), key=lambda j: j["submitted"], reverse=True)
+        jobs = jobs[args.offset : args.offset + args.limit]
+    if missing:
+        print(f"mesh: no answer from {', '.join(sorted(missing))}: their jobs are not listed",
+              file=sys.stderr)  # fmt: skip
     if args.json:
-        print(json.dumps({"total": total, "offset": args.offset, "jobs": jobs}))
+        print(json.dumps({"total": total, "offset": args.offset, "jobs": jobs,
+                          "missing": sorted(missing)}))  # fmt: skip
         return EXIT_OK
     rows = [
         {"jid": j["jid"], "status": j["status"], "node": j["node"], "function": j["function"],
@@ -421,6 +450,80 @@ def _job_block(r: dict[str, Any]) -> str:
         if r[what]:
             lines += [f"--- {what} ---", r[what].rstrip("\n")]
     return "\n".join(lines)
+
+
+# ---- job environments (_env) ----
+
+ENV_COLUMNS = ["node", "key", "requirements", "status", "size", "last use", "builds"]
+
+
+def _envs_command(args: argparse.Namespace) -> int:
+    from client import Client
+
+    with Client(args.peers) as c:
+        if args.rebuild:
+            done = c.rebuild_env(*args.rebuild)
+            infos = c.env_info()
+        else:
+            done, infos = [], c.env_info()
+    if not args.rebuild:
+        _print(args, [_env_dict(i) for i in infos], _env_report)
+        return EXIT_OK
+    found = {d.what for d in done}
+    asked = _env_arg_names(args.rebuild)
+    missing = [a for a, sent in asked if sent not in found]
+    left = [d for d in done if d.outcome in ("building", "in use")]
+    for a in missing:
+        print(f"mesh: no node has an environment matching {a!r}", file=sys.stderr)
+    for d in left:
+        print(f"mesh: {d.node}: environment {d.key[:12]} is {d.outcome}: not rebuilt",
+              file=sys.stderr)  # fmt: skip
+    rows = [dataclasses.asdict(d) for d in done]
+    if args.json:
+        print(json.dumps({"rebuilt": rows, "missing": missing}))
+    else:
+        say = {"forgotten": "failure forgotten: its next job builds it again",
+               "removed": "removed: its next job builds it again"}  # fmt: skip
+        for d in done:
+            if d.outcome in say:
+                print(f"{d.node}  {d.key[:12]}  {say[d.outcome]}")
+    return EXIT_ERROR if missing or left else EXIT_OK
+
+
+def _env_arg_names(given: list[str]) -> list[tuple[str, str]]:
+    """(as given, as sent): a local wheel is sent as its pushed-file requirement."""
+    from client._async import _env_requirements
+
+    return [(a, _env_requirements([a])[0][0] if a.strip() else a) for a in given]
+
+
+def _env_dict(info: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(info)
+    d["requirements"] = list(d["requirements"])
+    return d
+
+
+def _env_report(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no job environments on the reachable nodes"
+    cells = [
+        {"node": r["node"], "key": r["key"][:12],
+         "requirements": " ".join(_short_req(q) for q in r["requirements"]) or "-",
+         "status": r["status"], "size": _size(r["size_bytes"]) if r["size_bytes"] else "-",
+         "last use": _clock(r["last_used"]), "builds": r["builds"]}
+        for r in rows
+    ]  # fmt: skip
+    out = [_table(cells, ENV_COLUMNS)]
+    for r in rows:
+        if r["status"] == "failed" and r["error"]:
+            out += ["", f"--- {r['node']} {r['key'][:12]}: build failed ---",
+                    r["error"].rstrip("\n")]  # fmt: skip
+    return "\n".join(out)
+
+
+def _short_req(req: str) -> str:
+    """A pushed file ("wheel:<sha256>:<file name>") as its file name."""
+    return req.split(":", 2)[2] if req.startswith("wheel:") and req.count(":") >= 2 else req
 
 
 # ---- demo ----

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, 
 from typing import Any, TypeVar, overload
 
 from client import _progress
-from client._async import AsyncClient, JobInfo, NodeInfo, _Job
+from client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeInfo, _Job
 from client._files import Files
 from client._handle import Job, register_owner
 from client._local import LocalMesh
@@ -316,6 +316,14 @@ class Client:
 
     def nodes(self) -> list[NodeInfo]:
         return self._async.nodes()
+
+    def env_info(self) -> list[EnvInfo]:
+        """The job environments (``_env``) of every reachable node (see AsyncClient)."""
+        return self._thread.run(self._async.env_info())
+
+    def rebuild_env(self, *what: str) -> list[EnvRebuild]:
+        """Drop the environments ``what`` names, so their next job builds them again."""
+        return self._thread.run(self._async.rebuild_env(*what))
 
 
 def _interrupted(jobs: list[_Job]) -> KeyboardInterrupt:

@@ -51,10 +51,11 @@ from mesh.errors import (
 
 if TYPE_CHECKING:
     from client import AsyncClient, Client, Executor, Job, JobInfo, NodeInfo
+    from client._async import EnvInfo
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "call", "connect", "info", "iresult", "is_local", "join",
+    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "EnvInfo", "call", "connect", "env", "env_info", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close", "files",
     "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "EnvBuildFailed", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied",
 ]  # fmt: skip
@@ -69,6 +70,10 @@ def __getattr__(name: str) -> Any:
         import client
 
         return getattr(client, name)
+    if name == "EnvInfo":
+        from client._async import EnvInfo
+
+        return EnvInfo
     if name == "files":  # mesh.files, the file store (imports the client when first used)
         import importlib
 
@@ -219,3 +224,38 @@ def kill(jids: str | Sequence[str]) -> None:
 def info(jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
     """Node, submit/start/finish times, CPU seconds, captured output and error of jobs."""
     return _client().info(jids)
+
+
+def env_info() -> list[EnvInfo]:
+    """The job environments (``_env``) every reachable node holds: requirements, status
+    ("ready", "building", "failed"), size, last use, builds, and a failed build's error
+    with pip's last lines. ``mesh envs`` prints them."""
+    return _client().env_info()
+
+
+def env(*requirements: str | Iterable[str]) -> tuple[str, ...]:
+    """A named environment, defined once: ``ML = mesh.env("numpy>=2", "./dist/mylib.whl")``
+    then ``mesh.map(f, xs, _env=ML)``. Requirements (strings, or other ``env``s to
+    combine) come back sorted, de-duplicated, project names in PEP 503 form: the set a
+    node keys its cached environment by, so equal sets share one environment. A local
+    wheel or sdist becomes an absolute path (it must exist); its bytes are hashed and
+    pushed when a job uses it, so a rebuilt file is picked up."""
+    from client._async import _DIST_SUFFIXES
+    from node._envs import normalise
+
+    out: list[str] = []
+    for item in requirements:
+        reqs = [item] if isinstance(item, str) else list(item)
+        for req in reqs:
+            if not isinstance(req, str):
+                raise TypeError(f"mesh.env takes requirement strings, not {req!r}")
+            req = req.strip()
+            if req.endswith(_DIST_SUFFIXES) and (
+                req.startswith((".", "/", "~")) or os.sep in req or os.path.exists(req)
+            ):
+                path = os.path.abspath(os.path.expanduser(req))
+                if not os.path.isfile(path):
+                    raise ConfigurationError(f"mesh.env: no such file {req}")
+                req = path
+            out.append(req)
+    return normalise(out)

@@ -30,6 +30,9 @@ __all__ = [
     "QUEUED",
     "Ack",
     "Challenge",
+    "EnvQuery",
+    "EnvRecord",
+    "EnvReport",
     "FileAck",
     "FileCatalog",
     "FileChunk",
@@ -47,6 +50,9 @@ __all__ = [
     "Peers",
     "Handback",
     "Hello",
+    "JobSummary",
+    "JobsQuery",
+    "JobsReply",
     "Kill",
     "Load",
     "Message",
@@ -325,6 +331,46 @@ class Handback(Message):
     jids: tuple[str, ...]
 
 
+# ---- the dashboard's mesh-wide jobs view (tags 70-79): node <-> node ----
+#
+# A node's dashboard asks each live peer, over its connection to it, for the jobs that
+# peer holds, and merges them with its own. JobsQuery with ``jid`` asks for that one
+# job: the reply then holds its row (if the node has it) and its ``details``.
+
+# A job as the jobs list shows it: jid, state, function name, label, client name,
+# node name, submitted, started, finished (0.0: not yet), cpu_s, attempts, cores.
+JobSummary = tuple[str, int, str, str, str, str, float, float, float, float, int, int]
+# What the job page adds: arguments preview ("": not kept), max_runtime, stdout,
+# stderr, the error (or None).
+JobDetails = tuple[str, float, str, str, ErrorInfo | None]
+
+
+@message(70)
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobsQuery(Message):
+    """Node -> node: the newest ``limit`` jobs after ``offset`` matching the filters (all
+    empty: any), newest first; or, with ``jid``, that one job with its details."""
+
+    req: int
+    status: tuple[int, ...] = ()
+    label: str = ""
+    client: str = ""
+    offset: int = 0
+    limit: int = 50
+    jid: str = ""
+
+
+@message(71)
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobsReply(Message):
+    """Answer to :class:`JobsQuery`: one page of rows and how many jobs match in all."""
+
+    req: int
+    rows: tuple[JobSummary, ...]
+    total: int
+    details: tuple[JobDetails, ...] = ()
+
+
 # ---- mesh.files (tags 40-59): client <-> node, node <-> node, job <-> its node ----
 #
 # A transfer is one request id on one connection: FilePut, then FileChunks, then
@@ -442,6 +488,39 @@ class FileCatalog(Message):
     have: tuple[str, ...] = ()
     gone: tuple[str, ...] = ()
     full: bool = False
+
+
+# ---- job environments (_env; tags 60-69): client <-> node ----
+#
+# An EnvQuery is answered by one EnvReport with the node's cached environments (after
+# it dropped those ``rebuild`` names, so their next job builds them again).
+
+# An environment: key, requirements, status ("ready", "building", "failed"), size in
+# bytes, last use (epoch seconds), builds so far, Python tag, seconds the last build
+# took, and for a failed build its error (ending with pip's last lines).
+EnvRecord = tuple[str, tuple[str, ...], str, int, float, int, str, float, str]
+
+
+@message(60)
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnvQuery(Message):
+    """Report your environments. ``rebuild``: key prefixes, requirements (or project
+    names) or pushed file names; the failed or ready environments they name are removed
+    first (not those building or in use), so their next job builds them again."""
+
+    req: int
+    rebuild: tuple[str, ...] = ()
+
+
+@message(61)
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnvReport(Message):
+    """Answer to :class:`EnvQuery`. ``rebuilt``: (what was asked, key, outcome) with
+    outcome "forgotten" (a failure), "removed" (a ready env), "building" or "in use"."""
+
+    req: int
+    envs: tuple[EnvRecord, ...]
+    rebuilt: tuple[tuple[str, str, str], ...] = ()
 
 
 # ---- node <-> worker (a local socketpair, same codec, no MAC) ----

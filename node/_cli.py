@@ -157,6 +157,14 @@ def parser() -> argparse.ArgumentParser:
         help="disk space cached job environments may take before the least recently "
         "used is removed (default 5G)",
     )
+    p.add_argument(
+        "--env-idle",
+        type=float,
+        default=float(os.environ.get("MESH_ENV_IDLE", "") or 600.0),
+        metavar="S",
+        help="seconds a job environment's workers may sit idle before they stop "
+        "(default MESH_ENV_IDLE, else 600; 0: never)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("MESH_LOG_LEVEL", "warning"))
     return p
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.pip_option is not None
         else shlex.split(os.environ.get("MESH_PIP_ARGS", "")),
         env_budget_bytes=args.env_budget,
+        env_idle_s=max(args.env_idle, 0.0),
     )
     try:
         asyncio.run(_serve(config))

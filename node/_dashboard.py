@@ -5,16 +5,19 @@ HOST:PORT``) every request needs the login token, which ``mesh token`` derives f
 the mesh secret; without it pages answer 401 with a login form and the API 401.
 The listening socket is bound when the node starts (so its address is known and
 taken), but aiohttp is imported and serving starts on the first connection: a node
-nobody looks at pays nothing for it. Everything shown is read from the node's own
-tables: jobs are the ones this node holds, files its file catalog (the versions it
-knows and who holds them); job arguments are previewed by reading their pickle
-opcodes, never by unpickling them.
+nobody looks at pays nothing for it. Jobs are the mesh's as this node sees it: its
+own, merged with those its live peers send back when asked (``JobsQuery`` over the
+node's connection to each, with a short timeout; a peer that does not answer is
+named in ``missing``). Files are this node's file catalog (the versions it knows and
+who holds them); job arguments are previewed by reading their pickle opcodes, never
+by unpickling them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import importlib
 import ipaddress
@@ -30,16 +33,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mesh._auth import dashboard_token
-from mesh._protocol import JOB_STATES, PROCESSING, QUEUED
-from mesh.errors import ConfigurationError
+from mesh._protocol import (
+    JOB_STATES,
+    PROCESSING,
+    QUEUED,
+    JobDetails,
+    JobsQuery,
+    JobsReply,
+    JobSummary,
+    Kill,
+    Message,
+)
+from mesh.errors import ConfigurationError, MeshError
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from node._jobs import Job
+    from node._peers import Peer
     from node._server import Node
 
-__all__ = ["Dashboard", "preview_pickle"]
+__all__ = ["Dashboard", "jobs_reply", "preview_pickle"]
 
 log = logging.getLogger("mesh.node.dashboard")
 
@@ -52,6 +66,8 @@ MAX_LIMIT = 1000
 PREVIEW_MAX_BYTES = 64 * 1024
 PREVIEWS_KEPT = 4096
 PREVIEWS_PER_EVENT = 256
+PEER_TIMEOUT_S = 2.0  # how long the jobs view waits for a peer's jobs
+PEER_REFRESH_S = 3.0  # with live peers, pages refetch jobs at least this often
 # Pages may load only what this node serves (no CDN), and may not be framed (kill buttons).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -75,11 +91,14 @@ class Dashboard:
         *,
         token_required: bool = False,
         event_interval_s: float = 0.5,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
     ) -> None:
         self.node = node
         self.host, self.port = host, port
         self.token_required = token_required
         self.event_interval_s = event_interval_s
+        self.peer_timeout_s = peer_timeout_s
+        self._jobs_bumped = 0.0
         self._token = dashboard_token(node.config.secret).encode()
         self._sock: socket.socket | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -295,7 +314,7 @@ class Dashboard:
     async def _api_jobs(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         return _json(
-            self.jobs(
+            await self.mesh_jobs(
                 status=q.get("status", ""),
                 label=q.get("label", ""),
                 client=q.get("client", ""),
@@ -305,23 +324,42 @@ class Dashboard:
         )
 
     async def _api_job(self, request: web.Request) -> web.StreamResponse:
-        detail = self.job(request.match_info["jid"])
+        jid = request.match_info["jid"]
+        detail = self.job(jid)
         if detail is None:
-            return _json(
-                {"error": f"node {self.node.name} holds no job {request.match_info['jid']}"}, 404
-            )
+            found, missing = await self._find(jid)
+            if found is None:
+                return _json({"error": _not_held(self.node.name, jid, missing)}, 404)
+            detail = found[1]
         return _json(detail)
 
     async def _api_kill(self, request: web.Request) -> web.StreamResponse:
         jid = request.match_info["jid"]
         job = self.node.table.jobs.get(jid)
-        if job is None:
-            return _json({"error": f"node {self.node.name} holds no job {jid}"}, 404)
-        killable = job.state in (QUEUED, PROCESSING)
+        if job is not None:
+            killable = job.state in (QUEUED, PROCESSING)
+            if killable:
+                # What a client's Kill message does; a running job's worker is terminated.
+                self.node._apply(self.node.table.kill((jid,), time.time()))
+            return _json({"jid": jid, "killed": killable, "status": JOB_STATES[job.state],
+                          "node": self.node.name})  # fmt: skip
+        found, missing = await self._find(jid)
+        if found is None:
+            return _json({"error": _not_held(self.node.name, jid, missing)}, 404)
+        peer, detail = found
+        killable = detail["status"] in ("queued", "processing")
+        status = detail["status"]
         if killable:
-            # What a client's Kill message does; a running job's worker is terminated.
-            self.node._apply(self.node.table.kill((jid,), time.time()))
-        return _json({"jid": jid, "killed": killable, "status": JOB_STATES[job.state]})
+            assert peer.conn is not None
+            try:
+                # The holder kills it as a client's Kill; its answer to the query sent
+                # after on the same connection shows the state the kill left.
+                peer.conn.send(Kill((jid,)))
+                status = (await self._ask(peer, jid))["status"]
+            except (MeshError, TimeoutError) as exc:
+                return _json({"error": f"node {detail['node']} holds job {jid} but did not "
+                                       f"confirm the kill: {exc}"}, 503)  # fmt: skip
+        return _json({"jid": jid, "killed": killable, "status": status, "node": detail["node"]})
 
     async def _api_files(self, request: web.Request) -> web.StreamResponse:
         q = request.query
@@ -376,10 +414,17 @@ class Dashboard:
                 # Arguments are freed when a job finishes: look while someone watches.
                 self._preview(job)
                 budget -= 1
-        signature = hash(tuple(states))
-        if signature != self._jobs_signature:
+        # Peers' jobs show too: their load moving (or, with peers, a few seconds
+        # passing) tells pages to refetch.
+        peers = self.node.peers.alive() if self.node.peers is not None else []
+        signature = hash((tuple(states), tuple((p.key, p.running, p.queued) for p in peers)))
+        now = time.monotonic()
+        if signature != self._jobs_signature or (
+            peers and now - self._jobs_bumped >= PEER_REFRESH_S
+        ):
             self._jobs_signature = signature
             self._jobs_version += 1
+            self._jobs_bumped = now
         files = self.node.files
         signature = hash(tuple(files.catalog())) if files is not None else 0
         if signature != self._files_signature:
@@ -427,7 +472,7 @@ class Dashboard:
                 )  # fmt: skip
         return rows
 
-    def jobs(
+    async def mesh_jobs(
         self,
         *,
         status: str = "",
@@ -436,30 +481,76 @@ class Dashboard:
         offset: int = 0,
         limit: int = PAGE_LIMIT,
     ) -> dict[str, Any]:
-        """Jobs this node holds, newest first, filtered, one page of them."""
+        """The mesh's jobs as this node sees it, newest first, filtered, one page of them.
+
+        Each live peer sends its newest ``offset + limit`` matches (and how many match
+        in all); merged with this node's, they hold the page asked for. A peer that
+        does not answer within ``peer_timeout_s`` is named in ``missing``.
+        """
         if offset < 0 or not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
-        wanted: set[int] | None = None
-        if status:
-            names = [s.strip() for s in status.split(",") if s.strip()]
-            bad = [s for s in names if s not in JOB_STATES]
-            if bad:
-                raise ValueError(f"unknown status {bad[0]!r} (one of {', '.join(JOB_STATES)})")
-            wanted = {JOB_STATES.index(s) for s in names}
-        page: list[dict[str, Any]] = []
-        total = 0
-        for job in self._newest_first():
-            if wanted is not None and job.state not in wanted:
-                continue
-            if label and job.label != label:
-                continue
-            if client and self._client(job) != client:
-                continue
-            if offset <= total < offset + limit:
-                page.append(self._summary(job))
-            total += 1
-        return {"node": self.node.name, "total": total, "offset": offset, "limit": limit,
-                "jobs": page}  # fmt: skip
+        wanted = _states(status)
+        states = tuple(sorted(wanted)) if wanted is not None else ()
+        query = JobsQuery(0, states, label, client, 0, offset + limit)
+        rows, total = select_jobs(self.node, query)
+        merged = [_row(r) for r in rows]
+        by_node = {self.node.name: total}
+        answers, missing = await self._ask_peers(lambda req: dataclasses.replace(query, req=req))
+        for name, reply in answers:
+            merged.extend(_row(r) for r in reply.rows)
+            by_node[name] = reply.total
+        merged.sort(key=lambda r: r["submitted"], reverse=True)  # stable: each node's order
+        return {"node": self.node.name, "total": sum(by_node.values()), "offset": offset,
+                "limit": limit, "jobs": merged[offset : offset + limit], "by_node": by_node,
+                "missing": missing}  # fmt: skip
+
+    async def _ask_peers(
+        self, make: Callable[[int], Message]
+    ) -> tuple[list[tuple[str, JobsReply]], list[str]]:
+        """Send a query to every connected peer at once: (name, reply) of those that
+        answered in time, and the names of the known peers that did not (or cannot)."""
+        table = self.node.peers
+        if table is None:
+            return [], []
+        peers = sorted(table.peers.values(), key=lambda p: (p.name or p.key, p.key))
+        asked = [p for p in peers if p.conn is not None and not p.conn.closed]
+        missing = [p.name or p.key for p in peers if p not in asked]
+        replies = await asyncio.gather(
+            *(table.request(p, make, self.peer_timeout_s) for p in asked), return_exceptions=True
+        )
+        answers = []
+        for peer, reply in zip(asked, replies, strict=True):
+            if isinstance(reply, JobsReply):
+                answers.append((peer.name or peer.key, reply))
+            elif isinstance(reply, BaseException) and not isinstance(
+                reply, (MeshError, TimeoutError)
+            ):
+                raise reply
+            else:
+                missing.append(peer.name or peer.key)
+        return answers, sorted(missing)
+
+    async def _find(self, jid: str) -> tuple[tuple[Peer, dict[str, Any]] | None, list[str]]:
+        """Ask every peer for one job: (the peer holding it, its details) or None, and the
+        peers that did not answer."""
+        table = self.node.peers
+        answers, missing = await self._ask_peers(lambda req: JobsQuery(req, jid=jid))
+        for name, reply in answers:
+            if reply.rows and reply.details and table is not None:
+                peer = next((p for p in table.peers.values() if (p.name or p.key) == name), None)
+                if peer is not None:
+                    return (peer, _detail_row(reply.rows[0], reply.details[0])), missing
+        return None, missing
+
+    async def _ask(self, peer: Peer, jid: str) -> dict[str, Any]:
+        """One job's details from the peer that holds it."""
+        assert self.node.peers is not None
+        reply = await self.node.peers.request(
+            peer, lambda req: JobsQuery(req, jid=jid), self.peer_timeout_s
+        )
+        if not isinstance(reply, JobsReply) or not reply.rows or not reply.details:
+            raise MeshError(f"node {peer.name} no longer holds job {jid}")
+        return _detail_row(reply.rows[0], reply.details[0])
 
     def files(
         self, *, prefix: str = "", offset: int = 0, limit: int = PAGE_LIMIT
@@ -478,25 +569,11 @@ class Dashboard:
                 "files": page}  # fmt: skip
 
     def job(self, jid: str) -> dict[str, Any] | None:
-        """Everything this node knows of one job, or None."""
+        """Everything this node knows of one job it holds, or None."""
         job = self.node.table.jobs.get(jid)
         if job is None:
             return None
-        out = self._summary(job)
-        err = job.error
-        preview = self._previews.get(jid)
-        if preview is None and job.args:
-            preview = self._preview(job)
-        out.update(
-            args_preview=preview,
-            max_runtime=job.max_runtime,
-            stdout=job.stdout,
-            stderr=job.stderr,
-            error=None
-            if err is None
-            else {"kind": err[0], "type": err[1], "message": err[2], "traceback": err[3]},
-        )
-        return out
+        return _detail_row(_summary(self.node, job), _details(self.node, job))
 
     def _preview(self, job: Job) -> str:
         preview = self._previews[job.jid] = preview_pickle(job.args)
@@ -504,22 +581,102 @@ class Dashboard:
             self._previews.popitem(last=False)
         return preview
 
-    def _newest_first(self) -> Iterator[Job]:
-        return reversed(self.node.table.jobs.values())
 
-    def _client(self, job: Job) -> str:
-        if job.owner < 0:  # restored from disk after a restart: its connection is long gone
-            return ""
-        return self.node.client_names.get(job.owner, f"connection {job.owner}")
+# ---- jobs, as this node answers for them (its dashboard, and its peers' JobsQuery) ----
 
-    def _summary(self, job: Job) -> dict[str, Any]:
-        return {
-            "jid": job.jid, "status": JOB_STATES[job.state], "function": job.func.name,
-            "label": job.label, "client": self._client(job), "node": self.node.name,
-            "submitted": job.submitted, "started": job.started or None,
-            "finished": job.finished or None, "cpu_s": job.cpu_s, "attempts": job.attempts,
-            "cores": job.cores,
-        }  # fmt: skip
+
+def jobs_reply(node: Node, msg: JobsQuery) -> JobsReply:
+    """A peer asks for this node's jobs (one page), or for one job with its details."""
+    if msg.jid:
+        job = node.table.jobs.get(msg.jid)
+        if job is None:
+            return JobsReply(msg.req, (), 0)
+        return JobsReply(msg.req, (_summary(node, job),), 1, (_details(node, job),))
+    rows, total = select_jobs(node, msg)
+    return JobsReply(msg.req, tuple(rows), total)
+
+
+def select_jobs(node: Node, q: JobsQuery) -> tuple[list[JobSummary], int]:
+    """This node's jobs matching ``q``'s filters, newest first: one page, and how many."""
+    wanted = set(q.status)
+    offset, end = max(q.offset, 0), max(q.offset, 0) + max(q.limit, 0)
+    page: list[JobSummary] = []
+    total = 0
+    for job in _newest_first(node):
+        if wanted and job.state not in wanted:
+            continue
+        if q.label and job.label != q.label:
+            continue
+        if q.client and _client(node, job) != q.client:
+            continue
+        if offset <= total < end:
+            page.append(_summary(node, job))
+        total += 1
+    return page, total
+
+
+def _states(status: str) -> set[int] | None:
+    if not status:
+        return None
+    names = [s.strip() for s in status.split(",") if s.strip()]
+    bad = [s for s in names if s not in JOB_STATES]
+    if bad:
+        raise ValueError(f"unknown status {bad[0]!r} (one of {', '.join(JOB_STATES)})")
+    return {JOB_STATES.index(s) for s in names} or None
+
+
+def _newest_first(node: Node) -> Iterator[Job]:
+    return reversed(node.table.jobs.values())
+
+
+def _client(node: Node, job: Job) -> str:
+    if job.owner < 0:  # restored from disk after a restart: its connection is long gone
+        return ""
+    return node.client_names.get(job.owner, f"connection {job.owner}")
+
+
+def _summary(node: Node, job: Job) -> JobSummary:
+    return (job.jid, job.state, job.func.name, job.label, _client(node, job), node.name,
+            job.submitted, job.started, job.finished, job.cpu_s, job.attempts,
+            job.cores)  # fmt: skip
+
+
+def _details(node: Node, job: Job) -> JobDetails:
+    dash = node.dashboard
+    preview = dash._previews.get(job.jid) if dash is not None else None
+    if preview is None and job.args:
+        preview = dash._preview(job) if dash is not None else preview_pickle(job.args)
+    return (preview or "", job.max_runtime, job.stdout, job.stderr, job.error)
+
+
+def _row(s: JobSummary) -> dict[str, Any]:
+    """A job's summary as the API shows it."""
+    jid, state, function, label, client, node, submitted, started, finished, cpu, n, cores = s
+    return {
+        "jid": jid, "status": JOB_STATES[state], "function": function, "label": label,
+        "client": client, "node": node, "submitted": submitted, "started": started or None,
+        "finished": finished or None, "cpu_s": cpu, "attempts": n, "cores": cores,
+    }  # fmt: skip
+
+
+def _detail_row(s: JobSummary, d: JobDetails) -> dict[str, Any]:
+    out = _row(s)
+    preview, max_runtime, stdout, stderr, err = d
+    out.update(
+        args_preview=preview or None,
+        max_runtime=max_runtime,
+        stdout=stdout,
+        stderr=stderr,
+        error=None
+        if err is None
+        else {"kind": err[0], "type": err[1], "message": err[2], "traceback": err[3]},
+    )
+    return out
+
+
+def _not_held(name: str, jid: str, missing: list[str]) -> str:
+    text = f"no job {jid} on node {name} or the peers it reached"
+    return text + f" (no answer from {', '.join(missing)})" if missing else text
 
 
 # ---- helpers ----

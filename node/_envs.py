@@ -98,6 +98,7 @@ class EnvCache:
         self.build_timeout_s = build_timeout_s
         self._index_path = self.root / "index.json"
         self._builds: dict[str, asyncio.Future[Env]] = {}
+        self._carried: dict[str, int] = {}  # key -> builds before `mesh envs --rebuild`
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             self.index: dict[str, dict[str, Any]] = json.loads(self._index_path.read_text())
@@ -139,7 +140,39 @@ class EnvCache:
     def forget_failure(self, key: str) -> None:
         """``mesh envs --rebuild``: a failed set is tried again on its next job."""
         if self.index.get(key, {}).get("status") == "failed":
-            self._remove(key)
+            self.forget(key)
+
+    def forget(self, key: str) -> str:
+        """``mesh envs --rebuild``: remove a failed or ready environment (the caller makes
+        sure none of its workers run) so its next job builds it again; its count of builds
+        carries on. Returns the status it had, or "" (unknown, or building: left alone)."""
+        status = str(self.index.get(key, {}).get("status", ""))
+        if status not in ("failed", "ready"):
+            return ""
+        self._carried[key] = int(self.index[key].get("builds", 0))
+        self._remove(key)
+        return status
+
+    def matching(self, what: str) -> list[str]:
+        """The keys ``what`` names: a key prefix (4+ characters), one of the environment's
+        requirements (normalised), a bare project name, or a pushed file's name."""
+        what = what.strip()
+        norm = normalise([what])
+        if not norm:
+            return []
+        req = norm[0]
+        bare = req if re.fullmatch(r"[a-z0-9][a-z0-9.-]*", req) else ""
+        out = []
+        for key, e in self.index.items():
+            reqs = e.get("requirements", [])
+            if (
+                (len(what) >= 4 and key.startswith(what))
+                or req in reqs
+                or (bare and any(_project(r) == bare for r in reqs))
+                or any(r.startswith(WHEEL_PREFIX) and r.split(":", 2)[2] == what for r in reqs)
+            ):
+                out.append(key)
+        return sorted(out)
 
     async def ensure(self, requirements: Iterable[str], fetch: WheelFetcher | None = None) -> Env:
         """The ready environment for ``requirements``, built first if need be (once, however
@@ -170,6 +203,7 @@ class EnvCache:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         prev = self.index.get(key, {})
+        carried = self._carried.pop(key, 0)
         entry: dict[str, Any] = {
             "requirements": list(reqs),
             "python": _python_tag(),
@@ -177,7 +211,7 @@ class EnvCache:
             "size_bytes": 0,
             "created": time.time(),
             "last_used": time.time(),
-            "builds": int(prev.get("builds", 0)) + 1,
+            "builds": int(prev.get("builds", carried)) + 1,
             "error": "",
         }
         self.index[key] = entry
@@ -322,6 +356,14 @@ class EnvCache:
         shutil.rmtree(self.root / key, ignore_errors=True)
         self.index.pop(key, None)
         self._save()
+
+
+def _project(req: str) -> str:
+    """The PEP 503 project name of a (normalised) requirement; "" for a pushed file."""
+    m = _NAME.match(req)
+    if req.startswith(WHEEL_PREFIX) or m is None:
+        return ""
+    return re.split(r"[^a-z0-9.-]", m.group(1).lower(), maxsplit=1)[0]
 
 
 def _tail(path: Path, lines: int = TAIL_LINES) -> str:

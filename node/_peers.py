@@ -21,7 +21,7 @@ from typing import Any
 
 from mesh._connection import Connection, open_connection
 from mesh._discovery import Advert, Browser, parse_peers
-from mesh._protocol import Goodbye, Load, Message, Peers, Pong
+from mesh._protocol import Goodbye, JobsReply, Load, Message, Peers, Pong
 from mesh.errors import MeshError
 
 __all__ = ["Peer", "PeerTable"]
@@ -83,6 +83,9 @@ class PeerTable:
         self._browser: Browser | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Requests to peers awaiting their reply (by request id): see request().
+        self._pending: dict[int, tuple[Connection, asyncio.Future[Message]]] = {}
+        self._next_req = 0
 
     async def start(self, static: list[tuple[str, int]], browse_on: list[str]) -> None:
         """Connect to ``static`` peers and, with interfaces given, browse mDNS on them."""
@@ -110,6 +113,32 @@ class PeerTable:
 
     def alive(self) -> list[Peer]:
         return [p for p in self.peers.values() if p.alive]
+
+    async def request(
+        self, peer: Peer, make: Callable[[int], Message], timeout_s: float
+    ) -> Message:
+        """Send ``make(req)`` to ``peer`` over its connection and return its reply.
+
+        Raises TimeoutError when no reply comes in ``timeout_s``, MeshError when the
+        connection is down or goes down meanwhile.
+        """
+        conn = peer.conn
+        if conn is None or conn.closed:
+            raise MeshError(f"peer {peer.name or peer.key} is not connected")
+        self._next_req += 1
+        req = self._next_req
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[req] = (conn, fut)
+        try:
+            conn.send(make(req))
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._pending.pop(req, None)
+
+    def _replied(self, conn: Connection, req: int, msg: Message) -> None:
+        pending = self._pending.get(req)
+        if pending is not None and pending[0] is conn and not pending[1].done():
+            pending[1].set_result(msg)
 
     def addresses(self) -> tuple[str, ...]:
         """This node first, then every live peer: what a ``Peers`` message carries."""
@@ -187,10 +216,15 @@ class PeerTable:
                 loaded.set()
             elif isinstance(msg, Peers):
                 self.heard(msg)
+            elif isinstance(msg, JobsReply):
+                self._replied(conn, msg.req, msg)
             elif isinstance(msg, Goodbye):
                 conn.close()
 
         def on_close(conn: Connection, reason: BaseException | None) -> None:
+            for c, fut in self._pending.values():  # requests on it get no answer now
+                if c is conn and not fut.done():
+                    fut.set_exception(MeshError(f"peer {peer.name or peer.key}: connection lost"))
             if conn is peer.conn:
                 peer.error = reason
                 peer.closed.set()

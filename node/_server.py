@@ -25,8 +25,12 @@ from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
+    EnvQuery,
+    EnvRecord,
+    EnvReport,
     Goodbye,
     Handback,
+    JobsQuery,
     Kill,
     Load,
     Message,
@@ -40,7 +44,7 @@ from mesh._protocol import (
     Run,
     Submit,
 )
-from node._dashboard import Dashboard
+from node._dashboard import Dashboard, jobs_reply
 from node._envs import Env, EnvBuildError, EnvCache, normalise
 from node._files import FILE_MESSAGES, FileService
 from node._jobs import (
@@ -105,6 +109,11 @@ class NodeConfig:
     # --no-index --find-links DIR offline) and the disk budget of cached environments.
     pip_args: list[str] = field(default_factory=list)
     env_budget_bytes: int = 5 * 2**30
+    # An environment's worker pool stops after this long without jobs (0: never); the
+    # next job starts it again. MESH_ENV_IDLE sets it (seconds; default 10 minutes).
+    env_idle_s: float = field(
+        default_factory=lambda: float(os.environ.get("MESH_ENV_IDLE", "") or 600.0)
+    )
 
 
 class Node:
@@ -137,6 +146,7 @@ class Node:
         self._pools_by_base: dict[int, WorkerPool] = {}  # wid // ENV_WID_STRIDE -> pool
         self._env_building: set[str] = set()
         self._env_tasks: set[asyncio.Task[None]] = set()
+        self._env_busy_at: dict[str, float] = {}  # env key -> when its pool last had jobs
         self._pool_count = 0
 
     # ---- lifecycle ----
@@ -325,6 +335,7 @@ class Node:
             await asyncio.sleep(TICK_S)
             self._apply(self.table.tick(time.time()))
             self._watch_memory()
+            self._stop_idle_env_pools()
             expired = self.table.take_expired()
             if expired and self._store is not None:
                 self._store.forget(expired)
@@ -426,6 +437,10 @@ class Node:
             conn.send(Records(msg.req, records))
             if msg.watch:
                 self._apply(self.table.watch(cid, msg.jids))
+        elif isinstance(msg, JobsQuery):  # a peer's dashboard lists the mesh's jobs
+            conn.send(jobs_reply(self, msg))
+        elif isinstance(msg, EnvQuery):  # mesh.env_info / `mesh envs [--rebuild]`
+            conn.send(self._env_report(msg))
         elif isinstance(msg, Ping):
             conn.send(Pong(msg.t, self.table.running, self.table.queued))
         elif isinstance(msg, Peers):
@@ -487,6 +502,49 @@ class Node:
             log.info("environment %s evicted (least recently used, past the budget)", gone)
             self._stop_env_pool(gone)
 
+    def _env_report(self, msg: EnvQuery) -> EnvReport:
+        """The environments for env_info, after dropping those ``rebuild`` names (not one
+        building or with jobs queued or running: its workers use it)."""
+        if self.envs is None:
+            return EnvReport(msg.req, ())
+        done = []
+        for what in msg.rebuild:
+            for key in self.envs.matching(what):
+                if key in self._env_building:
+                    outcome = "building"
+                elif self.table.env_busy(key):
+                    outcome = "in use"
+                else:
+                    self._stop_env_pool(key)
+                    was = self.envs.forget(key)
+                    outcome = {"failed": "forgotten", "ready": "removed"}.get(was, "building")
+                    log.info("environment %s: %s on request (mesh envs --rebuild)", key, outcome)
+                done.append((what, key, outcome))
+        envs: list[EnvRecord] = [
+            (e["key"], tuple(e.get("requirements", ())), str(e.get("status", "")),
+             int(e.get("size_bytes", 0)), float(e.get("last_used", 0.0)),
+             int(e.get("builds", 0)), str(e.get("python", "")), float(e.get("build_s", 0.0)),
+             str(e.get("error", "")))
+            for e in self.envs.info()
+        ]  # fmt: skip
+        return EnvReport(msg.req, tuple(envs), tuple(done))
+
+    def _stop_idle_env_pools(self) -> None:
+        """Stop the workers of environments without jobs for ``env_idle_s``."""
+        idle = self.config.env_idle_s
+        if idle <= 0 or self.envs is None:
+            return
+        now = time.time()
+        for key in list(self._env_pools):
+            since = self._env_busy_at.setdefault(key, now)  # first seen: just started
+            if self.table.env_busy(key):
+                self._env_busy_at[key] = now
+                continue
+            last = max(since, float(self.envs.index.get(key, {}).get("last_used", 0.0)))
+            if now - last > idle:
+                log.info("environment %s idle for %g s: stopping its workers", key, idle)
+                self._stop_env_pool(key)
+
     def _start_env_pool(self, env: Env) -> None:
         self._pool_count += 1
         key = env.key
@@ -511,6 +569,7 @@ class Node:
         pool.start()
 
     def _stop_env_pool(self, key: str) -> None:
+        self._env_busy_at.pop(key, None)
         pool = self._env_pools.pop(key, None)
         if pool is None:
             return

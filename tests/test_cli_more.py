@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_dashboard
 from _helpers import started_then_gated, wait_until
 from test_dashboard import dashboard
 
@@ -117,6 +118,46 @@ def test_jobs_lists_every_dashboards_jobs_with_filters(cli, client):
     assert code == 2 and out == ""
 
 
+mesh2 = test_dashboard.mesh2  # two nodes that know each other
+
+
+def test_jobs_from_one_dashboard_lists_the_whole_mesh(mesh2, secret, monkeypatch, capsys):
+    import mesh
+
+    n1, n2 = mesh2  # nodes that know each other
+    monkeypatch.setenv("MESH_SECRET", secret)
+    monkeypatch.delenv("MESH_DASHBOARD", raising=False)
+    with mesh.Client([n.address for n in mesh2], secret, name="wide") as c:
+        jids = c.map(square, range(40), _label="sq")
+        assert c.result(jids) == [x * x for x in range(40)]
+        where = {i.jid: i.node for i in c.info(jids)}
+
+    def jobs(*args: str) -> dict:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["jobs", "--json", "--limit", "100", *args])
+        assert exit_.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    one = jobs("--dashboard", dashboard(n1))
+    assert one["total"] == 40 and one["missing"] == []
+    assert {j["jid"]: j["node"] for j in one["jobs"]} == where
+    # both dashboards list the same jobs: each once, counted once
+    both = jobs("--dashboard", f"{dashboard(n1)},{dashboard(n2)}")
+    assert both["total"] == 40 and [j["jid"] for j in both["jobs"]] == [
+        j["jid"] for j in one["jobs"]
+    ]
+    paged = jobs("--dashboard", dashboard(n2), "--offset", "5", "--limit", "10")
+    assert [j["jid"] for j in paged["jobs"]] == [j["jid"] for j in one["jobs"][5:15]]
+    assert jobs("--dashboard", dashboard(n1), "--dashboard", dashboard(n2), "--offset", "5",
+                "--limit", "10")["jobs"] == paged["jobs"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main(["jobs", "--dashboard", dashboard(n2), "--label", "sq", "--limit", "3"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "(3 of 40 jobs" in out
+    assert {r[2] for r in table(out)[1:4]} <= {"n1", "n2"}
+
+
 def test_jobs_errors_exit_2(cli, nodes, monkeypatch, tmp_path):
     code, _, err = cli("jobs", "--dashboard", "http://127.0.0.1:1/")
     assert code == 2 and "no dashboard at http://127.0.0.1:1/" in err
@@ -207,4 +248,4 @@ def test_the_mesh_script_runs_the_new_commands(nodes, secret):
         env={"MESH_SECRET": secret, "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"total": 0, "offset": 0, "jobs": []}
+    assert json.loads(proc.stdout) == {"total": 0, "offset": 0, "jobs": [], "missing": []}

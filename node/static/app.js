@@ -169,6 +169,7 @@ function jobsView() {
   const client = h("input", {name: "client", id: "f-client", placeholder: "any", value: state.client});
   const tbody = h("tbody");
   const info = h("span", {id: "page-info"});
+  const missing = h("p", {id: "missing", class: "problem", hidden: true});
   const prev = h("button", {id: "prev", onclick: () => { state.page--; changed(); }}, "← Newer");
   const next = h("button", {id: "next", onclick: () => { state.page++; changed(); }}, "Older →");
   main.replaceChildren(
@@ -176,14 +177,15 @@ function jobsView() {
     h("form", {class: "filters", onsubmit: (e) => e.preventDefault()},
       h("label", {}, "Status", statusSel), h("label", {}, "Label", label),
       h("label", {}, "Client", client)),
+    missing,
     h("table", {id: "jobs"},
       h("thead", {}, h("tr", {},
-        h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Function"), h("th", {}, "Label"),
+        h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Node"), h("th", {}, "Function"), h("th", {}, "Label"),
         h("th", {}, "Client"), h("th", {}, "Submitted"), h("th", {class: "num"}, "Run time"),
         h("th", {class: "num"}, "CPU"), h("th", {class: "num"}, "Attempts"), h("th", {}, ""))),
       tbody),
     h("div", {class: "pager"}, prev, info, next),
-    h("p", {class: "note"}, "Jobs held by this node, newest first. Each node's dashboard shows the jobs it ran."));
+    h("p", {class: "note"}, "The mesh's jobs as this node sees it (its own and those of the peers it is connected to), newest first."));
 
   let timer = null;
   const typed = () => { clearTimeout(timer); timer = setTimeout(() => { state.page = 0; changed(); }, 250); };
@@ -215,6 +217,7 @@ function jobsView() {
     tbody.replaceChildren(...data.jobs.map((j) => h("tr", {"data-jid": j.jid, "data-status": j.status},
       h("td", {class: "mono"}, h("a", {href: "/job/" + encodeURIComponent(j.jid), "data-link": true}, j.jid)),
       h("td", {class: "status"}, badge(j.status)),
+      h("td", {class: "node"}, j.node),
       h("td", {class: "mono"}, j.function),
       h("td", {}, j.label),
       h("td", {}, j.client),
@@ -224,9 +227,12 @@ function jobsView() {
       h("td", {class: "num"}, j.attempts),
       h("td", {}, killButton(j)))));
     if (!data.jobs.length) {
-      tbody.append(h("tr", {}, h("td", {colspan: 10, class: "empty-state"},
-        data.total ? "" : "No jobs" + (query().toString() ? " match these filters." : " on this node yet."))));
+      tbody.append(h("tr", {}, h("td", {colspan: 11, class: "empty-state"},
+        data.total ? "" : "No jobs" + (query().toString() ? " match these filters." : " in the mesh yet."))));
     }
+    const gone = data.missing || [];
+    missing.hidden = !gone.length;
+    missing.textContent = gone.length ? "No answer from " + gone.join(", ") + ": their jobs are not listed." : "";
     const first = data.total ? data.offset + 1 : 0;
     info.textContent = first.toLocaleString() + "–" + (data.offset + data.jobs.length).toLocaleString() +
       " of " + data.total.toLocaleString();
