@@ -59,3 +59,22 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.02)
+
+
+def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run ``mesh ARGS`` in this process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from client._cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out, err = capsys.readouterr()
+    code = exit_.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def table(out: str) -> list[list[str]]:
+    """A CLI table as rows of whitespace-separated cells."""
+    return [line.split() for line in out.strip().splitlines()]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import test_dashboard
-from _helpers import started_then_gated, wait_until
+from _helpers import run_cli, started_then_gated, table, wait_until
 from test_dashboard import dashboard
 
 from client._cli import main
@@ -36,19 +36,7 @@ def cli(nodes, secret, monkeypatch, capsys):
     monkeypatch.setenv("MESH_PEERS", ",".join(n.address for n in nodes))
     monkeypatch.setenv("MESH_DASHBOARD", ",".join(dashboard(n) for n in nodes))
 
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            main(list(args))
-        out, err = capsys.readouterr()
-        code = exit_.value.code
-        return (code if isinstance(code, int) else 1), out, err
-
-    return run
-
-
-def table(out: str) -> list[list[str]]:
-    return [line.split() for line in out.strip().splitlines()]
+    return lambda *args: run_cli(capsys, *args)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

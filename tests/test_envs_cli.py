@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import run_cli
+from conftest import NodeProc
+from test_envs import envs_index, make_wheel, toy_version
 
 import mesh
-from client._cli import main
-from tests.conftest import NodeProc
-from tests.test_envs import envs_index, make_wheel, toy_version
 
 NO_SUCH = "lanmesh-no-such-package==9.9"
 
@@ -39,12 +39,7 @@ def cli(
 
     def run(node: NodeProc, *args: str) -> tuple[int, str, str]:
         monkeypatch.setenv("MESH_PEERS", node.address)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            main(list(args))
-        out, err = capsys.readouterr()
-        code = exit_.value.code
-        return (code if isinstance(code, int) else 1), out, err
+        return run_cli(capsys, *args)
 
     yield run
 

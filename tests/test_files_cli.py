@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers import wait_until
+from _helpers import run_cli, table, wait_until
 from conftest import NodeProc
 
 import mesh
@@ -41,19 +41,7 @@ def cli(nodes, secret, monkeypatch, capsys):
     monkeypatch.setenv("MESH_SECRET", secret)
     monkeypatch.setenv("MESH_PEERS", ",".join(n.address for n in nodes))
 
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            main(list(args))
-        out, err = capsys.readouterr()
-        code = exit_.value.code
-        return (code if isinstance(code, int) else 1), out, err
-
-    return run
-
-
-def table(out: str) -> list[list[str]]:
-    return [line.split() for line in out.strip().splitlines()]
+    return lambda *args: run_cli(capsys, *args)
 
 
 @pytest.mark.parametrize("action", ACTIONS)
