@@ -27,7 +27,7 @@ from client._handle import Job, register_owner
 from client._local import LocalMesh
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
-from mesh._connection import Connection, open_connection
+from mesh._connection import Connection, heartbeats, open_connection
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
@@ -481,12 +481,7 @@ class AsyncClient:
         mDNS records linger for many minutes, so liveness comes from here: a node
         that crashed, froze or lost its link is dropped and its jobs placed again.
         """
-        assert self._loop is not None
-        last = self._loop.time()
-        while not self._closed:
-            await asyncio.sleep(self._heartbeat_s)
-            now = self._loop.time()
-            on_time, last = now - last < 2 * self._heartbeat_s, now
+        async for on_time in heartbeats(self._heartbeat_s, lambda: not self._closed):
             for link in list(self._links.values()):
                 if link.conn is not None:
                     link.conn.keepalive(self._dead_after_s, f"node {link.name} ({link.key})",

@@ -12,7 +12,7 @@ import logging
 import mmap
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from mesh._auth import ClientHandshake, ServerHandshake
@@ -26,7 +26,7 @@ from mesh.errors import (
     ProtocolError,
 )
 
-__all__ = ["Connection", "open_connection"]
+__all__ = ["Connection", "heartbeats", "open_connection"]
 
 log = logging.getLogger("mesh.connection")
 
@@ -325,6 +325,21 @@ class Connection(asyncio.BufferedProtocol):
         if self.on_close is not None:
             handler, self.on_close = self.on_close, None
             handler(self, reason)
+
+
+async def heartbeats(interval_s: float, going: Callable[[], bool]) -> AsyncIterator[bool]:
+    """Tick every ``interval_s`` while ``going()``: True when the tick came on time.
+
+    A late tick means this loop was stalled, so what peers sent may still be unread:
+    pass it as ``keepalive(judge=...)`` so nobody is declared dead for our stall.
+    """
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while going():
+        await asyncio.sleep(interval_s)
+        now = loop.time()
+        on_time, last = now - last < 2 * interval_s, now
+        yield on_time
 
 
 async def open_connection(

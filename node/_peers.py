@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh._connection import Connection, open_connection
+from mesh._connection import Connection, heartbeats, open_connection
 from mesh._discovery import Advert, Browser, parse_peers
 from mesh._protocol import Goodbye, JobsReply, Load, Message, Peers, Pong
 from mesh.errors import MeshError
@@ -251,12 +251,7 @@ class PeerTable:
             raise peer.error or MeshError(f"peer {peer.key} sent no load report")
 
     async def _heartbeat(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while not self._closing:
-            await asyncio.sleep(self._heartbeat_s)
-            now = loop.time()
-            on_time, last = now - last < 2 * self._heartbeat_s, now  # else: judge nobody
+        async for on_time in heartbeats(self._heartbeat_s, lambda: not self._closing):
             for peer in list(self.peers.values()):
                 if peer.conn is not None:
                     peer.conn.keepalive(self._dead_after_s, f"peer {peer.name} ({peer.key})",
