@@ -100,10 +100,13 @@ class Stream:
             if not self.inbox.empty():
                 self.send(FileEnd(self.req, "", "stopped: the receiver answered"))
                 return None
-            h.update(data)
+            # hashlib drops the GIL for big buffers: hash in a thread while the loop
+            # writes the chunk out (and keeps serving everyone else meanwhile).
+            hashed = asyncio.ensure_future(asyncio.to_thread(h.update, data))
             size += len(data)
             self.unacked += len(data)
             self.send(FileChunk(self.req, data))
+            await hashed
         digest = h.hexdigest()
         if expect and digest != expect:
             why = f"corrupt: the sender's copy of blob {expect[:12]} failed its hash check"
@@ -124,9 +127,8 @@ class Stream:
             msg = await self.next()
             if isinstance(msg, FileChunk):
                 data = msg.data
-                h.update(data)
                 size += len(data)
-                await write(data)
+                await asyncio.gather(asyncio.to_thread(h.update, data), write(data))
                 self.send(FileAck(self.req, len(data)))
             elif isinstance(msg, FileEnd):
                 if msg.error.startswith("corrupt"):
