@@ -28,7 +28,7 @@ from client._local import LocalMesh
 from client._placement import NodeView, plan
 from mesh._auth import load_secret
 from mesh._connection import Connection, heartbeats, open_connection
-from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers
+from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers, peers_from_env
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     DONE,
@@ -356,13 +356,10 @@ class AsyncClient:
         self._aliases: set[str] = set()  # addresses that turned out to be a known node
         self._heartbeat_s = heartbeat_s
         self._dead_after_s = dead_after_s
-        if peers is None and os.environ.get("MESH_PEERS", "").strip():
-            peers = os.environ["MESH_PEERS"]
+        named = parse_peers(peers) if peers is not None else peers_from_env()
         # No peers anywhere: find this mesh's nodes over mDNS when starting.
-        self._discover = peers is None
-        self._links = (
-            {} if peers is None else {f"{h}:{p}": _Link(h, p) for h, p in parse_peers(peers)}
-        )
+        self._discover = not named
+        self._links = {f"{h}:{p}": _Link(h, p) for h, p in named}
         self._secret = load_secret(secret)
         self._name = name or f"client-{os.getpid()}"
         self._tag = secrets.token_hex(3)
