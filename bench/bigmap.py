@@ -7,7 +7,10 @@ client loop's worst stall. Prints one JSON object.
   (a stall of seconds makes heartbeats look missed and drops nodes);
 - the map runs with ``_retries=0``: a node dropped by mistake fails jobs, and the run.
 
-Usage: python bench/bigmap.py [--jobs 1000000]
+With ``--item-kib K`` every job's argument is one shared K KiB bytes object: the
+user's list costs nothing, and the client's memory shows the pickled arguments it keeps.
+
+Usage: python bench/bigmap.py [--jobs 1000000] [--item-kib 0]
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ def noop(x: int) -> int:
     return x
 
 
+def size(b: bytes) -> int:
+    return len(b)
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -37,6 +44,7 @@ def rss_mib() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=1_000_000)
+    p.add_argument("--item-kib", type=int, default=0, help="argument size (0: the job's index)")
     args = p.parse_args()
     lags: list[float] = []
 
@@ -51,13 +59,17 @@ def main() -> None:
         watcher = asyncio.run_coroutine_threadsafe(probe(), c._thread.loop)
         before = rss_mib()
         t0 = time.perf_counter()
-        jids = c.map(noop, range(args.jobs), _retries=0)
+        if args.item_kib:
+            jids = c.map(size, [bytes(args.item_kib << 10)] * args.jobs, _retries=0)
+        else:
+            jids = c.map(noop, range(args.jobs), _retries=0)
         after_map = rss_mib()
         got = sum(1 for _ in c.iresult(jids, timeout=3600))
         elapsed = time.perf_counter() - t0
         watcher.cancel()
     print(json.dumps({
         "jobs": args.jobs,
+        "item_kib": args.item_kib,
         "results": got,
         "seconds": round(elapsed, 1),
         "jobs_per_s": round(args.jobs / elapsed),

@@ -18,7 +18,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, overload
 
@@ -54,7 +54,14 @@ from mesh._protocol import (
     Results,
     Submit,
 )
-from mesh._serialize import dumps_function, dumps_value, function_name, loads, unpack_error
+from mesh._serialize import (
+    dumps_function,
+    dumps_value,
+    function_name,
+    loads,
+    pack_exception,
+    unpack_error,
+)
 from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -63,6 +70,7 @@ from mesh.errors import (
     MeshError,
     MeshTimeout,
     NoNodesAvailable,
+    SerializationError,
     UnknownJob,
 )
 
@@ -74,6 +82,13 @@ UNKNOWN = -1  # a job id this client did not submit and has not yet heard of
 PIPELINE_S = 0.05  # keep about this much work queued at each node
 MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
+# A map pickles its arguments at once up to this many bytes; the rest are read from its
+# sequences and pickled as the nodes take them, so a map of a million items (or of large
+# ones) keeps only a window of pickled arguments in memory.
+EAGER_ARGS_BYTES = 16 << 20
+# Pickled arguments of unfinished jobs that the client holds (for retries) before it
+# stops reading more from a map's sequences, as long as some are in flight.
+HELD_ARGS_BYTES = 64 << 20
 RECONNECT_S = 1.0
 # _speculative=True: from this share of a map done, a job running longer than
 # STRAGGLER x the median run time (and at least MIN_STRAGGLER_S) gets a copy.
@@ -157,7 +172,7 @@ class EnvRebuild:
 
 class _Func:
     __slots__ = ("blob", "cores", "env", "fhash", "files", "finished", "label", "max_runtime",
-                 "name", "prefer", "push", "retries", "speculative")  # fmt: skip
+                 "name", "pickled", "prefer", "push", "retries", "source", "speculative")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
@@ -170,6 +185,9 @@ class _Func:
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
         self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
         self.push: tuple[tuple[str, str], ...] = ()  # (local path, store name) to push first
+        # the argument tuples of the jobs not pickled yet (args None), in job order
+        self.source: Iterator[tuple[Any, ...]] | None = None
+        self.pickled = [0, 0]  # argument tuples pickled, their bytes: the size to expect
 
 
 class _Job:
@@ -188,16 +206,22 @@ class _Job:
         "twin",
     )  # fmt: skip
 
-    def __init__(self, jid: str, func: _Func | None, args: bytes, state: int = QUEUED) -> None:
+    def __init__(
+        self, jid: str, func: _Func | None, args: bytes | None, state: int = QUEUED
+    ) -> None:
         self.jid = jid
         self.func = func
-        self.args = args  # pickled; dropped once the job is final
+        # pickled; None: still in func.source (taken when the job leaves the queue first);
+        # b"" once the job is final
+        self.args = args
         self.state = state
         self.link: _Link | None = None
         self.node = ""
         self.blob = b""
         self.error: ErrorInfo | None = None
-        self.callbacks: list[Callable[[_Job], None]] | None = None
+        # what to call once it is final: one callable (a wait over a million jobs
+        # would spend 64 MB on one-item lists), a list when there are several
+        self.callbacks: Callable[[_Job], None] | list[Callable[[_Job], None]] | None = None
         self.attempts = 0  # attempts that ended with their worker or node dying
         # (node name, link key) of those attempts: not placed there again while others
         # exist. A tuple, so the million jobs of a big map share the one empty tuple.
@@ -275,6 +299,25 @@ def _group_length(pending: Iterable[_Job], head: _Job, limit: int) -> int:
             break
         n += 1
     return n
+
+
+def _call_back(job: _Job) -> None:
+    """Call what waits for ``job``, now final, once (with the final lock held)."""
+    callbacks, job.callbacks = job.callbacks, None
+    if isinstance(callbacks, list):
+        for cb in callbacks:
+            cb(job)
+    elif callbacks is not None:
+        callbacks(job)
+
+
+def _count(sequences: Sequence[Iterable[Any]]) -> int | None:
+    """How many items ``zip(*sequences)`` gives, if every sequence knows its length
+    (then a big map reads them as it goes); None for generators and iterators."""
+    try:
+        return min(len(s) for s in sequences)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _file_names(files: Any) -> tuple[str, ...]:
@@ -371,6 +414,7 @@ class AsyncClient:
         self._no_nodes_timer: asyncio.TimerHandle | None = None
         self._jobs: dict[str, _Job] = {}
         self._pending: deque[_Job] = deque()
+        self._held = 0  # bytes of pickled arguments of unfinished jobs (see HELD_ARGS_BYTES)
         # Guards job finalisation against waiters registered from other threads.
         self._final_lock = threading.Lock()
         self._acks: dict[_Link, list[str]] = {}
@@ -629,13 +673,11 @@ class AsyncClient:
                     if lk.conn is not None and not lk.conn.closed:
                         lk.conn.send(Kill((jid,)))
                 job.state, job.blob, job.error, job.node = state, blob, error, link.name
-                job.args = b""  # final: it will not be sent again
+                self._drop_args(job)  # final: it will not be sent again
                 if job.func is not None:
                     job.func.finished += 1
-                if job.callbacks:
-                    for cb in job.callbacks:
-                        cb(job)
-                    job.callbacks = None
+                if job.callbacks is not None:
+                    _call_back(job)
         self._ack(link, acked)
         if crashed:
             requeue = [j for j, why in crashed if self._attempt_lost(j, link, why)]
@@ -752,14 +794,13 @@ class AsyncClient:
             lk.inflight.clear()
             lk.inflight_slots = 0
 
-    def _fail(self, job: _Job, error: ErrorInfo) -> None:
+    def _fail(self, job: _Job, error: ErrorInfo, blob: bytes = b"") -> None:
         with self._final_lock:
             job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
-            job.args = b""
-            if job.callbacks:
-                for cb in job.callbacks:
-                    cb(job)
-                job.callbacks = None
+            job.blob = blob
+            self._drop_args(job)
+            if job.callbacks is not None:
+                _call_back(job)
 
     # ---- placing work ----
 
@@ -772,7 +813,7 @@ class AsyncClient:
         self._pump_scheduled = False
         pending = self._pending
         while pending and pending[0].final:
-            pending.popleft()  # killed before it was sent
+            self._take(pending.popleft())  # killed before it was sent
         if not pending:
             return
         links = {k: lk for k, lk in self._links.items() if lk.usable and not lk.draining}
@@ -781,7 +822,7 @@ class AsyncClient:
         while pending:
             head = pending[0]
             if head.final:
-                pending.popleft()
+                self._take(pending.popleft())
                 continue
             candidates = links
             if head.tried:  # a retry goes alone, to a node it has not died on where one exists
@@ -790,19 +831,68 @@ class AsyncClient:
             measured = head.func is not None and head.func.finished > 0
             views = [lk.view(measured) for lk in candidates.values()]
             room = sum(max(v.room, 0) for v in views) // head.cores
+            if head.func is not None and head.func.source is not None:  # reads its sequences
+                left = HELD_ARGS_BYTES - self._held
+                if left <= 0 and any(lk.inflight for lk in links.values()):
+                    return  # enough arguments held: results coming back pump again
+                count, size = head.func.pickled
+                room = min(room, max(1, left * count // max(size, 1)))
             group = 1 if head.tried else _group_length(pending, head, max(1, room))
             allocation = plan(group, views, head.cores, (head.func and head.func.prefer) or ())
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
                     biggest = max(lk.workers for lk in links.values())
                     for _ in range(group):
-                        self._fail(pending.popleft(), ("rejected", "ValueError",
+                        self._fail(self._take(pending.popleft()), ("rejected", "ValueError",
                                    f"job needs {head.cores} cores; the largest node has {biggest}",
                                    "", ""))  # fmt: skip
                     continue
                 return
             for key, count in allocation:
-                self._send(links[key], [pending.popleft() for _ in range(count)])
+                self._send(links[key], [self._take(pending.popleft()) for _ in range(count)])
+
+    def _take(self, job: _Job) -> _Job:
+        """A job leaves the queue: the first time, read and pickle its arguments from its
+        map's sequences (jobs leave in order; one that cannot be read or pickled fails)."""
+        if job.args is not None:
+            return job
+        func = job.func
+        assert func is not None and func.source is not None
+        if job.final:  # killed before it was sent: its item is skipped, unpickled
+            next(func.source, None)
+            return job
+        try:
+            args = next(func.source)
+        except StopIteration:  # so will the jobs after it: the iterator stays exhausted
+            exc: Exception = SerializationError(
+                f"the sequences of map({func.name}, ...) ended before job {job.jid}: "
+                "they were changed after map() was called"
+            )
+        except Exception as e:  # e.g. a dict changed size while it was read
+            exc = SerializationError(
+                f"cannot read the arguments of job {job.jid} from the sequences of "
+                f"map({func.name}, ...): {type(e).__name__}: {e}"
+            )
+        else:
+            try:
+                job.args = dumps_value(args, f"arguments of {func.name} (job {job.jid})")
+                self._held += len(job.args)
+                func.pickled[0] += 1
+                func.pickled[1] += len(job.args)
+                return job
+            except SerializationError as e:
+                exc = e
+        job.args = b""
+        blob, info = pack_exception(exc)
+        self._fail(job, info, blob)
+        return job
+
+    def _drop_args(self, job: _Job) -> None:
+        """``job`` is final: its pickled arguments go (None stays: its item is still to be
+        skipped in the map's sequences, in order)."""
+        if job.args:
+            self._held -= len(job.args)
+            job.args = b""
 
     def _send(self, link: _Link, jobs: list[_Job], copy: bool = False) -> None:
         """Submit ``jobs`` to ``link``; ``copy``: a speculative second copy (job.twin)."""
@@ -825,16 +915,23 @@ class AsyncClient:
             link.sent_funcs.add(func.fhash)
             link.conn.send(
                 Submit(func.fhash, func.blob if fresh else b"", func.name,
-                       tuple((j.jid, j.args) for j in batch), head.cores, head.label,
+                       tuple((j.jid, j.args) for j in batch),  # type: ignore[misc]  # _take read them
+                       head.cores, head.label,
                        head.max_runtime, retry=any(j.attempts for j in batch), env=func.env)
             )  # fmt: skip
 
     # ---- thread-safe preparation ----
 
     def _prepare(
-        self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Iterable[tuple[Any, ...]],
+        kwargs: dict[str, Any],
+        count: int | None = None,
     ) -> list[_Job]:
-        """Pickle the function once and every argument tuple; allocate job ids (any thread)."""
+        """Pickle the function once and allocate job ids (any thread). Arguments are
+        pickled here up to EAGER_ARGS_BYTES; the rest as the jobs leave the queue, read
+        from ``arg_tuples`` then (``count``: how many it yields; None: read it all now)."""
         kwargs, opts = _split_options(dict(kwargs))
         cores = int(opts.get("_cores", 1))
         if cores < 1:
@@ -848,17 +945,35 @@ class AsyncClient:
         func.label = str(opts.get("_label", ""))
         func.max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
         func.retries = int(opts.get("_retries", 3))
+        if count is None:
+            arg_tuples = list(arg_tuples)  # a generator: its length gives the job ids
+            count = len(arg_tuples)
+        source = iter(arg_tuples)
         tag, counter, jobs_index = self._tag, self._counter, self._jobs
         jobs = []
-        for args in arg_tuples:
+        pickled = 0
+        for _ in range(count):
+            args = None
+            if pickled < EAGER_ARGS_BYTES:
+                try:
+                    args = dumps_value(next(source), f"arguments of {func.name}")
+                except StopIteration:
+                    break  # a sequence shorter than its len() said
+                pickled += len(args)
+                func.pickled[0] += 1
             jid: str = Job(f"{tag}-{next(counter)}")  # the handle map returns, shared
-            job = _Job(jid, func, dumps_value(args, f"arguments of {func.name}"))
+            job = _Job(jid, func, args)
             jobs_index[jid] = job
             jobs.append(job)
+        func.pickled[1] = pickled
+        if pickled >= EAGER_ARGS_BYTES:
+            func.source = source
         return jobs
 
-    def _enqueue(self, jobs: list[_Job]) -> None:
+    def _enqueue(self, jobs: list[_Job], counted: bool = False) -> None:
         """Loop thread: queue prepared jobs and place what can be placed now."""
+        if not counted:  # the arguments _prepare pickled are held from now on
+            self._held += sum(len(j.args) for j in jobs if j.args)
         if jobs and jobs[0].func is not None and jobs[0].func.push:
             self._spawn(self._enqueue_after_push(jobs))  # first: the _env's local files
             return
@@ -949,7 +1064,7 @@ class AsyncClient:
                 return
             self._pushed.add(name)
         func.push = ()
-        self._enqueue(jobs)
+        self._enqueue(jobs, counted=True)
 
     async def _enqueue_near_files(self, jobs: list[_Job]) -> None:
         """Learn which nodes hold the jobs' ``_files`` (a placement tie-breaker), then queue."""
@@ -959,7 +1074,7 @@ class AsyncClient:
             func.prefer = await self.files.holder_keys(func.files, self._usable())
         except MeshError:
             func.prefer = frozenset()  # no preference: the job still runs
-        self._enqueue(jobs)
+        self._enqueue(jobs, counted=True)
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
         """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).
@@ -972,9 +1087,11 @@ class AsyncClient:
                 if job.final:
                     cb(job)
                 elif job.callbacks is None:
-                    job.callbacks = [cb]
-                else:
+                    job.callbacks = cb
+                elif isinstance(job.callbacks, list):
                     job.callbacks.append(cb)
+                else:
+                    job.callbacks = [job.callbacks, cb]
 
     def _lookup(self, jids: Iterable[str]) -> tuple[list[_Job], list[_Job]]:
         """Loop thread: the jobs for ``jids``, adopting ids this client never submitted."""
@@ -1058,7 +1175,7 @@ class AsyncClient:
         """Like builtin ``map``: one job per item; return the job ids (awaitable) at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        jobs = self._prepare(fn, zip(*sequences, strict=False), kwargs)
+        jobs = self._prepare(fn, zip(*sequences, strict=False), kwargs, _count(sequences))
         self._enqueue(jobs)
         return [j.jid for j in jobs]  # type: ignore[misc]  # Jobs since _prepare
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, 
 from typing import Any, TypeVar, overload
 
 from client import _progress
-from client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeInfo, _Job
+from client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeInfo, _count, _Job
 from client._files import Files
 from client._handle import Job, register_owner
 from client._local import LocalMesh
@@ -133,7 +133,7 @@ class Client:
 
     def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
         """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
-        return Job(self._send(self._async._prepare(func, [args], kwargs))[0].jid)
+        return self._send(self._async._prepare(func, [args], kwargs))[0].jid  # type: ignore[return-value]
 
     def map(
         self, func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
@@ -141,8 +141,9 @@ class Client:
         """Like builtin ``map``, one job per item; return the list of job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        jobs = self._async._prepare(func, zip(*sequences, strict=False), kwargs)
-        return [Job(j.jid) for j in self._send(jobs)]
+        jobs = self._async._prepare(func, zip(*sequences, strict=False), kwargs, _count(sequences))
+        # the handles _prepare made: a map of a million jobs keeps one copy of its ids
+        return [j.jid for j in self._send(jobs)]  # type: ignore[misc]
 
     def _send(self, jobs: list[_Job]) -> list[_Job]:
         """Hand jobs prepared (pickled) on this thread to the loop thread, which places them."""

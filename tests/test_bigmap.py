@@ -1,0 +1,125 @@
+"""A map keeps only a window of pickled arguments: the rest are read from its sequences
+as the nodes take jobs (issue 7). The window is shrunk here, so a few dozen jobs show
+what a million would: ``EAGER_ARGS_BYTES`` is how much a map pickles before it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from _helpers import gated, square, wait_until
+
+import client._async as client_async
+import mesh
+from mesh._serialize import dumps_value
+
+
+@pytest.fixture
+def streamed(monkeypatch):
+    """Maps pickle one job's arguments up front; every other job's as it is sent."""
+    monkeypatch.setattr(client_async, "EAGER_ARGS_BYTES", 1)
+
+
+def _pickled(c: mesh.Client, jids) -> int:
+    jobs = c._async._jobs
+    return sum(1 for j in jids if jobs[j].args)  # None: not read yet; b"": final
+
+
+def test_a_streamed_map_gives_every_result_in_order(client, streamed):
+    jids = client.map(square, range(300))
+    assert client.result(jids, timeout=60) == [x * x for x in range(300)]
+    # several sequences, the shortest decides, as with builtin map
+    jids = client.map(pow, [2] * 50, range(40), [1000] * 60)
+    assert client.result(jids, timeout=60) == [pow(2, x, 1000) for x in range(40)]
+    # a generator has no length: it is read at once, then pickled as jobs are sent
+    jids = client.map(square, (x for x in range(120) if x % 3))
+    assert client.result(jids, timeout=60) == [x * x for x in range(120) if x % 3]
+
+
+def test_only_the_jobs_sent_have_their_arguments_pickled(client, streamed, tmp_path):
+    gate = str(tmp_path / "gate")
+    try:
+        jids = client.map(gated, [gate] * 500, range(500))
+        links = client._async._links.values()
+
+        def sent() -> int:
+            return sum(len(lk.inflight) for lk in links)
+
+        wait_until(lambda: sent() >= 4, what="the nodes' first jobs")  # 2 nodes x 2 workers
+        # a new function gets a shallow pipeline (2 per worker): 8 jobs at most
+        assert _pickled(client, jids) == sent() <= 8
+    finally:
+        (tmp_path / "gate").touch()
+    assert client.result(jids, timeout=60) == list(range(500))
+    assert _pickled(client, jids) == 0  # dropped once final
+
+
+def test_jobs_killed_before_they_are_sent_keep_the_others_aligned(client, streamed, tmp_path):
+    gate = str(tmp_path / "gate")
+    try:
+        jids = client.map(gated, [gate] * 60, range(60))
+        wait_until(lambda: client.status(jids[0]) == "processing", what="a job to start")
+        unsent = [j for j in jids[30:40] if client._async._jobs[j].args is None]
+        assert len(unsent) == 10
+        client.kill(unsent)
+    finally:
+        (tmp_path / "gate").touch()
+    values = client.result(jids[:30] + jids[40:], timeout=60)
+    assert values == list(range(30)) + list(range(40, 60))
+    for j in unsent:
+        with pytest.raises(mesh.JobKilled):
+            client.result(j)
+
+
+def test_an_item_that_cannot_be_pickled_fails_only_its_own_job(client, streamed):
+    items = list(range(20))
+    items[13] = threading.Lock()  # type: ignore[call-overload]
+    jids = client.map(str, items)
+    with pytest.raises(mesh.SerializationError, match=r"cannot pickle arguments of str"):
+        client.result(jids[13], timeout=60)
+    assert client.result(jids[:13] + jids[14:], timeout=60) == [
+        str(x) for x in items if x != items[13]
+    ]
+
+
+def test_a_sequence_that_shrinks_after_map_fails_the_jobs_it_no_longer_has(
+    client, streamed, tmp_path
+):
+    gate = str(tmp_path / "gate")
+    values = list(range(40))
+    try:
+        first = client.map(gated, [gate] * 8, range(8))  # every worker busy: nothing else sent
+        links = client._async._links.values()
+        wait_until(lambda: sum(len(lk.inflight) for lk in links) == 8, what="the pipelines to fill")
+        jids = client.map(square, values)
+        del values[30:]
+    finally:
+        (tmp_path / "gate").touch()
+    assert client.result(first, timeout=60) == list(range(8))
+    assert client.result(jids[:30], timeout=60) == [x * x for x in range(30)]
+    with pytest.raises(mesh.SerializationError, match=r"ended before job .*changed after map"):
+        client.result(jids[35], timeout=60)
+
+
+def test_held_arguments_bound_what_is_read_when_the_nodes_would_take_more(
+    client, streamed, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(client_async, "HELD_ARGS_BYTES", 3000)
+    opened, closed = tmp_path / "open", tmp_path / "closed"
+    opened.touch()
+    # quick jobs first: once some are back, the nodes offer deep pipelines; then 400 wait
+    gates = [str(opened)] * 40 + [str(closed)] * 400
+    a = client._async
+    try:
+        jids = client.map(gated, gates, range(440))
+        size = len(dumps_value((str(closed), 439)))  # the largest argument tuple
+        wait_until(lambda: a._held >= 3000 - size, what="the held arguments to reach the bound")
+        assert a._held <= 3000 + size
+        in_flight = sum(len(lk.inflight) for lk in a._links.values())
+        assert _pickled(client, jids) == in_flight <= 3000 // (size - 4) + 1
+        assert max(lk.view().room for lk in a._links.values()) > 100  # they would take more
+    finally:
+        closed.touch()
+    assert client.result(jids, timeout=60) == list(range(440))
+    assert a._held == 0
