@@ -312,12 +312,12 @@ def _call_back(job: _Job) -> None:
 
 
 def _count(sequences: Sequence[Iterable[Any]]) -> int | None:
-    """How many items ``zip(*sequences)`` gives, if every sequence knows its length
-    (then a big map reads them as it goes); None for generators and iterators."""
-    try:
+    """How many items ``zip(*sequences)`` gives, if every one is a Sequence (list, tuple,
+    range, str: iterating one gives len() items), so a big map reads them as it goes;
+    None for anything else (a generator, a DataFrame, whose len() is not what it yields)."""
+    if all(isinstance(s, Sequence) for s in sequences):
         return min(len(s) for s in sequences)  # type: ignore[arg-type]
-    except TypeError:
-        return None
+    return None
 
 
 def _file_names(files: Any) -> tuple[str, ...]:

@@ -22,3 +22,13 @@ def test_room_shrinks_with_jobs_in_flight_and_load_counts_other_clients() -> Non
     view = link.view()
     assert view.room == 4 * 2 - 3
     assert view.load == 3 + 10
+
+
+def test_a_map_reads_sequences_as_it_goes_and_anything_else_at_once():
+    from client._async import _count
+
+    assert _count([[1, 2, 3], range(10), "ab"]) == 2  # zip stops at the shortest
+    assert _count([range(5)]) == 5
+    assert _count([iter([1, 2])]) is None  # an iterator: no length
+    assert _count([(x for x in range(3))]) is None
+    assert _count([{"a": 1}, [1]]) is None  # a mapping is not a Sequence: read at once
