@@ -9,10 +9,14 @@ Frame layout::
     u32 body length | u8 kind | body | MAC (16 bytes, authenticated frames only)
 
 * ``HANDSHAKE`` frames come first, unauthenticated, and are at most 256 bytes.
-* After :meth:`FrameCodec.start_session`, every frame carries
-  ``HMAC-SHA256(direction key, u64 sequence | u32 length | u8 kind | body)[:16]``;
-  sequence numbers are implicit and count from 0 in each direction, so an injected,
-  replayed, reordered or altered frame fails its MAC.
+* After :meth:`FrameCodec.start_session`, every frame carries a 16-byte GMAC:
+  the AES-256-GCM tag, under the direction's key, of an empty plaintext with
+  ``u64 sequence | u32 length | u8 kind | body`` as associated data. Sequence numbers
+  are implicit and count from 0 in each direction, so an injected, replayed,
+  reordered or altered frame fails its MAC. The GCM nonce is the sequence number:
+  it never repeats under one key, since each direction of each connection has a key
+  of its own (derived from both handshake nonces). GMAC, not HMAC-SHA256: it runs
+  at memory speed with AES-NI, where HMAC capped a 50 MB argument at ~1 GB/s.
 * A message longer than ``max_frame`` travels as ``PART`` frames closed by an
   ``END`` frame and is reassembled up to ``max_message`` bytes.
 * Large byte strings (arguments, results, function blobs of ``ATTACH_MIN`` bytes or
@@ -28,11 +32,13 @@ the connection must be dropped.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import mmap
 import struct
 from collections.abc import Callable
+
+from cryptography.hazmat.primitives.ciphers import AEADEncryptionContext, Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mesh._protocol import Challenge, Hello, Message, Proof, decode, encode, encode_attached
 from mesh.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -49,7 +55,11 @@ __all__ = [
 HEADER = struct.Struct(">IB")
 HEADER_SIZE = HEADER.size
 SEQ_HEADER = struct.Struct(">QIB")
+NONCE = struct.Struct(">4xQ")  # the 96-bit GCM nonce: the frame's sequence number
 MAC_SIZE = 16
+# Frames shorter than this are MAC'd in one call over a joined copy (under a
+# microsecond); longer ones through an incremental context (about 4 us), no copy.
+ONE_SHOT_MAX = 16 * 1024
 HANDSHAKE_MAX = 256
 DEFAULT_MAX_FRAME = 4 << 20
 DEFAULT_MAX_MESSAGE = 2 << 30
@@ -61,6 +71,35 @@ ATTACH_MIN = 32 * 1024
 MAX_ATTACHMENTS = 65536
 MMAP_MIN = 1 << 20
 _HANDSHAKE_TYPES = (Hello, Challenge, Proof)
+
+
+class _Gmac:
+    """One direction's frame MAC: AES-256-GCM over an empty plaintext (GMAC)."""
+
+    __slots__ = ("_aead", "_aes")
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._aes = algorithms.AES(key)
+
+    def start(self, seq: int, length: int, kind: int) -> AEADEncryptionContext:
+        """A context for frame ``seq``; feed it the body, then :func:`_tag` it."""
+        ctx = Cipher(self._aes, modes.GCM(NONCE.pack(seq))).encryptor()
+        ctx.authenticate_additional_data(SEQ_HEADER.pack(seq, length, kind))
+        return ctx
+
+    def tag(self, seq: int, kind: int, body: bytes | bytearray | memoryview) -> bytes:
+        n = len(body)
+        if n < ONE_SHOT_MAX:
+            return self._aead.encrypt(NONCE.pack(seq), b"", SEQ_HEADER.pack(seq, n, kind) + body)
+        ctx = self.start(seq, n, kind)
+        ctx.authenticate_additional_data(body)
+        return _tag(ctx)
+
+
+def _tag(ctx: AEADEncryptionContext) -> bytes:
+    ctx.finalize()
+    return ctx.tag
 
 
 def _allocate(size: int) -> bytearray | mmap.mmap:
@@ -103,13 +142,14 @@ class FrameCodec:
         self.max_frame = max_frame
         self.max_message = max_message
         self._handshake = authenticated
-        self._send_mac: hmac.HMAC | None = None
-        self._recv_mac: hmac.HMAC | None = None
+        self._send_mac: _Gmac | None = None
+        self._recv_mac: _Gmac | None = None
         self._send_seq = 0
         self._recv_seq = 0
         self._buf = bytearray()
-        self._parts: list[bytes] = []
+        self._parts = bytearray()  # the multi-frame message being received
         self._parts_size = 0
+        self._in_parts = False  # a PART frame came, its END not yet
         self._attachments: list[
             bytearray | mmap.mmap
         ] = []  # of the attached message being received
@@ -118,7 +158,7 @@ class FrameCodec:
         self._head_body = b""
         self._blob_left = 0  # body bytes of the current BLOB frame still to come
         self._blob_pending = False  # a BLOB frame's body is (being) read; its MAC is due
-        self._blob_mac: hmac.HMAC | None = None
+        self._blob_mac: AEADEncryptionContext | None = None
         self._error: ProtocolError | None = None
 
     @property
@@ -126,12 +166,15 @@ class FrameCodec:
         return self._handshake
 
     def start_session(self, send_key: bytes, recv_key: bytes) -> None:
-        """Leave handshake mode: from now on every frame in each direction is MAC'd."""
+        """Leave handshake mode: from now on every frame in each direction is MAC'd.
+
+        The keys (32 bytes, AES-256) must be fresh for this connection: nonces are
+        sequence numbers from 0, so a key used twice would repeat nonces."""
         if not self._handshake:
             raise LocalProtocolError("session already started")
         self._handshake = False
-        self._send_mac = hmac.new(send_key, digestmod=hashlib.sha256)
-        self._recv_mac = hmac.new(recv_key, digestmod=hashlib.sha256)
+        self._send_mac = _Gmac(send_key)
+        self._recv_mac = _Gmac(recv_key)
 
     # ---- sending ----
 
@@ -201,13 +244,11 @@ class FrameCodec:
             if n < 65536:  # one buffer: the reader wakes once, not for the header alone
                 return [HEADER.pack(n, kind) + bytes(body)]
             return [HEADER.pack(n, kind), body]
-        mac = self._send_mac.copy()
-        mac.update(SEQ_HEADER.pack(self._send_seq, n, kind))
-        mac.update(body)
+        tag = self._send_mac.tag(self._send_seq, kind, body)
         self._send_seq += 1
         if n < 4096:  # one small buffer beats three writes
-            return [HEADER.pack(n, kind) + bytes(body) + mac.digest()[:MAC_SIZE]]
-        return [HEADER.pack(n, kind), body, mac.digest()[:MAC_SIZE]]
+            return [HEADER.pack(n, kind) + bytes(body) + tag]
+        return [HEADER.pack(n, kind), body, tag]
 
     # ---- receiving ----
 
@@ -236,6 +277,7 @@ class FrameCodec:
             self._buf.clear()
             self._parts.clear()
             self._parts_size = 0
+            self._in_parts = False
             self._attachments = []
             raise
         return out
@@ -259,7 +301,7 @@ class FrameCodec:
         if not 0 < n <= self._blob_left:
             raise LocalProtocolError("received_direct without a matching direct_buffer")
         if self._blob_mac is not None:
-            self._blob_mac.update(view[:n])
+            self._blob_mac.authenticate_additional_data(view[:n])
         self._att_pos += n
         self._blob_left -= n
         return self.receive()
@@ -271,7 +313,7 @@ class FrameCodec:
         chunk = view[:take]
         target[self._att_pos : self._att_pos + take] = chunk
         if self._blob_mac is not None:
-            self._blob_mac.update(chunk)
+            self._blob_mac.authenticate_additional_data(chunk)
         self._att_pos += take
         self._blob_left -= take
         return view[take:]
@@ -286,8 +328,8 @@ class FrameCodec:
             out.append(decode(self._head_body, attachments, open_shared=self._open_shared))
             self._head_body = b""
 
-    def _verify(self, mac: hmac.HMAC, got: bytes | memoryview) -> None:
-        if not hmac.compare_digest(mac.digest()[:MAC_SIZE], got):
+    def _verify(self, tag: bytes, got: bytes | memoryview) -> None:
+        if not hmac.compare_digest(tag, got):
             raise RemoteProtocolError(
                 f"frame {self._recv_seq} failed its MAC (altered, injected, replayed or reordered)"
             )
@@ -311,7 +353,7 @@ class FrameCodec:
                     if len(buf) - pos < mac_size:
                         break
                     if self._blob_mac is not None:
-                        self._verify(self._blob_mac, bytes(buf[pos : pos + mac_size]))
+                        self._verify(_tag(self._blob_mac), bytes(buf[pos : pos + mac_size]))
                     pos += mac_size
                     self._blob_pending = False
                     self._blob_mac = None
@@ -352,8 +394,7 @@ class FrameCodec:
                     if not 0 < length <= left:
                         raise RemoteProtocolError(f"attachment frame of {length} bytes, {left} due")
                     if self._recv_mac is not None:
-                        self._blob_mac = self._recv_mac.copy()
-                        self._blob_mac.update(SEQ_HEADER.pack(self._recv_seq, length, kind))
+                        self._blob_mac = self._recv_mac.start(self._recv_seq, length, kind)
                     self._blob_left = length
                     self._blob_pending = True
                     pos += HEADER_SIZE
@@ -362,39 +403,39 @@ class FrameCodec:
                 end = body_at + length + mac_size
                 if end > len(buf):
                     break
-                with memoryview(buf) as view:
-                    body = bytes(view[body_at : body_at + length])
+                # The body is MAC'd and decoded in place: no copy of it is made here.
+                with memoryview(buf) as view, view[body_at : body_at + length] as body:
                     if self._recv_mac is not None:
-                        mac = self._recv_mac.copy()
-                        mac.update(SEQ_HEADER.pack(self._recv_seq, length, kind))
-                        mac.update(body)
-                        self._verify(mac, bytes(view[end - MAC_SIZE : end]))
-                pos = end
-                if kind == MSG:
-                    if self._parts:
-                        raise RemoteProtocolError("whole frame inside a multi-frame message")
-                    out.append(decode(body, open_shared=self._open_shared))
-                elif kind == HEAD:
-                    if self._parts:
-                        raise RemoteProtocolError("attached message inside a multi-frame message")
-                    self._start_attached(body)
-                else:
-                    self._parts_size += length
-                    if self._parts_size > self.max_message:
-                        raise RemoteProtocolError(
-                            f"message exceeds the maximum size {self.max_message}"
-                        )
-                    self._parts.append(body)
-                    if kind == END:
-                        whole = b"".join(self._parts)
-                        self._parts.clear()
-                        self._parts_size = 0
-                        out.append(decode(whole, open_shared=self._open_shared))
+                        tag = self._recv_mac.tag(self._recv_seq, kind, body)
+                        self._verify(tag, bytes(view[end - MAC_SIZE : end]))
+                    pos = end
+                    self._frame_received(kind, body, out)
         finally:
             if pos:
                 del buf[:pos]
 
-    def _start_attached(self, head: bytes) -> None:
+    def _frame_received(self, kind: int, body: memoryview, out: list[Message]) -> None:
+        """A verified MSG, HEAD, PART or END frame (``body`` is valid during this call only)."""
+        if kind == MSG:
+            if self._in_parts:
+                raise RemoteProtocolError("whole frame inside a multi-frame message")
+            out.append(decode(body, open_shared=self._open_shared))
+        elif kind == HEAD:
+            if self._in_parts:
+                raise RemoteProtocolError("attached message inside a multi-frame message")
+            self._start_attached(body)
+        else:
+            self._parts_size += len(body)
+            if self._parts_size > self.max_message:
+                raise RemoteProtocolError(f"message exceeds the maximum size {self.max_message}")
+            self._parts += body  # one copy per part, none to join them
+            self._in_parts = kind == PART
+            if kind == END:
+                whole, self._parts = self._parts, bytearray()
+                self._parts_size = 0
+                out.append(decode(whole, open_shared=self._open_shared))
+
+    def _start_attached(self, head: memoryview) -> None:
         if len(head) < COUNT.size:
             raise RemoteProtocolError("attached message without its count")
         (n,) = COUNT.unpack_from(head)
@@ -409,7 +450,7 @@ class FrameCodec:
             )
         self._attachments = [self._allocate(size) for size in sizes]  # sizes checked above
         self._att_index = self._att_pos = 0
-        self._head_body = head[body_at:]
+        self._head_body = bytes(head[body_at:])
 
     @property
     def buffered(self) -> int:

@@ -68,7 +68,7 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames carry a GMAC (AES-256-GCM), not a truncated HMAC-SHA256
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -629,7 +629,7 @@ def encode_attached(
 
 
 def decode(
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     attachments: Sequence[bytearray | mmap.mmap] = (),
     *,
     open_shared: bool = False,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -179,6 +180,25 @@ def test_mac_keys_differ_per_direction() -> None:
     data = join(pair.server.send(Goodbye("x")))
     with pytest.raises(RemoteProtocolError, match="MAC"):
         pair.server.receive(data)
+
+
+def test_frame_mac_is_gmac_with_the_sequence_as_nonce() -> None:
+    """Each tag is the standard AES-256-GCM tag of an empty plaintext, with the
+    sequence number as nonce and ``seq | length | kind | body`` as associated data:
+    small frames (one-shot), frames past ONE_SHOT_MAX and streamed BLOB frames alike."""
+    send_key, recv_key = os.urandom(32), os.urandom(32)
+    codec = FrameCodec(max_frame=1 << 16)
+    codec.start_session(send_key, recv_key)
+    data = join(codec.send(Kill(("j1",))))
+    data += join(codec.send(Goodbye("x" * 20_000)))
+    data += join(codec.send(submit(os.urandom(100_000))))  # HEAD + 2 BLOB frames
+    frames = frames_of(data)
+    assert [f[4] for f in frames] == [1, 1, 4, 5, 5]
+    gcm = AESGCM(send_key)
+    for seq, frame in enumerate(frames):
+        body, tag = frame[HEADER_SIZE:-MAC_SIZE], frame[-MAC_SIZE:]
+        aad = struct.pack(">QIB", seq, len(body), frame[4]) + body
+        assert tag == gcm.encrypt(struct.pack(">4xQ", seq), b"", aad)
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
