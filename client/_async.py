@@ -8,6 +8,7 @@ pickles on its own thread while the loop keeps sending.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import itertools
 import logging
@@ -17,6 +18,7 @@ import secrets
 import statistics
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -82,10 +84,14 @@ UNKNOWN = -1  # a job id this client did not submit and has not yet heard of
 PIPELINE_S = 0.05  # keep about this much work queued at each node
 MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
+# result/iresult/join look at this many jobs at a time (a _Job each), so waiting on a
+# map of a million jobs does not give every one of them an object at once.
+WAIT_WINDOW = 4096
 # A map pickles its arguments at once up to this many bytes; the rest are read from its
 # sequences and pickled as the nodes take them, so a map of a million items (or of large
 # ones) keeps only a window of pickled arguments in memory.
-EAGER_ARGS_BYTES = 16 << 20
+EAGER_ARGS_BYTES = 4 << 20
+BYTES_OVERHEAD = 33  # what a bytes object costs beside its contents (for that budget)
 # Pickled arguments of unfinished jobs that the client holds (for retries) before it
 # stops reading more from a map's sequences, as long as some are in flight.
 HELD_ARGS_BYTES = 64 << 20
@@ -171,8 +177,16 @@ class EnvRebuild:
 
 
 class _Func:
-    __slots__ = ("blob", "cores", "env", "fhash", "files", "finished", "label", "max_runtime",
-                 "name", "pickled", "prefer", "push", "retries", "source", "speculative")  # fmt: skip
+    """One call or map: its function, its options and its jobs, ids ``tag-start`` to
+    ``tag-(start + n - 1)``. A job has a :class:`_Job` only while it is live (sent, or
+    looked at before); once finished it is kept compact: a flag, its node and its
+    result in one buffer, about 14 bytes beside the result. So a map of a million
+    jobs costs the client its handles and its results, not a million objects."""
+
+    __slots__ = ("ahead", "at", "blob", "cores", "done", "env", "fhash", "files", "finished",
+                 "label", "live", "max_runtime", "n", "name", "next", "node_names", "nodes",
+                 "pickled", "prefer", "push", "results", "retries", "sizes", "source",
+                 "speculative", "start")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
@@ -185,9 +199,59 @@ class _Func:
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
         self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
         self.push: tuple[tuple[str, str], ...] = ()  # (local path, store name) to push first
-        # the argument tuples of the jobs not pickled yet (args None), in job order
+        self.start = self.n = 0  # the id number of job 0, and how many jobs
+        self.next = 0  # the first job that has not left the queue yet: the rest follow it
+        self.live: dict[int, _Job] = {}  # job index -> its _Job, while it has one
+        # arguments pickled by _prepare, for the first jobs to leave the queue, in order;
+        # then those read from ``source`` as jobs leave it
+        self.ahead: deque[bytes] = deque()
         self.source: Iterator[tuple[Any, ...]] | None = None
         self.pickled = [0, 0]  # argument tuples pickled, their bytes: the size to expect
+        # finished jobs, compact (allocated with the first): a flag and a node a job,
+        # and the results in one buffer at ``at`` for ``sizes`` bytes
+        self.done = bytearray()
+        self.nodes = bytearray()
+        self.node_names: list[str] = []
+        self.results = bytearray()
+        self.at = array("Q")
+        self.sizes = array("I")
+
+    def job(self, tag: str, k: int, jid: str | None = None) -> _Job:
+        """Job ``k``: its live _Job, a view of it once finished and compacted, or a new
+        live one (not sent yet: the queue takes that one when its turn comes). Any thread."""
+        job = self.live.get(k)
+        if job is not None:
+            return job
+        if self.done and self.done[k]:  # done before live lost it: see compact()
+            view = _Job(jid or f"{tag}-{self.start + k}", self, b"", DONE)
+            at = self.at[k]
+            view.blob = bytes(self.results[at : at + self.sizes[k]])
+            view.node = self.node_names[self.nodes[k]]
+            return view
+        return self.live.setdefault(k, _Job(jid or f"{tag}-{self.start + k}", self, None))
+
+    def is_final(self, k: int) -> bool:
+        job = self.live.get(k)
+        return job.final if job is not None else bool(self.done and self.done[k])
+
+    def compact(self, k: int, blob: bytes, node: str) -> None:
+        """Job ``k`` is done with ``blob`` from ``node``: keep that, drop its _Job."""
+        if node in self.node_names:
+            i = self.node_names.index(node)
+        elif len(self.node_names) < 256 and len(blob) < 1 << 32:
+            i = len(self.node_names)
+            self.node_names.append(node)
+        else:
+            return  # it keeps its _Job
+        if not self.done:
+            self.done, self.nodes = bytearray(self.n), bytearray(self.n)
+            self.at, self.sizes = array("Q", bytes(8 * self.n)), array("I", bytes(4 * self.n))
+        self.at[k] = len(self.results)
+        self.sizes[k] = len(blob)
+        self.results += blob
+        self.nodes[k] = i
+        self.done[k] = 1  # before the _Job goes, so a lookup always finds one or the other
+        self.live.pop(k, None)
 
 
 class _Job:
@@ -211,8 +275,8 @@ class _Job:
     ) -> None:
         self.jid = jid
         self.func = func
-        # pickled; None: still in func.source (taken when the job leaves the queue first);
-        # b"" once the job is final
+        # pickled; None: not read yet (func.ahead, then func.source, as the job first
+        # leaves the queue); b"" once the job is final
         self.args = args
         self.state = state
         self.link: _Link | None = None
@@ -287,13 +351,13 @@ class _Link:
         return NodeView(self.key, self.workers, self.inflight_slots + others, room)
 
 
-def _group_length(pending: Iterable[_Job], head: _Job, limit: int) -> int:
+def _group_length(pending: Iterable[_Job | _Func], head: _Job, limit: int) -> int:
     """How many jobs from the head of ``pending`` (at most ``limit``: the room there is)
     can be placed as one group. Bounded, so a map of a million jobs costs a pump no more
     than the nodes can take."""
     n = 0
     for j in pending:
-        if n >= limit or (j.func is not head.func or j.cores != head.cores
+        if n >= limit or not isinstance(j, _Job) or (j.func is not head.func or j.cores != head.cores
                           or j.label != head.label or j.max_runtime != head.max_runtime
                           or j.tried):  # fmt: skip
             break
@@ -407,13 +471,18 @@ class AsyncClient:
         self._name = name or f"client-{os.getpid()}"
         self._tag = secrets.token_hex(3)
         register_owner(self._tag, self)  # so its Job handles can be awaited
-        self._counter = itertools.count(1)
+        # every call and map, in id order, and the id number of each one's first job
+        self._funcs: list[_Func] = []
+        self._starts: list[int] = []
+        self._next_id = 1
+        self._ids_lock = threading.Lock()
         self._connect_timeout_s = connect_timeout_s
         # With no node reachable this long, unfinished jobs fail instead of waiting forever.
         self._no_nodes_timeout_s = no_nodes_timeout_s
         self._no_nodes_timer: asyncio.TimerHandle | None = None
-        self._jobs: dict[str, _Job] = {}
-        self._pending: deque[_Job] = deque()
+        self._adopted: dict[str, _Job] = {}  # jobs of other processes this one waits for
+        # what waits to be placed: jobs (placed again), and maps (their next jobs, in order)
+        self._pending: deque[_Job | _Func] = deque()
         self._held = 0  # bytes of pickled arguments of unfinished jobs (see HELD_ARGS_BYTES)
         # Guards job finalisation against waiters registered from other threads.
         self._final_lock = threading.Lock()
@@ -648,14 +717,13 @@ class AsyncClient:
         link.running, link.queued = msg.running, msg.queued
         if msg.avg_run_s > 0:
             link.avg_run_s = msg.avg_run_s
-        jobs = self._jobs
         acked = []
         crashed: list[tuple[_Job, str]] = []
         with self._final_lock:
             for jid, state, blob, error in msg.items:
                 acked.append(jid)
-                job = jobs.get(jid)
-                if job is None or job.state >= DONE:
+                job = self._find(jid)
+                if job is None or job.state >= DONE or job.args is None:
                     continue  # a late duplicate, e.g. from a node we had given up on
                 copies = [lk for lk in (job.link, job.twin) if lk is not None]
                 for lk in copies:
@@ -678,6 +746,8 @@ class AsyncClient:
                     job.func.finished += 1
                 if job.callbacks is not None:
                     _call_back(job)
+                if state == DONE and not job.attempts and job.func is not None:
+                    job.func.compact(self._index(job), blob, link.name)
         self._ack(link, acked)
         if crashed:
             requeue = [j for j, why in crashed if self._attempt_lost(j, link, why)]
@@ -784,7 +854,13 @@ class AsyncClient:
         why = "; ".join(f"{lk.name} ({lk.key}): {lk.error}" for lk in self._links.values())
         error = ("no-nodes", "NoNodesAvailable",
                  f"no node reachable for {self._no_nodes_timeout_s:g} s ({why})", "", "")  # fmt: skip
-        for job in list(self._pending) + [
+        for entry in self._pending:
+            if isinstance(entry, _Func):  # its jobs not sent yet fail too, unread
+                for k in range(entry.next, entry.n):
+                    self._fail(entry.job(self._tag, k), error)
+                entry.next = entry.n
+                self._drop_ahead(entry)
+        for job in [e for e in self._pending if isinstance(e, _Job)] + [
             j for lk in self._links.values() for j in lk.inflight.values()
         ]:
             if not job.final:
@@ -811,19 +887,14 @@ class AsyncClient:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        pending = self._pending
-        while pending and pending[0].final:
-            self._take(pending.popleft())  # killed before it was sent
-        if not pending:
+        if self._head() is None:
             return
         links = {k: lk for k, lk in self._links.items() if lk.usable and not lk.draining}
         if not links:
             return  # a reconnect will pump again
-        while pending:
-            head = pending[0]
-            if head.final:
-                self._take(pending.popleft())
-                continue
+        pending = self._pending
+        while (head := self._head()) is not None:
+            entry = pending[0]
             candidates = links
             if head.tried:  # a retry goes alone, to a node it has not died on where one exists
                 avoid = {key for _, key in head.tried}
@@ -837,19 +908,56 @@ class AsyncClient:
                     return  # enough arguments held: results coming back pump again
                 count, size = head.func.pickled
                 room = min(room, max(1, left * count // max(size, 1)))
-            group = 1 if head.tried else _group_length(pending, head, max(1, room))
+            if isinstance(entry, _Func):
+                group = min(max(1, room), entry.n - entry.next)
+            else:
+                group = 1 if head.tried else _group_length(pending, head, max(1, room))
             allocation = plan(group, views, head.cores, (head.func and head.func.prefer) or ())
             if not allocation:
                 if head.cores > max(lk.workers for lk in links.values()):
                     biggest = max(lk.workers for lk in links.values())
                     for _ in range(group):
-                        self._fail(self._take(pending.popleft()), ("rejected", "ValueError",
+                        self._fail(self._take(self._pop()), ("rejected", "ValueError",
                                    f"job needs {head.cores} cores; the largest node has {biggest}",
                                    "", ""))  # fmt: skip
                     continue
                 return
             for key, count in allocation:
-                self._send(links[key], [self._take(pending.popleft()) for _ in range(count)])
+                self._send(links[key], [self._take(self._pop()) for _ in range(count)])
+
+    def _head(self) -> _Job | None:
+        """The first job waiting to be placed. Drops what need not be: jobs final already
+        (killed before they were sent; a map's skip their items) and maps all sent."""
+        pending = self._pending
+        while pending:
+            entry = pending[0]
+            if isinstance(entry, _Func):
+                if entry.next >= entry.n:
+                    pending.popleft()
+                    continue
+                job = entry.job(self._tag, entry.next)
+                if job.final:
+                    self._take(job)
+                    entry.next += 1
+                    continue
+                return job
+            if not entry.final:
+                return entry
+            pending.popleft()
+        return None
+
+    def _pop(self) -> _Job:
+        """Take the first job waiting (see _head) off the queue."""
+        entry = self._pending[0]
+        if isinstance(entry, _Func):
+            job = entry.job(self._tag, entry.next)
+            entry.next += 1
+            if entry.next >= entry.n:
+                self._pending.popleft()
+            return job
+        entry = self._pending.popleft()
+        assert isinstance(entry, _Job)
+        return entry
 
     def _take(self, job: _Job) -> _Job:
         """A job leaves the queue: the first time, read and pickle its arguments from its
@@ -857,7 +965,13 @@ class AsyncClient:
         if job.args is not None:
             return job
         func = job.func
-        assert func is not None and func.source is not None
+        assert func is not None
+        if func.ahead:  # pickled by _prepare (and counted as held since)
+            job.args = func.ahead.popleft()
+            if job.final:
+                self._drop_args(job)
+            return job
+        assert func.source is not None
         if job.final:  # killed before it was sent: its item is skipped, unpickled
             next(func.source, None)
             return job
@@ -886,6 +1000,12 @@ class AsyncClient:
         blob, info = pack_exception(exc)
         self._fail(job, info, blob)
         return job
+
+    def _drop_ahead(self, func: _Func) -> None:
+        """None of ``func``'s jobs will be sent any more: drop what it pickled ahead."""
+        self._held -= sum(len(a) for a in func.ahead)
+        func.ahead.clear()
+        func.source = None
 
     def _drop_args(self, job: _Job) -> None:
         """``job`` is final: its pickled arguments go (None stays: its item is still to be
@@ -928,10 +1048,11 @@ class AsyncClient:
         arg_tuples: Iterable[tuple[Any, ...]],
         kwargs: dict[str, Any],
         count: int | None = None,
-    ) -> list[_Job]:
-        """Pickle the function once and allocate job ids (any thread). Arguments are
-        pickled here up to EAGER_ARGS_BYTES; the rest as the jobs leave the queue, read
-        from ``arg_tuples`` then (``count``: how many it yields; None: read it all now)."""
+    ) -> tuple[_Func, list[Job[Any]]]:
+        """Pickle the function once and allocate job ids (any thread); return the call or
+        map and its job handles. Arguments are pickled here up to EAGER_ARGS_BYTES; the
+        rest as the jobs leave the queue, read from ``arg_tuples`` then (``count``: how
+        many it yields; None: read it all now)."""
         kwargs, opts = _split_options(dict(kwargs))
         cores = int(opts.get("_cores", 1))
         if cores < 1:
@@ -949,45 +1070,77 @@ class AsyncClient:
             arg_tuples = list(arg_tuples)  # a generator: its length gives the job ids
             count = len(arg_tuples)
         source = iter(arg_tuples)
-        tag, counter, jobs_index = self._tag, self._counter, self._jobs
-        jobs = []
-        pickled = 0
-        for _ in range(count):
-            args = None
-            if pickled < EAGER_ARGS_BYTES:
-                try:
-                    args = dumps_value(next(source), f"arguments of {func.name}")
-                except StopIteration:
-                    break  # a sequence shorter than its len() said
-                pickled += len(args)
-                func.pickled[0] += 1
-            jid: str = Job(f"{tag}-{next(counter)}")  # the handle map returns, shared
-            job = _Job(jid, func, args)
-            jobs_index[jid] = job
-            jobs.append(job)
-        func.pickled[1] = pickled
-        if pickled >= EAGER_ARGS_BYTES:
+        ahead, cost, pickled = func.ahead, 0, 0
+        while len(ahead) < count and cost < EAGER_ARGS_BYTES:
+            try:
+                args = dumps_value(next(source), f"arguments of {func.name}")
+            except StopIteration:
+                count = len(ahead)  # a sequence shorter than its len() said
+                break
+            ahead.append(args)
+            pickled += len(args)
+            cost += len(args) + BYTES_OVERHEAD
+        func.pickled = [len(ahead), pickled]
+        if len(ahead) < count:
             func.source = source
-        return jobs
+        with self._ids_lock:  # a map's ids are consecutive, whichever threads submit
+            func.start, func.n = self._next_id, count
+            self._next_id += count
+            self._funcs.append(func)  # before its start: a lookup may run meanwhile
+            self._starts.append(func.start)
+        tag = self._tag
+        return func, [Job(f"{tag}-{i}") for i in range(func.start, func.start + count)]
 
-    def _enqueue(self, jobs: list[_Job], counted: bool = False) -> None:
-        """Loop thread: queue prepared jobs and place what can be placed now."""
+    def _index(self, job: _Job) -> int:
+        """``job``'s place in its call or map."""
+        assert job.func is not None
+        return int(job.jid.rpartition("-")[2]) - job.func.start
+
+    def _locate(self, jid: str) -> tuple[_Func, int] | None:
+        """The call or map of one of this client's job ids, and the job's place in it."""
+        tag, _, num = jid.rpartition("-")
+        if tag != self._tag or not (num.isascii() and num.isdigit()):
+            return None
+        n = int(num)
+        i = bisect.bisect_right(self._starts, n) - 1
+        if i < 0:
+            return None
+        func = self._funcs[i]
+        return (func, n - func.start) if n - func.start < func.n else None
+
+    def _find(self, jid: str) -> _Job | None:
+        """The job ``jid`` (this client's, or adopted), or None. Any thread."""
+        found = self._locate(jid)
+        if found is None:
+            return self._adopted.get(jid)
+        return found[0].job(self._tag, found[1], jid)
+
+    def _is_final(self, jid: str) -> bool:
+        """Whether job ``jid`` is final, without making it an object. Any thread."""
+        found = self._locate(jid)
+        if found is None:
+            job = self._adopted.get(jid)
+            return job is not None and job.final
+        return found[0].is_final(found[1])
+
+    def _enqueue(self, func: _Func, counted: bool = False) -> None:
+        """Loop thread: queue a prepared call or map and place what can be placed now."""
         if not counted:  # the arguments _prepare pickled are held from now on
-            self._held += sum(len(j.args) for j in jobs if j.args)
-        if jobs and jobs[0].func is not None and jobs[0].func.push:
-            self._spawn(self._enqueue_after_push(jobs))  # first: the _env's local files
+            self._held += func.pickled[1]
+        if func.push:
+            self._spawn(self._enqueue_after_push(func))  # first: the _env's local files
             return
-        if jobs and jobs[0].func is not None and jobs[0].func.files and jobs[0].func.prefer is None:
-            self._spawn(self._enqueue_near_files(jobs))  # first: which nodes hold them
+        if func.files and func.prefer is None:
+            self._spawn(self._enqueue_near_files(func))  # first: which nodes hold them
             return
-        self._pending.extend(jobs)
+        self._pending.append(func)
         self._pump()
         if self._pending:
             self._watch_for_no_nodes()
-        if jobs and jobs[0].func is not None and jobs[0].func.speculative:
-            self._spawn(self._speculate(jobs))
+        if func.speculative:
+            self._spawn(self._speculate(func))
 
-    async def _speculate(self, jobs: list[_Job]) -> None:
+    async def _speculate(self, func: _Func) -> None:
         """``_speculative=True``: once most of a map is done, a job running much longer than
         the median gets a copy on a node with a free worker; the first result wins and the
         other copy is killed. Run times come from the nodes' records (machine clocks are
@@ -995,13 +1148,13 @@ class AsyncClient:
         median = 0.0
         while not self._closed:
             await asyncio.sleep(SPECULATE_EVERY_S)
-            left = [j for j in jobs if not j.final]
-            if not left:
+            left = [j for j in list(func.live.values()) if not j.final]
+            if not left and func.next >= func.n:
                 return
-            if len(jobs) - len(left) < SPECULATE_AFTER * len(jobs):
+            if func.finished < SPECULATE_AFTER * func.n:
                 continue
             if not median:
-                median = await self._median_run_s([j for j in jobs if j.state == DONE][:50])
+                median = await self._median_run_s(self._some_done(func, 50))
                 continue
             by_link: dict[_Link, list[str]] = {}
             for j in left:
@@ -1013,7 +1166,7 @@ class AsyncClient:
                     continue
                 now = time.time()
                 for r in await self._query([link], tuple(jids)):
-                    job = self._jobs.get(r[0])
+                    job = self._find(r[0])
                     if (job is None or job.final or job.twin is not None or job.link is not link
                             or r[1] != PROCESSING or not r[6] or now - r[6] < limit):  # fmt: skip
                         continue
@@ -1023,6 +1176,14 @@ class AsyncClient:
                                  job.jid, now - r[6], link.name, median, spare.name)  # fmt: skip
                         job.twin = spare
                         self._send(spare, [job], copy=True)
+
+    def _some_done(self, func: _Func, n: int) -> list[_Job]:
+        """Up to ``n`` jobs of ``func`` that are done (compact ones as views)."""
+        done = [j for j in list(func.live.values()) if j.state == DONE][:n]
+        k = -1
+        while len(done) < n and func.done and (k := func.done.find(1, k + 1)) >= 0:
+            done.append(func.job(self._tag, k))
+        return done
 
     async def _median_run_s(self, done: list[_Job]) -> float:
         by_link: dict[_Link, list[str]] = {}
@@ -1046,11 +1207,9 @@ class AsyncClient:
                 best, best_load = lk, v.load / v.workers
         return best
 
-    async def _enqueue_after_push(self, jobs: list[_Job]) -> None:
+    async def _enqueue_after_push(self, func: _Func) -> None:
         """Push the local wheels of an ``_env`` through mesh.files (once per client and
         hash; the nodes then fetch them by hash), then queue the jobs."""
-        func = jobs[0].func
-        assert func is not None
         for path, name in func.push:
             if name in self._pushed:
                 continue
@@ -1059,22 +1218,22 @@ class AsyncClient:
                     await self.files.put(path, name)
             except MeshError as exc:
                 msg = f"_env: could not push {path} through mesh.files: {exc}"
-                for job in jobs:
-                    self._fail(job, ("env-build", "EnvBuildFailed", msg, "", ""))
+                for k in range(func.n):
+                    self._fail(func.job(self._tag, k), ("env-build", "EnvBuildFailed", msg, "", ""))
+                func.next = func.n
+                self._drop_ahead(func)
                 return
             self._pushed.add(name)
         func.push = ()
-        self._enqueue(jobs, counted=True)
+        self._enqueue(func, counted=True)
 
-    async def _enqueue_near_files(self, jobs: list[_Job]) -> None:
+    async def _enqueue_near_files(self, func: _Func) -> None:
         """Learn which nodes hold the jobs' ``_files`` (a placement tie-breaker), then queue."""
-        func = jobs[0].func
-        assert func is not None
         try:
             func.prefer = await self.files.holder_keys(func.files, self._usable())
         except MeshError:
             func.prefer = frozenset()  # no preference: the job still runs
-        self._enqueue(jobs, counted=True)
+        self._enqueue(func, counted=True)
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
         """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).
@@ -1099,9 +1258,9 @@ class AsyncClient:
         for jid in jids:
             if not isinstance(jid, str):
                 raise TypeError(f"job ids are strings, got {jid!r}")
-            job = self._jobs.get(jid)
+            job = self._find(jid)
             if job is None:
-                job = self._jobs[jid] = _Job(jid, None, b"", state=UNKNOWN)
+                job = self._adopted[jid] = _Job(jid, None, b"", state=UNKNOWN)
                 adopted.append(job)
             jobs.append(job)
         return jobs, adopted
@@ -1119,7 +1278,7 @@ class AsyncClient:
         missing = [job.jid for job in adopted if job.jid not in known]
         if missing:
             for jid in missing:
-                self._jobs.pop(jid, None)
+                self._adopted.pop(jid, None)
             raise UnknownJob(
                 f"no reachable node knows job {', '.join(missing[:5])}"
                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
@@ -1165,9 +1324,9 @@ class AsyncClient:
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
         """Run ``fn(*args, **kwargs)`` on the mesh; return its job id (awaitable) at once."""
-        (job,) = self._prepare(fn, [args], kwargs)
-        self._enqueue([job])
-        return job.jid  # type: ignore[return-value]  # a Job since _prepare
+        func, (jid,) = self._prepare(fn, [args], kwargs)
+        self._enqueue(func)
+        return jid
 
     async def map(
         self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
@@ -1175,33 +1334,49 @@ class AsyncClient:
         """Like builtin ``map``: one job per item; return the job ids (awaitable) at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        jobs = self._prepare(fn, zip(*sequences, strict=False), kwargs, _count(sequences))
-        self._enqueue(jobs)
-        return [j.jid for j in jobs]  # type: ignore[misc]  # Jobs since _prepare
+        func, jids = self._prepare(fn, zip(*sequences, strict=False), kwargs, _count(sequences))
+        self._enqueue(func)
+        return jids
 
-    async def _wait(self, jids: str | Sequence[str], timeout: float | None) -> list[_Job]:
-        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
+    async def _jobs_of(self, ids: Sequence[str]) -> list[_Job]:
+        jobs, adopted = self._lookup(ids)
         await self._adopt(adopted)
-        pending = [j for j in jobs if not j.final]
-        if pending:
-            assert self._loop is not None
-            fut: asyncio.Future[None] = self._loop.create_future()
-            left = [len(pending)]
-
-            def done(_: _Job) -> None:
-                left[0] -= 1
-                if left[0] == 0 and not fut.done():
-                    fut.set_result(None)
-
-            self._add_callback(pending, done)
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
-                n = sum(1 for j in pending if not j.final)
-                raise MeshTimeout(
-                    f"{n} of {len(jobs)} jobs not finished after {timeout} s"
-                ) from None
         return jobs
+
+    async def _each_window(
+        self, ids: list[str], timeout: float | None, then: Callable[[list[_Job]], None]
+    ) -> None:
+        """Wait for the jobs ``ids``, WAIT_WINDOW at a time, calling ``then`` with each
+        window once all of it is final; MeshTimeout when ``timeout`` runs out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        assert self._loop is not None
+        for start in range(0, len(ids), WAIT_WINDOW):
+            jobs = await self._jobs_of(ids[start : start + WAIT_WINDOW])
+            pending = [j for j in jobs if not j.final]
+            if pending:
+                fut: asyncio.Future[None] = self._loop.create_future()
+                left = [len(pending)]
+
+                def done(_: _Job, fut: asyncio.Future[None] = fut, left: list[int] = left) -> None:
+                    left[0] -= 1
+                    if left[0] == 0 and not fut.done():
+                        fut.set_result(None)
+
+                self._add_callback(pending, done)
+                wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), wait_s)
+                except asyncio.TimeoutError:
+                    n = sum(1 for j in pending if not j.final) + self._unfinished(
+                        ids[start + WAIT_WINDOW :]
+                    )
+                    raise MeshTimeout(
+                        f"{n} of {len(ids)} jobs not finished after {timeout} s"
+                    ) from None
+            then(jobs)
+
+    def _unfinished(self, ids: Sequence[str]) -> int:
+        return sum(1 for jid in ids if not self._is_final(jid))
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     async def result(  # type: ignore[overload-overlap]
@@ -1227,15 +1402,17 @@ class AsyncClient:
         Cancelling the awaiting task stops the wait and leaves the jobs running, unless
         ``kill_on_cancel``: then the jobs not finished yet are killed.
         """
+        values: list[Any] = []
         try:
-            jobs = await self._wait(jids, timeout)
+            await self._each_window(
+                [jids] if isinstance(jids, str) else list(jids), timeout,
+                lambda jobs: values.extend(self._value(j) for j in jobs),
+            )  # fmt: skip
         except asyncio.CancelledError:
             if kill_on_cancel and not self._closed:
                 self._spawn(self.kill(jids))  # owned by the client: close() awaits it
             raise
-        if isinstance(jids, str):
-            return self._value(jobs[0])
-        return [self._value(j) for j in jobs]
+        return values[0] if isinstance(jids, str) else values
 
     def _await_job(self, job: str) -> Generator[Any, None, Any]:
         """``await job`` (see :class:`Job`): its result, in this client's loop."""
@@ -1246,11 +1423,13 @@ class AsyncClient:
     async def join(self, jids: str | Sequence[str], timeout: float | None = None,
                    ignore_errors: bool = False) -> None:  # fmt: skip
         """Wait for jobs to finish; raise the first failed job's exception unless ignored."""
-        jobs = await self._wait(jids, timeout)
-        if not ignore_errors:
+
+        def check(jobs: list[_Job]) -> None:
             for j in jobs:
-                if j.state != DONE:
+                if j.state != DONE and not ignore_errors:
                     self._value(j)
+
+        await self._each_window([jids] if isinstance(jids, str) else list(jids), timeout, check)
 
     @overload
     def iresult(
@@ -1263,27 +1442,42 @@ class AsyncClient:
 
     async def iresult(self, jids: Sequence[str], timeout: float | None = None,
                       ordered: bool = True) -> AsyncIterator[Any]:  # fmt: skip
-        """Yield results as jobs finish: in order, or in completion order (``async for``)."""
-        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
-        await self._adopt(adopted)
+        """Yield results as jobs finish: in order, or in completion order (``async for``).
+
+        Jobs are watched WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order: for more
+        jobs than that, "completion order" is that order within the jobs watched."""
+        ids = [jids] if isinstance(jids, str) else list(jids)
         queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._add_callback(jobs, queue.put_nowait)
         deadline = None if timeout is None else time.monotonic() + timeout
-        ready: dict[str, _Job] = {}
-        for want in jobs:
-            while True:
-                if ordered and want.jid in ready:
-                    break
+        watched: deque[_Job] = deque()  # ordered: the jobs to yield, in order
+        ready: dict[str, int] = {}  # ordered: finished, not yielded yet
+        pos = outstanding = 0
+        while pos < len(ids) or outstanding:
+            if pos < len(ids) and outstanding < WAIT_WINDOW:
+                jobs = await self._jobs_of(ids[pos : pos + WAIT_WINDOW])
+                pos += len(jobs)
+                outstanding += len(jobs)
+                if ordered:
+                    watched.extend(jobs)
+                self._add_callback(jobs, queue.put_nowait)
+            want = watched.popleft() if ordered else None
+            while want is None or not ready.get(want.jid):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
                     job = await asyncio.wait_for(queue.get(), left)
                 except asyncio.TimeoutError:
                     raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
-                if not ordered:
+                if want is None:
                     want = job
                     break
-                ready[job.jid] = job
-            yield self._value(ready.pop(want.jid) if ordered else want)
+                ready[job.jid] = ready.get(job.jid, 0) + 1
+            if ordered:
+                if ready[want.jid] == 1:
+                    del ready[want.jid]
+                else:
+                    ready[want.jid] -= 1
+            outstanding -= 1
+            yield self._value(want)
 
     async def status(self, jids: str | Sequence[str]) -> str | list[str]:
         """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list)."""
@@ -1328,7 +1522,7 @@ class AsyncClient:
             if conn is not None and not conn.closed:
                 conn.send(Kill(tuple(ids)))
         try:
-            await self._wait([j.jid for j in jobs], timeout)
+            await self._each_window([j.jid for j in jobs], timeout, lambda _: None)
         except MeshTimeout:
             pass
 

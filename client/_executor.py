@@ -184,9 +184,11 @@ class Executor(concurrent.futures.Executor):
             self._submitting += 1
         jobs: list[_Job] = []
         futures: list[MeshFuture[Any]] = []
+        a = self._client._async
         try:
-            jobs = self._client._async._prepare(fn, arg_tuples, kwargs)  # pickled on this thread
-            futures = [MeshFuture(job.jid, self) for job in jobs]
+            func, jids = a._prepare(fn, arg_tuples, kwargs)  # pickled on this thread
+            jobs = [func.job(a._tag, k) for k in range(len(jids))]  # a future needs its job
+            futures = [MeshFuture(jid, self) for jid in jids]
         finally:
             with self._lock:  # known before any of them can finish
                 self._submitting -= 1
@@ -195,8 +197,8 @@ class Executor(concurrent.futures.Executor):
             if idle:  # this submission failed or was empty: the resolver may stop
                 self._finals.put(None)
         # the loop thread only hands final jobs over; the resolver does the rest
-        self._client._async._add_callback(jobs, self._finals.put)
-        self._client._send(jobs)
+        a._add_callback(jobs, self._finals.put)
+        self._client._send(func)
         return futures
 
     # ---- resolving ----

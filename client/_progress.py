@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from mesh._protocol import DONE
@@ -23,7 +23,7 @@ from mesh._protocol import DONE
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from client._async import AsyncClient, _Job
+    from client._async import _Job
 
 __all__ = ["AUTO_DELAY_S", "Progress", "track", "watch"]
 
@@ -146,15 +146,13 @@ def make(total: int, progress: bool | None, *, single: bool = False,
 
 
 @contextlib.contextmanager
-def watch(
-    client: AsyncClient, jobs: Sequence[_Job], progress: bool | None, *, single: bool = False
-) -> Iterator[Progress | None]:
-    """Show a bar over ``jobs`` while the body waits for them (``result``, ``join``)."""
-    bar = make(len(jobs), progress, single=single)
+def watch(total: int, progress: bool | None, *, single: bool = False) -> Iterator[Progress | None]:
+    """A bar over ``total`` jobs while the body waits for them (``result``); the caller
+    counts jobs into it with ``job_done`` callbacks."""
+    bar = make(total, progress, single=single)
     if bar is None:
         yield None
         return
-    client._add_callback(jobs, bar.job_done)
     bar.start()
     try:
         yield bar
@@ -162,14 +160,10 @@ def watch(
         bar.close()
 
 
-def track(
-    client: AsyncClient, jobs: Sequence[_Job], progress: bool | None, results: Iterator[T]
-) -> Iterator[T]:
-    """``results`` (from ``iresult``), with a bar over ``jobs`` while it is iterated."""
-    bar = make(len(jobs), progress)
+def track(bar: Progress | None, results: Iterator[T]) -> Iterator[T]:
+    """``results`` (from ``iresult``), with ``bar`` drawn while it is iterated."""
     if bar is None:
         return results
-    client._add_callback(jobs, bar.job_done)
     return _tracked(bar, results)
 
 

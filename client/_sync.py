@@ -13,11 +13,22 @@ import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
+from client import _async as _async_mod
 from client import _progress
-from client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeInfo, _count, _Job
+from client._async import (
+    AsyncClient,
+    EnvInfo,
+    EnvRebuild,
+    JobInfo,
+    NodeInfo,
+    _count,
+    _Func,
+    _Job,
+)
 from client._files import Files
 from client._handle import Job, register_owner
 from client._local import LocalMesh
@@ -133,7 +144,9 @@ class Client:
 
     def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
         """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
-        return self._send(self._async._prepare(func, [args], kwargs))[0].jid  # type: ignore[return-value]
+        prepared, (jid,) = self._async._prepare(func, [args], kwargs)
+        self._send(prepared)
+        return jid
 
     def map(
         self, func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
@@ -141,21 +154,21 @@ class Client:
         """Like builtin ``map``, one job per item; return the list of job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        jobs = self._async._prepare(func, zip(*sequences, strict=False), kwargs, _count(sequences))
-        # the handles _prepare made: a map of a million jobs keeps one copy of its ids
-        return [j.jid for j in self._send(jobs)]  # type: ignore[misc]
+        prepared, jids = self._async._prepare(
+            func, zip(*sequences, strict=False), kwargs, _count(sequences)
+        )
+        self._send(prepared)
+        return jids
 
-    def _send(self, jobs: list[_Job]) -> list[_Job]:
-        """Hand jobs prepared (pickled) on this thread to the loop thread, which places them."""
-        self._thread.loop.call_soon_threadsafe(self._async._enqueue, jobs)
-        return jobs
+    def _send(self, func: _Func) -> None:
+        """Hand a call or map prepared on this thread to the loop thread, which places it."""
+        self._thread.loop.call_soon_threadsafe(self._async._enqueue, func)
 
     # ---- waiting ----
 
-    def _jobs(self, jids: str | Sequence[str]) -> list[_Job]:
-        ids = [jids] if isinstance(jids, str) else list(jids)
-        known = self._async._jobs
-        jobs = [known.get(j) for j in ids]
+    def _jobs(self, ids: Sequence[str]) -> list[_Job]:
+        find = self._async._find
+        jobs = [find(j) for j in ids]
         if any(j is None for j in jobs):  # ids from another process: ask the nodes
 
             async def adopt() -> list[_Job]:
@@ -166,7 +179,22 @@ class Client:
             return self._thread.run(adopt())
         return jobs  # type: ignore[return-value]
 
-    def _wait(self, jobs: list[_Job], timeout: float | None) -> None:
+    def _windows(
+        self, ids: list[str], timeout: float | None, bar: _progress.Progress | None = None
+    ) -> Iterator[list[_Job]]:
+        """The jobs ``ids``, WAIT_WINDOW at a time, each window once all of it is final
+        (so a wait on a million jobs never gives them all an object at once)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for start in range(0, len(ids), _async_mod.WAIT_WINDOW):
+            jobs = self._jobs(ids[start : start + _async_mod.WAIT_WINDOW])
+            if bar is not None:
+                self._async._add_callback(jobs, bar.job_done)
+            self._wait(jobs, deadline, timeout, ids, start + _async_mod.WAIT_WINDOW)
+            yield jobs
+
+    def _wait(self, jobs: list[_Job], deadline: float | None, timeout: float | None,
+              ids: list[str], later: int) -> None:  # fmt: skip
+        """Wait until ``jobs`` (``ids`` up to ``later``) are final."""
         pending = [j for j in jobs if not j.final]
         if not pending:
             return
@@ -180,12 +208,19 @@ class Client:
 
         self._async._add_callback(pending, on_final)
         try:
-            finished = done.wait(timeout)
+            finished = done.wait(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
         except KeyboardInterrupt:
-            raise _interrupted(jobs) from None
+            raise _interrupted(self._left(ids)) from None
         if not finished:
-            n = sum(1 for j in pending if not j.final)
-            raise MeshTimeout(f"{n} of {len(jobs)} jobs not finished after {timeout} s")
+            n = sum(1 for j in pending if not j.final) + len(self._left(ids[later:]))
+            raise MeshTimeout(f"{n} of {len(ids)} jobs not finished after {timeout} s")
+
+    def _left(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` not final yet."""
+        final = self._async._is_final
+        return [j for j in ids if not final(j)]
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     def result(  # type: ignore[overload-overlap]
@@ -213,22 +248,21 @@ class Client:
         a bar on stderr (True), none (False), or one for waits past 2 s (None); only
         ever on a terminal.
         """
-        jobs = self._jobs(jids)
-        with _progress.watch(self._async, jobs, progress, single=isinstance(jids, str)):
-            self._wait(jobs, timeout)
+        single = isinstance(jids, str)
+        ids = [jids] if single else list(jids)
         value = self._async._value
-        if isinstance(jids, str):
-            return value(jobs[0])
-        return [value(j) for j in jobs]
+        values: list[Any] = []
+        with _progress.watch(len(ids), progress, single=single) as bar:
+            for jobs in self._windows(ids, timeout, bar):  # type: ignore[arg-type]
+                values.extend(value(j) for j in jobs)
+        return values[0] if single else values
 
     def join(self, jids: str | Sequence[str], timeout: float | None = None,
              ignore_errors: bool = False) -> None:  # fmt: skip
         """Wait for jobs to finish; raise the first failure unless ``ignore_errors``."""
-        jobs = self._jobs(jids)
-        self._wait(jobs, timeout)
-        if not ignore_errors:
+        for jobs in self._windows([jids] if isinstance(jids, str) else list(jids), timeout):
             for j in jobs:
-                if j.state != DONE:
+                if j.state != DONE and not ignore_errors:
                     self._async._value(j)
 
     @overload
@@ -247,33 +281,56 @@ class Client:
         """Yield results as they finish: in submission order, or in completion order.
 
         ``progress`` as for :meth:`result`: the bar moves while the results are iterated.
+        Jobs are watched WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order: for more
+        jobs than that, "completion order" is that order within the jobs watched.
         """
-        jobs = self._jobs(jids)
-        q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._async._add_callback(jobs, q.put)
-        return _progress.track(
-            self._async, jobs, progress, self._iresult(jobs, q, timeout, ordered)
-        )
+        ids = [jids] if isinstance(jids, str) else list(jids)
+        first = self._jobs(
+            ids[: _async_mod.WAIT_WINDOW]
+        )  # unknown ids fail here, not when iterated
+        bar = _progress.make(len(ids), progress)
+        return _progress.track(bar, self._iresult(ids, first, timeout, ordered, bar))
 
-    def _iresult(self, jobs: list[_Job], q: queue.SimpleQueue[_Job], timeout: float | None,
-                 ordered: bool) -> Iterator[Any]:  # fmt: skip
+    def _iresult(self, ids: list[str], first: list[_Job], timeout: float | None, ordered: bool,
+                 bar: _progress.Progress | None) -> Iterator[Any]:  # fmt: skip
         deadline = None if timeout is None else time.monotonic() + timeout
         value = self._async._value
-        ready: set[str] = set()
-        for want in jobs:
-            while not (ordered and want.jid in ready):
+        q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        watched: deque[_Job] = deque()  # ordered: the jobs to yield, in order
+        ready: dict[str, int] = {}  # ordered: finished, not yielded yet
+        pos = outstanding = 0
+        jobs: list[_Job] | None = first
+        while pos < len(ids) or outstanding:
+            if pos < len(ids) and outstanding < _async_mod.WAIT_WINDOW:
+                if jobs is None:
+                    jobs = self._jobs(ids[pos : pos + _async_mod.WAIT_WINDOW])
+                pos += len(jobs)
+                outstanding += len(jobs)
+                if ordered:
+                    watched.extend(jobs)
+                if bar is not None:
+                    self._async._add_callback(jobs, bar.job_done)
+                self._async._add_callback(jobs, q.put)
+                jobs = None
+            want = watched.popleft() if ordered else None
+            while want is None or not ready.get(want.jid):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
                     job = q.get(timeout=left)
                 except queue.Empty:
                     raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
                 except KeyboardInterrupt:
-                    raise _interrupted(jobs) from None
-                if not ordered:
+                    raise _interrupted(self._left(ids)) from None
+                if want is None:
                     want = job
                     break
-                ready.add(job.jid)
-            ready.discard(want.jid)
+                ready[job.jid] = ready.get(job.jid, 0) + 1
+            if ordered:
+                if ready[want.jid] == 1:
+                    del ready[want.jid]
+                else:
+                    ready[want.jid] -= 1
+            outstanding -= 1
             yield value(want)
 
     # ---- asking ----
@@ -327,9 +384,8 @@ class Client:
         return self._thread.run(self._async.rebuild_env(*what))
 
 
-def _interrupted(jobs: list[_Job]) -> KeyboardInterrupt:
-    """Ctrl-C while waiting: say that the jobs go on, and how to stop them."""
-    left = [j.jid for j in jobs if not j.final]
+def _interrupted(left: list[str]) -> KeyboardInterrupt:
+    """Ctrl-C while waiting: say that the jobs ``left`` go on, and how to stop them."""
     if not left:
         return KeyboardInterrupt("stopped waiting; every job had finished")
     some = " ".join(left[:3]) + (" ..." if len(left) > 3 else "")

@@ -78,3 +78,9 @@ def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
 def table(out: str) -> list[list[str]]:
     """A CLI table as rows of whitespace-separated cells."""
     return [line.split() for line in out.strip().splitlines()]
+
+
+def job_ids(client: Any) -> list[str]:
+    """Every job id a mesh.Client (or AsyncClient) has handed out, oldest first."""
+    a = getattr(client, "_async", client)
+    return [f"{a._tag}-{i}" for i in range(1, a._next_id)]

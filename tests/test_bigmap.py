@@ -22,8 +22,8 @@ def streamed(monkeypatch):
 
 
 def _pickled(c: mesh.Client, jids) -> int:
-    jobs = c._async._jobs
-    return sum(1 for j in jids if jobs[j].args)  # None: not read yet; b"": final
+    find = c._async._find
+    return sum(1 for j in jids if find(j).args)  # None: not read yet; b"": final
 
 
 def test_a_streamed_map_gives_every_result_in_order(client, streamed):
@@ -60,7 +60,7 @@ def test_jobs_killed_before_they_are_sent_keep_the_others_aligned(client, stream
     try:
         jids = client.map(gated, [gate] * 60, range(60))
         wait_until(lambda: client.status(jids[0]) == "processing", what="a job to start")
-        unsent = [j for j in jids[30:40] if client._async._jobs[j].args is None]
+        unsent = [j for j in jids[30:40] if client._async._find(j).args is None]
         assert len(unsent) == 10
         client.kill(unsent)
     finally:
@@ -123,3 +123,37 @@ def test_held_arguments_bound_what_is_read_when_the_nodes_would_take_more(
         closed.touch()
     assert client.result(jids, timeout=60) == list(range(440))
     assert a._held == 0
+
+
+def test_a_finished_map_keeps_no_object_per_job(client):
+    jids = client.map(square, range(5000))
+    assert client.result(jids, timeout=120) == [x * x for x in range(5000)]
+    func, _ = client._async._locate(jids[0])
+    assert not func.live  # every job compact: a flag, a node and its result's bytes
+    assert func.done == bytearray(b"\x01" * 5000)
+    # and still answers like any job
+    assert client.result(jids[4321]) == 4321 * 4321
+    assert client.status(jids[7]) == "done"
+    assert client.info(jids[7]).node in {"n1", "n2"}
+
+
+def test_waiting_on_a_big_map_looks_at_a_window_of_its_jobs(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(client_async, "WAIT_WINDOW", 50)
+    gate = tmp_path / "gate"
+    jids = client.map(gated, [str(gate)] * 600, range(600))
+    func, _ = client._async._locate(jids[0])
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(client.result(jids, timeout=60)))
+    waiter.start()
+    try:
+        links = client._async._links.values()
+        wait_until(lambda: sum(len(lk.inflight) for lk in links) >= 4, what="jobs sent")
+        wait_until(lambda: len(func.live) >= 50, what="the wait to look at its first window")
+        # the jobs sent, and the waiter's window: not an object for each of the 600
+        assert len(func.live) <= sum(len(lk.inflight) for lk in links) + 50
+    finally:
+        gate.touch()
+        waiter.join(60)
+    assert got == [list(range(600))]
+    assert list(client.iresult(jids, ordered=False)) == list(range(600))  # all final: in order
+    assert sorted(client.iresult(jids[::-1], ordered=False)) == list(range(600))

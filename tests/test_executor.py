@@ -11,7 +11,7 @@ import os
 import threading
 
 import pytest
-from _helpers import gated, square, started_then_gated, touch, wait_until
+from _helpers import gated, job_ids, square, started_then_gated, touch, wait_until
 
 import mesh
 
@@ -226,10 +226,10 @@ def test_map_submits_everything_before_the_first_result_is_asked_for(executor, t
 
 
 def test_map_chunks_calls_into_fewer_jobs(executor):
-    jobs_before = len(executor.client._async._jobs)
+    jobs_before = len(job_ids(executor.client))
     results = list(executor.map(add, range(23), range(23), chunksize=5))
     assert results == [2 * i for i in range(23)]
-    assert len(executor.client._async._jobs) - jobs_before == 5  # ceil(23 / 5)
+    assert len(job_ids(executor.client)) - jobs_before == 5  # ceil(23 / 5)
     # the calls of one chunk ran in one worker process, one after the other
     pids = list(executor.map(pid_of, range(12), chunksize=4))
     assert all(len(set(pids[i : i + 4])) == 1 for i in range(0, 12, 4))
@@ -252,13 +252,13 @@ def test_map_raises_the_first_failure_in_order(executor):
 def test_map_timeout_raises_and_kills_what_is_left(executor, tmp_path):
     gate = tmp_path / "never"
     client = executor.client
-    jobs_before = set(client._async._jobs)
+    jobs_before = set(job_ids(client))
     results = executor.map(gated, [str(tmp_path)] + [str(gate)] * 3, ["ready", "a", "b", "c"],
                            timeout=1.0)  # fmt: skip
     assert next(results) == "ready"
     with pytest.raises(cf.TimeoutError):
         next(results)
-    mapped = [j for j in client._async._jobs if j not in jobs_before]
+    mapped = [j for j in job_ids(client) if j not in jobs_before]
     wait_until(lambda: client.status(mapped) == ["done", "killed", "killed", "killed"],
                what="the calls left to be killed")  # fmt: skip
 

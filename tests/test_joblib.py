@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from _helpers import started_then_gated, wait_until
+from _helpers import job_ids, started_then_gated, wait_until
 from test_local_modules import assert_cannot_see, import_from
 
 joblib = pytest.importorskip("joblib")
@@ -54,11 +54,11 @@ def test_parallel_on_the_mesh_returns_what_the_default_backend_does(nodes, clien
     calls = [joblib.delayed(stats.collatz_steps)(n) for n in range(1, 400)]
     expected = joblib.Parallel(n_jobs=2)(calls)  # the default backend (loky)
     get_reusable_executor().shutdown(wait=True)  # its worker processes, now
-    jobs_before = len(client._async._jobs)
+    jobs_before = len(job_ids(client))
     with joblib.parallel_config(backend="mesh", client=client):
         got = joblib.Parallel(n_jobs=-1)(calls)
     assert got == expected
-    assert len(client._async._jobs) > jobs_before  # it did run on the mesh
+    assert len(job_ids(client)) > jobs_before  # it did run on the mesh
     # keyword arguments, and a generator of results
     with joblib.parallel_config(backend="mesh", client=client):
         lazy = joblib.Parallel(n_jobs=-1, return_as="generator")(
@@ -99,7 +99,7 @@ def test_a_failing_task_raises_its_own_exception(nodes, client, stats):
 
 def test_a_failing_task_kills_the_batches_still_running(nodes, client, stats, tmp_path):
     started, never = tmp_path / "started", tmp_path / "never"
-    before = set(client._async._jobs)
+    before = set(job_ids(client))
     tasks = [joblib.delayed(started_then_gated)(str(started), str(never), "stuck")]
     tasks += [joblib.delayed(stats.check)(x) for x in (1, 2, 13)]
     with (
@@ -107,7 +107,7 @@ def test_a_failing_task_kills_the_batches_still_running(nodes, client, stats, tm
         pytest.raises(ValueError, match="unlucky 13"),
     ):
         joblib.Parallel(n_jobs=-1, batch_size=1, pre_dispatch="all")(tasks)
-    jobs = [j for j in client._async._jobs if j not in before]  # in the order of the tasks
+    jobs = [j for j in job_ids(client) if j not in before]  # in the order of the tasks
     assert len(jobs) == 4
     final = wait_until(
         lambda: (
@@ -123,13 +123,13 @@ def test_a_failing_task_kills_the_batches_still_running(nodes, client, stats, tm
 
 def test_the_backend_uses_the_module_level_client_by_default(nodes, secret, stats):
     default = mesh.connect([n.address for n in nodes], secret)
-    jobs_before = len(default._async._jobs)
+    jobs_before = len(job_ids(default))
     with joblib.parallel_config(backend="mesh"):
         got = joblib.Parallel(n_jobs=-1)(
             joblib.delayed(stats.collatz_steps)(n) for n in range(1, 30)
         )
     assert got == [stats.collatz_steps(n) for n in range(1, 30)]
-    assert len(default._async._jobs) > jobs_before
+    assert len(job_ids(default)) > jobs_before
 
 
 def test_the_scikit_learn_example_scores_as_on_one_machine(nodes, secret):
