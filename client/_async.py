@@ -55,6 +55,7 @@ from mesh._protocol import (
     Records,
     Results,
     Submit,
+    pushed_name,
 )
 from mesh._serialize import (
     dumps_function,
@@ -430,7 +431,7 @@ def _env_requirements(env: Any) -> tuple[tuple[str, ...], tuple[tuple[str, str],
             raise ConfigurationError(f"_env: cannot read {req}: {exc}") from exc
         filename = os.path.basename(path)
         out.append(f"wheel:{sha}:{filename}")
-        push.append((path, f".lanmesh-env/{sha}/{filename}"))
+        push.append((path, pushed_name(sha, filename)))
     return tuple(out), tuple(push)
 
 

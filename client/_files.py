@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob as _glob
-import hashlib
 import io
 import os
 import tempfile
@@ -24,6 +23,7 @@ from typing import IO, Any, Protocol, TypeVar
 import aiofiles
 
 from mesh._connection import Connection
+from mesh._hash import hash_file
 from mesh._protocol import (
     FileDelete,
     FileEntry,
@@ -35,7 +35,7 @@ from mesh._protocol import (
     Message,
     Peers,
 )
-from mesh._transfer import CHUNK, Stream, Transfers, file_chunks, reply_error
+from mesh._transfer import Stream, Transfers, file_chunks, reply_error
 from mesh.errors import FileCorrupted, FilesError, MeshError, MeshFileNotFound, NoNodesAvailable
 
 __all__ = ["AsyncFiles", "FileInfo", "Files", "SyncReport", "job_files"]
@@ -59,7 +59,7 @@ class FileInfo:
 
     name: str
     size: int
-    hash: str  # SHA-256, hex
+    hash: str  # the content hash (mesh._hash: BLAKE3), hex
     time: float  # when this version was stored (epoch seconds)
     nodes: tuple[str, ...]  # names of the live nodes holding it
 
@@ -75,14 +75,6 @@ class SyncReport:
     sent: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     bytes_sent: int = 0
-
-
-def _hash_path(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class AsyncFiles:
@@ -237,7 +229,8 @@ class AsyncFiles:
         """Stream ``name`` into ``out``; one retry from another node on a bad copy."""
 
         async def write(data: bytes) -> None:
-            out.write(data)
+            # In a thread: the loop goes on reading the next chunks meanwhile.
+            await asyncio.to_thread(out.write, data)
 
         errors: list[str] = []
         for attempt in range(2):
@@ -318,10 +311,10 @@ class AsyncFiles:
     async def sync(self, source: str | os.PathLike[str], prefix: str = "",
                    replicas: int = DEFAULT_REPLICAS) -> SyncReport:  # fmt: skip
         """Upload the files of a folder (recursively) or a glob pattern whose content
-        changed (by SHA-256): a folder's files are named ``prefix`` + their path inside
+        changed (by content hash): a folder's files are named ``prefix`` + their path inside
         it; a pattern's, ``prefix`` + their path as matched."""
         pairs = _sync_sources(os.fspath(source), prefix)
-        hashes = await asyncio.gather(*(asyncio.to_thread(_hash_path, p) for p, _ in pairs))
+        hashes = await asyncio.gather(*(asyncio.to_thread(hash_file, p) for p, _ in pairs))
         current = await self._infos([n for _, n in pairs]) if pairs else {}
         report = SyncReport()
         for (path, name), h in zip(pairs, hashes, strict=True):

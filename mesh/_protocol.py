@@ -237,6 +237,12 @@ class Submit(Message):
     env: tuple[str, ...] = ()
 
 
+def pushed_name(sha: str, filename: str) -> str:
+    """The mesh.files name under which a client pushes the file of a
+    ``wheel:<sha256>:<file name>`` requirement (and where nodes fetch it)."""
+    return f".lanmesh-env/{sha}/{filename}"
+
+
 @message(12)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Results(Message):
@@ -378,9 +384,9 @@ class JobsReply(Message):
 # window, so neither side holds more than a window of chunks; one FileReply ends it
 # (or ends it early: a receiver that already holds the blob, or failed). FileGet is
 # answered by a FileReply naming the version, then the chunks and a FileEnd. Blobs are
-# named by SHA-256 (hex); a name is only ever a key in the catalog, never a path.
+# named by their content hash (mesh._hash); a name is only ever a key in the catalog, never a path.
 
-# A file version: name, SHA-256 hex ("" for a delete), size in bytes, version time
+# A file version: name, content hash hex ("" for a delete), size in bytes, version time
 # (epoch seconds; the later (time, hash) wins everywhere), deleted (a tombstone).
 FileEntry = tuple[str, str, int, float, bool]
 # Who holds a version: (node id, node name) pairs.
@@ -422,7 +428,7 @@ class FileAck(Message):
 @message(43)
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileEnd(Message):
-    """The sender is done: the SHA-256 of everything sent, or why it stopped."""
+    """The sender is done: the content hash of everything sent, or why it stopped."""
 
     req: int
     hash: str

@@ -4,7 +4,7 @@
     with mesh.files.getf("cat.jpg") as f: ...  # seekable, never loaded whole
     mesh.files.sync("photos/", prefix="photos/")   # sends only what changed
 
-Content-addressed: a name maps to a version (SHA-256, size, time), and blobs live on
+Content-addressed: a name maps to a version (BLAKE3 hash, size, time), and blobs live on
 the nodes' disks, near the work. In a script the calls go through the default client
 (``mesh.connect``/``MESH_PEERS``/a local mesh); inside a job they go through the
 job's own node, which fetches a blob it lacks from a peer and keeps the copy.

@@ -7,7 +7,9 @@ node's own interpreter with ``--python``, so a build costs no ensurepip), whose
 worker code and its dependencies (cloudpickle, msgpack) import there while the
 env's packages take precedence. Packages come from pip's own configuration, the
 node's ``--pip-option``s, and wheels pushed through ``mesh.files``
-(``wheel:<sha256>:<filename>`` requirements, copied into a wheelhouse).
+(``wheel:<sha256>:<filename>`` requirements, stored as
+``.lanmesh-env/<sha256>/<filename>``, checked against that SHA-256 here, since the
+store names blobs by its own hash, and copied into a wheelhouse).
 
 One build per key at a time (later askers await the same future); a failed build is
 remembered with pip's last lines until the set changes; ready environments past the
@@ -39,7 +41,8 @@ WHEEL_PREFIX = "wheel:"
 TAIL_LINES = 12
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(.*)$", re.S)
 
-# (sha256, file name) -> the path of a verified local copy of that pushed file
+# (sha256, file name) -> the path of a local copy of that pushed file (its store
+# version verified; its SHA-256 is checked here)
 WheelFetcher = Callable[[str, str], Awaitable[Path]]
 
 
@@ -290,7 +293,13 @@ class EnvCache:
                     ) from exc
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(dest.name + ".tmp")
-                await asyncio.to_thread(shutil.copyfile, src, tmp)
+                got = await asyncio.to_thread(_copy_sha256, src, tmp)
+                if got != sha:
+                    tmp.unlink()
+                    raise EnvBuildError(
+                        f"the pushed file {filename} has SHA-256 {got[:12]}, not {sha[:12]} "
+                        "(it was replaced in mesh.files after the job was submitted?)"
+                    )
                 os.replace(tmp, dest)
             log.write(f"# {filename}: pushed file {sha[:12]}\n".encode())
             out.append(str(dest))
@@ -364,6 +373,16 @@ def _project(req: str) -> str:
     if req.startswith(WHEEL_PREFIX) or m is None:
         return ""
     return re.split(r"[^a-z0-9.-]", m.group(1).lower(), maxsplit=1)[0]
+
+
+def _copy_sha256(src: Path, dest: Path) -> str:
+    """Copy ``src`` to ``dest``; the SHA-256 (hex) of the bytes copied."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            h.update(chunk)
+            fout.write(chunk)
+    return h.hexdigest()
 
 
 def _tail(path: Path, lines: int = TAIL_LINES) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiofiles
 
 from mesh._connection import Connection, open_connection
+from mesh._hash import is_hash
 from mesh._protocol import (
     FileAck,
     FileCatalog,
@@ -40,8 +41,8 @@ from mesh._protocol import (
     Message,
 )
 from mesh._transfer import Stream, Transfers, file_chunks
-from mesh.errors import FileCorrupted, FilesError, FileStoreFull, MeshError
-from node._blobs import BlobStore, is_hash
+from mesh.errors import FileCorrupted, FilesError, FileStoreFull, MeshError, MeshFileNotFound
+from node._blobs import BlobStore
 
 if TYPE_CHECKING:
     from node._peers import Peer
@@ -506,6 +507,19 @@ class FileService:
             pending = self._pulls[h] = asyncio.get_running_loop().create_future()
             self._spawn(self._pull(h, name, pending))
         return await asyncio.shield(pending)
+
+    async def ensure_named(self, name: str) -> Path:
+        """The path of a verified local copy of the current version of ``name``
+        (asking the peers first if this node has not heard of it)."""
+        assert self.store is not None
+        entry = self.store.current(name)
+        if entry is None and self._alive():
+            await self._ask_peers((name,))
+            entry = self.store.current(name)
+        if entry is None:
+            raise MeshFileNotFound(f"no file {name!r} in the mesh file store ({self.label})",
+                                   name=name)  # fmt: skip
+        return await self.ensure_local(entry[1], name)
 
     async def _pull(self, h: str, name: str, done: asyncio.Future[Path]) -> None:
         errors = []

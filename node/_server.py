@@ -43,6 +43,7 @@ from mesh._protocol import (
     Results,
     Run,
     Submit,
+    pushed_name,
 )
 from node._dashboard import Dashboard, jobs_reply
 from node._envs import Env, EnvBuildError, EnvCache, normalise
@@ -472,9 +473,11 @@ class Node:
         task.add_done_callback(self._env_tasks.discard)
 
     async def _fetch_file(self, sha: str, filename: str) -> Path:
+        """A pushed file, by the store name the client put it under (``envs`` then
+        checks its SHA-256 against ``sha``)."""
         if self.files is None:
             raise EnvBuildError("this node has no file store")
-        return await self.files.ensure_local(sha, filename)
+        return await self.files.ensure_named(pushed_name(sha, filename))
 
     async def _build_env(self, key: str, reqs: tuple[str, ...]) -> None:
         assert self.envs is not None

@@ -3,7 +3,6 @@ replication, sync, tombstones and corruption. Nodes name each other with --peer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import stat
@@ -12,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 from conftest import NodeProc
 
 import mesh
@@ -72,7 +72,7 @@ def test_every_call_from_a_client_with_folders_and_unicode(node_factory, secret,
         src.write_text("bonjour ünïcode 猫\n" * 1000)
         info = c.files.put(src, UNICODE)
         assert info.name == UNICODE and info.size == src.stat().st_size
-        assert info.hash == hashlib.sha256(src.read_bytes()).hexdigest()
+        assert info.hash == blake3(src.read_bytes()).hexdigest()
         assert sorted(info.nodes) == ["n1", "n2"]  # replicas=2 by default
         assert c.files.exists(UNICODE) and not c.files.exists("fotos/none")
         assert c.files.list() == [UNICODE]
@@ -191,7 +191,7 @@ def test_a_job_pulls_a_file_its_node_lacks_and_a_second_job_does_not(
         assert not blob_path(lacking, info.hash).exists()
         # One job per node (one worker each, both idle): one lands where the blob is not.
         first = c.result(c.map(read_in_job, ["in/one.bin"] * 2))
-        assert {hashlib.sha256(d).hexdigest() for d, _ in first} == {info.hash}
+        assert {blake3(d).hexdigest() for d, _ in first} == {info.hash}
         paths = {Path(p) for _, p in first}
         assert blob_path(lacking, info.hash) in paths  # read in place, on its own node
         pulled = os.stat(blob_path(lacking, info.hash))
@@ -316,7 +316,7 @@ def test_a_corrupted_blob_is_not_served_and_is_fetched_again(node_factory, secre
             f.write(b"\0garbage\0")
     with mesh.Client([n1.address], secret) as c:
         assert readf(c, "c/blob.bin") == payload  # streamed from n1: checked
-        assert hashlib.sha256(blob_path(n1, info.hash).read_bytes()).hexdigest() == info.hash
+        assert blake3(blob_path(n1, info.hash).read_bytes()).hexdigest() == info.hash
         # And in place, for a job on n1, after corrupting it again.
         path = blob_path(n1, info.hash)
         path.chmod(stat.S_IWUSR | stat.S_IRUSR)
@@ -324,13 +324,13 @@ def test_a_corrupted_blob_is_not_served_and_is_fetched_again(node_factory, secre
             f.write(b"bad")
         # One job per node (one worker each), so one reads on n1.
         assert [d for d, _ in c.result(c.map(read_in_job, ["c/blob.bin"] * 2))] == [payload] * 2
-        assert hashlib.sha256(blob_path(n1, info.hash).read_bytes()).hexdigest() == info.hash
+        assert blake3(blob_path(n1, info.hash).read_bytes()).hexdigest() == info.hash
 
 
 # ---- big files, bounded memory ----
 
 BIG_CLIENT = """
-import hashlib, os, sys
+import os, sys
 import mesh
 
 def hwm_kib():
@@ -366,7 +366,7 @@ def test_a_200mb_file_round_trips_byte_exact_in_bounded_memory(node_factory, sec
     with mesh.Client([n.address for n in nodes], secret) as c:
         linked(c, tmp_path, 2)
     src, dest = tmp_path / "big.bin", tmp_path / "back.bin"
-    h = hashlib.sha256()
+    h = blake3()
     with open(src, "wb") as f:
         block = os.urandom(1 << 20)
         for i in range(200):
@@ -382,7 +382,7 @@ def test_a_200mb_file_round_trips_byte_exact_in_bounded_memory(node_factory, sec
     assert out.returncode == 0, out.stderr
     digest, holders, client_before, client_after = out.stdout.split()
     assert digest == h.hexdigest() and int(holders) == 2
-    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest  # byte-exact
+    assert blake3(dest.read_bytes()).hexdigest() == digest  # byte-exact
     limit_kib = 64 * 1024
     assert int(client_after) - int(client_before) < limit_kib, (client_before, client_after)
     for n in nodes:
@@ -456,3 +456,42 @@ def test_the_thumbnails_example_runs_on_a_local_mesh(tmp_path):
 
     with Image.open(tmp_path / "photos-thumbs" / "sample-02.thumbnail.64.jpg") as img:
         assert max(img.size) == 64
+
+
+# ---- a store from before BLAKE3 ----
+
+
+def test_a_store_named_by_sha256_is_rehashed_once_at_start(tmp_path):
+    import hashlib
+    import sqlite3
+
+    from node._blobs import BlobStore
+
+    data = b"kept across the change of hash\n" * 100
+    old = hashlib.sha256(data).hexdigest()
+    (tmp_path / "blobs" / old[:2]).mkdir(parents=True)
+    (tmp_path / "blobs" / old[:2] / old).write_bytes(data)
+    db = sqlite3.connect(tmp_path / "files.sqlite3")
+    db.execute("CREATE TABLE versions (name TEXT PRIMARY KEY, hash TEXT NOT NULL, "
+               "size INTEGER NOT NULL, time REAL NOT NULL, deleted INTEGER NOT NULL)")  # fmt: skip
+    db.executemany("INSERT INTO versions VALUES (?,?,?,?,?)", [
+        ("held.txt", old, len(data), 1.0, 0),
+        ("elsewhere.txt", "ab" * 32, 5, 2.0, 0),  # its blob is on another node
+        ("gone.txt", "", 0, 3.0, 1),
+    ])  # fmt: skip
+    db.commit()
+    db.close()
+
+    new = blake3(data).hexdigest()
+    for _ in range(2):  # the second start finds the marker and changes nothing
+        store = BlobStore(tmp_path)
+        try:
+            assert store.have == {new} and store.path(new).read_bytes() == data
+            assert not (tmp_path / "blobs" / old[:2] / old).exists()
+            assert store.entries == {
+                "held.txt": ("held.txt", new, len(data), 1.0, False),
+                "gone.txt": ("gone.txt", "", 0, 3.0, True),
+            }
+        finally:
+            store.close()
+    assert (tmp_path / "blobs" / "HASH").read_text() == "BLAKE3\n"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _helpers import run_cli, table, wait_until
+from blake3 import blake3
 from conftest import NodeProc
 
 import mesh
@@ -65,7 +65,7 @@ def test_files_usage_errors_exit_2(capsys):
 def test_put_ls_info_get_rm_as_tables(cli, nodes, tmp_path, monkeypatch):
     src = tmp_path / "report.txt"
     src.write_bytes(b"hello mesh files\n" * 100)  # 1700 bytes
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    digest = blake3(src.read_bytes()).hexdigest()
 
     code, out, err = cli("files", "put", str(src), "docs/report.txt")
     assert (code, err) == (0, "")
@@ -112,7 +112,7 @@ def test_files_json(cli, tmp_path):
     src = tmp_path / "data.bin"
     payload = os.urandom(5000)
     src.write_bytes(payload)
-    digest = hashlib.sha256(payload).hexdigest()
+    digest = blake3(payload).hexdigest()
 
     code, out, _ = cli("files", "put", "--json", str(src), "a/data.bin")
     stored = json.loads(out)
@@ -126,7 +126,7 @@ def test_files_json(cli, tmp_path):
     code, out, _ = cli("files", "ls", "--json")
     listed = json.loads(out)
     assert code == 0 and [f["name"] for f in listed] == ["a/data.bin", "b/data.bin"]
-    assert listed[0] == stored and listed[1]["hash"] == hashlib.sha256(payload[::-1]).hexdigest()
+    assert listed[0] == stored and listed[1]["hash"] == blake3(payload[::-1]).hexdigest()
     code, out, _ = cli("files", "ls", "b/", "--json")
     assert [f["name"] for f in json.loads(out)] == ["b/data.bin"]
     code, out, _ = cli("files", "ls", "c/", "--json")
