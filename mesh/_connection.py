@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mmap
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from mesh._auth import ClientHandshake, ServerHandshake
-from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, FrameCodec
+from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE, Allocate, FrameCodec
 from mesh._protocol import Message, Ping
 from mesh.errors import (
     AuthenticationError,
@@ -56,7 +55,7 @@ class Connection(asyncio.BufferedProtocol):
         on_message: MessageHandler | None = None,
         on_close: CloseHandler | None = None,
         on_ready: Callable[[Connection], None] | None = None,
-        allocate: Callable[[int], bytearray | mmap.mmap] | None = None,
+        allocate: Allocate | None = None,
         share: Callable[[object], str | None] | None = None,
     ) -> None:
         self.role = role

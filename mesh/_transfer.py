@@ -91,21 +91,11 @@ class Stream:
         h = new_hash()
         size = 0
         async for data in chunks:
-            while self.unacked >= WINDOW and self.inbox.empty():
-                self._room.clear()
-                self._check()
-                try:
-                    await asyncio.wait_for(self._room.wait(), POLL_S)
-                except asyncio.TimeoutError:
-                    pass
-            if not self.inbox.empty():
-                self.send(FileEnd(self.req, "", "stopped: the receiver answered"))
+            if not await self.send_chunk(data):
                 return None
             # Inline: a 4 MB chunk hashes in under a millisecond, less than a thread hop.
             h.update(data)
             size += len(data)
-            self.unacked += len(data)
-            self.send(FileChunk(self.req, data))
         digest = h.hexdigest()
         if expect and digest != expect:
             why = f"corrupt: the sender's copy of blob {expect[:12]} failed its hash check"
@@ -113,6 +103,30 @@ class Stream:
         else:
             self.send(FileEnd(self.req, digest))
         return digest, size
+
+    async def send_chunk(self, data: bytes) -> bool:
+        """Send one chunk once the window has room for it. False, having sent FileEnd
+        with an error, when the receiver answered early (its FileReply is in the inbox)."""
+        while self.unacked >= WINDOW and self.inbox.empty():
+            self._room.clear()
+            self._check()
+            try:
+                await asyncio.wait_for(self._room.wait(), POLL_S)
+            except asyncio.TimeoutError:
+                pass
+        if not self.inbox.empty():
+            self.send(FileEnd(self.req, "", "stopped: the receiver answered"))
+            return False
+        self.unacked += len(data)
+        self.send(FileChunk(self.req, data))
+        return True
+
+    async def reply(self) -> FileReply:
+        """The FileReply that ends this transfer (other messages before it are dropped)."""
+        while True:
+            msg = await self.next()
+            if isinstance(msg, FileReply):
+                return msg
 
     async def receive_chunks(self, write: Callable[[bytes], Awaitable[None]]) -> tuple[str, int]:
         """Write every chunk until FileEnd, acknowledging each; return (hash, size).

@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,40 @@ def _bad_name(name: str) -> str | None:
     if len(name) > MAX_NAME or "\0" in name:
         return f"file name {name[:40]!r}... is too long or holds a NUL byte"
     return None
+
+
+class _Forward:
+    """A copy of a put being passed on to a peer as it arrives. A peer that fails is
+    dropped (the put copies to another from disk afterwards); the put goes on."""
+
+    def __init__(self, peer: Peer, stream: Stream) -> None:
+        self.peer = peer
+        self.stream = stream
+        self.ended = False  # FileEnd sent (or the link is gone): nothing more to send
+
+    async def send(self, data: bytes) -> None:
+        if self.ended:
+            return
+        try:
+            if not await self.stream.send_chunk(data):
+                self.ended = True  # it answered early: its FileReply says why
+        except MeshError as exc:
+            log.warning("copy to %s stopped: %s", self.peer.name, exc)
+            self.ended = True
+
+    def end(self, h: str) -> None:
+        """All sent: FileEnd with the hash this node checked (the peer checks it too)."""
+        if not self.ended:
+            self.ended = True
+            with contextlib.suppress(MeshError):  # a lost link: its reply() says so
+                self.stream.send(FileEnd(self.stream.req, h))
+
+    def stop(self, why: str) -> None:
+        if not self.ended:
+            self.ended = True
+            with contextlib.suppress(MeshError):
+                self.stream.send(FileEnd(self.stream.req, "", f"stopped: {why}"))
+            self.stream.close()
 
 
 class FileService:
@@ -357,11 +391,13 @@ class FileService:
                 stream.send(FileReply(msg.req, error_kind="invalid", error=bad))
                 return
             h = msg.hash
+            copies = 0
             if h and is_hash(h) and h in self.store.have and await self.store.verify(h):
                 size = self.store.path(h).stat().st_size  # held already: nothing moves
             else:
+                forwards = await self._forwards(msg) if msg.replicas > 1 else []
                 try:
-                    h, size = await self._receive(stream, msg.name)
+                    h, size = await self._receive(stream, msg.name, forwards)
                 except FilesError as exc:
                     if not stream.conn.closed:
                         kind = "disk" if isinstance(exc, FileStoreFull) else "failed"
@@ -371,34 +407,88 @@ class FileService:
                     log.info("put of %r from %s failed: %s", msg.name, stream.conn.peer_label, exc)
                     return
                 self._announce_have(h)
+                copies = await self._forwarded(forwards, h)
             entry = (msg.name, h, size, msg.time or time.time(), False)
-            if msg.replicas > 1:
-                await self._replicate(entry, msg.replicas - 1)
+            if msg.replicas - 1 > copies:  # peers that failed mid-way: copy from disk
+                await self._replicate(entry, msg.replicas - 1 - copies)
             self._commit([entry])
             if not msg.time:  # the client's own put (not a replica): read-your-writes
                 await self._settle((msg.name,))
             if not stream.conn.closed:
                 stream.send(FileReply(msg.req, (entry,), (self._holders(h),)))
 
-    async def _receive(self, stream: Stream, name: str) -> tuple[str, int]:
-        """Receive a blob into the store (temp file, fsync, rename); (hash, size)."""
+    async def _forwards(self, msg: FilePut) -> list[_Forward]:
+        """Transfers to the peers that take the other copies of a put as its bytes
+        arrive, so two copies cost about what one does (each peer checks the hash)."""
+        known = self.holders.get(msg.hash, set()) if msg.hash else set()
+        peers = self._by_load([p for p in self._alive() if p.node_id not in known])
+        peers = peers[: msg.replicas - 1]
+        links = await asyncio.gather(*(self._link(p) for p in peers), return_exceptions=True)
+        out = []
+        when = time.time()  # superseded by this node's version once the put is done
+        for peer, conn in zip(peers, links, strict=True):
+            if isinstance(conn, MeshError):
+                log.info("no copy of %r on %s as it arrives: %s", msg.name, peer.name, conn)
+                continue
+            if isinstance(conn, BaseException):
+                raise conn
+            stream = self.transfers.open(conn)
+            stream.send(FilePut(stream.req, msg.name, msg.size, 1, msg.hash, when))
+            out.append(_Forward(peer, stream))
+        return out
+
+    async def _forwarded(self, forwards: list[_Forward], h: str) -> int:
+        """Wait for the peers' answers on the forwarded copies of blob ``h`` (ended by
+        :meth:`_receive`); how many stored it."""
+
+        async def end(fw: _Forward) -> bool:
+            with fw.stream:
+                try:
+                    reply = await fw.stream.reply()
+                except MeshError as exc:
+                    log.warning("copy of blob %s to %s failed: %s", h[:12], fw.peer.name, exc)
+                    return False
+            if reply.error_kind:
+                log.warning("copy of blob %s to %s failed: %s", h[:12], fw.peer.name, reply.error)
+                return False
+            self.holders.setdefault(h, set()).add(fw.peer.node_id)
+            return True
+
+        return sum(await asyncio.gather(*(end(fw) for fw in forwards)))
+
+    async def _receive(self, stream: Stream, name: str,
+                       forwards: Sequence[_Forward] = ()) -> tuple[str, int]:  # fmt: skip
+        """Receive a blob into the store (temp file, fsync, rename), each chunk passed
+        on to ``forwards`` first; (hash, size). The forwards end as soon as the hash
+        checks out, before this node's fsync: if that fails the peers keep good copies
+        of a put that failed here (the client retries; the content is what it sent)."""
         assert self.store is not None
         writer = self.store.writer()
+
+        async def write(data: bytes) -> None:
+            for fw in forwards:
+                await fw.send(data)
+            await writer.write(data)
+
         try:
             await writer.open()
-            h, size = await stream.receive_chunks(writer.write)
+            h, size = await stream.receive_chunks(write if forwards else writer.write)
+            for fw in forwards:  # the hash checked out: the peers fsync while we do
+                fw.end(h)
             await writer.commit(h)
             return h, size
-        except OSError as exc:
+        except BaseException as exc:
             await writer.abort()
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            for fw in forwards:  # not yet ended: the peers drop what they got
+                fw.stop(f"the copy on {self.label} failed")
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise FileStoreFull(
                     f"{self.label} has no space left storing {name!r} "
                     f"({self.store.dir}): {exc.strerror}", name=name,
                 ) from exc  # fmt: skip
-            raise FilesError(f"{self.label} could not store {name!r}: {exc}", name=name) from exc
-        except BaseException:
-            await writer.abort()
+            if isinstance(exc, OSError):
+                raise FilesError(f"{self.label} could not store {name!r}: {exc}",
+                                 name=name) from exc  # fmt: skip
             raise
 
     def _by_load(self, peers: list[Peer]) -> list[Peer]:

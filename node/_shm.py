@@ -18,6 +18,8 @@ import shutil
 import weakref
 from pathlib import Path
 
+from mesh._frames import allocate_buffer
+from mesh._protocol import Submit
 from node._proc import pid_alive
 
 __all__ = ["SharedBlocks", "SHARE_MIN"]
@@ -44,10 +46,13 @@ class SharedBlocks:
             if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def allocate(self, size: int) -> bytearray | mmap.mmap:
-        """A receive buffer: a shared file for big sizes, a bytearray otherwise."""
-        if size < SHARE_MIN:
-            return bytearray(size)
+    def allocate(self, size: int, tag: int = Submit.TAG) -> bytearray | mmap.mmap:
+        """A receive buffer for a message of type ``tag``: a shared file for the big
+        arguments of a ``Submit`` (they go on to a worker), ordinary memory for anything
+        else (a file chunk only passes through the node: a shared file costs it a file
+        creation, page faults and an unlink for nothing)."""
+        if size < SHARE_MIN or tag != Submit.TAG:
+            return allocate_buffer(size, tag)
         path = str(self.dir / secrets.token_hex(8))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:

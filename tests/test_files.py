@@ -391,6 +391,59 @@ def test_a_200mb_file_round_trips_byte_exact_in_bounded_memory(node_factory, sec
         assert blob_path(n, digest).stat().st_size == 200 << 20
 
 
+# ---- two copies ----
+
+
+def blobs_on(node: NodeProc) -> list[Path]:
+    """The blob files of a node, and anything in its temp folder."""
+    root = node.data_dir / "blobs"
+    return sorted(p for p in root.glob("*/*") if p.is_file())
+
+
+def test_a_two_copy_put_is_checked_and_durable_on_both_nodes(node_factory, secret, tmp_path):
+    """The first node passes the chunks on as they arrive; each node checks the hash."""
+    nodes = peered(node_factory, 2)
+    src = tmp_path / "two.bin"
+    src.write_bytes(os.urandom(10 << 20) + b"tail")  # three chunks
+    digest = blake3(src.read_bytes()).hexdigest()
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+        info = c.files.put(src, "two.bin", replicas=2)
+        assert info.hash == digest and sorted(info.nodes) == ["n1", "n2"]
+        for n in nodes:
+            assert blake3(blob_path(n, digest).read_bytes()).hexdigest() == digest
+            assert not list((n.data_dir / "blobs" / "tmp").iterdir())
+        assert readf(c, "two.bin") == src.read_bytes()
+
+
+def test_a_two_copy_put_failing_its_hash_leaves_nothing_on_either_node(
+    node_factory, secret, tmp_path
+):
+    from _wire import Session
+
+    from mesh._protocol import FileChunk, FileEnd, FilePut, FileReply
+
+    nodes = peered(node_factory, 2)
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+    before = [blobs_on(n) for n in nodes]
+    host, port = nodes[0].address.rsplit(":", 1)
+    with Session(host, int(port), secret.encode()) as s:
+        s.send(FilePut(1, "bad.bin", 8 << 20, 2))
+        s.send(FileChunk(1, os.urandom(4 << 20)))
+        s.send(FileChunk(1, os.urandom(4 << 20)))
+        s.send(FileEnd(1, "0" * 64))  # not the hash of what was sent
+        reply = s.expect(FileReply)
+    assert isinstance(reply, FileReply) and reply.error_kind == "failed"
+    assert "do not match" in reply.error
+    wait_for(
+        lambda: all(set(blobs_on(n)) <= set(b) for n, b in zip(nodes, before, strict=True)),
+        what="no blob or temp file left behind",
+    )
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        assert not c.files.exists("bad.bin")
+
+
 # ---- a full disk ----
 
 

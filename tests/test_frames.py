@@ -821,6 +821,29 @@ def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_pa
     assert not blocks.dir.exists()
 
 
+def test_a_file_chunk_lands_in_ordinary_memory_and_a_job_argument_in_shared(tmp_path) -> None:
+    """The node's allocator hears the message type from the HEAD frame: only a Submit's
+    big argument (bound for a worker) gets a shared file; a file chunk passes through."""
+    import mmap
+
+    from node._shm import SharedBlocks
+
+    blocks = SharedBlocks("t", tmp_path)
+    try:
+        node_side = FrameCodec(authenticated=False, allocate=blocks.allocate)
+        client_side = FrameCodec(authenticated=False)
+        payload = os.urandom(2 << 20)
+        (chunk,) = node_side.receive(join(client_side.send(proto.FileChunk(7, payload))))
+        assert isinstance(chunk, proto.FileChunk) and bytes(chunk.data) == payload
+        assert blocks.share(chunk.data) is None and not list(blocks.dir.iterdir())
+        (sub,) = node_side.receive(join(client_side.send(submit(payload))))
+        arg = sub.items[0][1]
+        assert isinstance(arg, mmap.mmap) and bytes(arg) == payload
+        assert blocks.share(arg) is not None and len(list(blocks.dir.iterdir())) == 1
+    finally:
+        blocks.close()
+
+
 def test_network_codecs_never_open_shared_names() -> None:
     with pytest.raises(ValueError):
         FrameCodec(authenticated=True, open_shared=True)
