@@ -49,6 +49,7 @@ from mesh._protocol import (
     Kill,
     Load,
     Message,
+    Payload,
     Peers,
     Pong,
     Query,
@@ -59,10 +60,11 @@ from mesh._protocol import (
 )
 from mesh._serialize import (
     dumps_function,
-    dumps_value,
+    dumps_payload,
     function_name,
     loads,
     pack_exception,
+    payload_size,
     unpack_error,
 )
 from mesh.errors import (
@@ -205,7 +207,7 @@ class _Func:
         self.live: dict[int, _Job] = {}  # job index -> its _Job, while it has one
         # arguments pickled by _prepare, for the first jobs to leave the queue, in order;
         # then those read from ``source`` as jobs leave it
-        self.ahead: deque[bytes] = deque()
+        self.ahead: deque[Payload] = deque()
         self.source: Iterator[tuple[Any, ...]] | None = None
         self.pickled = [0, 0]  # argument tuples pickled, their bytes: the size to expect
         # finished jobs, compact (allocated with the first): a flag and a node a job,
@@ -235,8 +237,10 @@ class _Func:
         job = self.live.get(k)
         return job.final if job is not None else bool(self.done and self.done[k])
 
-    def compact(self, k: int, blob: bytes, node: str) -> None:
+    def compact(self, k: int, blob: Payload, node: str) -> None:
         """Job ``k`` is done with ``blob`` from ``node``: keep that, drop its _Job."""
+        if isinstance(blob, tuple):
+            return  # big buffers beside a pickle: it keeps its _Job, they stay apart
         if node in self.node_names:
             i = self.node_names.index(node)
         elif len(self.node_names) < 256 and len(blob) < 1 << 32:
@@ -272,7 +276,7 @@ class _Job:
     )  # fmt: skip
 
     def __init__(
-        self, jid: str, func: _Func | None, args: bytes | None, state: int = QUEUED
+        self, jid: str, func: _Func | None, args: Payload | None, state: int = QUEUED
     ) -> None:
         self.jid = jid
         self.func = func
@@ -282,7 +286,7 @@ class _Job:
         self.state = state
         self.link: _Link | None = None
         self.node = ""
-        self.blob = b""
+        self.blob: Payload = b""
         self.error: ErrorInfo | None = None
         # what to call once it is final: one callable (a wait over a million jobs
         # would spend 64 MB on one-item lists), a list when there are several
@@ -990,10 +994,11 @@ class AsyncClient:
             )
         else:
             try:
-                job.args = dumps_value(args, f"arguments of {func.name} (job {job.jid})")
-                self._held += len(job.args)
+                job.args = dumps_payload(args, f"arguments of {func.name} (job {job.jid})")
+                size = payload_size(job.args)
+                self._held += size
                 func.pickled[0] += 1
-                func.pickled[1] += len(job.args)
+                func.pickled[1] += size
                 return job
             except SerializationError as e:
                 exc = e
@@ -1004,7 +1009,7 @@ class AsyncClient:
 
     def _drop_ahead(self, func: _Func) -> None:
         """None of ``func``'s jobs will be sent any more: drop what it pickled ahead."""
-        self._held -= sum(len(a) for a in func.ahead)
+        self._held -= sum(map(payload_size, func.ahead))
         func.ahead.clear()
         func.source = None
 
@@ -1012,7 +1017,7 @@ class AsyncClient:
         """``job`` is final: its pickled arguments go (None stays: its item is still to be
         skipped in the map's sequences, in order)."""
         if job.args:
-            self._held -= len(job.args)
+            self._held -= payload_size(job.args)
             job.args = b""
 
     def _send(self, link: _Link, jobs: list[_Job], copy: bool = False) -> None:
@@ -1074,13 +1079,14 @@ class AsyncClient:
         ahead, cost, pickled = func.ahead, 0, 0
         while len(ahead) < count and cost < EAGER_ARGS_BYTES:
             try:
-                args = dumps_value(next(source), f"arguments of {func.name}")
+                args = dumps_payload(next(source), f"arguments of {func.name}")
             except StopIteration:
                 count = len(ahead)  # a sequence shorter than its len() said
                 break
             ahead.append(args)
-            pickled += len(args)
-            cost += len(args) + BYTES_OVERHEAD
+            size = payload_size(args)
+            pickled += size
+            cost += size + BYTES_OVERHEAD
         func.pickled = [len(ahead), pickled]
         if len(ahead) < count:
             func.source = source

@@ -27,6 +27,7 @@ __all__ = [
     "KILLED",
     "PROCESSING",
     "PROTOCOL_VERSION",
+    "Payload",
     "QUEUED",
     "Ack",
     "Challenge",
@@ -68,20 +69,25 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION = 2  # 2: frames carry a GMAC (AES-256-GCM), not a truncated HMAC-SHA256
+# 2: frames carry a GMAC (AES-256-GCM), not a truncated HMAC-SHA256
+# 3: arguments and results may be a Payload tuple (pickle + out-of-band buffers)
+PROTOCOL_VERSION = 3
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
 JOB_STATES = ("queued", "processing", "done", "error", "killed")
 
+# Pickled arguments or a result: the pickle, or (pickle, buffer, ...) whose buffers the
+# pickle reads out of band (protocol 5); the node passes either on untouched.
+Payload = bytes | tuple[bytes, ...]
 # An error as data: (kind, type name, message, remote traceback text, module name).
 # kind is one of "raised", "worker-died", "killed", "max-runtime", "missing-module",
 # "unpicklable", "rejected", "lost".
 ErrorInfo = tuple[str, str, str, str, str]
 # A result item: (jid, state, pickled result or exception (may be b""), error or None).
-ResultItem = tuple[str, int, bytes, ErrorInfo | None]
+ResultItem = tuple[str, int, Payload, ErrorInfo | None]
 # A job as a worker reports it: result item fields + started, finished, cpu_s, stdout, stderr.
-RanItem = tuple[str, int, bytes, ErrorInfo | None, float, float, float, str, str]
+RanItem = tuple[str, int, Payload, ErrorInfo | None, float, float, float, str, str]
 # A job record for info/status: jid, state, node, function name, label, submitted,
 # started, finished, cpu_s, stdout, stderr, error text, attempts.
 JobRecord = tuple[str, int, str, str, str, float, float, float, float, str, str, str, int]
@@ -225,7 +231,7 @@ class Submit(Message):
     fhash: bytes
     fblob: bytes
     fname: str
-    items: tuple[tuple[str, bytes], ...]
+    items: tuple[tuple[str, Payload], ...]
     cores: int = 1
     label: str = ""
     max_runtime: float = 0.0
@@ -547,7 +553,7 @@ class Run(Message):
     fhash: bytes
     fblob: bytes
     fname: str
-    items: tuple[tuple[str, bytes], ...]
+    items: tuple[tuple[str, Payload], ...]
 
 
 @message(32)
@@ -572,13 +578,14 @@ _SHARED = 2  # ... for a shared memory file of the node (path); only worker pipe
 
 
 def _open_shared(path: bytes) -> mmap.mmap:
-    """Map a node's shared memory file read-only (worker side)."""
+    """Map a node's shared memory file copy-on-write (worker side): the node's file never
+    changes, and a NumPy array unpickled over it in place is writable, as it was sent."""
     try:
         fd = os.open(os.fsdecode(path), os.O_RDONLY)
     except OSError as exc:
         raise RemoteProtocolError(f"shared buffer {path!r} cannot be opened: {exc}") from None
     try:
-        return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     finally:
         os.close(fd)
 
@@ -611,6 +618,9 @@ def encode_attached(
         blobs.append(blob)
         return msgpack.ExtType(_ATTACHMENT, (len(blobs) - 1).to_bytes(4, "big"))
 
+    def parts(payload: tuple[bytes, ...]) -> list[object]:
+        return [placeholder(p) if len(p) >= min_size else p for p in payload]
+
     for name, idx in cls.BLOBS:
         i = slots.index(name)
         value = values[i]
@@ -618,12 +628,15 @@ def encode_attached(
             if len(value) >= min_size:
                 values[i] = placeholder(value)
             continue
-        big = [k for k, item in enumerate(value) if len(item[idx]) >= min_size]
+        # A Payload tuple (pickle, buffer, ...) counts as big: its buffers are.
+        big = [k for k, item in enumerate(value) if len(item[idx]) >= min_size
+               or type(item[idx]) is tuple]  # fmt: skip
         if big:
             items = list(value)
             for k in big:
                 item = list(items[k])
-                item[idx] = placeholder(item[idx])
+                blob = item[idx]
+                item[idx] = parts(blob) if type(blob) is tuple else placeholder(blob)
                 items[k] = item
             values[i] = items
     if not blobs and not shared:

@@ -25,7 +25,8 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from mesh._protocol import ErrorInfo
+from mesh._frames import ATTACH_MIN
+from mesh._protocol import ErrorInfo, Payload
 from mesh.errors import (
     EnvBuildFailed,
     JobError,
@@ -41,10 +42,12 @@ from mesh.errors import (
 
 __all__ = [
     "dumps_function",
+    "dumps_payload",
     "dumps_value",
     "function_name",
     "loads",
     "pack_exception",
+    "payload_size",
     "unpack_error",
 ]
 
@@ -154,8 +157,106 @@ def dumps_value(value: Any, what: str = "value") -> bytes:
         raise SerializationError(f"cannot pickle {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def loads(blob: bytes) -> Any:
-    """Unpickle a blob from an authenticated peer (never call on unauthenticated bytes)."""
+# ---- out-of-band buffers: big byte strings travel beside the pickle, not inside it ----
+
+
+class _OutOfBand:
+    """Stands in for a big ``bytes``/``bytearray`` while pickling: the C pickler writes
+    those in-band whatever the ``buffer_callback`` (only a PickleBuffer goes out of band)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: bytes | bytearray) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        rebuild = _as_bytes if type(self.obj) is bytes else _as_bytearray
+        return rebuild, (pickle.PickleBuffer(self.obj),)
+
+
+def _as_bytes(buf: Any) -> bytes:
+    return bytes(buf)  # the one copy a bytes object needs: it cannot wrap foreign memory
+
+
+def _as_bytearray(buf: Any) -> bytearray:
+    return bytearray(buf)
+
+
+def _big(value: Any) -> bool:
+    t = type(value)
+    return (t is bytes or t is bytearray) and len(value) >= ATTACH_MIN
+
+
+def dumps_payload(value: Any, what: str = "value") -> Payload:
+    """Pickle arguments or a result with buffers of ``ATTACH_MIN`` bytes or more kept out
+    of the stream: ``(pickle, buffer, ...)``, or plain pickle bytes when there are none.
+
+    The buffers then travel as attachments (the node hands big ones to its worker as
+    shared memory), so a 50 MB argument is never copied into a pickle, nor out of one
+    but where a ``bytes`` must be made. Big ``bytes`` found at the top of ``value`` (or
+    of its argument tuple) go by reference: they are immutable. Any other buffer
+    (``bytearray``, NumPy arrays through pickle protocol 5) is copied once, now, so a
+    caller that changes it after ``call()`` returns does not change the job's input.
+    """
+    try:
+        if _is_simple(value):
+            t = type(value)
+            if t is not tuple and t is not list:
+                if not _big(value):
+                    return pickle.dumps(value, PROTOCOL)
+            elif not any(map(_big, value)):
+                return pickle.dumps(value, PROTOCOL)  # today's path for small jobs
+            return _dumps_oob(value, pickle.dumps)
+        register_local_modules()
+        return _dumps_oob(value, cloudpickle.dumps)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _dumps_oob(value: Any, dumps: Callable[..., bytes]) -> Payload:
+    if type(value) is tuple or type(value) is list:
+        # One wrapper per object: the same bytes twice is one buffer and, unpickled, one object.
+        seen: dict[int, _OutOfBand] = {}
+        wrapped = [seen.setdefault(id(v), _OutOfBand(v)) if _big(v) else v for v in value]
+        value = tuple(wrapped) if type(value) is tuple else wrapped
+    elif _big(value):
+        value = _OutOfBand(value)
+    parts: list[bytes] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        """False: out of band. A small buffer stays in the stream (True)."""
+        raw = buf.raw()
+        if raw.nbytes < ATTACH_MIN:
+            return True
+        # A memoryview of an immutable bytes travels as that bytes; anything else that
+        # may change (or be resized) under the sender is copied now.
+        obj = raw.obj
+        if isinstance(obj, bytes) and type(obj) is bytes and raw.nbytes == len(obj):
+            parts.append(obj)
+        else:
+            parts.append(raw.tobytes())
+        return False
+
+    blob = dumps(value, protocol=PROTOCOL, buffer_callback=keep)
+    return (blob, *parts) if parts else blob
+
+
+def payload_size(payload: Payload) -> int:
+    """Bytes of a pickle and its out-of-band buffers."""
+    if type(payload) is tuple:
+        return sum(len(part) for part in payload)
+    return len(payload)
+
+
+def loads(blob: Payload) -> Any:
+    """Unpickle a blob from an authenticated peer (never call on unauthenticated bytes).
+
+    A ``(pickle, buffer, ...)`` payload is read with its buffers in place: a NumPy array
+    wraps its buffer (a private, copy-on-write mapping on a worker) without a copy."""
+    if isinstance(blob, tuple):
+        if not blob:
+            raise SerializationError("empty payload")
+        return pickle.loads(blob[0], buffers=blob[1:])
     return pickle.loads(blob)
 
 
@@ -220,7 +321,7 @@ _KINDS: dict[str, type[JobError]] = {
 }
 
 
-def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseException:
+def unpack_error(jid: str, node: str, blob: Payload, info: ErrorInfo) -> BaseException:
     """Re-create a job's exception on the client, with the remote traceback attached."""
     kind, tname, message, tb_text, module = info
     where = f"job {jid} on node {node}"
@@ -251,7 +352,7 @@ def unpack_error(jid: str, node: str, blob: bytes, info: ErrorInfo) -> BaseExcep
     exc: BaseException | None = None
     if blob:
         try:
-            candidate = pickle.loads(blob)
+            candidate = loads(blob)
         except Exception:
             candidate = None
         if isinstance(candidate, BaseException):

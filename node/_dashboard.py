@@ -43,6 +43,7 @@ from mesh._protocol import (
     JobSummary,
     Kill,
     Message,
+    Payload,
 )
 from mesh.errors import ConfigurationError, MeshError
 
@@ -781,12 +782,17 @@ _LITERALS = {
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 
 
-def preview_pickle(blob: bytes | bytearray | memoryview, max_bytes: int = PREVIEW_MAX_BYTES) -> str:
+def preview_pickle(
+    blob: bytes | bytearray | memoryview | Payload, max_bytes: int = PREVIEW_MAX_BYTES
+) -> str:
     """A short ``repr`` of pickled data, read from its opcodes; nothing is imported or run.
 
     Plain values (numbers, strings, bytes, tuples, lists, dicts, sets) are shown as
-    they are; objects as ``module.Class(...)``.
+    they are; objects as ``module.Class(...)``. Out-of-band buffers (a Payload tuple)
+    are at least ``ATTACH_MIN`` bytes: never previewed.
     """
+    if isinstance(blob, tuple):
+        return f"<{sum(len(p) for p in blob):,} bytes, not previewed>"
     size = len(blob)
     if size > max_bytes:
         return f"<{size:,} bytes, not previewed>"

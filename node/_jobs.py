@@ -28,6 +28,7 @@ from mesh._protocol import (
     QUEUED,
     ErrorInfo,
     JobRecord,
+    Payload,
     RanItem,
     ResultItem,
 )
@@ -63,7 +64,7 @@ class Func:
 class Job:
     jid: str
     func: Func
-    args: bytes
+    args: Payload
     owner: int
     submitted: float
     cores: int = 1
@@ -75,7 +76,7 @@ class Job:
     cpu_s: float = 0.0
     stdout: str = ""
     stderr: str = ""
-    result: bytes = b""
+    result: Payload = b""
     error: ErrorInfo | None = None
     attempts: int = 0
     worker: int = -1
@@ -211,7 +212,7 @@ class JobTable:
         self,
         conn: int,
         func: Func,
-        items: tuple[tuple[str, bytes], ...],
+        items: tuple[tuple[str, Payload], ...],
         now: float,
         *,
         cores: int = 1,
@@ -440,7 +441,7 @@ class JobTable:
         state: int,
         now: float,
         *,
-        result: bytes = b"",
+        result: Payload = b"",
         error: ErrorInfo | None = None,
         finished: float | None = None,
     ) -> None:

@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from mesh._protocol import ErrorInfo
+import msgpack  # type: ignore[import-untyped]
+
+from mesh._protocol import ErrorInfo, Payload
 from mesh.errors import ConfigurationError
 
 __all__ = ["JobStore", "StoredJob"]
@@ -28,8 +30,11 @@ __all__ = ["JobStore", "StoredJob"]
 # jid, state, fname, label, submitted, started, finished, cpu_s, stdout, stderr,
 # result, error, attempts
 StoredJob = tuple[
-    str, int, str, str, float, float, float, float, str, str, bytes, ErrorInfo | None, int
+    str, int, str, str, float, float, float, float, str, str, Payload, ErrorInfo | None, int
 ]
+# A result with out-of-band buffers is stored as this byte, then msgpack of its parts: a
+# pickle starts with b"\x80" (PROTO), so the two never mix up.
+_PARTS = b"\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -66,7 +71,10 @@ class JobStore:
 
     def save(self, jobs: Iterable[StoredJob]) -> None:
         """Store finished jobs in one transaction; raises sqlite3.Error (say, disk full)."""
-        rows = [(*j[:11], None if j[11] is None else json.dumps(j[11]), j[12]) for j in jobs]
+        rows = [
+            (*j[:10], _flat(j[10]), None if j[11] is None else json.dumps(j[11]), j[12])
+            for j in jobs
+        ]
         if not rows:
             return
         with self._db:  # one transaction
@@ -86,7 +94,7 @@ class JobStore:
         out: list[StoredJob] = []
         for row in self._db.execute("SELECT * FROM jobs ORDER BY finished"):
             error = None if row[11] is None else tuple(json.loads(row[11]))
-            out.append((*row[:11], error, row[12]))
+            out.append((*row[:10], _parts(row[10]), error, row[12]))
         return out
 
     def close(self) -> None:
@@ -97,6 +105,20 @@ class JobStore:
         if self._lock is not None:
             self._lock.close()  # releases the lock
             self._lock = None
+
+
+def _flat(result: Payload) -> bytes:
+    if isinstance(result, tuple):
+        packed: bytes = msgpack.packb([memoryview(p) for p in result], use_bin_type=True)
+        return _PARTS + packed
+    return result
+
+
+def _parts(stored: bytes) -> Payload:
+    if stored[:1] == _PARTS:
+        parts: tuple[bytes, ...] = msgpack.unpackb(stored[1:], use_list=False)
+        return parts
+    return stored
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

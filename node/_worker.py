@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -21,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh._frames import FrameCodec
-from mesh._protocol import DONE, ERROR, ErrorInfo, Ran, RanItem, Run, WorkerReady
-from mesh._serialize import dumps_value, load_function, pack_exception
+from mesh._protocol import DONE, ERROR, ErrorInfo, Payload, Ran, RanItem, Run, WorkerReady
+from mesh._serialize import dumps_payload, load_function, loads, pack_exception
 from node._jobs import WORKER_FUNCTIONS
 
 FLUSH_EVERY_S = 0.005
@@ -80,20 +79,20 @@ class Worker:
             cpu0 = time.process_time()
             out = _Capture()
             err = _Capture()
-            blob = b""
+            blob: Payload = b""
             error: ErrorInfo | None = None
             if isinstance(fn, tuple):
                 error = fn
             else:
                 sys.stdout, sys.stderr = out, err
                 try:
-                    args = pickle.loads(args_blob)
+                    args = loads(args_blob)  # big buffers: read in place, see dumps_payload
                     value = fn(*args)
                 except BaseException as exc:
                     blob, error = pack_exception(exc, skip_frames=1)
                 else:
                     try:
-                        blob = dumps_value(value, f"the result of {run.fname}")
+                        blob = dumps_payload(value, f"the result of {run.fname}")
                     except Exception as exc:
                         error = ("raised", "mesh.errors.SerializationError", str(exc), "", "")
                 finally:
