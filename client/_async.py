@@ -356,6 +356,59 @@ class _Link:
         return NodeView(self.key, self.workers, self.inflight_slots + others, room)
 
 
+class _Picker:
+    """``iresult``'s bookkeeping, the same for the sync and the async client: which ids
+    to watch next (WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order) and which job
+    that came back to yield next (in order, or as they come). The clients only wait."""
+
+    def __init__(self, ids: list[str], ordered: bool) -> None:
+        self.ids, self.ordered = ids, ordered
+        self.pos = 0  # ids[:pos] are watched
+        self.outstanding = 0  # watched, not yielded yet
+        self._watched: deque[_Job] = deque()  # ordered: the jobs to yield, in order
+        self._ready: dict[str, int] = {}  # ordered: back, not yielded yet (by id)
+        self._came: deque[_Job] = deque()  # in completion order: back, not yielded yet
+
+    @property
+    def more(self) -> bool:
+        return self.pos < len(self.ids) or self.outstanding > 0
+
+    def to_watch(self) -> list[str]:
+        """The next window of ids to watch, or none while enough are watched."""
+        if self.pos < len(self.ids) and self.outstanding < WAIT_WINDOW:
+            return self.ids[self.pos : self.pos + WAIT_WINDOW]
+        return []
+
+    def watch(self, jobs: list[_Job]) -> None:
+        self.pos += len(jobs)
+        self.outstanding += len(jobs)
+        if self.ordered:
+            self._watched.extend(jobs)
+
+    def arrived(self, job: _Job) -> None:
+        """A watched job is final (its callback ran)."""
+        if self.ordered:
+            self._ready[job.jid] = self._ready.get(job.jid, 0) + 1
+        else:
+            self._came.append(job)
+
+    def pick(self) -> _Job | None:
+        """The job to yield now, or None: wait for one to arrive first."""
+        if not self.ordered:
+            job = self._came.popleft() if self._came else None
+        elif self._watched and self._ready.get(jid := self._watched[0].jid):
+            job = self._watched.popleft()
+            if self._ready[jid] == 1:
+                del self._ready[jid]
+            else:
+                self._ready[jid] -= 1
+        else:
+            job = None
+        if job is not None:
+            self.outstanding -= 1
+        return job
+
+
 def _group_length(pending: Iterable[_Job | _Func], head: _Job, limit: int) -> int:
     """How many jobs from the head of ``pending`` (at most ``limit``: the room there is)
     can be placed as one group. Bounded, so a map of a million jobs costs a pump no more
@@ -1453,38 +1506,21 @@ class AsyncClient:
 
         Jobs are watched WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order: for more
         jobs than that, "completion order" is that order within the jobs watched."""
-        ids = [jids] if isinstance(jids, str) else list(jids)
+        picker = _Picker([jids] if isinstance(jids, str) else list(jids), ordered)
         queue: asyncio.Queue[_Job] = asyncio.Queue()
         deadline = None if timeout is None else time.monotonic() + timeout
-        watched: deque[_Job] = deque()  # ordered: the jobs to yield, in order
-        ready: dict[str, int] = {}  # ordered: finished, not yielded yet
-        pos = outstanding = 0
-        while pos < len(ids) or outstanding:
-            if pos < len(ids) and outstanding < WAIT_WINDOW:
-                jobs = await self._jobs_of(ids[pos : pos + WAIT_WINDOW])
-                pos += len(jobs)
-                outstanding += len(jobs)
-                if ordered:
-                    watched.extend(jobs)
+        while picker.more:
+            if window := picker.to_watch():
+                jobs = await self._jobs_of(window)
+                picker.watch(jobs)
                 self._add_callback(jobs, queue.put_nowait)
-            want = watched.popleft() if ordered else None
-            while want is None or not ready.get(want.jid):
+            while (job := picker.pick()) is None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    job = await asyncio.wait_for(queue.get(), left)
+                    picker.arrived(await asyncio.wait_for(queue.get(), left))
                 except asyncio.TimeoutError:
                     raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
-                if want is None:
-                    want = job
-                    break
-                ready[job.jid] = ready.get(job.jid, 0) + 1
-            if ordered:
-                if ready[want.jid] == 1:
-                    del ready[want.jid]
-                else:
-                    ready[want.jid] -= 1
-            outstanding -= 1
-            yield self._value(want)
+            yield self._value(job)
 
     async def status(self, jids: str | Sequence[str]) -> str | list[str]:
         """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list)."""

@@ -13,7 +13,6 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
@@ -28,6 +27,7 @@ from client._async import (
     _count,
     _Func,
     _Job,
+    _Picker,
 )
 from client._files import Files
 from client._handle import Job, register_owner
@@ -295,43 +295,26 @@ class Client:
                  bar: _progress.Progress | None) -> Iterator[Any]:  # fmt: skip
         deadline = None if timeout is None else time.monotonic() + timeout
         value = self._async._value
+        picker = _Picker(ids, ordered)
         q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        watched: deque[_Job] = deque()  # ordered: the jobs to yield, in order
-        ready: dict[str, int] = {}  # ordered: finished, not yielded yet
-        pos = outstanding = 0
-        jobs: list[_Job] | None = first
-        while pos < len(ids) or outstanding:
-            if pos < len(ids) and outstanding < _async_mod.WAIT_WINDOW:
-                if jobs is None:
-                    jobs = self._jobs(ids[pos : pos + _async_mod.WAIT_WINDOW])
-                pos += len(jobs)
-                outstanding += len(jobs)
-                if ordered:
-                    watched.extend(jobs)
+        looked_up: list[_Job] | None = first  # the first window, looked up by iresult()
+        while picker.more:
+            if window := picker.to_watch():
+                jobs = looked_up if looked_up is not None else self._jobs(window)
+                looked_up = None
+                picker.watch(jobs)
                 if bar is not None:
                     self._async._add_callback(jobs, bar.job_done)
                 self._async._add_callback(jobs, q.put)
-                jobs = None
-            want = watched.popleft() if ordered else None
-            while want is None or not ready.get(want.jid):
+            while (job := picker.pick()) is None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    job = q.get(timeout=left)
+                    picker.arrived(q.get(timeout=left))
                 except queue.Empty:
                     raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
                 except KeyboardInterrupt:
                     raise _interrupted(self._left(ids)) from None
-                if want is None:
-                    want = job
-                    break
-                ready[job.jid] = ready.get(job.jid, 0) + 1
-            if ordered:
-                if ready[want.jid] == 1:
-                    del ready[want.jid]
-                else:
-                    ready[want.jid] -= 1
-            outstanding -= 1
-            yield value(want)
+            yield value(job)
 
     # ---- asking ----
 
