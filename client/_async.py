@@ -1427,16 +1427,17 @@ class AsyncClient:
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), wait_s)
                 except asyncio.TimeoutError:
-                    n = sum(1 for j in pending if not j.final) + self._unfinished(
-                        ids[start + WAIT_WINDOW :]
+                    n = sum(1 for j in pending if not j.final) + len(
+                        self._unfinished(ids[start + WAIT_WINDOW :])
                     )
                     raise MeshTimeout(
                         f"{n} of {len(ids)} jobs not finished after {timeout} s"
                     ) from None
             then(jobs)
 
-    def _unfinished(self, ids: Sequence[str]) -> int:
-        return sum(1 for jid in ids if not self._is_final(jid))
+    def _unfinished(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` not final yet (without making them objects). Any thread."""
+        return [jid for jid in ids if not self._is_final(jid)]
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     async def result(  # type: ignore[overload-overlap]

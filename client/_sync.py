@@ -212,15 +212,10 @@ class Client:
                 None if deadline is None else max(0.0, deadline - time.monotonic())
             )
         except KeyboardInterrupt:
-            raise _interrupted(self._left(ids)) from None
+            raise _interrupted(self._async._unfinished(ids)) from None
         if not finished:
-            n = sum(1 for j in pending if not j.final) + len(self._left(ids[later:]))
+            n = sum(1 for j in pending if not j.final) + len(self._async._unfinished(ids[later:]))
             raise MeshTimeout(f"{n} of {len(ids)} jobs not finished after {timeout} s")
-
-    def _left(self, ids: Sequence[str]) -> list[str]:
-        """Those of ``ids`` not final yet."""
-        final = self._async._is_final
-        return [j for j in ids if not final(j)]
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     def result(  # type: ignore[overload-overlap]
@@ -313,7 +308,7 @@ class Client:
                 except queue.Empty:
                     raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
                 except KeyboardInterrupt:
-                    raise _interrupted(self._left(ids)) from None
+                    raise _interrupted(self._async._unfinished(ids)) from None
             yield value(job)
 
     # ---- asking ----
