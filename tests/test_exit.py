@@ -137,8 +137,11 @@ def test_ctrl_c_while_waiting_stops_the_wait_and_says_how_to_kill(nodes, secret,
         "join": ("pass", "mesh.join(jids)"),
         "future": ("f = mesh.Executor().submit(gated, GATE, 0); jids.append(f.jid)", "f.result()"),
     }[wait]
+    # A terminal gives a script Python's Ctrl-C handler; a runner that started the tests
+    # in the background may hand SIGINT down ignored, so the script asks for it itself.
     proc = spawn(f"""
-        import json, mesh
+        import json, signal, mesh
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from _helpers import gated
         GATE = {str(gate)!r}
         mesh.connect({[n.address for n in nodes]!r}, {secret!r})
