@@ -13,8 +13,14 @@ the mesh (``Client.local(2)``) and on ``multiprocessing.Pool(2)`` in the same ru
 * start: a fresh ``Client.local(2)`` until the first result is back (s).
 
 And the floors: an asyncio TCP echo round trip over 127.0.0.1 (server in another
-process) and raw loopback TCP throughput (500 MB through one connection). Then the
-ratios and, for each target of the core issue, whether it is met. Only 127.0.0.1.
+process), raw loopback TCP throughput (500 MB through one connection), and the relay
+floor: the mesh's own shape with no work in it (a caller thread hands a small message
+to an asyncio loop thread, which sends it over TCP to an asyncio process, which
+passes it over a socketpair to a blocking process, and back), so the latency gap to
+Pool splits into what the shape costs and what the mesh's processing costs. CPU time
+per call (client; nodes and their workers) is read from /proc beside the latencies:
+unlike wall time it hardly moves with the machine's other load. Then the ratios and,
+for each target of the core issue, whether it is met. Only 127.0.0.1.
 
     .venv/bin/python bench/core.py            # the full run (< 3 minutes on 2 cores)
     .venv/bin/python bench/core.py --quick    # a smoke run with small sizes
@@ -237,6 +243,150 @@ def bench_tcp_throughput(cfg: Config) -> dict[str, Any]:
     return {"mb_per_s": r(statistics.median(runs), 1), "runs": [r(x, 1) for x in runs]}
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by ``pids`` and their child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+def _relay_worker(fd: int) -> None:
+    """The floor's worker: blocking, echoes what it reads."""
+    sock = socket.socket(fileno=fd)
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+class _Relay(asyncio.Protocol):
+    """Writes what it reads to its peer relay (set once both exist)."""
+
+    peer: _Relay | None = None
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None:
+            self.peer.transport.write(data)
+
+
+def _relay_node(conn: Any, fd: int) -> None:
+    """The floor's node: asyncio, relays the client's TCP connection to its worker."""
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        _, to_worker = await loop.create_connection(_Relay, sock=socket.socket(fileno=fd))
+
+        def accept() -> _Relay:
+            to_client = _Relay()
+            to_client.peer, to_worker.peer = to_worker, to_client
+            return to_client
+
+        server = await loop.create_server(accept, "127.0.0.1", 0)
+        conn.send(server.sockets[0].getsockname()[1])
+        stop: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(conn.fileno(), lambda: stop.done() or stop.set_result(None))
+        async with server:
+            await stop
+
+    asyncio.run(serve())
+
+
+class _Waiter(asyncio.Protocol):
+    """The floor's client side: sets the caller's event when the echo is back."""
+
+    event: threading.Event | None = None
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.event is not None:
+            self.event.set()
+
+
+def bench_relay_floor(cfg: Config) -> dict[str, Any]:
+    """The mesh's shape (caller thread -> loop thread -> TCP -> asyncio node -> socketpair
+    -> blocking worker, and back) doing nothing else: what a call costs before any work."""
+    to_node, to_worker = socket.socketpair()
+    parent, child = multiprocessing.Pipe()
+    worker = multiprocessing.Process(target=_relay_worker, args=(to_worker.fileno(),), daemon=True)
+    node = multiprocessing.Process(target=_relay_node, args=(child, to_node.fileno()), daemon=True)
+    worker.start()
+    node.start()
+    to_node.close()
+    to_worker.close()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        port = parent.recv()
+
+        async def connect() -> _Waiter:
+            _, waiter = await loop.create_connection(_Waiter, "127.0.0.1", port)
+            waiter.transport.get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+            return waiter
+
+        waiter = asyncio.run_coroutine_threadsafe(connect(), loop).result(30)
+        msg = b"x" * 200  # about a Submit's size
+
+        def call(_f: Callable[..., Any], *_args: Any) -> None:
+            event = threading.Event()
+            waiter.event = event
+            loop.call_soon_threadsafe(waiter.transport.write, msg)
+            if not event.wait(30):
+                raise TimeoutError("relay floor: no echo in 30 s")
+
+        assert node.pid is not None and worker.pid is not None
+        out: dict[str, Any] = {"latency_us": _latency(cfg, call)}
+        out["cpu_us_per_call"] = _cpu_per_call(cfg, call, [node.pid, worker.pid])
+        return out
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        parent.send("stop")
+        for proc in (node, worker):
+            proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _cpu_per_call(cfg: Config, call: Callable[..., Any], pids: list[int]) -> dict[str, float]:
+    """CPU µs per sequential call: this process (all its threads), and ``pids`` with
+    their children (the nodes and their workers)."""
+    me, them = time.process_time(), cpu_s(pids)
+    for i in range(cfg.latency_calls):
+        call(noop, i)
+    n = cfg.latency_calls
+    return {
+        "client": r((time.process_time() - me) / n * 1e6, 1),
+        "nodes_and_workers": r((cpu_s(pids) - them) / n * 1e6, 1),
+    }
+
+
 # ---- the mesh ----
 
 
@@ -273,6 +423,8 @@ def bench_mesh(cfg: Config) -> dict[str, Any]:
 
         log(f"mesh: latency, {cfg.latency_calls} sequential call -> result")
         out["latency_us"] = _latency(cfg, mesh_call)
+        assert c._local is not None
+        out["latency_cpu_us_per_call"] = _cpu_per_call(cfg, mesh_call, c._local.pids)
 
         log(f"mesh: map of {cfg.map_tasks:,} trivial tasks, {cfg.repeat}x")
         rates = []
@@ -341,6 +493,12 @@ def bench_pool(cfg: Config) -> dict[str, Any]:
 
         log(f"pool: latency, {cfg.latency_calls} sequential apply_async().get()")
         out["latency_us"] = _latency(cfg, pool_call)
+        workers = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
+        cpu = _cpu_per_call(cfg, pool_call, workers)
+        out["latency_cpu_us_per_call"] = {
+            "parent": cpu["client"],
+            "workers": cpu["nodes_and_workers"],
+        }
 
         log(f"pool: {cfg.map_tasks:,} apply_async one by one, and Pool.map, {cfg.repeat}x")
         one, chunked = [], []
@@ -383,6 +541,7 @@ def report(
     pool: dict[str, Any],
     echo: dict[str, Any],
     tcp: dict[str, Any],
+    floor: dict[str, Any],
     started: float,
     load_before: tuple[float, ...],
 ) -> dict[str, Any]:
@@ -393,6 +552,12 @@ def report(
         "latency_p50_mesh_over_pool": ratio(mesh["latency_us"]["p50"], pool["latency_us"]["p50"]),
         "latency_p99_mesh_over_pool": ratio(mesh["latency_us"]["p99"], pool["latency_us"]["p99"]),
         "latency_p50_mesh_over_raw_echo": ratio(mesh["latency_us"]["p50"], echo["p50"]),
+        "latency_p50_relay_floor_over_pool": ratio(
+            floor["latency_us"]["p50"], pool["latency_us"]["p50"]
+        ),
+        "latency_p50_mesh_over_relay_floor": ratio(
+            mesh["latency_us"]["p50"], floor["latency_us"]["p50"]
+        ),
         "tasks_per_s_mesh_over_pool_one_by_one": ratio(
             mesh["map_tasks_per_s"], pool["apply_one_by_one_tasks_per_s"]
         ),
@@ -456,7 +621,7 @@ def report(
         "config": cfg.as_dict(),
         "mesh": mesh,
         "pool": pool,
-        "raw": {"asyncio_echo_round_trip_us": echo, "tcp_throughput": tcp},
+        "raw": {"asyncio_echo_round_trip_us": echo, "tcp_throughput": tcp, "relay_floor": floor},
         "ratios": ratios,
         "targets": targets,
         "all_targets_met": all(t["met"] for t in targets.values()),
@@ -496,10 +661,12 @@ def main() -> None:
     echo = bench_echo(cfg)
     log(f"raw: TCP throughput over 127.0.0.1, {cfg.raw_bytes / MB:.0f} MB, {cfg.repeat}x")
     tcp = bench_tcp_throughput(cfg)
+    log(f"raw: relay floor (the mesh's shape, no work), {cfg.latency_calls} calls")
+    floor = bench_relay_floor(cfg)
     mesh = bench_mesh(cfg)
     pool = bench_pool(cfg)
 
-    out = report(cfg, mesh, pool, echo, tcp, started, load_before)
+    out = report(cfg, mesh, pool, echo, tcp, floor, started, load_before)
     faulthandler.cancel_dump_traceback_later()
     met = sum(t["met"] for t in out["targets"].values())
     log(f"done in {out['elapsed_s']} s; {met} of {len(out['targets'])} targets met")
