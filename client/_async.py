@@ -85,6 +85,10 @@ log = logging.getLogger("mesh.client")
 
 UNKNOWN = -1  # a job id this client did not submit and has not yet heard of
 PIPELINE_S = 0.05  # keep about this much work queued at each node
+# Jobs at least this long get no queue at the node: a round trip (about a millisecond)
+# costs them under 1 %, and a job queued behind another could leave a node idle at a
+# map's tail while this one still has two to run.
+LONG_JOB_S = 0.1
 MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
 # result/iresult/join look at this many jobs at a time (a _Job each), so waiting on a
@@ -345,9 +349,12 @@ class _Link:
 
     def view(self, measured: bool = True) -> NodeView:
         """This node for placement. ``measured``: the work's run time is known, so the
-        node's average may size a deep pipeline; else a new function (perhaps slow)
-        gets a small one, so one node cannot take a whole CPU-bound map."""
-        if measured and self.avg_run_s > 0:
+        node's average may size a deep pipeline (or none, for long jobs); else a new
+        function (perhaps slow) gets a small one, so one node cannot take a whole
+        CPU-bound map."""
+        if measured and self.avg_run_s >= LONG_JOB_S:
+            depth = 1
+        elif measured and self.avg_run_s > 0:
             depth = min(MAX_DEPTH, max(2, math.ceil(PIPELINE_S / self.avg_run_s)))
         else:
             depth = 2

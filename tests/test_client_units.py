@@ -13,6 +13,16 @@ def test_a_new_function_gets_a_shallow_pipeline_even_on_a_node_known_to_be_fast(
     assert link.view(measured=True).room == 2 * 4096
 
 
+def test_long_jobs_get_no_queue_at_the_node() -> None:
+    link = _Link("127.0.0.1", 7390)
+    link.workers = 2
+    link.avg_run_s = 0.15  # CPU-bound: one job per worker, the next when a result is back
+    assert link.view(measured=True).room == 2 * 1
+    assert link.view(measured=False).room == 2 * 2  # unmeasured: the usual 2
+    link.inflight_slots = 2
+    assert link.view(measured=True).room == 0
+
+
 def test_room_shrinks_with_jobs_in_flight_and_load_counts_other_clients() -> None:
     link = _Link("127.0.0.1", 7390)
     link.workers = 4
