@@ -416,15 +416,29 @@ class _Picker:
         return job
 
 
+def _same_work(a: _Func, b: _Func) -> bool:
+    """Whether jobs of ``a`` and ``b`` can travel in one Submit and be placed as one:
+    the same function (and constant kwargs), options and placement preference."""
+    return a is b or (
+        a.fhash == b.fhash and a.cores == b.cores and a.label == b.label
+        and a.max_runtime == b.max_runtime and a.env == b.env and a.prefer == b.prefer
+    )  # fmt: skip
+
+
 def _group_length(pending: Iterable[_Job | _Func], head: _Job, limit: int) -> int:
-    """How many jobs from the head of ``pending`` (at most ``limit``: the room there is)
-    can be placed as one group. Bounded, so a map of a million jobs costs a pump no more
-    than the nodes can take."""
+    """How many single jobs from the head of ``pending`` (at most ``limit``: the room
+    there is) can be placed as one group: jobs put back in the queue, and calls (one
+    job each) of the same work, such as a loop of ``call(f, x)``. Bounded, so a long
+    queue costs a pump no more than the nodes can take."""
+    assert head.func is not None
     n = 0
-    for j in pending:
-        if n >= limit or not isinstance(j, _Job) or (j.func is not head.func or j.cores != head.cores
-                          or j.label != head.label or j.max_runtime != head.max_runtime
-                          or j.tried):  # fmt: skip
+    for entry in pending:
+        if n >= limit:
+            break
+        if isinstance(entry, _Func):
+            if entry.n - entry.next != 1 or not _same_work(entry, head.func):
+                break
+        elif entry.func is None or entry.tried or not _same_work(entry.func, head.func):
             break
         n += 1
     return n
@@ -538,6 +552,9 @@ class AsyncClient:
         register_owner(self._tag, self)  # so its Job handles can be awaited
         # every call and map, in id order, and the id number of each one's first job
         self._funcs: list[_Func] = []
+        # Functions (by hash) some job of which came back: calls of one of them in a loop
+        # are as "measured" as a map's later jobs, and get the node's deep pipeline.
+        self._came_back: set[bytes] = set()
         self._starts: list[int] = []
         self._next_id = 1
         self._ids_lock = threading.Lock()
@@ -809,6 +826,7 @@ class AsyncClient:
                 self._drop_args(job)  # final: it will not be sent again
                 if job.func is not None:
                     job.func.finished += 1
+                    self._came_back.add(job.func.fhash)
                 if job.callbacks is not None:
                     _call_back(job)
                 if state == DONE and not job.attempts and job.func is not None:
@@ -964,7 +982,7 @@ class AsyncClient:
             if head.tried:  # a retry goes alone, to a node it has not died on where one exists
                 avoid = {key for _, key in head.tried}
                 candidates = {k: lk for k, lk in links.items() if k not in avoid} or links
-            measured = head.func is not None and head.func.finished > 0
+            measured = head.func is not None and head.func.fhash in self._came_back
             views = [lk.view(measured) for lk in candidates.values()]
             room = sum(max(v.room, 0) for v in views) // head.cores
             if head.func is not None and head.func.source is not None:  # reads its sequences
@@ -973,7 +991,7 @@ class AsyncClient:
                     return  # enough arguments held: results coming back pump again
                 count, size = head.func.pickled
                 room = min(room, max(1, left * count // max(size, 1)))
-            if isinstance(entry, _Func):
+            if isinstance(entry, _Func) and entry.n - entry.next > 1:
                 group = min(max(1, room), entry.n - entry.next)
             else:
                 group = 1 if head.tried else _group_length(pending, head, max(1, room))
@@ -1192,20 +1210,25 @@ class AsyncClient:
 
     def _enqueue(self, func: _Func, counted: bool = False) -> None:
         """Loop thread: queue a prepared call or map and place what can be placed now."""
-        if not counted:  # the arguments _prepare pickled are held from now on
-            self._held += func.pickled[1]
-        if func.push:
-            self._spawn(self._enqueue_after_push(func))  # first: the _env's local files
-            return
-        if func.files and func.prefer is None:
-            self._spawn(self._enqueue_near_files(func))  # first: which nodes hold them
-            return
-        self._pending.append(func)
+        self._enqueue_many([func], counted)
+
+    def _enqueue_many(self, funcs: Iterable[_Func], counted: bool = False) -> None:
+        """Loop thread: queue prepared calls and maps (in order), then place what can be
+        placed now: calls made in a burst go out together."""
+        for func in funcs:
+            if not counted:  # the arguments _prepare pickled are held from now on
+                self._held += func.pickled[1]
+            if func.push:
+                self._spawn(self._enqueue_after_push(func))  # first: the _env's local files
+            elif func.files and func.prefer is None:
+                self._spawn(self._enqueue_near_files(func))  # first: which nodes hold them
+            else:
+                self._pending.append(func)
+                if func.speculative:
+                    self._spawn(self._speculate(func))
         self._pump()
         if self._pending:
             self._watch_for_no_nodes()
-        if func.speculative:
-            self._spawn(self._speculate(func))
 
     async def _speculate(self, func: _Func) -> None:
         """``_speculative=True``: once most of a map is done, a job running much longer than

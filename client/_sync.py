@@ -85,6 +85,8 @@ class Client:
         self._closed = False
         self._kill_lock = threading.Lock()
         self._to_kill: list[str] = []  # jobs to kill, gathered by _kill_soon
+        self._outbox_lock = threading.Lock()
+        self._outbox: list[_Func] = []  # calls and maps prepared, not yet queued by the loop
         try:
             self._async = AsyncClient(
                 peers,
@@ -161,8 +163,21 @@ class Client:
         return jids
 
     def _send(self, func: _Func) -> None:
-        """Hand a call or map prepared on this thread to the loop thread, which places it."""
-        self._thread.loop.call_soon_threadsafe(self._async._enqueue, func)
+        """Hand a call or map prepared on this thread to the loop thread, which places it.
+
+        Calls made before the loop thread gets to them go in one batch: a loop of calls
+        wakes the loop thread once per batch, not once per call, and its jobs of one
+        function share Submits."""
+        with self._outbox_lock:
+            first = not self._outbox
+            self._outbox.append(func)
+        if first:
+            self._thread.loop.call_soon_threadsafe(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        with self._outbox_lock:
+            funcs, self._outbox = self._outbox, []
+        self._async._enqueue_many(funcs)
 
     # ---- waiting ----
 

@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import traceback
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -124,16 +125,94 @@ def function_name(fn: Callable[..., Any]) -> str:
 def dumps_function(
     fn: Callable[..., Any], kwargs: dict[str, Any] | None = None
 ) -> tuple[bytes, bytes]:
-    """Pickle ``fn`` (with constant keyword arguments) by value where needed: (hash, blob)."""
+    """Pickle ``fn`` (with constant keyword arguments) by value where needed: (hash, blob).
+
+    A plain function whose pickle holds only immutable values and things that travel by
+    reference (modules, importable functions and classes) is pickled once and its bytes
+    reused while all of those are still the same objects; anything else (a global list,
+    a closure over a dict, a class defined in ``__main__``) is pickled on every call, so
+    a job always sees the values as they are when it is submitted."""
     if not callable(fn):
         raise SerializationError(f"{fn!r} is not callable")
     register_local_modules()
+    parts = None if kwargs else _snapshot(fn)
+    if parts is not None:
+        assert isinstance(fn, types.FunctionType)  # _snapshot takes nothing else
+        kept = _pickled_functions.get(fn)
+        if kept is not None and _same(kept[0], parts):
+            return kept[1]
     payload = (fn, kwargs) if kwargs else fn
     try:
         blob = cloudpickle.dumps(payload, protocol=PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle function {function_name(fn)}: {exc}") from exc
-    return hashlib.blake2b(blob, digest_size=16).digest(), blob
+    out = hashlib.blake2b(blob, digest_size=16).digest(), blob
+    if parts is not None:
+        assert isinstance(fn, types.FunctionType)
+        _pickled_functions[fn] = (parts, out)
+    return out
+
+
+# Functions pickled once (see dumps_function), with the objects their pickle came from.
+_pickled_functions: weakref.WeakKeyDictionary[
+    types.FunctionType, tuple[list[Any], tuple[bytes, bytes]]
+] = weakref.WeakKeyDictionary()
+_IMMUTABLE = frozenset(
+    {int, float, complex, str, bytes, bool, type(None), range, types.BuiltinFunctionType}
+)
+_ABSENT = object()
+try:  # cloudpickle's own choices, so "travels by reference" means what it does there
+    from cloudpickle.cloudpickle import (  # type: ignore[import-untyped]
+        _extract_code_globals,
+        _should_pickle_by_reference,
+    )
+except ImportError:  # another cloudpickle: every call is pickled afresh
+    _extract_code_globals = _should_pickle_by_reference = None
+
+
+def _snapshot(fn: Callable[..., Any]) -> list[Any] | None:
+    """Every object a pickle of ``fn`` is made from, when all of them pickle to the same
+    bytes for as long as they are the same objects; else None (pickle on every call)."""
+    if type(fn) is not types.FunctionType or _extract_code_globals is None or fn.__dict__:
+        return None
+    parts: list[Any] = [_scanned, fn.__code__, fn.__name__, fn.__qualname__, fn.__module__,
+                        fn.__doc__, fn.__defaults__, fn.__kwdefaults__, fn.__annotations__]  # fmt: skip
+    values: list[Any] = list(fn.__defaults__ or ())
+    for mapping in (fn.__kwdefaults__, fn.__annotations__):
+        if mapping:  # dicts: changed in place, not only replaced
+            parts.extend(mapping)  # the keys
+            values.extend(mapping.values())
+    for cell in fn.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            return None
+    names = _extract_code_globals(fn.__code__)
+    found = [fn.__globals__.get(name, _ABSENT) for name in names]
+    parts.extend(found)
+    values.extend(v for v in found if v is not _ABSENT)
+    if not all(_stable(v) for v in values):
+        return None
+    parts.extend(values)
+    return parts
+
+
+def _stable(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` pickles to the same bytes for as long as it is the same object."""
+    t = type(value)
+    if t in _IMMUTABLE:
+        return True
+    if t is tuple or t is frozenset:
+        return depth < 3 and len(value) <= 32 and all(_stable(v, depth + 1) for v in value)
+    if t is types.ModuleType:
+        return sys.modules.get(value.__name__) is value  # pickled by name
+    if t is types.FunctionType or isinstance(value, type):
+        return bool(_should_pickle_by_reference(value))  # by module and name
+    return False
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _is_simple(value: Any) -> bool:

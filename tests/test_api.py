@@ -63,6 +63,28 @@ def test_call_and_result_of_one_id_and_of_a_list(client):
     assert client.result([jid, jid]) == [144, 144]
 
 
+TOTALS: list[int] = []
+
+
+def read_totals(i):
+    return (i, list(TOTALS))
+
+
+def test_calls_in_a_loop_see_the_globals_as_they_were_when_each_was_made(client):
+    jobs = []
+    for i in range(3):
+        TOTALS.append(i)
+        jobs.append(client.call(read_totals, i))
+    try:
+        assert client.result(jobs, timeout=30) == [(0, [0]), (1, [0, 1]), (2, [0, 1, 2])]
+        # a burst of calls of one function all come back, in order
+        assert client.result([client.call(square, i) for i in range(300)], timeout=60) == [
+            i * i for i in range(300)
+        ]
+    finally:
+        TOTALS.clear()
+
+
 def test_call_passes_keyword_arguments(client):
     assert client.result(client.call(scaled_sum, 1, y=2, scale=10)) == 30
 

@@ -99,6 +99,58 @@ def test_same_function_same_hash() -> None:
     assert dumps_function(power)[0] == dumps_function(power)[0]
 
 
+SEEN: list[str] = []
+LIMIT = 1
+
+
+def read_seen() -> list[str]:
+    return list(SEEN)
+
+
+def read_limit(x: int) -> tuple[int, int]:
+    return (x, LIMIT)
+
+
+def test_a_function_of_immutable_things_is_pickled_once_until_one_changes() -> None:
+    first = dumps_function(power)
+    assert dumps_function(power) is first  # the bytes are kept, not made again
+    power.__defaults__ = (3,)
+    try:
+        changed = dumps_function(power)
+        assert changed != first and load_function(changed[1])(2) == 8
+    finally:
+        power.__defaults__ = (2,)
+    assert load_function(dumps_function(power)[1])(2) == 4
+
+
+def test_a_rebound_global_is_seen_by_the_next_pickle() -> None:
+    global LIMIT
+    assert load_function(dumps_function(read_limit)[1])(0) == (0, 1)
+    LIMIT = 2
+    try:
+        assert load_function(dumps_function(read_limit)[1])(0) == (0, 2)
+    finally:
+        LIMIT = 1
+
+
+def test_a_global_or_a_closure_changed_in_place_is_seen_by_the_next_pickle() -> None:
+    SEEN.clear()
+    assert load_function(dumps_function(read_seen)[1])() == []
+    SEEN.append("a")
+    try:
+        assert load_function(dumps_function(read_seen)[1])() == ["a"]
+    finally:
+        SEEN.clear()
+    box = {"n": 1}
+
+    def read_box() -> int:
+        return box["n"]
+
+    assert load_function(dumps_function(read_box)[1])() == 1
+    box["n"] = 2
+    assert load_function(dumps_function(read_box)[1])() == 2
+
+
 def test_non_callable_is_refused() -> None:
     with pytest.raises(SerializationError, match="not callable"):
         dumps_function(42)  # type: ignore[arg-type]
