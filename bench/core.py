@@ -5,8 +5,9 @@ the mesh (``Client.local(2)``) and on ``multiprocessing.Pool(2)`` in the same ru
 
 * latency: call -> result of a trivial function, 1,000 sequential calls (p50/p99);
 * throughput: a map of 20,000 trivial tasks, each its own job (tasks/s, from the
-  ``map`` call until every result is back); Pool both one ``apply_async`` per item
-  and ``Pool.map`` with its default chunking;
+  ``map`` call until every result is back), and the same as 20,000 ``call``s in a
+  loop; Pool both one ``apply_async`` per item and ``Pool.map`` with its default
+  chunking;
 * CPU: a map of 10 ``sum_primes`` calls, speedup over the same calls run serially
   in this process;
 * bandwidth: one call whose argument is a 50 MB ``bytes`` (MB/s, 1 MB = 10^6 bytes);
@@ -438,6 +439,18 @@ def bench_mesh(cfg: Config) -> dict[str, Any]:
         out["map_tasks_per_s"] = r(statistics.median(rates), 0)
         out["map_runs_tasks_per_s"] = [r(x, 0) for x in rates]
 
+        log(f"mesh: {cfg.map_tasks:,} call(noop, i) in a loop, {cfg.repeat}x")
+        rates = []
+        for _ in range(cfg.repeat):
+            t0 = perf()
+            jids = [c.call(noop, i) for i in range(cfg.map_tasks)]
+            got = c.result(jids, timeout=timeout_s)
+            dt = perf() - t0
+            assert got == list(range(cfg.map_tasks))
+            rates.append(cfg.map_tasks / dt)
+        out["call_loop_tasks_per_s"] = r(statistics.median(rates), 0)
+        out["call_loop_runs_tasks_per_s"] = [r(x, 0) for x in rates]
+
         out["cpu"] = _cpu(
             cfg, lambda ns: c.result(c.map(sum_primes, ns), timeout=timeout_s), "mesh"
         )
@@ -560,6 +573,9 @@ def report(
         ),
         "tasks_per_s_mesh_over_pool_one_by_one": ratio(
             mesh["map_tasks_per_s"], pool["apply_one_by_one_tasks_per_s"]
+        ),
+        "call_loop_tasks_per_s_mesh_over_pool_one_by_one": ratio(
+            mesh["call_loop_tasks_per_s"], pool["apply_one_by_one_tasks_per_s"]
         ),
         "tasks_per_s_mesh_over_pool_map": ratio(
             mesh["map_tasks_per_s"], pool["pool_map_tasks_per_s"]
