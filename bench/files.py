@@ -4,9 +4,12 @@ Two real nodes on 127.0.0.1 that know each other (their data dirs in a temp dir 
 this machine's disk, so puts pay for fsync like a real node). For each size, ``put``
 (1 replica: client -> node, the figure to hold against raw TCP; and 2 replicas, the
 default) and ``get`` (node -> a local file), each byte checked by SHA-256 on both
-ends; raw loopback TCP throughput is measured in the same run. Then the time to first
-byte of ``getf`` inside a job whose node lacks the blob (it pulls it from its peer
-first), and from a client. Prints one JSON object.
+ends; raw loopback TCP throughput is measured in the same run, and so is the disk's
+own floor for a put: plain Python writing the same size to a new file in the nodes'
+data dir (16 MiB writes of one buffer), then fdatasync, as a put must before it
+returns. Then the time to first byte of ``getf`` inside a job whose node lacks the
+blob (it pulls it from its peer first), and from a client. Prints one JSON object.
+With ``--repeat N`` every figure is the median of N runs.
 
     python bench/files.py              # 1 MB, 100 MB and 1 GB
     python bench/files.py --quick      # 1 MB and 100 MB
@@ -20,6 +23,7 @@ import os
 import secrets
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -75,6 +79,49 @@ def raw_tcp_mb_s(size: int) -> float:
     return size / MB / done[0]
 
 
+def disk_mb_s(folder: Path, size: int) -> float:
+    """Write ``size`` bytes to a new file in ``folder`` with big writes, then fdatasync:
+    the most a put that returns once its bytes are durable can get from this disk."""
+    block = memoryview(os.urandom(16 * MB))
+    path = folder / f".disk-floor-{secrets.token_hex(4)}.bin"
+    t0 = perf()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        left = size
+        while left > 0:
+            left -= os.write(fd, block[: min(len(block), left)])
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    dt = perf() - t0
+    path.unlink()
+    return size / MB / dt
+
+
+def median_of(repeat: int, measure: Any, *args: Any) -> float:
+    return statistics.median(measure(*args) for _ in range(repeat))
+
+
+def put_mb_s(c: mesh.Client, src: Path, name: str, replicas: int) -> float:
+    """Put ``src`` as ``name`` with a new first block (so a new blob: no repeat
+    replaces the blob of the one before), then delete it, untimed."""
+    with open(src, "r+b") as f:
+        f.write(os.urandom(8))
+    t0 = perf()
+    c.files.put(src, name, replicas=replicas)
+    mb_s = src.stat().st_size / MB / (perf() - t0)
+    c.files.delete(name)
+    return mb_s
+
+
+def get_mb_s(c: mesh.Client, name: str, size: int, dest: Path) -> float:
+    t0 = perf()
+    c.files.get(name, dest)
+    mb_s = size / MB / (perf() - t0)
+    dest.unlink()
+    return mb_s
+
+
 def make_file(path: Path, size: int) -> None:
     block = os.urandom(MB)
     with open(path, "wb") as f:
@@ -96,6 +143,7 @@ def first_byte_in_job(name: str) -> tuple[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 MB and 100 MB only")
+    p.add_argument("--repeat", type=int, default=1, help="median of this many runs (default 1)")
     p.add_argument(
         "--dir", default=None, help="where nodes and test files live (default: a temp dir)"
     )
@@ -105,7 +153,8 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(32)
     procs = []
-    out: dict[str, Any] = {"cpus": os.cpu_count(), "sizes_mb": [s // MB for s in sizes]}
+    out: dict[str, Any] = {"cpus": os.cpu_count(), "sizes_mb": [s // MB for s in sizes],
+                           "repeat": args.repeat}  # fmt: skip
     try:
         p1, a1 = start_node(secret, "n1", 1, str(base))
         procs.append(p1)
@@ -122,25 +171,25 @@ def main() -> None:
                 src = base / f"src-{size // MB}MB.bin"
                 make_file(src, size)
                 row: dict[str, Any] = {"mb": size // MB}
-                raw = raw_tcp_mb_s(max(size, 100 * MB))
+                raw = median_of(args.repeat, raw_tcp_mb_s, max(size, 100 * MB))
                 row["raw_tcp_mb_s"] = round(raw, 1)
+                disk = median_of(args.repeat, disk_mb_s, base / "n1", size)
+                row["disk_write_fdatasync_mb_s"] = round(disk, 1)
                 for replicas in (1, 2):
                     name = f"bench/{size // MB}MB-r{replicas}"
-                    t0 = perf()
-                    c.files.put(src, name, replicas=replicas)
-                    row[f"put_r{replicas}_mb_s"] = round(size / MB / (perf() - t0), 1)
-                dest = base / "dest.bin"
-                t0 = perf()
-                c.files.get(f"bench/{size // MB}MB-r1", dest)
-                row["get_mb_s"] = round(size / MB / (perf() - t0), 1)
-                dest.unlink()
+                    mb_s = median_of(args.repeat, put_mb_s, c, src, name, replicas)
+                    row[f"put_r{replicas}_mb_s"] = round(mb_s, 1)
+                c.files.put(src, f"bench/{size // MB}MB-r1", replicas=1)  # for the gets
+                mb_s = median_of(args.repeat, get_mb_s, c, f"bench/{size // MB}MB-r1", size,
+                                 base / "dest.bin")  # fmt: skip
+                row["get_mb_s"] = round(mb_s, 1)
                 row["put_vs_raw"] = round(row["put_r1_mb_s"] / raw, 3)
                 row["get_vs_raw"] = round(row["get_mb_s"] / raw, 3)
+                row["put_vs_disk"] = round(row["put_r1_mb_s"] / disk, 3)
                 log(json.dumps(row))
                 rows.append(row)
                 src.unlink()
-                for replicas in (1, 2):
-                    c.files.delete(f"bench/{size // MB}MB-r{replicas}")
+                c.files.delete(f"bench/{size // MB}MB-r1")
             out["transfers"] = rows
             ttfb = {}
             for size in (1 * MB, 100 * MB):

@@ -692,6 +692,7 @@ class AsyncClient:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         self._flush_acks()  # so nodes may expire what we hold after their TTL, not a day
+        await self.files.close()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:

@@ -15,12 +15,11 @@ import glob as _glob
 import io
 import os
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
-
-import aiofiles
 
 from mesh._connection import Connection
 from mesh._hash import hash_file
@@ -85,6 +84,14 @@ class AsyncFiles:
         self._local = local  # a job on its node's machine: blobs are opened in place
         self.transfers = Transfers()
         self._introduced: set[tuple[int, int]] = set()
+        self._downloads: set[asyncio.Task[None]] = set()  # the streamed getf's
+
+    async def close(self) -> None:
+        """Stop the downloads of streamed ``getf`` files still open (their reads fail)."""
+        for task in list(self._downloads):
+            task.cancel()
+        if self._downloads:
+            await asyncio.gather(*self._downloads, return_exceptions=True)
 
     def handle(self, conn: Connection, msg: Any) -> bool:
         """A message from a node: True if it belonged to a files request."""
@@ -135,15 +142,14 @@ class AsyncFiles:
         path = os.fspath(path)
         name = name if name is not None else os.path.basename(path)
         try:
-            f = await aiofiles.open(path, "rb")
+            f = await asyncio.to_thread(_open_raw, path)
         except OSError as exc:
             raise FilesError(f"cannot read {path} to store it as {name!r}: {exc}",
                              name=name) from exc  # fmt: skip
         try:
-            size = os.fstat(f.fileno()).st_size
-            return await self._put(name, size, f.read, replicas)
+            return await self._put(name, os.fstat(f.fileno()).st_size, f, replicas)
         finally:
-            await f.close()
+            f.close()
 
     async def putf(self, fileobj: IO[bytes] | IO[str] | bytes, name: str,
                    replicas: int = DEFAULT_REPLICAS) -> FileInfo:  # fmt: skip
@@ -157,15 +163,19 @@ class AsyncFiles:
 
         return await self._put(name, -1, read, replicas)
 
-    async def _put(self, name: str, size: int, read: Callable[[int], Any], replicas: int,
-                   hash: str = "") -> FileInfo:  # fmt: skip
+    async def _put(self, name: str, size: int, source: Callable[[int], Any] | IO[bytes],
+                   replicas: int, hash: str = "") -> FileInfo:  # fmt: skip
+        """Send ``source`` (an unbuffered file, or an async ``read(n)``) as ``name``."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a file name is a non-empty str, not {name!r}")
         link = self._usable()[0]
         with self.transfers.open(self._conn(link)) as stream:
             stream.send(FilePut(stream.req, name, size, max(1, replicas), hash))
             try:
-                await stream.send_chunks(file_chunks(read))
+                if callable(source):
+                    await stream.send_chunks(file_chunks(source))
+                else:
+                    await stream.send_file(source)
                 reply = await _reply(stream)
             except FilesError as exc:
                 raise type(exc)(f"storing {name!r} on node {link.name}: {exc}", name=name) from exc
@@ -225,14 +235,11 @@ class AsyncFiles:
         holding = [lk for lk in links if lk.node_id and lk.name in info.nodes]
         return info, (holding or links)[0]
 
-    async def _download(self, name: str, out: IO[bytes]) -> FileInfo:
-        """Stream ``name`` into ``out``; one retry from another node on a bad copy."""
-
-        async def write(data: bytes) -> None:
-            # In a thread: the loop goes on reading the next chunks meanwhile.
-            await asyncio.to_thread(out.write, data)
-
+    async def _download(self, name: str, out: IO[bytes], into: _Streamed | None = None) -> FileInfo:
+        """Stream ``name`` into ``out``; one retry from another node on a bad copy.
+        ``into`` (a streamed getf's file) hears of the size and of every chunk written."""
         errors: list[str] = []
+        write = _write_all(out)
         for attempt in range(2):
             info, link = await self._open_get(name)
             if attempt and len(self._usable()) > 1:
@@ -245,17 +252,24 @@ class AsyncFiles:
                 if err is not None:
                     raise err
                 entry = head.entries[0]
+                if into is not None:
+                    into.started(entry[2])
                 try:
-                    digest, _ = await stream.receive_chunks(write)
+                    digest, _ = await stream.receive_chunks(
+                        write, written=into.written if into is not None else None
+                    )
                 except FileCorrupted as exc:
                     errors.append(f"node {link.name}: {exc}")
-                    out.seek(0)  # start again
-                    out.truncate()
+                    _restart(out, into, errors[-1])
                     continue
+                except BaseException as exc:  # closed early, or a local error: stop the node
+                    with contextlib.suppress(MeshError):
+                        stream.send(FileReply(stream.req, error_kind="failed",
+                                              error=f"the client stopped reading: {exc!r}"))  # fmt: skip
+                    raise
             if digest != entry[1]:
                 errors.append(f"node {link.name} sent bytes hashing to {digest[:12]}")
-                out.seek(0)
-                out.truncate()
+                _restart(out, into, errors[-1])
                 continue
             return FileInfo.from_entry(entry, ())
         raise FileCorrupted(f"no good copy of {name!r} could be read: {'; '.join(errors)}",
@@ -301,6 +315,36 @@ class AsyncFiles:
         out.seek(0)
         return out
 
+    async def getf_streamed(self, name: str) -> IO[bytes]:
+        """``getf`` for a caller on another thread than this loop's (the sync ``Files``):
+        the file comes back as soon as a node starts sending, and its reads wait for
+        their bytes (see :class:`_Streamed`). A job still opens its node's copy."""
+        if self._local:
+            return await self.getf(name)
+        out = await asyncio.to_thread(tempfile.TemporaryFile, "w+b", 0)
+        raw = _Streamed(out, name)
+        loop = asyncio.get_running_loop()
+
+        async def download() -> None:
+            try:
+                await self._download(name, out, raw)
+            except BaseException as exc:  # the reader raises it; the task ends here
+                raw.finish(exc if isinstance(exc, Exception) else
+                           FilesError(f"download of {name!r} stopped", name=name))  # fmt: skip
+            else:
+                raw.finish(None)
+
+        task = loop.create_task(download())
+        self._downloads.add(task)
+        task.add_done_callback(self._downloads.discard)
+        raw.stop = lambda: _call_soon(loop, task.cancel)
+        try:
+            await raw.wait_started()
+        except BaseException:
+            raw.close()
+            raise
+        return io.BufferedReader(raw, 1 << 20)
+
     async def _local_path(self, name: str) -> str:
         reply = await self._ask(lambda req: FileGet(req, name, local=True))
         err = reply_error(reply, name)
@@ -322,9 +366,12 @@ class AsyncFiles:
             if known is not None and known.hash == h:
                 report.unchanged.append(name)
                 continue
-            async with aiofiles.open(path, "rb") as f:
+            f = await asyncio.to_thread(_open_raw, path)
+            try:
                 size = os.fstat(f.fileno()).st_size
-                await self._put(name, size, f.read, replicas, hash=h)
+                await self._put(name, size, f, replicas, hash=h)
+            finally:
+                f.close()
             report.sent.append(name)
             report.bytes_sent += size
         return report
@@ -356,6 +403,10 @@ def _open_read(path: str) -> IO[bytes]:
     return open(path, "rb")  # the caller closes it
 
 
+def _open_raw(path: str) -> IO[bytes]:
+    return open(path, "rb", buffering=0)  # Stream.send_file reads into its own buffers
+
+
 def _copy(src: str, dest: str) -> None:
     import shutil
 
@@ -370,6 +421,167 @@ def _copy(src: str, dest: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def _write_all(out: IO[bytes]) -> Callable[[bytes], Awaitable[None]]:
+    """``out.write`` in a thread until every byte is written (an unbuffered file may
+    write fewer)."""
+
+    def write_all(data: bytes) -> None:
+        with memoryview(data) as view:
+            done = 0
+            while done < len(view):
+                with view[done:] as rest:
+                    done += out.write(rest) or 0
+
+    async def write(data: bytes) -> None:
+        await asyncio.to_thread(write_all, data)
+
+    return write
+
+
+def _restart(out: IO[bytes], into: _Streamed | None, why: str) -> None:
+    if into is not None:
+        into.restart(why)
+    out.seek(0)  # start again
+    out.truncate()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs any more
+        loop.call_soon_threadsafe(fn)
+
+
+class _Streamed(io.RawIOBase):
+    """A streamed ``getf``: the content of ``name`` arriving in an unnamed temp file,
+    read from another thread than the loop's. A read waits until its bytes are written
+    and returns what there is (at most a chunk's worth at a time). The end of the file
+    (b"") comes only once the whole content matched its hash, and ``readall`` waits
+    for that; if it did not match, the read raises FileCorrupted. A failed copy is
+    fetched again from another node, unless bytes of it were already read."""
+
+    def __init__(self, f: IO[bytes], name: str) -> None:
+        super().__init__()
+        self._f = f
+        self.name = name
+        self._cond = threading.Condition()
+        self._size = -1  # known once a node answers
+        self._have = 0  # bytes written to the temp file (of the current copy)
+        self._done = False  # the content is all there and checked, or failed
+        self._error: BaseException | None = None
+        self._read_any = False
+        self._pos = 0
+        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stop: Callable[[], None] = lambda: None
+
+    # ---- the loop's side ----
+
+    def started(self, size: int) -> None:
+        with self._cond:
+            self._size = size
+        if not self._started.done():
+            self._started.set_result(None)
+
+    def written(self, have: int) -> None:
+        with self._cond:
+            self._have = have
+            self._cond.notify_all()
+
+    def restart(self, why: str) -> None:
+        with self._cond:
+            self._have = 0
+            if self._read_any and self._error is None:
+                self._error = FileCorrupted(
+                    f"the copy of {self.name!r} being read failed its hash check ({why}); "
+                    "open it again", name=self.name)  # fmt: skip
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None) -> None:
+        with self._cond:
+            self._done = True
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
+        if not self._started.done():
+            if error is None:
+                self._started.set_result(None)
+            else:
+                self._started.set_exception(error)
+
+    async def wait_started(self) -> None:
+        await asyncio.shield(self._started)
+
+    # ---- the reader's side ----
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            pos += self._pos
+        elif whence == io.SEEK_END:
+            pos += self._size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def _available(self, whole: bool = False) -> int:
+        """Bytes readable at the position (0: the checked end), once there are any."""
+        with self._cond:
+            while True:
+                if self.closed:
+                    raise ValueError("I/O operation on closed file")
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    return max(0, self._have - self._pos)
+                if not whole and self._have > self._pos:
+                    self._read_any = True
+                    return self._have - self._pos
+                self._cond.wait()
+
+    def readinto(self, b: Any) -> int:
+        with memoryview(b) as view:
+            while True:
+                n = self._available()
+                if not n:
+                    return 0
+                with view[: min(n, len(view))] as into:
+                    got = os.preadv(self._f.fileno(), [into], self._pos)
+                if got:  # else a failed copy was cut short under us: wait again
+                    self._pos += got
+                    return got
+
+    def readall(self) -> bytes:
+        n = self._available(whole=True)
+        out = bytearray(n)
+        with memoryview(out) as view:
+            done = 0
+            while done < n:
+                with view[done:] as rest:
+                    got = os.preadv(self._f.fileno(), [rest], self._pos + done)
+                if not got:
+                    break
+                done += got
+        self._pos += done
+        return bytes(out) if done == n else bytes(out[:done])
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stop()
+            with self._cond:
+                super().close()
+                self._cond.notify_all()
+            self._f.close()
 
 
 async def _reply(stream: Stream) -> FileReply:
@@ -403,8 +615,11 @@ class Files:
         return self._run(self._a.get(name, path))  # type: ignore[no-any-return]
 
     def getf(self, name: str) -> IO[bytes]:
-        """A readable, seekable file object with the content of ``name``."""
-        return self._run(self._a.getf(name))  # type: ignore[no-any-return]
+        """A readable, seekable file object with the content of ``name``, returned as
+        soon as its bytes start coming: reads wait for theirs. Reading to the end (a
+        read that returns b"", or ``read()``) raises FileCorrupted if the content did
+        not match its hash; bytes read before the end were not checked yet."""
+        return self._run(self._a.getf_streamed(name))  # type: ignore[no-any-return]
 
     def delete(self, name: str) -> None:
         self._run(self._a.delete(name))

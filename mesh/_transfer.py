@@ -6,23 +6,38 @@ ever holds more than a window of a file in memory, whatever its size. Both ends 
 what passes (the content hash, ``mesh._hash``) and the receiver checks the sender's
 hash at the end: a transfer that fails leaves nothing behind and a retry starts
 again from byte 0.
+
+The bytes are handled off the event loop: a file is read and hashed in a worker
+thread into a few reused buffers (one read ahead while the loop sends the last), and
+received chunks are hashed in a worker thread and written off the loop (aiofiles on
+the node), so the loop mostly moves frames (MAC and socket). A sent buffer is reused
+once the receiver acknowledged it: its bytes have left this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import mmap
+import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO
 
 from mesh._connection import Connection
-from mesh._hash import new_hash
+from mesh._frames import ATTACH_MIN, allocate_buffer, recycle_buffer
+from mesh._hash import ContentHash, new_hash
 from mesh._protocol import FileAck, FileChunk, FileEnd, FileReply, Message
 from mesh.errors import ConnectionLost, FileCorrupted, FilesError, MeshError
 
-__all__ = ["CHUNK", "WINDOW", "Stream", "Transfers"]
+__all__ = ["CHUNK", "WINDOW", "Stream", "Transfers", "read_full"]
 
 CHUNK = 4 << 20
 WINDOW = 24 << 20
+# send_file keeps at most this much unacknowledged (then a chunk being sent and one
+# being read): enough to keep loopback busy, and a bounded set of reused buffers.
+FILE_WINDOW = 16 << 20
 POLL_S = 0.5  # how often a waiting transfer looks whether its connection is gone
 IDLE_S = 60.0  # a peer that sends nothing for this long fails the transfer
 
@@ -36,10 +51,19 @@ class Stream:
         self.req = req
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.unacked = 0
+        self.acked = 0  # bytes acknowledged since the stream opened
         self._room = asyncio.Event()
+        # send_file's buffers: sent and not yet acknowledged (end offset, buffer), free.
+        self._sent: deque[tuple[int, bytearray | mmap.mmap]] = deque()
+        self._free: list[bytearray | mmap.mmap] = []
 
     def close(self) -> None:
         self._owner._streams.pop((id(self.conn), self.req), None)
+        for buf in self._free:
+            if len(buf) == CHUNK:
+                recycle_buffer(buf)
+        self._free.clear()
+        self._sent.clear()  # maybe still queued for the socket: never reused
 
     def __enter__(self) -> Stream:
         return self
@@ -49,6 +73,10 @@ class Stream:
 
     def _acked(self, n: int) -> None:
         self.unacked -= n
+        self.acked += n
+        sent = self._sent
+        while sent and sent[0][0] <= self.acked:
+            self._free.append(sent.popleft()[1])
         if self.unacked < WINDOW:
             self._room.set()
 
@@ -96,6 +124,51 @@ class Stream:
             # Inline: a 4 MB chunk hashes in under a millisecond, less than a thread hop.
             h.update(data)
             size += len(data)
+        return self._end(h, size, expect)
+
+    async def send_file(self, f: IO[bytes], expect: str = "") -> tuple[str, int] | None:
+        """:meth:`send_chunks` for a file opened unbuffered (``buffering=0``), read
+        from its position to its end: each chunk is read and hashed in a worker thread
+        into a reused buffer while the loop sends the one before."""
+        h = new_hash()
+        size = 0
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):  # a small file: one buffer of its size, plus one
+            left = os.fstat(f.fileno()).st_size - f.tell()  # byte to see its end at once
+            if left < CHUNK:
+                self._free.append(bytearray(max(left, 0) + 1))
+        buf = self._take()
+        reading = loop.run_in_executor(None, _read_hashed, f, buf, h)
+        try:
+            while n := await reading:
+                end = n < len(buf)  # a short read: the file ends here
+                data: bytes | bytearray | memoryview = (
+                    memoryview(buf)[:n] if n >= ATTACH_MIN else buf[:n]
+                )
+                if not await self._wait_room(FILE_WINDOW):
+                    return None
+                cur = buf
+                if not end:  # the next read runs while this chunk is MAC'd and sent
+                    buf = self._take()
+                    reading = loop.run_in_executor(None, _read_hashed, f, buf, h)
+                self._sent.append((self.acked + self.unacked + n, cur))
+                self.unacked += n
+                self.send(FileChunk(self.req, data))  # type: ignore[arg-type]
+                size += n
+                if end:
+                    break
+        finally:
+            if not reading.done():  # cancelled, or the link failed: let the read finish
+                reading.add_done_callback(_ignore_result)
+        return self._end(h, size, expect)
+
+    def _take(self) -> bytearray | mmap.mmap:
+        """A free chunk buffer (FILE_WINDOW bounds how many there are)."""
+        if self._free:
+            return self._free.pop()
+        return allocate_buffer(CHUNK)
+
+    def _end(self, h: ContentHash, size: int, expect: str) -> tuple[str, int]:
         digest = h.hexdigest()
         if expect and digest != expect:
             why = f"corrupt: the sender's copy of blob {expect[:12]} failed its hash check"
@@ -104,10 +177,11 @@ class Stream:
             self.send(FileEnd(self.req, digest))
         return digest, size
 
-    async def send_chunk(self, data: bytes) -> bool:
-        """Send one chunk once the window has room for it. False, having sent FileEnd
-        with an error, when the receiver answered early (its FileReply is in the inbox)."""
-        while self.unacked >= WINDOW and self.inbox.empty():
+    async def _wait_room(self, limit: int = WINDOW) -> bool:
+        """Wait until fewer than ``limit`` bytes are unacknowledged. False, having sent
+        FileEnd with an error, when the receiver answered early (its FileReply is in
+        the inbox)."""
+        while self.unacked >= limit and self.inbox.empty():
             self._room.clear()
             self._check()
             try:
@@ -116,6 +190,13 @@ class Stream:
                 pass
         if not self.inbox.empty():
             self.send(FileEnd(self.req, "", "stopped: the receiver answered"))
+            return False
+        return True
+
+    async def send_chunk(self, data: bytes) -> bool:
+        """Send one chunk once the window has room for it. False, having sent FileEnd
+        with an error, when the receiver answered early (its FileReply is in the inbox)."""
+        if not await self._wait_room():
             return False
         self.unacked += len(data)
         self.send(FileChunk(self.req, data))
@@ -128,22 +209,40 @@ class Stream:
             if isinstance(msg, FileReply):
                 return msg
 
-    async def receive_chunks(self, write: Callable[[bytes], Awaitable[None]]) -> tuple[str, int]:
+    async def receive_chunks(
+        self,
+        write: Callable[[bytes], Awaitable[object]],
+        *,
+        forward: Callable[[bytes], Awaitable[None]] | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> tuple[str, int]:
         """Write every chunk until FileEnd, acknowledging each; return (hash, size).
 
+        Each chunk is first passed on (``forward``), then hashed in a worker thread,
+        then written (``await write(data)``: the node's blob through aiofiles, a
+        client's file in a thread); ``written(size)`` follows each write.
         Raises FileCorrupted when the bytes do not match the sender's hash, and
         FilesError when the sender stopped (its reason) or answered instead.
         """
         h = new_hash()
         size = 0
+        loop = asyncio.get_running_loop()
         while True:
             msg = await self.next()
             if isinstance(msg, FileChunk):
                 data = msg.data
+                del msg
                 size += len(data)
-                h.update(data)
+                if forward is not None:
+                    await forward(data)
+                await loop.run_in_executor(None, h.update, data)
                 await write(data)
+                if written is not None:
+                    written(size)
                 self.send(FileAck(self.req, len(data)))
+                if forward is None and not isinstance(data, bytes):
+                    recycle_buffer(data)  # hashed, written and passed on to no one
+                del data
             elif isinstance(msg, FileEnd):
                 if msg.error.startswith("corrupt"):
                     raise FileCorrupted(f"{self.conn.peer_label} stopped sending: {msg.error}")
@@ -196,6 +295,32 @@ class Transfers:
         for stream in list(self._streams.values()):
             if stream.conn is conn:
                 stream._room.set()
+
+
+def read_full(f: IO[bytes], buf: bytearray | mmap.mmap) -> int:
+    """Fill ``buf`` from an unbuffered file (short only at its end); bytes read."""
+    view = memoryview(buf)
+    got = 0
+    with view:
+        while got < len(view):
+            n = f.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                break
+            got += n
+    return got
+
+
+def _read_hashed(f: IO[bytes], buf: bytearray | mmap.mmap, h: ContentHash) -> int:
+    n = read_full(f, buf)
+    if n:
+        with memoryview(buf) as view, view[:n] as data:
+            h.update(data)
+    return n
+
+
+def _ignore_result(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def file_chunks(read: Callable[[int], Awaitable[bytes]]) -> AsyncIterator[bytes]:

@@ -20,9 +20,7 @@ import tempfile
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import aiofiles
+from typing import IO, TYPE_CHECKING, Any
 
 from mesh._connection import Connection, open_connection
 from mesh._hash import is_hash
@@ -40,7 +38,7 @@ from mesh._protocol import (
     Holders,
     Message,
 )
-from mesh._transfer import Stream, Transfers, file_chunks
+from mesh._transfer import Stream, Transfers
 from mesh.errors import FileCorrupted, FilesError, FileStoreFull, MeshError, MeshFileNotFound
 from node._blobs import BlobStore
 
@@ -66,6 +64,10 @@ def _rereplicate_after_s() -> float:
         return float(os.environ.get("MESH_FILES_REREPLICATE_S", "30"))
     except ValueError:
         return 30.0
+
+
+def _open_raw(path: Path) -> IO[bytes]:
+    return open(path, "rb", buffering=0)  # Stream.send_file reads into its own buffers
 
 
 def _bad_name(name: str) -> str | None:
@@ -465,14 +467,15 @@ class FileService:
         assert self.store is not None
         writer = self.store.writer()
 
-        async def write(data: bytes) -> None:
+        async def forward(data: bytes) -> None:
             for fw in forwards:
                 await fw.send(data)
-            await writer.write(data)
 
         try:
             await writer.open()
-            h, size = await stream.receive_chunks(write if forwards else writer.write)
+            h, size = await stream.receive_chunks(
+                writer.write, forward=forward if forwards else None
+            )
             for fw in forwards:  # the hash checked out: the peers fsync while we do
                 fw.end(h)
             await writer.commit(h)
@@ -515,8 +518,11 @@ class FileService:
         h = entry[1]
         with self.transfers.open(conn) as stream:
             stream.send(FilePut(stream.req, entry[0], entry[2], 1, h, entry[3]))
-            async with aiofiles.open(self.store.path(h), "rb") as f:
-                await stream.send_chunks(file_chunks(f.read))
+            f = await asyncio.to_thread(_open_raw, self.store.path(h))
+            try:
+                await stream.send_file(f)
+            finally:
+                f.close()
             while True:
                 reply = await stream.next()
                 if isinstance(reply, FileReply):
@@ -561,7 +567,7 @@ class FileService:
                 stream.send(FileReply(msg.req, (entry,), path=str(path)))
                 return
             try:
-                f = await aiofiles.open(path, "rb")
+                f = await asyncio.to_thread(_open_raw, path)
             except OSError as exc:
                 self.store.remove(h)
                 stream.send(FileReply(msg.req, error_kind="unavailable",
@@ -569,12 +575,12 @@ class FileService:
                 return
             stream.send(FileReply(msg.req, (entry,)))
             try:
-                sent = await stream.send_chunks(file_chunks(f.read), expect=h)
+                sent = await stream.send_file(f, expect=h)
             except MeshError as exc:
                 log.info("sending %r to %s stopped: %s", msg.name or h, stream.conn.peer_label, exc)
                 return
             finally:
-                await f.close()
+                f.close()
             if sent is not None and sent[0] != h:
                 log.error("blob %s (%r) failed its hash check; dropped", h, msg.name)
                 self._drop(h)

@@ -548,3 +548,99 @@ def test_a_store_named_by_sha256_is_rehashed_once_at_start(tmp_path):
         finally:
             store.close()
     assert (tmp_path / "blobs" / "HASH").read_text() == "BLAKE3\n"
+
+
+# ---- chunk boundaries and streamed getf ----
+
+
+def test_sizes_around_the_chunk_and_attachment_boundaries_round_trip(
+    node_factory, secret, tmp_path
+):
+    """put (read ahead into reused buffers, passed on to the second node as it arrives),
+    get and getf, at every size where a transfer changes how it cuts or ends."""
+    from mesh._frames import ATTACH_MIN
+    from mesh._transfer import CHUNK
+
+    nodes = peered(node_factory, 2)
+    sizes = [0, 1, ATTACH_MIN - 1, ATTACH_MIN, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK]
+    with mesh.Client([n.address for n in nodes], secret) as c:
+        linked(c, tmp_path, 2)
+        for size in sizes:
+            src = tmp_path / f"s{size}.bin"
+            data = os.urandom(size)
+            src.write_bytes(data)
+            info = c.files.put(src, f"sizes/{size}", replicas=2)
+            assert info.size == size and info.hash == blake3(data).hexdigest()
+            assert sorted(info.nodes) == ["n1", "n2"]
+            for n in nodes:
+                assert blob_path(n, info.hash).read_bytes() == data
+            out = Path(c.files.get(f"sizes/{size}", tmp_path / "out.bin"))
+            assert out.read_bytes() == data
+            assert readf(c, f"sizes/{size}") == data
+
+
+def test_a_streamed_getf_reads_seeks_and_can_be_closed_before_the_end(
+    node_factory, secret, tmp_path
+):
+    import io
+
+    (n1,) = peered(node_factory, 1)
+    data = os.urandom(3 << 20) * 10 + b"the end"  # ~30 MB, several chunks
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    with mesh.Client([n1.address], secret) as c:
+        info = c.files.put(src, "stream/big.bin", replicas=1)
+        with c.files.getf("stream/big.bin") as f:
+            assert f.readable() and f.seekable()
+            assert f.read(10) == data[:10]
+            assert f.seek(-7, io.SEEK_END) == len(data) - 7
+            assert f.read() == b"the end"
+            f.seek(5 << 20)
+            assert f.tell() == 5 << 20
+            got = bytearray()
+            while piece := f.read(1 << 20):  # the end, b"", only once the hash checked
+                got += piece
+            assert bytes(got) == data[5 << 20 :]
+        for _ in range(3):  # closed early: its download stops, and nothing is left over
+            f = c.files.getf("stream/big.bin")
+            assert f.read(3) == data[:3]
+            f.close()
+            with pytest.raises(ValueError):
+                f.read(1)
+        assert readf(c, "stream/big.bin") == data
+        wait_for(lambda: not c.files._a._downloads, what="the downloads of closed files end")
+
+        def node_has_it_open() -> bool:
+            blob = str(blob_path(n1, info.hash))
+            fds = Path(f"/proc/{n1.pid}/fd")
+            return any(os.readlink(fds / fd) == blob for fd in os.listdir(fds))
+
+        wait_for(lambda: not node_has_it_open(), what="the node stops sending to closed files")
+        with pytest.raises(MeshFileNotFound):
+            c.files.getf("stream/nope")
+
+
+def test_a_streamed_getf_read_to_the_end_never_ends_with_bad_bytes(node_factory, secret, tmp_path):
+    """A copy failing its hash on the node: the reader either gets the good copy
+    fetched again or FileCorrupted, never a clean end of wrong bytes."""
+    n1, n2 = peered(node_factory, 2)
+    payload = os.urandom(6 << 20)
+    with mesh.Client([n1.address, n2.address], secret) as c:
+        linked(c, tmp_path, 2)
+        info = c.files.putf(payload, "c/stream.bin")
+    path = blob_path(n1, info.hash)
+    path.chmod(stat.S_IWUSR | stat.S_IRUSR)
+    with open(path, "r+b") as f:
+        f.seek(5 << 20)
+        f.write(b"\0garbage\0")
+    with mesh.Client([n1.address], secret) as c:
+        got = bytearray()
+        try:
+            with c.files.getf("c/stream.bin") as f:
+                while piece := f.read(100_000):
+                    got += piece
+        except mesh.FileCorrupted as exc:
+            assert "c/stream.bin" in str(exc)
+        else:
+            assert bytes(got) == payload
+        assert readf(c, "c/stream.bin") == payload  # the node fetched a good copy again

@@ -895,3 +895,46 @@ def test_attack_flipped_bit_read_directly_into_an_attachment() -> None:
     data[300_000] ^= 0x01
     with pytest.raises(RemoteProtocolError, match="MAC"):
         _deliver_like_a_buffered_protocol(pair.server, bytes(data), chunk=50_000)
+
+
+# ---- recycled attachment buffers ----
+
+
+def _forget_recycled() -> None:
+    """Start from no recycled buffers (this process's clients may have left some)."""
+    from mesh import _frames
+
+    with _frames._recycled_lock:
+        _frames._recycled.clear()
+        _frames._recycled_bytes = 0
+
+
+def test_a_recycled_buffer_is_handed_out_again_for_its_size_only() -> None:
+    from mesh._frames import allocate_buffer, recycle_buffer
+
+    _forget_recycled()
+    size = (4 << 20) + 4096
+    buf = allocate_buffer(size)
+    buf[:5] = b"hello"
+    recycle_buffer(buf)
+    assert len(allocate_buffer(size + 4096)) == size + 4096  # another size: a new one
+    again = allocate_buffer(size)
+    assert again is buf and again[:5] == b"hello"  # as it was given back
+    assert allocate_buffer(size) is not buf  # handed out once
+
+
+def test_small_buffers_are_not_kept_and_the_kept_bytes_are_capped() -> None:
+    from mesh import _frames
+    from mesh._frames import RECYCLED_MAX, allocate_buffer, recycle_buffer
+
+    _forget_recycled()
+    small = allocate_buffer(1000)
+    recycle_buffer(small)
+    assert allocate_buffer(1000) is not small
+    size = (2 << 20) + 8192
+    bufs = [allocate_buffer(size) for _ in range(RECYCLED_MAX // size + 2)]
+    for b in bufs:
+        recycle_buffer(b)
+    assert _frames._recycled_bytes <= RECYCLED_MAX
+    kept = [allocate_buffer(size) for _ in bufs]
+    assert sum(any(k is b for b in bufs) for k in kept) == RECYCLED_MAX // size
