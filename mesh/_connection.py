@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 from mesh._auth import ClientHandshake, ServerHandshake
@@ -89,7 +89,7 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = False
         # Buffers waiting while the transport is paused: large payloads are handed to
         # the transport as fast as the socket drains, never copied into its buffer whole.
-        self._outbox: deque[bytes | memoryview] = deque()
+        self._outbox: deque[bytes | memoryview | Iterator[bytes | memoryview]] = deque()
         self._hello_seen = False
         self._close_when_flushed = False
         # Loop time the peer last showed life: it sent bytes, or took ours off the socket.
@@ -228,11 +228,13 @@ class Connection(asyncio.BufferedProtocol):
 
     def _write(self, msg: Message) -> None:
         assert self.transport is not None
-        buffers = self.codec.send(msg)
-        if len(buffers) == 1 and not self._outbox:
+        buffers, rest = self.codec.send_stream(msg)
+        if rest is None and len(buffers) == 1 and not self._outbox:
             self.transport.write(buffers[0])
         else:
             self._outbox.extend(buffers)
+            if rest is not None:
+                self._outbox.append(rest)  # frames MAC'd as the socket takes them
             self._flush()
 
     def _flush(self) -> None:
@@ -248,6 +250,12 @@ class Connection(asyncio.BufferedProtocol):
         small: list[bytes | memoryview] = []
         while outbox and not self._paused:
             b = outbox.popleft()
+            if not isinstance(b, bytes | memoryview):
+                taken = next(b, None)
+                if taken is None:
+                    continue
+                outbox.appendleft(b)
+                b = taken
             if len(b) <= WRITE_SLICE:
                 small.append(b)
                 if outbox and len(small) < 64:

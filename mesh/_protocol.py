@@ -8,9 +8,11 @@ well-typed message or raise :class:`RemoteProtocolError`; nothing else escapes.
 This module does no I/O.
 """
 
+import contextlib
 import dataclasses
 import mmap
 import os
+import struct
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -64,9 +66,12 @@ __all__ = [
     "Results",
     "Run",
     "Submit",
+    "SharedOpener",
     "WorkerReady",
     "decode",
     "encode",
+    "open_shared_file",
+    "shared_path",
 ]
 
 # 2: frames carry a GMAC (AES-256-GCM), not a truncated HMAC-SHA256
@@ -101,7 +106,8 @@ class Message:
 
     __slots__: ClassVar[tuple[str, ...]] = ()
     TAG: ClassVar[int] = -1
-    # Fields that may hold large byte strings (received as bytearray or mmap), sent out of band as attachments:
+    # Fields that may hold large byte strings (received as bytearray, mmap or memoryview),
+    # sent out of band as attachments:
     # (field name, index inside each item of that field, or -1 for the field itself).
     BLOBS: ClassVar[tuple[tuple[str, int], ...]] = ()
     _checks: ClassVar[tuple[Callable[[Any], bool], ...]] = ()
@@ -121,8 +127,9 @@ def _expr(tp: Any, var: str, depth: int = 0) -> str:
         return f"({var} is True or {var} is False)"
     if tp is float:
         return f"(type({var}) is float or type({var}) is int)"
-    if tp is bytes:  # attachments arrive as bytearray
-        return f"(type({var}) is bytes or type({var}) is bytearray or type({var}) is _mmap)"
+    if tp is bytes:  # attachments arrive as bytearray, mmap, or a node's shared block view
+        return (f"(type({var}) is bytes or type({var}) is bytearray or type({var}) is _mmap "
+                f"or type({var}) is memoryview)")  # fmt: skip
     if tp in (int, str):
         return f"type({var}) is {tp.__name__}"
     origin = typing.get_origin(tp)
@@ -559,9 +566,13 @@ class Run(Message):
 @message(32)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ran(Message):
+    """Jobs a worker finished, and the node's shared blocks it closed (one path per
+    mapping closed): the node may reuse those once their jobs are done."""
+
     BLOBS = (("items", 2),)
 
     items: tuple[RanItem, ...]
+    released: tuple[str, ...] = ()
 
 
 def encode(msg: Message) -> bytes:
@@ -574,20 +585,40 @@ def encode(msg: Message) -> bytes:
 
 
 _ATTACHMENT = 1  # msgpack ext code of a placeholder for attachment number N (u32)
-_SHARED = 2  # ... for a shared memory file of the node (path); only worker pipes accept it
+_SHARED = 2  # ... for the first u64 bytes of a node's shared memory file (path); only
+# worker pipes accept it
+_LENGTH = struct.Struct(">Q")
+_MADV_POPULATE_READ = 22  # Linux 5.14+: map a block's pages in one call, not a fault each
+# Opens the shared file an ext payload names (worker side): see open_shared_file.
+SharedOpener = Callable[[bytes], mmap.mmap]
 
 
-def _open_shared(path: bytes) -> mmap.mmap:
-    """Map a node's shared memory file copy-on-write (worker side): the node's file never
-    changes, and a NumPy array unpickled over it in place is writable, as it was sent."""
+def shared_path(data: bytes) -> str:
+    """The file path in a shared-buffer placeholder's payload."""
+    return os.fsdecode(data[_LENGTH.size :])
+
+
+def open_shared_file(data: bytes) -> mmap.mmap:
+    """Map the start of a node's shared memory file copy-on-write (worker side): the
+    node does not write it while a worker may read it, and a NumPy array unpickled over
+    it in place is writable, as it was sent."""
+    if len(data) <= _LENGTH.size:
+        raise RemoteProtocolError("shared buffer placeholder without a path")
+    (length,) = _LENGTH.unpack_from(data)
+    path = shared_path(data)
     try:
-        fd = os.open(os.fsdecode(path), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise RemoteProtocolError(f"shared buffer {path!r} cannot be opened: {exc}") from None
     try:
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        block = mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError, OverflowError) as exc:
+        raise RemoteProtocolError(f"shared buffer {path!r} cannot be mapped: {exc}") from None
     finally:
         os.close(fd)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        block.madvise(_MADV_POPULATE_READ)  # read faults only: no page is copied
+    return block
 
 
 def encode_attached(
@@ -614,7 +645,7 @@ def encode_attached(
         path = share(blob) if share is not None else None
         if path is not None:
             shared += 1
-            return msgpack.ExtType(_SHARED, path.encode())
+            return msgpack.ExtType(_SHARED, _LENGTH.pack(len(blob)) + os.fsencode(path))
         blobs.append(blob)
         return msgpack.ExtType(_ATTACHMENT, (len(blobs) - 1).to_bytes(4, "big"))
 
@@ -649,24 +680,30 @@ def encode_attached(
 
 def decode(
     data: bytes | bytearray | memoryview,
-    attachments: Sequence[bytearray | mmap.mmap] = (),
+    attachments: Sequence[bytearray | mmap.mmap | memoryview] = (),
     *,
-    open_shared: bool = False,
+    open_shared: bool | SharedOpener = False,
 ) -> Message:
     """Decode and validate one message; anything malformed raises RemoteProtocolError.
 
     ``attachments`` replace the placeholders that :func:`encode_attached` left.
     ``open_shared`` (worker side only, never for the network) maps the node's
-    shared memory files that a message names.
+    shared memory files that a message names: True with :func:`open_shared_file`, or
+    with the function given.
     """
+    opener: SharedOpener | None = None
+    if callable(open_shared):
+        opener = open_shared
+    elif open_shared:
+        opener = open_shared_file
 
     def ext_hook(code: int, data: bytes) -> object:
         if code == _ATTACHMENT and len(data) == 4:
             n = int.from_bytes(data, "big")
             if n < len(attachments):
                 return attachments[n]
-        elif code == _SHARED and open_shared:
-            return _open_shared(data)
+        elif code == _SHARED and opener is not None:
+            return opener(data)
         return msgpack.ExtType(code, data)  # fails validation below
 
     try:

@@ -57,10 +57,14 @@ class WorkerPool:
         log_file: IO[bytes] | None = None,
         kill_grace_s: float = 5.0,
         share: Callable[[object], str | None] | None = None,
+        on_released: Callable[[tuple[str, ...]], None] | None = None,
+        max_memory: int = 0,
         python: str = sys.executable,
         first_wid: int = 0,
     ) -> None:
         self._share = share
+        self._on_released = on_released  # shared blocks a worker closed (see node._shm)
+        self._max_memory = max_memory  # the node's --max-memory: workers keep less free
         self.python = python  # a job environment's interpreter, or the node's own
         self.size = size
         self._on_ready = on_ready
@@ -98,6 +102,7 @@ class WorkerPool:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.python, "-m", "node._worker", str(child.fileno()), str(os.getpid()),
+                str(self._max_memory),
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -116,6 +121,8 @@ class WorkerPool:
 
         def on_message(_: Connection, msg: Message) -> None:
             if isinstance(msg, Ran):
+                if msg.released and self._on_released is not None:
+                    self._on_released(msg.released)  # before its jobs end and free the blocks
                 self._on_ran(wid, msg.items)
             elif isinstance(msg, WorkerReady):
                 self._on_ready(wid)

@@ -178,6 +178,8 @@ class Node:
         self._pool = WorkerPool(
             self.config.workers,
             share=self._shm.share,
+            on_released=self._shm.released,
+            max_memory=self.config.max_memory,
             on_ready=self._worker_ready,
             on_ran=self._worker_ran,
             on_died=self._worker_died,
@@ -336,6 +338,8 @@ class Node:
             await asyncio.sleep(TICK_S)
             self._apply(self.table.tick(time.time()))
             self._watch_memory()
+            if self._shm is not None:
+                self._shm.expire()
             self._stop_idle_env_pools()
             expired = self.table.take_expired()
             if expired and self._store is not None:
@@ -559,6 +563,8 @@ class Node:
         pool = WorkerPool(
             self.config.workers,
             share=self._shm.share if self._shm is not None else None,
+            on_released=self._shm.released if self._shm is not None else None,
+            max_memory=self.config.max_memory,
             on_ready=ready,
             on_ran=self._worker_ran,
             on_died=self._worker_died,

@@ -360,14 +360,22 @@ def byte_sum(blob):
     return sum(blob[::4096]), len(blob)
 
 
-def test_a_big_argument_arrives_intact_and_leaves_no_shared_file(client, nodes):
+def test_a_big_argument_arrives_intact_and_leaves_no_shared_file(node_factory, secret):
+    """Its block is kept for the next big argument (node._shm's bounded free list),
+    and removed with the node's folder when the node stops."""
     import glob
 
+    from node._shm import FREE_MAX_BLOCKS
+
+    node = node_factory(name="shm")
     blob = os.urandom(6 << 20)
-    assert client.result(client.call(byte_sum, blob), timeout=60) == (sum(blob[::4096]), len(blob))
-    dirs = [d for n in nodes for d in glob.glob(f"/dev/shm/lanmesh-{n.pid}-*")]
+    with mesh.Client([node.address], secret) as c:
+        assert c.result(c.call(byte_sum, blob), timeout=60) == (sum(blob[::4096]), len(blob))
+    dirs = glob.glob(f"/dev/shm/lanmesh-{node.pid}-*")
     assert dirs, "nodes keep their shared buffers under /dev/shm"
-    wait_until(lambda: all(not os.listdir(d) for d in dirs), what="shared files unlinked")
+    assert all(len(os.listdir(d)) <= FREE_MAX_BLOCKS for d in dirs)
+    node.stop()
+    assert not any(os.path.exists(d) for d in dirs), "shared files removed with the node"
 
 
 def test_a_job_outlives_the_process_that_submitted_it(nodes, secret):

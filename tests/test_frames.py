@@ -801,7 +801,7 @@ def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_pa
     try:
         payload = os.urandom(3 << 20)
         buf = blocks.allocate(len(payload))
-        assert isinstance(buf, mmap.mmap)
+        assert isinstance(buf, memoryview) and len(buf) == len(payload)
         buf[:] = payload
         node_side = FrameCodec(authenticated=False, share=blocks.share)
         worker_side = FrameCodec(authenticated=False, open_shared=True)
@@ -809,13 +809,15 @@ def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_pa
         data = join(node_side.send(run))
         assert len(data) < 4096  # the name travelled, not the 3 MB
         (got,) = worker_side.receive(data)
-        assert bytes(got.items[0][1]) == payload
+        mapped = got.items[0][1]
+        assert isinstance(mapped, mmap.mmap) and bytes(mapped) == payload
         (path,) = list(blocks.dir.iterdir())
-        del buf, run, got
+        del buf, run
         import gc
 
         gc.collect()
-        assert not path.exists()  # dropped by the node: unlinked
+        assert not path.exists()  # dropped by the node, never reported closed: unlinked
+        assert bytes(mapped) == payload  # the worker's copy-on-write mapping stays valid
     finally:
         blocks.close()
     assert not blocks.dir.exists()
@@ -824,7 +826,6 @@ def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_pa
 def test_a_file_chunk_lands_in_ordinary_memory_and_a_job_argument_in_shared(tmp_path) -> None:
     """The node's allocator hears the message type from the HEAD frame: only a Submit's
     big argument (bound for a worker) gets a shared file; a file chunk passes through."""
-    import mmap
 
     from node._shm import SharedBlocks
 
@@ -838,7 +839,7 @@ def test_a_file_chunk_lands_in_ordinary_memory_and_a_job_argument_in_shared(tmp_
         assert blocks.share(chunk.data) is None and not list(blocks.dir.iterdir())
         (sub,) = node_side.receive(join(client_side.send(submit(payload))))
         arg = sub.items[0][1]
-        assert isinstance(arg, mmap.mmap) and bytes(arg) == payload
+        assert isinstance(arg, memoryview) and bytes(arg) == payload
         assert blocks.share(arg) is not None and len(list(blocks.dir.iterdir())) == 1
     finally:
         blocks.close()
