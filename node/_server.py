@@ -605,9 +605,19 @@ class Node:
 
     def _apply(self, instructions: list[Instruction]) -> None:
         assert self._pool is not None
+        # Results go out first, then to disk, then workers get more: the store's commit
+        # is off a waiting client's path, and a job's result is on disk before the node
+        # starts other work or answers anything else (a restarted node serves it again).
         finished = self.table.take_finished()
+        for ins in instructions:
+            if isinstance(ins, Deliver):
+                conn = self._conns.get(ins.conn)
+                if conn is not None and not conn.closed:
+                    conn.send(
+                        Results(tuple(ins.items), self.table.running, self.table.queued,
+                                self.table.avg_run_s or 0.0)
+                    )  # fmt: skip
         if finished and self._store is not None:
-            # On disk before any client hears of them: a restarted node serves them again.
             try:
                 self._store.save(map(_to_store, finished))
             except sqlite3.Error as exc:  # results still go out; a restart loses them
@@ -631,13 +641,6 @@ class Node:
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:
                     conn.send(Handback(tuple(ins.jids)))
-            elif isinstance(ins, Deliver):
-                conn = self._conns.get(ins.conn)
-                if conn is not None and not conn.closed:
-                    conn.send(
-                        Results(tuple(ins.items), self.table.running, self.table.queued,
-                                self.table.avg_run_s or 0.0)
-                    )  # fmt: skip
 
     @property
     def worker_pids(self) -> list[int]:

@@ -1,7 +1,9 @@
 """Finished jobs on disk, so a node restarted on the same ``--data-dir`` serves them again.
 
-SQLite in WAL mode (the stdlib's): the node writes every finished job here before
-it tells a client, in one transaction per batch of results. ``synchronous=NORMAL``
+SQLite in WAL mode (the stdlib's): the node writes every batch of finished jobs here
+in one transaction, right after it sent their results and before it does anything
+else (answers a request, starts a job), so the commit is not on a waiting client's
+path. ``synchronous=NORMAL``
 makes a commit durable against the node's process dying (SIGKILL, a crash), which
 is what this store is for; a power cut may lose the last commits, and the clients
 then run those jobs again (at-least-once). Queued and running jobs are not stored:

@@ -35,7 +35,8 @@ def test_results_finished_before_a_crash_are_served_after_restart(node_factory, 
     node = node_factory(name="keeper")
     with mesh.Client([node.address], secret) as c:
         jids = c.map(count_run, range(10), folder=str(ran))
-        c.join(jids, timeout=30)  # stored before this client heard of them
+        c.join(jids, timeout=30)
+        c.info(jids)  # the node answered after its results: they are on disk
     node.stop(signal.SIGKILL)
     again = node_factory(name="keeper", port=node.port)  # the same --data-dir
     with mesh.Client([again.address], secret) as c:  # another client asks by job id
