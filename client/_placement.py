@@ -10,7 +10,6 @@ deterministic; a preference never leaves a less-loaded node idle.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -36,23 +35,51 @@ def plan(
         return []
     views = [v for v in nodes if v.workers >= cores and v.room >= cores]
     given = [0] * len(views)
-    heap = [
-        (v.load / v.workers, v.key not in prefer, -v.workers, v.key, i) for i, v in enumerate(views)
-    ]
+
+    def entry(i: int) -> tuple[float, bool, int, str, int]:
+        # a node's level from its counts (not summed step by step, so equal levels
+        # stay exactly equal), then the tie-breakers
+        v = views[i]
+        level = (v.load + given[i] * cores) / v.workers
+        return (level, v.key not in prefer, -v.workers, v.key, i)
+
+    heap = [entry(i) for i in range(len(views))]
     heapq.heapify(heap)
     while n > 0 and heap:
-        level, other, neg_workers, key, i = heapq.heappop(heap)
+        if n >= 2 * len(heap) > 2 and _level_and_alike(heap):
+            # Every node left at one level with as many workers: one job each per
+            # round, in the heap's order, is what the steps below would do; give
+            # whole rounds at once (a map's thousands of jobs cost a few steps).
+            rounds = min(n // len(heap), *((views[e[4]].room - given[e[4]] * cores) // cores
+                                           for e in heap))  # fmt: skip
+            if rounds > 0:
+                for e in heap:
+                    given[e[4]] += rounds
+                n -= rounds * len(heap)
+                heap = [entry(e[4]) for e in heap]  # still a heap: all rose alike
+                continue
+        i = heapq.heappop(heap)[4]
         v = views[i]
         cap = (v.room - given[i] * cores) // cores
         if cap <= 0:
             continue  # this node's credit is spent
         if heap:
-            # enough to lift this node to the next one's level, and at least one job
-            need = max(1, math.ceil((heap[0][0] - level) * v.workers / cores))
+            # enough to lift this node to the next one's level, and at least one job:
+            # ceil((level_j - level_i) * workers_i / cores), in integers
+            j = heap[0][4]
+            u = views[j]
+            gap = (u.load + given[j] * cores) * v.workers - (v.load + given[i] * cores) * u.workers
+            need = max(1, -(-gap // (u.workers * cores)))
         else:
             need = n
         d = min(cap, n, need)
         given[i] += d
         n -= d
-        heapq.heappush(heap, (level + d * cores / v.workers, other, neg_workers, key, i))
+        heapq.heappush(heap, entry(i))
     return sorted((v.key, g) for v, g in zip(views, given, strict=True) if g > 0)
+
+
+def _level_and_alike(heap: list[tuple[float, bool, int, str, int]]) -> bool:
+    """Whether every node in ``heap`` is at the same level with the same workers."""
+    level, _, neg_workers = heap[0][:3]
+    return all(e[0] == level and e[2] == neg_workers for e in heap)

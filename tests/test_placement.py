@@ -151,3 +151,11 @@ def test_water_filling_invariants(n: int, nodes: list[NodeView], cores: int) -> 
             given_other = result.get(other.key, 0)
             if (given_other + 1) * cores <= other.room:
                 assert before_last <= level(other, given_other) + 1e-9, (key, other.key)
+
+
+def test_a_big_split_over_alike_nodes_is_even_and_ties_go_by_key() -> None:
+    alike = [NodeView(k, 1, 0, 10**6) for k in ("b", "c", "a")]
+    assert plan(100_001, alike) == [("a", 33_334), ("b", 33_334), ("c", 33_333)]
+    # levels are exact (from counts, not summed floats): thirds tie, and ties go by key
+    nodes = [NodeView("n0", 3, 0, 257)] + [NodeView(f"n{i}", 3, 1, 300) for i in (1, 2, 3)]
+    assert plan(544, nodes) == [("n0", 137), ("n1", 136), ("n2", 136), ("n3", 135)]
