@@ -803,17 +803,24 @@ class AsyncClient:
         acked = []
         crashed: list[tuple[_Job, str]] = []
         with self._final_lock:
+            inflight = link.inflight
             for jid, state, blob, error in msg.items:
                 acked.append(jid)
-                job = self._find(jid)
+                job = inflight.get(jid) or self._find(jid)
                 if job is None or job.state >= DONE or job.args is None:
                     continue  # a late duplicate, e.g. from a node we had given up on
-                copies = [lk for lk in (job.link, job.twin) if lk is not None]
-                for lk in copies:
-                    if lk.inflight.pop(jid, None) is not None:
-                        lk.inflight_slots -= job.cores
-                job.link = job.twin = None
-                others = [lk for lk in copies if lk is not link]
+                if job.twin is None and job.link is link:  # the usual case: one copy, here
+                    if inflight.pop(jid, None) is not None:
+                        link.inflight_slots -= job.cores
+                    job.link = None
+                    others: list[_Link] = []
+                else:
+                    copies = [lk for lk in (job.link, job.twin) if lk is not None]
+                    for lk in copies:
+                        if lk.inflight.pop(jid, None) is not None:
+                            lk.inflight_slots -= job.cores
+                    job.link = job.twin = None
+                    others = [lk for lk in copies if lk is not link]
                 if error is not None and error[0] == "worker-died":
                     if others and others[0].usable:  # a speculative copy still runs there
                         self._keep_running(job, others[0])
