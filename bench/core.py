@@ -274,15 +274,20 @@ def _relay_worker(fd: int) -> None:
         sock.sendall(data)
 
 
-class _Relay(asyncio.Protocol):
-    """Writes what it reads to its peer relay (set once both exist)."""
+class _Held(asyncio.Protocol):
+    """A protocol that keeps its transport."""
 
-    peer: _Relay | None = None
     transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+
+class _Relay(_Held):
+    """Writes what it reads to its peer relay (set once both exist)."""
+
+    peer: _Relay | None = None
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None:
@@ -311,15 +316,10 @@ def _relay_node(conn: Any, fd: int) -> None:
     asyncio.run(serve())
 
 
-class _Waiter(asyncio.Protocol):
+class _Waiter(_Held):
     """The floor's client side: sets the caller's event when the echo is back."""
 
     event: threading.Event | None = None
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         if self.event is not None:
