@@ -258,6 +258,11 @@ def test_label_option_never_reaches_the_function(client):
     jids = client.map(square, [1, 2], _label="mapped")
     assert client.result(jids) == [1, 4]
     assert [i.label for i in client.info(jids)] == ["mapped", "mapped"]
+    # a burst of calls of one function shares Submits only where the options agree
+    labels = ["a", "a", "b", "", "a"]
+    burst = [client.call(square, i, _label=label) for i, label in enumerate(labels)]
+    assert client.result(burst) == [0, 1, 4, 9, 16]
+    assert [i.label for i in client.info(burst)] == labels
 
 
 def test_max_runtime_kills_the_job(client, nodes):
