@@ -427,27 +427,24 @@ def bench_mesh(cfg: Config) -> dict[str, Any]:
         assert c._local is not None
         out["latency_cpu_us_per_call"] = _cpu_per_call(cfg, mesh_call, c._local.pids)
 
+        def tasks_per_s(submit: Callable[[range], list[str]]) -> list[float]:
+            """``submit`` the trivial tasks and wait for every result, cfg.repeat times."""
+            rates = []
+            for _ in range(cfg.repeat):
+                t0 = perf()
+                got = c.result(submit(range(cfg.map_tasks)), timeout=timeout_s)
+                dt = perf() - t0
+                assert got == list(range(cfg.map_tasks))
+                rates.append(cfg.map_tasks / dt)
+            return rates
+
         log(f"mesh: map of {cfg.map_tasks:,} trivial tasks, {cfg.repeat}x")
-        rates = []
-        for _ in range(cfg.repeat):
-            t0 = perf()
-            jids = c.map(noop, range(cfg.map_tasks))
-            got = c.result(jids, timeout=timeout_s)
-            dt = perf() - t0
-            assert got == list(range(cfg.map_tasks))
-            rates.append(cfg.map_tasks / dt)
+        rates = tasks_per_s(lambda xs: c.map(noop, xs))
         out["map_tasks_per_s"] = r(statistics.median(rates), 0)
         out["map_runs_tasks_per_s"] = [r(x, 0) for x in rates]
 
         log(f"mesh: {cfg.map_tasks:,} call(noop, i) in a loop, {cfg.repeat}x")
-        rates = []
-        for _ in range(cfg.repeat):
-            t0 = perf()
-            jids = [c.call(noop, i) for i in range(cfg.map_tasks)]
-            got = c.result(jids, timeout=timeout_s)
-            dt = perf() - t0
-            assert got == list(range(cfg.map_tasks))
-            rates.append(cfg.map_tasks / dt)
+        rates = tasks_per_s(lambda xs: [c.call(noop, i) for i in xs])
         out["call_loop_tasks_per_s"] = r(statistics.median(rates), 0)
         out["call_loop_runs_tasks_per_s"] = [r(x, 0) for x in rates]
 
