@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from client import _async as _async_mod
 from client import _progress
@@ -64,6 +65,32 @@ class _LoopThread:
             self.thread.join(5.0)
 
 
+class _Gathered(Generic[T]):
+    """Items handed to the loop thread from any thread, in batches: the first item since
+    the last batch schedules ``flush(batch)`` on the loop; the ones added before it runs
+    ride along, so a burst wakes the loop thread once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[list[T]], None]) -> None:
+        self._loop, self._flush = loop, flush
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+
+    def add(self, items: Iterable[T]) -> None:
+        """Any thread, never blocks. RuntimeError if the loop has closed."""
+        with self._lock:
+            first = not self._items
+            self._items.extend(items)
+            if not self._items:
+                return
+        if first:
+            self._loop.call_soon_threadsafe(self._take)
+
+    def _take(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        self._flush(items)
+
+
 class Client:
     """A mesh client for ordinary code. ``with mesh.Client(peers=[...]) as c: c.map(...)``."""
 
@@ -83,10 +110,10 @@ class Client:
         self._local = _local
         self._thread = _LoopThread("mesh-client")
         self._closed = False
-        self._kill_lock = threading.Lock()
-        self._to_kill: list[str] = []  # jobs to kill, gathered by _kill_soon
-        self._outbox_lock = threading.Lock()
-        self._outbox: list[_Func] = []  # calls and maps prepared, not yet queued by the loop
+        # Calls and maps prepared on callers' threads, and jobs to kill (a future's
+        # cancel), on their way to the loop thread.
+        self._outbox = _Gathered[_Func](self._thread.loop, self._enqueue)
+        self._kills = _Gathered[str](self._thread.loop, self._flush_kills)
         try:
             self._async = AsyncClient(
                 peers,
@@ -168,15 +195,9 @@ class Client:
         Calls made before the loop thread gets to them go in one batch: a loop of calls
         wakes the loop thread once per batch, not once per call, and its jobs of one
         function share Submits."""
-        with self._outbox_lock:
-            first = not self._outbox
-            self._outbox.append(func)
-        if first:
-            self._thread.loop.call_soon_threadsafe(self._flush_outbox)
+        self._outbox.add((func,))
 
-    def _flush_outbox(self) -> None:
-        with self._outbox_lock:
-            funcs, self._outbox = self._outbox, []
+    def _enqueue(self, funcs: list[_Func]) -> None:
         self._async._enqueue_many(funcs)
 
     # ---- waiting ----
@@ -338,21 +359,13 @@ class Client:
         """Any thread, never blocks: have these jobs killed (a future's ``cancel``).
 
         Ids gathered before the loop thread gets to them go in one kill."""
-        if self._closed or not jids:
+        if self._closed:
             return
-        with self._kill_lock:
-            first = not self._to_kill
-            self._to_kill.extend(jids)
-        if first:
-            try:
-                self._thread.loop.call_soon_threadsafe(self._flush_kills)
-            except RuntimeError:  # the loop has just closed: nothing left to kill with
-                pass
+        with contextlib.suppress(RuntimeError):  # the loop has just closed: nothing to kill with
+            self._kills.add(jids)
 
-    def _flush_kills(self) -> None:
-        with self._kill_lock:
-            ids, self._to_kill = self._to_kill, []
-        if ids and not self._async.closed:
+    def _flush_kills(self, ids: list[str]) -> None:
+        if not self._async.closed:
             self._async._spawn(self._async.kill(ids))  # owned: the client's close awaits it
 
     def _await_job(self, job: str) -> Generator[Any, None, Any]:
