@@ -203,14 +203,14 @@ class FrameCodec:
         max_message: int = DEFAULT_MAX_MESSAGE,
         allocate: Allocate | None = None,
         share: Callable[[object], str | None] | None = None,
-        open_shared: bool | SharedOpener = False,
+        open_shared: SharedOpener | None = None,
     ) -> None:
         """``allocate(size, tag)`` makes the attachment buffers of a message of type
         ``tag`` (the node: shared memory for big job arguments, ordinary memory else);
         ``share`` names a shared file for a buffer instead of sending it, and
-        ``open_shared`` accepts such names (True, or the function that opens them): both
-        only on a node's pipes to its workers."""
-        if open_shared and authenticated:
+        ``open_shared`` opens such names (``mesh._protocol.open_shared_file``): both only
+        on a node's pipes to its workers."""
+        if open_shared is not None and authenticated:
             raise ValueError("shared buffers are for a node's local worker pipes only")
         self._allocate = allocate or allocate_buffer
         self._share = share

@@ -682,28 +682,22 @@ def decode(
     data: bytes | bytearray | memoryview,
     attachments: Sequence[bytearray | mmap.mmap | memoryview] = (),
     *,
-    open_shared: bool | SharedOpener = False,
+    open_shared: SharedOpener | None = None,
 ) -> Message:
     """Decode and validate one message; anything malformed raises RemoteProtocolError.
 
     ``attachments`` replace the placeholders that :func:`encode_attached` left.
-    ``open_shared`` (worker side only, never for the network) maps the node's
-    shared memory files that a message names: True with :func:`open_shared_file`, or
-    with the function given.
+    ``open_shared`` (worker side only, never for the network; :func:`open_shared_file`
+    or a wrapper of it) maps the node's shared memory files that a message names.
     """
-    opener: SharedOpener | None = None
-    if callable(open_shared):
-        opener = open_shared
-    elif open_shared:
-        opener = open_shared_file
 
     def ext_hook(code: int, data: bytes) -> object:
         if code == _ATTACHMENT and len(data) == 4:
             n = int.from_bytes(data, "big")
             if n < len(attachments):
                 return attachments[n]
-        elif code == _SHARED and opener is not None:
-            return opener(data)
+        elif code == _SHARED and open_shared is not None:
+            return open_shared(data)
         return msgpack.ExtType(code, data)  # fails validation below
 
     try:

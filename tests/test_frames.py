@@ -35,6 +35,7 @@ from mesh._protocol import (
     Submit,
     decode,
     encode,
+    open_shared_file,
 )
 from mesh.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -804,7 +805,7 @@ def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_pa
         assert isinstance(buf, memoryview) and len(buf) == len(payload)
         buf[:] = payload
         node_side = FrameCodec(authenticated=False, share=blocks.share)
-        worker_side = FrameCodec(authenticated=False, open_shared=True)
+        worker_side = FrameCodec(authenticated=False, open_shared=open_shared_file)
         run = proto.Run(b"h" * 16, b"", "mod.fn", (("j1", buf),))
         data = join(node_side.send(run))
         assert len(data) < 4096  # the name travelled, not the 3 MB
@@ -847,7 +848,7 @@ def test_a_file_chunk_lands_in_ordinary_memory_and_a_job_argument_in_shared(tmp_
 
 def test_network_codecs_never_open_shared_names() -> None:
     with pytest.raises(ValueError):
-        FrameCodec(authenticated=True, open_shared=True)
+        FrameCodec(authenticated=True, open_shared=open_shared_file)
 
 
 def test_attack_shared_file_name_from_an_authenticated_peer_is_refused(tmp_path) -> None:

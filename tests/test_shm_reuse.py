@@ -22,7 +22,7 @@ from conftest import rss_kib
 
 import mesh
 from mesh._frames import FrameCodec
-from mesh._protocol import Ran, Run, decode, encode
+from mesh._protocol import Ran, Run, decode, encode, open_shared_file
 from node._shm import SharedBlocks
 
 MB = 1 << 20
@@ -143,7 +143,7 @@ def test_the_worker_maps_only_the_arguments_length_of_a_bigger_block(tmp_path) -
         assert isinstance(buf, memoryview)
         buf[:] = payload
         node_side = FrameCodec(authenticated=False, share=blocks.share)
-        worker_side = FrameCodec(authenticated=False, open_shared=True)
+        worker_side = FrameCodec(authenticated=False, open_shared=open_shared_file)
         data = b"".join(node_side.send(Run(b"h" * 16, b"", "m.f", (("j1", buf),))))
         assert len(data) < 4096
         (run,) = worker_side.receive(data)
