@@ -200,7 +200,7 @@ class _Func:
         # One call or map: its jobs share these options (per job they would cost a map
         # of a million jobs 32 MB).
         self.cores, self.label, self.max_runtime, self.retries = 1, "", 0.0, 3
-        self.finished = 0  # jobs of this function that came back: until then, no deep pipeline
+        self.finished = 0  # jobs of this call or map that came back (for _speculative)
         self.speculative = False  # stragglers of this map get a copy elsewhere
         self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked

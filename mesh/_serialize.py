@@ -157,9 +157,7 @@ def dumps_function(
 _pickled_functions: weakref.WeakKeyDictionary[
     types.FunctionType, tuple[list[Any], tuple[bytes, bytes]]
 ] = weakref.WeakKeyDictionary()
-_IMMUTABLE = frozenset(
-    {int, float, complex, str, bytes, bool, type(None), range, types.BuiltinFunctionType}
-)
+_IMMUTABLE = (_SIMPLE - {bytearray}) | {range, types.BuiltinFunctionType}
 _ABSENT = object()
 try:  # cloudpickle's own choices, so "travels by reference" means what it does there
     from cloudpickle.cloudpickle import (  # type: ignore[import-untyped]
