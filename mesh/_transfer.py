@@ -31,7 +31,7 @@ from mesh._hash import ContentHash, new_hash
 from mesh._protocol import FileAck, FileChunk, FileEnd, FileReply, Message
 from mesh.errors import ConnectionLost, FileCorrupted, FilesError, MeshError
 
-__all__ = ["CHUNK", "WINDOW", "Stream", "Transfers", "read_full"]
+__all__ = ["CHUNK", "WINDOW", "Stream", "Transfers"]
 
 CHUNK = 4 << 20
 WINDOW = 24 << 20
@@ -53,16 +53,13 @@ class Stream:
         self.unacked = 0
         self.acked = 0  # bytes acknowledged since the stream opened
         self._room = asyncio.Event()
-        # send_file's buffers: sent and not yet acknowledged (end offset, buffer), free.
+        # send_file's buffers sent and not yet acknowledged: (end offset, buffer). Once
+        # acknowledged, their bytes have left this process: they go back to the pool
+        # (mesh._frames.recycle_buffer) for the next chunk read.
         self._sent: deque[tuple[int, bytearray | mmap.mmap]] = deque()
-        self._free: list[bytearray | mmap.mmap] = []
 
     def close(self) -> None:
         self._owner._streams.pop((id(self.conn), self.req), None)
-        for buf in self._free:
-            if len(buf) == CHUNK:
-                recycle_buffer(buf)
-        self._free.clear()
         self._sent.clear()  # maybe still queued for the socket: never reused
 
     def __enter__(self) -> Stream:
@@ -76,7 +73,9 @@ class Stream:
         self.acked += n
         sent = self._sent
         while sent and sent[0][0] <= self.acked:
-            self._free.append(sent.popleft()[1])
+            buf = sent.popleft()[1]
+            if len(buf) == CHUNK:  # a small file's own buffer is not worth keeping
+                recycle_buffer(buf)
         if self.unacked < WINDOW:
             self._room.set()
 
@@ -133,11 +132,13 @@ class Stream:
         h = new_hash()
         size = 0
         loop = asyncio.get_running_loop()
+        buf: bytearray | mmap.mmap | None = None
         with contextlib.suppress(OSError):  # a small file: one buffer of its size, plus one
             left = os.fstat(f.fileno()).st_size - f.tell()  # byte to see its end at once
             if left < CHUNK:
-                self._free.append(bytearray(max(left, 0) + 1))
-        buf = self._take()
+                buf = bytearray(max(left, 0) + 1)
+        if buf is None:
+            buf = allocate_buffer(CHUNK)
         reading = loop.run_in_executor(None, _read_hashed, f, buf, h)
         try:
             while n := await reading:
@@ -149,7 +150,7 @@ class Stream:
                     return None
                 cur = buf
                 if not end:  # the next read runs while this chunk is MAC'd and sent
-                    buf = self._take()
+                    buf = allocate_buffer(CHUNK)  # FILE_WINDOW bounds how many are out
                     reading = loop.run_in_executor(None, _read_hashed, f, buf, h)
                 self._sent.append((self.acked + self.unacked + n, cur))
                 self.unacked += n
@@ -161,12 +162,6 @@ class Stream:
             if not reading.done():  # cancelled, or the link failed: let the read finish
                 reading.add_done_callback(_ignore_result)
         return self._end(h, size, expect)
-
-    def _take(self) -> bytearray | mmap.mmap:
-        """A free chunk buffer (FILE_WINDOW bounds how many there are)."""
-        if self._free:
-            return self._free.pop()
-        return allocate_buffer(CHUNK)
 
     def _end(self, h: ContentHash, size: int, expect: str) -> tuple[str, int]:
         digest = h.hexdigest()
@@ -297,7 +292,7 @@ class Transfers:
                 stream._room.set()
 
 
-def read_full(f: IO[bytes], buf: bytearray | mmap.mmap) -> int:
+def _read_full(f: IO[bytes], buf: bytearray | mmap.mmap) -> int:
     """Fill ``buf`` from an unbuffered file (short only at its end); bytes read."""
     view = memoryview(buf)
     got = 0
@@ -311,7 +306,7 @@ def read_full(f: IO[bytes], buf: bytearray | mmap.mmap) -> int:
 
 
 def _read_hashed(f: IO[bytes], buf: bytearray | mmap.mmap, h: ContentHash) -> int:
-    n = read_full(f, buf)
+    n = _read_full(f, buf)
     if n:
         with memoryview(buf) as view, view[:n] as data:
             h.update(data)
