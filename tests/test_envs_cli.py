@@ -31,6 +31,12 @@ def wheels(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def n1(node_factory: Callable[..., NodeProc], wheels: Path) -> NodeProc:
+    """A node named n1 that installs job environments from ``wheels`` only."""
+    return node_factory(name="n1", env=offline(wheels))
+
+
+@pytest.fixture
 def cli(
     secret: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[Callable[..., tuple[int, str, str]]]:
@@ -56,10 +62,8 @@ def test_env_normalises_a_named_environment(tmp_path: Path) -> None:
         mesh.env([1])  # type: ignore[list-item]
 
 
-def test_env_info_shows_ready_and_failed_environments(
-    node_factory: Callable[..., NodeProc], secret: str, wheels: Path
-) -> None:
-    node = node_factory(name="n1", env=offline(wheels))
+def test_env_info_shows_ready_and_failed_environments(n1: NodeProc, secret: str) -> None:
+    node = n1
     toy = mesh.env("LMToy==1.0")
     with mesh.Client([node.address], secret) as c:
         assert c.env_info() == []
@@ -79,12 +83,9 @@ def test_env_info_shows_ready_and_failed_environments(
 
 
 def test_mesh_envs_table_and_json(
-    node_factory: Callable[..., NodeProc],
-    secret: str,
-    wheels: Path,
-    cli: Callable[..., tuple[int, str, str]],
+    n1: NodeProc, secret: str, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    node = node_factory(name="n1", env=offline(wheels))
+    node = n1
     code, out, _ = cli(node, "envs")
     assert (code, out.strip()) == (0, "no job environments on the reachable nodes")
     with mesh.Client([node.address], secret) as c:
@@ -113,12 +114,9 @@ def test_mesh_envs_table_and_json(
 
 
 def test_rebuild_makes_the_next_job_build_again(
-    node_factory: Callable[..., NodeProc],
-    secret: str,
-    wheels: Path,
-    cli: Callable[..., tuple[int, str, str]],
+    n1: NodeProc, secret: str, wheels: Path, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    node = node_factory(name="n1", env=offline(wheels))
+    node = n1
     with mesh.Client([node.address], secret) as c:
         assert c.result(c.call(toy_version, _env=["lmtoy==1.0"]), timeout=60) == "1.0"
         with pytest.raises(mesh.EnvBuildFailed, match="No matching distribution"):
