@@ -279,17 +279,12 @@ class FrameCodec:
             if len(body) > HANDSHAKE_MAX:
                 raise LocalProtocolError(f"handshake frame of {len(body)} bytes > {HANDSHAKE_MAX}")
             return [HEADER.pack(len(body), HANDSHAKE) + body], None
-        body = b""
-        attached = encode_attached(msg, ATTACH_MIN, self._share)
-        if attached is not None:
-            if attached[1]:
-                sent = self._send_attached(msg, *attached)
-                if sent is not None:
-                    return sent
-            else:
-                body = attached[0]  # every big buffer went as a shared-file name
-        if not body:
-            body = encode(msg)
+        body, blobs = encode_attached(msg, ATTACH_MIN, self._share)
+        if blobs:
+            sent = self._send_attached(msg, body, blobs)
+            if sent is not None:
+                return sent
+            body = encode(msg)  # too many attachments for one head: plain frames
         n = len(body)
         if n <= self.max_frame:
             return self._frame(MSG, body), None

@@ -111,6 +111,8 @@ class Message:
     # (field name, index inside each item of that field, or -1 for the field itself).
     BLOBS: ClassVar[tuple[tuple[str, int], ...]] = ()
     _checks: ClassVar[tuple[Callable[[Any], bool], ...]] = ()
+    _valid: ClassVar[Callable[[tuple[Any, ...]], bool]] = staticmethod(lambda values: False)
+    _make: ClassVar[Callable[[tuple[Any, ...]], Any]] = staticmethod(lambda values: None)
     _required: ClassVar[int] = 0
     _defaults: ClassVar[tuple[Any, ...]] = ()
 
@@ -155,6 +157,25 @@ def _checker(tp: Any) -> Callable[[Any], bool]:
     return eval(f"lambda v: {_expr(tp, 'v')}", {"_mmap": mmap.mmap})  # type: ignore[no-any-return]
 
 
+def _maker(cls: type[Any]) -> Callable[[tuple[Any, ...]], Any]:
+    """A constructor from checked field values, in slot order, that sets the slots
+    directly: a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` for
+    each field, about twice the cost (every message decoded pays it)."""
+    names = cls.__slots__
+    env = {"new": object.__new__, "cls": cls}
+    env.update({f"s{i}": getattr(cls, name).__set__ for i, name in enumerate(names)})
+    body = "".join(f"    s{i}(o, v[{i}])\n" for i in range(len(names)))
+    exec(f"def make(v):\n    o = new(cls)\n{body}    return o\n", env)
+    return env["make"]  # type: ignore[return-value]
+
+
+def _all_checker(tps: list[Any]) -> Callable[[tuple[Any, ...]], bool]:
+    """One predicate for a whole message's field values (as many as it has fields): a
+    single call where a check per field cost a call each."""
+    parts = [f"({_expr(tp, f'v[{i}]')})" for i, tp in enumerate(tps)] or ["True"]
+    return eval(f"lambda v: {' and '.join(parts)}", {"_mmap": mmap.mmap})  # type: ignore[no-any-return]
+
+
 def message(tag: int) -> Callable[[type[_M]], type[_M]]:
     """Register a frozen dataclass as the wire message with ``tag``."""
 
@@ -167,6 +188,8 @@ def message(tag: int) -> Callable[[type[_M]], type[_M]]:
         fields = dataclasses.fields(dc)
         dc.TAG = tag
         dc._checks = tuple(_checker(hints[f.name]) for f in fields)
+        dc._valid = staticmethod(_all_checker([hints[f.name] for f in fields]))
+        dc._make = staticmethod(_maker(dc))
         required = [f for f in fields if f.default is dataclasses.MISSING]
         dc._required = len(required)
         if fields[: len(required)] != tuple(required):
@@ -623,28 +646,24 @@ def open_shared_file(data: bytes) -> mmap.mmap:
 
 def encode_attached(
     msg: Message, min_size: int, share: Callable[[object], str | None] | None = None
-) -> tuple[bytes, list[bytes | bytearray]] | None:
+) -> tuple[bytes, list[bytes | bytearray]]:
     """Encode with byte strings of ``min_size`` or more moved out as attachments.
 
-    Returns (body with placeholders, attachments), or None when nothing moved:
-    big payloads then travel as raw frames, never copied through msgpack. With
-    ``share`` (the node's pipes to its own workers), a buffer it names a shared
-    memory file for is sent as that file's name instead of its bytes.
+    Returns (body with placeholders, attachments); with no attachments (nothing that
+    big) the body is :func:`encode`'s. Big payloads travel as raw frames, never copied
+    through msgpack. With ``share`` (the node's pipes to its own workers), a buffer it
+    names a shared memory file for is sent as that file's name instead of its bytes.
     """
     cls = type(msg)
     if not cls.BLOBS:
-        return None
+        return encode(msg), []
     slots = cls.__slots__
     values = [getattr(msg, f) for f in slots]
     blobs: list[bytes | bytearray] = []
 
-    shared = 0
-
     def placeholder(blob: bytes | bytearray) -> msgpack.ExtType:
-        nonlocal shared
         path = share(blob) if share is not None else None
         if path is not None:
-            shared += 1
             return msgpack.ExtType(_SHARED, _LENGTH.pack(len(blob)) + os.fsencode(path))
         blobs.append(blob)
         return msgpack.ExtType(_ATTACHMENT, (len(blobs) - 1).to_bytes(4, "big"))
@@ -670,8 +689,6 @@ def encode_attached(
                 item[idx] = parts(blob) if type(blob) is tuple else placeholder(blob)
                 items[k] = item
             values[i] = items
-    if not blobs and not shared:
-        return None
     try:
         return msgpack.packb([cls.TAG, *values], use_bin_type=True), blobs
     except (TypeError, ValueError, OverflowError) as exc:
@@ -713,14 +730,18 @@ def decode(
         raise RemoteProtocolError(f"unknown message tag {obj[0]}")
     values = obj[1:]
     checks = cls._checks
-    if len(values) < cls._required:
-        raise RemoteProtocolError(f"{cls.__name__} has {len(values)} fields, needs {cls._required}")
-    if len(values) > len(checks):
-        values = values[: len(checks)]  # from a newer peer: fields we do not know
-    for i, value in enumerate(values):
-        if not checks[i](value):
-            name = cls.__slots__[i]
-            raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
-    if len(values) < len(checks):
-        values = values + cls._defaults[len(values) - cls._required :]
-    return cls(*values)
+    if len(values) != len(checks):
+        if len(values) < cls._required:
+            raise RemoteProtocolError(
+                f"{cls.__name__} has {len(values)} fields, needs {cls._required}"
+            )
+        if len(values) > len(checks):
+            values = values[: len(checks)]  # from a newer peer: fields we do not know
+        else:  # from an older peer: the defaults (which pass their checks) for the rest
+            values = values + cls._defaults[len(values) - cls._required :]
+    if not cls._valid(values):
+        for i, value in enumerate(values):
+            if not checks[i](value):
+                name = cls.__slots__[i]
+                raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
+    return cls._make(values)  # type: ignore[no-any-return]

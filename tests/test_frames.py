@@ -7,6 +7,7 @@ at a time and in one piece, and every attack has its own test with literal bytes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import types
@@ -532,6 +533,22 @@ def test_decode_fills_only_the_defaults_not_sent() -> None:
 def test_decode_drops_fields_a_newer_peer_adds() -> None:
     new = msgpack.packb([14, ["j1"], "future field", 42], use_bin_type=True)
     assert decode(new) == proto.Ack(("j1",))
+
+
+def test_decoded_messages_are_frozen_and_equal_to_built_ones() -> None:
+    # decode() sets the slots directly, not through the dataclass __init__
+    msg = decode(msgpack.packb([10, "id", "n", 2, 1, 0], use_bin_type=True))
+    assert msg == Load("id", "n", 2, 1, 0) and hash(msg) == hash(Load("id", "n", 2, 1, 0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.running = 5  # type: ignore[misc]
+
+
+def test_every_default_passes_its_fields_check() -> None:
+    # decode() pads an older peer's message with the defaults before one check of all
+    for cls in proto._REGISTRY.values():
+        fields = dataclasses.fields(cls)
+        for i in range(cls._required, len(fields)):
+            assert cls._checks[i](cls._defaults[i - cls._required]), (cls, fields[i].name)
 
 
 @pytest.mark.parametrize(
