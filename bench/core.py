@@ -17,8 +17,10 @@ And the floors: an asyncio TCP echo round trip over 127.0.0.1 (server in another
 process), raw loopback TCP throughput (500 MB through one connection), and the relay
 floor: the mesh's own shape with no work in it (a caller thread hands a small message
 to an asyncio loop thread, which sends it over TCP to an asyncio process, which
-passes it over a socketpair to a blocking process, and back), so the latency gap to
-Pool splits into what the shape costs and what the mesh's processing costs. CPU time
+passes it over a socketpair to a blocking process, and back), and the wire floor: the
+same carrying the mesh's own messages through its codec (MAC'd frames, pickled
+arguments and value) with nothing else. So the latency gap to Pool splits into what
+the shape costs, what the wire protocol adds, and what the mesh's job model adds. CPU time
 per call (client; nodes and their workers) is read from /proc beside the latencies:
 unlike wall time it hardly moves with the machine's other load. Then the ratios and,
 for each target of the core issue, whether it is met. Only 127.0.0.1.
@@ -63,6 +65,10 @@ def length(blob: bytes) -> int:
 # The CPU-bound workload is the example's own sum_primes (the seed's), not a copy.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from primes import sum_primes  # type: ignore[import-not-found]  # noqa: E402
+
+from mesh._frames import FrameCodec  # noqa: E402
+from mesh._protocol import DONE, Message, Ran, Results, Run, Submit  # noqa: E402
+from mesh._serialize import dumps_payload, loads  # noqa: E402
 
 # ---- helpers ----
 
@@ -267,11 +273,21 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
-def _relay_worker(fd: int) -> None:
-    """The floor's worker: blocking, echoes what it reads."""
+def _relay_worker(fd: int, wire: bool) -> None:
+    """The floor's worker: blocking, echoes what it reads; with ``wire``, runs each Run's
+    items with ``noop`` as a mesh worker would (unpickle, call, pickle) and answers Ran."""
     sock = socket.socket(fileno=fd)
+    codec = FrameCodec(authenticated=False)
     while data := sock.recv(65536):
-        sock.sendall(data)
+        if not wire:
+            sock.sendall(data)
+            continue
+        for msg in codec.receive(data):
+            assert isinstance(msg, Run)
+            items = [(jid, DONE, dumps_payload(noop(*loads(args))), None, 0.0, 0.0, 0.0, "", "")
+                     for jid, args in msg.items]  # fmt: skip
+            for chunk in codec.send(Ran(tuple(items))):
+                sock.sendall(chunk)
 
 
 class _Held(asyncio.Protocol):
@@ -294,15 +310,50 @@ class _Relay(_Held):
             self.peer.transport.write(data)
 
 
-def _relay_node(conn: Any, fd: int) -> None:
+# The wire floor's session keys: fixed, since no handshake is timed (a connection's).
+_FLOOR_KEYS = (b"c" * 32, b"n" * 32)
+
+
+def _session(codec: FrameCodec, client_side: bool) -> FrameCodec:
+    send, recv = _FLOOR_KEYS if client_side else _FLOOR_KEYS[::-1]
+    codec.start_session(send, recv)
+    return codec
+
+
+class _WireRelay(_Relay):
+    """The wire floor's node side: decodes each message (MAC checked on the client's
+    connection), turns a Submit into a Run and a Ran into Results, as the node does,
+    and encodes it for the other side; no job table, no store."""
+
+    def __init__(self, codec: FrameCodec) -> None:
+        self.codec = codec
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        assert isinstance(peer, _WireRelay)
+        for msg in self.codec.receive(data):
+            out: Message
+            if isinstance(msg, Submit):
+                out = Run(msg.fhash, b"", msg.fname, msg.items)
+            else:
+                assert isinstance(msg, Ran)
+                out = Results(tuple(item[:4] for item in msg.items), 1, 0, 0.0)
+            for chunk in peer.codec.send(out):
+                peer.transport.write(chunk)
+
+
+def _relay_node(conn: Any, fd: int, wire: bool) -> None:
     """The floor's node: asyncio, relays the client's TCP connection to its worker."""
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        _, to_worker = await loop.create_connection(_Relay, sock=socket.socket(fileno=fd))
+        _, to_worker = await loop.create_connection(
+            (lambda: _WireRelay(FrameCodec(authenticated=False))) if wire else _Relay,
+            sock=socket.socket(fileno=fd),
+        )
 
         def accept() -> _Relay:
-            to_client = _Relay()
+            to_client = _WireRelay(_session(FrameCodec(), False)) if wire else _Relay()
             to_client.peer, to_worker.peer = to_worker, to_client
             return to_client
 
@@ -317,22 +368,39 @@ def _relay_node(conn: Any, fd: int) -> None:
 
 
 class _Waiter(_Held):
-    """The floor's client side: sets the caller's event when the echo is back."""
+    """The floor's client side: sets the caller's event when the echo is back; with a
+    codec (the wire floor), once a whole Results has arrived and passed its MAC."""
 
     event: threading.Event | None = None
+    codec: FrameCodec | None = None
+    results: list[Message]
 
     def data_received(self, data: bytes) -> None:
+        if self.codec is not None:
+            self.results = self.codec.receive(data)
+            if not self.results:
+                return
         if self.event is not None:
             self.event.set()
 
 
-def bench_relay_floor(cfg: Config) -> dict[str, Any]:
+def bench_relay_floor(cfg: Config, wire: bool = False) -> dict[str, Any]:
     """The mesh's shape (caller thread -> loop thread -> TCP -> asyncio node -> socketpair
-    -> blocking worker, and back) doing nothing else: what a call costs before any work."""
+    -> blocking worker, and back) doing nothing else: what a call costs before any work.
+
+    ``wire``: the same, carrying the mesh's own messages through its codec: the caller
+    pickles the arguments, the loop thread sends a MAC'd Submit, the node checks and
+    decodes it and sends a Run, the worker unpickles, calls, pickles and answers Ran,
+    the node sends Results, and the caller unpickles the value. What the wire protocol
+    costs a call, before any job table, placement or bookkeeping."""
     to_node, to_worker = socket.socketpair()
     parent, child = multiprocessing.Pipe()
-    worker = multiprocessing.Process(target=_relay_worker, args=(to_worker.fileno(),), daemon=True)
-    node = multiprocessing.Process(target=_relay_node, args=(child, to_node.fileno()), daemon=True)
+    worker = multiprocessing.Process(
+        target=_relay_worker, args=(to_worker.fileno(), wire), daemon=True
+    )
+    node = multiprocessing.Process(
+        target=_relay_node, args=(child, to_node.fileno(), wire), daemon=True
+    )
     worker.start()
     node.start()
     to_node.close()
@@ -340,6 +408,7 @@ def bench_relay_floor(cfg: Config) -> dict[str, Any]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    waiter: _Waiter | None = None
     try:
         port = parent.recv()
 
@@ -352,22 +421,46 @@ def bench_relay_floor(cfg: Config) -> dict[str, Any]:
 
         waiter = asyncio.run_coroutine_threadsafe(connect(), loop).result(30)
         msg = b"x" * 200  # about a Submit's size
+        if wire:
+            waiter.codec = codec = _session(FrameCodec(), True)
+            fhash = os.urandom(32)
 
-        def call(_f: Callable[..., Any], *_args: Any) -> None:
+            def submit(args: Any) -> None:  # the loop thread
+                submit = Submit(fhash, b"", "noop", (("floor-1", args),))
+                for chunk in codec.send(submit):
+                    waiter.transport.write(chunk)
+
+        def call(_f: Callable[..., Any], *args: Any) -> Any:
             event = threading.Event()
             waiter.event = event
-            loop.call_soon_threadsafe(waiter.transport.write, msg)
+            if wire:
+                loop.call_soon_threadsafe(submit, dumps_payload(args))
+            else:
+                loop.call_soon_threadsafe(waiter.transport.write, msg)
             if not event.wait(30):
                 raise TimeoutError("relay floor: no echo in 30 s")
+            if wire:
+                (results,) = waiter.results
+                assert isinstance(results, Results)
+                value = loads(results.items[0][2])
+                if value != args[0]:
+                    raise AssertionError(f"wire floor: sent {args[0]!r}, got {value!r} back")
+                return value
+            return None
 
         assert node.pid is not None and worker.pid is not None
         out: dict[str, Any] = {"latency_us": _latency(cfg, call)}
         out["cpu_us_per_call"] = _cpu_per_call(cfg, call, [node.pid, worker.pid])
         return out
     finally:
+        if waiter is not None:
+            loop.call_soon_threadsafe(waiter.transport.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.run_until_complete(asyncio.sleep(0))  # the transport's close, still pending
+        loop.close()
         parent.send("stop")
+        parent.close()
         for proc in (node, worker):
             proc.join(2)
             if proc.is_alive():
@@ -552,6 +645,7 @@ def report(
     echo: dict[str, Any],
     tcp: dict[str, Any],
     floor: dict[str, Any],
+    wire_floor: dict[str, Any],
     started: float,
     load_before: tuple[float, ...],
 ) -> dict[str, Any]:
@@ -567,6 +661,12 @@ def report(
         ),
         "latency_p50_mesh_over_relay_floor": ratio(
             mesh["latency_us"]["p50"], floor["latency_us"]["p50"]
+        ),
+        "latency_p50_wire_floor_over_pool": ratio(
+            wire_floor["latency_us"]["p50"], pool["latency_us"]["p50"]
+        ),
+        "latency_p50_mesh_over_wire_floor": ratio(
+            mesh["latency_us"]["p50"], wire_floor["latency_us"]["p50"]
         ),
         "tasks_per_s_mesh_over_pool_one_by_one": ratio(
             mesh["map_tasks_per_s"], pool["apply_one_by_one_tasks_per_s"]
@@ -634,7 +734,12 @@ def report(
         "config": cfg.as_dict(),
         "mesh": mesh,
         "pool": pool,
-        "raw": {"asyncio_echo_round_trip_us": echo, "tcp_throughput": tcp, "relay_floor": floor},
+        "raw": {
+            "asyncio_echo_round_trip_us": echo,
+            "tcp_throughput": tcp,
+            "relay_floor": floor,
+            "wire_floor": wire_floor,
+        },
         "ratios": ratios,
         "targets": targets,
         "all_targets_met": all(t["met"] for t in targets.values()),
@@ -676,10 +781,12 @@ def main() -> None:
     tcp = bench_tcp_throughput(cfg)
     log(f"raw: relay floor (the mesh's shape, no work), {cfg.latency_calls} calls")
     floor = bench_relay_floor(cfg)
+    log(f"raw: wire floor (the same, carrying the mesh's messages), {cfg.latency_calls} calls")
+    wire_floor = bench_relay_floor(cfg, wire=True)
     mesh = bench_mesh(cfg)
     pool = bench_pool(cfg)
 
-    out = report(cfg, mesh, pool, echo, tcp, floor, started, load_before)
+    out = report(cfg, mesh, pool, echo, tcp, floor, wire_floor, started, load_before)
     faulthandler.cancel_dump_traceback_later()
     met = sum(t["met"] for t in out["targets"].values())
     log(f"done in {out['elapsed_s']} s; {met} of {len(out['targets'])} targets met")
