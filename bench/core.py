@@ -426,8 +426,7 @@ def bench_relay_floor(cfg: Config, wire: bool = False) -> dict[str, Any]:
             fhash = os.urandom(32)
 
             def submit(args: Any) -> None:  # the loop thread
-                submit = Submit(fhash, b"", "noop", (("floor-1", args),))
-                for chunk in codec.send(submit):
+                for chunk in codec.send(Submit(fhash, b"", "noop", (("floor-1", args),))):
                     waiter.transport.write(chunk)
 
         def call(_f: Callable[..., Any], *args: Any) -> Any:
