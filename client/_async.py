@@ -947,10 +947,7 @@ class AsyncClient:
                  f"no node reachable for {self._no_nodes_timeout_s:g} s ({why})", "", "")  # fmt: skip
         for entry in self._pending:
             if isinstance(entry, _Func):  # its jobs not sent yet fail too, unread
-                for k in range(entry.next, entry.n):
-                    self._fail(entry.job(self._tag, k), error)
-                entry.next = entry.n
-                self._drop_ahead(entry)
+                self._fail_unsent(entry, error)
         for job in [e for e in self._pending if isinstance(e, _Job)] + [
             j for lk in self._links.values() for j in lk.inflight.values()
         ]:
@@ -1093,8 +1090,12 @@ class AsyncClient:
         self._fail(job, info, blob)
         return job
 
-    def _drop_ahead(self, func: _Func) -> None:
-        """None of ``func``'s jobs will be sent any more: drop what it pickled ahead."""
+    def _fail_unsent(self, func: _Func, error: ErrorInfo) -> None:
+        """None of ``func``'s jobs not sent yet will be: each fails with ``error``, and
+        the arguments pickled ahead for them are dropped (their sequences left unread)."""
+        for k in range(func.next, func.n):
+            self._fail(func.job(self._tag, k), error)
+        func.next = func.n
         self._held -= sum(map(payload_size, func.ahead))
         func.ahead.clear()
         func.source = None
@@ -1316,10 +1317,7 @@ class AsyncClient:
                     await self.files.put(path, name)
             except MeshError as exc:
                 msg = f"_env: could not push {path} through mesh.files: {exc}"
-                for k in range(func.n):
-                    self._fail(func.job(self._tag, k), ("env-build", "EnvBuildFailed", msg, "", ""))
-                func.next = func.n
-                self._drop_ahead(func)
+                self._fail_unsent(func, ("env-build", "EnvBuildFailed", msg, "", ""))
                 return
             self._pushed.add(name)
         func.push = ()
