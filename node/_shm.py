@@ -167,10 +167,7 @@ class SharedBlocks:
             return
         block.used_at = time.monotonic()
         self._free.append(block)
-        while (
-            len(self._free) > self.free_max_blocks
-            or sum(b.capacity for b in self._free) > self.free_max_bytes
-        ):
+        while len(self._free) > self.free_max_blocks or self.free_bytes > self.free_max_bytes:
             self._remove(self._free.pop(0))
 
     @staticmethod
