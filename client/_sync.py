@@ -316,9 +316,8 @@ class Client:
         jobs than that, "completion order" is that order within the jobs watched.
         """
         ids = [jids] if isinstance(jids, str) else list(jids)
-        first = self._jobs(
-            ids[: _async_mod.WAIT_WINDOW]
-        )  # unknown ids fail here, not when iterated
+        # Unknown ids fail here, not when the results are iterated.
+        first = self._jobs(ids[: _async_mod.WAIT_WINDOW])
         bar = _progress.make(len(ids), progress)
         return _progress.track(bar, self._iresult(ids, first, timeout, ordered, bar))
 
