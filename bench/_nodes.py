@@ -23,7 +23,7 @@ def start_node(
     """Start a node (its data dir is ``data/name``); return it and its HOST:PORT."""
     env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES="127.0.0.1")
     env.pop("MESH_PEERS", None)
-    argv = [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", str(port),
+    argv = [sys.executable, "-m", "mesh.node", "--host", "127.0.0.1", "--port", str(port),
             "--name", name, "--workers", str(workers), "--data-dir", os.path.join(data, name),
             *extra]  # fmt: skip
     if not advertise:

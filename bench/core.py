@@ -484,7 +484,7 @@ def _cpu_per_call(cfg: Config, call: Callable[..., Any], pids: list[int]) -> dic
 
 
 def bench_mesh(cfg: Config) -> dict[str, Any]:
-    from client import Client
+    from mesh.client import Client
 
     out: dict[str, Any] = {}
     timeout_s = 300.0

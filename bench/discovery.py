@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import mesh
 from bench._nodes import start_node, stop
-from client._placement import NodeView, plan
+from mesh.client._placement import NodeView, plan
 
 
 def nap(x: int) -> int:

@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, overload
 
-from client._files import AsyncFiles
-from client._handle import Job, register_owner
-from client._local import LocalMesh
-from client._placement import NodeView, plan
+from mesh.client._files import AsyncFiles
+from mesh.client._handle import Job, register_owner
+from mesh.client._local import LocalMesh
+from mesh.client._placement import NodeView, plan
+
 from mesh._auth import load_secret
 from mesh._connection import Connection, heartbeats, open_connection
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers, peers_from_env

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _jobs_command(args: argparse.Namespace) -> int:
-    from client import Client
+    from mesh.client import Client
 
     with Client(args.peers) as c:
         if args.command == "nodes":
@@ -230,7 +230,7 @@ def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
 
 
 def _files_command(args: argparse.Namespace) -> int:
-    from client import Client
+    from mesh.client import Client
 
     if args.action == "put" and args.replicas < 1:
         raise ConfigurationError("--replicas must be at least 1")
@@ -458,7 +458,7 @@ ENV_COLUMNS = ["node", "key", "requirements", "status", "size", "last use", "bui
 
 
 def _envs_command(args: argparse.Namespace) -> int:
-    from client import Client
+    from mesh.client import Client
 
     with Client(args.peers) as c:
         if args.rebuild:
@@ -492,7 +492,7 @@ def _envs_command(args: argparse.Namespace) -> int:
 
 def _env_arg_names(given: list[str]) -> list[tuple[str, str]]:
     """(as given, as sent): a local wheel is sent as its pushed-file requirement."""
-    from client._async import _env_requirements
+    from mesh.client._async import _env_requirements
 
     return [(a, _env_requirements([a])[0][0] if a.strip() else a) for a in given]
 
@@ -536,7 +536,7 @@ def _pi_hits(samples: int, seed: int) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from client import Client
+    from mesh.client import Client
 
     if args.jobs < 1 or args.samples < 1:
         raise ConfigurationError("--jobs and --samples must be at least 1")

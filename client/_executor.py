@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from client._async import _Job, _split_options
-from client._sync import Client
+from mesh.client._async import _Job, _split_options
+from mesh.client._sync import Client
+
 from mesh._serialize import function_name
 
 __all__ = ["Executor", "MeshFuture"]

@@ -663,7 +663,7 @@ def job_files() -> Files | None:
     if not path:
         return None
     if _job_files is None:
-        from client._sync import _LoopThread
+        from mesh.client._sync import _LoopThread
 
         thread = _LoopThread("mesh-job-files")
         link = _NodeLink()

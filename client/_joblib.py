@@ -6,7 +6,7 @@
 
 ``n_jobs=-1`` means the worker slots of the mesh that are free now (all of them when
 none is), ``-2`` one fewer, and so on, as joblib counts cores. Each batch is one job
-of a :class:`~client._executor.Executor`, so cancelling (joblib aborts a call whose
+of a :class:`~mesh.client._executor.Executor`, so cancelling (joblib aborts a call whose
 task raised) kills the jobs still running. ``parallel_config(backend="mesh", ...)``
 takes ``client=``, or ``peers=``/``secret=``, and job options (``_cores=2``, ...).
 Nested ``Parallel`` calls inside a job run sequentially: the job holds one slot.
@@ -25,9 +25,8 @@ from joblib.parallel import (  # type: ignore[import-untyped]
     SequentialBackend,
     register_parallel_backend,
 )
-
-from client._executor import Executor, MeshFuture
-from client._sync import Client
+from mesh.client._executor import Executor, MeshFuture
+from mesh.client._sync import Client
 
 __all__ = ["MeshBackend", "register"]
 

@@ -14,10 +14,10 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
+from mesh._spawn import module_command
 from mesh.errors import MeshError
 
 __all__ = ["LocalMesh"]
@@ -50,11 +50,11 @@ class LocalMesh:
             for i in range(1, self.nodes + 1):
                 self._procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0",
+                        module_command("mesh.node", "--host", "127.0.0.1", "--port", "0",
                          "--name", f"local-{i}", "--workers", str(self.workers),
                          "--data-dir", os.path.join(self._dir, f"node-{i}"),
                          "--parent-pid", str(os.getpid()), "--no-advertise",
-                         "--grace", "0"],  # closing a local mesh ends its jobs at once
+                         "--grace", "0"),  # closing a local mesh ends its jobs at once
                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     )
                 )  # fmt: skip

@@ -21,9 +21,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from mesh._protocol import DONE
 
 if TYPE_CHECKING:
+    from mesh.client._async import _Job
     from tqdm import tqdm
-
-    from client._async import _Job
 
 __all__ = ["AUTO_DELAY_S", "Progress", "track", "watch"]
 

@@ -17,9 +17,9 @@ import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
-from client import _async as _async_mod
-from client import _progress
-from client._async import (
+from mesh.client import _async as _async_mod
+from mesh.client import _progress
+from mesh.client._async import (
     AsyncClient,
     EnvInfo,
     EnvRebuild,
@@ -30,9 +30,10 @@ from client._async import (
     _Job,
     _Picker,
 )
-from client._files import Files
-from client._handle import Job, register_owner
-from client._local import LocalMesh
+from mesh.client._files import Files
+from mesh.client._handle import Job, register_owner
+from mesh.client._local import LocalMesh
+
 from mesh._protocol import DONE
 from mesh.errors import ConnectionClosed, MeshTimeout
 

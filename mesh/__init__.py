@@ -50,8 +50,8 @@ from mesh.errors import (
 )
 
 if TYPE_CHECKING:
-    from client import AsyncClient, Client, Executor, Job, JobInfo, NodeInfo
-    from client._async import EnvInfo
+    from mesh.client import AsyncClient, Client, Executor, Job, JobInfo, NodeInfo
+    from mesh.client._async import EnvInfo
 
 __version__ = "0.1.0"
 __all__ = [
@@ -67,11 +67,11 @@ _default: Client | None = None
 
 def __getattr__(name: str) -> Any:
     if name in ("Client", "AsyncClient", "Executor", "Job", "JobInfo", "NodeInfo"):
-        import client
+        import importlib
 
-        return getattr(client, name)
+        return getattr(importlib.import_module("mesh.client"), name)
     if name == "EnvInfo":
-        from client._async import EnvInfo
+        from mesh.client._async import EnvInfo
 
         return EnvInfo
     if name == "files":  # mesh.files, the file store (imports the client when first used)
@@ -95,7 +95,7 @@ def _client() -> Client:
     with _lock:
         if _default is not None and not _default.closed:
             return _default
-        from client import Client
+        from mesh.client import Client
 
         try:
             _default = Client()  # MESH_PEERS, else the nodes of this mesh found over mDNS
@@ -116,14 +116,14 @@ def _client() -> Client:
 def connect(peers: str | Iterable[str] | None = None, secret: str | bytes | None = None,
             **kwargs: Any) -> Client:  # fmt: skip
     """Use these nodes (``["host:7390", ...]``, or ``MESH_PEERS``) for the module-level calls."""
-    from client import Client
+    from mesh.client import Client
 
     return _set_default(Client(peers, secret, **kwargs))
 
 
 def local(nodes: int = 2, workers: int | None = None) -> Client:
     """Start an embedded mesh of real nodes on 127.0.0.1 and use it (PiCloud's simulator)."""
-    from client import Client
+    from mesh.client import Client
 
     return _set_default(Client.local(nodes, workers))
 
@@ -240,8 +240,8 @@ def env(*requirements: str | Iterable[str]) -> tuple[str, ...]:
     node keys its cached environment by, so equal sets share one environment. A local
     wheel or sdist becomes an absolute path (it must exist); its bytes are hashed and
     pushed when a job uses it, so a rebuilt file is picked up."""
-    from client._async import _DIST_SUFFIXES
-    from node._envs import normalise
+    from mesh.client._async import _DIST_SUFFIXES
+    from mesh.node._envs import normalise
 
     out: list[str] = []
     for item in requirements:

@@ -16,7 +16,7 @@ import os
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from client._files import FileInfo, Files, SyncReport
+    from mesh.client._files import FileInfo, Files, SyncReport
 
 __all__ = ["delete", "exists", "get", "getf", "info", "list", "put", "putf", "sync"]
 
@@ -25,7 +25,7 @@ _list = list
 
 def _files() -> Files:
     import mesh
-    from client._files import job_files
+    from mesh.client._files import job_files
 
     default = mesh._default
     if default is None or default.closed:

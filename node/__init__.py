@@ -1,5 +1,5 @@
 """The ``mesh-node`` daemon: runs jobs sent by authenticated mesh clients."""
 
-from node._server import Node, NodeConfig
+from mesh.node._server import Node, NodeConfig
 
 __all__ = ["Node", "NodeConfig"]

@@ -1,3 +1,3 @@
-from node._cli import main
+from mesh.node._cli import main
 
 main()

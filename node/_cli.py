@@ -11,11 +11,12 @@ import signal
 import sys
 from pathlib import Path
 
+from mesh.node._server import Node, NodeConfig, default_max_memory
+
 from mesh._auth import default_secret_path, ensure_secret_file, load_secret
 from mesh._discovery import interfaces_from_env, parse_peers, peers_from_env
 from mesh._netif import default_route_ipv4
 from mesh.errors import ConfigurationError
-from node._server import Node, NodeConfig, default_max_memory
 
 # The default dashboard's port is the node's + 1000 (8390): nodes run side by side on
 # consecutive ports (7390, 7391) keep clear of each other's dashboards.

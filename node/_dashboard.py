@@ -49,10 +49,9 @@ from mesh.errors import ConfigurationError, MeshError
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from node._jobs import Job
-    from node._peers import Peer
-    from node._server import Node
+    from mesh.node._jobs import Job
+    from mesh.node._peers import Peer
+    from mesh.node._server import Node
 
 __all__ = ["Dashboard", "jobs_reply", "preview_pickle"]
 

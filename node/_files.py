@@ -22,6 +22,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from mesh.node._blobs import BlobStore
+
 from mesh._connection import Connection, open_connection
 from mesh._hash import is_hash
 from mesh._protocol import (
@@ -40,11 +42,10 @@ from mesh._protocol import (
 )
 from mesh._transfer import Stream, Transfers
 from mesh.errors import FileCorrupted, FilesError, FileStoreFull, MeshError, MeshFileNotFound
-from node._blobs import BlobStore
 
 if TYPE_CHECKING:
-    from node._peers import Peer
-    from node._server import Node
+    from mesh.node._peers import Peer
+    from mesh.node._server import Node
 
 __all__ = ["FILE_MESSAGES", "FileService"]
 

@@ -1,6 +1,6 @@
 """The node's pool of warm worker processes.
 
-Each worker is ``python -m node._worker`` in a session of its own (so a kill takes
+Each worker is ``python -m mesh.node._worker`` in a session of its own (so a kill takes
 the job's own subprocesses too), talking to the node over a socketpair. A worker
 that exits for any reason is reported and replaced at once.
 """
@@ -20,6 +20,7 @@ from typing import IO
 
 from mesh._connection import Connection
 from mesh._protocol import Message, Ran, RanItem, Run, WorkerReady
+from mesh._spawn import module_command
 
 __all__ = ["WorkerPool", "describe_exit"]
 
@@ -101,8 +102,8 @@ class WorkerPool:
         parent, child = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "node._worker", str(child.fileno()), str(os.getpid()),
-                str(self._max_memory),
+                *module_command("mesh.node._worker", str(child.fileno()), str(os.getpid()),
+                                str(self._max_memory), python=self.python),
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -18,6 +18,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from mesh.node._dashboard import Dashboard, jobs_reply
+from mesh.node._envs import Env, EnvBuildError, EnvCache, normalise
+from mesh.node._files import FILE_MESSAGES, FileService
+from mesh.node._jobs import (
+    Deliver,
+    Dispatch,
+    Func,
+    HandBack,
+    Instruction,
+    Job,
+    JobTable,
+    KillWorker,
+)
+from mesh.node._peers import PeerTable
+from mesh.node._pool import WorkerPool
+from mesh.node._proc import pid_alive
+from mesh.node._shm import SharedBlocks
+from mesh.node._store import JobStore, StoredJob
+
 from mesh._auth import fingerprint
 from mesh._connection import Connection
 from mesh._discovery import Advert, Advertiser
@@ -45,24 +64,6 @@ from mesh._protocol import (
     Submit,
     pushed_name,
 )
-from node._dashboard import Dashboard, jobs_reply
-from node._envs import Env, EnvBuildError, EnvCache, normalise
-from node._files import FILE_MESSAGES, FileService
-from node._jobs import (
-    Deliver,
-    Dispatch,
-    Func,
-    HandBack,
-    Instruction,
-    Job,
-    JobTable,
-    KillWorker,
-)
-from node._peers import PeerTable
-from node._pool import WorkerPool
-from node._proc import pid_alive
-from node._shm import SharedBlocks
-from node._store import JobStore, StoredJob
 
 __all__ = ["Node", "NodeConfig"]
 

@@ -27,9 +27,10 @@ import time
 import weakref
 from pathlib import Path
 
+from mesh.node._proc import pid_alive
+
 from mesh._frames import POPULATE_MAX, allocate_buffer
 from mesh._protocol import Submit
-from node._proc import pid_alive
 
 __all__ = ["FREE_IDLE_S", "FREE_MAX_BLOCKS", "FREE_MAX_BYTES", "SHARE_MIN", "SharedBlocks"]
 

@@ -1,6 +1,6 @@
 """A worker process: runs jobs for its node, isolated from it.
 
-Started as ``python -m node._worker FD`` with one end of a socketpair; speaks the
+Started as ``python -m mesh.node._worker FD`` with one end of a socketpair; speaks the
 same frame codec as the network, without MACs (the pipe never leaves the node).
 Blocking and single-threaded on purpose: a job that crashes or is killed takes
 this process and nothing else. Results are flushed at least every few
@@ -27,6 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from mesh.node._jobs import WORKER_FUNCTIONS
+
 from mesh._frames import FrameCodec
 from mesh._protocol import (
     DONE,
@@ -41,7 +43,6 @@ from mesh._protocol import (
     shared_path,
 )
 from mesh._serialize import dumps_payload, load_function, loads, pack_exception
-from node._jobs import WORKER_FUNCTIONS
 
 FLUSH_EVERY_S = 0.005
 _PR_SET_PDEATHSIG = 1

@@ -64,8 +64,7 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str 
 def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
     """Run ``mesh ARGS`` in this process: (exit code, stdout, stderr)."""
     import pytest
-
-    from client._cli import main
+    from mesh.client._cli import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:

@@ -124,7 +124,7 @@ def start_node(
     """Start a real ``mesh-node`` on 127.0.0.1 and wait for its listening line."""
     full_env = dict(os.environ, MESH_SECRET=secret, **(env or {}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", str(port), "--name", name,
+        [sys.executable, "-m", "mesh.node", "--host", "127.0.0.1", "--port", str(port), "--name", name,
          "--workers", str(workers), "--data-dir", str(data_dir),
          "--grace", "1", *(() if advertise else ("--no-advertise",)), *extra],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env,

@@ -370,7 +370,7 @@ def test_a_big_argument_arrives_intact_and_leaves_no_shared_file(node_factory, s
     and removed with the node's folder when the node stops."""
     import glob
 
-    from node._shm import FREE_MAX_BLOCKS
+    from mesh.node._shm import FREE_MAX_BLOCKS
 
     node = node_factory(name="shm")
     blob = os.urandom(6 << 20)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import threading
 
+import mesh.client._async as client_async
 import pytest
 from _helpers import gated, square, wait_until
 
-import client._async as client_async
 import mesh
 from mesh._serialize import dumps_value
 

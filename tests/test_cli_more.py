@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import test_dashboard
 from _helpers import run_cli, started_then_gated, table, wait_until
+from mesh.client._cli import main
 from test_dashboard import dashboard
 
-from client._cli import main
 from mesh._auth import dashboard_token
 
 COMMANDS = ["secret", "token", "nodes", "jobs", "job", "status", "result", "info", "kill",

@@ -1,6 +1,6 @@
 """Pure client logic: how much work a node is offered (no nodes needed)."""
 
-from client._async import _Link
+from mesh.client._async import _Link
 
 
 def test_a_new_function_gets_a_shallow_pipeline_even_on_a_node_known_to_be_fast() -> None:
@@ -35,7 +35,7 @@ def test_room_shrinks_with_jobs_in_flight_and_load_counts_other_clients() -> Non
 
 
 def test_a_map_reads_sequences_as_it_goes_and_anything_else_at_once():
-    from client._async import _count
+    from mesh.client._async import _count
 
     assert _count([[1, 2, 3], range(10), "ab"]) == 2  # zip stops at the shortest
     assert _count([range(5)]) == 5

@@ -21,10 +21,10 @@ import pytest
 from _helpers import gated, started_then_gated, wait_until
 from blake3 import blake3
 from conftest import NodeProc
+from mesh.node._dashboard import preview_pickle
 
 import mesh
 from mesh._auth import dashboard_token
-from node._dashboard import preview_pickle
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -325,7 +325,7 @@ def test_an_explicit_dashboard_address_that_is_taken_stops_the_node(secret, tmp_
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0", "--workers", "1",
+            [sys.executable, "-m", "mesh.node", "--host", "127.0.0.1", "--port", "0", "--workers", "1",
              "--no-advertise", "--data-dir", str(tmp_path / "d"), "--dashboard", f"127.0.0.1:{port}"],
             env=dict(os.environ, MESH_SECRET=secret), capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -153,7 +153,7 @@ def test_eviction_past_the_budget_and_rebuild(
 
 
 def test_requirement_sets_are_normalised() -> None:
-    from node._envs import EnvCache, normalise
+    from mesh.node._envs import EnvCache, normalise
 
     assert normalise(["NumPy >= 2", "python_Levenshtein==0.25.1", "numpy>=2", " "]) == (
         "numpy>=2",

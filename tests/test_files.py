@@ -459,7 +459,7 @@ def test_a_full_disk_names_file_and_node_and_records_nothing(secret, tmp_path):
         pytest.skip("needs root and unshare(1) to give a node a small disk")
     data = tmp_path / "small"
     data.mkdir()
-    node_cmd = [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0", "--name",
+    node_cmd = [sys.executable, "-m", "mesh.node", "--host", "127.0.0.1", "--port", "0", "--name",
                 "tiny", "--workers", "1", "--data-dir", str(data), "--no-advertise", "--grace", "1",
                 "--no-dashboard"]  # fmt: skip
     script = 'mount -t tmpfs -o size=8m tmpfs "$1" && shift && exec "$@"'
@@ -518,7 +518,7 @@ def test_a_store_named_by_sha256_is_rehashed_once_at_start(tmp_path):
     import hashlib
     import sqlite3
 
-    from node._blobs import BlobStore
+    from mesh.node._blobs import BlobStore
 
     data = b"kept across the change of hash\n" * 100
     old = hashlib.sha256(data).hexdigest()

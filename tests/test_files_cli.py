@@ -13,9 +13,9 @@ import pytest
 from _helpers import run_cli, table, wait_until
 from blake3 import blake3
 from conftest import NodeProc
+from mesh.client._cli import main
 
 import mesh
-from client._cli import main
 
 ACTIONS = ["ls", "put", "get", "rm", "info"]
 

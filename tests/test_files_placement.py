@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 
+from mesh.client._placement import NodeView, plan
 from test_files import linked, peered
 
 import mesh
-from client._placement import NodeView, plan
 
 
 def test_a_preferred_node_wins_ties_only() -> None:

@@ -813,7 +813,7 @@ def test_attack_attachments_larger_than_max_message_refused_before_allocation() 
 def test_worker_pipe_sends_a_shared_buffer_by_name_and_the_worker_maps_it(tmp_path) -> None:
     import mmap
 
-    from node._shm import SharedBlocks
+    from mesh.node._shm import SharedBlocks
 
     blocks = SharedBlocks("t", tmp_path)
     try:
@@ -845,7 +845,7 @@ def test_a_file_chunk_lands_in_ordinary_memory_and_a_job_argument_in_shared(tmp_
     """The node's allocator hears the message type from the HEAD frame: only a Submit's
     big argument (bound for a worker) gets a shared file; a file chunk passes through."""
 
-    from node._shm import SharedBlocks
+    from mesh.node._shm import SharedBlocks
 
     blocks = SharedBlocks("t", tmp_path)
     try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mesh.node._jobs import MAX_BATCH, Deliver, Dispatch, Func, HandBack, Job, JobTable, KillWorker
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED
-from node._jobs import MAX_BATCH, Deliver, Dispatch, Func, HandBack, Job, JobTable, KillWorker
 
 OWNER, OTHER = 1, 2
 F = Func(b"f" * 16, b"blob-f", "work.square")

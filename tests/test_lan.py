@@ -38,7 +38,7 @@ def lan_nodes(
             node_env = dict(os.environ, MESH_SECRET=secret, MESH_INTERFACES=host.address,
                             **(env or {}))  # fmt: skip
             proc = subprocess.Popen(
-                host.cmd(sys.executable, "-m", "node", "--name", f"host{i}", "--workers", "1",
+                host.cmd(sys.executable, "-m", "mesh.node", "--name", f"host{i}", "--workers", "1",
                          "--data-dir", str(data / f"h{i}"), *extra),
                 env=node_env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
             )  # fmt: skip

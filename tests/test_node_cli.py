@@ -200,12 +200,12 @@ def test_mesh_nodes_lists_nodes_in_table_and_json(nodes, secret):
     import subprocess
 
     env = dict(os.environ, MESH_PEERS=",".join(n.address for n in nodes), MESH_SECRET=secret)
-    table = subprocess.run([sys.executable, "-m", "client._cli", "nodes"], env=env,
+    table = subprocess.run([sys.executable, "-m", "mesh.client._cli", "nodes"], env=env,
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
     lines = table.strip().splitlines()
     assert lines[0].split() == ["name", "address", "workers", "running", "queued", "connected"]
     assert sorted(line.split()[0] for line in lines[1:]) == ["n1", "n2"]
-    out = subprocess.run([sys.executable, "-m", "client._cli", "--json", "nodes"], env=env,
+    out = subprocess.run([sys.executable, "-m", "mesh.client._cli", "--json", "nodes"], env=env,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     rows = json.loads(out)
     assert {r["address"] for r in rows} == {n.address for n in nodes}

@@ -12,11 +12,11 @@ import pickle
 from pathlib import Path
 
 import pytest
+from mesh.node._store import JobStore
 
 from mesh._frames import ATTACH_MIN, FrameCodec
 from mesh._protocol import Results, Submit
 from mesh._serialize import dumps_payload, loads, payload_size
-from node._store import JobStore
 
 BIG = 3 << 20  # past the node's shared-memory threshold: the worker maps a file
 

@@ -79,7 +79,7 @@ def test_mesh_nodes_lists_the_nodes_a_named_node_knows(node_factory, secret):
     env = dict(os.environ, MESH_PEERS=b.address, MESH_SECRET=secret)
 
     def listed() -> dict[str, bool]:
-        out = subprocess.run([sys.executable, "-m", "client._cli", "--json", "nodes"], env=env,
+        out = subprocess.run([sys.executable, "-m", "mesh.client._cli", "--json", "nodes"], env=env,
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
         return {r["name"]: r["connected"] for r in json.loads(out)}
 

@@ -65,7 +65,7 @@ def test_a_data_dir_in_use_is_refused_with_a_clear_error(node_factory, secret, t
     owner = node_factory(name="owner")
     env = dict(os.environ, MESH_SECRET=secret)
     second = subprocess.run(
-        [sys.executable, "-m", "node", "--host", "127.0.0.1", "--port", "0", "--no-advertise",
+        [sys.executable, "-m", "mesh.node", "--host", "127.0.0.1", "--port", "0", "--no-advertise",
          "--data-dir", str(owner.data_dir)],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -6,8 +6,7 @@ import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from client._placement import NodeView, plan
+from mesh.client._placement import NodeView, plan
 
 
 def alloc(result: list[tuple[str, int]]) -> dict[str, int]:

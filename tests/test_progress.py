@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from client._progress import AUTO_DELAY_S, make
+from mesh.client._progress import AUTO_DELAY_S, make
 
 SCRIPT = textwrap.dedent(
     """

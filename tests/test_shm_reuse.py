@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from conftest import rss_kib
+from mesh.node._shm import SharedBlocks
 
 import mesh
 from mesh._frames import FrameCodec
 from mesh._protocol import Ran, Run, decode, encode, open_shared_file
-from node._shm import SharedBlocks
 
 MB = 1 << 20
 SHM = Path("/dev/shm")

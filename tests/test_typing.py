@@ -11,6 +11,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def installed_layout(dest: Path) -> Path:
+    """``dest`` holding ``mesh/`` as a wheel lays it out (client/ and node/ inside it),
+    built of symlinks to the checkout, as `make typecheck` builds it for mypy."""
+    pkg = dest / "mesh"
+    pkg.mkdir(parents=True)
+    for f in (ROOT / "mesh").iterdir():
+        if f.suffix == ".py" or f.name == "py.typed":
+            (pkg / f.name).symlink_to(f)
+    for sub in ("node", "client"):
+        (pkg / sub).symlink_to(ROOT / sub)
+    return dest
+
 USER_CODE = textwrap.dedent(
     """
     import mesh
@@ -40,11 +53,11 @@ USER_CODE = textwrap.dedent(
 )
 
 EXPECTED = [
-    "client._handle.Job[int]",
+    "mesh.client._handle.Job[int]",
     "int",
     "list[int]",
     "Any",
-    "list[client._handle.Job[int]]",
+    "list[mesh.client._handle.Job[int]]",
     "int",
     "int",
     "typing.Iterator[int]",
@@ -58,7 +71,7 @@ def test_calls_return_typed_job_handles_and_results(tmp_path, monkeypatch):
     api = pytest.importorskip("mypy.api")
     source = tmp_path / "user_script.py"
     source.write_text(USER_CODE)
-    monkeypatch.chdir(ROOT)  # the packages as checked out
+    monkeypatch.chdir(installed_layout(tmp_path / "site"))  # the package as it installs
     out, err, code = api.run(
         ["--strict", "--cache-dir", str(tmp_path / "cache"), "--python-version",
          f"{sys.version_info[0]}.{sys.version_info[1]}", str(source)]
@@ -71,6 +84,7 @@ def test_calls_return_typed_job_handles_and_results(tmp_path, monkeypatch):
 def test_type_information_is_shipped():
     pyproject = (ROOT / "pyproject.toml").read_text()
     section = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
-    for package in ("mesh", "client"):  # the facade's types come from client
-        assert (ROOT / package / "py.typed").is_file()
+    # the facade's types come from mesh.client (the repository's client/ folder)
+    for package, folder in (("mesh", "mesh"), ('"mesh.client"', "client")):
+        assert (ROOT / folder / "py.typed").is_file()
         assert re.search(rf'^{package} = \[.*"py.typed".*\]$', section, re.M), section
