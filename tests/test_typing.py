@@ -24,6 +24,7 @@ def installed_layout(dest: Path) -> Path:
         (pkg / sub).symlink_to(ROOT / sub)
     return dest
 
+
 USER_CODE = textwrap.dedent(
     """
     import mesh
