@@ -173,6 +173,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # Everything the node and its workers write (data dir, logs, sockets) is the user's
+    # alone: other local users must not read results, arguments or stored files.
+    os.umask(0o077)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
     try:
         if os.environ.get("MESH_SECRET", "").strip():
