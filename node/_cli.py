@@ -137,8 +137,8 @@ def parser() -> argparse.ArgumentParser:
         "--dashboard",
         metavar="HOST:PORT",
         default=None,
-        help="serve the web dashboard there, for other machines too; it then asks for the "
-        "login token (`mesh token`) (default: 127.0.0.1 only, on the node's port + 1000)",
+        help="serve the web dashboard there, for other machines too (default: 127.0.0.1 "
+        "only, on the node's port + 1000); every dashboard needs a login (`mesh dashboard`)",
     )
     p.add_argument("--no-dashboard", action="store_true", help="serve no web dashboard")
     p.add_argument(
