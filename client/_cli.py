@@ -496,7 +496,10 @@ def _open_dashboard(args: argparse.Namespace) -> int:
     base = urls[0]
     link = _get_json(base, "api/login-link", "POST")
     url = base + str(link["path"]).lstrip("/")
-    opened = not args.no_browser and webbrowser.open(url)
+    try:
+        opened = not args.no_browser and webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False  # no usable browser here: the link is printed instead
     if args.json:
         print(json.dumps({"url": url, "opened": opened}))
     elif opened:

@@ -12,6 +12,7 @@ These need root (to become ``nobody``); they skip, saying why, where that cannot
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import pwd
@@ -387,3 +388,27 @@ def test_mesh_jobs_never_sends_the_token_to_a_squatter(
     assert f"the server at http://127.0.0.1:{port}/ could not prove it is a dashboard" in err
     code, out, err = login
     assert code == 2 and out == "" and "could not prove" in err
+
+
+def test_mesh_dashboard_opens_the_browser_logged_in(
+    own_nodes, tmp_path, monkeypatch, capsys, secret
+):
+    node = own_nodes(tmp_path / "data")
+    url = (node.data_dir / "dashboard").read_text().strip()
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"  # stands for the user's browser: notes what it was given
+    browser.write_text(f'#!/bin/sh\nprintf %s "$1" > {opened}\n')
+    browser.chmod(0o700)
+    monkeypatch.setenv("BROWSER", str(browser))
+    monkeypatch.setenv("MESH_SECRET", secret)
+    monkeypatch.setenv("MESH_DASHBOARD", url)
+    code, out, err = run_cli(capsys, "dashboard")
+    assert code == 0, err
+    link = opened.read_text()
+    assert out.startswith(f"opened {url} in the browser") and link in out
+    assert link.startswith(url + "login?code=")
+    jar = http.cookiejar.CookieJar()  # as a browser keeps the cookie through the redirect
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(link, timeout=20) as resp:
+        assert resp.status == 200 and resp.url == url  # logged in: the page, not the form
+    assert [c.name for c in jar] == [f"lanmesh_session_{url.rsplit(':', 1)[1].strip('/')}"]
