@@ -36,7 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mesh.node._store import private_data_dir
 
@@ -94,6 +94,13 @@ SECURITY_HEADERS = {
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
+class _Challenge(NamedTuple):
+    """A nonce this dashboard gave ``mesh``: good for one request, until ``until_s``."""
+
+    client_nonce: bytes
+    until_s: float  # monotonic
+
+
 class Dashboard:
     """One node's dashboard server; ``start()`` binds it, the first connection serves it."""
 
@@ -116,7 +123,7 @@ class Dashboard:
         self._token_text = dashboard_token(node.config.secret)
         self._token = self._token_text.encode()
         # What each credential is good for, until when (monotonic seconds).
-        self._challenges: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._challenges: OrderedDict[str, _Challenge] = OrderedDict()
         self._links: OrderedDict[str, float] = OrderedDict()
         self._sessions: OrderedDict[str, float] = OrderedDict()
         self._sock: socket.socket | None = None
@@ -291,11 +298,11 @@ class Dashboard:
         fields = dict(part.strip().partition("=")[::2] for part in value.split(",") if "=" in part)
         nonce, mac = fields.get("nonce", ""), fields.get("mac", "")
         pending = self._challenges.pop(nonce, None)
-        if pending is None or pending[1] < time.monotonic():
+        if pending is None or pending.until_s < time.monotonic():
             return False
-        client_nonce = pending[0]
-        expected = dashboard_request_mac(self._token_text, client_nonce, bytes.fromhex(nonce),
-                                         request.method, request.raw_path)  # fmt: skip
+        expected = dashboard_request_mac(self._token_text, pending.client_nonce,
+                                         bytes.fromhex(nonce), request.method,
+                                         request.raw_path)  # fmt: skip
         return hmac.compare_digest(expected.encode(), mac.encode())
 
     async def _api_challenge(self, request: web.Request) -> web.StreamResponse:
@@ -308,7 +315,8 @@ class Dashboard:
         if len(client_nonce) != NONCE_BYTES:
             raise ValueError(f"nonce must be {NONCE_BYTES} random bytes as hex")
         nonce = secrets.token_bytes(NONCE_BYTES)
-        _keep(self._challenges, nonce.hex(), (client_nonce, time.monotonic() + CHALLENGE_TTL_S))
+        _keep(self._challenges, nonce.hex(),
+              _Challenge(client_nonce, time.monotonic() + CHALLENGE_TTL_S))  # fmt: skip
         return _json({"nonce": nonce.hex(),
                       "proof": dashboard_node_proof(self._token_text, client_nonce, nonce)})  # fmt: skip
 
