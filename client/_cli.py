@@ -1,5 +1,9 @@
 """``mesh``: the mesh from a shell: nodes, jobs, results, kills, files, the secret and tokens.
 
+``jobs`` and ``dashboard`` talk to nodes' dashboards over HTTP, and only after the
+dashboard proved it knows the login token (a challenge-response): a credential is
+never sent to whatever else listens on its port (another user's program, say).
+
 Every command prints a human-readable table or block by default and JSON with
 ``--json``. Exit codes: 0 ok; 1 a job failed (``result``); 2 a mesh error (nodes
 or dashboard unreachable, wrong secret, unknown job, missing file) or a usage error.
@@ -9,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import json
 import os
 import random
+import secrets
 import sys
 import time
 import urllib.error
@@ -21,7 +27,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mesh._auth import dashboard_token, default_secret_path, load_secret
+from mesh._auth import (
+    dashboard_node_proof,
+    dashboard_request_mac,
+    dashboard_token,
+    default_secret_path,
+    load_secret,
+)
 from mesh._protocol import JOB_STATES
 from mesh.errors import (
     AuthenticationError,
@@ -81,6 +93,15 @@ def parser() -> argparse.ArgumentParser:
         help="a node's dashboard (repeatable; default MESH_DASHBOARD, else the one of the node "
         "run by this user here, else http://127.0.0.1:8390/)",
     )  # fmt: skip
+    dash = command("dashboard", "open this machine's node's dashboard in the browser, logged "
+                                "in (a one-time login link; printed when no browser opens)")  # fmt: skip
+    dash.add_argument(
+        "--dashboard", action="append", default=[], metavar="URL",
+        help="the node's dashboard (default MESH_DASHBOARD, else the one of the node run by "
+        "this user here, else http://127.0.0.1:8390/)",
+    )  # fmt: skip
+    dash.add_argument("--no-browser", action="store_true",
+                      help="print the login link instead of opening a browser")  # fmt: skip
     job = command("job", "print everything the nodes recorded about jobs")
     job.add_argument("jids", nargs="+", metavar="JID")
     for name, text in (
@@ -139,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_files_command(args))
         if args.command == "jobs":
             sys.exit(_list_jobs(args))
+        if args.command == "dashboard":
+            sys.exit(_open_dashboard(args))
         if args.command == "demo":
             sys.exit(_demo(args))
         if args.command == "envs":
@@ -335,27 +358,69 @@ def _dashboards(given: list[str]) -> list[str]:
     return out
 
 
-def _get_json(base: str, path: str) -> Any:
-    """GET a dashboard's JSON API with the login token (when this machine has the secret)."""
-    url = base + path
-    headers = {"Accept": "application/json"}
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A dashboard never redirects its API: a redirect is followed nowhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _get_json(base: str, path: str, method: str = "GET") -> Any:
+    """Call a dashboard's JSON API once it proved it knows this mesh's login token.
+
+    The challenge carries no credential; the request after it carries a MAC bound to
+    it, to the dashboard's one-time nonce and to the request, never the token.
+    """
     try:
-        headers["Authorization"] = "Bearer " + dashboard_token(load_secret())
-    except ConfigurationError:
-        pass  # a loopback dashboard needs none
-    request = urllib.request.Request(url, headers=headers)
+        token = dashboard_token(load_secret())
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"the dashboard needs a login, made from the mesh secret: {exc}"
+        ) from None
+    mine = secrets.token_bytes(32)
+    answer = _http_json(base, "api/challenge?nonce=" + mine.hex(), "GET", {})
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
+        theirs = bytes.fromhex(str(answer["nonce"]))
+        proof = str(answer["proof"])
+    except (KeyError, TypeError, ValueError):
+        theirs, proof = b"", ""
+    if not theirs or not hmac.compare_digest(
+        proof.encode(), dashboard_node_proof(token, mine, theirs).encode()
+    ):
+        raise AuthenticationError(
+            f"the server at {base} could not prove it is a dashboard of this mesh: that node "
+            "has another secret than this machine (compare `mesh token` on both), or another "
+            "program (perhaps another user's) listens there. Nothing secret was sent to it"
+        )
+    target = urllib.parse.urlsplit(base + path)
+    selector = target.path + (f"?{target.query}" if target.query else "")
+    mac = dashboard_request_mac(token, mine, theirs, method, selector)
+    auth = {"Authorization": f"Mesh-HMAC nonce={theirs.hex()}, mac={mac}"}
+    if method == "POST":
+        auth["X-Mesh"] = "1"
+    return _http_json(base, path, method, auth)
+
+
+def _http_json(base: str, path: str, method: str, headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(
+        base + path, method=method, headers={"Accept": "application/json", **headers}
+    )
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=HTTP_TIMEOUT_S) as resp:
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         with exc:
             detail = _error_text(exc)
         if exc.code == 401:
             raise AuthenticationError(
-                f"dashboard {base} refused the token: this machine's mesh secret is not that "
+                f"dashboard {base} refused the login: this machine's mesh secret is not that "
                 "node's (compare `mesh token` on both)"
             ) from None
         raise MeshError(f"dashboard {base}: HTTP {exc.code}: {detail}") from None
+    except ValueError:
+        raise AuthenticationError(
+            f"the server at {base} does not answer as a lanmesh dashboard does (not JSON)"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise MeshConnectionError(
@@ -417,6 +482,30 @@ def _list_jobs(args: argparse.Namespace) -> int:
     print(_table(rows, cols))
     if total > len(jobs):
         print(f"({len(jobs)} of {total} jobs, newest first; --offset/--limit for others)")
+    return EXIT_OK
+
+
+def _open_dashboard(args: argparse.Namespace) -> int:
+    """Open the dashboard with a one-time login link the node gave (after it proved
+    itself), so the browser gets a session cookie and the token stays here."""
+    import webbrowser
+
+    urls = _dashboards(args.dashboard)
+    if len(urls) != 1:
+        raise ConfigurationError("mesh dashboard opens one dashboard: name one with --dashboard")
+    base = urls[0]
+    link = _get_json(base, "api/login-link", "POST")
+    url = base + str(link["path"]).lstrip("/")
+    try:
+        opened = not args.no_browser and webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False  # no usable browser here: the link is printed instead
+    if args.json:
+        print(json.dumps({"url": url, "opened": opened}))
+    elif opened:
+        print(f"opened {base} in the browser (login link, valid once: {url})")
+    else:
+        print(f"open this link to log in (valid once, for {int(link['expires_s'])} s):\n{url}")
     return EXIT_OK
 
 

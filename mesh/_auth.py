@@ -29,6 +29,8 @@ __all__ = [
     "ClientHandshake",
     "ServerHandshake",
     "SessionKeys",
+    "dashboard_node_proof",
+    "dashboard_request_mac",
     "dashboard_token",
     "default_secret_path",
     "ensure_secret_file",
@@ -217,6 +219,23 @@ def fingerprint(secret: bytes) -> str:
 
 
 def dashboard_token(secret: bytes) -> str:
-    """The login token of exposed dashboards (``mesh token``): derived from the secret,
+    """The dashboards' login token (``mesh token``): derived from the secret,
     so every machine that holds the secret can print it, and it reveals nothing of it."""
     return _mac(secret, b"lanmesh dashboard token")[:16].hex()
+
+
+def dashboard_node_proof(token: str, client_nonce: bytes, node_nonce: bytes) -> str:
+    """A dashboard's answer to ``mesh``'s challenge: proves it knows the token, so the
+    CLI never sends a credential to another program squatting the dashboard's port."""
+    return _mac(token.encode(), b"lanmesh dashboard node", client_nonce, node_nonce).hex()
+
+
+def dashboard_request_mac(
+    token: str, client_nonce: bytes, node_nonce: bytes, method: str, target: str
+) -> str:
+    """``mesh``'s proof for one request (method and path with query) under one node
+    nonce: the token itself never crosses the wire, and a copy cannot be replayed."""
+    return _mac(
+        token.encode(), b"lanmesh dashboard request", client_nonce, node_nonce,
+        method.encode(), target.encode(),
+    ).hex()  # fmt: skip

@@ -223,7 +223,7 @@ class BlobWriter:
             await f.close()
         final = self._store.path(h)
         final.parent.mkdir(exist_ok=True)
-        os.chmod(self.temp, 0o444)  # jobs open blobs in place: read-only
+        os.chmod(self.temp, 0o400)  # jobs open blobs in place: read-only, the user's alone
         os.replace(self.temp, final)
         await asyncio.to_thread(_fsync_dir, final.parent)
         self._store.have.add(h)

@@ -137,8 +137,8 @@ def parser() -> argparse.ArgumentParser:
         "--dashboard",
         metavar="HOST:PORT",
         default=None,
-        help="serve the web dashboard there, for other machines too; it then asks for the "
-        "login token (`mesh token`) (default: 127.0.0.1 only, on the node's port + 1000)",
+        help="serve the web dashboard there, for other machines too (default: 127.0.0.1 "
+        "only, on the node's port + 1000); every dashboard needs a login (`mesh dashboard`)",
     )
     p.add_argument("--no-dashboard", action="store_true", help="serve no web dashboard")
     p.add_argument(
@@ -173,6 +173,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # Everything the node and its workers write (data dir, logs, sockets) is the user's
+    # alone: other local users must not read results, arguments or stored files.
+    os.umask(0o077)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
     try:
         if os.environ.get("MESH_SECRET", "").strip():

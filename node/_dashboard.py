@@ -1,8 +1,13 @@
 """The node's web dashboard: pages for people and a JSON API under ``/api/`` (aiohttp).
 
-It listens on 127.0.0.1 by default. Bound elsewhere (``mesh-node --dashboard
-HOST:PORT``) every request needs the login token, which ``mesh token`` derives from
-the mesh secret; without it pages answer 401 with a login form and the API 401.
+It listens on 127.0.0.1 by default, or where ``mesh-node --dashboard HOST:PORT``
+says. Every request needs a login, also on loopback (another local user could
+otherwise read a job's arguments or kill it): a session cookie, got from a one-time
+link (``mesh dashboard`` asks for one) or by typing the token ``mesh token`` derives
+from the mesh secret; a script's ``Authorization: Bearer TOKEN``; or ``mesh``'s
+challenge-response, in which the dashboard proves it knows the token first and the
+token never crosses the wire. Without one, pages answer 401 with a login form and
+the API 401.
 The listening socket is bound when the node starts (so its address is known and
 taken), but aiohttp is imported and serving starts on the first connection: a node
 nobody looks at pays nothing for it. Jobs are the mesh's as this node sees it: its
@@ -25,14 +30,17 @@ import json
 import logging
 import pickletools
 import reprlib
+import secrets
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mesh._auth import dashboard_token
+from mesh.node._store import private_data_dir
+
+from mesh._auth import dashboard_node_proof, dashboard_request_mac, dashboard_token
 from mesh._protocol import (
     JOB_STATES,
     PROCESSING,
@@ -58,7 +66,13 @@ __all__ = ["Dashboard", "jobs_reply", "preview_pickle"]
 log = logging.getLogger("mesh.node.dashboard")
 
 STATIC = Path(__file__).with_name("static")
-COOKIE = "lanmesh_token"
+COOKIE = "lanmesh_session"  # + "_PORT": browsers share cookies between a host's ports
+MESH_AUTH = "mesh-hmac"  # the Authorization scheme of `mesh`'s challenge-response
+NONCE_BYTES = 32
+CHALLENGE_TTL_S = 30.0  # a challenge answers one request within this time
+LOGIN_LINK_TTL_S = 60.0  # a login link works once, within this time
+SESSION_TTL_S = 30 * 86400.0
+PENDING_MAX = 1024  # challenges, login links and sessions kept (oldest dropped first)
 URL_FILE = "dashboard"
 PAGES = ("/", "/jobs", "/files")
 PAGE_LIMIT = 50
@@ -80,6 +94,13 @@ SECURITY_HEADERS = {
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
+class _Challenge(NamedTuple):
+    """A nonce this dashboard gave ``mesh``: good for one request, until ``until_s``."""
+
+    client_nonce: bytes
+    until_s: float  # monotonic
+
+
 class Dashboard:
     """One node's dashboard server; ``start()`` binds it, the first connection serves it."""
 
@@ -89,17 +110,22 @@ class Dashboard:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        token_required: bool = False,
+        explicit: bool = False,
         event_interval_s: float = 0.5,
         peer_timeout_s: float = PEER_TIMEOUT_S,
     ) -> None:
         self.node = node
         self.host, self.port = host, port
-        self.token_required = token_required
+        self.explicit = explicit  # --dashboard named: its port is taken or nothing
         self.event_interval_s = event_interval_s
         self.peer_timeout_s = peer_timeout_s
         self._jobs_bumped = 0.0
-        self._token = dashboard_token(node.config.secret).encode()
+        self._token_text = dashboard_token(node.config.secret)
+        self._token = self._token_text.encode()
+        # What each credential is good for, until when (monotonic seconds).
+        self._challenges: OrderedDict[str, _Challenge] = OrderedDict()
+        self._links: OrderedDict[str, float] = OrderedDict()
+        self._sessions: OrderedDict[str, float] = OrderedDict()
         self._sock: socket.socket | None = None
         self._serving: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -127,14 +153,14 @@ class Dashboard:
     def start(self) -> None:
         """Bind and listen now; import aiohttp and serve once someone connects.
 
-        The default (loopback, no token) dashboard takes any free port when its own is
-        taken (a second node on this machine); an explicit ``--dashboard`` fails instead.
+        The default (loopback) dashboard takes any free port when its own is taken (a
+        second node on this machine); an explicit ``--dashboard`` fails instead.
         """
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
             sock = socket.create_server((self.host, self.port), family=family)
         except OSError as exc:
-            if self.token_required or self.port == 0:
+            if self.explicit or self.port == 0:
                 raise ConfigurationError(
                     f"the dashboard cannot listen on {self.host}:{self.port}: "
                     f"{exc.strerror or exc} (pick another with --dashboard HOST:PORT)"
@@ -146,7 +172,7 @@ class Dashboard:
         self._sock = sock
         self.port = sock.getsockname()[1]
         # Where `mesh jobs` on this machine finds it (stdout keeps its one line).
-        self.node.config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_data_dir(self.node.config.data_dir)
         self.url_file.write_text(self.url + "\n")
         log.info("dashboard on %s", self.url)
         loop = asyncio.get_running_loop()
@@ -216,6 +242,8 @@ class Dashboard:
         r.add_get("/static/{name}", self._static)
         r.add_get("/login", self._login_page)
         r.add_post("/login", self._login)
+        r.add_get("/api/challenge", self._api_challenge)
+        r.add_post("/api/login-link", self._api_login_link)
         r.add_get("/api/nodes", self._api_nodes)
         r.add_get("/api/jobs", self._api_jobs)
         r.add_get("/api/jobs/{jid}", self._api_job)
@@ -225,21 +253,20 @@ class Dashboard:
         return app
 
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Who may ask: the token where it is required, else loopback names only.
+        """Who may ask: a logged-in browser, a script with the token, or ``mesh``.
 
-        Without a token, a Host that is neither an IP address nor localhost means a
-        page of some web site reached us through DNS rebinding: refused. POSTs must
-        carry ``X-Mesh: 1``, which no cross-site form can send without our consent.
+        On the default loopback dashboard, a Host that is neither an IP address nor
+        localhost means a page of some web site reached us through DNS rebinding:
+        refused before anything else. POSTs must carry ``X-Mesh: 1``, which no
+        cross-site form can send without our consent.
         """
         from aiohttp import web
 
-        if self.token_required:
-            if request.path not in ("/login", "/static/style.css") and not self._authorized(
-                request
-            ):
-                return self._unauthorized(request)
-        elif not _local_host(request.host):
+        if not self.explicit and not _local_host(request.host):
             return web.Response(status=403, text="forbidden: open the dashboard by IP address\n")
+        public = request.path in ("/login", "/static/style.css", "/api/challenge")
+        if not public and not self._authorized(request):
+            return self._unauthorized(request)
         post = request.method == "POST" and request.path.startswith("/api/")
         if post and request.headers.get("X-Mesh") != "1":
             return _json({"error": "POST requests need the header X-Mesh: 1"}, 403)
@@ -250,12 +277,62 @@ class Dashboard:
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
 
+    @property
+    def cookie(self) -> str:
+        """The session cookie's name: per port, as browsers send a host's cookies to all
+        of its ports (two nodes on one machine keep their own sessions)."""
+        return f"{COOKIE}_{self.port}"
+
     def _authorized(self, request: web.Request) -> bool:
-        given = request.cookies.get(COOKIE, "")
         auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        return bool(given) and hmac.compare_digest(given.encode(), self._token)
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer":
+            return hmac.compare_digest(value.strip().encode(), self._token)
+        if scheme.lower() == MESH_AUTH:
+            return self._mesh_request(request, value)
+        session = request.cookies.get(self.cookie, "")
+        return bool(session) and _take(self._sessions, session, keep=True)
+
+    def _mesh_request(self, request: web.Request, value: str) -> bool:
+        """``mesh``'s request: a MAC over a challenge this dashboard issued (used once)."""
+        fields = dict(part.strip().partition("=")[::2] for part in value.split(",") if "=" in part)
+        nonce, mac = fields.get("nonce", ""), fields.get("mac", "")
+        pending = self._challenges.pop(nonce, None)
+        if pending is None or pending.until_s < time.monotonic():
+            return False
+        expected = dashboard_request_mac(self._token_text, pending.client_nonce,
+                                         bytes.fromhex(nonce), request.method,
+                                         request.raw_path)  # fmt: skip
+        return hmac.compare_digest(expected.encode(), mac.encode())
+
+    async def _api_challenge(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/challenge?nonce=HEX``: prove this dashboard knows the token, and
+        give a nonce of ours that one request MAC'd with it may use."""
+        try:
+            client_nonce = bytes.fromhex(request.query.get("nonce", ""))
+        except ValueError:
+            client_nonce = b""
+        if len(client_nonce) != NONCE_BYTES:
+            raise ValueError(f"nonce must be {NONCE_BYTES} random bytes as hex")
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        _keep(self._challenges, nonce.hex(),
+              _Challenge(client_nonce, time.monotonic() + CHALLENGE_TTL_S))  # fmt: skip
+        return _json({"nonce": nonce.hex(),
+                      "proof": dashboard_node_proof(self._token_text, client_nonce, nonce)})  # fmt: skip
+
+    async def _api_login_link(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/login-link``: a one-time login path for a browser (``mesh dashboard``)."""
+        code = secrets.token_urlsafe(NONCE_BYTES)
+        _keep(self._links, code, time.monotonic() + LOGIN_LINK_TTL_S)
+        return _json({"path": f"login?code={code}", "expires_s": LOGIN_LINK_TTL_S})
+
+    def _logged_in(self, response: web.StreamResponse) -> web.StreamResponse:
+        """Give the browser a fresh session (the cookie is never the token itself)."""
+        session = secrets.token_urlsafe(NONCE_BYTES)
+        _keep(self._sessions, session, time.monotonic() + SESSION_TTL_S)
+        response.set_cookie(self.cookie, session, httponly=True, samesite="Strict",
+                            max_age=int(SESSION_TTL_S), path="/")  # fmt: skip
+        return response
 
     def _unauthorized(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
@@ -263,8 +340,8 @@ class Dashboard:
         challenge = {"WWW-Authenticate": 'Bearer realm="lanmesh dashboard"'}
         if request.path.startswith("/api/"):
             return web.json_response(
-                {"error": "this dashboard needs its login token: run `mesh token` and send "
-                          "it as 'Authorization: Bearer TOKEN'"},
+                {"error": "this dashboard needs a login: `mesh dashboard` opens it logged in; "
+                          "scripts send `mesh token` as 'Authorization: Bearer TOKEN'"},
                 status=401, headers=challenge,
             )  # fmt: skip
         return web.Response(
@@ -273,9 +350,19 @@ class Dashboard:
         )  # fmt: skip
 
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
+        """The login form; with ``?code=`` (a link from ``mesh dashboard``), a session."""
         from aiohttp import web
 
-        if not self.token_required or self._authorized(request):
+        code = request.query.get("code")
+        if code is not None:
+            if not _take(self._links, code, keep=False):
+                return web.Response(
+                    status=401, content_type="text/html",
+                    text=_login_html(self.node.name, "That login link was used already or has "
+                                     "expired: run `mesh dashboard` again."),
+                )  # fmt: skip
+            return self._logged_in(web.Response(status=303, headers={"Location": "/"}))
+        if self._authorized(request):
             raise web.HTTPSeeOther("/")
         return web.Response(text=_login_html(self.node.name, ""), content_type="text/html")
 
@@ -289,9 +376,7 @@ class Dashboard:
                 status=401, content_type="text/html",
                 text=_login_html(self.node.name, "That is not this mesh's token."),
             )  # fmt: skip
-        resp = web.Response(status=303, headers={"Location": "/"})
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", max_age=30 * 86400)
-        return resp
+        return self._logged_in(web.Response(status=303, headers={"Location": "/"}))
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
@@ -711,6 +796,24 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=_dumps)
 
 
+def _keep(pending: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Remember a credential; past ``PENDING_MAX`` the oldest is forgotten."""
+    pending[key] = value
+    while len(pending) > PENDING_MAX:
+        pending.popitem(last=False)
+
+
+def _take(pending: OrderedDict[str, float], key: str, *, keep: bool) -> bool:
+    """Is ``key`` a live credential? Used up unless ``keep``; expired ones are dropped."""
+    until = pending.get(key) if keep else pending.pop(key, None)
+    if until is None:
+        return False
+    if until < time.monotonic():
+        pending.pop(key, None)
+        return False
+    return True
+
+
 def _local_host(host: str | None) -> bool:
     """Is this Host header an IP address or localhost (not a name some DNS maps here)?"""
     if not host:
@@ -744,8 +847,10 @@ def _login_html(node: str, problem: str) -> str:
 <link rel="stylesheet" href="/static/style.css"></head>
 <body><main class="login">
 <h1>lanmesh dashboard of {escape(node)}</h1>
-<p>This dashboard is reachable from other machines, so it asks for its login token.
-Get it on any machine that holds the mesh secret with:</p>
+<p>This dashboard needs a login. On the node's machine, as the user running it,</p>
+<pre>mesh dashboard</pre>
+<p>opens it logged in. Or paste the login token, which any machine holding the mesh
+secret prints with:</p>
 <pre>mesh token</pre>
 {note}
 <form method="post" action="/login">

@@ -157,7 +157,7 @@ class Node:
         """Return once the node accepts connections; workers warm up in the background."""
         if self.config.dashboard is not None:  # first: a taken port fails before workers start
             host, port = self.config.dashboard
-            self.dashboard = Dashboard(self, host, port, token_required=self.config.dashboard_token)
+            self.dashboard = Dashboard(self, host, port, explicit=self.config.dashboard_token)
             self.dashboard.start()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._store = await asyncio.to_thread(JobStore, self.config.data_dir)

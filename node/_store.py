@@ -9,15 +9,20 @@ is what this store is for; a power cut may lose the last commits, and the client
 then run those jobs again (at-least-once). Queued and running jobs are not stored:
 their clients place them again when the node is lost.
 
-One node owns a data dir at a time (an exclusive lock on ``node.lock``).
+One node owns a data dir at a time (an exclusive lock on ``node.lock``). The data dir
+is private to the user running the node (0700, its files 0600): other local users must
+not read results, arguments or stored files; :func:`private_data_dir` refuses one that
+is open to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -27,7 +32,7 @@ import msgpack  # type: ignore[import-untyped]
 from mesh._protocol import ErrorInfo, Payload
 from mesh.errors import ConfigurationError
 
-__all__ = ["JobStore", "StoredJob"]
+__all__ = ["JobStore", "StoredJob", "private_data_dir"]
 
 # jid, state, fname, label, submitted, started, finished, cpu_s, stdout, stderr,
 # result, error, attempts
@@ -60,8 +65,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 class JobStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "jobs.sqlite3"
+        private_data_dir(data_dir)
         self._lock: IO[str] | None = _lock_data_dir(data_dir)
         try:
+            _create_private(self.path)  # SQLite gives its -wal and -shm files this mode
             # Opened in a helper thread, then used from the node's loop thread only.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -123,7 +130,49 @@ def _parts(stored: bytes) -> Payload:
     return stored
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """Create the data dir 0700, or check that other users cannot enter it.
+
+    A dir an older lanmesh made 0755 (its files 0644) is refused rather than fixed
+    silently, like a secret file others can read: the message gives the chmod to run.
+    """
+    try:
+        data_dir.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the data dir {data_dir}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        st = data_dir.stat()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot use the data dir {data_dir}: {exc.strerror or exc}"
+        ) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(f"data dir {data_dir} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"data dir {data_dir} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()}); give this node a data dir of its own with --data-dir"
+        )
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigurationError(
+            f"data dir {data_dir} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}): "
+            "they could read job results and stored files; "
+            f"run: chmod -R go-rwx {data_dir}"
+        )
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` 0600 if it is missing (whatever the process umask)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _lock_data_dir(data_dir: Path) -> IO[str]:
+    _create_private(data_dir / "node.lock")
     f = open(data_dir / "node.lock", "a+")  # noqa: SIM115 (held for the node's life)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

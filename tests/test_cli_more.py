@@ -168,7 +168,8 @@ def test_exposed_dashboard_and_the_wrong_secret(node_factory, secret, monkeypatc
     monkeypatch.setenv("MESH_SECRET", "another mesh")
     with pytest.raises(SystemExit) as exit_:
         main(["jobs"])
-    assert exit_.value.code == 2 and "refused the token" in capsys.readouterr().err
+    err = capsys.readouterr().err  # it cannot prove itself to a client of another mesh
+    assert exit_.value.code == 2 and "could not prove it is a dashboard of this mesh" in err
 
 
 def test_job_prints_a_block_or_json(cli, client):

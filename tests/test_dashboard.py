@@ -1,5 +1,9 @@
 """The node's web dashboard: its JSON API, its login token, and its pages in a real
-headless browser (Debian's chromium driven by Playwright), against real nodes."""
+headless browser (Debian's chromium driven by Playwright), against real nodes.
+
+Every dashboard needs a login: these requests send the mesh's token as a script would
+(``Authorization: Bearer``), the browser logs in through ``mesh dashboard``'s link.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import pytest
 from _helpers import gated, started_then_gated, wait_until
 from blake3 import blake3
 from conftest import NodeProc
+from mesh.client._cli import main as mesh_cli
 from mesh.node._dashboard import preview_pickle
 
 import mesh
@@ -31,6 +36,19 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
+
+
+# The login token of the test's mesh: what `http` sends unless told not to.
+TOKEN = ""
+
+
+@pytest.fixture(autouse=True)
+def logged_in(secret: str) -> Iterator[None]:
+    """Requests of this test send its mesh's token (``login=False``: none)."""
+    global TOKEN
+    TOKEN = dashboard_token(secret.encode())
+    yield
+    TOKEN = ""
 
 
 def dashboard(node: NodeProc) -> str:
@@ -46,15 +64,20 @@ def http(
     method: str = "GET",
     headers: dict[str, str] | None = None,
     data: bytes | None = None,
+    login: bool = True,
 ) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of one request; redirects are not followed."""
+    """(status, headers, body) of one request, with the mesh's token unless ``login`` is
+    false or the request carries its own credential; redirects are not followed."""
+    headers = dict(headers or {})
+    if login and TOKEN and "Authorization" not in headers and "Cookie" not in headers:
+        headers["Authorization"] = f"Bearer {TOKEN}"
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: Any, **kwargs: Any) -> None:
             return None
 
     opener = urllib.request.build_opener(NoRedirect)
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with opener.open(req, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -83,8 +106,10 @@ def all_jobs(base: str, query: str = "", limit: int = 500) -> tuple[int, list[di
 
 
 @pytest.fixture
-def mesh2(node_factory) -> list[NodeProc]:
+def mesh2(node_factory, secret) -> list[NodeProc]:
     """Two nodes that know each other (n2 names n1); n1's dashboard sees both."""
+    global TOKEN
+    TOKEN = dashboard_token(secret.encode())  # also where `logged_in` is not used
     n1 = node_factory(name="n1")
     n2 = node_factory(name="n2", extra=("--peer", n1.address))
     wait_until(
@@ -275,6 +300,9 @@ def test_api_kill_stops_a_running_job_and_needs_its_header(node_factory, secret,
         wait_until(started.exists, what="the job to start")
         status, _, body = http(url + f"api/jobs/{jid}/kill", method="POST")
         assert status == 403 and b"X-Mesh" in body  # what a cross-site form would send
+        status, _, _ = http(url + f"api/jobs/{jid}/kill", method="POST", headers={"X-Mesh": "1"},
+                            login=False)  # fmt: skip
+        assert status == 401  # loopback is no login either
         assert c.status(jid) == "processing"
         out = api(url + f"api/jobs/{jid}/kill", method="POST", headers={"X-Mesh": "1"})
         assert out["killed"] is True
@@ -295,30 +323,37 @@ def test_loopback_dashboard_refuses_other_host_names(node_factory):
     assert http(url + "api/nodes", headers={"Host": "localhost"})[0] == 200
 
 
-def test_exposed_dashboard_needs_the_token(node_factory, secret):
-    node = node_factory(name="exposed", extra=("--dashboard", "127.0.0.1:0"))
+@pytest.mark.parametrize("where", ["loopback", "exposed"])
+def test_every_dashboard_needs_the_token(node_factory, secret, where):
+    extra = ("--dashboard", "127.0.0.1:0") if where == "exposed" else ()
+    node = node_factory(name=where, extra=extra)
     url = dashboard(node)
     token = dashboard_token(secret.encode())
 
-    status, headers, body = http(url + "api/nodes")
+    status, headers, body = http(url + "api/nodes", login=False)
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
-    assert b"mesh token" in body
+    assert b"mesh dashboard" in body and b"mesh token" in body
     assert http(url + "api/nodes", headers={"Authorization": "Bearer " + "0" * 32})[0] == 401
     assert http(url + "api/jobs", headers={"Authorization": "Bearer wrong"})[0] == 401
     data = api(url + "api/nodes", headers={"Authorization": f"Bearer {token}"})
-    assert data["node"] == "exposed"
+    assert data["node"] == where
 
-    status, _, page = http(url)  # a browser gets the login form, saying how to get the token
+    status, _, page = http(url, login=False)  # a browser gets the login form, saying how
     assert status == 401 and b"mesh token" in page and b'action="/login"' in page
-    status, _, page = http(url + "login", method="POST", data=b"token=nope")
+    status, _, page = http(url + "login", method="POST", data=b"token=nope", login=False)
     assert status == 401 and b"not this mesh" in page
-    status, headers, _ = http(url + "login", method="POST", data=f"token={token}".encode())
+    status, headers, _ = http(url + "login", method="POST", data=f"token={token}".encode(),
+                              login=False)  # fmt: skip
     assert status == 303 and headers["Location"] == "/"
     cookie = headers["Set-Cookie"].split(";")[0]
+    name = cookie.split("=", 1)[0]
+    assert name == f"lanmesh_session_{url.rsplit(':', 1)[1].strip('/')}"  # per port
+    assert token not in headers["Set-Cookie"]  # a session, never the token itself
     assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
     assert http(url, headers={"Cookie": cookie})[0] == 200
     assert http(url + "api/jobs", headers={"Cookie": cookie})[0] == 200
-    assert http(url + "api/jobs", headers={"Cookie": "lanmesh_token=forged"})[0] == 401
+    assert http(url + "api/jobs", headers={"Cookie": f"{name}=forged"})[0] == 401
+    assert http(url + "api/jobs", headers={"Cookie": f"{name}={token}"})[0] == 401
 
 
 def test_an_explicit_dashboard_address_that_is_taken_stops_the_node(secret, tmp_path):
@@ -375,12 +410,24 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+def login_link(url: str, capsys: Any) -> str:
+    """The one-time login link `mesh dashboard --no-browser` prints (MESH_SECRET set)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        mesh_cli(["dashboard", "--no-browser", "--json", "--dashboard", url])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0, out
+    data = json.loads(out)
+    assert data["opened"] is False and data["url"].startswith(url + "login?code=")
+    return str(data["url"])
+
+
 def row_status(page: Any, jid: str) -> str | None:
     row = page.query_selector(f'#jobs tr[data-jid="{jid}"]')
     return row.get_attribute("data-status") if row else None
 
 
-def test_dashboard_pages_in_a_browser(mesh2, secret, browser, tmp_path):
+def test_dashboard_pages_in_a_browser(mesh2, secret, browser, tmp_path, capsys, monkeypatch):
     n1, n2 = mesh2
     urls = {"n1": dashboard(n1), "n2": dashboard(n2)}
     shots = tmp_path / "screenshots"
@@ -393,6 +440,15 @@ def test_dashboard_pages_in_a_browser(mesh2, secret, browser, tmp_path):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.set_default_timeout(20_000)
         pages[name] = page
+
+    # without a login, the login form; `mesh dashboard`'s link logs the browser in
+    page = pages["n1"]
+    page.goto(urls["n1"])
+    page.wait_for_selector('form[action="/login"]')
+    monkeypatch.setenv("MESH_SECRET", secret)
+    for name, url in urls.items():  # each node its own session (cookies are per port)
+        pages[name].goto(login_link(url, capsys))
+        assert pages[name].url == url
 
     # the mesh page lists both nodes
     page = pages["n1"]

@@ -15,12 +15,13 @@ import pytest
 import test_dashboard
 from _helpers import started_then_gated, wait_until
 from conftest import NodeProc
-from test_dashboard import all_jobs, api, dashboard, http, shout
+from test_dashboard import all_jobs, api, dashboard, http, logged_in, shout
 
 import mesh
 
 KILL = {"method": "POST", "headers": {"X-Mesh": "1"}}
 mesh2 = test_dashboard.mesh2  # two nodes that know each other (n2 names n1)
+__all__ = ["logged_in"]  # its requests send the mesh's token, as test_dashboard's do
 
 
 def running_on_both(

@@ -462,7 +462,7 @@ def test_a_full_disk_names_file_and_node_and_records_nothing(secret, tmp_path):
     node_cmd = [sys.executable, "-m", "mesh.node", "--host", "127.0.0.1", "--port", "0", "--name",
                 "tiny", "--workers", "1", "--data-dir", str(data), "--no-advertise", "--grace", "1",
                 "--no-dashboard"]  # fmt: skip
-    script = 'mount -t tmpfs -o size=8m tmpfs "$1" && shift && exec "$@"'
+    script = 'mount -t tmpfs -o size=8m,mode=700 tmpfs "$1" && shift && exec "$@"'  # private
     proc = subprocess.Popen(
         ["unshare", "-m", "sh", "-c", script, "sh", str(data), *node_cmd],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=dict(os.environ, MESH_SECRET=secret),
