@@ -274,7 +274,7 @@ class Gossip:
     def next_due(self) -> float:
         """When :meth:`tick` has something to do (math.inf: nothing until a message)."""
         due = min(self._next_probe, self._next_sync)
-        if self._broadcasts.items:
+        if self._broadcasts.items and self.config.gossip_nodes:
             due = min(due, self._next_gossip)
         if self._probe is not None:
             p = self._probe
@@ -339,9 +339,10 @@ class Gossip:
                 self._suspect(u, now, out)
         if self._probe is None and now >= self._next_probe:
             self._start_probe(now, out)
-        if self._broadcasts.items and now >= self._next_gossip:
+        if self._broadcasts.items and cfg.gossip_nodes and now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval_s
-            peers = self._random_live(cfg.gossip_nodes, exclude=())
+            # Suspects too: the suspect is the one that most needs to hear it.
+            peers = self._random_live(cfg.gossip_nodes, exclude=(), suspects=True)
             if not peers:  # news for nobody: a joiner gets our state by push/pull
                 self._broadcasts.items.clear()
             for peer in peers:
@@ -408,8 +409,10 @@ class Gossip:
                 return
         self._next_probe = math.inf  # nobody to probe: re-armed when someone appears
 
-    def _random_live(self, k: int, exclude: Sequence[str]) -> list[Update]:
-        live = [u for u in self.live() if u.state == State.ALIVE and u.node_id not in exclude]
+    def _random_live(self, k: int, exclude: Sequence[str], suspects: bool = False) -> list[Update]:
+        """Up to ``k`` random alive members (and suspected ones, if ``suspects``)."""
+        top = State.SUSPECT if suspects else State.ALIVE
+        live = [u for u in self.live() if u.state <= top and u.node_id not in exclude]
         return self._rng.sample(live, min(k, len(live)))
 
     def _next_seq(self) -> int:
