@@ -240,6 +240,36 @@ def test_no_ack_by_the_end_of_the_period_suspects_then_the_timeout_declares_dead
     assert target not in [u.node_id for u in g.live()]
 
 
+@pytest.mark.parametrize(("members", "max_s"), [(3, 3.0), (9, 3.0), (99, 6.0)])
+def test_the_suspicion_timeout_grows_with_log_n(members: int, max_s: float) -> None:
+    # max = suspicion_max_mult * suspicion_mult * max(1, log10 N) * probe_interval_s
+    g = knowing(gossip(), *range(1, members + 1))
+    target, _ = _fail_probe(g)
+    n = int(target[2:])
+    start = CFG.probe_interval_s
+    assert about(target, g.tick(start + max_s - 0.001)) == []
+    assert about(target, g.tick(start + max_s)) == [
+        Changed(upd(n, 0, State.DEAD, ME), State.SUSPECT)
+    ]
+
+
+def test_dead_members_are_not_probed_and_ping_reqs_go_to_as_many_as_there_are() -> None:
+    g = knowing(gossip(), 1, 2, 3)
+    g.received(addr(9), GossipNews(wire(upd(3, 0, State.DEAD, "id9"))), 0.0)
+    targets = []
+    for p in range(6):
+        (ping,) = g.tick(p * CFG.probe_interval_s)
+        assert isinstance(ping.msg, GossipPing)
+        targets.append(ping.msg.target)
+        if p < 5:
+            g.received(ping.to, GossipAck(ping.msg.seq), p * CFG.probe_interval_s)
+    assert sorted(targets) == ["id1", "id1", "id1", "id2", "id2", "id2"]
+    # The last probe goes unanswered: the one other live member is asked, not k = 3.
+    reqs = sends(g.tick(5 * CFG.probe_interval_s + CFG.probe_timeout_s))
+    other = "id2" if targets[-1] == "id1" else "id1"
+    assert [r.to for r in reqs] == [addr(int(other[2:]))]
+
+
 def test_a_confirmation_from_another_node_brings_the_timeout_down_to_the_minimum() -> None:
     g = knowing(gossip(), 1, 2, 3)
     target, _ = _fail_probe(g)
