@@ -15,8 +15,8 @@ news, to ``gossip_nodes`` random members every ``gossip_interval_s``
 fewest-sent then newest first (memberlist's TransmitLimitedQueue). Epidemic news
 reaches everyone only with high probability, so, as in memberlist, a joining node
 swaps full state with its seeds (:class:`GossipSync`, push/pull), and every node with
-one random member every ``push_pull_interval_s``. With no news, per node and period: one ping out and on
-average one ack out, whatever N.
+one random member every ``push_pull_interval_s``. With no news, per node and period:
+one ping out and on average one ack out, whatever N.
 
 Transport: the gossip messages travel over the nodes' existing authenticated TCP
 links (mesh/_connection.py), not over UDP. Why: every frame on those links is already
