@@ -400,7 +400,7 @@ class Gossip:
     def _start_probe(self, now: float, out: list[Instruction]) -> None:
         """Ping the next live member of the round; a new shuffled round when one ends."""
         self._next_probe = now + self.config.probe_interval_s
-        for _ in range(len(self._order) + 1):
+        for _ in range(2 * len(self._order) + 1):  # the rest of this round, a whole next
             if self._index >= len(self._order):
                 self._order = [i for i in self._order if i in self._members]
                 self._rng.shuffle(self._order)
@@ -480,12 +480,12 @@ class Gossip:
             # A random place in the round, so that joiners are not all probed last.
             if u.node_id not in self._order:
                 self._order.insert(self._rng.randint(0, len(self._order)), u.node_id)
-            if self._next_probe == math.inf and not self._leaving:
-                self._next_probe = now
         else:
             if m.update.state != State.ALIVE:
                 m.since = now
             m.update, m.suspicion = u, None
+        if self._next_probe == math.inf and not self._leaving:
+            self._next_probe = now
         self._broadcasts.queue(u)
         out.append(Changed(u, previous))
 

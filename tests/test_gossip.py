@@ -270,6 +270,32 @@ def test_dead_members_are_not_probed_and_ping_reqs_go_to_as_many_as_there_are() 
     assert [r.to for r in reqs] == [addr(int(other[2:]))]
 
 
+def test_with_every_member_dead_nothing_is_probed_until_one_comes_back() -> None:
+    g = knowing(gossip(), 1)
+    g.received(addr(9), GossipNews(wire(upd(1, 0, State.DEAD, "id9"))), 0.0)
+    assert g.tick(0.0) == []
+    assert g.next_due() == CFG.dead_forget_s  # only forgetting it is due
+    assert g.received(addr(1), GossipNews(wire(upd(1, 1))), 2.0) == [Changed(upd(1, 1), State.DEAD)]
+    assert g.next_due() == 2.0
+    assert g.tick(2.0) == [Send(addr(1), GossipPing(1, "id1", wire(upd(1, 1))))]
+
+
+def test_the_one_survivor_of_a_round_is_probed_every_period() -> None:
+    g = knowing(gossip(seed=3), 1, 2, 3, 4, 5)
+    for p in range(2):  # into the round
+        (ping,) = g.tick(p * CFG.probe_interval_s)
+        assert isinstance(ping.msg, GossipPing)
+        g.received(ping.to, GossipAck(ping.msg.seq), p * CFG.probe_interval_s)
+    dead = [upd(i, 0, State.DEAD, "id9") for i in (1, 2, 3, 4)]
+    g.received(addr(9), GossipNews(wire(*dead)), 0.9)
+    for p in range(2, 12):
+        (ping,) = [
+            s for s in sends(g.tick(p * CFG.probe_interval_s)) if isinstance(s.msg, GossipPing)
+        ]
+        assert ping.to == addr(5) and isinstance(ping.msg, GossipPing)
+        g.received(ping.to, GossipAck(ping.msg.seq), p * CFG.probe_interval_s)
+
+
 def test_a_confirmation_from_another_node_brings_the_timeout_down_to_the_minimum() -> None:
     g = knowing(gossip(), 1, 2, 3)
     target, _ = _fail_probe(g)
