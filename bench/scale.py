@@ -232,10 +232,15 @@ SS_PID = re.compile(r"pid=(\d+)")
 SS_DATA_SEGS = re.compile(r"\bdata_segs_out:(\d+)")
 
 
-def data_segments_out(pids: list[int]) -> int:
-    """TCP data segments sent so far by the sockets of ``pids`` (``ss -tinp``)."""
+def data_segments_out(pids: list[int]) -> int | None:
+    """TCP data segments sent so far by the sockets of ``pids`` (``ss -tinp``; None
+    without iproute2's ``ss``)."""
     wanted = set(pids)
-    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+    try:
+        run = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True)
+    except FileNotFoundError:
+        return None
+    out = run.stdout
     total, owned = 0, False
     for line in out.splitlines():
         if not line[:1].isspace():  # a socket's line; its details follow, indented
@@ -273,7 +278,9 @@ def measure(n: int, cfg: argparse.Namespace, data: str) -> dict[str, Any]:
         cpu1, segs1, dt = cpu_s(pids), data_segments_out(pids), now() - t
         out["idle_cpu_pct_all_nodes"] = r((cpu1 - cpu0) / dt * 100, 2)
         out["idle_cpu_pct_per_node"] = r((cpu1 - cpu0) / dt * 100 / n, 3)
-        out["idle_messages_per_node_per_s"] = r((segs1 - segs0) / dt / n, 2)
+        out["idle_messages_per_node_per_s"] = (
+            None if segs0 is None or segs1 is None else r((segs1 - segs0) / dt / n, 2)
+        )
         out["rss_mib_per_node"] = r(rss_bytes(pids) / n / 2**20, 1)
 
         log(f"N={n}: client")
