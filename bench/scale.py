@@ -17,7 +17,7 @@ For each N (``--nodes``, default 10,25,50,100):
   link to every node;
 - tiny_map: a map of ``--map-items`` (10,000) trivial jobs, jobs/s;
 - sleep_map: 2N jobs of 0.5 s: seconds, and how many nodes ran them;
-- freeze: the process group of one node is SIGSTOPped (its sockets stay open, as on a
+- freeze: one node and its workers are SIGSTOPped (its sockets stay open, as on a
   suspended laptop): seconds until the first and until every other node dropped it,
   and until the client did; then SIGCONT, and seconds until every node has it back.
 
@@ -175,18 +175,25 @@ class Mesh:
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.nodes]
 
-    def stop(self) -> None:
-        for w in self.nodes:  # a frozen node would not hear SIGTERM
+    def signal_tree(self, w: Watched, sig: signal.Signals) -> None:
+        """``sig`` to a node and its workers (each worker leads a process group of its own)."""
+        for pid in _tree([w.proc.pid]):
             with _suppress_gone():
-                os.killpg(w.proc.pid, signal.SIGCONT)
+                os.kill(pid, sig)
+
+    def stop(self) -> None:
+        workers = set(_tree(self.pids())) - set(self.pids())
+        for w in self.nodes:  # a frozen node would not hear SIGTERM
+            self.signal_tree(w, signal.SIGCONT)
             if w.proc.poll() is None:
                 w.proc.terminate()
         for w in self.nodes:
             stop(w.proc)
-            with _suppress_gone():  # a worker that outlived its node
-                os.killpg(w.proc.pid, signal.SIGKILL)
             if w.proc.stderr is not None:
                 w.proc.stderr.close()
+        for pid in workers:  # one that outlived its node (a worker's pid is its group's)
+            with _suppress_gone():
+                os.killpg(pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -315,10 +322,10 @@ def measure(n: int, cfg: argparse.Namespace, data: str) -> dict[str, Any]:
 
 
 def freeze(m: Mesh, c: mesh.Client, timeout_s: float) -> dict[str, Any]:
-    """SIGSTOP one node's process group; until the others and the client drop it; back."""
+    """SIGSTOP one node and its workers; until the others and the client drop it; back."""
     victim = m.nodes[-1]
     others = [w for w in m.nodes if w is not victim]
-    os.killpg(victim.proc.pid, signal.SIGSTOP)
+    m.signal_tree(victim, signal.SIGSTOP)
     t = now()
     try:
         client_s = None
@@ -329,7 +336,7 @@ def freeze(m: Mesh, c: mesh.Client, timeout_s: float) -> dict[str, Any]:
             time.sleep(0.01)
         dropped = m.wait(others, lambda w, sees: victim.name not in sees, t, timeout_s)
     finally:
-        os.killpg(victim.proc.pid, signal.SIGCONT)
+        m.signal_tree(victim, signal.SIGCONT)
     back = m.wait(others, lambda w, sees: victim.name in sees, now(), timeout_s)
     rejoined = _latest(back)
     known = [x for x in dropped if x is not None]

@@ -69,6 +69,7 @@ def test_an_interrupted_run_stops_every_node_and_worker_it_started() -> None:
         [sys.executable, str(SCALE), "--nodes", "3", "--idle-s", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    started: set[int] = set()
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # the nodes are up and the idle window has begun
@@ -80,7 +81,14 @@ def test_an_interrupted_run_stops_every_node_and_worker_it_started() -> None:
         proc.communicate(timeout=120)
         assert proc.returncode != 0
         assert [p for p in started if alive(p)] == []
-    finally:
+    finally:  # a failure above must not leave the nodes (own sessions) running either
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        for pid in started | descendants(proc.pid):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
