@@ -48,6 +48,11 @@ __all__ = [
     "FileReply",
     "Holders",
     "Goodbye",
+    "GossipAck",
+    "GossipNews",
+    "GossipPing",
+    "GossipPingReq",
+    "GossipSync",
     "Ping",
     "Pong",
     "Peers",
@@ -58,6 +63,7 @@ __all__ = [
     "JobsReply",
     "Kill",
     "Load",
+    "MemberUpdate",
     "Message",
     "Proof",
     "Query",
@@ -411,6 +417,68 @@ class JobsReply(Message):
     rows: tuple[JobSummary, ...]
     total: int
     details: tuple[JobDetails, ...] = ()
+
+
+# ---- gossip membership (tags 80-89): node <-> node, see mesh/_gossip.py ----
+#
+# SWIM over the nodes' authenticated links: each message carries, piggybacked, the
+# newest membership updates its sender is still spreading.
+
+# A member as gossip spreads it: node id, name, address ("host:port"), incarnation,
+# state (0 alive, 1 suspect, 2 dead, 3 left), origin (the node id of who said so),
+# workers, running, queued.
+MemberUpdate = tuple[str, str, str, int, int, str, int, int, int]
+
+
+@message(80)
+@dataclasses.dataclass(frozen=True, slots=True)
+class GossipPing(Message):
+    """Node -> node: are you alive? ``target`` is the node id meant (an address may
+    have changed hands); answered with :class:`GossipAck` of the same ``seq``."""
+
+    seq: int
+    target: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@message(81)
+@dataclasses.dataclass(frozen=True, slots=True)
+class GossipAck(Message):
+    """Answer to :class:`GossipPing`, also relayed for a :class:`GossipPingReq`."""
+
+    seq: int
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@message(82)
+@dataclasses.dataclass(frozen=True, slots=True)
+class GossipPingReq(Message):
+    """Node -> node: my ping of ``target`` at ``address`` went unanswered; ping it for
+    me and pass its ack back with my ``seq``."""
+
+    seq: int
+    target: str
+    address: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@message(83)
+@dataclasses.dataclass(frozen=True, slots=True)
+class GossipSync(Message):
+    """Node -> node: every member the sender knows (push/pull: on join, and now and
+    then); answered with the receiver's own, ``reply`` set, which is not answered."""
+
+    members: tuple[MemberUpdate, ...]
+    reply: bool = False
+
+
+@message(84)
+@dataclasses.dataclass(frozen=True, slots=True)
+class GossipNews(Message):
+    """Node -> node: membership updates being spread, sent only while there are some
+    (memberlist's gossip timer); not answered."""
+
+    updates: tuple[MemberUpdate, ...]
 
 
 # ---- mesh.files (tags 40-59): client <-> node, node <-> node, job <-> its node ----
