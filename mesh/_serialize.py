@@ -1,8 +1,9 @@
 """Pickling of functions, arguments, results and exceptions.
 
 Functions travel by value (cloudpickle) whenever the receiving node could not import
-them: ``__main__``, notebooks, and every module that lives outside site-packages and
-the standard library (the user's own ``closestwords.py``). Plain data takes the C
+them: ``__main__``, notebooks, and the user's own modules (``closestwords.py`` beside the
+script); installed packages, wherever they are installed, travel by reference (see
+:func:`travels_by_value`). Plain data takes the C
 pickler's fast path. A job's exception travels as data: the pickled exception when it
 round-trips, always with its remote traceback text, and is re-raised on the client as
 its original type.
@@ -11,8 +12,10 @@ its original type.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
+import json
 import os
 import pickle
 import site
@@ -21,7 +24,7 @@ import sysconfig
 import traceback
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -54,8 +57,15 @@ __all__ = [
 
 PROTOCOL = 5
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex, bytearray})
-# Our own packages are installed editable in development; never ship them by value.
-_OWN = frozenset({"mesh", "node", "client"})
+# What every node has, so never travels by value, however the client got it: lanmesh
+# itself and its dependencies (pyproject's, by import name; _cffi_backend is
+# cryptography's compiled half, a top-level module of its own).
+_NODES_HAVE = frozenset({
+    "mesh", "cloudpickle", "cryptography", "_cffi_backend", "msgpack", "zeroconf",
+    "aiofiles", "blake3", "aiohttp", "tqdm",
+})  # fmt: skip
+_STDLIB = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
+_EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _installed_roots() -> tuple[str, ...]:
@@ -79,14 +89,39 @@ _by_value: set[str] = set()
 _scanned: tuple[int, str] = (0, "")
 
 
-def _is_local(module: types.ModuleType) -> bool:
-    """True for a module a node cannot be expected to import: outside site-packages/stdlib."""
+def travels_by_value(module: types.ModuleType, search_path: Sequence[str] | None = None) -> bool:
+    """Whether ``module`` (top-level) is the user's own code, which nodes cannot import.
+
+    Never: the standard library, lanmesh and its dependencies, compiled extension
+    modules (bytes of machine code cannot be pickled), and anything in site-packages or
+    in a distribution installed elsewhere on ``search_path`` (default ``sys.path``: a
+    ``PYTHONPATH`` or ``pip install --target`` folder, a ``.pth`` folder), which nodes
+    install as they install packages. Everything else travels by value: ``closestwords.py``
+    beside the script, a folder on ``PYTHONPATH`` with no distribution metadata, and the
+    user's own project installed editable (``pip install -e .``)."""
+    top = module.__name__.partition(".")[0]
+    if top in _NODES_HAVE or top in _STDLIB:
+        return False
     path = getattr(module, "__file__", None)
     if path:
-        return not _installed(path)
-    # A namespace package (a folder of modules without __init__.py, say the user's
-    # "tools/") is local if a folder of it is; builtin and frozen modules have none.
-    return any(not _installed(p) for p in getattr(module, "__path__", None) or ())
+        if path.endswith(_EXTENSION_SUFFIXES):
+            return False
+        folders = [path]
+    else:
+        # A namespace package (a folder of modules without __init__.py, say the user's
+        # "tools/") is local if a folder of it is; builtin and frozen modules have none.
+        folders = list(getattr(module, "__path__", None) or ())
+        if not folders:
+            return False
+    outside = [f for f in folders if not _installed(f)]
+    if not outside:
+        return False
+    owners = _distributions(sys.path if search_path is None else search_path).get(top, ())
+    if all(_within(f, owners) for f in outside):
+        return False
+    # A package holding compiled modules cannot travel by value either: nodes need it
+    # installed, and saying so (MissingModule) beats a broken pickle.
+    return not (path and path.endswith("__init__.py") and _has_extension(os.path.dirname(path)))
 
 
 def _installed(path: str) -> bool:
@@ -94,8 +129,84 @@ def _installed(path: str) -> bool:
     return any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
 
 
+def _within(path: str, roots: Iterable[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(r + os.sep) for r in roots)
+
+
+def _has_extension(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.endswith(_EXTENSION_SUFFIXES) for e in entries)
+    except OSError:
+        return False
+
+
+# sys.path entries outside site-packages, with their mtimes -> {top-level name: the
+# entries where a non-editable distribution installed it}. The mtimes change when a
+# distribution is installed there, so a `pip install --target` mid-session is seen.
+_dist_cache: tuple[tuple[tuple[str, int], ...], dict[str, tuple[str, ...]]] = ((), {})
+
+
+def _distributions(search_path: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Top-level import names of the distributions (``*.dist-info``) installed in the
+    entries of ``search_path`` outside site-packages (those in it count as installed
+    anyway), each with the entries that hold it; editable installs left out."""
+    global _dist_cache
+    entries: list[tuple[str, int]] = []
+    for entry in dict.fromkeys(os.path.realpath(e or os.curdir) for e in search_path):
+        if not _installed(entry):
+            try:
+                entries.append((entry, os.stat(entry).st_mtime_ns))
+            except OSError:
+                continue
+    key = tuple(entries)
+    if key == _dist_cache[0]:
+        return _dist_cache[1]
+    found: dict[str, list[str]] = {}
+    for entry, _ in entries:
+        try:
+            with os.scandir(entry) as children:
+                metas = [e.path for e in children if e.name.endswith(".dist-info")]
+        except OSError:  # a zip file or a folder we may not read
+            continue
+        for meta in metas:
+            for top in _top_level_names(importlib.metadata.Distribution.at(meta)):
+                found.setdefault(top, []).append(entry)
+    table = {name: tuple(where) for name, where in found.items()}
+    _dist_cache = (key, table)
+    return table
+
+
+def _top_level_names(dist: importlib.metadata.Distribution) -> set[str]:
+    """The top-level modules a distribution installed beside its metadata (from its
+    RECORD); none for an editable install, whose code stays in the user's project."""
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        if direct.get("dir_info", {}).get("editable"):
+            return set()
+        files = dist.files
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if files is None:
+        return set((dist.read_text("top_level.txt") or "").split())
+    names = set()
+    for f in files:
+        parts = f.parts
+        if not parts or parts[0] == ".." or parts[0] == "__pycache__":
+            continue
+        if len(parts) > 1:
+            if not parts[0].endswith((".dist-info", ".data")):
+                names.add(parts[0])
+        elif parts[0].endswith(".py"):
+            names.add(parts[0][:-3])
+        elif parts[0].endswith(_EXTENSION_SUFFIXES):
+            names.add(parts[0].split(".")[0])
+    return names
+
+
 def register_local_modules() -> None:
-    """Mark every imported local top-level module to be pickled by value."""
+    """Mark every imported top-level module of the user's own to be pickled by value."""
     global _scanned
     # New imports land at the end of sys.modules: (size, last name) changes whenever
     # a module arrives, even if another left, and costs O(1) to check on every call.
@@ -103,11 +214,11 @@ def register_local_modules() -> None:
     if mark == _scanned:
         return
     for name, module in list(sys.modules.items()):
-        if "." in name or name in _by_value or name in _OWN or name.startswith("__"):
+        if "." in name or name in _by_value or name.startswith("__"):
             continue
         if module is None or not isinstance(module, types.ModuleType):
             continue
-        if _is_local(module):
+        if travels_by_value(module):
             try:
                 cloudpickle.register_pickle_by_value(module)
             except (ValueError, TypeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.metadata
 import os
 import pickle
@@ -12,9 +13,11 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import cloudpickle
 import pytest
+from packaging.requirements import Requirement
 
 from mesh._serialize import (
     dumps_function,
@@ -23,6 +26,7 @@ from mesh._serialize import (
     load_function,
     loads,
     pack_exception,
+    travels_by_value,
     unpack_error,
 )
 from mesh.errors import (
@@ -230,6 +234,130 @@ def test_installed_module_function_is_pickled_by_reference() -> None:
     _, blob = dumps_function(json.dumps)
     assert b"json" in blob and len(blob) < 100  # a reference, not the code
     assert load_function(blob) is json.dumps
+
+
+
+# ---- what travels by value (pure: module objects made here, folders laid out here) ----
+
+
+def a_module(name: str, file: Path | None = None, path: list[Path] | None = None) -> ModuleType:
+    """A module object as the import system leaves it, without importing anything."""
+    module = ModuleType(name)
+    if file is not None:
+        module.__file__ = str(file)
+    if path is not None:
+        module.__path__ = [str(p) for p in path]
+    return module
+
+
+def install(folder: Path, dist: str, files: dict[str, str], *, editable: bool = False) -> None:
+    """Lay ``files`` out in ``folder`` as ``pip install --target folder`` does, RECORD and all."""
+    meta = folder / f"{dist}-1.0.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    record = [f"{meta.name}/METADATA,,", f"{meta.name}/RECORD,,"]
+    if editable:
+        (meta / "direct_url.json").write_text(
+            '{"url": "file:///home/u/proj", "dir_info": {"editable": true}}'
+        )
+        record.append(f"{meta.name}/direct_url.json,,")
+    for rel, text in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+        record.append(f"{rel},,")
+    (meta / "RECORD").write_text("\n".join(record) + "\n")
+
+
+def test_the_standard_library_and_builtins_never_travel_by_value(tmp_path: Path) -> None:
+    import json
+
+    assert not travels_by_value(json)
+    assert not travels_by_value(sys)  # builtin: no file at all
+    # even a copy of the standard library outside the interpreter's own folders
+    assert not travels_by_value(a_module("json", tmp_path / "json" / "__init__.py"), [])
+
+
+def test_lanmesh_and_its_dependencies_never_travel_by_value(tmp_path: Path) -> None:
+    """Wherever they were found: here, in a folder with no distribution metadata."""
+    for name in ("mesh", "cloudpickle", "msgpack", "cryptography", "_cffi_backend", "zeroconf"):
+        module = a_module(name, tmp_path / name / "__init__.py")
+        assert not travels_by_value(module, [str(tmp_path)]), name
+
+
+def test_every_dependency_of_lanmesh_is_known_by_its_import_name() -> None:
+    """pyproject's dependencies and the names _serialize never ships: kept in step."""
+    import tomllib
+
+    import mesh._serialize
+
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    provides: dict[str, set[str]] = {}
+    for top, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            provides.setdefault(dist.lower().replace("_", "-"), set()).add(top)
+    for line in deps["project"]["dependencies"]:
+        dist = Requirement(line).name.lower().replace("_", "-")
+        tops = {t for t in provides[dist] if not t.startswith("_") and "-" not in t}
+        assert tops and tops <= mesh._serialize._NODES_HAVE, (dist, tops)
+
+
+def test_a_compiled_extension_module_never_travels_by_value(tmp_path: Path) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tmp_path / f"fastlev{suffix}").write_bytes(b"\x7fELF")
+    assert not travels_by_value(a_module("fastlev", tmp_path / f"fastlev{suffix}"), [])
+    # nor a package of the user's that holds one: nodes need it installed
+    (tmp_path / "fastpkg").mkdir()
+    (tmp_path / "fastpkg" / "__init__.py").write_text("")
+    (tmp_path / "fastpkg" / f"_core{suffix}").write_bytes(b"\x7fELF")
+    init = tmp_path / "fastpkg" / "__init__.py"
+    assert not travels_by_value(a_module("fastpkg", init, [tmp_path / "fastpkg"]), [])
+
+
+def test_a_distribution_installed_on_the_search_path_travels_by_reference(tmp_path: Path) -> None:
+    """``pip install --target deps`` (PYTHONPATH=deps, or a .pth naming deps)."""
+    deps = tmp_path / "deps"
+    install(deps, "fakedep", {"fakedep/__init__.py": "", "fakemod.py": ""})
+    (deps / "mine.py").write_text("")  # the user's own file, in the same folder
+    search = [str(tmp_path / "elsewhere"), str(deps)]
+    assert not travels_by_value(a_module("fakedep", deps / "fakedep" / "__init__.py"), search)
+    assert not travels_by_value(a_module("fakemod", deps / "fakemod.py"), search)
+    assert travels_by_value(a_module("mine", deps / "mine.py"), search)
+    # without deps on the search path, nothing says fakedep is installed
+    assert travels_by_value(a_module("fakedep", deps / "fakedep" / "__init__.py"), [])
+
+
+def test_a_module_shadowing_an_installed_name_travels_by_value(tmp_path: Path) -> None:
+    """The user's own fakedep.py beside the script is not the fakedep installed in deps."""
+    deps = tmp_path / "deps"
+    install(deps, "fakedep", {"fakedep.py": ""})
+    (tmp_path / "script").mkdir()
+    (tmp_path / "script" / "fakedep.py").write_text("")
+    search = [str(tmp_path / "script"), str(deps)]
+    assert travels_by_value(a_module("fakedep", tmp_path / "script" / "fakedep.py"), search)
+
+
+def test_the_users_project_installed_editable_travels_by_value(tmp_path: Path) -> None:
+    deps = tmp_path / "deps"
+    install(deps, "userproj", {"userproj/__init__.py": ""}, editable=True)
+    module = a_module("userproj", deps / "userproj" / "__init__.py")
+    assert travels_by_value(module, [str(deps)])
+
+
+def test_a_namespace_package_of_the_users_travels_by_value(tmp_path: Path) -> None:
+    (tmp_path / "tools").mkdir()
+    assert travels_by_value(a_module("tools", path=[tmp_path / "tools"]), [str(tmp_path)])
+    assert not travels_by_value(a_module("frozen_thing"), [])  # no file, no folder
+
+
+def test_a_distribution_installed_mid_session_is_seen(tmp_path: Path) -> None:
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    (deps / "late.py").write_text("")
+    module = a_module("late", deps / "late.py")
+    assert travels_by_value(module, [str(deps)])
+    (deps / "late.py").unlink()
+    install(deps, "late", {"late.py": ""})  # pip install --target deps, while running
+    assert not travels_by_value(module, [str(deps)])
 
 
 # ---- values ----
