@@ -301,6 +301,12 @@ def test_every_dependency_of_lanmesh_is_known_by_its_import_name() -> None:
         assert tops and tops <= mesh._serialize._NODES_HAVE, (dist, tops)
 
 
+def test_a_users_client_or_node_module_travels_by_value(tmp_path: Path) -> None:
+    """Once lanmesh's own top-level names; now only ``mesh`` is lanmesh's."""
+    for name in ("client", "node"):
+        module = a_module(name, tmp_path / f"{name}.py")
+        assert travels_by_value(module, [str(tmp_path)]), name
+
 def test_a_compiled_extension_module_never_travels_by_value(tmp_path: Path) -> None:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     (tmp_path / f"fastlev{suffix}").write_bytes(b"\x7fELF")
