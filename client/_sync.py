@@ -3,6 +3,10 @@
 Scripts, notebooks and IPython call plain functions; the loop thread does the
 networking. ``map`` pickles on the caller's thread and hands the jobs over; waiting
 uses thread primitives set by the loop, so a Ctrl-C while waiting stops the wait.
+
+A client belongs to the process that made it: a forked child has a copy of it whose
+loop thread does not exist, so its calls raise at once instead of waiting forever,
+and closing it there touches nothing of the parent's (``clone()`` makes the child one).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
+import os
 import queue
 import threading
 import time
@@ -47,6 +53,7 @@ class _LoopThread:
     """An event loop running forever on a daemon thread."""
 
     def __init__(self, name: str) -> None:
+        self.pid = os.getpid()  # after a fork the thread exists in this process only
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -57,6 +64,9 @@ class _LoopThread:
         self.loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self.pid != os.getpid():
+            coro.close()
+            raise _forked(self.pid)
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
@@ -109,6 +119,13 @@ class Client:
         _local: LocalMesh | None = None,
     ) -> None:
         self._local = _local
+        self._borrowed_local = False  # a clone() of a local mesh's client
+        # What clone() connects with: the same nodes, secret and settings.
+        self._twin = functools.partial(
+            Client, peers, secret, name=name, connect_timeout_s=connect_timeout_s,
+            no_nodes_timeout_s=no_nodes_timeout_s, discovery_window_s=discovery_window_s,
+            heartbeat_s=heartbeat_s, dead_after_s=dead_after_s,
+        )  # fmt: skip
         self._thread = _LoopThread("mesh-client")
         self._closed = False
         # Calls and maps prepared on callers' threads, and jobs to kill (a future's
@@ -143,9 +160,18 @@ class Client:
         addresses = mesh.start()
         return cls(addresses, mesh.secret, _local=mesh)
 
+    def clone(self) -> Client:
+        """A new client on the same nodes, with the same secret and settings.
+
+        It owns no local mesh: closing it leaves this client's nodes running. A forked
+        child uses one (the module-level calls make theirs by themselves)."""
+        twin = self._twin()
+        twin._borrowed_local = self.is_local
+        return twin
+
     @property
     def is_local(self) -> bool:
-        return self._local is not None
+        return self._local is not None or self._borrowed_local
 
     @property
     def closed(self) -> bool:
@@ -162,6 +188,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._thread.pid != os.getpid():
+            return  # a forked child's copy: the loop, links and local mesh are the parent's
         try:
             self._thread.run(self._async.close(), timeout=5.0)
         except Exception:
@@ -174,6 +202,7 @@ class Client:
 
     def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
         """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
+        self._check_process()  # before _prepare, whose lock a parent's thread may hold
         prepared, (jid,) = self._async._prepare(func, [args], kwargs)
         self._send(prepared)
         return jid
@@ -184,6 +213,7 @@ class Client:
         """Like builtin ``map``, one job per item; return the list of job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
+        self._check_process()
         prepared, jids = self._async._prepare(
             func, zip(*sequences, strict=False), kwargs, _count(sequences)
         )
@@ -196,6 +226,7 @@ class Client:
         Calls made before the loop thread gets to them go in one batch: a loop of calls
         wakes the loop thread once per batch, not once per call, and its jobs of one
         function share Submits."""
+        self._check_process()
         self._outbox.add((func,))
 
     def _enqueue(self, funcs: list[_Func]) -> None:
@@ -203,7 +234,12 @@ class Client:
 
     # ---- waiting ----
 
+    def _check_process(self) -> None:
+        if self._thread.pid != os.getpid():
+            raise _forked(self._thread.pid)
+
     def _jobs(self, ids: Sequence[str]) -> list[_Job]:
+        self._check_process()  # else waiting on jobs the parent's thread would finish
         find = self._async._find
         jobs = [find(j) for j in ids]
         if any(j is None for j in jobs):  # ids from another process: ask the nodes
@@ -359,7 +395,7 @@ class Client:
         """Any thread, never blocks: have these jobs killed (a future's ``cancel``).
 
         Ids gathered before the loop thread gets to them go in one kill."""
-        if self._closed:
+        if self._closed or self._thread.pid != os.getpid():
             return
         with contextlib.suppress(RuntimeError):  # the loop has just closed: nothing to kill with
             self._kills.add(jids)
@@ -372,6 +408,7 @@ class Client:
         """``await job`` in the caller's event loop, waiting on this client's loop thread."""
         if self._closed:
             raise ConnectionClosed(f"cannot wait for job {job}: its client is closed")
+        self._check_process()
         done = asyncio.run_coroutine_threadsafe(self._async.result(job), self._thread.loop)
         return asyncio.wrap_future(done).__await__()
 
@@ -388,6 +425,15 @@ class Client:
     def rebuild_env(self, *what: str) -> list[EnvRebuild]:
         """Drop the environments ``what`` names, so their next job builds them again."""
         return self._thread.run(self._async.rebuild_env(*what))
+
+
+def _forked(parent: int) -> ConnectionClosed:
+    return ConnectionClosed(
+        f"this mesh.Client was made in process {parent}; process {os.getpid()} is a fork of "
+        "it, where the client's connections and loop thread do not exist. Make a client in "
+        "the child: client.clone() (same nodes and secret) or mesh.Client(...); the "
+        "module-level mesh.call/map/result reconnect by themselves after a fork"
+    )
 
 
 def _interrupted(left: list[str]) -> KeyboardInterrupt:

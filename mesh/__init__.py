@@ -63,6 +63,22 @@ __all__ = [
 T = TypeVar("T")
 _lock = threading.Lock()
 _default: Client | None = None
+# In a forked child: the parent's default client, whose nodes the child's own default
+# client connects to. Kept, never used nor closed here: its thread, links and local
+# mesh are the parent's.
+_inherited: Client | None = None
+
+
+def _after_fork_in_child() -> None:
+    """The child of a fork gets a default client of its own, made at its first call."""
+    global _lock, _default, _inherited
+    _lock = threading.Lock()  # a parent's thread may have held it at the fork
+    if _default is not None and not _default.closed:
+        _inherited = _default
+    _default = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def __getattr__(name: str) -> Any:
@@ -94,6 +110,9 @@ def _client() -> Client:
     global _default
     with _lock:
         if _default is not None and not _default.closed:
+            return _default
+        if _inherited is not None:  # a forked child: the parent's nodes, never its local mesh
+            _default = _inherited.clone()
             return _default
         from mesh.client import Client
 
@@ -130,14 +149,15 @@ def local(nodes: int = 2, workers: int | None = None) -> Client:
 
 def is_local() -> bool:
     """True when the module-level calls run on an embedded local mesh."""
-    return _default is not None and not _default.closed and _default.is_local
+    client = _default if _default is not None else _inherited
+    return client is not None and not client.closed and client.is_local
 
 
 def close() -> None:
     """Disconnect the default client (and stop its local mesh, if any)."""
-    global _default
+    global _default, _inherited
     with _lock:
-        old, _default = _default, None
+        old, _default, _inherited = _default, None, None
     if old is not None:
         old.close()
 

@@ -122,9 +122,7 @@ def test_a_client_with_its_packages_on_pythonpath_runs_jobs(
     (project / "shapes.py").write_text(SHAPES)
     for node in nodes:
         assert_cannot_see(node, project)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(
         PYTHONPATH=str(deps_dir),
         MESH_PEERS=",".join(n.address for n in nodes),

@@ -236,7 +236,6 @@ def test_installed_module_function_is_pickled_by_reference() -> None:
     assert load_function(blob) is json.dumps
 
 
-
 # ---- what travels by value (pure: module objects made here, folders laid out here) ----
 
 
@@ -306,6 +305,7 @@ def test_a_users_client_or_node_module_travels_by_value(tmp_path: Path) -> None:
     for name in ("client", "node"):
         module = a_module(name, tmp_path / f"{name}.py")
         assert travels_by_value(module, [str(tmp_path)]), name
+
 
 def test_a_compiled_extension_module_never_travels_by_value(tmp_path: Path) -> None:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
