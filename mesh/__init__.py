@@ -119,13 +119,15 @@ def _client() -> Client:
         try:
             _default = Client()  # MESH_PEERS, else the nodes of this mesh found over mDNS
             return _default
-        except (NoNodesAvailable, ConfigurationError):
+        except (NoNodesAvailable, ConfigurationError) as exc:
             if os.environ.get("MESH_PEERS", "").strip():
                 raise  # nodes were named: failing to reach them is the user's answer
+            # Why: none answered, discovery could not run (no interface), no secret...
+            why = str(exc)
         nodes = int(os.environ.get("MESH_LOCAL_NODES", "2"))
         print(
-            f"mesh: no nodes found (MESH_PEERS unset, none answered on the LAN); starting a "
-            f"local mesh of {nodes} nodes on 127.0.0.1",
+            f"mesh: no nodes found (MESH_PEERS unset): {why}; starting a local mesh of "
+            f"{nodes} nodes on 127.0.0.1",
             file=sys.stderr,
         )
         _default = Client.local(nodes)

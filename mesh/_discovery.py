@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh._auth import fingerprint
+from mesh._netif import default_route
 from mesh._protocol import PROTOCOL_VERSION
 from mesh.errors import ConfigurationError
 
@@ -31,6 +32,7 @@ __all__ = [
     "Browser",
     "discover",
     "interfaces_from_env",
+    "no_interface_reason",
     "parse_peers",
     "peers_from_env",
 ]
@@ -126,15 +128,33 @@ class Advert:
             return None  # not one of ours, or from a future version we cannot read
 
 
+_WHAT_TO_SET = (
+    "set MESH_INTERFACES to this machine's LAN IPv4 address, or "
+    "MESH_PEERS to nodes of the mesh (HOST:PORT,...), which needs no discovery"
+)
+
+
+def no_interface_reason() -> str:
+    """Why discovery has no interface to run on, and what to set: MESH_INTERFACES is
+    unset and the default-route interface (what discovery uses then) gives no address."""
+    route = default_route()
+    why = route.problem or "no interface was given"
+    return f"discovery could not run: MESH_INTERFACES is unset and {why}; {_WHAT_TO_SET}"
+
+
 def _zeroconf(interfaces: list[str]) -> Any:
     from zeroconf import IPVersion
     from zeroconf.asyncio import AsyncZeroconf
 
     if not interfaces:
+        raise ConfigurationError(no_interface_reason())
+    try:
+        return AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+    except OSError as exc:  # an address that is not this machine's, say
         raise ConfigurationError(
-            "discovery needs explicit interfaces (--interface or MESH_INTERFACES)"
-        )
-    return AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+            f"discovery could not run on {', '.join(interfaces)}: {exc.strerror or exc} "
+            f"(is that an IPv4 address of this machine?); {_WHAT_TO_SET}"
+        ) from exc
 
 
 class Advertiser:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from _helpers import wait_until
+from _netns import lan, netns_available
 from conftest import start_node
 
 import mesh
 from mesh._auth import fingerprint
 from mesh._discovery import Advert
+from mesh._netif import DefaultRoute, default_route, default_route_ipv4
 
 
 def test_a_client_with_no_peers_finds_the_nodes_of_its_mesh_only(node_factory, secret, tmp_path):
@@ -69,3 +76,82 @@ def test_a_node_started_mid_map_gets_work(node_factory, secret):
         assert c.result(jids, timeout=60) == [2 * x for x in range(60)]
         used = {i.node for i in c.info(jids)}
         assert used == {"first", "late"}
+
+
+# ---- when discovery cannot run at all: say why, and what to set ----
+
+
+def route_table(tmp_path: Path, *routes: tuple[str, str]) -> str:
+    """A /proc/net/route of (interface, destination) lines, in a file of its own."""
+    head = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"
+    lines = [
+        f"{ifname}\t{dest}\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0" for ifname, dest in routes
+    ]
+    path = tmp_path / f"route{len(list(tmp_path.glob('route*')))}"
+    path.write_text("\n".join([head, *lines]) + "\n")
+    return str(path)
+
+
+def test_the_default_route_or_why_there_is_none(tmp_path):
+    only_lan = route_table(tmp_path, ("eth0", "0000A8C0"))  # 192.168.0.0/24, no default
+    assert default_route(only_lan) == DefaultRoute(None, "this machine has no IPv4 default route")
+    gone = route_table(tmp_path, ("lmgone0", "00000000"))  # an interface without an address
+    assert default_route(gone) == DefaultRoute(
+        None, "the default route's interface (lmgone0) has no IPv4 address"
+    )
+    assert default_route(str(tmp_path / "nothing")) == DefaultRoute(
+        None, f"cannot read the routing table {tmp_path / 'nothing'} (No such file or directory)"
+    )
+    assert default_route(route_table(tmp_path, ("lmgone0", "00000000"), ("lo", "00000000"))) == (
+        DefaultRoute("127.0.0.1")
+    )
+    assert default_route_ipv4(only_lan) is None
+
+
+NO_ROUTE_CLIENT = textwrap.dedent(
+    """
+    import os
+    import mesh
+
+    os.environ["MESH_INTERFACES"] = "10.231.254.254"  # not an address of this host
+    try:
+        mesh.Client(discovery_window_s=0.5)
+    except mesh.ConfigurationError as exc:
+        print("pinned:", exc)
+    del os.environ["MESH_INTERFACES"]
+    print("result:", mesh.result(mesh.call(pow, 2, 5), timeout=60), mesh.is_local())
+    """
+)
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=f"no namespaces: {netns_available()}")
+def test_a_host_without_a_default_route_says_why_discovery_could_not_run(secret, tmp_path):
+    """A laptop on a LAN with no default route: an interface and an address, but
+    nothing says which interface discovery should use. The notice says so, and what to
+    set, instead of "none answered on the LAN"; the jobs still run, on a local mesh."""
+    script = tmp_path / "client.py"
+    script.write_text(NO_ROUTE_CLIENT)
+    env = {k: v for k, v in os.environ.items() if k not in ("MESH_INTERFACES", "MESH_PEERS")}
+    env.update(MESH_SECRET=secret, MESH_LOCAL_NODES="1")
+    with lan(1) as (host,):
+        proc = subprocess.run(
+            host.cmd(sys.executable, str(script)),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=110,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "pinned: discovery could not run on 10.231.254.254: No such device (is that an IPv4 "
+        "address of this machine?); set MESH_INTERFACES to this machine's LAN IPv4 address, "
+        "or MESH_PEERS to nodes of the mesh (HOST:PORT,...), which needs no discovery",
+        "result: 32 True",
+    ]
+    assert proc.stderr.splitlines() == [
+        "mesh: no nodes found (MESH_PEERS unset): discovery could not run: MESH_INTERFACES is "
+        "unset and this machine has no IPv4 default route; set MESH_INTERFACES to this "
+        "machine's LAN IPv4 address, or MESH_PEERS to nodes of the mesh (HOST:PORT,...), "
+        "which needs no discovery; starting a local mesh of 1 nodes on 127.0.0.1"
+    ]
