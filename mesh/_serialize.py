@@ -92,7 +92,8 @@ _scanned: tuple[int, str] = (0, "")
 def travels_by_value(module: types.ModuleType, search_path: Sequence[str] | None = None) -> bool:
     """Whether ``module`` (top-level) is the user's own code, which nodes cannot import.
 
-    Never: the standard library, lanmesh and its dependencies, compiled extension
+    Never: the standard library (but the user's own ``test.py`` beside the script is
+    the user's, whatever its name), lanmesh and its dependencies, compiled extension
     modules (bytes of machine code cannot be pickled), and anything in site-packages or
     in a distribution installed elsewhere on ``search_path`` (default ``sys.path``: a
     ``PYTHONPATH`` or ``pip install --target`` folder, a ``.pth`` folder), which nodes
@@ -100,9 +101,11 @@ def travels_by_value(module: types.ModuleType, search_path: Sequence[str] | None
     beside the script, a folder on ``PYTHONPATH`` with no distribution metadata, and the
     user's own project installed editable (``pip install -e .``)."""
     top = module.__name__.partition(".")[0]
-    if top in _NODES_HAVE or top in _STDLIB:
-        return False
     path = getattr(module, "__file__", None)
+    if top in _NODES_HAVE:
+        return False
+    if top in _STDLIB and not (path and os.path.isfile(path) and not _installed(path)):
+        return False  # the standard library's, built in or from the interpreter's folders
     if path:
         if path.endswith(_EXTENSION_SUFFIXES):
             return False

@@ -272,8 +272,16 @@ def test_the_standard_library_and_builtins_never_travel_by_value(tmp_path: Path)
 
     assert not travels_by_value(json)
     assert not travels_by_value(sys)  # builtin: no file at all
-    # even a copy of the standard library outside the interpreter's own folders
-    assert not travels_by_value(a_module("json", tmp_path / "json" / "__init__.py"), [])
+    assert not travels_by_value(a_module("json", tmp_path / "python311.zip" / "json.py"), [])
+
+
+def test_a_users_module_named_like_the_standard_librarys_travels_by_value(tmp_path: Path) -> None:
+    """``test.py`` or ``secrets.py`` beside the script shadows the standard library's
+    here; a node would import its own standard library's module instead."""
+    for name in ("test", "secrets"):
+        (tmp_path / f"{name}.py").write_text("def f():\n    return 1\n")
+        module = a_module(name, tmp_path / f"{name}.py")
+        assert travels_by_value(module, [str(tmp_path)]), name
 
 
 def test_lanmesh_and_its_dependencies_never_travel_by_value(tmp_path: Path) -> None:
