@@ -90,15 +90,24 @@ def run_script(tmp_path: Path, body: str, env: dict[str, str]) -> list[str]:
 
 
 def test_a_fork_child_uses_the_default_client_of_its_own(nodes, secret, tmp_path):
+    pytest.importorskip("joblib")
     lines = run_script(
         tmp_path,
         """
         def work(parent_jid):
+            import joblib
+            import mesh.joblib  # the backend "mesh", on the default client
+
+            with joblib.parallel_config(backend="mesh"):
+                through_joblib = joblib.Parallel(n_jobs=2)(
+                    joblib.delayed(square)(x) for x in (4, 5)
+                )
             return [
                 mesh.result(mesh.call(square, 7), timeout=60),
                 mesh.result(mesh.map(square, [1, 2, 3]), timeout=60),
                 mesh.result(parent_jid, timeout=60),  # a job the parent submitted
                 mesh.is_local(),
+                through_joblib,
             ]
 
         jid = mesh.call(square, 3)  # the parent's default client, on MESH_PEERS
@@ -110,7 +119,7 @@ def test_a_fork_child_uses_the_default_client_of_its_own(nodes, secret, tmp_path
     )
     assert lines == [
         "parent 9",
-        "child ('ok', [49, [1, 4, 9], 9, False])",
+        "child ('ok', [49, [1, 4, 9], 9, False, [16, 25]])",
         "parent again 16",
     ]
 
