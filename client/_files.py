@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import glob as _glob
 import io
+import logging
 import os
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from mesh._connection import Connection
 from mesh._hash import hash_file
 from mesh._protocol import (
     FileDelete,
+    FileEnd,
     FileEntry,
     FileGet,
     FileList,
@@ -40,7 +42,12 @@ from mesh.errors import FileCorrupted, FilesError, MeshError, MeshFileNotFound, 
 __all__ = ["AsyncFiles", "FileInfo", "Files", "SyncReport", "job_files"]
 
 T = TypeVar("T")
+log = logging.getLogger("mesh.client.files")
 DEFAULT_REPLICAS = 2
+
+
+class _Answered(Exception):
+    """A node answered a transfer before its end (it held the blob already, or failed)."""
 
 
 class _LinkLike(Protocol):
@@ -151,11 +158,19 @@ class AsyncFiles:
         finally:
             f.close()
 
-    async def putf(self, fileobj: IO[bytes] | IO[str] | bytes, name: str,
+    async def putf(self, fileobj: IO[bytes] | IO[str] | bytes | str, name: str,
                    replicas: int = DEFAULT_REPLICAS) -> FileInfo:  # fmt: skip
-        """Store what a readable file object (or bytes) holds under ``name``."""
+        """Store what a readable file object, ``bytes`` or ``str`` (as UTF-8) holds
+        under ``name``."""
+        if isinstance(fileobj, str):
+            fileobj = fileobj.encode()
         if isinstance(fileobj, (bytes, bytearray, memoryview)):
             fileobj = io.BytesIO(bytes(fileobj))
+        elif not callable(getattr(fileobj, "read", None)):
+            raise TypeError(
+                f"mesh.files.putf({name!r}) takes a readable file object, bytes or str, "
+                f"not {type(fileobj).__name__}"
+            )
 
         async def read(n: int) -> bytes:
             data = fileobj.read(n)
@@ -185,7 +200,71 @@ class AsyncFiles:
         err = reply_error(reply, name)
         if err is not None:
             raise err
-        return FileInfo.from_entry(reply.entries[0], reply.holders[0] if reply.holders else ())
+        entry = reply.entries[0]
+        holders = await self._top_up(entry, reply.holders[0] if reply.holders else (), replicas)
+        return FileInfo.from_entry(entry, holders)
+
+    async def _top_up(self, entry: FileEntry, holders: Holders, replicas: int) -> Holders:
+        """Copy a version just stored to more of this client's nodes while it is on
+        fewer than ``replicas``: the node that took the put may not have linked to the
+        others yet (just after they started), but this client reaches them all. Each
+        copy goes from a holder to the missing node through this client's own links;
+        the holders are returned, the new ones included."""
+        held = {node_id for node_id, _ in holders}
+        if len(held) >= replicas:
+            return holders
+        links = [lk for lk in self._usable() if lk.node_id]
+        source = next((lk for lk in links if lk.node_id in held), None)
+        if source is None:
+            return holders
+        out = list(holders)
+        for link in links:
+            if len(held) >= replicas:
+                break
+            if link.node_id in held:
+                continue
+            try:
+                await self._copy(entry, source, link)
+            except MeshError as exc:  # that node cannot take it: the next one may
+                log.warning("no copy of %r on node %s: %s", entry[0], link.name, exc)
+                continue
+            held.add(link.node_id)
+            out.append((link.node_id, link.name))
+        return tuple(out)
+
+    async def _copy(self, entry: FileEntry, source: _LinkLike, dest: _LinkLike) -> None:
+        """Store version ``entry`` on ``dest``, its bytes relayed from ``source`` as they
+        come (a window at a time: bounded memory whatever the size). A ``dest`` that
+        holds the blob already answers at once and nothing moves."""
+        name, h, size, when = entry[0], entry[1], entry[2], entry[3]
+        with self.transfers.open(self._conn(dest)) as put:
+            put.send(FilePut(put.req, name, size, 1, h, when))
+            with self.transfers.open(self._conn(source)) as get:
+                get.send(FileGet(get.req, "", h))
+                head = await _reply(get)
+                err = reply_error(head, name)
+                if err is not None:
+                    raise err
+
+                async def forward(data: bytes) -> None:
+                    if not await put.send_chunk(data):
+                        raise _Answered  # dest answered early: its reply says how
+
+                async def written(data: bytes) -> None:
+                    pass
+
+                try:
+                    digest, _ = await get.receive_chunks(written, forward=forward)
+                except _Answered:
+                    with contextlib.suppress(MeshError):
+                        get.send(FileReply(get.req, error_kind="failed",
+                                           error="the copy's receiver answered"))  # fmt: skip
+                else:
+                    put.send(FileEnd(put.req, digest))
+            reply = await _reply(put)
+        err = reply_error(reply, name)
+        if err is not None:
+            raise err
 
     async def info(self, name: str) -> FileInfo:
         """Size, hash, version time and holders of ``name``; MeshFileNotFound if none."""
@@ -605,9 +684,10 @@ class Files:
         ``replicas`` nodes when this returns."""
         return self._run(self._a.put(path, name, replicas))  # type: ignore[no-any-return]
 
-    def putf(self, fileobj: IO[bytes] | IO[str] | bytes, name: str,
+    def putf(self, fileobj: IO[bytes] | IO[str] | bytes | str, name: str,
              replicas: int = DEFAULT_REPLICAS) -> FileInfo:  # fmt: skip
-        """Store the content of a readable file object (or bytes) under ``name``."""
+        """Store the content of a readable file object, ``bytes`` or ``str`` (as UTF-8)
+        under ``name``."""
         return self._run(self._a.putf(fileobj, name, replicas))  # type: ignore[no-any-return]
 
     def get(self, name: str, path: str | os.PathLike[str] | None = None) -> str:

@@ -41,8 +41,9 @@ def put(path: str | os.PathLike[str], name: str | None = None, replicas: int = 2
     return _files().put(path, name, replicas)
 
 
-def putf(fileobj: IO[bytes] | IO[str] | bytes, name: str, replicas: int = 2) -> FileInfo:
-    """Store what a readable file object (or bytes) holds under ``name``."""
+def putf(fileobj: IO[bytes] | IO[str] | bytes | str, name: str, replicas: int = 2) -> FileInfo:
+    """Store what a readable file object, ``bytes`` or ``str`` (as UTF-8) holds under
+    ``name``."""
     return _files().putf(fileobj, name, replicas)
 
 

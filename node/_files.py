@@ -57,6 +57,7 @@ FILE_MESSAGES = (FilePut, FileChunk, FileAck, FileEnd, FileGet, FileReply, FileL
 MAINTAIN_S = 0.5
 SETTLE_S = 2.0  # a put or delete waits this long at most for peers to hear of it
 MAX_NAME = 4096
+ASK_UNLINKED_S = 60.0  # a peer unreachable for longer is not asked about unknown names
 
 
 def _rereplicate_after_s() -> float:
@@ -121,6 +122,7 @@ class FileService:
         self.holders: dict[str, set[str]] = {}  # blob hash -> ids of *other* nodes holding it
         self.names: dict[str, str] = {}  # node id -> node name
         self._links: dict[str, Connection] = {}  # peer node id -> our file link to it
+        self._ids: dict[str, str] = {}  # "host:port" -> node id, as our file links found
         self._linking: set[str] = set()
         self._seen: dict[str, float] = {}  # peer node id -> loop time last seen alive
         self._pulls: dict[str, asyncio.Future[Path]] = {}
@@ -205,12 +207,12 @@ class FileService:
             self._spawn(self._get(self.transfers.open(conn, msg.req), msg))
         elif isinstance(msg, FileList):
             missing = [n for n in msg.names if self.store.current(n) is None]
-            if missing and msg.ask_peers and self._alive():
+            if missing and msg.ask_peers and self._askable():
                 self._spawn(self._ask_then(missing, self._list, conn, msg))
             else:
                 self._list(conn, msg)
         elif isinstance(msg, FileDelete):
-            if self.store.current(msg.name) is None and self._alive():
+            if self.store.current(msg.name) is None and self._askable():
                 self._spawn(self._ask_then([msg.name], self._delete, conn, msg))
             else:
                 self._delete(conn, msg)
@@ -222,8 +224,9 @@ class FileService:
         then(conn, msg)
 
     async def _ask_peers(self, names: tuple[str, ...]) -> None:
-        """Names we do not know: ask every linked peer before saying "not found" (a
-        version stored a moment ago on a node whose link to us is not up yet)."""
+        """Names we do not know: ask every peer we know before saying "not found" (a
+        version stored a moment ago on a node whose link to us is not up yet), also
+        the ones our table has heard of but not reached yet (see :meth:`_askable`)."""
         assert self.store is not None
         store = self.store
 
@@ -242,16 +245,16 @@ class FileService:
             if store.merge(entries):
                 self._collect([o[1] for o in before.values() if o is not None and o[1]])
 
-        await self._all_links(ask)
+        await self._all_links(ask, self._askable())
 
-    async def _all_links(self, ask: Any) -> None:
-        """Run ``ask(conn)`` on a link to every live peer at once (linking first where
-        there is none yet), for SETTLE_S at most."""
+    async def _all_links(self, ask: Any, peers: list[Peer] | None = None) -> None:
+        """Run ``ask(conn)`` on a link to every live peer (or ``peers``) at once
+        (linking first where there is none yet), for SETTLE_S at most."""
 
         async def on(peer: Peer) -> None:
             await ask(await self._link(peer))
 
-        tasks = [asyncio.ensure_future(on(p)) for p in self._alive()]
+        tasks = [asyncio.ensure_future(on(p)) for p in (self._alive() if peers is None else peers)]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=SETTLE_S)
@@ -543,7 +546,7 @@ class FileService:
                     entry = None
             else:
                 entry = self.store.current(msg.name)
-                if entry is None and self._alive():
+                if entry is None and self._askable():
                     await self._ask_peers((msg.name,))
                     entry = self.store.current(msg.name)
             if entry is None:
@@ -610,7 +613,7 @@ class FileService:
         (asking the peers first if this node has not heard of it)."""
         assert self.store is not None
         entry = self.store.current(name)
-        if entry is None and self._alive():
+        if entry is None and self._askable():
             await self._ask_peers((name,))
             entry = self.store.current(name)
         if entry is None:
@@ -621,7 +624,8 @@ class FileService:
     async def _pull(self, h: str, name: str, done: asyncio.Future[Path]) -> None:
         errors = []
         try:
-            holders = [p for p in self._alive() if p.node_id in self.holders.get(h, set())]
+            held = self.holders.get(h, set())
+            holders = [p for p in self._reachable() if self._id(p) in held]
             for peer in self._by_load(holders):
                 try:
                     path = await self._pull_from(peer, h, name)
@@ -650,7 +654,7 @@ class FileService:
             head = await stream.next()
             if not isinstance(head, FileReply) or head.error_kind:
                 err = head.error if isinstance(head, FileReply) else "unexpected answer"
-                self.holders.get(h, set()).discard(peer.node_id)
+                self.holders.get(h, set()).discard(self._id(peer))
                 raise FilesError(err)
             got, _ = await self._receive(stream, name or h[:12])
         if got != h:
@@ -669,20 +673,53 @@ class FileService:
     def _alive_ids(self) -> set[str]:
         return {p.node_id for p in self._alive()}
 
+    def _askable(self) -> list[Peer]:
+        """The live peers, and the ones the peer table has heard of (from a client or a
+        node) but not reached yet, or lost under ASK_UNLINKED_S ago: just after start, a
+        node that holds a file may be known before the table has linked to it."""
+        peers = self.node.peers
+        if peers is None:
+            return []
+        now = asyncio.get_running_loop().time()
+        return [
+            p for p in peers.peers.values()
+            if p.alive or p.failing_since is None or now - p.failing_since < ASK_UNLINKED_S
+        ]  # fmt: skip
+
+    def _reachable(self) -> list[Peer]:
+        """The live peers, and the others we hold a file link to (asked by _ask_peers)."""
+        peers = self.node.peers
+        if peers is None:
+            return []
+        return [p for p in peers.peers.values() if p.alive or self._linked(self._id(p))]
+
+    def _linked(self, node_id: str) -> bool:
+        conn = self._links.get(node_id) if node_id else None
+        return conn is not None and not conn.closed
+
+    def _id(self, peer: Peer) -> str:
+        """A peer's node id: from the table, or from our own file link to its address."""
+        return peer.node_id or self._ids.get(peer.key, "")
+
     async def _link(self, peer: Peer) -> Connection:
-        conn = self._links.get(peer.node_id)
+        node_id = self._id(peer)
+        conn = self._links.get(node_id) if node_id else None
         if conn is not None and not conn.closed:
             return conn
         conn = await open_connection(
             peer.host, peer.port, self.node.config.secret, name=f"{self.node.name}/files",
             on_message=self.handle, on_close=self._link_closed,
         )  # fmt: skip
-        old = self._links.get(peer.node_id)
+        node_id = self._ids[peer.key] = conn.peer_id
+        if node_id == self.node.node_id:  # our own address, as a client named it
+            conn.close()
+            raise FilesError(f"{peer.key} is {self.label} itself")
+        old = self._links.get(node_id)
         if old is not None and not old.closed:  # another task linked meanwhile
             conn.close()
             return old
-        self._links[peer.node_id] = conn
-        self.names[peer.node_id] = peer.name
+        self._links[node_id] = conn
+        self.names[node_id] = conn.peer_name or peer.name or peer.key
         assert self.store is not None
         conn.send(FileCatalog(self.node.node_id, self.node.name,
                               tuple(self.store.entries.values()), tuple(self.store.have),
