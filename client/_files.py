@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 from mesh._connection import Connection
-from mesh._hash import hash_file
+from mesh._hash import hash_file, new_hash
 from mesh._protocol import (
     FileDelete,
     FileEnd,
@@ -318,6 +318,7 @@ class AsyncFiles:
         """Stream ``name`` into ``out``; one retry from another node on a bad copy.
         ``into`` (a streamed getf's file) hears of the size and of every chunk written."""
         errors: list[str] = []
+        bad_on: list[str] = []  # nodes that sent a copy failing its hash check
         write = _write_all(out)
         for attempt in range(2):
             info, link = await self._open_get(name)
@@ -329,6 +330,8 @@ class AsyncFiles:
                 head = await _reply(stream)
                 err = reply_error(head, name)
                 if err is not None:
+                    if bad_on and "no good copy left" not in str(err):
+                        raise _no_good_copy(name, bad_on, "; ".join(errors)) from err
                     raise err
                 entry = head.entries[0]
                 if into is not None:
@@ -338,6 +341,7 @@ class AsyncFiles:
                         write, written=into.written if into is not None else None
                     )
                 except FileCorrupted as exc:
+                    bad_on.append(link.name)
                     errors.append(f"node {link.name}: {exc}")
                     _restart(out, into, errors[-1])
                     continue
@@ -347,12 +351,12 @@ class AsyncFiles:
                                               error=f"the client stopped reading: {exc!r}"))  # fmt: skip
                     raise
             if digest != entry[1]:
+                bad_on.append(link.name)
                 errors.append(f"node {link.name} sent bytes hashing to {digest[:12]}")
                 _restart(out, into, errors[-1])
                 continue
             return FileInfo.from_entry(entry, ())
-        raise FileCorrupted(f"no good copy of {name!r} could be read: {'; '.join(errors)}",
-                            name=name)  # fmt: skip
+        raise _no_good_copy(name, bad_on, "; ".join(errors))
 
     async def get(self, name: str, path: str | os.PathLike[str] | None = None) -> str:
         """Write ``name`` to ``path`` (default: its last component, here); return the path.
@@ -362,8 +366,13 @@ class AsyncFiles:
         """
         dest = os.fspath(path) if path is not None else os.path.basename(name) or name
         if self._local:
-            src = await self._local_path(name)
-            await asyncio.to_thread(_copy, src, dest)
+            src, entry = await self._local_path(name)
+            if not await asyncio.to_thread(_copy_checked, src, dest, entry[1]):
+                # Bits rotted on the node's disk: it checks and replaces its copy.
+                src, entry = await self._local_path(name, bad=entry[1])
+                if not await asyncio.to_thread(_copy_checked, src, dest, entry[1]):
+                    raise FileCorrupted(f"the copy of {name!r} on this job's node failed its "
+                                        "hash check twice", name=name)  # fmt: skip
             return dest
         temp, out = await asyncio.to_thread(_temp_beside, dest)
         try:
@@ -384,7 +393,20 @@ class AsyncFiles:
         read-only; a client gets an unnamed temporary file on disk.
         """
         if self._local:
-            return await asyncio.to_thread(_open_read, await self._local_path(name))
+            path, entry = await self._local_path(name)
+            loop = asyncio.get_running_loop()
+
+            def replace(bad: str) -> tuple[str, FileEntry]:
+                """From the reader's thread: the node checks its copy of ``bad`` and
+                replaces it; the path of the good one (or FileCorrupted, saying where)."""
+                if _running_loop() is loop:
+                    raise FileCorrupted(f"the copy of {name!r} failed its hash check",
+                                        name=name)  # fmt: skip
+                coro = self._local_path(name, bad=bad)
+                return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+            raw = await asyncio.to_thread(_Verified, path, name, entry, replace)
+            return io.BufferedReader(raw, 1 << 20)
         out = await asyncio.to_thread(tempfile.TemporaryFile)
         try:
             await self._download(name, out)
@@ -424,12 +446,14 @@ class AsyncFiles:
             raise
         return io.BufferedReader(raw, 1 << 20)
 
-    async def _local_path(self, name: str) -> str:
-        reply = await self._ask(lambda req: FileGet(req, name, local=True))
+    async def _local_path(self, name: str, bad: str = "") -> tuple[str, FileEntry]:
+        """The path of the node's own copy of ``name``, and its version. ``bad``: the
+        copy read before failed its hash check (the node replaces it first)."""
+        reply = await self._ask(lambda req: FileGet(req, name, local=True, bad=bad))
         err = reply_error(reply, name)
         if err is not None:
             raise err
-        return reply.path
+        return reply.path, reply.entries[0]
 
     async def sync(self, source: str | os.PathLike[str], prefix: str = "",
                    replicas: int = DEFAULT_REPLICAS) -> SyncReport:  # fmt: skip
@@ -478,28 +502,178 @@ def _temp_beside(dest: str) -> tuple[str, IO[bytes]]:
     return temp, os.fdopen(fd, "wb")
 
 
-def _open_read(path: str) -> IO[bytes]:
-    return open(path, "rb")  # the caller closes it
-
-
 def _open_raw(path: str) -> IO[bytes]:
     return open(path, "rb", buffering=0)  # Stream.send_file reads into its own buffers
 
 
-def _copy(src: str, dest: str) -> None:
-    import shutil
+def _no_good_copy(name: str, nodes: Sequence[str], why: str) -> FileCorrupted:
+    where = ", ".join(sorted(set(nodes)))
+    s = "s" if len(set(nodes)) > 1 else ""
+    return FileCorrupted(f"{name!r} is corrupted on node{s} {where}, no good copy left ({why})",
+                         name=name)  # fmt: skip
 
+
+def _copy_checked(src: str, dest: str, h: str) -> bool:
+    """Copy blob ``src`` to ``dest`` through a temp file beside it, hashing as it goes
+    (1 MiB at a time); rename it into place only if it hashes to ``h``. False if not."""
     folder = os.path.dirname(os.path.abspath(dest))
     os.makedirs(folder, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=folder, prefix=".mesh-get-")
-    os.close(fd)
+    hasher = new_hash()
+    buf = bytearray(1 << 20)
     try:
-        shutil.copyfile(src, temp)
+        with open(src, "rb", buffering=0) as f, os.fdopen(fd, "wb") as out, memoryview(buf) as view:
+            while n := f.readinto(buf):
+                with view[:n] as data:
+                    hasher.update(data)
+                    out.write(data)
+        if hasher.hexdigest() != h:
+            os.unlink(temp)
+            return False
         os.replace(temp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+    return True
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _Verified(io.RawIOBase):
+    """A job's ``getf``: its node's copy of a blob, read in place and hashed as it is
+    read (in order; bytes skipped by a seek are hashed at the end). The bytes that reach
+    the end of the file, and the end itself, are returned only once the whole content
+    matched its hash. A bad copy (bits rotted on the disk) makes the node check and
+    replace its copy from another holder; if nothing was read yet the good copy is read
+    instead, else the read raises FileCorrupted (open it again), as it does when no
+    good copy is left."""
+
+    def __init__(self, path: str, name: str, entry: FileEntry,
+                 replace: Callable[[str], tuple[str, FileEntry]]) -> None:  # fmt: skip
+        super().__init__()
+        self._file = name
+        self._replace = replace
+        self._fd = -1
+        self._open(path, entry)
+        self._pos = 0
+        self._given = False  # bytes were returned: a copy cannot be swapped under them
+        self._swapped = False  # once only: a node that keeps a bad copy is not asked again
+
+    def _open(self, path: str, entry: FileEntry) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self.name = path
+        self._h, self._size = entry[1], entry[2]
+        self._hasher = new_hash()
+        self._hashed = 0  # bytes [0, _hashed) are in _hasher
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            pos += self._pos
+        elif whence == io.SEEK_END:
+            pos += self._size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def readinto(self, b: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        with memoryview(b) as view, view.cast("B") as out:
+            while True:
+                want = min(len(out), self._size - self._pos)
+                if want <= 0:
+                    if not self._check_end():
+                        continue  # a good copy instead of a bad one: read it
+                    return 0
+                with out[:want] as into:
+                    got = _pread_full(self._fd, into, self._pos)
+                    if self._pos <= self._hashed < self._pos + got:
+                        with into[self._hashed - self._pos : got] as fresh:
+                            self._hasher.update(fresh)
+                        self._hashed = self._pos + got
+                if (got < want or self._pos + got >= self._size) and not self._check_end():
+                    continue
+                self._pos += got
+                self._given = self._given or got > 0
+                return got
+
+    def readall(self) -> bytes:
+        out = bytearray(max(0, self._size - self._pos))
+        n = self.readinto(out) if out else self.readinto(bytearray(1))
+        return bytes(out[:n])
+
+    def _check_end(self) -> bool:
+        """Hash what was not hashed yet and compare; True if the content is good. A bad
+        copy: the node replaces it; False when the good one may be read instead."""
+        if self._checked:
+            return True
+        buf = bytearray(1 << 20)
+        with memoryview(buf) as view:
+            while self._hashed < self._size:
+                with view[: min(len(buf), self._size - self._hashed)] as into:
+                    got = _pread_full(self._fd, into, self._hashed)
+                    if not got:
+                        break
+                    with into[:got] as fresh:
+                        self._hasher.update(fresh)
+                self._hashed += got
+        if self._hashed == self._size and self._hasher.hexdigest() == self._h:
+            self._checked = True
+            return True
+        bad = self._h
+        path, entry = self._replace(bad)  # FileCorrupted if no good copy is left
+        self._open(path, entry)
+        if self._given or entry[1] != bad or self._swapped:
+            raise FileCorrupted(
+                f"the copy of {self._file!r} on this job's node failed its hash check after "
+                "bytes of it were read; the node checked it and fetched a good copy if it "
+                "could: open it again",
+                name=self._file,
+            )
+        self._swapped = True
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            os.close(self._fd)
+
+
+def _pread_full(fd: int, into: memoryview, offset: int) -> int:
+    """Fill ``into`` from ``fd`` at ``offset`` (short only at the end of the file)."""
+    got = 0
+    while got < len(into):
+        with into[got:] as rest:
+            n = os.preadv(fd, [rest], offset + got)
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _write_all(out: IO[bytes]) -> Callable[[bytes], Awaitable[None]]:

@@ -543,12 +543,15 @@ class FileEnd(Message):
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileGet(Message):
     """Send the current version of ``name`` (or the blob ``hash``). With ``local`` (a job
-    on the node's own machine) the node answers with the blob's path, not its bytes."""
+    on the node's own machine) the node answers with the blob's path, not its bytes.
+    ``bad``: the asker read blob ``bad`` and it failed its hash check; the node checks
+    its copy again, and replaces it from another holder if it is bad, before answering."""
 
     req: int
     name: str
     hash: str = ""
     local: bool = False
+    bad: str = ""
 
 
 @message(45)

@@ -128,11 +128,12 @@ class BlobStore:
         with contextlib.suppress(OSError):
             self.path(h).unlink()
 
-    async def verify(self, h: str) -> bool:
+    async def verify(self, h: str, *, again: bool = False) -> bool:
         """Whether blob ``h`` is on disk and its bytes still hash to ``h``.
 
         A check is remembered until the file's inode, size or mtime changes, so a
-        blob read by many jobs is hashed once.
+        blob read by many jobs is hashed once; bits that rot in place change none of
+        those, so readers check as they read and ask for a check ``again``.
         """
         path = self.path(h)
         try:
@@ -141,11 +142,13 @@ class BlobStore:
             self.have.discard(h)
             return False
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._verified.get(h) == stamp:
+        if not again and self._verified.get(h) == stamp:
             return True
         ok = await asyncio.to_thread(_hash_or_empty, path) == h
         if ok:
             self._verified[h] = stamp
+        else:
+            self._verified.pop(h, None)
         return ok
 
     def trust(self, h: str) -> None:

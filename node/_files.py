@@ -126,6 +126,9 @@ class FileService:
         self._linking: set[str] = set()
         self._seen: dict[str, float] = {}  # peer node id -> loop time last seen alive
         self._pulls: dict[str, asyncio.Future[Path]] = {}
+        # blob hash -> names of the nodes whose copy failed its hash check (until a good
+        # copy is back here), so "no good copy left" can say where the bad ones were
+        self._corrupt: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unix: asyncio.AbstractServer | None = None
         self._sock_dir: str | None = None
@@ -540,6 +543,12 @@ class FileService:
     async def _get(self, stream: Stream, msg: FileGet) -> None:
         assert self.store is not None
         with stream:
+            # A reader found our copy bad: check it ourselves (whoever says so).
+            bad = msg.bad if is_hash(msg.bad) and msg.bad in self.store.have else ""
+            if bad and not await self.store.verify(bad, again=True):
+                log.error("blob %s (%r) failed its hash check on read; fetching a good copy",
+                          bad, msg.name)  # fmt: skip
+                self._drop(bad, corrupt=True)
             if msg.hash:  # another node pulling a blob: only what we hold
                 entry: FileEntry | None = ("", msg.hash, 0, 0.0, False)
                 if not is_hash(msg.hash) or msg.hash not in self.store.have:
@@ -586,13 +595,27 @@ class FileService:
             finally:
                 f.close()
             if sent is not None and sent[0] != h:
-                log.error("blob %s (%r) failed its hash check; dropped", h, msg.name)
-                self._drop(h)
+                log.error("blob %s (%r) failed its hash check; fetching a good copy", h,
+                          msg.name)  # fmt: skip
+                self._drop(h, corrupt=True)
 
-    def _drop(self, h: str) -> None:
+    def _drop(self, h: str, *, corrupt: bool = False) -> None:
+        """Forget our copy of blob ``h``. A ``corrupt`` one (it failed its hash check)
+        is replaced: a good copy is fetched from another holder, if a version names it."""
         assert self.store is not None
         self.store.remove(h)
         self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=(h,)))
+        if corrupt:
+            self._corrupt.setdefault(h, set()).add(self.node.name)
+            named = next((e[0] for e in self.store.live() if e[1] == h), None)
+            if named is not None:
+                self._spawn(self._refetch(h, named))
+
+    async def _refetch(self, h: str, name: str) -> None:
+        try:
+            await self.ensure_local(h, name)
+        except MeshError as exc:
+            log.error("no good copy of %r to replace the corrupted one: %s", name, exc)
 
     async def ensure_local(self, h: str, name: str = "") -> Path:
         """The path of a verified copy of blob ``h`` here, pulled from a peer if need be."""
@@ -601,7 +624,7 @@ class FileService:
             if await self.store.verify(h):
                 return self.store.path(h)
             log.error("blob %s (%r) failed its hash check; fetching it again", h, name)
-            self._drop(h)
+            self._drop(h, corrupt=True)
         pending = self._pulls.get(h)
         if pending is None:
             pending = self._pulls[h] = asyncio.get_running_loop().create_future()
@@ -623,26 +646,42 @@ class FileService:
 
     async def _pull(self, h: str, name: str, done: asyncio.Future[Path]) -> None:
         errors = []
+        failed = False  # a holder failed otherwise than with a bad copy
+        bad = self._corrupt.setdefault(h, set())
         try:
             held = self.holders.get(h, set())
             holders = [p for p in self._reachable() if self._id(p) in held]
             for peer in self._by_load(holders):
                 try:
                     path = await self._pull_from(peer, h, name)
-                except MeshError as exc:
+                except FileCorrupted as exc:
+                    bad.add(peer.name)
                     errors.append(f"{peer.name}: {exc}")
                     continue
+                except MeshError as exc:
+                    failed = True
+                    errors.append(f"{peer.name}: {exc}")
+                    continue
+                self._corrupt.pop(h, None)
                 done.set_result(path)
                 return
-            what = f"{name!r}" if name else f"blob {h[:12]}"
+            what = f"{name!r} (blob {h[:12]})" if name else f"blob {h[:12]}"
             why = "; ".join(errors) or "no live node holds it"
-            cls = FileCorrupted if errors and all("hash" in e for e in errors) else FilesError
-            done.set_exception(cls(f"{self.label} could not fetch {what}: {why}", name=name))
+            if bad and not failed:  # every copy we know of is bad: say where they were
+                where = ", ".join(sorted(bad))
+                done.set_exception(FileCorrupted(
+                    f"{what} is corrupted on node{'s' if len(bad) > 1 else ''} {where}, no "
+                    f"good copy left (checked by {self.label}{'; ' + why if errors else ''})", name=name))  # fmt: skip
+            else:
+                done.set_exception(FilesError(f"{self.label} could not fetch {what}: {why}",
+                                              name=name))  # fmt: skip
         except BaseException as exc:
             if not done.done():
                 done.set_exception(exc)
             raise
         finally:
+            if not bad:
+                self._corrupt.pop(h, None)
             self._pulls.pop(h, None)
             if done.done() and not done.cancelled():
                 done.exception()  # retrieved: nobody may be waiting any more
