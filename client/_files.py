@@ -224,7 +224,7 @@ class AsyncFiles:
             if link.node_id in held:
                 continue
             try:
-                await self._copy(entry, source, link)
+                await self._copy(entry, source, link, replicas)
             except MeshError as exc:  # that node cannot take it: the next one may
                 log.warning("no copy of %r on node %s: %s", entry[0], link.name, exc)
                 continue
@@ -232,13 +232,14 @@ class AsyncFiles:
             out.append((link.node_id, link.name))
         return tuple(out)
 
-    async def _copy(self, entry: FileEntry, source: _LinkLike, dest: _LinkLike) -> None:
+    async def _copy(self, entry: FileEntry, source: _LinkLike, dest: _LinkLike,
+                    replicas: int) -> None:  # fmt: skip
         """Store version ``entry`` on ``dest``, its bytes relayed from ``source`` as they
         come (a window at a time: bounded memory whatever the size). A ``dest`` that
         holds the blob already answers at once and nothing moves."""
         name, h, size, when = entry[0], entry[1], entry[2], entry[3]
         with self.transfers.open(self._conn(dest)) as put:
-            put.send(FilePut(put.req, name, size, 1, h, when))
+            put.send(FilePut(put.req, name, size, 1, h, when, replicas))
             with self.transfers.open(self._conn(source)) as get:
                 get.send(FileGet(get.req, "", h))
                 head = await _reply(get)

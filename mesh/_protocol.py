@@ -502,7 +502,9 @@ Holders = tuple[tuple[str, str], ...]
 class FilePut(Message):
     """Store ``size`` bytes under ``name`` (chunks follow). A node pushing a replica
     sends the version's ``time``; otherwise the receiving node stamps it. With ``hash``
-    known up front, a node that holds the blob answers at once and no byte moves."""
+    known up front, a node that holds the blob answers at once and no byte moves.
+    ``target``: with ``time``, the copies the version was put with (its ``replicas``),
+    so that a lost holder is replaced by exactly as many (0: not known)."""
 
     req: int
     name: str
@@ -510,6 +512,7 @@ class FilePut(Message):
     replicas: int = 2
     hash: str = ""
     time: float = 0.0
+    target: int = 0
 
 
 @message(41)
@@ -593,7 +596,8 @@ class FileDelete(Message):
 class FileCatalog(Message):
     """Node -> node: catalog versions (all with ``full``, else the ones that changed)
     and the blobs the sender holds (all with ``full``, else ``have`` gained and
-    ``gone`` lost), so every node answers ``list`` and knows who holds what."""
+    ``gone`` lost), so every node answers ``list`` and knows who holds what.
+    ``replicas``: the copies each of ``entries`` was put with, in order (0: not known)."""
 
     node_id: str
     name: str
@@ -601,6 +605,7 @@ class FileCatalog(Message):
     have: tuple[str, ...] = ()
     gone: tuple[str, ...] = ()
     full: bool = False
+    replicas: tuple[int, ...] = ()
 
 
 # ---- job environments (_env; tags 60-69): client <-> node ----

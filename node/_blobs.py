@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,11 @@ CREATE TABLE IF NOT EXISTS versions (
     hash TEXT NOT NULL,
     size INTEGER NOT NULL,
     time REAL NOT NULL,
-    deleted INTEGER NOT NULL
+    deleted INTEGER NOT NULL,
+    replicas INTEGER NOT NULL DEFAULT 0
 )
 """
+_COLUMNS = "(name, hash, size, time, deleted, replicas)"
 
 
 def newer(a: FileEntry, b: FileEntry | None) -> bool:
@@ -66,10 +68,19 @@ class BlobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
-            rows = self._db.execute("SELECT name, hash, size, time, deleted FROM versions")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(versions)")}
+            if "replicas" not in columns:  # a catalog from before targets were kept
+                self._db.execute(
+                    "ALTER TABLE versions ADD COLUMN replicas INTEGER NOT NULL DEFAULT 0"
+                )
+            rows = self._db.execute(
+                "SELECT name, hash, size, time, deleted, replicas FROM versions"
+            ).fetchall()
             self.entries: dict[str, FileEntry] = {
                 r[0]: (r[0], r[1], r[2], r[3], bool(r[4])) for r in rows
             }
+            # name -> the copies its version was put with (0: not known)
+            self.targets: dict[str, int] = {r[0]: r[5] for r in rows if r[5]}
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open the file catalog {self.path_db}: {exc}") from exc
         marker = self.dir / "HASH"
@@ -107,8 +118,8 @@ class BlobStore:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM versions")
             self._db.executemany(
-                "INSERT INTO versions VALUES (?,?,?,?,?)",
-                [(e[0], e[1], e[2], e[3], int(e[4])) for e in self.entries.values()],
+                f"INSERT INTO versions {_COLUMNS} VALUES (?,?,?,?,?,?)",
+                [(*e[:4], int(e[4]), self.targets.get(e[0], 0)) for e in self.entries.values()],
             )
 
     # ---- blobs ----
@@ -159,21 +170,35 @@ class BlobStore:
 
     # ---- catalog ----
 
-    def merge(self, entries: Iterable[FileEntry]) -> list[FileEntry]:
-        """Keep the versions that win over what we know; return those (persisted)."""
+    def merge(self, entries: Iterable[FileEntry], targets: Sequence[int] = ()) -> list[FileEntry]:
+        """Keep the versions that win over what we know; return those (persisted).
+        ``targets``: the copies each was put with (0: not known), also learned for a
+        version we hold already (a replica stored before its put's target was told)."""
         changed = []
-        for e in entries:
-            if newer(e, self.entries.get(e[0])):
+        write = []
+        for i, e in enumerate(entries):
+            target = targets[i] if i < len(targets) else 0
+            known = self.entries.get(e[0])
+            if newer(e, known):
                 self.entries[e[0]] = e
                 changed.append(e)
-        if changed:
+                self.targets.pop(e[0], None)
+            elif known != e or not target or self.targets.get(e[0]) == target:
+                continue
+            if target:
+                self.targets[e[0]] = target
+            write.append((*e[:4], int(e[4]), self.targets.get(e[0], 0)))
+        if write:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?)",
-                    [(e[0], e[1], e[2], e[3], int(e[4])) for e in changed],
+                    f"INSERT OR REPLACE INTO versions {_COLUMNS} VALUES (?,?,?,?,?,?)", write
                 )
         return changed
+
+    def target(self, name: str) -> int:
+        """The copies the current version of ``name`` was put with (0: not known)."""
+        return self.targets.get(name, 0)
 
     def live(self, prefix: str = "") -> list[FileEntry]:
         return sorted(e for n, e in self.entries.items() if not e[4] and n.startswith(prefix))

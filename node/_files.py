@@ -344,14 +344,22 @@ class FileService:
 
         await self._all_links(ask)
 
-    def _commit(self, entries: list[FileEntry]) -> None:
-        """Record versions here and tell every peer; drop blobs no version names now."""
+    def _commit(self, entries: list[FileEntry], targets: tuple[int, ...] = ()) -> None:
+        """Record versions here (with the copies each was put with) and tell every peer;
+        drop blobs no version names now."""
         assert self.store is not None
         before = {e[0]: self.store.entries.get(e[0]) for e in entries}
-        changed = self.store.merge(entries)
+        changed = self.store.merge(entries, targets)
         if changed:
-            self._broadcast(FileCatalog(self.node.node_id, self.node.name, tuple(changed)))
+            self._broadcast(self._versions(changed))
             self._collect([old[1] for old in before.values() if old is not None and old[1]])
+
+    def _versions(self, entries: list[FileEntry], **kw: Any) -> FileCatalog:
+        """A FileCatalog telling ``entries``, with their targets."""
+        assert self.store is not None
+        targets = tuple(self.store.target(e[0]) for e in entries)
+        return FileCatalog(self.node.node_id, self.node.name, tuple(entries), replicas=targets,
+                           **kw)  # fmt: skip
 
     def _collect(self, hashes: list[str]) -> None:
         assert self.store is not None
@@ -372,13 +380,16 @@ class FileService:
             self.holders.setdefault(h, set()).add(msg.node_id)
         for h in msg.gone:
             self.holders.get(h, set()).discard(msg.node_id)
-        entries = [e for e in msg.entries if e[4] or is_hash(e[1])]
-        if entries:
+        targets = msg.replicas + (0,) * (len(msg.entries) - len(msg.replicas))
+        pairs = [
+            (e, t) for e, t in zip(msg.entries, targets, strict=False) if e[4] or is_hash(e[1])
+        ]
+        if pairs:
+            entries = [e for e, _ in pairs]
             before = {e[0]: self.store.entries.get(e[0]) for e in entries}
-            changed = self.store.merge(entries)
+            changed = self.store.merge(entries, [t for _, t in pairs])
             if changed:  # gossip what was news to us: a peer the sender misses hears it
-                self._broadcast(FileCatalog(self.node.node_id, self.node.name, tuple(changed)),
-                                skip=msg.node_id)  # fmt: skip
+                self._broadcast(self._versions(changed), skip=msg.node_id)
                 self._collect([o[1] for o in before.values() if o is not None and o[1]])
 
     def _broadcast(self, msg: FileCatalog, skip: str = "") -> None:
@@ -420,7 +431,7 @@ class FileService:
             entry = (msg.name, h, size, msg.time or time.time(), False)
             if msg.replicas - 1 > copies:  # peers that failed mid-way: copy from disk
                 await self._replicate(entry, msg.replicas - 1 - copies)
-            self._commit([entry])
+            self._commit([entry], (msg.target if msg.time else msg.replicas,))
             if not msg.time:  # the client's own put (not a replica): read-your-writes
                 await self._settle((msg.name,))
             if not stream.conn.closed:
@@ -442,7 +453,7 @@ class FileService:
             if isinstance(conn, BaseException):
                 raise conn
             stream = self.transfers.open(conn)
-            stream.send(FilePut(stream.req, msg.name, msg.size, 1, msg.hash, when))
+            stream.send(FilePut(stream.req, msg.name, msg.size, 1, msg.hash, when, msg.replicas))
             out.append(_Forward(peer, stream))
         return out
 
@@ -524,7 +535,8 @@ class FileService:
         conn = await self._link(peer)
         h = entry[1]
         with self.transfers.open(conn) as stream:
-            stream.send(FilePut(stream.req, entry[0], entry[2], 1, h, entry[3]))
+            target = self.store.target(entry[0])
+            stream.send(FilePut(stream.req, entry[0], entry[2], 1, h, entry[3], target))
             f = await asyncio.to_thread(_open_raw, self.store.path(h))
             try:
                 await stream.send_file(f)
@@ -760,9 +772,8 @@ class FileService:
         self._links[node_id] = conn
         self.names[node_id] = conn.peer_name or peer.name or peer.key
         assert self.store is not None
-        conn.send(FileCatalog(self.node.node_id, self.node.name,
-                              tuple(self.store.entries.values()), tuple(self.store.have),
-                              full=True))  # fmt: skip
+        conn.send(self._versions(list(self.store.entries.values()), have=tuple(self.store.have),
+                                 full=True))  # fmt: skip
         return conn
 
     def _link_closed(self, conn: Connection, reason: BaseException | None) -> None:
@@ -817,7 +828,11 @@ class FileService:
             if not lost:
                 continue
             live = {self.node.node_id} | (ids & alive)
-            if min(live) == self.node.node_id:
-                made = await self._replicate(entry, len(lost))
+            # As many as the put asked for, counting every live copy (pulled ones too);
+            # a version whose target is not known here replaces the lost ones.
+            target = self.store.target(entry[0])
+            need = target - len(live) if target else len(lost)
+            if need > 0 and min(live) == self.node.node_id:
+                made = await self._replicate(entry, need)
                 log.info("%r lost %d holders; copied it to %d nodes", entry[0], len(lost), made)
             ids -= lost

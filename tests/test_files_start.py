@@ -234,3 +234,43 @@ def test_a_lost_holder_is_replaced_by_exactly_as_many_copies_as_asked(node_facto
         assert len(held(two.hash)) == 2 and len(held(three.hash)) == 3
         assert sorted(c.files.info("r/two.bin").nodes) == held(two.hash)
         assert sorted(c.files.info("r/three.bin").nodes) == held(three.hash)
+
+
+# ---- the catalog keeps each version's target (pure: a BlobStore on a temp dir) ----
+
+
+def test_the_catalog_keeps_the_copies_each_version_was_put_with(tmp_path):
+    import sqlite3
+
+    from mesh.node._blobs import BlobStore
+
+    a1 = ("a", "1" * 64, 3, 10.0, False)
+    a2 = ("a", "2" * 64, 4, 20.0, False)
+    b1 = ("b", "3" * 64, 5, 10.0, False)
+    store = BlobStore(tmp_path)
+    assert store.merge([a1, b1], [2]) == [a1, b1]  # b's target not told: 0
+    assert (store.target("a"), store.target("b")) == (2, 0)
+    assert store.merge([b1], [3]) == []  # the same version: only its target is learned
+    assert store.merge([a1], [5]) == [] and store.target("a") == 5
+    assert store.merge([a2]) == [a2] and store.target("a") == 0  # a new version: not known
+    assert store.merge([a1], [7]) == [] and store.target("a") == 0  # an older one: ignored
+    store.close()
+    again = BlobStore(tmp_path)
+    assert (again.target("a"), again.target("b")) == (0, 3) and again.current("a") == a2
+    again.close()
+
+    # A catalog written before targets were kept gains the column, every target unknown.
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / "files.sqlite3")
+    db.execute("CREATE TABLE versions (name TEXT PRIMARY KEY, hash TEXT NOT NULL, "
+               "size INTEGER NOT NULL, time REAL NOT NULL, deleted INTEGER NOT NULL)")  # fmt: skip
+    db.execute("INSERT INTO versions VALUES (?,?,?,?,?)", ("a", "1" * 64, 3, 10.0, 0))
+    db.commit()
+    db.close()
+    (old / "blobs").mkdir()
+    (old / "blobs" / "HASH").write_text("BLAKE3\n")
+    upgraded = BlobStore(old)
+    assert upgraded.current("a") == a1 and upgraded.target("a") == 0
+    assert upgraded.merge([a1], [2]) == [] and upgraded.target("a") == 2
+    upgraded.close()
