@@ -555,6 +555,8 @@ class _Verified(io.RawIOBase):
     instead, else the read raises FileCorrupted (open it again), as it does when no
     good copy is left."""
 
+    mode = "rb"
+
     def __init__(self, path: str, name: str, entry: FileEntry,
                  replace: Callable[[str], tuple[str, FileEntry]]) -> None:  # fmt: skip
         super().__init__()

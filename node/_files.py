@@ -726,15 +726,17 @@ class FileService:
 
     def _askable(self) -> list[Peer]:
         """The live peers, and the ones the peer table has heard of (from a client or a
-        node) but not reached yet, or lost under ASK_UNLINKED_S ago: just after start, a
-        node that holds a file may be known before the table has linked to it."""
+        node) but never reached, for ASK_UNLINKED_S after its first try: just after start,
+        a node that holds a file may be known before the table has linked to it. A peer
+        that was linked and is lost is not asked (it would only cost a timeout)."""
         peers = self.node.peers
         if peers is None:
             return []
         now = asyncio.get_running_loop().time()
         return [
             p for p in peers.peers.values()
-            if p.alive or p.failing_since is None or now - p.failing_since < ASK_UNLINKED_S
+            if p.alive or (not p.node_id and (p.failing_since is None
+                                              or now - p.failing_since < ASK_UNLINKED_S))
         ]  # fmt: skip
 
     def _reachable(self) -> list[Peer]:
