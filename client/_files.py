@@ -260,6 +260,12 @@ class AsyncFiles:
                     with contextlib.suppress(MeshError):
                         get.send(FileReply(get.req, error_kind="failed",
                                            error="the copy's receiver answered"))  # fmt: skip
+                except BaseException as exc:  # dest drops what it got (a bad copy too)
+                    why = "corrupt" if isinstance(exc, FileCorrupted) else "stopped"
+                    with contextlib.suppress(MeshError):
+                        put.send(FileEnd(put.req, "", f"{why}: the copy from node "
+                                         f"{source.name} failed: {exc}"))  # fmt: skip
+                    raise
                 else:
                     put.send(FileEnd(put.req, digest))
             reply = await _reply(put)

@@ -597,7 +597,9 @@ class FileCatalog(Message):
     """Node -> node: catalog versions (all with ``full``, else the ones that changed)
     and the blobs the sender holds (all with ``full``, else ``have`` gained and
     ``gone`` lost), so every node answers ``list`` and knows who holds what.
-    ``replicas``: the copies each of ``entries`` was put with, in order (0: not known)."""
+    ``replicas``: the copies each of ``entries`` was put with, in order (0: not known).
+    ``corrupt``: blobs of ``gone`` that the sender dropped because they failed their
+    hash check, so a node left without a good copy can say where they rotted."""
 
     node_id: str
     name: str
@@ -606,6 +608,7 @@ class FileCatalog(Message):
     gone: tuple[str, ...] = ()
     full: bool = False
     replicas: tuple[int, ...] = ()
+    corrupt: tuple[str, ...] = ()
 
 
 # ---- job environments (_env; tags 60-69): client <-> node ----

@@ -380,6 +380,8 @@ class FileService:
             self.holders.setdefault(h, set()).add(msg.node_id)
         for h in msg.gone:
             self.holders.get(h, set()).discard(msg.node_id)
+        for h in msg.corrupt[: len(msg.gone)]:
+            self._corrupt.setdefault(h, set()).add(msg.name)
         targets = msg.replicas + (0,) * (len(msg.entries) - len(msg.replicas))
         pairs = [
             (e, t) for e, t in zip(msg.entries, targets, strict=False) if e[4] or is_hash(e[1])
@@ -416,8 +418,9 @@ class FileService:
                 size = self.store.path(h).stat().st_size  # held already: nothing moves
             else:
                 forwards = await self._forwards(msg) if msg.replicas > 1 else []
+                expect = msg.hash if msg.time else ""  # a copy of a stored version
                 try:
-                    h, size = await self._receive(stream, msg.name, forwards)
+                    h, size = await self._receive(stream, msg.name, forwards, expect)
                 except FilesError as exc:
                     if not stream.conn.closed:
                         kind = "disk" if isinstance(exc, FileStoreFull) else "failed"
@@ -476,12 +479,13 @@ class FileService:
 
         return sum(await asyncio.gather(*(end(fw) for fw in forwards)))
 
-    async def _receive(self, stream: Stream, name: str,
-                       forwards: Sequence[_Forward] = ()) -> tuple[str, int]:  # fmt: skip
+    async def _receive(self, stream: Stream, name: str, forwards: Sequence[_Forward] = (),
+                       expect: str = "") -> tuple[str, int]:  # fmt: skip
         """Receive a blob into the store (temp file, fsync, rename), each chunk passed
         on to ``forwards`` first; (hash, size). The forwards end as soon as the hash
         checks out, before this node's fsync: if that fails the peers keep good copies
-        of a put that failed here (the client retries; the content is what it sent)."""
+        of a put that failed here (the client retries; the content is what it sent).
+        ``expect``: the blob a copy stands for; other bytes raise FileCorrupted."""
         assert self.store is not None
         writer = self.store.writer()
 
@@ -494,6 +498,9 @@ class FileService:
             h, size = await stream.receive_chunks(
                 writer.write, forward=forward if forwards else None
             )
+            if expect and h != expect:
+                raise FileCorrupted(f"the copy of blob {expect[:12]} from "
+                                    f"{stream.conn.peer_label} hashes to {h[:12]}", name=name)  # fmt: skip
             for fw in forwards:  # the hash checked out: the peers fsync while we do
                 fw.end(h)
             await writer.commit(h)
@@ -518,10 +525,11 @@ class FileService:
     async def _replicate(self, entry: FileEntry, copies: int) -> int:
         """Push blob and version to ``copies`` least-loaded peers lacking it; how many took it."""
         h = entry[1]
+        assert self.store is not None
         lacking = [p for p in self._alive() if p.node_id not in self.holders.get(h, set())]
         done = 0
         for peer in self._by_load(lacking):
-            if done >= copies:
+            if done >= copies or h not in self.store.have:  # ours was found bad meanwhile
                 break
             try:
                 await self._push(peer, entry)
@@ -537,11 +545,19 @@ class FileService:
         with self.transfers.open(conn) as stream:
             target = self.store.target(entry[0])
             stream.send(FilePut(stream.req, entry[0], entry[2], 1, h, entry[3], target))
-            f = await asyncio.to_thread(_open_raw, self.store.path(h))
             try:
-                await stream.send_file(f)
+                f = await asyncio.to_thread(_open_raw, self.store.path(h))
+            except OSError as exc:
+                raise FilesError(f"{self.label} lost blob {h[:12]}: {exc}") from exc
+            try:
+                sent = await stream.send_file(f, expect=h)
             finally:
                 f.close()
+            if sent is not None and sent[0] != h:  # never copy bad bytes: replace ours
+                log.error("blob %s (%r) failed its hash check; fetching a good copy", h,
+                          entry[0])  # fmt: skip
+                self._drop(h, corrupt=True)
+                raise FileCorrupted(f"{self.label}'s copy of {entry[0]!r} failed its hash check")
             while True:
                 reply = await stream.next()
                 if isinstance(reply, FileReply):
@@ -616,7 +632,8 @@ class FileService:
         is replaced: a good copy is fetched from another holder, if a version names it."""
         assert self.store is not None
         self.store.remove(h)
-        self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=(h,)))
+        bad = (h,) if corrupt else ()
+        self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=(h,), corrupt=bad))
         if corrupt:
             self._corrupt.setdefault(h, set()).add(self.node.name)
             named = next((e[0] for e in self.store.live() if e[1] == h), None)
@@ -756,6 +773,8 @@ class FileService:
 
     async def _link(self, peer: Peer) -> Connection:
         node_id = self._id(peer)
+        if node_id == self.node.node_id:
+            raise FilesError(f"{peer.key} is {self.label} itself")
         conn = self._links.get(node_id) if node_id else None
         if conn is not None and not conn.closed:
             return conn

@@ -219,3 +219,35 @@ def test_a_job_reading_the_last_rotted_copy_says_where_it_rotted(node_factory, s
         assert isinstance(out, str) and out.startswith("FileCorrupted: "), out
         assert "corrupted on node n1, no good copy left" in out
         assert not blob_path(n1, info.hash).exists()  # the bad copy is gone, never served
+
+
+def test_a_rotted_copy_is_never_copied_when_a_lost_holder_is_replaced(node_factory, secret):
+    import signal
+
+    env = {"MESH_FILES_REREPLICATE_S": "1"}
+    first = node_factory(name="n1", workers=1, env=env)
+    nodes = [first] + [
+        node_factory(name=f"n{i}", workers=1, env=env, extra=("--peer", first.address))
+        for i in (2, 3)
+    ]
+    payload = os.urandom(1 << 20)
+    with mesh.Client([n.address for n in nodes], secret) as c:
+
+        def linked3() -> bool:
+            c.files.putf(b"probe", "probe", replicas=3)
+            return len(c.files.info("probe").nodes) == 3
+
+        wait_for(linked3, what="every file link up")
+        c.files.delete("probe")
+        info = c.files.putf(payload, "rot/r.bin", replicas=2)
+        victim, survivor = (next(n for n in nodes if n.name == name) for name in info.nodes)
+        third = next(n for n in nodes if n.name not in info.nodes)
+        rot(blob_path(survivor, info.hash), 4321)
+        victim.stop(signal.SIGKILL)
+        # The survivor's push to the third node finds its copy bad: dropped, never copied.
+        wait_for(lambda: not blob_path(survivor, info.hash).exists(), what="bad copy dropped")
+        assert not blob_path(third, info.hash).exists()
+        assert not list((third.data_dir / "blobs").glob("*/*"))  # no other bytes either
+        with pytest.raises(FileCorrupted, match=f"corrupted on node {survivor.name}, no good"):
+            c.files.get("rot/r.bin", str(third.data_dir.parent / "r.bin"))
+        assert c.files.info("rot/r.bin").hash == info.hash  # the version stays what was put
