@@ -236,42 +236,51 @@ class AsyncFiles:
                     replicas: int) -> None:  # fmt: skip
         """Store version ``entry`` on ``dest``, its bytes relayed from ``source`` as they
         come (a window at a time: bounded memory whatever the size). A ``dest`` that
-        holds the blob already answers at once and nothing moves."""
+        holds the blob already answers at once and nothing more moves."""
         name, h, size, when = entry[0], entry[1], entry[2], entry[3]
         with self.transfers.open(self._conn(dest)) as put:
             put.send(FilePut(put.req, name, size, 1, h, when, replicas))
-            with self.transfers.open(self._conn(source)) as get:
-                get.send(FileGet(get.req, "", h))
-                head = await _reply(get)
-                err = reply_error(head, name)
-                if err is not None:
-                    raise err
-
-                async def forward(data: bytes) -> None:
-                    if not await put.send_chunk(data):
-                        raise _Answered  # dest answered early: its reply says how
-
-                async def written(data: bytes) -> None:
-                    pass
-
-                try:
-                    digest, _ = await get.receive_chunks(written, forward=forward)
-                except _Answered:
-                    with contextlib.suppress(MeshError):
-                        get.send(FileReply(get.req, error_kind="failed",
-                                           error="the copy's receiver answered"))  # fmt: skip
-                except BaseException as exc:  # dest drops what it got (a bad copy too)
-                    why = "corrupt" if isinstance(exc, FileCorrupted) else "stopped"
-                    with contextlib.suppress(MeshError):
-                        put.send(FileEnd(put.req, "", f"{why}: the copy from node "
-                                         f"{source.name} failed: {exc}"))  # fmt: skip
-                    raise
-                else:
-                    put.send(FileEnd(put.req, digest))
+            try:
+                digest = await self._relay(source, put, entry)
+            except _Answered:
+                pass  # its reply says how
+            except BaseException as exc:  # dest drops what it got (a bad copy too)
+                why = "corrupt" if isinstance(exc, FileCorrupted) else "stopped"
+                with contextlib.suppress(MeshError):
+                    put.send(FileEnd(put.req, "", f"{why}: the copy from node {source.name} "
+                                     f"failed: {exc}"))  # fmt: skip
+                raise
+            else:
+                put.send(FileEnd(put.req, digest))
             reply = await _reply(put)
         err = reply_error(reply, name)
         if err is not None:
             raise err
+
+    async def _relay(self, source: _LinkLike, put: Stream, entry: FileEntry) -> str:
+        """Pass the blob of ``entry`` from ``source`` on to transfer ``put`` chunk by
+        chunk; its hash. _Answered when ``put``'s receiver answered before the end."""
+        with self.transfers.open(self._conn(source)) as get:
+            get.send(FileGet(get.req, "", entry[1]))
+            err = reply_error(await _reply(get), entry[0])
+            if err is not None:
+                raise err
+
+            async def forward(data: bytes) -> None:
+                if not await put.send_chunk(data):
+                    raise _Answered
+
+            async def written(data: bytes) -> None:
+                pass
+
+            try:
+                digest, _ = await get.receive_chunks(written, forward=forward)
+            except BaseException as exc:  # the source stops sending
+                with contextlib.suppress(MeshError):
+                    get.send(FileReply(get.req, error_kind="failed",
+                                       error=f"the copy was stopped: {exc!r}"))  # fmt: skip
+                raise
+            return digest
 
     async def info(self, name: str) -> FileInfo:
         """Size, hash, version time and holders of ``name``; MeshFileNotFound if none."""
