@@ -253,3 +253,29 @@ def test_a_rotted_copy_is_never_copied_when_a_lost_holder_is_replaced(node_facto
         with pytest.raises(FileCorrupted, match=f"corrupted on node {survivor.name}, no good"):
             c.files.get("rot/r.bin", str(third.data_dir.parent / "r.bin"))
         assert c.files.info("rot/r.bin").hash == info.hash  # the version stays what was put
+
+
+def claim_bad_in_job(name: str, h: str) -> str:
+    """A job that says the node's good copy of ``h`` is bad (FileGet.bad), as a lying
+    or mistaken reader would."""
+    from mesh.client._files import job_files
+
+    files = job_files()
+    assert files is not None
+    path, _ = files._run(files._a._local_path(name, bad=h))
+    return path
+
+
+def test_a_reader_that_calls_a_good_copy_bad_does_not_make_the_node_drop_it(node_factory, secret):
+    n1 = node_factory(name="n1", workers=1)
+    payload = os.urandom(1 << 20)
+    with mesh.Client([n1.address], secret) as c:
+        info = c.files.putf(payload, "rot/fine.bin", replicas=1)
+        before = blob_path(n1, info.hash).stat()
+        path = c.result(c.call(claim_bad_in_job, "rot/fine.bin", info.hash))
+        assert Path(path) == blob_path(n1, info.hash)
+        after = blob_path(n1, info.hash).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert c.files.info("rot/fine.bin").nodes == ("n1",)
+        with c.files.getf("rot/fine.bin") as f:
+            assert f.read() == payload
