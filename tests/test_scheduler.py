@@ -1,0 +1,441 @@
+"""The client's scheduler: events in, exact instructions out, no I/O and no clock."""
+
+from __future__ import annotations
+
+import pytest
+from mesh.client._scheduler import (
+    Accept,
+    Ack,
+    AskRuns,
+    Batch,
+    Fail,
+    FailKind,
+    Lost,
+    Outcome,
+    Recall,
+    Run,
+    Scheduler,
+    SchedulerConfig,
+    Send,
+    Stop,
+    Work,
+)
+
+from mesh._protocol import DONE, ERROR, KILLED, PROCESSING
+
+F = Work(b"f" * 16, "work.square")
+G = Work(b"g" * 16, "work.cube")
+DIED = "worker process on node ws-a exited with code -11 (SIGSEGV) while running work.square"
+
+
+def sched(*nodes: str, workers: int = 1, **config: object) -> Scheduler:
+    """A scheduler with nodes ``nodes`` up (node "a" is named "ws-a"), ``workers`` each."""
+    s = Scheduler("c0", SchedulerConfig(**config))  # type: ignore[arg-type]
+    for key in nodes:
+        assert s.node_up(key, f"ws-{key}", workers, 0.0) == []
+    return s
+
+
+def done(*nums: int) -> list[Outcome]:
+    return [Outcome(n, DONE) for n in nums]
+
+
+def finish(s: Scheduler, key: str, now: float = 1.0) -> list[object]:
+    """The node ``key`` returns every job of ours it holds, done; idle afterwards."""
+    return list(s.results(key, done(*s.in_flight(key)), now, running=0, queued=0))
+
+
+# ---- submit and placement ----
+
+
+def test_submit_with_no_nodes_waits_then_a_node_gets_its_pipeline() -> None:
+    s = sched()
+    assert s.submit(Batch(1, 5, F), 0.0) == []
+    assert s.waiting() == [1, 2, 3, 4, 5]
+    # a new function gets 2 jobs per worker slot: a slow one cannot take a whole map
+    assert s.node_up("a", "ws-a", 2, 1.0) == [Send("a", F, (1, 2, 3, 4))]
+    assert s.waiting() == [5]
+    assert s.in_flight("a") == (1, 2, 3, 4)
+    assert s.unfinished() == 5
+
+
+def test_a_map_is_split_least_loaded_first_in_order() -> None:
+    s = sched("a", "b")
+    assert s.load("b", 0.5, running=1, queued=0) == []
+    # b runs someone else's job: it is lower in line, and both fill to their credit
+    # (others' work takes none of ours: a recall moves ours if it waits behind theirs)
+    assert s.submit(Batch(1, 10, F), 1.0) == [Send("a", F, (1, 2)), Send("b", F, (3, 4))]
+    assert s.waiting() == [5, 6, 7, 8, 9, 10]
+
+
+def test_results_are_accepted_acked_and_free_room_for_more() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 4, F), 0.0)
+    assert s.results("a", done(1), 1.0, running=1, queued=0) == [
+        Accept("a", (1,)),
+        Ack("a", (1,)),
+        Send("a", F, (3,)),
+    ]
+    assert s.in_flight("a") == (2, 3)
+    assert s.unfinished() == 3
+
+
+def test_errors_and_kills_from_the_node_are_final_too() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 2, F), 0.0)
+    out = s.results("a", [Outcome(1, ERROR), Outcome(2, KILLED)], 1.0)
+    assert out == [Accept("a", (1, 2)), Ack("a", (1, 2))]
+    assert s.unfinished() == 0
+
+
+def test_a_duplicate_or_unknown_result_is_acked_but_not_accepted() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.results("a", done(1), 1.0)
+    assert s.results("a", done(1, 99), 2.0) == [Ack("a", (1, 99))]
+
+
+def test_calls_of_the_same_work_in_a_row_travel_together() -> None:
+    s = sched()
+    for num in range(1, 5):
+        s.submit(Batch(num, 1, F), 0.0)
+    s.submit(Batch(5, 1, G), 0.0)
+    s.submit(Batch(6, 1, F), 0.0)
+    assert s.node_up("a", "ws-a", 4, 1.0) == [
+        Send("a", F, (1, 2, 3, 4)),
+        Send("a", G, (5,)),
+        Send("a", F, (6,)),
+    ]
+
+
+def test_calls_with_other_options_travel_apart() -> None:
+    s = sched()
+    labelled = Work(F.fhash, F.name, label="nightly")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.submit(Batch(2, 1, labelled), 0.0)
+    assert s.node_up("a", "ws-a", 2, 1.0) == [Send("a", F, (1,)), Send("a", labelled, (2,))]
+
+
+def test_a_node_holding_the_files_wins_a_tie() -> None:
+    s = sched("a", "b")
+    near_b = Work(F.fhash, F.name, prefer=frozenset({"b"}))
+    assert s.submit(Batch(1, 1, near_b), 0.0) == [Send("b", near_b, (1,))]
+
+
+def test_a_measured_long_job_gets_no_queue_at_a_node() -> None:
+    s = sched("a", workers=2)
+    s.submit(Batch(1, 2, F), 0.0)
+    s.results("a", done(1, 2), 1.0, running=0, queued=0, avg_run_s=0.5)
+    assert s.submit(Batch(3, 5, F), 2.0) == [Send("a", F, (3, 4))]  # one per slot
+
+
+def test_a_measured_quick_job_gets_a_deep_pipeline() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.results("a", done(1), 1.0, running=0, queued=0, avg_run_s=0.01)
+    # pipeline_s 0.05 / 0.01 s a job: 5 in flight per slot
+    assert s.submit(Batch(2, 9, F), 2.0) == [Send("a", F, (2, 3, 4, 5, 6))]
+
+
+def test_a_job_needing_more_cores_than_any_node_has_is_rejected() -> None:
+    s = sched("a", "b", workers=2)
+    big = Work(F.fhash, F.name, cores=3)
+    assert s.submit(Batch(1, 2, big), 0.0) == [
+        Fail((1, 2), FailKind.REJECTED, "job needs 3 cores; the largest node has 2")
+    ]
+    assert s.unfinished() == 0
+    assert FailKind.REJECTED.error_info("m") == ("rejected", "ValueError", "m", "", "")
+
+
+def test_multi_core_jobs_count_their_slots() -> None:
+    s = sched("a", workers=4)
+    two = Work(F.fhash, F.name, cores=2)
+    # 4 workers x 2 deep = 8 slots of credit: 4 jobs of 2 cores
+    assert s.submit(Batch(1, 6, two), 0.0) == [Send("a", two, (1, 2, 3, 4))]
+
+
+def test_bad_cores_are_refused_and_empty_batches_ignored() -> None:
+    s = sched("a")
+    with pytest.raises(ValueError, match="_cores must be at least 1, not 0"):
+        s.submit(Batch(1, 1, Work(F.fhash, F.name, cores=0)), 0.0)
+    assert s.submit(Batch(1, 0, F), 0.0) == []
+
+
+# ---- workers and nodes dying ----
+
+
+def test_a_dead_worker_costs_an_attempt_and_the_job_runs_elsewhere() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 1, F), 0.0)  # a: tie broken by key
+    out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0)
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1), Send("b", F, (1,), retry=True)]
+
+
+def test_a_retry_goes_back_to_the_same_node_when_it_is_the_only_one() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F, retries=1), 0.0)
+    out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0)
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1), Send("a", F, (1,), retry=True)]
+    out = s.results("a", [Outcome(1, ERROR, died=DIED)], 2.0)
+    assert out == [
+        Ack("a", (1,)),
+        Lost(1, "ws-a", 2),
+        Fail((1,), FailKind.WORKER_DIED,
+             f"job c0-1 (work.square) failed 2 attempts, on nodes ws-a, ws-a; the last: {DIED}"),
+    ]  # fmt: skip
+    assert s.unfinished() == 0
+
+
+def test_a_retry_travels_alone() -> None:
+    s = sched("a", "b", workers=2)
+    s.submit(Batch(1, 8, F), 0.0)
+    assert s.in_flight("a") == (1, 2, 3, 4) and s.in_flight("b") == (5, 6, 7, 8)
+    s.submit(Batch(9, 1, F), 0.0)
+    out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0, running=2, queued=1)
+    # a has room, but the retry waits for a node it has not died on
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1)]
+    assert s.waiting() == [1, 9]
+    assert s.results("b", done(5), 2.0, running=2, queued=1) == [
+        Accept("b", (5,)),
+        Ack("b", (5,)),
+        Send("b", F, (1,), retry=True),  # alone: job 9 is not grouped with it
+        Send("a", F, (9,)),
+    ]
+    assert s.waiting() == []
+
+
+def test_a_lost_node_costs_its_jobs_an_attempt_and_they_run_elsewhere() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 4, F), 0.0)
+    out = s.node_lost("a", "connection reset", 1.0)
+    assert out == [Lost(1, "ws-a", 1), Lost(2, "ws-a", 1)]  # b has no room yet
+    assert s.waiting() == [1, 2]
+    assert s.results("b", done(3), 2.0, running=1, queued=0) == [
+        Accept("b", (3,)),
+        Ack("b", (3,)),
+        Send("b", F, (1,), retry=True),
+    ]
+    for attempts in (2, 3):  # no other node: b again
+        assert s.results("b", [Outcome(1, ERROR, died="gone")], 3.0) == [
+            Ack("b", (1,)),
+            Lost(1, "ws-b", attempts),
+            Send("b", F, (1,), retry=True),
+        ]
+    assert s.results("b", [Outcome(1, ERROR, died="gone")], 4.0) == [
+        Ack("b", (1,)),
+        Lost(1, "ws-b", 4),
+        Fail((1,), FailKind.WORKER_DIED, "job c0-1 (work.square) failed 4 attempts, on nodes "
+             "ws-a, ws-b, ws-b, ws-b; the last: gone"),
+        Send("b", F, (2,), retry=True),  # job 2, lost with a, was next in line
+    ]  # fmt: skip
+
+
+def test_a_lost_node_with_no_retries_left_fails_the_job_naming_the_node() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F, retries=0), 0.0)
+    assert s.node_lost("a", "connection reset", 1.0) == [
+        Lost(1, "ws-a", 1),
+        Fail((1,), FailKind.WORKER_DIED, "job c0-1 (work.square) failed 1 attempts, on nodes "
+             "ws-a; the last: node ws-a (a) was lost while running it (connection reset)"),
+    ]  # fmt: skip
+
+
+def test_no_node_for_the_timeout_fails_every_unfinished_job() -> None:
+    s = sched("a", no_nodes_timeout_s=30.0)
+    s.submit(Batch(1, 5, F), 0.0)
+    assert s.node_lost("a", "connection reset", 10.0) == [Lost(1, "ws-a", 1), Lost(2, "ws-a", 1)]
+    assert s.wake_at() == 40.0
+    assert s.tick(39.9) == []
+    msg = "no node reachable for 30 s (ws-a (a): connection reset)"
+    assert s.tick(40.0) == [
+        Fail(range(3, 6), FailKind.NO_NODES, msg),
+        Fail((1, 2), FailKind.NO_NODES, msg),
+    ]
+    assert s.unfinished() == 0 and s.waiting() == [] and s.wake_at() is None
+
+
+def test_a_node_back_in_time_stops_the_no_nodes_clock() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 3, F), 0.0)
+    s.node_lost("a", "reset", 10.0)
+    assert s.node_up("a", "ws-a", 1, 20.0) == [  # retries go alone
+        Send("a", F, (1,), retry=True),
+        Send("a", F, (2,), retry=True),
+    ]
+    assert s.wake_at() is None
+    assert s.tick(100.0) == []
+    assert s.unfinished() == 3
+
+
+def test_submit_with_no_node_starts_the_clock() -> None:
+    s = sched(no_nodes_timeout_s=5.0)
+    s.submit(Batch(1, 2, F), 1.0)
+    assert s.wake_at() == 6.0
+    assert s.tick(6.0) == [Fail(range(1, 3), FailKind.NO_NODES, "no node reachable for 5 s ()")]
+
+
+# ---- hand-back ----
+
+
+def test_a_leaving_node_hands_jobs_back_at_no_cost_and_gets_no_more() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 6, F), 0.0)
+    assert s.in_flight("a") == (1, 2) and s.in_flight("b") == (3, 4)
+    assert s.handed_back("a", [2], 1.0) == []  # b is full: 2 waits first in line
+    assert s.waiting() == [2, 5, 6]
+    assert s.results("a", done(1), 2.0, running=0, queued=0) == [Accept("a", (1,)), Ack("a", (1,))]
+    assert s.results("b", done(3), 2.0, running=1, queued=0) == [
+        Accept("b", (3,)),
+        Ack("b", (3,)),
+        Send("b", F, (2,)),  # no attempt lost: not a retry
+    ]
+
+
+def test_a_hand_back_of_unknown_jobs_or_from_an_unknown_node_does_nothing() -> None:
+    s = sched("a")
+    assert s.handed_back("zz", [1], 0.0) == []
+    assert s.handed_back("a", [7], 0.0) == []
+    s.submit(Batch(1, 1, F), 0.0)
+    assert s.in_flight("a") == ()  # a is draining
+
+
+# ---- kill ----
+
+
+def test_kill_of_unsent_jobs_fails_them_here_and_skips_them() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 6, F), 0.0)
+    assert s.kill([4, 5], 1.0) == [
+        Fail((4, 5), FailKind.KILLED, "killed on request before it started")
+    ]
+    assert s.waiting() == [3, 6]
+    assert finish(s, "a") == [Accept("a", (1, 2)), Ack("a", (1, 2)), Send("a", F, (3, 6))]
+
+
+def test_kill_of_a_sent_job_stops_it_on_its_node() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 2, F), 0.0)
+    assert s.kill([2, 2], 1.0) == [Stop("a", (2, 2))]
+    assert s.results("a", [Outcome(2, KILLED)], 2.0) == [Accept("a", (2,)), Ack("a", (2,))]
+
+
+def test_kill_of_a_job_waiting_to_run_again_fails_it_here() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.node_lost("a", "reset", 1.0)
+    assert s.kill([1], 2.0) == [Fail((1,), FailKind.KILLED, "killed on request before it started")]
+    assert s.node_up("a", "ws-a", 1, 3.0) == []
+    assert s.unfinished() == 0
+
+
+def test_kill_of_final_or_unknown_jobs_does_nothing() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    finish(s, "a")
+    assert s.kill([1, 42], 2.0) == []
+
+
+# ---- no job waits behind a slow one while a slot is free ----
+
+
+def test_a_quick_job_queued_behind_a_slow_one_moves_to_a_free_node() -> None:
+    """Two nodes of one worker, a map of one 6 s job (1) and nine quick ones."""
+    s = sched("a", "b")
+    assert s.submit(Batch(1, 10, F), 0.0) == [Send("a", F, (1, 2)), Send("b", F, (3, 4))]
+    # a runs the slow job 1; job 2 is queued behind it. b runs the quick ones.
+    for now, nums, more in [(0.1, (3, 4), (5, 6)), (0.2, (5, 6), (7, 8)), (0.3, (7, 8), (9, 10))]:
+        assert finish(s, "b", now) == [Accept("b", nums), Ack("b", nums), Send("b", F, more)]
+    # b is idle and nothing waits here: job 2 is recalled from a...
+    assert finish(s, "b", 0.4) == [Accept("b", (9, 10)), Ack("b", (9, 10)), Recall("a", (2,))]
+    # ...which hands it back (it had not started): it runs on b at once
+    assert s.handed_back("a", [2], 0.41, leaving=False) == [Send("b", F, (2,))]
+    assert finish(s, "b", 0.5) == [Accept("b", (2,)), Ack("b", (2,))]
+    assert s.in_flight("a") == (1,) and s.unfinished() == 1
+
+
+def test_the_same_with_calls() -> None:
+    s = sched("a", "b")
+    for num in range(1, 11):
+        s.submit(Batch(num, 1, F), 0.0)
+    # each call is placed as it comes: a runs the slow call 1, call 3 waits behind it
+    assert s.in_flight("a") == (1, 3) and s.in_flight("b") == (2, 4)
+    for now in (0.1, 0.2, 0.3):
+        finish(s, "b", now)
+    assert finish(s, "b", 0.4)[-1] == Recall("a", (3,))
+
+
+def test_a_recalled_job_that_had_started_runs_on_and_is_not_recalled_again() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 4, F), 0.0)
+    # b is busy with someone else's job when ours come back: no free slot yet
+    assert s.results("b", done(3, 4), 0.1, running=1, queued=0) == [
+        Accept("b", (3, 4)),
+        Ack("b", (3, 4)),
+    ]
+    assert s.load("b", 0.3, running=0, queued=0) == [Recall("a", (2,))]
+    assert s.load("b", 0.4, running=0, queued=0) == []  # one recall at a time per node
+    # a had started 2 meanwhile (1 finished): it hands back nothing, 2 carries on there
+    assert s.handed_back("a", [], 0.5, leaving=False) == []
+    assert s.load("b", 0.6, running=0, queued=0) == []
+    assert s.results("a", done(1, 2), 0.7) == [Accept("a", (1, 2)), Ack("a", (1, 2))]
+
+
+def test_no_recall_while_work_waits_here_or_no_slot_is_free() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 12, F), 0.0)
+    assert finish(s, "b", 0.1) == [Accept("b", (3, 4)), Ack("b", (3, 4)), Send("b", F, (5, 6))]
+    s2 = sched("a", "b")
+    s2.submit(Batch(1, 4, F), 0.0)
+    assert s2.load("b", 0.1, running=2, queued=0) == []  # b busy with others' work
+
+
+def test_recall_takes_our_newest_jobs_beyond_the_slots() -> None:
+    s = sched("a", "b", workers=2)
+    s.submit(Batch(1, 8, F), 0.0)
+    assert s.in_flight("a") == (1, 2, 3, 4) and s.in_flight("b") == (5, 6, 7, 8)
+    # b finishes all; a still runs 1 and 2 with 3 and 4 queued: both come back
+    assert finish(s, "b", 1.0)[-1] == Recall("a", (3, 4))
+    assert s.handed_back("a", [4], 1.1, leaving=False) == [Send("b", F, (4,))]
+
+
+# ---- speculation ----
+
+
+def test_a_straggler_of_a_speculative_map_gets_a_copy_and_the_first_result_wins() -> None:
+    s = sched("a", workers=2, recall=False)
+    s.submit(Batch(1, 4, F, speculative=True), 0.0)
+    assert s.node_up("b", "ws-b", 2, 0.0) == []
+    assert s.in_flight("a") == (1, 2, 3, 4)
+    assert s.results("a", done(1, 2, 3), 1.0, running=1, queued=0)[:2] == [
+        Accept("a", (1, 2, 3)),
+        Ack("a", (1, 2, 3)),
+    ]
+    assert s.wake_at() == 0.25
+    assert s.tick(1.0) == [AskRuns("a", (1, 2, 3))]  # 3 of 4 done: the median first
+    runs = [Run(1, DONE, 10.0, 10.2), Run(2, DONE, 10.0, 10.3), Run(3, DONE, 10.0, 10.4)]
+    assert s.runs("a", runs, 11.0) == []
+    assert s.tick(1.25) == [AskRuns("a", (4,))]
+    # median 0.3 s: after 0.45 s a copy goes to b
+    assert s.runs("a", [Run(4, PROCESSING, 11.0, 0.0)], 11.4) == []
+    assert s.runs("a", [Run(4, PROCESSING, 11.0, 0.0)], 11.5) == [
+        Send("b", F, (4,), copy=True)
+    ]
+    assert s.in_flight("b") == (4,)
+    assert s.results("b", done(4), 12.0) == [Accept("b", (4,)), Stop("a", (4,)), Ack("b", (4,))]
+    assert s.results("a", [Outcome(4, KILLED)], 12.1) == [Ack("a", (4,))]
+    assert s.unfinished() == 0 and s.wake_at() is None
+
+
+def test_a_copy_carries_on_when_the_first_one_dies() -> None:
+    s = sched("a", workers=2, recall=False)
+    s.submit(Batch(1, 2, F, speculative=True), 0.0)
+    s.node_up("b", "ws-b", 2, 0.0)
+    s.results("a", done(1), 1.0, running=1, queued=0)
+    s.tick(1.0)
+    s.runs("a", [Run(1, DONE, 10.0, 10.1)], 11.0)
+    s.tick(1.25)
+    assert s.runs("a", [Run(2, PROCESSING, 10.0, 0.0)], 11.0) == [Send("b", F, (2,), copy=True)]
+    assert s.results("a", [Outcome(2, ERROR, died=DIED)], 11.1) == [Ack("a", (2,))]
+    assert s.node_lost("a", "reset", 11.2) == []
+    assert s.in_flight("b") == (2,)
+    assert s.results("b", done(2), 12.0) == [Accept("b", (2,)), Ack("b", (2,))]
