@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from mesh.client._scheduler import (
     Accept,
     Ack,
@@ -10,6 +13,7 @@ from mesh.client._scheduler import (
     Batch,
     Fail,
     FailKind,
+    Instruction,
     Lost,
     Outcome,
     Recall,
@@ -417,9 +421,7 @@ def test_a_straggler_of_a_speculative_map_gets_a_copy_and_the_first_result_wins(
     assert s.tick(1.25) == [AskRuns("a", (4,))]
     # median 0.3 s: after 0.45 s a copy goes to b
     assert s.runs("a", [Run(4, PROCESSING, 11.0, 0.0)], 11.4) == []
-    assert s.runs("a", [Run(4, PROCESSING, 11.0, 0.0)], 11.5) == [
-        Send("b", F, (4,), copy=True)
-    ]
+    assert s.runs("a", [Run(4, PROCESSING, 11.0, 0.0)], 11.5) == [Send("b", F, (4,), copy=True)]
     assert s.in_flight("b") == (4,)
     assert s.results("b", done(4), 12.0) == [Accept("b", (4,)), Stop("a", (4,)), Ack("b", (4,))]
     assert s.results("a", [Outcome(4, KILLED)], 12.1) == [Ack("a", (4,))]
@@ -439,3 +441,231 @@ def test_a_copy_carries_on_when_the_first_one_dies() -> None:
     assert s.node_lost("a", "reset", 11.2) == []
     assert s.in_flight("b") == (2,)
     assert s.results("b", done(2), 12.0) == [Accept("b", (2,)), Ack("b", (2,))]
+
+
+# ---- random event sequences ----
+
+NODES = ("a", "b", "c")
+WORKS = (F, G, Work(b"h" * 16, "work.wide", cores=2))
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random events against a model of the nodes, which carries out every instruction.
+
+    After each step: every job not final is waiting in the scheduler or on exactly the
+    nodes the scheduler thinks; no node holds more of our slots than its credit; a
+    node gets nothing while it is down or leaving; no job is final twice; a map's jobs
+    leave the queue in order. At the end, nodes that answer finish every job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = Scheduler("t", SchedulerConfig(no_nodes_timeout_s=5.0, max_depth=2))
+        self.now = 0.0
+        self.next_num = 1
+        self.batch_of: dict[int, Batch] = {}
+        self.final: set[int] = set()
+        self.first_sent: dict[int, int] = {}  # batch first -> last job sent the first time
+        self.sent: set[int] = set()
+        self.workers: dict[str, int] = {}
+        self.up: set[str] = set()
+        self.leaving: set[str] = set()
+        self.copies: dict[str, dict[int, bool]] = {k: {} for k in NODES}  # num -> stopped
+        self.recalls: dict[str, tuple[int, ...]] = {}
+        self.asked: list[AskRuns] = []
+
+    # -- carrying out instructions --
+
+    def apply(self, out: list[Instruction]) -> None:
+        for ins in out:
+            if isinstance(ins, Send):
+                assert ins.node in self.up and ins.node not in self.leaving, ins
+                for num in ins.nums:
+                    assert num not in self.final, ins
+                    assert self.batch_of[num].work == ins.work, ins
+                    if num not in self.sent:
+                        first = self.batch_of[num].first
+                        assert self.first_sent.get(first, first - 1) < num, ins  # in order
+                        self.first_sent[first] = num
+                        self.sent.add(num)
+                    self.copies[ins.node][num] = False
+            elif isinstance(ins, (Accept, Fail)):
+                for num in ins.nums:
+                    assert num not in self.final, f"{num} final twice: {ins}"
+                    self.final.add(num)
+            elif isinstance(ins, Lost):
+                assert ins.num not in self.final, ins
+            elif isinstance(ins, Stop):
+                for num in ins.nums:
+                    if num in self.copies[ins.node]:
+                        self.copies[ins.node][num] = True
+            elif isinstance(ins, Recall):
+                assert ins.node not in self.recalls, ins  # one at a time per node
+                assert set(ins.nums) <= set(self.copies[ins.node]), ins
+                self.recalls[ins.node] = ins.nums
+            elif isinstance(ins, AskRuns):
+                self.asked.append(ins)
+            else:
+                assert isinstance(ins, Ack), ins
+
+    def report(self, key: str) -> dict[str, int]:
+        held = len(self.copies[key])
+        running = min(held, self.workers[key])
+        return {"running": running, "queued": held - running}
+
+    # -- events --
+
+    @rule(n=st.integers(1, 6), work=st.sampled_from(WORKS), retries=st.integers(0, 2),
+          speculative=st.booleans())  # fmt: skip
+    def submit(self, n: int, work: Work, retries: int, speculative: bool) -> None:
+        batch = Batch(self.next_num, n, work, retries, speculative)
+        for num in range(self.next_num, self.next_num + n):
+            self.batch_of[num] = batch
+        self.next_num += n
+        self.apply(self.s.submit(batch, self.now))
+
+    @rule(key=st.sampled_from(NODES), workers=st.integers(1, 3))
+    def node_up(self, key: str, workers: int) -> None:
+        if key in self.up:
+            return
+        self.up.add(key)
+        self.leaving.discard(key)
+        self.workers[key] = workers
+        self.apply(self.s.node_up(key, f"ws-{key}", workers, self.now))
+
+    @rule(key=st.sampled_from(NODES))
+    def node_lost(self, key: str) -> None:
+        if key not in self.up:
+            return
+        self.up.discard(key)
+        self.copies[key].clear()
+        self.recalls.pop(key, None)
+        self.apply(self.s.node_lost(key, "reset", self.now))
+
+    @rule(key=st.sampled_from(NODES), others=st.integers(0, 3))
+    def load(self, key: str, others: int) -> None:
+        if key in self.up:
+            r = self.report(key)
+            self.apply(self.s.load(key, self.now, running=r["running"] + others,
+                                   queued=r["queued"]))  # fmt: skip
+
+    @rule(key=st.sampled_from(NODES), data=st.data(),
+          how=st.sampled_from(["done", "error", "died"]), slow=st.booleans())  # fmt: skip
+    def results(self, key: str, data: st.DataObject, how: str, slow: bool) -> None:
+        held = sorted(self.copies[key])
+        if key not in self.up or not held:
+            return
+        picked = data.draw(st.lists(st.sampled_from(held), min_size=1, unique=True))
+        outcomes = []
+        for num in picked:
+            if self.copies[key].pop(num):
+                outcomes.append(Outcome(num, KILLED))
+            elif how == "died":
+                outcomes.append(Outcome(num, ERROR, died="worker died"))
+            else:
+                outcomes.append(Outcome(num, DONE if how == "done" else ERROR))
+        self.apply(self.s.results(key, outcomes, self.now, **self.report(key),
+                                  avg_run_s=0.5 if slow else 0.0))  # fmt: skip
+
+    @rule(key=st.sampled_from(NODES), data=st.data())
+    def late_duplicate(self, key: str, data: st.DataObject) -> None:
+        if key not in self.up or not self.final:
+            return
+        num = data.draw(st.sampled_from(sorted(self.final)))
+        out = self.s.results(key, [Outcome(num, DONE)], self.now)
+        assert out == [Ack(key, (num,))]
+
+    @rule(key=st.sampled_from(NODES), data=st.data())
+    def leaving_hands_back(self, key: str, data: st.DataObject) -> None:
+        if key not in self.up:
+            return
+        back = data.draw(st.lists(st.sampled_from(sorted(self.copies[key]) or [0]), unique=True))
+        for num in back:
+            self.copies[key].pop(num, None)
+        self.leaving.add(key)
+        self.apply(self.s.handed_back(key, back, self.now, leaving=True))
+
+    @rule(key=st.sampled_from(NODES), data=st.data())
+    def answer_recall(self, key: str, data: st.DataObject) -> None:
+        asked = self.recalls.pop(key, None)
+        if asked is None:
+            return
+        still = [n for n in asked if n in self.copies[key]]
+        back = data.draw(st.lists(st.sampled_from(still), unique=True)) if still else []
+        for num in back:
+            del self.copies[key][num]
+        self.apply(self.s.handed_back(key, back, self.now, leaving=False))
+
+    @rule(data=st.data())
+    def kill(self, data: st.DataObject) -> None:
+        if self.next_num > 1:
+            nums = data.draw(st.lists(st.integers(1, self.next_num - 1), max_size=4))
+            self.apply(self.s.kill(nums, self.now))
+
+    @rule(dt=st.sampled_from([0.1, 0.3, 1.0, 6.0]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.apply(self.s.tick(self.now))
+
+    @rule(run_s=st.sampled_from([0.05, 0.5, 5.0]))
+    def answer_runs(self, run_s: float) -> None:
+        if not self.asked:
+            return
+        ask = self.asked.pop(0)
+        if ask.node not in self.up:
+            return
+        runs = [Run(n, PROCESSING, self.now - run_s, 0.0) if n in self.copies[ask.node]
+                else Run(n, DONE, self.now - 2 * run_s, self.now - run_s) for n in ask.nums]  # fmt: skip
+        self.apply(self.s.runs(ask.node, runs, self.now))
+
+    # -- what must always hold --
+
+    @invariant()
+    def every_job_is_somewhere_once(self) -> None:
+        open_ = [n for n in range(1, self.next_num) if n not in self.final]
+        waiting = self.s.waiting()
+        assert len(waiting) == len(set(waiting))
+        where: dict[int, list[str]] = {}
+        for key in NODES:
+            for num in self.s.in_flight(key):
+                assert key in self.up, (key, num)
+                assert num in self.copies[key], (key, num)  # the node holds it
+                where.setdefault(num, []).append(key)
+        for num in open_:
+            places = (num in waiting) + len(where.get(num, []))
+            assert 1 <= places <= 2, (num, waiting, where)  # a copy makes two
+        assert not (set(waiting) | set(where)) & self.final
+        assert self.s.unfinished() == len(open_)
+
+    @invariant()
+    def no_node_holds_more_than_its_credit(self) -> None:
+        for key in self.up:
+            cores = sum(self.batch_of[n].work.cores for n in self.s.in_flight(key))
+            assert cores <= 2 * self.workers[key], (key, self.s.in_flight(key))
+
+    def teardown(self) -> None:
+        """Nodes that answer finish everything: no job is lost or left waiting."""
+        if "a" not in self.up:
+            self.node_up("a", 3)
+        for _ in range(200):
+            if self.s.unfinished() == 0:
+                break
+            for key in sorted(self.up):
+                if key in self.recalls:
+                    self.recalls.pop(key)
+                    self.apply(self.s.handed_back(key, [], self.now, leaving=False))
+                if self.copies[key]:
+                    outcomes = [Outcome(n, KILLED if stopped else DONE)
+                                for n, stopped in self.copies[key].items()]  # fmt: skip
+                    self.copies[key].clear()
+                    self.apply(self.s.results(key, outcomes, self.now, running=0, queued=0))
+            if not any(self.copies[k] for k in self.up) and self.s.unfinished():
+                self.leaving.discard("a")  # a node that left comes back
+                self.node_lost("a")
+                self.node_up("a", 3)
+        assert self.s.unfinished() == 0
+        assert self.final == set(range(1, self.next_num))
+
+
+SchedulerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+                                              deadline=None)  # fmt: skip
+test_random_event_sequences = SchedulerMachine.TestCase
