@@ -71,6 +71,9 @@ class SchedulerConfig:
     min_straggler_s: float = 0.2
     speculate_every_s: float = 0.25
     speculate_sample: int = 50  # done jobs whose run times give the median
+    # Pickled arguments of unfinished jobs held for retries before a lazy map's jobs stop
+    # leaving the queue (their arguments are read from its sequences as they leave it).
+    held_args_bytes: int = 64 << 20
     recall: bool = True  # nodes answer Recall (with a hand-back of what they did not start)
 
 
@@ -124,6 +127,8 @@ class Batch:
     work: Work
     retries: int = 3
     speculative: bool = False
+    lazy: bool = False  # its arguments are read from its sequences as its jobs leave
+    job_bytes: int = 0  # pickled arguments of one job (an estimate): held until it ends
 
 
 class Outcome(NamedTuple):
@@ -294,6 +299,7 @@ class Scheduler:
         self._flights: dict[int, _Flight] = {}  # jobs out of their batch, not final
         self._measured: set[bytes] = set()  # functions some job of which came back
         self._no_nodes_since: float | None = None
+        self._held_bytes = 0  # pickled arguments of jobs that left their batch (estimated)
 
     # ---- queries ----
 
@@ -304,6 +310,11 @@ class Scheduler:
         """Our jobs on node ``key``, in the order sent (copies included)."""
         node = self._nodes.get(key)
         return tuple(node.inflight) if node is not None else ()
+
+    def node_of(self, num: int) -> str:
+        """The node running job ``num`` ("": waiting here, final, or not this client's)."""
+        f = self._flights.get(num)
+        return f.node if f is not None else ""
 
     def waiting(self) -> list[int]:
         """Jobs waiting here to be placed (never sent, or back to be placed again), in order."""
@@ -611,6 +622,11 @@ class Scheduler:
                 candidates = [n for n in nodes if n.key not in avoid] or nodes
             views = [self._view(n, work.fhash in self._measured) for n in candidates]
             room = sum(max(v.room, 0) for v in views) // work.cores
+            if isinstance(head, _Open) and head.spec.lazy:  # reads its sequences: bounded
+                left_bytes = self.config.held_args_bytes - self._held_bytes
+                room = min(room, max(0, left_bytes // max(head.spec.job_bytes, 1)))
+                if room == 0 and any(n.inflight for n in nodes):
+                    break  # enough arguments held: results coming back place more
             if isinstance(head, _Open) and head.left > 1:
                 group = min(max(1, room), head.left)
             else:
@@ -637,31 +653,35 @@ class Scheduler:
         return out
 
     def _recall(self, nodes: list[_Node], out: list[Instruction]) -> None:
-        """Nodes with free slots and nothing waiting here: recall our jobs queued on busy
-        nodes (the newest sent: the least likely to have started), one per free slot."""
-        free = {n.key: n.workers - n.load for n in nodes if n.workers > n.load}
-        if not free:
+        """Nodes with a free slot and nothing waiting here: recall our jobs queued on busy
+        nodes (the newest sent: the least likely to have started), enough to fill the free
+        slots or half of what waits there (both sides end about level), within the idle
+        nodes' credit."""
+        idle = [n for n in nodes if n.workers > n.load]
+        if not idle:
             return
-        offer = sum(free.values())
-        widest = max(free.values())
+        offer = sum(max(0, self._view(n, True).room) for n in idle)
+        free = sum(n.workers - n.load for n in idle)
+        widest = max(n.workers - n.load for n in idle)
         busy = [n for n in self._nodes.values()
-                if n.usable and not n.draining and not n.recalling and n.inflight]  # fmt: skip
+                if n.usable and not n.draining and not n.recalling and n.load > n.workers]  # fmt: skip
         busy.sort(key=lambda n: (-(n.load - n.workers) / n.workers, n.key))
         for n in busy:
             excess = n.load - n.workers  # slots of work queued there, ours at the tail
-            if excess <= 0 or offer <= 0:
-                continue
+            budget = min(offer, max(free, -(-excess // 2)))
             nums: list[int] = []
             for f in reversed(n.inflight.values()):
                 cores = f.batch.spec.work.cores
-                if excess < cores or offer <= 0 or f.started_on == n.key:
+                if excess < cores or budget < cores or f.started_on == n.key:
                     break  # the jobs sent before a started one have started too
                 excess -= cores
                 if f.node != n.key or f.twin or f.recalling or cores > widest:
                     continue
                 f.recalling = True
                 nums.append(f.num)
+                budget -= cores
                 offer -= cores
+                free -= cores
             if nums:
                 n.recalling = True
                 out.append(Recall(n.key, tuple(reversed(nums))))
@@ -709,6 +729,7 @@ class Scheduler:
                     break
                 f = _Flight(head.spec.first + head.next, head)
                 self._flights[f.num] = f
+                self._held_bytes += head.spec.job_bytes
                 head.next += 1
             else:
                 if head.batch.spec.work != work or (out and head.tried):
@@ -765,7 +786,8 @@ class Scheduler:
 
     def _close(self, f: _Flight) -> None:
         """``f`` is final: forget it (a copy of it left in the queue is skipped)."""
-        self._flights.pop(f.num, None)
+        if self._flights.pop(f.num, None) is not None:
+            self._held_bytes -= f.batch.spec.job_bytes
         f.batch.open -= 1
         self._forget_if_done(f.batch)
 
