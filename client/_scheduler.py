@@ -552,6 +552,19 @@ class Scheduler:
         out.extend(Stop(k, tuple(v)) for k, v in stops.items())
         return out
 
+    def dropped(self, nums: Iterable[int], now: float) -> list[Instruction]:
+        """The client finished these jobs itself while sending them (their arguments could
+        not be read or pickled): forget them and give their slots to others."""
+        for num in nums:
+            f = self._flights.get(num)
+            if f is not None:
+                for k in (f.node, f.twin):
+                    if k:
+                        self._unplace(f, k)
+                f.node = f.twin = ""
+                self._close(f)
+        return self._place()
+
     def tick(self, now: float) -> list[Instruction]:
         """Time passed: fail work after no_nodes_timeout_s without a node; look for
         stragglers of _speculative maps."""

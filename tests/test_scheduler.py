@@ -351,6 +351,15 @@ def test_kill_of_a_job_waiting_to_run_again_fails_it_here() -> None:
     assert s.unfinished() == 0
 
 
+def test_jobs_the_client_could_not_send_give_their_slots_to_others() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 4, F, lazy=True), 0.0)
+    # the applier could not read job 2's arguments from the map's sequences
+    assert s.dropped([2], 1.0) == [Send("a", F, (3,))]
+    assert s.in_flight("a") == (1, 3) and s.waiting() == [4] and s.unfinished() == 3
+    assert s.dropped([2, 99], 2.0) == []
+
+
 def test_kill_of_final_or_unknown_jobs_does_nothing() -> None:
     s = sched("a")
     s.submit(Batch(1, 1, F), 0.0)
@@ -710,6 +719,18 @@ class SchedulerMachine(RuleBasedStateMachine):
             del self.copies[key][num]
         self.apply(self.s.handed_back(key, back, self.now, leaving=False))
 
+    @rule(key=st.sampled_from(NODES), data=st.data())
+    def dropped(self, key: str, data: st.DataObject) -> None:
+        """The client could not pickle the arguments of a job it was sending to ``key``."""
+        sent = [n for n in self.s.in_flight(key) if self.s.node_of(n) == key]
+        if not sent:
+            return
+        num = data.draw(st.sampled_from(sent))
+        for copies in self.copies.values():
+            copies.pop(num, None)
+        self.final.add(num)
+        self.apply(self.s.dropped([num], self.now))
+
     @rule(data=st.data())
     def kill(self, data: st.DataObject) -> None:
         if self.next_num > 1:
@@ -781,6 +802,6 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.final == set(range(1, self.next_num))
 
 
-SchedulerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
                                               deadline=None)  # fmt: skip
 test_random_event_sequences = SchedulerMachine.TestCase
