@@ -526,7 +526,7 @@ class Scheduler:
         out: list[Instruction] = []
         here: list[int] = []
         stops: dict[str, list[int]] = {}
-        for num in nums:
+        for num in dict.fromkeys(nums):  # each once, in order
             f = self._flights.get(num)
             if f is not None:
                 if f.node or f.twin:

@@ -338,7 +338,8 @@ def test_kill_of_unsent_jobs_fails_them_here_and_skips_them() -> None:
 def test_kill_of_a_sent_job_stops_it_on_its_node() -> None:
     s = sched("a")
     s.submit(Batch(1, 2, F), 0.0)
-    assert s.kill([2, 2], 1.0) == [Stop("a", (2, 2))]
+    assert s.kill([2, 2], 1.0) == [Stop("a", (2,))]
+    assert s.kill([2], 1.5) == [Stop("a", (2,))]  # asked again: the node ignores a second Kill
     assert s.results("a", [Outcome(2, KILLED)], 2.0) == [Accept("a", (2,)), Ack("a", (2,))]
 
 
