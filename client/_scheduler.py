@@ -550,7 +550,7 @@ class Scheduler:
         if here:
             out.append(Fail(tuple(here), FailKind.KILLED, "killed on request before it started"))
         out.extend(Stop(k, tuple(v)) for k, v in stops.items())
-        return out
+        return out + self._place()  # nothing left waiting here: a free node may recall
 
     def dropped(self, nums: Iterable[int], now: float) -> list[Instruction]:
         """The client finished these jobs itself while sending them (their arguments could

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from mesh.client._scheduler import (
     Accept,
     Ack,
@@ -583,7 +583,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.s = Scheduler(
-            "t", SchedulerConfig(no_nodes_timeout_s=5.0, max_depth=2, held_args_bytes=100)
+            "t",
+            SchedulerConfig(
+                no_nodes_timeout_s=10.0, max_depth=2, held_args_bytes=100, speculate_after=0.25
+            ),
         )
         self.now = 0.0
         self.next_num = 1
@@ -636,6 +639,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         held = len(self.copies[key])
         running = min(held, self.workers[key])
         return {"running": running, "queued": held - running}
+
+    @initialize(workers=st.integers(1, 3))
+    def two_nodes(self, workers: int) -> None:
+        self.node_up("a", workers)
+        self.node_up("b", 2)
 
     # -- events --
 
@@ -697,6 +705,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         num = data.draw(st.sampled_from(sorted(self.final)))
         out = self.s.results(key, [Outcome(num, DONE)], self.now)
+        self.apply(out)
+        # nothing changed: every event before left nothing to place or recall
         assert out == [Ack(key, (num,))]
 
     @rule(key=st.sampled_from(NODES), data=st.data())
@@ -738,21 +748,28 @@ class SchedulerMachine(RuleBasedStateMachine):
             nums = data.draw(st.lists(st.integers(1, self.next_num - 1), max_size=4))
             self.apply(self.s.kill(nums, self.now))
 
-    @rule(dt=st.sampled_from([0.1, 0.3, 1.0, 6.0]))
+    @rule(dt=st.sampled_from([0.1, 0.3, 0.3, 1.0, 12.0]))
     def tick(self, dt: float) -> None:
         self.now += dt
         self.apply(self.s.tick(self.now))
 
     @rule(run_s=st.sampled_from([0.05, 0.5, 5.0]))
     def answer_runs(self, run_s: float) -> None:
-        if not self.asked:
-            return
-        ask = self.asked.pop(0)
-        if ask.node not in self.up:
-            return
-        runs = [Run(n, PROCESSING, self.now - run_s, 0.0) if n in self.copies[ask.node]
-                else Run(n, DONE, self.now - 2 * run_s, self.now - run_s) for n in ask.nums]  # fmt: skip
-        self.apply(self.s.runs(ask.node, runs, self.now))
+        """Nodes answer every AskRuns: done jobs ran 0.1 s; running ones for ``run_s``."""
+        asked, self.asked = self.asked, []
+        for ask in asked:
+            if ask.node in self.up:
+                runs = [Run(n, PROCESSING, self.now - run_s, 0.0) if n in self.copies[ask.node]
+                        else Run(n, DONE, self.now - 1.0, self.now - 0.9) for n in ask.nums]  # fmt: skip
+                self.apply(self.s.runs(ask.node, runs, self.now))
+
+    @rule()
+    def straggler_rounds(self) -> None:
+        """Two speculation checks, answered at once, with one job running long."""
+        for _ in range(2):
+            self.now += 0.3
+            self.apply(self.s.tick(self.now))
+            self.answer_runs(5.0)
 
     # -- what must always hold --
 
