@@ -472,6 +472,53 @@ def test_a_copy_carries_on_when_the_first_one_dies() -> None:
     assert s.results("b", done(2), 12.0) == [Accept("b", (2,)), Ack("b", (2,))]
 
 
+def straggler_copied() -> Scheduler:
+    """Job 4 of a speculative map runs on a, and a copy of it on b."""
+    s = sched("a", workers=2, recall=False)
+    s.submit(Batch(1, 4, F, speculative=True), 0.0)
+    s.node_up("b", "ws-b", 2, 0.0)
+    s.results("a", done(1, 2, 3), 1.0, running=1, queued=0)
+    s.tick(1.0)
+    s.runs("a", [Run(1, DONE, 10.0, 10.1)], 11.0)
+    s.tick(1.25)
+    assert s.runs("a", [Run(4, PROCESSING, 10.0, 0.0)], 11.0) == [Send("b", F, (4,), copy=True)]
+    assert (s.node_of(4), s.in_flight("a"), s.in_flight("b")) == ("a", (4,), (4,))
+    return s
+
+
+def test_a_leaving_node_hands_back_a_job_whose_copy_runs_on() -> None:
+    s = straggler_copied()
+    assert s.handed_back("a", [4], 12.0) == []  # not placed again: its copy carries on
+    assert (s.node_of(4), s.in_flight("a"), s.in_flight("b")) == ("b", (), (4,))
+    s = straggler_copied()
+    assert s.handed_back("b", [4], 12.0) == []  # the copy goes; the first runs on
+    assert (s.node_of(4), s.in_flight("a"), s.in_flight("b")) == ("a", (4,), ())
+
+
+def test_losing_the_node_of_the_first_copy_costs_nothing_while_the_other_runs() -> None:
+    s = straggler_copied()
+    assert s.node_lost("a", "reset", 12.0) == []
+    assert (s.node_of(4), s.in_flight("b")) == ("b", (4,))
+    assert s.results("b", done(4), 13.0) == [Accept("b", (4,)), Ack("b", (4,))]
+
+
+def test_a_stale_worker_death_of_a_job_already_waiting_again_is_ignored() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 4, F), 0.0)  # 1 and 2 on a, 3 and 4 on b
+    s.node_lost("a", "reset", 1.0)  # b is full: 1 and 2 wait here
+    assert s.waiting() == [1, 2]
+    assert s.results("a", [Outcome(1, ERROR, died=DIED)], 2.0) == [Ack("a", (1,))]
+    assert s.waiting() == [1, 2]
+
+
+def test_a_load_report_can_change_a_nodes_workers() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 6, F), 0.0)
+    assert s.in_flight("a") == (1, 2)
+    assert s.load("a", 1.0, workers=3, running=1, queued=1) == [Send("a", F, (3, 4, 5, 6))]
+    assert s.load("zz", 1.0, workers=3, running=0, queued=0) == []  # unknown node
+
+
 # ---- the same in simulated time ----
 
 
