@@ -626,7 +626,7 @@ class Scheduler:
         slot free and nothing waiting, recall our jobs queued behind others."""
         out: list[Instruction] = []
         nodes = [n for n in self._nodes.values() if n.usable and not n.draining]
-        while nodes and (head := self._head()) is not None:
+        while self._pending and nodes and (head := self._head()) is not None:
             work = head.spec.work if isinstance(head, _Open) else head.batch.spec.work
             tried = () if isinstance(head, _Open) else head.tried
             candidates = nodes
@@ -670,14 +670,13 @@ class Scheduler:
         nodes (the newest sent: the least likely to have started), enough to fill the free
         slots or half of what waits there (both sides end about level), within the idle
         nodes' credit."""
-        idle = [n for n in nodes if n.workers > n.load]
+        busy = [n for n in nodes if n.inflight and not n.recalling and n.load > n.workers]
+        idle = [n for n in nodes if n.workers > n.load] if busy else []
         if not idle:
             return
         offer = sum(max(0, self._view(n, True).room) for n in idle)
         free = sum(n.workers - n.load for n in idle)
         widest = max(n.workers - n.load for n in idle)
-        busy = [n for n in self._nodes.values()
-                if n.usable and not n.draining and not n.recalling and n.load > n.workers]  # fmt: skip
         busy.sort(key=lambda n: (-(n.load - n.workers) / n.workers, n.key))
         for n in busy:
             excess = n.load - n.workers  # slots of work queued there, ours at the tail
