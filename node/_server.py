@@ -64,6 +64,7 @@ from mesh._protocol import (
     Submit,
     pushed_name,
 )
+from mesh._serialize import function_hash
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -411,6 +412,11 @@ class Node:
             if func is None:
                 if not msg.fblob:
                     conn.abort()  # a client that skips the function blob is broken
+                    return
+                if function_hash(msg.fblob) != msg.fhash:  # workers cache functions by id
+                    log.warning("%s sent a function whose bytes do not match its id; closing",
+                                conn.peer_label)  # fmt: skip
+                    conn.abort()
                     return
                 func = funcs[msg.fhash] = Func(msg.fhash, msg.fblob, msg.fname)
             if msg.env and self.envs is not None:
