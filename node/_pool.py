@@ -20,7 +20,7 @@ from typing import IO
 
 from mesh._connection import Connection
 from mesh._protocol import Message, Ran, RanItem, Run, WorkerReady
-from mesh._spawn import module_command
+from mesh._spawn import job_environment, module_command
 
 __all__ = ["WorkerPool", "describe_exit"]
 
@@ -105,6 +105,7 @@ class WorkerPool:
                 *module_command("mesh.node._worker", str(child.fileno()), str(os.getpid()),
                                 str(self._max_memory), python=self.python),
                 pass_fds=(child.fileno(),),
+                env=job_environment(),  # read now: MESH_NODE_FILES is set after start
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._log_file if self._log_file is not None else subprocess.DEVNULL,
