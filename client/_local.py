@@ -60,7 +60,8 @@ class LocalMesh:
                          "--name", f"local-{i}", "--workers", str(self.workers),
                          "--data-dir", os.path.join(self._dir, f"node-{i}"),
                          "--parent-pid", str(os.getpid()), "--no-advertise",
-                         "--grace", "0", "--secret-file", secret_file),  # closing a local mesh ends its jobs at once
+                         "--secret-file", secret_file,
+                         "--grace", "0"),  # closing a local mesh ends its jobs at once
                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     )
                 )  # fmt: skip
