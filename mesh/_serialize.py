@@ -42,6 +42,7 @@ from mesh.errors import (
     RemoteTraceback,
     SerializationError,
     WorkerDied,
+    WorkerStartFailed,
 )
 
 __all__ = [
@@ -516,6 +517,7 @@ _KINDS: dict[str, type[JobError]] = {
     "max-runtime": MaxRuntimeExceeded,
     "memory": MemoryLimitExceeded,
     "env-build": EnvBuildFailed,
+    "worker-start": WorkerStartFailed,
 }
 
 

@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+from _helpers import gated, wait_until
+from conftest import alive, start_node
+
 import mesh
+from mesh.errors import WorkerStartFailed
 
 
 def environment_seen_by_job() -> dict[str, object]:
@@ -50,3 +55,151 @@ def test_secret_of_a_local_mesh_never_reaches_its_jobs(monkeypatch):
     assert "MESH_SECRET" not in seen["own"] and "MESH_SECRET_FILE" not in seen["own"]
     assert seen["child"] == []
     assert seen["node_has_secret"] is False  # nor in the environment of its node
+
+
+# ---- jobs that leave things behind ----
+
+
+def gone(pid: int) -> bool:
+    """The process has exited and been reaped (no zombie left either)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def start_sleeper() -> tuple[int, bool]:
+    """A child the job does not wait for."""
+    proc = subprocess.Popen(["sleep", "1000"])
+    return proc.pid, alive(proc.pid)
+
+
+def start_daemon() -> tuple[int, bool]:
+    """A double-forked daemon in a session of its own: its parent (sh) exits at once."""
+    out = subprocess.run(["sh", "-c", "setsid sleep 1000 >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    pid = int(out)
+    return pid, alive(pid)
+
+
+def start_daemon_then_wait(pid_file: str, gate: str) -> int:
+    """A daemon as above, its pid written to ``pid_file``; then block until ``gate``."""
+    pid, _ = start_daemon()
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(str(pid))
+    os.rename(pid_file + ".tmp", pid_file)
+    return int(gated(gate, pid))
+
+
+def read_pid(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
+
+
+@pytest.mark.parametrize("job", [start_sleeper, start_daemon], ids=["popen", "daemon"])
+def test_processes_a_job_leaves_running_end_when_it_returns(node_factory, secret, job):
+    node = node_factory(name="tidy", workers=1)
+    with mesh.Client([node.address], secret) as c:
+        pid, was_alive = c.result(c.call(job), timeout=30)
+        assert was_alive  # running when the job returned
+        wait_until(lambda: gone(pid), what=f"pid {pid} to be ended and reaped")
+        assert c.result(c.call(int, "7"), timeout=30) == 7  # the worker carries on
+
+
+def test_daemon_of_a_killed_job_ends_with_its_worker(node_factory, secret, tmp_path):
+    node = node_factory(name="killed", workers=1)
+    pid_file, gate = str(tmp_path / "pid"), str(tmp_path / "gate")
+    with mesh.Client([node.address], secret) as c:
+        jid = c.call(start_daemon_then_wait, pid_file, gate)
+        wait_until(lambda: os.path.exists(pid_file), what="the daemon's pid")
+        pid = read_pid(pid_file)
+        assert alive(pid)
+        c.kill(jid)
+        wait_until(lambda: gone(pid), what=f"daemon {pid} to be ended and reaped")
+        assert c.status(jid) == "killed"
+        assert c.result(c.call(int, "8"), timeout=30) == 8
+
+
+def test_daemon_of_a_running_job_ends_when_the_node_stops(node_factory, secret, tmp_path):
+    node = node_factory(name="stopped", workers=1)
+    pid_file, gate = str(tmp_path / "pid"), str(tmp_path / "gate")
+    with mesh.Client([node.address], secret) as c:
+        c.call(start_daemon_then_wait, pid_file, gate)
+        wait_until(lambda: os.path.exists(pid_file), what="the daemon's pid")
+        pid = read_pid(pid_file)
+        assert alive(pid)
+        node.stop()
+    wait_until(lambda: not alive(pid), what=f"daemon {pid} to end with its node")
+
+
+def move_and_change_environment(where: str) -> str:
+    os.chdir(where)
+    os.environ["LANMESH_TEST_LEAK"] = "leaked"
+    os.environ["HOME"] = "/changed"
+    del os.environ["MESH_NODE_FILES"]
+    return os.getcwd()
+
+
+def cwd_and_environment() -> tuple[str, str | None, str | None, bool]:
+    return (os.getcwd(), os.environ.get("LANMESH_TEST_LEAK"), os.environ.get("HOME"),
+            "MESH_NODE_FILES" in os.environ)  # fmt: skip
+
+
+def test_cwd_and_environment_changes_do_not_outlive_the_job(node_factory, secret, tmp_path):
+    node = node_factory(name="clean", workers=1)  # one worker: every job runs in it
+    with mesh.Client([node.address], secret) as c:
+        before = c.result(c.call(cwd_and_environment), timeout=30)
+        assert before[1] is None and before[3]
+        assert c.result(c.call(move_and_change_environment, str(tmp_path)), timeout=30) == str(
+            tmp_path
+        )
+        after = c.result(c.call(cwd_and_environment), timeout=30)
+    assert after == before
+
+
+# ---- a worker that cannot start ----
+
+BROKEN_SITECUSTOMIZE = """\
+import os, sys
+if "mesh.node._worker" in sys.orig_argv and not os.path.exists({heal!r}):
+    sys.stderr.write("Traceback (most recent call last):\\n"
+                     "ImportError: lanmesh test: this worker is broken on purpose\\n")
+    sys.stderr.flush()
+    os._exit(3)
+"""
+
+
+def test_node_whose_workers_cannot_start_fails_jobs_with_the_cause(secret, tmp_path):
+    """Workers die at import (a sitecustomize on the node's PYTHONPATH): a call gets
+    WorkerStartFailed naming the node and the worker's last stderr line, not a timeout;
+    once workers start again the node runs jobs."""
+    site = tmp_path / "site"
+    site.mkdir()
+    heal = tmp_path / "healed"
+    (site / "sitecustomize.py").write_text(BROKEN_SITECUSTOMIZE.format(heal=str(heal)))
+    node = start_node(secret, tmp_path / "data", name="broken", workers=1,
+                      env={"PYTHONPATH": str(site)})  # fmt: skip
+    try:
+        with mesh.Client([node.address], secret) as c:
+            with pytest.raises(WorkerStartFailed) as err:
+                c.result(c.call(int, "1"), timeout=60)
+            message = str(err.value)
+            assert "node broken cannot start its worker processes" in message
+            assert "exited with code 3 before they were ready" in message
+            assert "ImportError: lanmesh test: this worker is broken on purpose" in message
+            assert "broken on purpose" in err.value.remote_traceback
+            assert err.value.node == "broken"
+            # While broken, a new job fails at once with the same cause.
+            with pytest.raises(WorkerStartFailed, match="broken on purpose"):
+                c.result(c.call(int, "2"), timeout=60)
+            heal.touch()
+
+            def runs() -> bool:
+                try:
+                    return c.result(c.call(int, "3"), timeout=60) == 3
+                except WorkerStartFailed:
+                    return False
+
+            wait_until(runs, timeout_s=60, what="the node to take jobs again")
+        assert node.proc.poll() is None
+    finally:
+        node.stop()
+    log = (tmp_path / "data" / "workers.log").read_text()
+    assert "broken on purpose" in log  # stderr still reaches the node's workers.log
