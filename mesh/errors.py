@@ -259,3 +259,10 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+# Users meet these as ``mesh.X`` (the name they import and catch them by, as httpx's
+# do); pickles name them so too, and ``mesh`` re-exports every one.
+for _name in __all__:
+    globals()[_name].__module__ = "mesh"
+del _name
