@@ -14,8 +14,10 @@ import subprocess
 import pytest
 from _helpers import gated, wait_until
 from conftest import alive, start_node
+from mesh.node._jobs import Deliver, Dispatch, Func, JobTable
 
 import mesh
+from mesh._protocol import ERROR, QUEUED
 from mesh.errors import WorkerStartFailed
 
 
@@ -203,3 +205,39 @@ def test_node_whose_workers_cannot_start_fails_jobs_with_the_cause(secret, tmp_p
         node.stop()
     log = (tmp_path / "data" / "workers.log").read_text()
     assert "broken on purpose" in log  # stderr still reaches the node's workers.log
+
+
+# ---- the job table's side of a pool that cannot start workers (pure, exact output) ----
+
+BROKEN = ("worker-start", "WorkerStartFailed", "node ws-07 cannot start its worker processes",
+          "ImportError: x", "")  # fmt: skip
+
+
+def test_table_fails_queued_and_new_jobs_of_a_broken_pool_until_it_recovers() -> None:
+    f = Func(b"f" * 16, b"blob-f", "work.square")
+    in_env = Func(b"f" * 16, b"blob-f", "work.square", env="env1")
+    t = JobTable("ws-07")
+    t.capacity = 2
+    assert t.submit(1, f, (("j1", b"a"), ("j2", b"b")), 1.0) == []
+    assert t.submit(2, in_env, (("e1", b"c"),), 1.0) == []
+    out = t.workers_broken("", BROKEN, 2.0)
+    assert out == [Deliver(1, [("j1", ERROR, b"", BROKEN), ("j2", ERROR, b"", BROKEN)])]
+    assert t.queued == 1  # the environment's job waits for its own pool
+    assert t.submit(1, f, (("j3", b"c"),), 3.0) == [Deliver(1, [("j3", ERROR, b"", BROKEN)])]
+    t.workers_recovered("")
+    assert t.submit(1, f, (("j4", b"d"),), 4.0) == []
+    assert [j.state for j in (t.jobs["j4"], t.jobs["e1"])] == [QUEUED, QUEUED]
+    assert t.worker_ready(7, 5.0) == [Dispatch(7, f, True, [t.jobs["j4"]])]
+
+
+def test_table_fails_only_the_broken_environments_jobs() -> None:
+    f = Func(b"f" * 16, b"blob-f", "work.square")
+    in_env = Func(b"f" * 16, b"blob-f", "work.square", env="env1")
+    t = JobTable("ws-07")
+    t.capacity = 2
+    t.submit(1, f, (("j1", b"a"),), 1.0)
+    t.submit(2, in_env, (("e1", b"c"),), 1.0)
+    assert t.workers_broken("env1", BROKEN, 2.0) == [Deliver(2, [("e1", ERROR, b"", BROKEN)])]
+    assert t.jobs["j1"].state == QUEUED
+    t.remove_env_workers("env1")  # its pool stopped: the next one gets fresh tries
+    assert t.submit(2, in_env, (("e2", b"d"),), 3.0) == []
