@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from mesh.node._proc import become_subreaper, end_orphans
+from mesh.node._proc import become_subreaper, end_orphans, hide_from_jobs
 
 from mesh._connection import Connection
 from mesh._protocol import Message, Ran, RanItem, Run, WorkerReady
@@ -165,6 +165,8 @@ class WorkerPool:
 
     def start(self) -> None:
         become_subreaper()  # what a dead worker's job left running comes to the node
+        if os.environ.get("MESH_SECRET"):  # in /proc/PID/environ for good: hide it from jobs
+            hide_from_jobs()
         for _ in range(self.size):
             self._spawn()
 

@@ -19,9 +19,11 @@ __all__ = [
     "end_descendants",
     "end_orphans",
     "has_children",
+    "hide_from_jobs",
     "pid_alive",
 ]
 
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -44,6 +46,23 @@ def become_subreaper() -> bool:
 
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def hide_from_jobs() -> bool:
+    """Make this process (the node) non-dumpable (Linux ``PR_SET_DUMPABLE`` 0): other
+    processes of its user, its jobs among them, can then neither read its
+    ``/proc/PID/environ`` (which keeps the ``MESH_SECRET`` it was started with, whatever
+    ``os.environ`` says now) or memory, nor ptrace it (nor can its user's debuggers:
+    hence only for a node started with the secret in its environment). Workers are
+    exec'd afresh, so this does not pass on to them. False where the platform has no
+    such thing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 

@@ -9,11 +9,16 @@ retried with backoff and, while it cannot, the node fails its jobs with the caus
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from _helpers import gated, wait_until
-from conftest import alive, start_node
+from conftest import LISTENING, alive, start_node
 from mesh.node._jobs import Deliver, Dispatch, Func, JobTable
 
 import mesh
@@ -24,8 +29,11 @@ from mesh.errors import WorkerStartFailed
 def environment_seen_by_job() -> dict[str, object]:
     """What a job can read of the credentials: its own environment, a child's, its node's."""
     child = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
-    with open(f"/proc/{os.getppid()}/environ", "rb") as f:
-        node_env = f.read().split(b"\0")
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as f:
+            node_env = f.read().split(b"\0")
+    except PermissionError:
+        node_env = [b"(unreadable)"]
     return {
         "own": {k: v for k, v in os.environ.items() if k.startswith("MESH_")},
         "child": [line for line in child.splitlines() if line.startswith("MESH_SECRET")],
@@ -43,6 +51,61 @@ def test_secret_of_a_node_started_with_mesh_secret_never_reaches_its_jobs(node_f
     assert "MESH_SECRET" not in seen["own"] and "MESH_SECRET_FILE" not in seen["own"]
     assert "MESH_NODE_FILES" in seen["own"]  # what jobs need still reaches them
     assert seen["child"] == []
+
+
+def node_command_of_another_user(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """How to start ``python -m mesh.node`` as a user whose processes the tests cannot
+    read otherwise: this user, unless the tests run as root (root reads every process's
+    /proc files); then ``nobody``, with the system's Python of the same minor version
+    (the venv's lies under root's home) and lanmesh laid out in ``folder``."""
+    if os.geteuid() != 0:
+        return [sys.executable, "-P", "-m", "mesh.node"], {}
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if shutil.which("setpriv") is None or not os.path.exists(system):
+        pytest.skip(f"running as root without setpriv or {system}: no other user to run as")
+    root = Path(__file__).resolve().parent.parent
+    pkg = folder / "mesh"
+    pkg.mkdir()
+    for f in (root / "mesh").glob("*.py"):
+        (pkg / f.name).symlink_to(f)
+    for sub in ("node", "client"):
+        (pkg / sub).symlink_to(root / sub)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+               system, "-P", "-m", "mesh.node"]  # fmt: skip
+    return command, {"PYTHONPATH": f"{folder}:{site}"}
+
+
+def test_secret_in_the_environment_a_node_started_with_is_out_of_its_jobs_reach(secret):
+    """The README's own way, ``MESH_SECRET=... mesh-node``: the node's /proc environ
+    still holds it, and its jobs (of its own user) must not be able to read it there."""
+    with tempfile.TemporaryDirectory(prefix="lanmesh-test-") as holder:  # not under root's
+        os.chmod(holder, 0o755)
+        command, env = node_command_of_another_user(Path(holder))
+        data = Path(holder) / "data"
+        data.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(data, pwd.getpwnam("nobody").pw_uid, -1)
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", "0", "--name", "other", "--workers",
+             "1", "--data-dir", str(data), "--no-advertise", "--grace", "0"],
+            cwd="/", stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, MESH_SECRET=secret, **env),
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            m = LISTENING.match(proc.stdout.readline().decode().strip())
+            assert m, "the node did not start"
+            with mesh.Client([f"{m.group(2)}:{m.group(3)}"], secret) as c:
+                seen = c.result(c.call(environment_seen_by_job), timeout=30)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    assert "MESH_SECRET" not in seen["own"]
+    assert seen["child"] == []
+    assert seen["node_has_secret"] is False
 
 
 def test_secret_of_a_local_mesh_never_reaches_its_jobs(monkeypatch):
