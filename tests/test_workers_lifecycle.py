@@ -231,7 +231,7 @@ if "mesh.node._worker" in sys.orig_argv and not os.path.exists({heal!r}):
 """
 
 
-def test_node_whose_workers_cannot_start_fails_jobs_with_the_cause(secret, tmp_path):
+def test_node_whose_workers_cannot_start_fails_jobs_with_the_cause(secret, tmp_path, capfd):
     """Workers die at import (a sitecustomize on the node's PYTHONPATH): a call gets
     WorkerStartFailed naming the node and the worker's last stderr line, not a timeout;
     once workers start again the node runs jobs."""
@@ -268,6 +268,11 @@ def test_node_whose_workers_cannot_start_fails_jobs_with_the_cause(secret, tmp_p
         node.stop()
     log = (tmp_path / "data" / "workers.log").read_text()
     assert "broken on purpose" in log  # stderr still reaches the node's workers.log
+    # The node's own log (its stderr, inherited from this test) warned with the cause.
+    node_log = capfd.readouterr().err
+    assert "before it was ready (1 in a row); retrying in 0.1 s" in node_log
+    assert "Its stderr ends:\nTraceback (most recent call last):\nImportError: lanmesh" in node_log
+    assert "taking jobs again" in node_log
 
 
 # ---- the job table's side of a pool that cannot start workers (pure, exact output) ----
