@@ -1,6 +1,6 @@
 """The user's side of the mesh: the async client, its sync facade and the local mesh."""
 
-from mesh.client._async import AsyncClient, JobInfo, NodeInfo
+from mesh.client._async import AsyncClient, EnvInfo, JobInfo, NodeInfo
 from mesh.client._executor import Executor, MeshFuture
 from mesh.client._handle import Job
 from mesh.client._local import LocalMesh
@@ -16,3 +16,9 @@ __all__ = [
     "MeshFuture",
     "NodeInfo",
 ]
+
+# Users meet these as ``mesh.X``, the name ``mesh`` exports them by (as httpx's do);
+# pickles name them so too.
+for _cls in (AsyncClient, Client, EnvInfo, Executor, Job, JobInfo, NodeInfo):
+    _cls.__module__ = "mesh"
+del _cls

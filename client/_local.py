@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from mesh._spawn import module_command
+from mesh._spawn import job_environment, module_command
 from mesh.errors import MeshError
 
 __all__ = ["LocalMesh"]
@@ -44,7 +44,13 @@ class LocalMesh:
     def start(self) -> list[str]:
         """Start the nodes and return their addresses once all listen."""
         self._dir = tempfile.mkdtemp(prefix="lanmesh-local-")
-        env = dict(os.environ, MESH_SECRET=self.secret)
+        # The secret goes in a 0600 file, never the nodes' environment: whatever a
+        # process's environment holds, every process it starts inherits.
+        secret_file = os.path.join(self._dir, "secret")
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.secret + "\n")
+        env = job_environment()
         env.pop("MESH_PEERS", None)  # a local mesh joins no other nodes
         try:
             for i in range(1, self.nodes + 1):
@@ -54,6 +60,7 @@ class LocalMesh:
                          "--name", f"local-{i}", "--workers", str(self.workers),
                          "--data-dir", os.path.join(self._dir, f"node-{i}"),
                          "--parent-pid", str(os.getpid()), "--no-advertise",
+                         "--secret-file", secret_file,
                          "--grace", "0"),  # closing a local mesh ends its jobs at once
                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     )

@@ -42,12 +42,14 @@ from mesh.errors import (
     RemoteTraceback,
     SerializationError,
     WorkerDied,
+    WorkerStartFailed,
 )
 
 __all__ = [
     "dumps_function",
     "dumps_payload",
     "dumps_value",
+    "function_hash",
     "function_name",
     "loads",
     "pack_exception",
@@ -260,11 +262,17 @@ def dumps_function(
         blob = cloudpickle.dumps(payload, protocol=PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle function {function_name(fn)}: {exc}") from exc
-    out = hashlib.blake2b(blob, digest_size=16).digest(), blob
+    out = function_hash(blob), blob
     if parts is not None:
         assert isinstance(fn, types.FunctionType)
         _pickled_functions[fn] = (parts, out)
     return out
+
+
+def function_hash(blob: bytes | memoryview) -> bytes:
+    """A function's id: the hash of its pickled bytes. Nodes recompute it for every blob a
+    client sends, so an id always means the same bytes (never one a client declares)."""
+    return hashlib.blake2b(blob, digest_size=16).digest()
 
 
 # Functions pickled once (see dumps_function), with the objects their pickle came from.
@@ -509,6 +517,7 @@ _KINDS: dict[str, type[JobError]] = {
     "max-runtime": MaxRuntimeExceeded,
     "memory": MemoryLimitExceeded,
     "env-build": EnvBuildFailed,
+    "worker-start": WorkerStartFailed,
 }
 
 

@@ -22,6 +22,7 @@
     │   └── FileStoreFull           a node's disk is full (its catalog is unchanged)
     └── JobError                    a job failed and its own exception could not be re-created
         ├── WorkerDied              its worker process exited or crashed while running it
+        ├── WorkerStartFailed       the node cannot start worker processes; names the node, why
         ├── JobKilled               it was killed: by ``kill`` or past ``_max_runtime``
         │   ├── MaxRuntimeExceeded
         │   └── MemoryLimitExceeded past the node's --max-memory per worker
@@ -62,6 +63,7 @@ __all__ = [
     "UnknownJob",
     "VersionMismatch",
     "WorkerDied",
+    "WorkerStartFailed",
 ]
 
 
@@ -196,6 +198,13 @@ class WorkerDied(JobError):
     """The worker process running the job exited, crashed or was killed from outside."""
 
 
+class WorkerStartFailed(JobError):
+    """The node's worker processes (or a job environment's) exit before they are ready,
+    so it cannot run the job; the message names the node and ends with their stderr's
+    last line (all its last lines are ``remote_traceback``). The node takes jobs again
+    once a worker starts."""
+
+
 class JobKilled(JobError):
     """The job was killed on request."""
 
@@ -250,3 +259,10 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+# Users meet these as ``mesh.X`` (the name they import and catch them by, as httpx's
+# do); pickles name them so too, and ``mesh`` re-exports every one.
+for _name in __all__:
+    globals()[_name].__module__ = "mesh"
+del _name

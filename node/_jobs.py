@@ -153,6 +153,9 @@ class JobTable:
         self.draining = False  # leaving: no new work, queued jobs go back to their clients
         self.paused = False  # the machine is short of memory: queued jobs wait
         self._expired: list[str] = []  # to be removed from the store
+        # Worker pools that cannot start a worker, by environment ("" the node's own):
+        # their jobs fail with this error at once instead of waiting for a worker.
+        self.broken: dict[str, ErrorInfo] = {}
 
     # ---- queries ----
 
@@ -244,6 +247,9 @@ class JobTable:
                            f"{self.node_name} has {self.capacity} workers", "", ""),
                 )  # fmt: skip
                 continue
+            if func.env in self.broken:
+                self._finish(job, ERROR, now, error=self.broken[func.env])
+                continue
             fresh.append(job)
         if fresh:
             self._queue_of(func).extend(fresh)
@@ -275,8 +281,24 @@ class JobTable:
             self._finish(job, ERROR, now, error=error)
         return self._flush()
 
+    def workers_broken(self, env: str, error: ErrorInfo, now: float) -> list[Instruction]:
+        """The workers of the node (``env`` "") or of a job environment cannot start:
+        its queued jobs, and those submitted until ``workers_recovered``, fail with
+        ``error`` (naming the node and the cause) instead of waiting for a worker."""
+        self.broken[env] = error
+        q = self.env_queues.pop(env, deque()) if env else self.queue
+        for job in q:
+            self._finish(job, ERROR, now, error=error)
+        q.clear()
+        return self._flush()
+
+    def workers_recovered(self, env: str) -> None:
+        """A worker of that pool started again: its jobs wait for workers as usual."""
+        self.broken.pop(env, None)
+
     def remove_env_workers(self, env: str) -> list[int]:
         """The environment's (idle) workers are being shut down: forget them."""
+        self.broken.pop(env, None)  # started again, its pool gets new tries
         wids = [wid for wid, w in self.workers.items() if w.env == env]
         for wid in wids:
             del self.workers[wid]

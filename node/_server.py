@@ -64,6 +64,7 @@ from mesh._protocol import (
     Submit,
     pushed_name,
 )
+from mesh._serialize import function_hash
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -184,6 +185,8 @@ class Node:
             on_ready=self._worker_ready,
             on_ran=self._worker_ran,
             on_died=self._worker_died,
+            on_broken=lambda cause, stderr: self._workers_broken("", cause, stderr),
+            on_recovered=lambda: self.table.workers_recovered(""),
             log_file=self._log_file,
             kill_grace_s=self.config.kill_grace_s,
         )
@@ -412,6 +415,11 @@ class Node:
                 if not msg.fblob:
                     conn.abort()  # a client that skips the function blob is broken
                     return
+                if function_hash(msg.fblob) != msg.fhash:  # workers cache functions by id
+                    log.warning("%s sent a function whose bytes do not match its id; closing",
+                                conn.peer_label)  # fmt: skip
+                    conn.abort()
+                    return
                 func = funcs[msg.fhash] = Func(msg.fhash, msg.fblob, msg.fname)
             if msg.env and self.envs is not None:
                 reqs = normalise(msg.env)
@@ -569,6 +577,8 @@ class Node:
             on_ready=ready,
             on_ran=self._worker_ran,
             on_died=self._worker_died,
+            on_broken=lambda cause, stderr: self._workers_broken(key, cause, stderr),
+            on_recovered=lambda: self.table.workers_recovered(key),
             log_file=self._log_file,
             kill_grace_s=self.config.kill_grace_s,
             python=env.python,
@@ -601,6 +611,16 @@ class Node:
 
     def _worker_died(self, wid: int, desc: str) -> None:
         self._apply(self.table.worker_died(wid, desc, time.time()))
+
+    def _workers_broken(self, env: str, cause: str, stderr: str) -> None:
+        """A pool cannot start workers: fail its jobs now, naming this node and why."""
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output on stderr"
+        whose = f"the job environment {env}'s" if env else "its"
+        msg = (f"node {self.name} cannot start {whose} worker processes: {cause}; the last "
+               f"said: {last} (more in {self.config.data_dir / 'workers.log'})")  # fmt: skip
+        log.warning("%s; failing their jobs until a worker starts", msg)
+        error = ("worker-start", "WorkerStartFailed", msg, stderr, "")
+        self._apply(self.table.workers_broken(env, error, time.time()))
 
     # ---- carrying out instructions ----
 

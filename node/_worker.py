@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.node._jobs import WORKER_FUNCTIONS
+from mesh.node._proc import become_subreaper, end_descendants, has_children
 
 from mesh._frames import FrameCodec
 from mesh._protocol import (
@@ -45,6 +46,8 @@ from mesh._protocol import (
 from mesh._serialize import dumps_payload, load_function, loads, pack_exception
 
 FLUSH_EVERY_S = 0.005
+# Processes a job leaves running get SIGTERM when it returns, then SIGKILL after this.
+CHILD_GRACE_S = 1.0
 _PR_SET_PDEATHSIG = 1
 CAPTURE_BYTES = 64 * 1024
 # glibc's mallopt parameters, and how much freed memory the heap may keep: half the
@@ -108,6 +111,12 @@ class Worker:
         self.trim = _keep_big_allocations(self.keep_bytes)
         self.heap_dirty = False
         self._statm = os.open("/proc/self/statm", os.O_RDONLY) if self.trim else -1
+        # What a job may change and the next job must not inherit: the working directory
+        # and the environment (the bytes dict behind os.environ and os.environb, compared
+        # in well under a microsecond where dict(os.environ) takes tens).
+        self.home = os.getcwd()
+        self._environ: dict[bytes, bytes] = vars(os.environb)["_data"]
+        self._environ_before = dict(self._environ)
 
     def send(self, msg: Ran | WorkerReady) -> None:
         for chunk in self.codec.send(msg):
@@ -150,6 +159,28 @@ class Worker:
         self.heap_dirty = True
         if int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE > self.keep_bytes:
             self.trim()
+
+    def _reset(self) -> None:
+        """Undo what the job left behind, before the next job: the processes it started
+        (subprocesses, daemons: this worker is their subreaper), its working directory
+        and its changes to the environment."""
+        if has_children():
+            end_descendants(CHILD_GRACE_S)
+        try:
+            moved = os.getcwd() != self.home
+        except OSError:  # the job removed the directory it moved to
+            moved = True
+        if moved:
+            try:
+                os.chdir(self.home)
+            except OSError:
+                os.chdir("/")  # the node's own directory is gone: somewhere that exists
+        if self._environ != self._environ_before:
+            for key in [k for k in self._environ if k not in self._environ_before]:
+                del os.environb[key]
+            for key, value in self._environ_before.items():
+                if self._environ.get(key) != value:
+                    os.environb[key] = value
 
     def function(self, run: Run) -> Callable[..., Any] | ErrorInfo:
         fn = self.functions.get(run.fhash)
@@ -214,6 +245,7 @@ class Worker:
                 )
             )
             self._after_job()
+            self._reset()
             if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
                 self.flush()
         if self.blocks:  # the function's blob, or arguments of a function that failed to load
@@ -256,6 +288,7 @@ def _die_with_node(node_pid: int) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when we stop
+    become_subreaper()  # a job's orphaned processes come to us, to be ended after it
     if len(sys.argv) > 2:
         _die_with_node(int(sys.argv[2]))
     sock = socket.socket(fileno=int(sys.argv[1]))

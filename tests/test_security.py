@@ -309,3 +309,35 @@ def test_connection_reset_mid_session_is_harmless(guard, secret):
     with Session(guard.host, guard.port, secret.encode()) as s:
         s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     assert_serves(guard, secret)
+
+
+# ---- integrity between clients: a function id always means the same bytes ----
+
+
+def test_function_sent_under_another_functions_id_is_refused(guard, secret, tmp_path):
+    """The attack of issue 18: an authenticated client sends its own code under the id
+    of ``square``; the node closes that connection, runs none of it, and every other
+    client's ``square`` (its worker caches functions by id) is still ``square``."""
+    marker = tmp_path / "POISONED"
+    real_hash, _ = dumps_function(square)
+    _, evil_blob = dumps_function(touch)
+    with Session(guard.host, guard.port, secret.encode()) as s:
+        s.send(Submit(real_hash, evil_blob, "square", ((new_jid(), pickle.dumps((str(marker),))),)))
+        assert closed_by_peer(s.sock)
+    assert not marker.exists(), "the node ran a function sent under another function's id"
+    assert_serves(guard, secret)  # square(12) == 144 on the one worker
+    with Session(guard.host, guard.port, secret.encode()) as s:  # a fresh id-only submit
+        jid = new_jid()
+        s.send(Submit(real_hash, b"", "square", ((jid, pickle.dumps((str(marker),))),)))
+        assert closed_by_peer(s.sock)  # an id it never sent on this connection: refused
+    assert not marker.exists()
+
+
+def test_function_blob_matching_its_id_runs(guard, secret):
+    """Control for the attack above: the same raw session with honest bytes runs."""
+    fhash, blob = dumps_function(square)
+    with Session(guard.host, guard.port, secret.encode()) as s:
+        jid = new_jid()
+        s.send(Submit(fhash, blob, "square", ((jid, pickle.dumps((7,))),)))
+        item = wait_result(s, jid)
+        assert item[1] == DONE and pickle.loads(item[2]) == 49
