@@ -8,6 +8,9 @@ its load arrives in ``Load`` and ``Pong``. A peer silent for ``dead_after_s`` is
 dropped and retried with backoff; one that was only heard of, never named, is
 forgotten after ``forget_after_s`` of failures (mDNS records of crashed nodes
 linger for an hour).
+
+A node is its id (kept in its data dir, so a restart is the same node); its name is
+for people, and :func:`unique_name` keeps names unique among the live nodes.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+import os
+import re
+import secrets
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mesh._connection import Connection, heartbeats, open_connection
@@ -24,9 +31,63 @@ from mesh._discovery import Advert, Browser, parse_peers
 from mesh._protocol import Goodbye, JobsReply, Load, Message, Peers, Pong
 from mesh.errors import MeshError
 
-__all__ = ["Peer", "PeerTable"]
+__all__ = ["Peer", "PeerTable", "load_node_id", "unique_name"]
 
 log = logging.getLogger("mesh.node.peers")
+
+NODE_ID_FILE = "node_id"
+_NODE_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def load_node_id(data_dir: Path) -> str:
+    """This node's id: read from its data dir, or made and stored there on first start.
+
+    Job records, file holders and clients know a node by its id, so the id outlives
+    restarts on the same data dir (the caller holds the data dir's lock)."""
+    path = data_dir / NODE_ID_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read the node id in %s (%s): this node takes a new id", path, exc)
+        text = ""
+    if _NODE_ID.fullmatch(text):
+        return text
+    if text:
+        log.warning("%s holds no node id (%r): this node takes a new id", path, text[:40])
+    node_id = secrets.token_hex(6)
+    tmp = path.with_name(f".{NODE_ID_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(node_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # never half a file: a crash leaves the old one or the new one
+    return node_id
+
+
+def unique_name(base: str, node_id: str, current: str, others: Iterable[tuple[str, str]]) -> str:
+    """The name this node shows, given the (node id, name) of the other live nodes.
+
+    Of the nodes showing one name, the one with the smallest id keeps it; the others
+    take ``base-2``, ``base-3``... (the first free ones, in id order), so two nodes that
+    see the same mesh never both rename, nor pick the same suffix. A node keeps its
+    name while no node with a smaller id shows it (a rename is never undone).
+    """
+    others = list(others)
+    taken = {name for _, name in others}
+    ahead = sum(1 for i, name in others if name == current and i < node_id)
+    if not ahead:
+        return current
+    k = 1
+    while True:
+        k += 1
+        candidate = f"{base}-{k}"
+        if candidate not in taken and candidate != current:
+            ahead -= 1
+            if not ahead:
+                return candidate
 
 
 @dataclass(eq=False)
@@ -64,6 +125,7 @@ class PeerTable:
         name: str,
         address: str,
         on_change: Callable[[], None] | None = None,
+        on_renamed: Callable[[], None] | None = None,
         heartbeat_s: float = 1.0,
         dead_after_s: float = 5.0,
         connect_timeout_s: float = 5.0,
@@ -74,6 +136,7 @@ class PeerTable:
         self._secret = secret
         self.node_id, self.name, self.address = node_id, name, address
         self._on_change = on_change
+        self._on_renamed = on_renamed  # a live peer now shows another name
         self._heartbeat_s, self._dead_after_s = heartbeat_s, dead_after_s
         self._connect_timeout_s = connect_timeout_s
         self._retry_s, self._max_retry_s = retry_s, max_retry_s
@@ -212,8 +275,11 @@ class PeerTable:
                 peer.running, peer.queued = msg.running, msg.queued
             elif isinstance(msg, Load):
                 peer.workers, peer.running, peer.queued = msg.workers, msg.running, msg.queued
+                renamed = loaded.is_set() and msg.name and msg.name != peer.name
                 peer.name = msg.name or peer.name
                 loaded.set()
+                if renamed and self._on_renamed is not None:
+                    self._on_renamed()
             elif isinstance(msg, Peers):
                 self.heard(msg)
             elif isinstance(msg, JobsReply):
@@ -241,7 +307,8 @@ class PeerTable:
             self._ignored.add(peer.key)
             return
         peer.conn, peer.node_id = conn, conn.peer_id
-        peer.name = conn.peer_name or peer.key
+        if not loaded.is_set():  # else its Load came first, with the name it shows now
+            peer.name = conn.peer_name or peer.key
         conn.send(Peers(self.addresses()))  # so a peer that named nobody learns of us
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)

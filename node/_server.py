@@ -11,7 +11,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from mesh.node._jobs import (
     JobTable,
     KillWorker,
 )
-from mesh.node._peers import PeerTable
+from mesh.node._peers import PeerTable, load_node_id, unique_name
 from mesh.node._pool import WorkerPool
 from mesh.node._proc import pid_alive
 from mesh.node._shm import SharedBlocks
@@ -122,8 +121,11 @@ class NodeConfig:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.name = config.name or os.uname().nodename.split(".")[0] or "node"
-        self.node_id = secrets.token_hex(6)
+        # The name asked for; ``name`` is the one shown, with a suffix while another live
+        # node shows this one (see _check_name).
+        self.base_name = config.name or os.uname().nodename.split(".")[0] or "node"
+        self.name = self.base_name
+        self.node_id = ""  # kept in the data dir: read by start(), once it holds the dir's lock
         self.table = JobTable(self.name, result_ttl_s=config.result_ttl_s)
         self.table.capacity = config.workers
         self.port = config.port
@@ -162,6 +164,7 @@ class Node:
             self.dashboard.start()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
+        self.node_id = await asyncio.to_thread(load_node_id, self.config.data_dir)
         stored = await asyncio.to_thread(self._store.load)
         self.table.restore([_from_store(row) for row in stored], time.time())
         if stored:
@@ -209,6 +212,7 @@ class Node:
             name=self.name,
             address=self.address,
             on_change=self._peers_changed,
+            on_renamed=self._check_name,
             heartbeat_s=self.config.heartbeat_s,
             dead_after_s=self.config.dead_after_s,
         )
@@ -247,6 +251,25 @@ class Node:
         for conn in list(self._conns.values()):
             if not conn.closed:
                 conn.send(msg)
+        self._check_name()
+
+    def _check_name(self) -> None:
+        """Show a name no other live node shows (a node with a smaller id keeps it), and
+        tell every connection (clients and peers) the new one in a Load."""
+        assert self.peers is not None
+        others = [(p.node_id, p.name) for p in self.peers.alive() if p.node_id]
+        name = unique_name(self.base_name, self.node_id, self.name, others)
+        if name == self.name:
+            return
+        log.warning("another live node also shows the name %r: this node (id %s) shows as %r",
+                    self.name, self.node_id, name)  # fmt: skip
+        self.name = self.table.node_name = self.peers.name = name
+        if self.envs is not None:
+            self.envs.node_name = name
+        load = self._load()
+        for conn in list(self._conns.values()):
+            if not conn.closed:
+                conn.send(load)
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
