@@ -21,8 +21,8 @@ import time
 from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar, overload
 
 from mesh.client._files import AsyncFiles
 from mesh.client._handle import Job, register_owner
@@ -118,7 +118,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class JobInfo:
-    """What a node recorded about a job (``mesh.info``)."""
+    """What a node recorded about a job (``mesh.info``).
+
+    ``node`` is the name the node shows (unique in a mesh, for people); ``node_id`` is
+    the node itself. ``attempts`` counts the job's runs as a user reads them: 0 while it
+    has not started, 1 for a job that ran once, 2 for one whose first worker (or node)
+    died and that ran again. ``record_lost``: the node that ran the job is gone (or no
+    longer holds its record), so the rest is what this client itself knows: status,
+    node, ``submitted`` (when the call or map was made), ``finished`` (when the result
+    reached this client), attempts and the error; ``started``, CPU time and output are
+    then unknown (None, 0.0, "").
+    """
 
     jid: str
     status: str
@@ -133,19 +143,29 @@ class JobInfo:
     stderr: str
     error: str
     attempts: int
+    node_id: str = ""
+    record_lost: bool = False
 
     @classmethod
-    def from_record(cls, r: JobRecord) -> JobInfo:
+    def from_record(cls, r: JobRecord, node_id: str = "", attempts: int | None = None) -> JobInfo:
         return cls(
             jid=r[0], status=JOB_STATES[r[1]], node=r[2], function=r[3], label=r[4],
             submitted=r[5], started=r[6] or None, finished=r[7] or None, cpu_s=r[8],
-            stdout=r[9], stderr=r[10], error=r[11], attempts=r[12],
+            stdout=r[9], stderr=r[10], error=r[11],
+            attempts=r[12] if attempts is None else attempts, node_id=node_id,
         )  # fmt: skip
+
+
+def runs(deaths: int, started: bool, died_last: bool) -> int:
+    """How many times a job ran, as ``JobInfo.attempts`` tells users: the attempts that
+    ended with their worker or node dying, and the last one if it started and did not."""
+    return deaths + (1 if started and not died_last else 0)
 
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """A node as this client sees it."""
+    """A node as this client sees it: ``name`` for people (unique in a mesh: a node
+    whose name another live node shows takes a suffix, ``vm-2``), ``node_id`` the node."""
 
     name: str
     node_id: str
@@ -191,10 +211,10 @@ class _Func:
     result in one buffer, about 14 bytes beside the result. So a map of a million
     jobs costs the client its handles and its results, not a million objects."""
 
-    __slots__ = ("ahead", "at", "blob", "cores", "done", "env", "fhash", "files", "finished",
-                 "label", "live", "max_runtime", "n", "name", "next", "node_names", "nodes",
-                 "pickled", "prefer", "push", "results", "retries", "sizes", "source",
-                 "speculative", "start")  # fmt: skip
+    __slots__ = ("ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
+                 "finished", "label", "live", "max_runtime", "n", "name", "next", "node_ids",
+                 "nodes", "pickled", "prefer", "push", "results", "retries", "sizes", "source",
+                 "speculative", "start", "submitted")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
@@ -208,6 +228,10 @@ class _Func:
         self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
         self.push: tuple[tuple[str, str], ...] = ()  # (local path, store name) to push first
         self.start = self.n = 0  # the id number of job 0, and how many jobs
+        self.submitted = 0.0  # when the call or map was made (epoch seconds)
+        # when each job's result reached this client, in seconds after ``submitted``
+        # (0: not yet; allocated with the first): mesh.info's answer once a node is lost
+        self.came = array("f")
         self.next = 0  # the first job that has not left the queue yet: the rest follow it
         self.live: dict[int, _Job] = {}  # job index -> its _Job, while it has one
         # arguments pickled by _prepare, for the first jobs to leave the queue, in order;
@@ -215,11 +239,11 @@ class _Func:
         self.ahead: deque[Payload] = deque()
         self.source: Iterator[tuple[Any, ...]] | None = None
         self.pickled = [0, 0]  # argument tuples pickled, their bytes: the size to expect
-        # finished jobs, compact (allocated with the first): a flag and a node a job,
-        # and the results in one buffer at ``at`` for ``sizes`` bytes
+        # finished jobs, compact (allocated with the first): a flag and a node (an
+        # index in node_ids) a job, and the results in one buffer at ``at`` for ``sizes``
         self.done = bytearray()
         self.nodes = bytearray()
-        self.node_names: list[str] = []
+        self.node_ids: list[str] = []
         self.results = bytearray()
         self.at = array("Q")
         self.sizes = array("I")
@@ -234,7 +258,7 @@ class _Func:
             view = _Job(jid or f"{tag}-{self.start + k}", self, b"", DONE)
             at = self.at[k]
             view.blob = bytes(self.results[at : at + self.sizes[k]])
-            view.node = self.node_names[self.nodes[k]]
+            view.node = self.node_ids[self.nodes[k]]
             return view
         return self.live.setdefault(k, _Job(jid or f"{tag}-{self.start + k}", self, None))
 
@@ -242,15 +266,26 @@ class _Func:
         job = self.live.get(k)
         return job.final if job is not None else bool(self.done and self.done[k])
 
-    def compact(self, k: int, blob: Payload, node: str) -> None:
-        """Job ``k`` is done with ``blob`` from ``node``: keep that, drop its _Job."""
+    def arrived(self, k: int, now: float) -> None:
+        """Job ``k``'s outcome reached this client at ``now`` (epoch seconds)."""
+        if not self.came:
+            self.came = array("f", bytes(4 * self.n))
+        self.came[k] = max(now - self.submitted, 1e-3)  # 0.0 means "not yet"
+
+    def came_at(self, k: int) -> float | None:
+        """When job ``k``'s outcome reached this client, if it did (float32: to about a
+        millisecond an hour after the map)."""
+        return self.submitted + self.came[k] if self.came and self.came[k] else None
+
+    def compact(self, k: int, blob: Payload, node_id: str) -> None:
+        """Job ``k`` is done with ``blob`` from node ``node_id``: keep that, drop its _Job."""
         if isinstance(blob, tuple):
             return  # big buffers beside a pickle: it keeps its _Job, they stay apart
-        if node in self.node_names:
-            i = self.node_names.index(node)
-        elif len(self.node_names) < 256 and len(blob) < 1 << 32:
-            i = len(self.node_names)
-            self.node_names.append(node)
+        if node_id in self.node_ids:
+            i = self.node_ids.index(node_id)
+        elif len(self.node_ids) < 256 and len(blob) < 1 << 32:
+            i = len(self.node_ids)
+            self.node_ids.append(node_id)
         else:
             return  # it keeps its _Job
         if not self.done:
@@ -290,7 +325,7 @@ class _Job:
         self.args = args
         self.state = state
         self.link: _Link | None = None
-        self.node = ""
+        self.node = ""  # the id of the node that ran it last (names repeat, ids do not)
         self.blob: Payload = b""
         self.error: ErrorInfo | None = None
         # what to call once it is final: one callable (a wait over a million jobs
@@ -362,6 +397,18 @@ class _Link:
         others = max(0, self.running + self.queued - len(self.inflight))
         room = self.workers * depth - self.inflight_slots
         return NodeView(self.key, self.workers, self.inflight_slots + others, room)
+
+
+class _Heard(NamedTuple):
+    """A job record, and the link to the node that sent it."""
+
+    link: _Link
+    record: JobRecord
+
+
+# Error kinds of a job that ran on a node (others: it failed before it started, or in
+# this client, or its worker died)
+_RAN_KINDS = frozenset({"raised", "max-runtime", "memory", "unpicklable"})
 
 
 class _Picker:
@@ -572,9 +619,7 @@ class AsyncClient:
         self._acks: dict[_Link, list[str]] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
-        self._requests: dict[
-            int, tuple[asyncio.Future[list[JobRecord]], list[JobRecord], set[str]]
-        ] = {}
+        self._requests: dict[int, tuple[asyncio.Future[list[_Heard]], list[_Heard], set[str]]] = {}
         self._req_ids = itertools.count(1)
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -734,7 +779,8 @@ class AsyncClient:
             link.error = exc
             raise
         link.conn = conn
-        link.name = conn.peer_name or link.key
+        if not loaded.is_set():  # else its Load came first, with the name it shows now
+            link.name = conn.peer_name or link.key
         link.node_id = conn.peer_id
         link.sent_funcs = set()
         link.error = None
@@ -775,7 +821,7 @@ class AsyncClient:
             entry = self._requests.get(msg.req)
             if entry is not None:
                 fut, records, waiting = entry
-                records.extend(msg.records)
+                records.extend(_Heard(link, r) for r in msg.records)
                 waiting.discard(link.key)
                 if not waiting:
                     del self._requests[msg.req]
@@ -803,6 +849,7 @@ class AsyncClient:
             link.avg_run_s = msg.avg_run_s
         acked = []
         crashed: list[tuple[_Job, str]] = []
+        now = time.time()
         with self._final_lock:
             inflight = link.inflight
             for jid, state, blob, error in msg.items:
@@ -831,15 +878,18 @@ class AsyncClient:
                 for lk in others:  # the first result wins: stop the other copy
                     if lk.conn is not None and not lk.conn.closed:
                         lk.conn.send(Kill((jid,)))
-                job.state, job.blob, job.error, job.node = state, blob, error, link.name
+                job.state, job.blob, job.error, job.node = state, blob, error, link.node_id
                 self._drop_args(job)  # final: it will not be sent again
-                if job.func is not None:
-                    job.func.finished += 1
-                    self._came_back.add(job.func.fhash)
+                func = job.func
+                if func is not None:
+                    k = self._index(job)
+                    func.finished += 1
+                    func.arrived(k, now)
+                    self._came_back.add(func.fhash)
                 if job.callbacks is not None:
                     _call_back(job)
-                if state == DONE and not job.attempts and job.func is not None:
-                    job.func.compact(self._index(job), blob, link.name)
+                if state == DONE and not job.attempts and func is not None:
+                    func.compact(k, blob, link.node_id)
         self._ack(link, acked)
         if crashed:
             requeue = [j for j, why in crashed if self._attempt_lost(j, link, why)]
@@ -877,7 +927,7 @@ class AsyncClient:
         it has used its ``_retries`` and fails with WorkerDied naming every attempt."""
         job.attempts += 1
         job.tried += ((link.name, link.key),)
-        job.node = link.name
+        job.node = link.node_id
         if job.attempts <= job.retries:
             job.state = QUEUED
             return True
@@ -964,6 +1014,8 @@ class AsyncClient:
             job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
             job.blob = blob
             self._drop_args(job)
+            if job.func is not None:
+                job.func.arrived(self._index(job), time.time())
             if job.callbacks is not None:
                 _call_back(job)
 
@@ -1178,6 +1230,7 @@ class AsyncClient:
         func.pickled = [len(ahead), pickled]
         if len(ahead) < count:
             func.source = source
+        func.submitted = time.time()
         with self._ids_lock:  # a map's ids are consecutive, whichever threads submit
             func.start, func.n = self._next_id, count
             self._next_id += count
@@ -1265,7 +1318,7 @@ class AsyncClient:
                 if not link.usable:
                     continue
                 now = time.time()
-                for r in await self._query([link], tuple(jids)):
+                for _, r in await self._query([link], tuple(jids)):
                     job = self._find(r[0])
                     if (job is None or job.final or job.twin is not None or job.link is not link
                             or r[1] != PROCESSING or not r[6] or now - r[6] < limit):  # fmt: skip
@@ -1288,13 +1341,15 @@ class AsyncClient:
     async def _median_run_s(self, done: list[_Job]) -> float:
         by_link: dict[_Link, list[str]] = {}
         for j in done:
-            link = self._link_named(j.node)
+            link = self._link_of(j.node)
             if link is not None and link.usable:
                 by_link.setdefault(link, []).append(j.jid)
-        runs = []
+        times = []
         for link, jids in by_link.items():
-            runs += [r[7] - r[6] for r in await self._query([link], tuple(jids)) if r[7] and r[6]]
-        return statistics.median(runs) if runs else 0.0
+            times += [
+                r[7] - r[6] for _, r in await self._query([link], tuple(jids)) if r[7] and r[6]
+            ]
+        return statistics.median(times) if times else 0.0
 
     def _spare_link(self, job: _Job, exclude: _Link) -> _Link | None:
         """The least-loaded node other than ``exclude`` with a free worker for ``job``."""
@@ -1367,11 +1422,10 @@ class AsyncClient:
         if not adopted:
             return
         jids = tuple(j.jid for j in adopted)
-        records = await self._query(list(self._usable()), jids, watch=True)
-        known = {}
-        for r in records:
-            if r[0] not in known or r[1] >= DONE:  # prefer a finished copy
-                known[r[0]] = r
+        known: dict[str, _Heard] = {}
+        for heard in await self._query(list(self._usable()), jids, watch=True):
+            if heard.record[0] not in known or heard.record[1] >= DONE:  # a finished copy first
+                known[heard.record[0]] = heard
         missing = [job.jid for job in adopted if job.jid not in known]
         if missing:
             for jid in missing:
@@ -1381,8 +1435,8 @@ class AsyncClient:
                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
             )
         for job in adopted:
-            r = known[job.jid]
-            job.node = r[2]
+            link, r = known[job.jid]
+            job.node = link.node_id
             if job.state == UNKNOWN:
                 job.state = min(r[1], PROCESSING)  # a finished result is on its way (watch)
 
@@ -1391,12 +1445,13 @@ class AsyncClient:
 
     async def _query(
         self, links: list[_Link], jids: tuple[str, ...], watch: bool = False
-    ) -> list[JobRecord]:
+    ) -> list[_Heard]:
+        """The records ``links`` hold of ``jids``, each with the link it came from."""
         if not links or not jids:
             return []
         assert self._loop is not None
         req = next(self._req_ids)
-        fut: asyncio.Future[list[JobRecord]] = self._loop.create_future()
+        fut: asyncio.Future[list[_Heard]] = self._loop.create_future()
         self._requests[req] = (fut, [], {lk.key for lk in links})
         for lk in links:
             assert lk.conn is not None
@@ -1415,7 +1470,7 @@ class AsyncClient:
         if job.state == DONE:
             return loads(job.blob)
         assert job.error is not None
-        raise unpack_error(job.jid, job.node or "?", job.blob, job.error)
+        raise unpack_error(job.jid, self._node_name(job.node) or "?", job.blob, job.error)
 
     # ---- the API ----
 
@@ -1561,25 +1616,51 @@ class AsyncClient:
             yield self._value(job)
 
     async def status(self, jids: str | Sequence[str]) -> str | list[str]:
-        """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list)."""
+        """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list). A job
+        whose node is gone answers with what this client knows of it."""
         jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
         await self._adopt(adopted)
-        by_link: dict[str, list[_Job]] = {}
+        by_link: dict[_Link, list[str]] = {}
         for j in jobs:
             if j.state == PROCESSING:  # the node knows better: queued there, or done already
-                link = j.link or self._link_named(j.node)
+                link = j.link or self._link_of(j.node)
                 if link is not None and link.usable:
-                    by_link.setdefault(link.key, []).append(j)
-        states = {j.jid: j.state for j in jobs}
-        for key, js in by_link.items():
-            for r in await self._query([self._links[key]], tuple(j.jid for j in js)):
-                if states.get(r[0]) == PROCESSING:
-                    states[r[0]] = r[1]
-        names = [JOB_STATES[j.state if j.final else states[j.jid]] for j in jobs]
+                    by_link.setdefault(link, []).append(j.jid)
+        heard = await self._records(by_link)
+        names = []
+        for j in jobs:
+            state = j.state
+            if not j.final and j.jid in heard and state == PROCESSING:
+                state = heard[j.jid].record[1]
+            names.append(JOB_STATES[state])
         return names[0] if isinstance(jids, str) else names
 
-    def _link_named(self, name: str) -> _Link | None:
-        return next((lk for lk in self._links.values() if lk.name == name and name), None)
+    async def _records(self, by_link: dict[_Link, list[str]]) -> dict[str, _Heard]:
+        """Ask each link about its jobs, all at once: the records heard, by job id. A
+        node that is lost or does not answer meanwhile leaves its jobs out."""
+        asked = list(by_link.items())
+        answers = await asyncio.gather(
+            *(self._query([link], tuple(ids)) for link, ids in asked), return_exceptions=True
+        )
+        heard: dict[str, _Heard] = {}
+        for (link, _), answer in zip(asked, answers, strict=True):
+            if isinstance(answer, MeshError):
+                log.info("node %s (%s) did not answer about jobs: %s", link.name, link.key, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                heard.update((h.record[0], h) for h in answer)
+        return heard
+
+    def _link_of(self, node_id: str) -> _Link | None:
+        """The link to node ``node_id`` (reachable or not), if this client has one."""
+        links = list(self._links.values())  # a copy: result() reads names from any thread
+        return next((lk for lk in links if lk.node_id == node_id and node_id), None)
+
+    def _node_name(self, node_id: str) -> str:
+        """The name node ``node_id`` last showed this client (its id if it never did)."""
+        link = self._link_of(node_id)
+        return link.name if link is not None else node_id
 
     async def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
         """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
@@ -1608,41 +1689,49 @@ class AsyncClient:
             pass
 
     async def info(self, jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
-        """Node, times, CPU seconds, captured stdout/stderr and error text of jobs."""
+        """Node, times, CPU seconds, captured stdout/stderr and error text of jobs. A job
+        whose node is gone gets what this client knows, with ``record_lost`` set."""
         jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
         await self._adopt(adopted)
-        by_link: dict[str, list[str]] = {}
+        by_link: dict[_Link, list[str]] = {}
         for j in jobs:
-            link = j.link or self._link_named(j.node)
+            link = j.link or self._link_of(j.node)
             if link is not None and link.usable:
-                by_link.setdefault(link.key, []).append(j.jid)
-        records: dict[str, JobRecord] = {}
-        for key, ids in by_link.items():
-            for r in await self._query([self._links[key]], tuple(ids)):
-                records[r[0]] = r
-        out = []
-        for j in jobs:
-            found = records.get(j.jid)
-            if found is None:
-                if j.state == QUEUED or (j.final and j.error is not None):
-                    # Not placed yet, or failed here (its node lost): what this client knows.
-                    err = "" if j.error is None else f"{j.error[1]}: {j.error[2]}"
-                    out.append(JobInfo(j.jid, JOB_STATES[j.state], j.node,
-                                       j.func.name if j.func else "", j.label, 0.0, None, None,
-                                       0.0, "", "", err, j.attempts))  # fmt: skip
-                    continue
-                raise UnknownJob(f"no reachable node holds a record of job {j.jid}")
-            info = JobInfo.from_record(found)
-            if j.attempts > info.attempts:  # this client saw attempts die on other nodes
-                info = replace(info, attempts=j.attempts)
-            out.append(info)
+                by_link.setdefault(link, []).append(j.jid)
+        heard = await self._records(by_link)
+        out = [self._info(j, heard.get(j.jid)) for j in jobs]
         return out[0] if isinstance(jids, str) else out
 
+    def _info(self, j: _Job, heard: _Heard | None) -> JobInfo:
+        """``mesh.info`` of one job: its node's record, or what this client knows."""
+        kind = j.error[0] if j.final and j.error is not None else ""
+        if heard is not None:
+            link, r = heard
+            died_last = kind == "worker-died" or (r[1] == ERROR and r[11].startswith("WorkerDied"))
+            attempts = runs(max(j.attempts, r[12]), bool(r[6]), died_last)
+            return JobInfo.from_record(r, link.node_id, attempts)
+        started = j.state == DONE or kind in _RAN_KINDS
+        func, k = j.func, 0
+        if func is not None:
+            k = self._index(j)
+        err = "" if j.error is None else j.error[3] or f"{j.error[1]}: {j.error[2]}"
+        return JobInfo(
+            j.jid, JOB_STATES[max(j.state, QUEUED)], self._node_name(j.node) if j.node else "",
+            func.name if func is not None else "", j.label,
+            func.submitted if func is not None else 0.0, None,
+            func.came_at(k) if func is not None and j.final else None, 0.0, "", "", err,
+            runs(j.attempts, started, kind == "worker-died"), node_id=j.node,
+            # a node ran it (or holds it) but no reachable node has its record now
+            record_lost=bool(j.node) and j.state != QUEUED,
+        )  # fmt: skip
+
     def nodes(self) -> list[NodeInfo]:
-        return [
+        """The nodes this client knows, by name."""
+        out = [
             NodeInfo(lk.name, lk.node_id, lk.key, lk.workers, lk.running, lk.queued, lk.usable)
             for lk in self._links.values()
         ]
+        return sorted(out, key=lambda n: (n.name, n.node_id, n.address))
 
     async def env_info(self) -> list[EnvInfo]:
         """The job environments (``_env``) of every reachable node: requirements, status,

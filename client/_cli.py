@@ -181,7 +181,7 @@ def _jobs_command(args: argparse.Namespace) -> int:
             deadline = time.monotonic() + NODES_SETTLE_S
             while time.monotonic() < deadline and not all(n.connected for n in c.nodes()):
                 time.sleep(0.05)
-            rows = [n.__dict__ for n in c.nodes()]
+            rows = [n.__dict__ for n in c.nodes()]  # by name (unique in a mesh); --json has ids
             _print(args, rows, _table)
             return EXIT_OK
         if args.command == "status":
@@ -459,8 +459,8 @@ def _list_jobs(args: argparse.Namespace) -> int:
                 {**query, "offset": 0, "limit": min(args.offset + args.limit, 1000)}))  # fmt: skip
             by_node.update(page.get("by_node") or {page["node"]: int(page["total"])})
             missing.update(page.get("missing", ()))
-            for j in page["jobs"]:
-                seen.setdefault((j["jid"], j["node"]), j)
+            for j in page["jobs"]:  # by node id where the dashboard sends it: names repeat
+                seen.setdefault((j["jid"], j.get("node_id") or j["node"]), j)
         missing -= set(by_node)  # a node one dashboard could not reach, another did
         total = sum(by_node.values())
         jobs = sorted(seen.values(), key=lambda j: j["submitted"], reverse=True)

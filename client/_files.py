@@ -68,10 +68,12 @@ class FileInfo:
     hash: str  # the content hash (mesh._hash: BLAKE3), hex
     time: float  # when this version was stored (epoch seconds)
     nodes: tuple[str, ...]  # names of the live nodes holding it
+    node_ids: tuple[str, ...] = ()  # their ids, in the same order (names are for people)
 
     @classmethod
     def from_entry(cls, e: FileEntry, holders: Holders = ()) -> FileInfo:
-        return cls(e[0], e[2], e[1], e[3], tuple(name for _, name in holders))
+        return cls(e[0], e[2], e[1], e[3], tuple(name for _, name in holders),
+                   tuple(node_id for node_id, _ in holders))  # fmt: skip
 
 
 @dataclass
@@ -327,7 +329,7 @@ class AsyncFiles:
         """The version of ``name`` and the least-loaded usable node that holds it."""
         info = await self.info(name)
         links = self._usable()
-        holding = [lk for lk in links if lk.node_id and lk.name in info.nodes]
+        holding = [lk for lk in links if lk.node_id and lk.node_id in info.node_ids]
         return info, (holding or links)[0]
 
     async def _download(self, name: str, out: IO[bytes], into: _Streamed | None = None) -> FileInfo:
@@ -340,7 +342,7 @@ class AsyncFiles:
             info, link = await self._open_get(name)
             if attempt and len(self._usable()) > 1:
                 others = [lk for lk in self._usable() if lk is not link]
-                link = next((lk for lk in others if lk.name in info.nodes), others[0])
+                link = next((lk for lk in others if lk.node_id in info.node_ids), others[0])
             with self.transfers.open(self._conn(link)) as stream:
                 stream.send(FileGet(stream.req, name))
                 head = await _reply(stream)
