@@ -410,9 +410,10 @@ class Dashboard:
 
     async def _api_job(self, request: web.Request) -> web.StreamResponse:
         jid = request.match_info["jid"]
-        detail = self.job(jid)
+        on = request.query.get("node", "")  # the id of the node whose record to show
+        detail = self.job(jid) if on in ("", self.node.node_id) else None
         if detail is None:
-            found, missing = await self._find(jid)
+            found, missing = await self._find(jid, on)
             if found is None:
                 return _json({"error": _not_held(self.node.name, jid, missing)}, 404)
             detail = found[1]
@@ -420,7 +421,8 @@ class Dashboard:
 
     async def _api_kill(self, request: web.Request) -> web.StreamResponse:
         jid = request.match_info["jid"]
-        job = self.node.table.jobs.get(jid)
+        on = request.query.get("node", "")
+        job = self.node.table.jobs.get(jid) if on in ("", self.node.node_id) else None
         if job is not None:
             killable = job.state in (QUEUED, PROCESSING)
             if killable:
@@ -428,7 +430,7 @@ class Dashboard:
                 self.node._apply(self.node.table.kill((jid,), time.time()))
             return _json({"jid": jid, "killed": killable, "status": JOB_STATES[job.state],
                           "node": self.node.name})  # fmt: skip
-        found, missing = await self._find(jid)
+        found, missing = await self._find(jid, on)
         if found is None:
             return _json({"error": _not_held(self.node.name, jid, missing)}, 404)
         peer, detail = found
@@ -578,12 +580,12 @@ class Dashboard:
         states = tuple(sorted(wanted)) if wanted is not None else ()
         query = JobsQuery(0, states, label, client, 0, offset + limit)
         rows, total = select_jobs(self.node, query)
-        merged = [_row(r) for r in rows]
+        merged = [_row(r, self.node.node_id) for r in rows]
         by_node = {self.node.name: total}
         answers, missing = await self._ask_peers(lambda req: dataclasses.replace(query, req=req))
-        for name, reply in answers:
-            merged.extend(_row(r) for r in reply.rows)
-            by_node[name] = reply.total
+        for peer, reply in answers:
+            merged.extend(_row(r, peer.node_id) for r in reply.rows)
+            by_node[peer.name or peer.key] = reply.total
         merged.sort(key=lambda r: r["submitted"], reverse=True)  # stable: each node's order
         return {"node": self.node.name, "total": sum(by_node.values()), "offset": offset,
                 "limit": limit, "jobs": merged[offset : offset + limit], "by_node": by_node,
@@ -591,8 +593,8 @@ class Dashboard:
 
     async def _ask_peers(
         self, make: Callable[[int], Message]
-    ) -> tuple[list[tuple[str, JobsReply]], list[str]]:
-        """Send a query to every connected peer at once: (name, reply) of those that
+    ) -> tuple[list[tuple[Peer, JobsReply]], list[str]]:
+        """Send a query to every connected peer at once: (peer, reply) of those that
         answered in time, and the names of the known peers that did not (or cannot)."""
         table = self.node.peers
         if table is None:
@@ -606,7 +608,7 @@ class Dashboard:
         answers = []
         for peer, reply in zip(asked, replies, strict=True):
             if isinstance(reply, JobsReply):
-                answers.append((peer.name or peer.key, reply))
+                answers.append((peer, reply))
             elif isinstance(reply, BaseException) and not isinstance(
                 reply, (MeshError, TimeoutError)
             ):
@@ -615,16 +617,21 @@ class Dashboard:
                 missing.append(peer.name or peer.key)
         return answers, sorted(missing)
 
-    async def _find(self, jid: str) -> tuple[tuple[Peer, dict[str, Any]] | None, list[str]]:
-        """Ask every peer for one job: (the peer holding it, its details) or None, and the
+    async def _find(
+        self, jid: str, node_id: str = ""
+    ) -> tuple[tuple[Peer, dict[str, Any]] | None, list[str]]:
+        """Ask the peer ``node_id`` (a link names the node of the record it shows), else
+        every peer, for one job: (the peer holding it, its details) or None, and the
         peers that did not answer."""
         table = self.node.peers
+        peer = next((p for p in table.alive() if p.node_id == node_id), None) if table else None
+        if peer is not None:
+            with contextlib.suppress(MeshError, TimeoutError):
+                return (peer, await self._ask(peer, jid)), []
         answers, missing = await self._ask_peers(lambda req: JobsQuery(req, jid=jid))
-        for name, reply in answers:
-            if reply.rows and reply.details and table is not None:
-                peer = next((p for p in table.peers.values() if (p.name or p.key) == name), None)
-                if peer is not None:
-                    return (peer, _detail_row(reply.rows[0], reply.details[0])), missing
+        for peer, reply in answers:  # the peer itself, not one found by name: names repeat
+            if reply.rows and reply.details:
+                return (peer, _detail_row(reply.rows[0], reply.details[0], peer.node_id)), missing
         return None, missing
 
     async def _ask(self, peer: Peer, jid: str) -> dict[str, Any]:
@@ -635,7 +642,7 @@ class Dashboard:
         )
         if not isinstance(reply, JobsReply) or not reply.rows or not reply.details:
             raise MeshError(f"node {peer.name} no longer holds job {jid}")
-        return _detail_row(reply.rows[0], reply.details[0])
+        return _detail_row(reply.rows[0], reply.details[0], peer.node_id)
 
     def files(
         self, *, prefix: str = "", offset: int = 0, limit: int = PAGE_LIMIT
@@ -658,7 +665,7 @@ class Dashboard:
         job = self.node.table.jobs.get(jid)
         if job is None:
             return None
-        return _detail_row(_summary(self.node, job), _details(self.node, job))
+        return _detail_row(_summary(self.node, job), _details(self.node, job), self.node.node_id)
 
     def _preview(self, job: Job) -> str:
         preview = self._previews[job.jid] = preview_pickle(job.args)
@@ -734,18 +741,19 @@ def _details(node: Node, job: Job) -> JobDetails:
     return (preview or "", job.max_runtime, job.stdout, job.stderr, job.error)
 
 
-def _row(s: JobSummary) -> dict[str, Any]:
-    """A job's summary as the API shows it."""
+def _row(s: JobSummary, node_id: str) -> dict[str, Any]:
+    """A job's summary as the API shows it; ``node_id``: the node that sent it."""
     jid, state, function, label, client, node, submitted, started, finished, cpu, n, cores = s
     return {
         "jid": jid, "status": JOB_STATES[state], "function": function, "label": label,
-        "client": client, "node": node, "submitted": submitted, "started": started or None,
+        "client": client, "node": node, "node_id": node_id, "submitted": submitted,
+        "started": started or None,
         "finished": finished or None, "cpu_s": cpu, "attempts": n, "cores": cores,
     }  # fmt: skip
 
 
-def _detail_row(s: JobSummary, d: JobDetails) -> dict[str, Any]:
-    out = _row(s)
+def _detail_row(s: JobSummary, d: JobDetails, node_id: str) -> dict[str, Any]:
+    out = _row(s, node_id)
     preview, max_runtime, stdout, stderr, err = d
     out.update(
         args_preview=preview or None,

@@ -270,8 +270,8 @@ class FileService:
     def _holders(self, h: str) -> Holders:
         assert self.store is not None
         out = [(self.node.node_id, self.node.name)] if h in self.store.have else []
-        alive = self._alive_ids()
-        out += sorted((i, self.names.get(i, i)) for i in self.holders.get(h, ()) if i in alive)
+        alive = {p.node_id: p.name for p in self._alive()}  # the names they show now
+        out += sorted((i, alive[i]) for i in self.holders.get(h, ()) if i in alive)
         return tuple(out)
 
     # ---- read-only views (the dashboard) ----

@@ -71,10 +71,13 @@ function duration(job) {
   return fmtSeconds(Math.max(0, end - job.started));
 }
 
-async function kill(jid, button) {
+// A job's record lives on a node: links name it by id (names are for people, ids unique).
+function onNode(nodeId) { return nodeId ? "?node=" + encodeURIComponent(nodeId) : ""; }
+
+async function kill(jid, button, nodeId) {
   if (button) { button.disabled = true; button.textContent = "killing…"; }
   try {
-    await api("/api/jobs/" + encodeURIComponent(jid) + "/kill",
+    await api("/api/jobs/" + encodeURIComponent(jid) + "/kill" + onNode(nodeId),
               {method: "POST", headers: {"X-Mesh": "1"}});
   } catch (err) {
     alert("kill " + jid + ": " + err.message);
@@ -85,7 +88,7 @@ async function kill(jid, button) {
 function killButton(job) {
   if (job.status !== "queued" && job.status !== "processing") return null;
   return h("button", {class: "kill", "data-jid": job.jid, title: "kill this job",
-                      onclick: (e) => { e.preventDefault(); kill(job.jid, e.target); }}, "Kill");
+                      onclick: (e) => { e.preventDefault(); kill(job.jid, e.target, job.node_id); }}, "Kill");
 }
 
 // Refetch at most once at a time; a change during a fetch fetches again after it.
@@ -126,7 +129,7 @@ function meshView() {
     summary.replaceChildren(
       card(live.length, "nodes"), card(sum("workers"), "workers"),
       card(sum("running"), "running"), card(sum("queued"), "queued"));
-    tbody.replaceChildren(...nodes.map((n) => h("tr", {"data-node": n.name},
+    tbody.replaceChildren(...nodes.map((n) => h("tr", {"data-node": n.name, "data-node-id": n.node_id},
       h("td", {}, n.self ? h("strong", {}, n.name) : n.name, n.self ? h("span", {class: "muted"}, " (this node)") : null),
       h("td", {class: "mono"}, n.address),
       h("td", {class: "num"}, n.workers),
@@ -215,9 +218,9 @@ function jobsView() {
       return changed();
     }
     tbody.replaceChildren(...data.jobs.map((j) => h("tr", {"data-jid": j.jid, "data-status": j.status},
-      h("td", {class: "mono"}, h("a", {href: "/job/" + encodeURIComponent(j.jid), "data-link": true}, j.jid)),
+      h("td", {class: "mono"}, h("a", {href: "/job/" + encodeURIComponent(j.jid) + onNode(j.node_id), "data-link": true}, j.jid)),
       h("td", {class: "status"}, badge(j.status)),
-      h("td", {class: "node"}, j.node),
+      h("td", {class: "node", "data-node-id": j.node_id, title: "node id " + j.node_id}, j.node),
       h("td", {class: "mono"}, j.function),
       h("td", {}, j.label),
       h("td", {}, j.client),
@@ -250,7 +253,7 @@ function jobView(jid) {
   const refresh = refresher(async () => {
     let j;
     try {
-      j = await api("/api/jobs/" + encodeURIComponent(jid));
+      j = await api("/api/jobs/" + encodeURIComponent(jid) + onNode(new URLSearchParams(location.search).get("node")));
     } catch (err) {
       body.replaceChildren(h("p", {class: "empty-state"}, err.message));
       return;
