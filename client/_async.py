@@ -123,11 +123,11 @@ class JobInfo:
     ``node`` is the name the node shows (unique in a mesh, for people); ``node_id`` is
     the node itself. ``attempts`` counts the job's runs as a user reads them: 0 while it
     has not started, 1 for a job that ran once, 2 for one whose first worker (or node)
-    died and that ran again. ``record_lost``: the node that ran the job is gone (or no
-    longer holds its record), so the rest is what this client itself knows: status,
-    node, ``submitted`` (when the call or map was made), ``finished`` (when the result
-    reached this client), attempts and the error; ``started``, CPU time and output are
-    then unknown (None, 0.0, "").
+    died and that ran again. ``record_lost``: the node that ran the job is gone (or does
+    not answer, or no longer holds its record), so the rest is what this client knows:
+    status, node, ``submitted`` (when the call or map was made), ``finished`` (when the
+    result reached this client), attempts and the error; ``started``, CPU time and
+    output are then unknown (None, 0.0, "").
     """
 
     jid: str
@@ -588,6 +588,8 @@ class AsyncClient:
         self._browser: Browser | None = None
         self._connecting = False
         self._aliases: set[str] = set()  # addresses that turned out to be a known node
+        # node id -> the name it last showed (for jobs whose node is gone, or has a new id)
+        self._names: dict[str, str] = {}
         self._heartbeat_s = heartbeat_s
         self._dead_after_s = dead_after_s
         named = parse_peers(peers) if peers is not None else peers_from_env()
@@ -782,6 +784,7 @@ class AsyncClient:
         if not loaded.is_set():  # else its Load came first, with the name it shows now
             link.name = conn.peer_name or link.key
         link.node_id = conn.peer_id
+        self._names[conn.peer_id] = link.name
         link.sent_funcs = set()
         link.error = None
         link.draining = False
@@ -814,6 +817,8 @@ class AsyncClient:
         elif isinstance(msg, Load):
             link.workers, link.running, link.queued = msg.workers, msg.running, msg.queued
             link.name = msg.name or link.name
+            if conn.peer_id:
+                self._names[conn.peer_id] = link.name
             if link.loaded is not None:
                 link.loaded.set()
             self._schedule_pump()
@@ -1654,13 +1659,11 @@ class AsyncClient:
 
     def _link_of(self, node_id: str) -> _Link | None:
         """The link to node ``node_id`` (reachable or not), if this client has one."""
-        links = list(self._links.values())  # a copy: result() reads names from any thread
-        return next((lk for lk in links if lk.node_id == node_id and node_id), None)
+        return next((lk for lk in self._links.values() if lk.node_id == node_id and node_id), None)
 
     def _node_name(self, node_id: str) -> str:
         """The name node ``node_id`` last showed this client (its id if it never did)."""
-        link = self._link_of(node_id)
-        return link.name if link is not None else node_id
+        return self._names.get(node_id, node_id)
 
     async def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
         """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
