@@ -36,31 +36,50 @@ __all__ = ["Peer", "PeerTable", "load_node_id", "unique_name"]
 log = logging.getLogger("mesh.node.peers")
 
 NODE_ID_FILE = "node_id"
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 _NODE_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
-def load_node_id(data_dir: Path) -> str:
+def machine_id() -> str:
+    """This machine's id (systemd's /etc/machine-id), or "" where there is none."""
+    for path in MACHINE_ID_FILES:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            text = Path(path).read_text(encoding="ascii").strip()
+            if text:
+                return text
+    return ""
+
+
+def load_node_id(data_dir: Path, machine: str | None = None) -> str:
     """This node's id: read from its data dir, or made and stored there on first start.
 
     Job records, file holders and clients know a node by its id, so the id outlives
-    restarts on the same data dir (the caller holds the data dir's lock)."""
+    restarts on the same data dir (the caller holds the data dir's lock). The file
+    names the machine it was made on (``machine``, default :func:`machine_id`): a data
+    dir copied to another machine with a cloned disk image gets a new id there, so two
+    machines never pass for one node."""
+    machine = machine_id() if machine is None else machine
     path = data_dir / NODE_ID_FILE
     try:
-        text = path.read_text(encoding="ascii").strip()
+        text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         text = ""
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("cannot read the node id in %s (%s): this node takes a new id", path, exc)
         text = ""
-    if _NODE_ID.fullmatch(text):
-        return text
-    if text:
+    node_id, made_on = [*text.split(), "", ""][:2]
+    if _NODE_ID.fullmatch(node_id) and (made_on == machine or not made_on):
+        return node_id
+    if _NODE_ID.fullmatch(node_id):
+        log.warning("the node id in %s was made on another machine (%s; a cloned disk "
+                    "image?): this node takes a new id", path, made_on)  # fmt: skip
+    elif text.strip():
         log.warning("%s holds no node id (%r): this node takes a new id", path, text[:40])
     node_id = secrets.token_hex(6)
     tmp = path.with_name(f".{NODE_ID_FILE}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(node_id + "\n")
+        f.write(f"{node_id}\n{machine}\n" if machine else f"{node_id}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)  # never half a file: a crash leaves the old one or the new one

@@ -51,18 +51,26 @@ def test_a_name_is_kept_while_no_smaller_id_shows_it_and_never_given_back():
 
 
 def test_a_node_id_is_made_once_and_kept_in_the_data_dir(tmp_path):
-    first = load_node_id(tmp_path)
+    first = load_node_id(tmp_path, machine="m1")
     path = tmp_path / NODE_ID_FILE
-    assert path.read_text() == first + "\n"
+    assert path.read_text() == f"{first}\nm1\n"
     assert path.stat().st_mode & 0o777 == 0o600  # the data dir's files are private
-    assert load_node_id(tmp_path) == first  # a restart is the same node
+    assert load_node_id(tmp_path, machine="m1") == first  # a restart is the same node
     assert len(first) == 12 and int(first, 16) >= 0
+    assert load_node_id(tmp_path) == load_node_id(tmp_path)  # this machine's own id
+
+
+def test_a_data_dir_cloned_to_another_machine_gets_a_new_id_there(tmp_path):
+    first = load_node_id(tmp_path, machine="m1")
+    second = load_node_id(tmp_path, machine="m2")  # the disk image, booted elsewhere
+    assert second != first and (tmp_path / NODE_ID_FILE).read_text() == f"{second}\nm2\n"
+    assert load_node_id(tmp_path, machine="m2") == second
 
 
 def test_a_garbled_node_id_file_gives_a_new_id_not_a_crash(tmp_path):
     (tmp_path / NODE_ID_FILE).write_text("not an id\n")
-    new = load_node_id(tmp_path)
-    assert new != "not an id" and len(new) == 12
+    new = load_node_id(tmp_path, machine="")
+    assert new != "not" and len(new) == 12
     assert (tmp_path / NODE_ID_FILE).read_text() == new + "\n"
     assert os.listdir(tmp_path) == [NODE_ID_FILE]  # no temp file left behind
 
@@ -135,7 +143,7 @@ def get_json(url: str) -> Any:
 
 
 def node_id_of(node: NodeProc) -> str:
-    return (node.data_dir / NODE_ID_FILE).read_text().strip()
+    return (node.data_dir / NODE_ID_FILE).read_text().split()[0]
 
 
 def names(c: mesh.Client) -> list[tuple[str, str]]:
