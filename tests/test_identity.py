@@ -264,3 +264,21 @@ def test_info_and_status_answer_for_every_job_after_a_node_is_killed(start, secr
         assert [i.node for i in other.info(on_a)] == ["a"] * len(on_a)
         with pytest.raises(mesh.UnknownJob, match=on_b[0]):
             other.info(on_a[:1] + on_b)
+
+
+def test_three_nodes_with_one_name_settle_on_three_names(start, secret):
+    a = start("a", name="pi", workers=1)
+    b = start("b", name="pi", workers=1, extra=("--peer", a.address))
+    c = start("c", name="pi", workers=1, extra=("--peer", a.address))
+    smallest = min([a, b, c], key=node_id_of)
+    with mesh.Client([a.address, b.address, c.address], secret) as client:
+        wait_until(
+            lambda: sorted(n for n, _ in names(client)) == ["pi", "pi-2", "pi-3"],
+            what="three names",
+        )
+        assert {addr: n for n, addr in names(client)}[smallest.address] == "pi"
+        jids = client.map(ran_where, range(6))
+        client.join(jids, timeout=60)
+        shown = {addr: n for n, addr in names(client)}
+        by_id = {n.node_id: shown[n.address] for n in client.nodes()}
+        assert all(i.node == by_id[i.node_id] for i in client.info(jids))
