@@ -207,9 +207,9 @@ class EnvRebuild:
 class _Func:
     """One call or map: its function, its options and its jobs, ids ``tag-start`` to
     ``tag-(start + n - 1)``. A job has a :class:`_Job` only while it is live (sent, or
-    looked at before); once finished it is kept compact: a flag, its node and its
-    result in one buffer, about 14 bytes beside the result. So a map of a million
-    jobs costs the client its handles and its results, not a million objects."""
+    looked at before); once finished it is kept compact: a flag, its node, when it came
+    back and its result in one buffer, about 18 bytes beside the result. So a map of a
+    million jobs costs the client its handles and its results, not a million objects."""
 
     __slots__ = ("ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
                  "finished", "label", "live", "max_runtime", "n", "name", "next", "node_ids",
