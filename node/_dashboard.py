@@ -729,8 +729,15 @@ def _client(node: Node, job: Job) -> str:
 
 def _summary(node: Node, job: Job) -> JobSummary:
     return (job.jid, job.state, job.func.name, job.label, _client(node, job), node.name,
-            job.submitted, job.started, job.finished, job.cpu_s, job.attempts,
+            job.submitted, job.started, job.finished, job.cpu_s, _runs(job),
             job.cores)  # fmt: skip
+
+
+def _runs(job: Job) -> int:
+    """The job's runs on this node, counted as ``mesh.info`` counts them (1 for a job
+    that ran once): the table counts only the runs its worker died in."""
+    died_last = job.error is not None and job.error[0] == "worker-died"
+    return job.attempts + (1 if job.started and not died_last else 0)
 
 
 def _details(node: Node, job: Job) -> JobDetails:

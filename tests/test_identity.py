@@ -185,7 +185,8 @@ def test_two_nodes_with_one_name_are_two_nodes(start, secret, tmp_path, capsys, 
         )
         listed = {j["jid"]: j for j in get_json(base + "api/jobs?limit=100")["jobs"]}
         for jid, (_, pid) in zip(jids, results, strict=True):
-            assert (listed[jid]["node"], listed[jid]["node_id"]) == (shown[pid], ids[pid])
+            row = listed[jid]
+            assert (row["node"], row["node_id"], row["attempts"]) == (shown[pid], ids[pid], 1)
         far = next(j for j, (_, pid) in zip(jids, results, strict=True) if pid == b.pid)
         page = get_json(base + f"api/jobs/{far}?node={ids[b.pid]}")
         assert (page["node_id"], page["node"], page["status"]) == (ids[b.pid], shown[b.pid], "done")
