@@ -25,6 +25,7 @@ from mesh.client._async import JobInfo, runs
 from mesh.node._peers import NODE_ID_FILE, load_node_id, unique_name
 
 import mesh
+from mesh._auth import dashboard_token
 
 # ---- pure: the name a node shows, its id, what attempts count ----
 
@@ -137,8 +138,10 @@ def _read(path: Path) -> str:
     return path.read_text().strip() if path.exists() else ""
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # loopback: no token needed
+def get_json(url: str, secret: str) -> Any:
+    """A dashboard's JSON API, logged in with the mesh's token."""
+    auth = {"Authorization": f"Bearer {dashboard_token(secret.encode())}"}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=auth), timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -179,16 +182,16 @@ def test_two_nodes_with_one_name_are_two_nodes(start, secret, tmp_path, capsys, 
         # a's dashboard: both nodes by their names and ids, each job with its node's id,
         # and a job page's link (?node=ID) reaching the record on the other node.
         base = wait_until(lambda: _read(a.data_dir / "dashboard"), what="a's dashboard")
-        rows = get_json(base + "api/nodes")["nodes"]
+        rows = get_json(base + "api/nodes", secret)["nodes"]
         assert sorted((r["name"], r["node_id"]) for r in rows) == sorted(
             (shown[p], ids[p]) for p in ids
         )
-        listed = {j["jid"]: j for j in get_json(base + "api/jobs?limit=100")["jobs"]}
+        listed = {j["jid"]: j for j in get_json(base + "api/jobs?limit=100", secret)["jobs"]}
         for jid, (_, pid) in zip(jids, results, strict=True):
             row = listed[jid]
             assert (row["node"], row["node_id"], row["attempts"]) == (shown[pid], ids[pid], 1)
         far = next(j for j, (_, pid) in zip(jids, results, strict=True) if pid == b.pid)
-        page = get_json(base + f"api/jobs/{far}?node={ids[b.pid]}")
+        page = get_json(base + f"api/jobs/{far}?node={ids[b.pid]}", secret)
         assert (page["node_id"], page["node"], page["status"]) == (ids[b.pid], shown[b.pid], "done")
 
         # Jobs running on both nodes are killed, each on its own node.
