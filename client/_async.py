@@ -492,6 +492,11 @@ def _group_length(pending: Iterable[_Job | _Func], head: _Job, limit: int) -> in
     return n
 
 
+# Error kinds a node reports for an attempt that cost the job nothing of its own doing:
+# its worker died, or the node could not start one. Retried like a lost node.
+_LOST_ATTEMPT = frozenset({"worker-died", "worker-start"})
+
+
 def _call_back(job: _Job) -> None:
     """Call what waits for ``job``, now final, once (with the final lock held)."""
     callbacks, job.callbacks = job.callbacks, None
@@ -853,7 +858,7 @@ class AsyncClient:
         if msg.avg_run_s > 0:
             link.avg_run_s = msg.avg_run_s
         acked = []
-        crashed: list[tuple[_Job, str]] = []
+        crashed: list[tuple[_Job, ErrorInfo]] = []
         now = time.time()
         with self._final_lock:
             inflight = link.inflight
@@ -874,11 +879,11 @@ class AsyncClient:
                             lk.inflight_slots -= job.cores
                     job.link = job.twin = None
                     others = [lk for lk in copies if lk is not link]
-                if error is not None and error[0] == "worker-died":
+                if error is not None and error[0] in _LOST_ATTEMPT:
                     if others and others[0].usable:  # a speculative copy still runs there
                         self._keep_running(job, others[0])
                         continue
-                    crashed.append((job, error[2]))  # retried or failed below
+                    crashed.append((job, error))  # retried (elsewhere if it can) or failed below
                     continue
                 for lk in others:  # the first result wins: stop the other copy
                     if lk.conn is not None and not lk.conn.closed:
@@ -899,7 +904,7 @@ class AsyncClient:
                     func.compact(k, blob, link.node_id)
         self._ack(link, acked)
         if crashed:
-            requeue = [j for j, why in crashed if self._attempt_lost(j, link, why)]
+            requeue = [j for j, error in crashed if self._attempt_lost(j, link, error[2], error)]
             self._pending.extendleft(reversed(requeue))
         if self._pending:
             self._schedule_pump()  # once for every Results that arrived together
@@ -929,15 +934,21 @@ class AsyncClient:
         self._pending.extendleft(reversed(back))
         self._schedule_pump()
 
-    def _attempt_lost(self, job: _Job, link: _Link, why: str) -> bool:
-        """An attempt ended with its worker or node dying: True to place it again, else
-        it has used its ``_retries`` and fails with WorkerDied naming every attempt."""
+    def _attempt_lost(
+        self, job: _Job, link: _Link, why: str, error: ErrorInfo | None = None
+    ) -> bool:
+        """An attempt ended with its worker or node dying, or with a node that cannot start
+        workers (``error``): True to place it again, else it has used its ``_retries`` and
+        fails: with WorkerDied naming every attempt, or with the node's own error."""
         job.attempts += 1
         job.tried += ((link.name, link.key),)
         job.node = link.node_id
         if job.attempts <= job.retries:
             job.state = QUEUED
             return True
+        if error is not None and error[0] == "worker-start":
+            self._fail(job, error)  # names the node and why its workers do not start
+            return False
         name = job.func.name if job.func is not None else "it"
         self._fail(job, ("worker-died", "WorkerDied",
                          f"job {job.jid} ({name}) failed {job.attempts} attempts, on nodes "

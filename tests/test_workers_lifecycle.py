@@ -275,6 +275,27 @@ def test_node_whose_workers_cannot_start_fails_jobs_with_the_cause(secret, tmp_p
     assert "taking jobs again" in node_log
 
 
+def test_jobs_a_broken_node_fails_run_on_a_node_that_works(node_factory, secret, tmp_path):
+    """With a healthy node beside the broken one, a job the broken node fails with
+    WorkerStartFailed is placed again on the healthy node (as after a dead worker),
+    and every job of a map runs there; none waits for a timeout."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        BROKEN_SITECUSTOMIZE.format(heal=str(tmp_path / "never"))
+    )
+    broken = start_node(secret, tmp_path / "data", name="broken", workers=1,
+                        env={"PYTHONPATH": str(site)})  # fmt: skip
+    good = node_factory(name="good", workers=1)
+    try:
+        with mesh.Client([broken.address, good.address], secret) as c:
+            jids = c.map(int, [str(i) for i in range(8)])
+            assert c.result(jids, timeout=60) == list(range(8))
+            assert {i.node for i in c.info(jids)} == {"good"}
+    finally:
+        broken.stop()
+
+
 # ---- the job table's side of a pool that cannot start workers (pure, exact output) ----
 
 BROKEN = ("worker-start", "WorkerStartFailed", "node ws-07 cannot start its worker processes",
