@@ -26,7 +26,7 @@ from _helpers import gated, started_then_gated, wait_until
 from blake3 import blake3
 from conftest import NodeProc
 from mesh.client._cli import main as mesh_cli
-from mesh.node._dashboard import preview_pickle
+from mesh.node._preview import preview_pickle
 
 import mesh
 from mesh._auth import dashboard_token
