@@ -184,23 +184,27 @@ def test_mac_keys_differ_per_direction() -> None:
         pair.server.receive(data)
 
 
-def test_frame_mac_is_gmac_with_the_sequence_as_nonce() -> None:
-    """Each tag is the standard AES-256-GCM tag of an empty plaintext, with the
-    sequence number as nonce and ``seq | length | kind | body`` as associated data:
-    small frames (one-shot), frames past ONE_SHOT_MAX and streamed BLOB frames alike."""
+def test_frame_is_aes_gcm_with_the_sequence_as_nonce() -> None:
+    """Each session frame's body is the standard AES-256-GCM ciphertext of the plain
+    body, its tag after it, with the sequence number as nonce and ``seq | length | kind``
+    as associated data: small frames, frames past 16 KiB and streamed BLOB frames alike."""
     send_key, recv_key = os.urandom(32), os.urandom(32)
     codec = FrameCodec(max_frame=1 << 16)
     codec.start_session(send_key, recv_key)
-    data = join(codec.send(Kill(("j1",))))
-    data += join(codec.send(Goodbye("x" * 20_000)))
-    data += join(codec.send(submit(os.urandom(100_000))))  # HEAD + 2 BLOB frames
+    arg = os.urandom(100_000)
+    msgs: list[Message] = [Kill(("j1",)), Goodbye("x" * 20_000), submit(arg)]
+    data = b"".join(join(codec.send(m)) for m in msgs)  # the Submit: HEAD + 2 BLOB frames
     frames = frames_of(data)
     assert [f[4] for f in frames] == [1, 1, 4, 5, 5]
     gcm = AESGCM(send_key)
+    plain = []
     for seq, frame in enumerate(frames):
-        body, tag = frame[HEADER_SIZE:-MAC_SIZE], frame[-MAC_SIZE:]
-        aad = struct.pack(">QIB", seq, len(body), frame[4]) + body
-        assert tag == gcm.encrypt(struct.pack(">4xQ", seq), b"", aad)
+        sealed = frame[HEADER_SIZE:]
+        aad = struct.pack(">QIB", seq, len(sealed) - MAC_SIZE, frame[4])
+        plain.append(gcm.decrypt(struct.pack(">4xQ", seq), sealed, aad))
+    assert plain[0] == encode(msgs[0]) and plain[1] == encode(msgs[1])
+    assert plain[3] + plain[4] == arg  # the attachment, in clear only after decryption
+    assert arg[:1000] not in data and b"x" * 100 not in data
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["one-piece", "byte-at-a-time"])
@@ -237,8 +241,8 @@ def test_large_single_frame_uses_separate_buffers() -> None:
     pair = make_pair()
     s = submit(os.urandom(10_000))
     bufs = pair.client.send(s)
-    assert len(bufs) == 3  # header, body (not copied), MAC
-    assert len(bufs[-1]) == MAC_SIZE
+    assert len(bufs) == 2  # header, then ciphertext and tag in one buffer (not joined)
+    assert len(bufs[-1]) == len(encode(s)) + MAC_SIZE
     assert feed(pair.server, join(bufs), bytewise=False) == [s]
 
 
