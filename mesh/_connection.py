@@ -90,7 +90,7 @@ class Connection(asyncio.BufferedProtocol):
         # Buffers waiting while the transport is paused: large payloads are handed to
         # the transport as fast as the socket drains, never copied into its buffer whole.
         self._outbox: deque[bytes | memoryview | Iterator[bytes | memoryview]] = deque()
-        self._hello_seen = False
+        self._hello_seen = False  # the server saw the Hello; the client, the Challenge
         self._close_when_flushed = False
         # Loop time the peer last showed life: it sent bytes, or took ours off the socket.
         self.last_alive = self._loop.time()
@@ -191,7 +191,8 @@ class Connection(asyncio.BufferedProtocol):
                         self._hello_seen = True
                         self._write(self._server_hs.receive_hello(msg))
                     else:
-                        keys = self._server_hs.receive_proof(msg)
+                        proof, keys = self._server_hs.receive_proof(msg)
+                        self._write(proof)  # the last frame in clear
                         self.codec.start_session(keys.send, keys.recv)
                         self.peer_name = self._server_hs.client_name
                         self._authenticated()
@@ -201,13 +202,16 @@ class Connection(asyncio.BufferedProtocol):
                     raise
             else:
                 assert self._client_hs is not None
-                proof, keys = self._client_hs.receive(msg)
-                self._write(proof)
-                self.codec.start_session(keys.send, keys.recv)
-                self.peer_name = self._client_hs.node_name
-                self.peer_id = self._client_hs.node_id
-                self._authenticated()
-                return
+                if not self._hello_seen:  # the Challenge: we prove first
+                    self._hello_seen = True
+                    self._write(self._client_hs.receive(msg))
+                else:  # the node's proof, sent only once it accepted ours
+                    keys = self._client_hs.confirm(msg)
+                    self.codec.start_session(keys.send, keys.recv)
+                    self.peer_name = self._client_hs.node_name
+                    self.peer_id = self._client_hs.node_id
+                    self._authenticated()
+                    return
             msgs = self.codec.receive()
 
     def _authenticated(self) -> None:

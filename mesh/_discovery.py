@@ -1,8 +1,12 @@
 """Zero-config discovery: nodes advertise ``_lanmesh._tcp.local.``, clients browse for it.
 
 The TXT record carries the node's id, name, protocol version, port, cores, workers
-and a fingerprint of the mesh secret (never the secret), so meshes with different
-secrets on one LAN ignore each other. It says nothing about load or liveness: mDNS
+and its mesh id: a random id stored beside the secret file, never anything derived
+from the secret, so an advert gives no way to test a guess of the secret. A browser
+trusts adverts of its own mesh id at once; for any other id it authenticates to the
+node once (a probe, in parallel with the rest) and, when that works, trusts that id
+too: so a client with only ``MESH_SECRET`` still finds its mesh, and meshes with
+different secrets on one LAN ignore each other. It says nothing about load or liveness: mDNS
 records linger, so liveness is the TCP connection's business. Interfaces are always
 explicit: tests and demos pin 127.0.0.1 (``MESH_INTERFACES``); loopback and container
 bridges are never chosen by default.
@@ -19,10 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh._auth import fingerprint
+from mesh._auth import mesh_id
 from mesh._netif import default_route
 from mesh._protocol import PROTOCOL_VERSION
-from mesh.errors import ConfigurationError
+from mesh.errors import AuthenticationError, ConfigurationError, MeshError
 
 __all__ = [
     "DEFAULT_PORT",
@@ -39,6 +43,7 @@ __all__ = [
 
 SERVICE = "_lanmesh._tcp.local."
 TXT_MAX = 200
+PROBE_TIMEOUT_S = 2.0  # a node of another id must complete a handshake in this time
 DEFAULT_PORT = 7390
 
 
@@ -97,7 +102,7 @@ class Advert:
     port: int
     workers: int
     cpus: int
-    fingerprint: str
+    mesh_id: str
     protocol: int = PROTOCOL_VERSION
 
     @property
@@ -108,7 +113,7 @@ class Advert:
         props = {
             "id": self.node_id, "name": self.name[:40], "v": str(self.protocol),
             "port": str(self.port), "cpus": str(self.cpus), "w": str(self.workers),
-            "fp": self.fingerprint,
+            "mesh": self.mesh_id,
         }  # fmt: skip
         size = sum(len(k) + len(v) + 2 for k, v in props.items())
         if size > TXT_MAX:
@@ -123,7 +128,7 @@ class Advert:
         }
         try:
             return cls(p["id"], p.get("name", ""), host, port, int(p.get("w", "0")),
-                       int(p.get("cpus", "0")), p["fp"], int(p["v"]))  # fmt: skip
+                       int(p.get("cpus", "0")), p["mesh"], int(p["v"]))  # fmt: skip
         except (KeyError, ValueError):
             return None  # not one of ours, or from a future version we cannot read
 
@@ -201,8 +206,9 @@ class Advertiser:
 class Browser:
     """Finds the nodes of one mesh and keeps watching: ``on_found`` hears of each new one.
 
-    Nodes of other meshes (another secret's fingerprint) or protocols are ignored
-    and never reported, so nothing ever connects to them.
+    Adverts of this process's mesh id are reported at once; a node of another id is
+    reported once a probe authenticated to it (its id is then trusted too). Nodes of
+    other meshes (the probe fails) or protocols are ignored and never reported.
     """
 
     def __init__(
@@ -211,7 +217,10 @@ class Browser:
         interfaces: list[str],
         on_found: Callable[[Advert], None] | None = None,
     ) -> None:
-        self._fingerprint = fingerprint(secret)
+        self._secret = secret
+        self._trusted = {mesh_id(secret)}
+        self._foreign: set[str] = set()  # node ids whose probe failed its authentication
+        self._probing: set[str] = set()
         self._interfaces = interfaces
         self._on_found = on_found
         self.found: dict[str, Advert] = {}
@@ -246,10 +255,41 @@ class Browser:
         if not addresses or info.port is None:
             return
         advert = Advert.from_record(addresses[0], info.port, info.properties)
-        if advert is None or advert.fingerprint != self._fingerprint:
-            return  # another mesh: never connect to it
-        if advert.protocol != PROTOCOL_VERSION or advert.node_id in self.found:
+        if advert is None or advert.protocol != PROTOCOL_VERSION:
             return
+        key = advert.node_id
+        if key in self.found or key in self._foreign or key in self._probing:
+            return
+        if advert.mesh_id not in self._trusted:
+            self._probing.add(key)
+            try:
+                if not await self._probe(advert):
+                    return
+            finally:
+                self._probing.discard(key)
+            if key in self.found:
+                return
+        self._accept(advert)
+
+    async def _probe(self, advert: Advert) -> bool:
+        """Authenticate to a node of an unknown mesh id: True (its id is now trusted) if
+        it proves our secret. A node that proves another secret is never tried again."""
+        from mesh._connection import open_connection  # the connection imports no discovery
+
+        try:
+            conn = await open_connection(
+                advert.host, advert.port, self._secret, name="probe", timeout_s=PROBE_TIMEOUT_S
+            )
+        except AuthenticationError:
+            self._foreign.add(advert.node_id)  # another mesh: never connect to it again
+            return False
+        except MeshError:
+            return False  # unreachable for now: a later announcement tries again
+        conn.close()
+        self._trusted.add(advert.mesh_id)
+        return True
+
+    def _accept(self, advert: Advert) -> None:
         self.found[advert.node_id] = advert
         self._changed.set()
         if self._on_found is not None:
@@ -268,7 +308,7 @@ class Browser:
                     self._changed.wait(), min(left, settle_s) if self.found else left
                 )
             except asyncio.TimeoutError:
-                if self.found:
+                if self.found and not self._probing:
                     return
 
     async def close(self) -> None:
@@ -289,7 +329,7 @@ async def discover(
     window_s: float = 1.5,
     settle_s: float = 0.25,
 ) -> list[Advert]:
-    """Nodes of this mesh (same secret fingerprint and protocol) seen within ``window_s``.
+    """Nodes of this mesh (same secret and protocol) seen within ``window_s``.
 
     Returns early once nodes have been heard and no new one came for ``settle_s``.
     """

@@ -82,7 +82,7 @@ __all__ = [
 
 # 2: frames carry a GMAC (AES-256-GCM), not a truncated HMAC-SHA256
 # 3: arguments and results may be a Payload tuple (pickle + out-of-band buffers)
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: the client proves first; session frames are encrypted
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -225,12 +225,13 @@ class Hello(Message):
 @message(2)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Challenge(Message):
-    """Node -> client: its versions, its nonce, and its proof of the secret."""
+    """Node -> client: its versions and its nonce; nothing derived from the secret, so
+    it is no oracle for a guess (``proof`` is empty since protocol 4)."""
 
     protocol: int
     python: str
     nonce: bytes
-    proof: bytes
+    proof: bytes = b""
     name: str = ""
     node_id: str = ""
 
@@ -238,7 +239,8 @@ class Challenge(Message):
 @message(3)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Proof(Message):
-    """Client -> node: the client's proof of the secret."""
+    """A side's proof of the secret: the client's first, then the node's (sent only
+    once it accepted the client's)."""
 
     proof: bytes
 

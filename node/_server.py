@@ -36,7 +36,7 @@ from mesh.node._proc import pid_alive
 from mesh.node._shm import SharedBlocks
 from mesh.node._store import JobStore, StoredJob
 
-from mesh._auth import fingerprint
+from mesh._auth import mesh_id
 from mesh._connection import Connection
 from mesh._discovery import Advert, Advertiser
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
@@ -203,7 +203,7 @@ class Node:
         interfaces = self._mdns_interfaces() if self.config.advertise else []
         if interfaces:
             advert = Advert(self.node_id, self.name, self.host, self.port, self.config.workers,
-                            os.cpu_count() or 1, fingerprint(self.config.secret))  # fmt: skip
+                            os.cpu_count() or 1, mesh_id(self.config.secret))  # fmt: skip
             self._advertiser = Advertiser(advert, interfaces)
             await self._advertiser.start()
         self.peers = PeerTable(

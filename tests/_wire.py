@@ -55,8 +55,8 @@ class Session:
             hs = ClientHandshake(secret, name="raw-test", peer=f"{host}:{port}")
             self.sock.sendall(joined(self.codec.send(hs.start())))
             challenge = self._read_handshake()
-            proof, keys = hs.receive(challenge)
-            self.sock.sendall(joined(self.codec.send(proof)))
+            self.sock.sendall(joined(self.codec.send(hs.receive(challenge))))
+            keys = hs.confirm(self._read_handshake())
             self.codec.start_session(keys.send, keys.recv)
             self.inbox.extend(self.codec.receive())  # anything already buffered
             self.load = self.expect(Load)

@@ -15,7 +15,7 @@ from _netns import lan, netns_available
 from conftest import start_node
 
 import mesh
-from mesh._auth import fingerprint
+from mesh._auth import mesh_id
 from mesh._discovery import Advert
 from mesh._netif import DefaultRoute, default_route, default_route_ipv4
 
@@ -53,12 +53,12 @@ def test_nothing_answering_raises_no_nodes_available(secret):
 
 def test_txt_record_stays_small_and_never_holds_the_secret():
     secret = b"s" * 64
-    advert = Advert("a1b2c3d4e5f6", "x" * 100, "127.0.0.1", 7390, 64, 64, fingerprint(secret))
+    advert = Advert("a1b2c3d4e5f6", "x" * 100, "127.0.0.1", 7390, 64, 64, mesh_id(secret))
     props = advert.properties()
     assert sum(len(k) + len(v) + 2 for k, v in props.items()) <= 200
     assert not any(secret.decode() in v for v in props.values())
     back = Advert.from_record("127.0.0.1", 7390, {k.encode(): v.encode() for k, v in props.items()})
-    assert back is not None and back.fingerprint == advert.fingerprint and back.workers == 64
+    assert back is not None and back.mesh_id == advert.mesh_id and back.workers == 64
 
 
 def slow_double(x):

@@ -91,12 +91,14 @@ def make_pair(
     assert pair.to_server(hello, bytewise=bytewise) == [hello]
     challenge = sh.receive_hello(hello)
     assert pair.to_client(challenge, bytewise=bytewise) == [challenge]
-    proof, ckeys = ch.receive(challenge)
-    proof_bytes = join(pair.client.send(proof))
-    pair.client.start_session(ckeys.send, ckeys.recv)
-    assert feed(pair.server, proof_bytes, bytewise=bytewise) == [proof]
-    skeys = sh.receive_proof(proof)
+    proof = ch.receive(challenge)
+    assert pair.to_server(proof, bytewise=bytewise) == [proof]
+    node_proof, skeys = sh.receive_proof(proof)
+    proof_bytes = join(pair.server.send(node_proof))
     pair.server.start_session(skeys.send, skeys.recv)
+    assert feed(pair.client, proof_bytes, bytewise=bytewise) == [node_proof]
+    ckeys = ch.confirm(node_proof)
+    pair.client.start_session(ckeys.send, ckeys.recv)
     assert not pair.client.in_handshake and not pair.server.in_handshake
     return pair
 
@@ -150,24 +152,27 @@ def test_pair_plain_codecs_without_mac(bytewise: bool) -> None:
 
 
 def test_first_message_pipelined_behind_proof_waits_for_session() -> None:
-    """Handshake mode returns one message per call so the caller can switch keys."""
+    """Handshake mode returns one message per call so the caller can switch keys: the
+    node's first session frame right behind its proof waits for the client's keys."""
     client, server = FrameCodec(), FrameCodec()
     ch, sh = ClientHandshake(SECRET), ServerHandshake(SECRET)
     hello = ch.start()
     assert server.receive(join(client.send(hello))) == [hello]
     challenge = sh.receive_hello(hello)
     assert client.receive(join(server.send(challenge))) == [challenge]
-    proof, ckeys = ch.receive(challenge)
-    data = join(client.send(proof))
-    client.start_session(ckeys.send, ckeys.recv)
-    s = submit()
-    data += join(client.send(s))
-    assert server.receive(data) == [proof]  # the Submit stays buffered
-    assert server.buffered > 0
-    skeys = sh.receive_proof(proof)
+    proof = ch.receive(challenge)
+    assert server.receive(join(client.send(proof))) == [proof]
+    node_proof, skeys = sh.receive_proof(proof)
+    data = join(server.send(node_proof))
     server.start_session(skeys.send, skeys.recv)
-    assert server.receive(b"") == [s]
-    assert server.buffered == 0
+    s = Goodbye("first")
+    data += join(server.send(s))
+    assert client.receive(data) == [node_proof]  # the Goodbye stays buffered
+    assert client.buffered > 0
+    ckeys = ch.confirm(node_proof)
+    client.start_session(ckeys.send, ckeys.recv)
+    assert client.receive(b"") == [s]
+    assert client.buffered == 0
 
 
 def test_start_session_twice_is_a_local_error() -> None:
