@@ -4,6 +4,7 @@ each), in table and ``--json`` form, against real nodes, with their exit codes."
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_exposed_dashboard_and_the_wrong_secret(node_factory, secret, monkeypatc
     with pytest.raises(SystemExit) as exit_:
         main(["jobs", "--json"])  # the token comes from this machine's secret
     assert exit_.value.code == 0 and json.loads(capsys.readouterr().out)["total"] == 0
-    monkeypatch.setenv("MESH_SECRET", "another mesh")
+    monkeypatch.setenv("MESH_SECRET", secrets.token_hex(32))  # another mesh
     with pytest.raises(SystemExit) as exit_:
         main(["jobs"])
     err = capsys.readouterr().err  # it cannot prove itself to a client of another mesh

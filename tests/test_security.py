@@ -115,7 +115,7 @@ def test_rss_stays_flat_over_200_garbage_connections(guard, secret):
 
 def test_wrong_secret_raises_authentication_error_naming_the_node(guard, secret):
     with pytest.raises(mesh.AuthenticationError) as ei:
-        mesh.Client([guard.address], secret="wrong")
+        mesh.Client([guard.address], secret=secrets.token_hex(32))  # strong, and wrong
     assert guard.address in str(ei.value)
     assert_serves(guard, secret)
 
