@@ -112,7 +112,7 @@ def test_mesh_node_creates_the_secret_file_and_mesh_secret_prints_it(run_node, t
     with mesh.Client([node.address], printed.stdout.decode().strip()) as c:
         assert c.result(c.call(square, 6), timeout=30) == 36
     with pytest.raises(mesh.AuthenticationError):
-        mesh.Client([node.address], "0" * 64)
+        mesh.Client([node.address], os.urandom(32).hex())  # strong, and wrong
 
     # a second start keeps the secret it created
     node.proc.send_signal(signal.SIGTERM)
@@ -189,7 +189,7 @@ def test_mesh_cli_errors(nodes, secret):
     assert r.returncode == 2
     assert r.stderr.startswith("mesh: ") and "nosuch-1" in r.stderr
 
-    r = mesh_cli(nodes, "wrong secret", "status", "nosuch-1")
+    r = mesh_cli(nodes, os.urandom(32).hex(), "status", "nosuch-1")  # strong, and wrong
     assert r.returncode == 2
     assert nodes[0].address in r.stderr or nodes[1].address in r.stderr
 
