@@ -238,7 +238,7 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._outbox.extend(buffers)
             if rest is not None:
-                self._outbox.append(rest)  # frames MAC'd as the socket takes them
+                self._outbox.append(rest)  # frames encrypted as the socket takes them
             self._flush()
 
     def _flush(self) -> None:

@@ -10,7 +10,7 @@ again from byte 0.
 The bytes are handled off the event loop: a file is read and hashed in a worker
 thread into a few reused buffers (one read ahead while the loop sends the last), and
 received chunks are hashed in a worker thread and written off the loop (aiofiles on
-the node), so the loop mostly moves frames (MAC and socket). A sent buffer is reused
+the node), so the loop mostly moves frames (encryption and socket). A sent buffer is reused
 once the receiver acknowledged it: its bytes have left this process.
 """
 
@@ -149,7 +149,7 @@ class Stream:
                 if not await self._wait_room(FILE_WINDOW):
                     return None
                 cur = buf
-                if not end:  # the next read runs while this chunk is MAC'd and sent
+                if not end:  # the next read runs while this chunk is encrypted and sent
                     buf = allocate_buffer(CHUNK)  # FILE_WINDOW bounds how many are out
                     reading = loop.run_in_executor(None, _read_hashed, f, buf, h)
                 self._sent.append((self.acked + self.unacked + n, cur))
