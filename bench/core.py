@@ -18,8 +18,11 @@ process), raw loopback TCP throughput (500 MB through one connection), and the r
 floor: the mesh's own shape with no work in it (a caller thread hands a small message
 to an asyncio loop thread, which sends it over TCP to an asyncio process, which
 passes it over a socketpair to a blocking process, and back), and the wire floor: the
-same carrying the mesh's own messages through its codec (MAC'd frames, pickled
-arguments and value) with nothing else. So the latency gap to Pool splits into what
+same carrying the mesh's own messages through its codec (encrypted frames, pickled
+arguments and value) with nothing else. And the codec alone, in this process with no
+socket: a 50 MB argument's Submit and a small one through a session pair
+(AES-256-GCM) and a plain pair (the worker pipes' clear frames), so what encryption
+costs shows apart from the machine's other load. So the latency gap to Pool splits into what
 the shape costs, what the wire protocol adds, and what the mesh's job model adds. CPU time
 per call (client; nodes and their workers) is read from /proc beside the latencies:
 unlike wall time it hardly moves with the machine's other load. Then the ratios and,
@@ -321,7 +324,7 @@ def _session(codec: FrameCodec, client_side: bool) -> FrameCodec:
 
 
 class _WireRelay(_Relay):
-    """The wire floor's node side: decodes each message (MAC checked on the client's
+    """The wire floor's node side: decodes each message (tag checked on the client's
     connection), turns a Submit into a Run and a Ran into Results, as the node does,
     and encodes it for the other side; no job table, no store."""
 
@@ -369,7 +372,7 @@ def _relay_node(conn: Any, fd: int, wire: bool) -> None:
 
 class _Waiter(_Held):
     """The floor's client side: sets the caller's event when the echo is back; with a
-    codec (the wire floor), once a whole Results has arrived and passed its MAC."""
+    codec (the wire floor), once a whole Results has arrived and passed its tag."""
 
     event: threading.Event | None = None
     codec: FrameCodec | None = None
@@ -389,7 +392,7 @@ def bench_relay_floor(cfg: Config, wire: bool = False) -> dict[str, Any]:
     -> blocking worker, and back) doing nothing else: what a call costs before any work.
 
     ``wire``: the same, carrying the mesh's own messages through its codec: the caller
-    pickles the arguments, the loop thread sends a MAC'd Submit, the node checks and
+    pickles the arguments, the loop thread sends an encrypted Submit, the node checks and
     decodes it and sends a Run, the worker unpickles, calls, pickles and answers Ran,
     the node sends Results, and the caller unpickles the value. What the wire protocol
     costs a call, before any job table, placement or bookkeeping."""
@@ -629,6 +632,55 @@ def bench_pool(cfg: Config) -> dict[str, Any]:
     return out
 
 
+# ---- the codec alone ----
+
+
+def _codec_pair(encrypted: bool) -> tuple[FrameCodec, FrameCodec]:
+    if not encrypted:
+        return FrameCodec(authenticated=False), FrameCodec(authenticated=False)
+    return _session(FrameCodec(), True), _session(FrameCodec(), False)
+
+
+def _codec_round(sender: FrameCodec, receiver: FrameCodec, msg: Message) -> None:
+    """One message sent and received, fed to the receiver as a socket would (256 KiB)."""
+    head, rest = sender.send_stream(msg)
+    got: list[Message] = []
+    for part in (head, rest or ()):
+        for buf in part:
+            view = memoryview(buf)
+            for at in range(0, len(view), 256 * 1024):
+                got += receiver.receive(view[at : at + 256 * 1024])
+    assert len(got) == 1
+
+
+def bench_codec(cfg: Config) -> dict[str, Any]:
+    """The frame codec with no I/O: MB/s of a big argument's Submit (send + receive) and
+    us per small Submit, encrypted and plain (best of the repeats: the least disturbed)."""
+    out: dict[str, Any] = {}
+    big = os.urandom(cfg.arg_bytes)
+    big_msg = Submit(b"h" * 16, b"f", "bench.length", (("j1", big),))
+    small_msg = Submit(b"h" * 16, b"f", "bench.noop", (("j1", b"\x80\x05K\x01."),))
+    small_n = 2000 if cfg.quick else 20_000
+    for name, encrypted in (("encrypted", True), ("plain", False)):
+        sender, receiver = _codec_pair(encrypted)
+        runs = []
+        for _ in range(max(cfg.repeat, 3)):
+            t0 = perf()
+            _codec_round(sender, receiver, big_msg)
+            runs.append(cfg.arg_bytes / MB / (perf() - t0))
+        small = []
+        for _ in range(max(cfg.repeat, 3)):
+            t0 = perf()
+            for _ in range(small_n):
+                _codec_round(sender, receiver, small_msg)
+            small.append((perf() - t0) / small_n * 1e6)
+        out[name] = {"arg_mb_per_s": r(max(runs), 1), "small_submit_us": r(min(small), 2)}
+    out["small_submit_us_added_by_encryption"] = r(
+        out["encrypted"]["small_submit_us"] - out["plain"]["small_submit_us"], 2
+    )
+    return out
+
+
 # ---- the report ----
 
 
@@ -645,6 +697,7 @@ def report(
     tcp: dict[str, Any],
     floor: dict[str, Any],
     wire_floor: dict[str, Any],
+    codec: dict[str, Any],
     started: float,
     load_before: tuple[float, ...],
 ) -> dict[str, Any]:
@@ -738,6 +791,7 @@ def report(
             "tcp_throughput": tcp,
             "relay_floor": floor,
             "wire_floor": wire_floor,
+            "codec": codec,
         },
         "ratios": ratios,
         "targets": targets,
@@ -782,10 +836,12 @@ def main() -> None:
     floor = bench_relay_floor(cfg)
     log(f"raw: wire floor (the same, carrying the mesh's messages), {cfg.latency_calls} calls")
     wire_floor = bench_relay_floor(cfg, wire=True)
+    log(f"raw: the codec alone, a {cfg.arg_bytes / MB:.0f} MB argument and small Submits")
+    codec = bench_codec(cfg)
     mesh = bench_mesh(cfg)
     pool = bench_pool(cfg)
 
-    out = report(cfg, mesh, pool, echo, tcp, floor, wire_floor, started, load_before)
+    out = report(cfg, mesh, pool, echo, tcp, floor, wire_floor, codec, started, load_before)
     faulthandler.cancel_dump_traceback_later()
     met = sum(t["met"] for t in out["targets"].values())
     log(f"done in {out['elapsed_s']} s; {met} of {len(out['targets'])} targets met")
