@@ -282,6 +282,7 @@ def check_secret(secret: bytes, where: str) -> bytes:
     ConfigurationError naming ``where`` it came from (unless MESH_INSECURE_WEAK_SECRET=1)."""
     bits = secret_bits(secret)
     if bits >= MIN_SECRET_BITS or os.environ.get(INSECURE_ENV) == "1":
+        mesh_key(secret)  # stretched now, not at the first handshake on an event loop
         return secret
     raise ConfigurationError(
         f"the mesh secret from {where} is too weak (about {bits:.0f} bits of entropy; at "

@@ -89,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
         "--secret-file",
         type=Path,
         default=None,
-        help=f"mesh secret file (default {default_secret_path()}; MESH_SECRET overrides)",
+        help=f"mesh secret file (default {default_secret_path()}; MESH_SECRET overrides); "
+        "created with a random secret when missing, its mesh id beside it in FILE.id",
     )
     p.add_argument(
         "--handshake-timeout",
