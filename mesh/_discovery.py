@@ -6,10 +6,10 @@ from the secret, so an advert gives no way to test a guess of the secret. A brow
 trusts adverts of its own mesh id at once; for any other id it authenticates to the
 node once (a probe, in parallel with the rest) and, when that works, trusts that id
 too: so a client with only ``MESH_SECRET`` still finds its mesh, and meshes with
-different secrets on one LAN ignore each other. It says nothing about load or liveness: mDNS
-records linger, so liveness is the TCP connection's business. Interfaces are always
-explicit: tests and demos pin 127.0.0.1 (``MESH_INTERFACES``); loopback and container
-bridges are never chosen by default.
+different secrets on one LAN ignore each other. It says nothing about load or
+liveness: mDNS records linger, so liveness is the TCP connection's business.
+Interfaces are always explicit: tests and demos pin 127.0.0.1 (``MESH_INTERFACES``);
+loopback and container bridges are never chosen by default.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh._auth import mesh_id
+from mesh._connection import open_connection
 from mesh._netif import default_route
 from mesh._protocol import PROTOCOL_VERSION
 from mesh.errors import AuthenticationError, ConfigurationError, MeshError
@@ -274,8 +275,6 @@ class Browser:
     async def _probe(self, advert: Advert) -> bool:
         """Authenticate to a node of an unknown mesh id: True (its id is now trusted) if
         it proves our secret. A node that proves another secret is never tried again."""
-        from mesh._connection import open_connection  # the connection imports no discovery
-
         try:
             conn = await open_connection(
                 advert.host, advert.port, self._secret, name="probe", timeout_s=PROBE_TIMEOUT_S
