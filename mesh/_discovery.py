@@ -6,10 +6,10 @@ from the secret, so an advert gives no way to test a guess of the secret. A brow
 trusts adverts of its own mesh id at once; for any other id it authenticates to the
 node once (a probe, in parallel with the rest) and, when that works, trusts that id
 too: so a client with only ``MESH_SECRET`` still finds its mesh, and meshes with
-different secrets on one LAN ignore each other. It says nothing about load or
-liveness: mDNS records linger, so liveness is the TCP connection's business.
-Interfaces are always explicit: tests and demos pin 127.0.0.1 (``MESH_INTERFACES``);
-loopback and container bridges are never chosen by default.
+different secrets on one LAN ignore each other. It says nothing about load or liveness: mDNS
+records linger, so liveness is the TCP connection's business. Interfaces are always
+explicit: tests and demos pin 127.0.0.1 (``MESH_INTERFACES``); loopback and container
+bridges are never chosen by default.
 """
 
 from __future__ import annotations
