@@ -30,6 +30,7 @@ __all__ = ["Connection", "heartbeats", "open_connection"]
 log = logging.getLogger("mesh.connection")
 
 WRITE_SLICE = 256 * 1024
+JOIN_MAX = 64 * 1024  # buffers shorter than this are joined into one write
 READ_SIZE = 256 * 1024
 DIRECT_MIN = 64 * 1024  # read straight into an attachment when this much is due
 
@@ -244,8 +245,8 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         """Hand queued buffers to the transport until it asks us to pause.
 
-        Small buffers are joined into one write; big ones go in slices, so at most
-        a slice is ever copied into the transport's own buffer.
+        Small buffers are joined into one write; big ones go whole, or in slices, so
+        at most a slice is ever copied into the transport's own buffer.
         """
         transport, outbox = self.transport, self._outbox
         if transport is None or transport.is_closing():
@@ -260,7 +261,7 @@ class Connection(asyncio.BufferedProtocol):
                     continue
                 outbox.appendleft(b)
                 b = taken
-            if len(b) <= WRITE_SLICE:
+            if len(b) < JOIN_MAX:
                 small.append(b)
                 if outbox and len(small) < 64:
                     continue
@@ -271,6 +272,8 @@ class Connection(asyncio.BufferedProtocol):
                 view = memoryview(b)
                 transport.write(view[:WRITE_SLICE])
                 outbox.appendleft(view[WRITE_SLICE:])
+            elif len(b) >= JOIN_MAX:  # an encrypted slice: never joined (a copy) with others
+                transport.write(b)
         if small:
             transport.write(b"".join(small))
         if self._close_when_flushed and not outbox:
