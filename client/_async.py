@@ -21,7 +21,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar, overload
 
 from mesh.client._files import AsyncFiles
@@ -66,6 +66,7 @@ from mesh._serialize import (
     loads,
     pack_exception,
     payload_size,
+    traceback_text,
     unpack_error,
 )
 from mesh.errors import (
@@ -1725,12 +1726,15 @@ class AsyncClient:
             link, r = heard
             died_last = kind == "worker-died" or (r[1] == ERROR and r[11].startswith("WorkerDied"))
             attempts = runs(max(j.attempts, r[12]), bool(r[6]), died_last)
-            return JobInfo.from_record(r, link.node_id, attempts)
+            info = JobInfo.from_record(r, link.node_id, attempts)
+            if j.final and j.error is not None and len(j.error) > 5:  # rendered with our source
+                info = replace(info, error=traceback_text(j.error))
+            return info
         started = j.state == DONE or kind in _RAN_KINDS
         func, k = j.func, 0
         if func is not None:
             k = self._index(j)
-        err = "" if j.error is None else j.error[3] or f"{j.error[1]}: {j.error[2]}"
+        err = "" if j.error is None else traceback_text(j.error) or f"{j.error[1]}: {j.error[2]}"
         return JobInfo(
             j.jid, JOB_STATES[max(j.state, QUEUED)], self._node_name(j.node) if j.node else "",
             func.name if func is not None else "", j.label,

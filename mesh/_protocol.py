@@ -82,7 +82,9 @@ __all__ = [
 
 # 2: frames carry a GMAC (AES-256-GCM), not a truncated HMAC-SHA256
 # 3: arguments and results may be a Payload tuple (pickle + out-of-band buffers)
-PROTOCOL_VERSION = 4  # 4: the client proves first; session frames are encrypted
+# 4: the client proves first; session frames are encrypted
+# 5: a job's error may carry its traceback as data (ErrorInfo's sixth field)
+PROTOCOL_VERSION = 5
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -91,10 +93,19 @@ JOB_STATES = ("queued", "processing", "done", "error", "killed")
 # Pickled arguments or a result: the pickle, or (pickle, buffer, ...) whose buffers the
 # pickle reads out of band (protocol 5); the node passes either on untouched.
 Payload = bytes | tuple[bytes, ...]
-# An error as data: (kind, type name, message, remote traceback text, module name).
+# A frame of a job's traceback: (file name, line number, function name, its source line
+# as the worker read it, "" if it could not; end line, column, end column, -1 if
+# unknown; whether its code came by value, so the client's copy of the source is the one
+# it ran).
+TracebackFrame = tuple[str, int, str, str, int, int, int, bool]
+# A traceback as data: its text with each stack as a marker line, and the frames of each
+# stack, so the client renders them with its own source (see mesh._serialize).
+TracebackData = tuple[str, tuple[tuple[TracebackFrame, ...], ...]]
+# An error as data: (kind, type name, message, remote traceback text, module name), and
+# for a job's own exception its traceback as data.
 # kind is one of "raised", "worker-died", "killed", "max-runtime", "missing-module",
 # "unpicklable", "rejected", "lost".
-ErrorInfo = tuple[str, str, str, str, str]
+ErrorInfo = tuple[str, str, str, str, str] | tuple[str, str, str, str, str, TracebackData]
 # A result item: (jid, state, pickled result or exception (may be b""), error or None).
 ResultItem = tuple[str, int, Payload, ErrorInfo | None]
 # A job as a worker reports it: result item fields + started, finished, cpu_s, stdout, stderr.

@@ -15,22 +15,26 @@ import hashlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import io
 import json
+import linecache
 import os
 import pickle
+import re
 import site
 import sys
 import sysconfig
 import traceback
 import types
 import weakref
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from mesh._frames import ATTACH_MIN
-from mesh._protocol import ErrorInfo, Payload
+from mesh._protocol import ErrorInfo, Payload, TracebackData, TracebackFrame
 from mesh.errors import (
     EnvBuildFailed,
     JobError,
@@ -54,6 +58,7 @@ __all__ = [
     "loads",
     "pack_exception",
     "payload_size",
+    "traceback_text",
     "unpack_error",
 ]
 
@@ -68,6 +73,43 @@ _NODES_HAVE = frozenset({
 })  # fmt: skip
 _STDLIB = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _code_reduce(code: types.CodeType) -> tuple[Any, ...]:
+    """cloudpickle's reduction of a code object, with its real file name: cloudpickle
+    writes "<dynamic-code>" there (for pickles that do not depend on where the code
+    lives), which left a job's traceback naming no file. A file name is stable for
+    as long as the function is, so a function's pickle still is too."""
+    make, args = _cloudpickle_code_reduce(code)
+    # co_filename is the 11th argument of CodeType(...) on every Python cloudpickle
+    # supports; where it is not, the name stays cloudpickle's and nothing breaks.
+    if len(args) > 10 and args[10] == "<dynamic-code>":
+        args = (*args[:10], code.co_filename, *args[11:])
+    return make, args
+
+
+try:
+    from cloudpickle.cloudpickle import (  # type: ignore[import-untyped]
+        _code_reduce as _cloudpickle_code_reduce,
+    )
+except ImportError:  # another cloudpickle: its own reduction, whatever name it writes
+    _cloudpickle_code_reduce = None
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, but code objects keep their file names (see _code_reduce)."""
+
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = ChainMap(
+            {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
+        )
+
+
+def _cloudpickle(obj: Any, protocol: int = PROTOCOL, buffer_callback: Any = None) -> bytes:
+    """``cloudpickle.dumps`` through :class:`_Pickler`."""
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
+        return file.getvalue()
 
 
 def _installed_roots() -> tuple[str, ...]:
@@ -259,7 +301,7 @@ def dumps_function(
             return kept[1]
     payload = (fn, kwargs) if kwargs else fn
     try:
-        blob = cloudpickle.dumps(payload, protocol=PROTOCOL)
+        blob = _cloudpickle(payload, protocol=PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle function {function_name(fn)}: {exc}") from exc
     out = function_hash(blob), blob
@@ -282,7 +324,7 @@ _pickled_functions: weakref.WeakKeyDictionary[
 _IMMUTABLE = (_SIMPLE - {bytearray}) | {range, types.BuiltinFunctionType}
 _ABSENT = object()
 try:  # cloudpickle's own choices, so "travels by reference" means what it does there
-    from cloudpickle.cloudpickle import (  # type: ignore[import-untyped]
+    from cloudpickle.cloudpickle import (
         _extract_code_globals,
         _should_pickle_by_reference,
     )
@@ -350,7 +392,7 @@ def dumps_value(value: Any, what: str = "value") -> bytes:
         if _is_simple(value):
             return pickle.dumps(value, PROTOCOL)
         register_local_modules()
-        blob: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
+        blob: bytes = _cloudpickle(value, protocol=PROTOCOL)
         return blob
     except Exception as exc:
         raise SerializationError(f"cannot pickle {what}: {type(exc).__name__}: {exc}") from exc
@@ -407,7 +449,7 @@ def dumps_payload(value: Any, what: str = "value") -> Payload:
                 return pickle.dumps(value, PROTOCOL)  # today's path for small jobs
             return _dumps_oob(value, pickle.dumps)
         register_local_modules()
-        return _dumps_oob(value, cloudpickle.dumps)
+        return _dumps_oob(value, _cloudpickle)
     except Exception as exc:
         raise SerializationError(f"cannot pickle {what}: {type(exc).__name__}: {exc}") from exc
 
@@ -463,29 +505,165 @@ def load_function(blob: bytes) -> Callable[..., Any]:
     payload = pickle.loads(blob)
     if isinstance(payload, tuple):
         fn, kwargs = payload
-        return lambda *args: fn(*args, **kwargs)
+        return _bind_kwargs(fn, kwargs)
     return payload  # type: ignore[no-any-return]
+
+
+def _bind_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
+
+
+# Its frame is lanmesh's, not the user's: a job's traceback leaves it out.
+_BOUND_CALL = next(c for c in _bind_kwargs.__code__.co_consts if isinstance(c, types.CodeType))
 
 
 # ---- exceptions as data ----
 
+# Where a stack goes in a traceback's template: a line of its own, after the indent an
+# exception group gives its members' lines.
+_STACK_MARK = "\x00mesh-stack {}\x00"
+_STACK_LINE = re.compile(r"(.*)\x00mesh-stack (\d+)\x00")
+
+
+class _MarkedStack(traceback.StackSummary):
+    """A stack that formats as its marker line (see :func:`_traceback_data`)."""
+
+    position = 0
+
+    def format(self) -> list[str]:
+        return [_STACK_MARK.format(self.position) + "\n"]
+
+
+def _traceback_data(exc: BaseException, tb: types.TracebackType | None) -> TracebackData:
+    """``exc``'s traceback (from ``tb``) as data: the text ``traceback`` prints, with each
+    stack (one per exception of the chain) as a marker line, and the frames of each."""
+    te = traceback.TracebackException(type(exc), exc, tb, compact=True)
+    by_value = _by_value_files(exc, tb)
+    stacks: list[tuple[TracebackFrame, ...]] = []
+    todo, seen = [te], set()
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stacks.append(tuple(_frame(f, by_value) for f in t.stack))
+        marked = _MarkedStack(t.stack)
+        marked.position = len(stacks) - 1
+        t.stack = marked
+        todo.extend(c for c in (t.__cause__, t.__context__) if c is not None)
+        todo.extend(getattr(t, "exceptions", None) or ())  # an exception group's members
+    return "".join(te.format()), tuple(stacks)
+
+
+def _frame(f: traceback.FrameSummary, by_value: set[str]) -> TracebackFrame:
+    line = linecache.getline(f.filename, f.lineno) if f.lineno else ""
+    end_lineno, colno, end_colno = (
+        getattr(f, a, None) for a in ("end_lineno", "colno", "end_colno")
+    )
+    return (f.filename, f.lineno or 0, f.name, line,
+            -1 if end_lineno is None else end_lineno, -1 if colno is None else colno,
+            -1 if end_colno is None else end_colno, f.filename in by_value)  # fmt: skip
+
+
+def _by_value_files(exc: BaseException, tb: types.TracebackType | None) -> set[str]:
+    """Files of the frames (of ``exc`` and its chain) whose code came by value: their
+    globals are not their module's, cloudpickle made them (``__main__``, a notebook,
+    the user's own modules). The client's source of those is the source they ran."""
+    files: set[str] = set()
+    todo: list[tuple[BaseException, types.TracebackType | None]] = [(exc, tb)]
+    seen: set[int] = set()
+    while todo:
+        e, e_tb = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        for frame, _ in traceback.walk_tb(e_tb):
+            name = frame.f_globals.get("__name__")
+            module = sys.modules.get(name) if isinstance(name, str) else None
+            if module is None or getattr(module, "__dict__", None) is not frame.f_globals:
+                files.add(frame.f_code.co_filename)
+        chained = [e.__cause__, e.__context__, *(getattr(e, "exceptions", None) or ())]
+        todo.extend((c, c.__traceback__) for c in chained if isinstance(c, BaseException))
+    return files
+
+
+def _format_stack(frames: Sequence[TracebackFrame], here: bool) -> str:
+    """A stack as ``traceback`` prints it. ``here``: on the client, whose source (its
+    ``linecache``: files, notebook cells) is preferred for code that came by value and
+    used for any line the worker could not read."""
+    summaries = []
+    for filename, lineno, name, worker_line, end_lineno, colno, end_colno, by_value in frames:
+        line = worker_line
+        if here and (by_value or not line):
+            linecache.checkcache(filename)  # as a local traceback does: a changed file is reread
+            line = linecache.getline(filename, lineno) or worker_line
+        if sys.version_info >= (3, 11):  # columns: the ^^^ under a call
+            fs = traceback.FrameSummary(
+                filename, lineno, name, lookup_line=False, line=line,
+                end_lineno=None if end_lineno < 0 else end_lineno,
+                colno=None if colno < 0 else colno, end_colno=None if end_colno < 0 else end_colno,
+            )  # fmt: skip
+        else:
+            fs = traceback.FrameSummary(filename, lineno, name, lookup_line=False, line=line)
+        summaries.append(fs)
+    return "".join(traceback.StackSummary.from_list(summaries).format())
+
+
+def _render(data: TracebackData, here: bool) -> str:
+    """The text of a traceback from its data (see :func:`_traceback_data`)."""
+    template, stacks = data
+    lines: list[str] = []
+    for line in template.split("\n"):
+        m = _STACK_LINE.fullmatch(line)
+        if m is None or int(m[2]) >= len(stacks):
+            lines.append(line)
+            continue
+        text = _format_stack(stacks[int(m[2])], here)
+        lines.extend(m[1] + part for part in text.split("\n")[:-1])
+    return "\n".join(lines)
+
+
+def traceback_text(info: ErrorInfo) -> str:
+    """A job's remote traceback as this process shows it: rendered from the frames the
+    worker sent with this process's own source where the job's code came from here (a
+    script, a notebook cell, a module shipped by value), else the worker's text."""
+    for data in info[5:]:
+        try:
+            return _render(data, here=True)
+        except Exception:  # odd data from the worker: its own text still says it all
+            break
+    return info[3]
+
 
 def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, ErrorInfo]:
-    """Describe an exception raised by a job: (pickled exception or b"", ErrorInfo)."""
+    """Describe an exception raised by a job: (pickled exception or b"", ErrorInfo), the
+    ErrorInfo with its traceback as text and as data."""
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code is _BOUND_CALL:
+        tb = tb.tb_next
+    data: TracebackData | None
     try:
-        blob = cloudpickle.dumps(exc, protocol=PROTOCOL)
+        data = _traceback_data(exc, tb)
+        text = _render(data, here=False)
+    except Exception:  # a traceback that cannot be walked: the plain text, no data
+        data = None
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        blob = _cloudpickle(exc, protocol=PROTOCOL)
         pickle.loads(blob)
     except Exception:
         blob = b""
     kind = "missing-module" if isinstance(exc, ModuleNotFoundError) else "raised"
     module = (getattr(exc, "name", None) or "") if kind == "missing-module" else ""
     tname = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return blob, (kind, tname, str(exc), text, module)
+    info: ErrorInfo = (kind, tname, str(exc), text, module)
+    return blob, info if data is None else (kind, tname, str(exc), text, module, data)
 
 
 def _client_version_hint(module: str) -> tuple[str, str]:
@@ -523,7 +701,8 @@ _KINDS: dict[str, type[JobError]] = {
 
 def unpack_error(jid: str, node: str, blob: Payload, info: ErrorInfo) -> BaseException:
     """Re-create a job's exception on the client, with the remote traceback attached."""
-    kind, tname, message, tb_text, module = info
+    kind, tname, message, module = info[0], info[1], info[2], info[4]
+    tb_text = traceback_text(info)
     where = f"job {jid} on node {node}"
     if kind == "missing-module":
         has, hint = _client_version_hint(module or message)
