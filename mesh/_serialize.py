@@ -645,7 +645,7 @@ def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, 
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code is _BOUND_CALL:
+    while tb is not None and tb.tb_frame.f_code is _BOUND_CALL:
         tb = tb.tb_next
     data: TracebackData | None
     try:
