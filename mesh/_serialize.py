@@ -16,6 +16,7 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import io
+import itertools
 import json
 import linecache
 import os
@@ -528,30 +529,51 @@ _STACK_MARK = "\x00mesh-stack {}\x00"
 _STACK_LINE = re.compile(r"(.*)\x00mesh-stack (\d+)\x00")
 
 
-class _MarkedStack(traceback.StackSummary):
-    """A stack that formats as its marker line (see :func:`_traceback_data`)."""
+# Frames of one line repeated past this (a recursion) print as one line saying how many.
+_RECURSIVE_CUTOFF: int = getattr(traceback, "_RECURSIVE_CUTOFF", 3)
 
-    position = 0
+
+class _MarkedStack(traceback.StackSummary):
+    """A stack that formats as marker lines (see :func:`_traceback_data`)."""
+
+    lines: list[str]
 
     def format(self) -> list[str]:
-        return [_STACK_MARK.format(self.position) + "\n"]
+        return self.lines
 
 
 def _traceback_data(exc: BaseException, tb: types.TracebackType | None) -> TracebackData:
-    """``exc``'s traceback (from ``tb``) as data: the text ``traceback`` prints, with each
-    stack (one per exception of the chain) as a marker line, and the frames of each."""
+    """``exc``'s traceback (from ``tb``) as data: the text ``traceback`` prints, with its
+    stacks (one per exception of the chain) as marker lines, and the frames of each.
+
+    A recursion's repeated frames beyond the few ``traceback`` prints are left out, its
+    "[Previous line repeated N more times]" line kept as text: a RecursionError's 1,000
+    frames would cost a hundred kilobytes a job."""
     te = traceback.TracebackException(type(exc), exc, tb, compact=True)
     by_value = _by_value_files(exc, tb)
     stacks: list[tuple[TracebackFrame, ...]] = []
+
+    def mark(frames: list[traceback.FrameSummary]) -> str:
+        stacks.append(tuple(_frame(f, by_value) for f in frames))
+        return _STACK_MARK.format(len(stacks) - 1) + "\n"
+
     todo, seen = [te], set()
     while todo:
         t = todo.pop()
         if id(t) in seen:
             continue
         seen.add(id(t))
-        stacks.append(tuple(_frame(f, by_value) for f in t.stack))
+        lines, chunk = [], []
+        for _, run in itertools.groupby(t.stack, lambda f: (f.filename, f.lineno, f.name)):
+            frames = list(run)
+            chunk += frames[:_RECURSIVE_CUTOFF]
+            if len(frames) > _RECURSIVE_CUTOFF:
+                lines += [mark(chunk), traceback.StackSummary.from_list(frames).format()[-1]]
+                chunk = []
+        if chunk:
+            lines.append(mark(chunk))
         marked = _MarkedStack(t.stack)
-        marked.position = len(stacks) - 1
+        marked.lines = lines
         t.stack = marked
         todo.extend(c for c in (t.__cause__, t.__context__) if c is not None)
         todo.extend(getattr(t, "exceptions", None) or ())  # an exception group's members
@@ -560,12 +582,9 @@ def _traceback_data(exc: BaseException, tb: types.TracebackType | None) -> Trace
 
 def _frame(f: traceback.FrameSummary, by_value: set[str]) -> TracebackFrame:
     line = linecache.getline(f.filename, f.lineno) if f.lineno else ""
-    end_lineno, colno, end_colno = (
-        getattr(f, a, None) for a in ("end_lineno", "colno", "end_colno")
-    )
-    return (f.filename, f.lineno or 0, f.name, line,
-            -1 if end_lineno is None else end_lineno, -1 if colno is None else colno,
-            -1 if end_colno is None else end_colno, f.filename in by_value)  # fmt: skip
+    positions = (f.lineno, *(getattr(f, a, None) for a in ("end_lineno", "colno", "end_colno")))
+    lineno, end_lineno, colno, end_colno = (-1 if p is None else p for p in positions)
+    return (f.filename, lineno, f.name, line, end_lineno, colno, end_colno, f.filename in by_value)
 
 
 def _by_value_files(exc: BaseException, tb: types.TracebackType | None) -> set[str]:
@@ -597,17 +616,19 @@ def _format_stack(frames: Sequence[TracebackFrame], here: bool) -> str:
     summaries = []
     for filename, lineno, name, worker_line, end_lineno, colno, end_colno, by_value in frames:
         line = worker_line
-        if here and (by_value or not line):
+        if here and (by_value or not line) and lineno > 0:
             linecache.checkcache(filename)  # as a local traceback does: a changed file is reread
             line = linecache.getline(filename, lineno) or worker_line
         if sys.version_info >= (3, 11):  # columns: the ^^^ under a call
             fs = traceback.FrameSummary(
-                filename, lineno, name, lookup_line=False, line=line,
+                filename, None if lineno < 0 else lineno, name, lookup_line=False, line=line,
                 end_lineno=None if end_lineno < 0 else end_lineno,
                 colno=None if colno < 0 else colno, end_colno=None if end_colno < 0 else end_colno,
             )  # fmt: skip
         else:
-            fs = traceback.FrameSummary(filename, lineno, name, lookup_line=False, line=line)
+            fs = traceback.FrameSummary(
+                filename, None if lineno < 0 else lineno, name, lookup_line=False, line=line
+            )
         summaries.append(fs)
     return "".join(traceback.StackSummary.from_list(summaries).format())
 

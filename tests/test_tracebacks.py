@@ -299,6 +299,21 @@ def test_worker_text_is_what_traceback_prints(fn):
     assert traceback_text(info) == info[3]  # rendered here, with the same source
 
 
+def _recurse(n: int) -> int:
+    if n == 0:
+        raise OverflowError("bottom")
+    return _recurse(n - 1) + 1
+
+
+def test_recursion_sends_the_frames_traceback_prints_not_all():
+    exc = _caught(lambda: _recurse(200))
+    _, info = pack_exception(exc)
+    assert info[3] == "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    assert "  [Previous line repeated 197 more times]\n" in info[3]
+    assert traceback_text(info) == info[3]
+    assert sum(len(stack) for stack in info[5][1]) == 6  # type: ignore[misc]  # 2 + 3 + 1
+
+
 def test_chained_exception_keeps_both_stacks():
     exc = _caught(_raise_chained)
     _, info = pack_exception(exc)
