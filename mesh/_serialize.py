@@ -5,8 +5,9 @@ them: ``__main__``, notebooks, and the user's own modules (``closestwords.py`` b
 script); installed packages, wherever they are installed, travel by reference (see
 :func:`travels_by_value`). Plain data takes the C
 pickler's fast path. A job's exception travels as data: the pickled exception when it
-round-trips, always with its remote traceback text, and is re-raised on the client as
-its original type.
+round-trips, always with its remote traceback as text and as frames (which the client
+renders with its own source: a script's, a notebook cell's), and is re-raised on the
+client as its original type. Code pickled by value keeps its file name for that.
 """
 
 from __future__ import annotations

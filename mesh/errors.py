@@ -251,7 +251,8 @@ class EnvBuildFailed(JobError):
 
 
 class RemoteTraceback(Exception):
-    """Carries a remote traceback as the ``__cause__`` of a re-raised job exception."""
+    """Carries a remote traceback as the ``__cause__`` of a re-raised job exception: the
+    node's frames rendered with this process's source (a script's, a notebook cell's)."""
 
     def __init__(self, tb: str) -> None:
         super().__init__(tb)
