@@ -94,9 +94,8 @@ JOB_STATES = ("queued", "processing", "done", "error", "killed")
 # pickle reads out of band (protocol 5); the node passes either on untouched.
 Payload = bytes | tuple[bytes, ...]
 # A frame of a job's traceback: (file name, line number, function name, its source line
-# as the worker read it, "" if it could not; end line, column, end column, -1 if
-# unknown; whether its code came by value, so the client's copy of the source is the one
-# it ran).
+# as the worker read it or ""; end line, column, end column; -1 for a number not known;
+# whether its code came by value, so the client's copy of the source is the one it ran).
 TracebackFrame = tuple[str, int, str, str, int, int, int, bool]
 # A traceback as data: its text with each stack as a marker line, and the frames of each
 # stack, so the client renders them with its own source (see mesh._serialize).

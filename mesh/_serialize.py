@@ -664,8 +664,8 @@ def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, 
     """Describe an exception raised by a job: (pickled exception or b"", ErrorInfo), the
     ErrorInfo with its traceback as text and as data."""
     tb = exc.__traceback__
-    for _ in range(skip_frames):
-        if tb is not None and tb.tb_next is not None:
+    for _ in range(skip_frames):  # lanmesh's own: a builtin that raised shows no frame
+        if tb is not None:
             tb = tb.tb_next
     while tb is not None and tb.tb_frame.f_code is _BOUND_CALL:
         tb = tb.tb_next

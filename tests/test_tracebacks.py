@@ -415,6 +415,20 @@ def test_keyword_arguments_wrapper_is_not_a_frame_of_the_job():
     assert info[3] == "ValueError: invalid literal for int() with base 2: '12'\n"
 
 
+def test_a_builtin_that_raises_shows_no_frame_of_lanmesh(c):
+    """Locally ``int("x")`` shows only its caller's frame; remotely the caller is lanmesh's
+    worker (and, with keyword arguments, its wrapper), which the user never wrote."""
+    plain, keywords = c.call(int, "x"), c.call(int, "12", base=2)
+    for jid, expected in [
+        (plain, "ValueError: invalid literal for int() with base 10: 'x'\n"),
+        (keywords, "ValueError: invalid literal for int() with base 2: '12'\n"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            c.result(jid)
+        assert caught.value.remote_traceback == expected  # type: ignore[attr-defined]
+        assert c.info(jid).error == expected
+
+
 def test_error_with_its_traceback_data_crosses_the_wire():
     exc = _caught(_raise_chained)
     blob, info = pack_exception(exc)
