@@ -105,10 +105,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-@pytest.fixture(scope="session")
-def mesh_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
-    """Two real nodes (two workers each) for the whole suite; the default client finds
-    them through MESH_PEERS/MESH_SECRET, as a user's script would."""
+@pytest.fixture(scope="package")
+def mesh_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeProc], str]]:
+    """Two real nodes (two workers each) for this folder's cases, and their secret;
+    stopped when the folder is done."""
     secret = secrets.token_hex(32)
     root = tmp_path_factory.mktemp("joblib-suite")
     nodes: list[NodeProc] = []
@@ -117,12 +117,8 @@ def mesh_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodePr
             nodes.append(start_node(secret, root / name, name=name, workers=2))
         for node in nodes:
             node.wait_workers(2)
-        os.environ["MESH_PEERS"] = ",".join(n.address for n in nodes)
-        os.environ["MESH_SECRET"] = secret
-        yield nodes
+        yield nodes, secret
     finally:
-        os.environ.pop("MESH_PEERS", None)
-        os.environ.pop("MESH_SECRET", None)
         leaked = []
         for node in nodes:
             node.stop()
@@ -137,5 +133,10 @@ def mesh_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodePr
 
 
 @pytest.fixture(autouse=True)
-def _on_the_mesh(mesh_nodes: list[NodeProc]) -> None:
-    """Every case of this folder runs with the suite's nodes as the default mesh."""
+def _on_the_mesh(mesh_nodes: tuple[list[NodeProc], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case of this folder runs with these nodes as its default mesh, found through
+    MESH_PEERS/MESH_SECRET as a user's script would (the default client is closed after
+    each case by the suite's own fixture)."""
+    nodes, secret = mesh_nodes
+    monkeypatch.setenv("MESH_PEERS", ",".join(n.address for n in nodes))
+    monkeypatch.setenv("MESH_SECRET", secret)
