@@ -80,7 +80,7 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         changed."""
         with self._lock:
             ex = self._executor
-            if ex is None or ex.client.closed or self._executor_init != self._init:
+            if ex is None or ex.client.closed or not _same(self._executor_init, self._init):
                 if self._client is None and self._connect != (None, None):
                     self._client = Client(*self._connect)  # ours, for every later call
                 initializer, initargs = self._init
@@ -164,6 +164,15 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     def __reduce__(self) -> tuple[Any, ...]:
         # Shipped only as a job's nested backend: the receiving side gets a fresh one.
         return (MeshBackend, ())
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal initializer settings (the same initializer runs once per worker); objects
+    that cannot say (NumPy arrays among initargs) are the same only when identical."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 def register() -> None:
