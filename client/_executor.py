@@ -16,12 +16,14 @@ import itertools
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from mesh.client._async import _Job, _split_options
 from mesh.client._sync import Client
 
+from mesh._initializer import Initialized
 from mesh._serialize import function_name
 
 __all__ = ["Executor", "MeshFuture"]
@@ -71,6 +73,10 @@ class Executor(concurrent.futures.Executor):
     ``Executor(client=c)`` uses ``c`` and leaves it open. Keyword arguments are job
     options (``_cores``, ``_label``, ``_max_runtime``, ``_retries``) for every job;
     ``submit(fn, *args, _label=...)`` sets them for one.
+
+    ``initializer(*initargs)`` runs once in each worker process that runs this
+    executor's jobs, before the first of them (it travels with the jobs; an
+    initializer that raises fails that job and is tried again before the next).
     """
 
     def __init__(
@@ -79,6 +85,8 @@ class Executor(concurrent.futures.Executor):
         secret: str | bytes | None = None,
         *,
         client: Client | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         **options: Any,
     ) -> None:
         plain = [k for k in options if not k.startswith("_")]
@@ -88,6 +96,12 @@ class Executor(concurrent.futures.Executor):
                 "(it takes peers, secret, client and job options beginning with _)"
             )
         _split_options(dict(options))  # unknown options fail here, not at the first submit
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        # One key per executor: a worker runs the initializer once for all its jobs.
+        self._init = (
+            (uuid.uuid4().hex, initializer, tuple(initargs)) if initializer is not None else None
+        )
         self._options = options
         if client is not None:
             if peers is not None or secret is not None:
@@ -186,6 +200,8 @@ class Executor(concurrent.futures.Executor):
         jobs: list[_Job] = []
         futures: list[MeshFuture[Any]] = []
         a = self._client._async
+        if self._init is not None:
+            fn = Initialized(fn, *self._init)
         try:
             func, jids = a._prepare(fn, arg_tuples, kwargs)  # pickled on this thread
             jobs = [func.job(a._tag, k) for k in range(len(jids))]  # a future needs its job

@@ -9,7 +9,11 @@ none is), ``-2`` one fewer, and so on, as joblib counts cores. Each batch is one
 of a :class:`~mesh.client._executor.Executor`, so cancelling (joblib aborts a call whose
 task raised) kills the jobs still running. ``parallel_config(backend="mesh", ...)``
 takes ``client=``, or ``peers=``/``secret=``, and job options (``_cores=2``, ...).
-Nested ``Parallel`` calls inside a job run sequentially: the job holds one slot.
+``initializer``/``initargs`` (there or in ``Parallel(...)``) run once in each worker
+process before the first batch of this backend it runs (see ``mesh.Executor``).
+Nested ``Parallel`` calls inside a job run sequentially: the job holds one slot. That
+holds for ``backend="mesh"`` named inside a job too (workers know the name without
+``import mesh.joblib``), unless it is given a client or peers of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from joblib._parallel_backends import FallbackToBackend  # type: ignore[import-untyped]
 from joblib.parallel import (  # type: ignore[import-untyped]
     AutoBatchingMixin,
     ParallelBackendBase,
@@ -27,6 +32,8 @@ from joblib.parallel import (  # type: ignore[import-untyped]
 )
 from mesh.client._executor import Executor, MeshFuture
 from mesh.client._sync import Client
+
+from mesh._joblib_hook import in_worker
 
 __all__ = ["MeshBackend", "register"]
 
@@ -47,22 +54,49 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         secret: str | bytes | None = None,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         **options: Any,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
-        self._settings: dict[str, Any] = {"client": client, "peers": peers, "secret": secret}
+        self._client = client
+        self._connect = (peers, secret)
         self._options = options
+        # (initializer, initargs): the backend's own, and the current call's
+        self._own_init: tuple[Callable[..., object] | None, tuple[Any, ...]] = (
+            initializer,
+            tuple(initargs),
+        )
+        self._init = self._own_init
         self._executor: Executor | None = None
+        self._executor_init = self._init
         self._lock = threading.Lock()
         self._futures: set[MeshFuture[Any]] = set()
 
     @property
     def executor(self) -> Executor:
-        """The executor batches go through, made when first needed."""
+        """The executor batches go through: made when first needed, and again when its
+        client was closed (``mesh.close()``, a new ``mesh.connect``) or the initializer
+        changed."""
         with self._lock:
-            if self._executor is None:
-                self._executor = Executor(**self._settings, **self._options)
-            return self._executor
+            ex = self._executor
+            if ex is None or ex.client.closed or not _same(self._executor_init, self._init):
+                if self._client is None and self._connect != (None, None):
+                    self._client = Client(*self._connect)  # ours, for every later call
+                initializer, initargs = self._init
+                self._executor = ex = Executor(
+                    client=self._client,
+                    initializer=initializer,
+                    initargs=initargs,
+                    **self._options,
+                )
+                self._executor_init = self._init
+            return ex
+
+    def _sequential_here(self) -> bool:
+        """In a mesh job with no mesh named: batches run in the job, which holds one slot
+        (a job has no secret, and its caller already counted the mesh's cores)."""
+        return in_worker() and self._client is None and self._connect == (None, None)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
@@ -71,14 +105,34 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             n_jobs = self.default_n_jobs
         if n_jobs > 0:
             return n_jobs
+        if self._sequential_here():
+            return 1
         nodes = [n for n in self.executor.client.nodes() if n.connected]
         free = sum(max(0, n.workers - n.running - n.queued) for n in nodes)
         slots = free or sum(n.workers for n in nodes)
         return max(1, slots + 1 + n_jobs)
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_args: Any) -> int:
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        **backend_args: Any,
+    ) -> int:
+        """Called by each ``Parallel`` call; its ``initializer``/``initargs`` win over the
+        backend's own (``parallel_config(backend="mesh", initializer=...)``)."""
+        if self._sequential_here():
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self._init = self._own_init if initializer is None else (initializer, tuple(initargs))
         self.parallel = parallel
         return self.effective_n_jobs(n_jobs)
+
+    def terminate(self) -> None:
+        """The end of a ``Parallel`` call: the next starts from the default batch size."""
+        self.reset_batch_stats()
 
     def submit(self, func: Callable[[], Any], callback: Callable[..., Any] | None = None) -> Any:
         future = self.executor.submit(func)
@@ -110,6 +164,15 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     def __reduce__(self) -> tuple[Any, ...]:
         # Shipped only as a job's nested backend: the receiving side gets a fresh one.
         return (MeshBackend, ())
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal initializer settings (the same initializer runs once per worker); objects
+    that cannot say (NumPy arrays among initargs) are the same only when identical."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 def register() -> None:

@@ -31,6 +31,7 @@ from mesh.node._jobs import WORKER_FUNCTIONS
 from mesh.node._proc import become_subreaper, end_descendants, has_children
 
 from mesh._frames import FrameCodec
+from mesh._joblib_hook import install as install_joblib_hook
 from mesh._protocol import (
     DONE,
     ERROR,
@@ -294,6 +295,7 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     max_memory = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+    install_joblib_hook()  # a job may name joblib's backend "mesh" without importing it
     try:
         Worker(sock, max_memory).serve()
     except (BrokenPipeError, ConnectionResetError):

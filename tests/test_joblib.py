@@ -42,6 +42,26 @@ STATS = textwrap.dedent(
     '''
 )
 
+MODEL = textwrap.dedent(
+    '''
+    """A user's module with an initializer that loads a model into a global."""
+
+    MODEL = None
+
+    def load(weight):
+        global MODEL
+        MODEL = {"weight": weight}
+
+    def predict(x):
+        return MODEL["weight"] * x
+    '''
+)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Iterator[ModuleType]:
+    yield from import_from(tmp_path / "userdir", f"model_{secrets.token_hex(4)}", MODEL)
+
 
 @pytest.fixture
 def stats(tmp_path: Path) -> Iterator[ModuleType]:
@@ -142,3 +162,132 @@ def test_the_scikit_learn_example_scores_as_on_one_machine(nodes, secret):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "same scores : yes" in done.stdout
     assert "(4 workers)" in done.stdout  # the fixture's nodes, not a local mesh
+
+
+# ---- initializer/initargs, and the backend named inside a job (issue 17) ----
+
+
+def _init_worker(limit: int, log: str) -> None:
+    """A real initializer's kind of work: process-wide state, here the recursion limit."""
+    sys.setrecursionlimit(limit)
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def _failing_init(log: str) -> None:
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    raise RuntimeError("no licence server")
+
+
+def _pid_and_limit(_item: object = None) -> tuple[int, int]:
+    return os.getpid(), sys.getrecursionlimit()
+
+
+def _inits(log: Path) -> list[int]:
+    return [int(pid) for pid in log.read_text().split()] if log.exists() else []
+
+
+def test_an_executor_initializer_runs_once_in_each_worker_before_its_jobs(nodes, client, tmp_path):
+    log = tmp_path / "inits"
+    with mesh.Executor(client=client, initializer=_init_worker, initargs=(4321, str(log))) as ex:
+        futures = [ex.submit(_pid_and_limit) for _ in range(12)]
+        got = [f.result(timeout=60) for f in futures]
+        got += list(ex.map(_pid_and_limit, range(12), chunksize=2))
+    assert {limit for _, limit in got} == {4321}  # every job saw what the initializer set
+    inits = _inits(log)
+    assert len(inits) == len(set(inits))  # once per worker process, not once per job
+    assert {pid for pid, _ in got} <= set(inits)  # and before the first job there
+    # the client's other jobs do not run it; another executor runs its own
+    client.result(client.map(_pid_and_limit, range(8)), timeout=60)
+    assert _inits(log) == inits
+    log2 = tmp_path / "inits2"
+    with mesh.Executor(client=client, initializer=_init_worker, initargs=(5432, str(log2))) as ex:
+        again = list(ex.map(_pid_and_limit, range(8)))
+    assert {limit for _, limit in again} == {5432}
+    assert {pid for pid, _ in again} <= set(_inits(log2))
+
+
+def test_a_failing_initializer_fails_the_job_and_is_tried_again_before_the_next(
+    nodes, client, tmp_path
+):
+    log = tmp_path / "inits"
+    with mesh.Executor(client=client, initializer=_failing_init, initargs=(str(log),)) as ex:
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="no licence server"):
+                ex.submit(_pid_and_limit).result(timeout=60)
+    assert len(_inits(log)) == 2
+    with pytest.raises(TypeError, match="initializer must be callable"):
+        mesh.Executor(client=client, initializer="setup")
+
+
+def test_the_backend_runs_the_initializer_of_parallel_config_or_of_the_parallel_call(
+    nodes, client, tmp_path
+):
+    log = tmp_path / "inits"
+    with joblib.parallel_config(
+        backend="mesh", client=client, initializer=_init_worker, initargs=(4321, str(log))
+    ):
+        got = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(_pid_and_limit)() for _ in range(16)
+        )
+        assert {limit for _, limit in got} == {4321}
+        inits = _inits(log)
+        assert len(inits) == len(set(inits))
+        assert {pid for pid, _ in got} <= set(inits)
+        # Parallel's own initializer wins, for that call
+        log2 = tmp_path / "inits2"
+        got = joblib.Parallel(
+            n_jobs=-1, batch_size=1, initializer=_init_worker, initargs=(5432, str(log2))
+        )(joblib.delayed(_pid_and_limit)() for _ in range(16))
+        assert {limit for _, limit in got} == {5432}
+        assert {pid for pid, _ in got} <= set(_inits(log2))
+
+
+def _nested_on_the_mesh(n: int) -> tuple[int, list[int], bool, bool]:
+    import joblib
+
+    stand_in = "mesh.client._joblib" not in sys.modules  # joblib imported, backend not yet
+    known = "mesh" in joblib.parallel.BACKENDS
+    pids = joblib.Parallel(n_jobs=-1, backend="mesh")(joblib.delayed(os.getpid)() for _ in range(n))
+    return os.getpid(), pids, stand_in, known
+
+
+def test_a_job_can_name_the_mesh_backend_and_its_tasks_run_in_the_job(nodes, client):
+    pid, inner, lazily, known = client.result(client.call(_nested_on_the_mesh, 5), timeout=60)
+    assert known and lazily  # registered when joblib was imported, loaded only when used
+    assert inner == [pid] * 5  # the job holds one slot: its tasks run in it
+    # the same inside a Parallel call on the mesh
+    with joblib.parallel_config(backend="mesh", client=client):
+        outer = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(_nested_on_the_mesh)(3) for _ in range(4)
+        )
+    assert all(inner == [pid] * 3 for pid, inner, _, _ in outer)
+
+
+def test_each_parallel_call_starts_from_the_default_batch_size(nodes, client):
+    backend = mesh.joblib.MeshBackend(client=client)
+    parallel = joblib.Parallel(n_jobs=2, backend=backend)
+    for _ in range(2):
+        assert parallel(joblib.delayed(abs)(-x) for x in range(300)) == list(range(300))
+        assert backend._effective_batch_size == backend._DEFAULT_EFFECTIVE_BATCH_SIZE
+        assert backend._smoothed_batch_duration == backend._DEFAULT_SMOOTHED_BATCH_DURATION
+
+
+def test_a_global_the_initializer_sets_in_code_shipped_by_value_is_seen_by_every_job(
+    nodes, client, model, tmp_path
+):
+    for node in nodes:
+        assert_cannot_see(node, tmp_path)
+    # each submission, and each of joblib's batches, is a pickle of its own
+    with mesh.Executor(client=client, initializer=model.load, initargs=(3,)) as ex:
+        assert [ex.submit(model.predict, x).result(timeout=60) for x in range(8)] == [
+            3 * x for x in range(8)
+        ]
+    with joblib.parallel_config(
+        backend="mesh", client=client, initializer=model.load, initargs=(5,)
+    ):
+        got = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(model.predict)(x) for x in range(16)
+        )
+    assert got == [5 * x for x in range(16)]

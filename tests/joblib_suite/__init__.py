@@ -1,0 +1,1 @@
+"""joblib's own test suite against the mesh backend (see conftest.py)."""
