@@ -13,6 +13,8 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -34,7 +36,7 @@ from mesh.node._peers import PeerTable, load_node_id, unique_name
 from mesh.node._pool import WorkerPool
 from mesh.node._proc import pid_alive
 from mesh.node._shm import SharedBlocks
-from mesh.node._store import JobStore, StoredJob
+from mesh.node._store import BLOB_MIN, JobStore, StoredJob, payload_size
 
 from mesh._auth import mesh_id
 from mesh._connection import Connection
@@ -140,6 +142,10 @@ class Node:
         self._advertiser: Advertiser | None = None
         self.peers: PeerTable | None = None
         self._store: JobStore | None = None
+        # Big results are written to their files here, one at a time, off the loop; the
+        # writes not yet done, awaited before the store closes.
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mesh-store")
+        self._store_writes: set[asyncio.Future[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
@@ -322,6 +328,9 @@ class Node:
         if self._shm is not None:
             self._shm.close()
         if self._store is not None:
+            if self._store_writes:  # results finished before the stop survive it
+                await asyncio.wait(set(self._store_writes))
+            self._store_thread.shutdown()
             self._store.close()
 
     def _watch_memory(self) -> None:
@@ -370,7 +379,7 @@ class Node:
             self._stop_idle_env_pools()
             expired = self.table.take_expired()
             if expired and self._store is not None:
-                self._store.forget(expired)
+                self._in_store_thread(self._forget(expired))
             now = asyncio.get_running_loop().time()
             for conn in list(self._conns.values()):
                 if now - conn.last_alive > self.config.client_timeout_s:
@@ -662,11 +671,7 @@ class Node:
                                 self.table.avg_run_s or 0.0)
                     )  # fmt: skip
         if finished and self._store is not None:
-            try:
-                self._store.save(map(_to_store, finished))
-            except sqlite3.Error as exc:  # results still go out; a restart loses them
-                log.error("could not store %d finished jobs in %s: %s",
-                          len(finished), self._store.path, exc)  # fmt: skip
+            self._save(finished)
         for ins in instructions:
             if isinstance(ins, Dispatch):
                 f = ins.func
@@ -685,6 +690,60 @@ class Node:
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:
                     conn.send(Handback(tuple(ins.jids)))
+
+    def _save(self, finished: list[Job]) -> None:
+        """Commit finished jobs. Small results are committed here and now (a cheap INSERT);
+        big ones (``BLOB_MIN`` bytes or more) go to files from the store thread, so the
+        loop keeps answering heartbeats and other clients while hundreds of MB are
+        written. Such a job survives a crash once its write is done, and a stop always."""
+        assert self._store is not None
+        big = [j for j in finished if payload_size(j.result) >= BLOB_MIN]
+        small = [j for j in finished if payload_size(j.result) < BLOB_MIN] if big else finished
+        if small:
+            try:
+                self._store.save(map(_to_store, small))
+            except sqlite3.Error as exc:  # results still go out; a restart loses them
+                log.error("could not store %d finished jobs in %s: %s",
+                          len(small), self._store.path, exc)  # fmt: skip
+        if big:
+            self._in_store_thread(self._save_big(big))
+
+    def _in_store_thread(self, work: Coroutine[None, None, None]) -> None:
+        """Run ``work`` (which hands its blocking part to the store thread) as a task
+        the node awaits before it closes the store."""
+        task = asyncio.ensure_future(work)
+        self._store_writes.add(task)
+        task.add_done_callback(self._store_writes.discard)
+
+    async def _save_big(self, jobs: list[Job]) -> None:
+        store = self._store
+        assert store is not None
+        rows = [_to_store(j) for j in jobs]
+        loop = asyncio.get_running_loop()
+        try:
+            mapped = await loop.run_in_executor(self._store_thread, store.save, rows)
+        except (sqlite3.Error, OSError) as exc:  # the results went out; a restart loses them
+            log.error("could not store %d finished jobs in %s: %s",
+                      len(rows), store.path, exc)  # fmt: skip
+            return
+        except Exception:  # a bug of ours: the node carries on
+            log.exception("storing %d finished jobs", len(rows))
+            return
+        for job, row in zip(jobs, rows, strict=True):
+            # The same bytes, now read from their file: the node's own copy (hundreds of
+            # MB of memory) goes once its last send is done, and the page cache serves
+            # later requests. Not if the job got another result meanwhile.
+            if job.jid in mapped and job.result is row[10]:
+                job.result = mapped[job.jid]
+
+    async def _forget(self, jids: list[str]) -> None:
+        """Remove expired jobs from the store (a big result's file too) off the loop."""
+        store = self._store
+        assert store is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._store_thread, store.forget, jids)
+        except (sqlite3.Error, OSError) as exc:  # restarted, the node serves them a while more
+            log.error("could not remove %d expired jobs from %s: %s", len(jids), store.path, exc)
 
     @property
     def worker_pids(self) -> list[int]:
