@@ -253,7 +253,9 @@ class Connection(asyncio.BufferedProtocol):
             outbox.clear()
             return
         small: list[bytes | memoryview] = []
-        while outbox and not self._paused:
+        # A write that failed (the peer is gone) closes the transport: the rest of the
+        # outbox is dropped, not encrypted and written into it a slice at a time.
+        while outbox and not self._paused and not transport.is_closing():
             b = outbox.popleft()
             if not isinstance(b, bytes | memoryview):
                 taken = next(b, None)

@@ -8,7 +8,9 @@ and the node logged thousands of ``socket.send() raised exception.`` lines.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import sqlite3
 import stat
 import threading
@@ -20,7 +22,9 @@ from _helpers import wait_until
 from mesh.node._store import BLOB_MIN, JobStore, StoredJob
 
 import mesh
-from mesh._protocol import DONE, Payload
+from mesh._connection import Connection
+from mesh._protocol import DONE, FileChunk, Payload
+from mesh.errors import ConnectionLost
 
 BIG = 300 << 20
 # Clients that give up on a node silent this long: a node that stalls its loop while it
@@ -180,3 +184,18 @@ def test_only_results_of_blob_min_bytes_or_more_become_files(tmp_path, size):
         (["c-1"], 1) if size >= BLOB_MIN else ([], 0)
     )
     store.close()
+
+
+async def test_a_big_message_to_a_peer_that_is_gone_stops_at_the_first_failed_write(caplog):
+    """A peer that drops its end mid-send: the rest of a big message is not written (nor
+    encrypted) slice by slice into a dead socket, each write logging a warning; a node
+    that lost a client while sending it 512 MiB logged 4,000 of them."""
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: Connection("plain"), sock=ours)
+    theirs.close()  # the next write fails at once (EPIPE)
+    conn.send(FileChunk(1, pattern(16 << 20)))  # 64 slices of 256 KiB
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert conn.closed and isinstance(conn.close_reason, ConnectionLost)
+    assert "socket.send() raised exception" not in caplog.text
