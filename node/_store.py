@@ -13,7 +13,9 @@ Results of ``BLOB_MIN`` bytes or more are not put in SQLite (a 512 MiB one cost
 seconds of copying, and SQLite refuses blobs past 1 GB): their bytes go to a file of
 their own in ``results/`` beside the database, written by the node's store thread off
 the event loop, and the row names the file. Read back, such a result is a read-only
-mapping of its file, so a node serving it holds page cache, not a copy.
+mapping of its file, so a node serving it holds page cache, not a copy. Such a job is
+durable once its file is written and its row committed, a moment after its result went
+out (the loop does not wait for it); a stopping node waits for it.
 
 One node owns a data dir at a time (an exclusive lock on ``node.lock``). The data dir
 is private to the user running the node (0700, its files 0600): other local users must
