@@ -712,7 +712,7 @@ class Node:
     def _in_store_thread(self, work: Coroutine[None, None, None]) -> None:
         """Run ``work`` (which hands its blocking part to the store thread) as a task
         the node awaits before it closes the store."""
-        task = asyncio.ensure_future(work)
+        task = asyncio.get_running_loop().create_task(work)
         self._store_writes.add(task)
         task.add_done_callback(self._store_writes.discard)
 
