@@ -143,8 +143,8 @@ class Node:
         self._advertiser: Advertiser | None = None
         self.peers: PeerTable | None = None
         self._store: JobStore | None = None
-        # Big results are written to their files here, one at a time, off the loop; the
-        # writes not yet done, awaited before the store closes.
+        # Big results are written to their files here, one at a time, off the loop (and
+        # expired jobs removed); the tasks not yet done, awaited before the store closes.
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mesh-store")
         self._store_writes: set[asyncio.Future[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -661,7 +661,8 @@ class Node:
         assert self._pool is not None
         # Results go out first, then to disk, then workers get more: the store's commit
         # is off a waiting client's path, and a job's result is on disk before the node
-        # starts other work or answers anything else (a restarted node serves it again).
+        # starts other work or answers anything else (a restarted node serves it again);
+        # a big result only a moment later, written off the loop (see _save).
         finished = self.table.take_finished()
         for ins in instructions:
             if isinstance(ins, Deliver):
