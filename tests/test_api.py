@@ -144,6 +144,7 @@ def test_iresult_in_completion_order(client, tmp_path):
 def test_iresult_timeout(client, tmp_path):
     gate = tmp_path / "gate"
     jids = [client.call(square, 3), client.call(gated, str(gate), "late")]
+    assert client.result(jids[0], timeout=30) == 9  # final before the short timeout starts
     it = client.iresult(jids, timeout=0.5)
     assert next(it) == 9
     with pytest.raises(TimeoutError):

@@ -89,6 +89,7 @@ async def test_async_for_over_iresult_in_order_and_in_completion_order(aclient, 
 
 async def test_iresult_timeout(aclient, tmp_path):
     jobs = [await aclient.call(square, 3), await aclient.call(gated, str(tmp_path / "g"), 1)]
+    assert await aclient.result(jobs[0], timeout=30) == 9  # final before the short timeout
     it = aclient.iresult(jobs, timeout=0.3)
     assert await it.__anext__() == 9
     with pytest.raises(mesh.MeshTimeout):
