@@ -310,6 +310,12 @@ class Gossip:
             self._me = self._me._replace(workers=workers, running=running, queued=queued)
             self._bump()
 
+    def set_name(self, name: str) -> None:
+        """Spread a new name (names are unique among live nodes: node/_peers.py)."""
+        if name != self._me.name and not self._leaving:
+            self._me = self._me._replace(name=name)
+            self._bump()
+
     def leave(self, now: float) -> list[Instruction]:
         """Say this node leaves: to ``indirect_checks`` live members now, then no more probes."""
         self._leaving = True

@@ -55,6 +55,7 @@ log = logging.getLogger("mesh.node.files")
 FILE_MESSAGES = (FilePut, FileChunk, FileAck, FileEnd, FileGet, FileReply, FileList, FileDelete,
                  FileCatalog)  # fmt: skip
 MAINTAIN_S = 0.5
+PING_QUIET_S = 10.0  # a file link quiet this long is pinged
 SETTLE_S = 2.0  # a put or delete waits this long at most for peers to hear of it
 MAX_NAME = 4096
 ASK_UNLINKED_S = 60.0  # a peer unreachable for longer is not asked about unknown names
@@ -820,7 +821,9 @@ class FileService:
                 if (conn is None or conn.closed) and peer.node_id not in self._linking:
                     self._linking.add(peer.node_id)
                     self._spawn(self._connect(peer))
-                elif conn is not None and not conn.closed:
+                elif conn is not None and not conn.closed and now - conn.last_alive > PING_QUIET_S:
+                    # Membership is gossip's; a ping now and then keeps the peer from
+                    # closing a quiet link as a silent client's, and finds a dead one.
                     conn.keepalive(self.node.config.dead_after_s, f"file link to {peer.name}")
             if not self._restoring:
                 self._restoring = True
