@@ -553,7 +553,8 @@ class Dashboard:
                      "workers": p.workers, "running": p.running, "queued": p.queued,
                      "load": _load(p.running, p.queued, p.workers), **files(p.node_id),
                      "heartbeat_s": round(now - conn.last_alive, 3) if live and conn else None,
-                     "connected": p.alive, "self": False}
+                     "connected": p.alive, "self": False,
+                     "member": p.state.name.lower() if p.state is not None else ""}
                 )  # fmt: skip
         return rows
 
