@@ -302,6 +302,11 @@ class PeerTable:
         """This node first, then every live peer: what a ``Peers`` message carries."""
         return (self.address, *(p.key for p in self.alive()))
 
+    def gone(self, node_id: str) -> bool:
+        """Gossip holds that node dead or left (False for one it does not know)."""
+        peer = self._by_id.get(node_id)
+        return peer is not None and peer.state is not None and peer.state >= State.DEAD
+
     def stats(self) -> dict[str, int]:
         """Membership's debug counters, and how many members and links there are now."""
         links = sum(1 for k in self._links.values() if k.conn is not None and not k.conn.closed)

@@ -21,7 +21,7 @@ from typing import IO
 
 from mesh.node._dashboard import Dashboard, jobs_reply
 from mesh.node._envs import Env, EnvBuildError, EnvCache, normalise
-from mesh.node._files import FILE_MESSAGES, FileService
+from mesh.node._files import FILE_MESSAGES, FILES_LINK, FileService
 from mesh.node._jobs import (
     Deliver,
     Dispatch,
@@ -101,9 +101,11 @@ class NodeConfig:
     # Other nodes to connect to without mDNS (--peer, MESH_PEERS).
     peers: list[tuple[str, int]] = field(default_factory=list)
     # Membership (SWIM gossip between nodes): probe period, suspicion... see
-    # mesh/_gossip.py. dead_after_s: a file link silent this long is dropped.
+    # mesh/_gossip.py. Another node's links (gossip, files) may stay quiet longer
+    # than a client's: the node pings them only now and then (node/_files.py).
     gossip: GossipConfig = field(default_factory=GossipConfig)
-    dead_after_s: float = 25.0
+    node_link_timeout_s: float = 300.0
+    dead_after_s: float = 5.0  # a file link silent this long after its ping is dropped
     # On SIGTERM: how long running jobs may take to finish before they are killed.
     grace_s: float = 30.0
     # Resident memory a worker may reach (bytes; 0: no limit), and the share of the
@@ -153,7 +155,8 @@ class Node:
         self._store_writes: set[asyncio.Future[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # work arrived: the idle tick hurries
-        self._node_links: set[int] = set()  # connection ids of other nodes' gossip links
+        self._node_links: set[int] = set()  # connection ids of other nodes' links
+        self._gossip_links: set[int] = set()  # ... of which their gossip links
         self._stopped = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
         self.dashboard: Dashboard | None = None
@@ -262,7 +265,7 @@ class Node:
         assert self.peers is not None
         msg = Peers(self.peers.addresses())
         for cid, conn in list(self._conns.items()):
-            if not conn.closed and cid not in self._node_links:  # gossip told those
+            if not conn.closed and cid not in self._gossip_links:  # gossip told those
                 conn.send(msg)
         self._check_name()
 
@@ -398,8 +401,10 @@ class Node:
             if expired and self._store is not None:
                 self._in_store_thread(self._forget(expired))
             now = asyncio.get_running_loop().time()
-            for conn in list(self._conns.values()):
-                if now - conn.last_alive > self.config.client_timeout_s:
+            for cid, conn in list(self._conns.items()):
+                timeout = (self.config.node_link_timeout_s if cid in self._node_links
+                           else self.config.client_timeout_s)  # fmt: skip
+                if now - conn.last_alive > timeout:
                     conn.abort()  # a client that stopped pinging: its jobs carry on
             ppid = self.config.parent_pid
             if ppid is not None and not pid_alive(ppid):
@@ -435,8 +440,10 @@ class Node:
         self.client_names[cid] = conn.peer_name or conn.peer_label
         if len(self.client_names) > 10_000:  # the dashboard's; oldest connections go first
             del self.client_names[next(iter(self.client_names))]
+        if (conn.peer_name or "").endswith((FILES_LINK, GOSSIP_LINK)):
+            self._node_links.add(cid)  # another node's: quiet for long, and
         if (conn.peer_name or "").endswith(GOSSIP_LINK):
-            self._node_links.add(cid)  # another node's gossip: no Load, no Peers
+            self._gossip_links.add(cid)  # told all by gossip: no Load, no Peers
             return
         conn.send(self._load())
         if self.peers is not None and self.peers.alive():
@@ -448,6 +455,7 @@ class Node:
             return
         self._conns.pop(cid, None)
         self._node_links.discard(cid)
+        self._gossip_links.discard(cid)
         self._funcs.pop(cid, None)
         self.table.disconnected(cid)
 

@@ -412,6 +412,27 @@ def test_a_load_change_is_a_new_incarnation_that_spreads_and_shows_as_changed() 
     assert h.live() == [g.me]
 
 
+def test_a_new_name_is_a_new_incarnation_that_spreads_and_shows_as_changed() -> None:
+    g = knowing(gossip(), 1)
+    g.set_name("n0")
+    assert g.me.incarnation == 0  # the same name: nothing to say
+    g.set_name("n0-2")
+    assert g.me == Update("id0", "n0-2", addr(0), 1, State.ALIVE, "id0", 1, 0, 0)
+    (piggy,) = drain(g)[:1]
+    assert piggy == wire(g.me)
+    h = knowing(gossip(i=1), 0)
+    assert h.received(addr(0), GossipNews(piggy), 1.0) == [Changed(g.me, State.ALIVE)]
+    assert [u.name for u in h.live()] == ["n0-2"]
+
+
+def test_a_leaving_node_spreads_no_new_name() -> None:
+    g = knowing(gossip(), 1)
+    g.leave(0.0)
+    left = g.me
+    g.set_name("other")
+    assert g.me == left and left.state == State.LEFT
+
+
 # ---- a mesh of protocol objects over an in-memory network ----
 
 
