@@ -99,6 +99,11 @@ class Update(NamedTuple):
             raise RemoteProtocolError(
                 f"gossip from {origin}: member {raw[0]!r} has a negative incarnation or load"
             )
+        host, _, port = raw[2].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RemoteProtocolError(
+                f"gossip from {origin}: member {raw[0]!r} has no HOST:PORT address: {raw[2]!r}"
+            )
         return cls(raw[0], raw[1], raw[2], raw[3], State(raw[4]), *raw[5:])
 
     def wire(self) -> MemberUpdate:

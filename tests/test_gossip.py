@@ -103,6 +103,10 @@ def test_an_update_with_an_unknown_state_is_refused_naming_sender_and_member() -
     negative = ("id1", "n1", addr(1), -1, 0, "id1", 1, 0, 0)
     with pytest.raises(RemoteProtocolError, match="negative incarnation"):
         g.received(addr(9), GossipSync((negative,)), 0.0)
+    for address in ("10.0.0.1", "10.0.0.1:x", ":7390", "10.0.0.1:0", "10.0.0.1:65536"):
+        nowhere = ("id1", "n1", address, 0, 0, "id1", 1, 0, 0)
+        with pytest.raises(RemoteProtocolError, match=f"no HOST:PORT address: '{address}'"):
+            g.received(addr(9), GossipNews((nowhere,)), 0.0)
     assert g.members() == []
 
 
