@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from _helpers import wait_until
+from _wire import Session, closed_by_peer, connect
 from conftest import NodeProc, children
 
 from mesh._auth import dashboard_token
+from mesh._frames import HANDSHAKE, HEADER, MAC_SIZE, MSG
+from mesh._protocol import GossipNews, encode
 
 
 def api_nodes(node: NodeProc, secret: str) -> list[dict[str, Any]]:
@@ -125,3 +128,26 @@ def test_an_idle_node_sends_a_bounded_number_of_gossip_messages_per_probe(node_f
     assert received <= 3 * probes + 10, (probes, received)
     assert after["timer_runs"] - before["timer_runs"] <= 4 * probes + 10, (before, after)
     assert after["links"] <= 4 and after["members"] == 4
+
+
+def test_gossip_without_the_secret_is_refused_and_a_bad_member_closes_only_its_link(
+    node_factory, secret
+):
+    a = node_factory(name="a", workers=1)
+    b = node_factory(name="b", workers=1, extra=("--peer", a.address))
+    wait_until(sees(a, [b], secret), what="a to see b")
+    forged = ("e" * 12, "evil", "127.0.0.1:9", 99, 0, "e" * 12, 8, 0, 0)
+    # No secret: a gossip message in a handshake frame, then in a session frame with a
+    # made-up MAC, in place of the handshake's first message.
+    news = encode(GossipNews((forged,)))
+    for frame in (HEADER.pack(len(news), HANDSHAKE) + news,
+                  HEADER.pack(len(news), MSG) + news + b"\x00" * MAC_SIZE):  # fmt: skip
+        with connect(a.host, a.port) as raw:
+            raw.sendall(frame)
+            assert closed_by_peer(raw)
+    # The secret, but a member with no HOST:PORT: that link is closed, nothing else.
+    with Session(a.host, a.port, secret.encode()) as s:
+        s.send(GossipNews(((*forged[:2], "nowhere", *forged[3:]),)))
+        assert closed_by_peer(s.sock)
+    assert members(a, secret) == {b.address: "alive"}
+    assert "evil" not in {r["name"] for r in api_nodes(a, secret)}
