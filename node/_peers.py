@@ -236,7 +236,8 @@ class PeerTable:
         self._browser: Browser | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
+        self._leaving = False  # close() is telling members that this node leaves
+        self._closing = False  # ... and then closing the links
         self._load: tuple[int, int, int] | None = None  # wanted, not yet told
         self._load_at = 0.0
         # Requests to peers awaiting their reply (by request id): see request().
@@ -259,7 +260,7 @@ class PeerTable:
 
     async def close(self) -> None:
         """Leave: tell a few members (gossip spreads it), then close every link."""
-        self._closing = True
+        self._leaving = True  # links may still open, to carry the leave
         if self._timer is not None:
             self._timer.cancel()
         if self._browser is not None:
@@ -274,6 +275,7 @@ class PeerTable:
                     told.append(link.task)
         if told:  # links still connecting: give them a moment to carry the news
             await asyncio.wait(told, timeout=self._connect_timeout_s / 5)
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:  # first, so that a connect finishing now is closed below
@@ -342,7 +344,7 @@ class PeerTable:
     def add(self, host: str, port: int, *, static: bool = False) -> None:
         """An address of a node of the mesh, maybe: swap state with it until it answers."""
         key = f"{host}:{port}"
-        if self._closing or key in self._ignored:
+        if self._leaving or key in self._ignored:
             return
         peer = self.peers.get(key)
         if peer is None:
@@ -364,7 +366,7 @@ class PeerTable:
             self.add(advert.host, advert.port)
 
     def _want_join(self, address: str, static: bool) -> None:
-        if self._closing or address in self._ignored:
+        if self._leaving or address in self._ignored:
             return
         join = self._joining.get(address)
         if join is not None:
@@ -387,7 +389,7 @@ class PeerTable:
         self._received(origin, msg, conn)
 
     def _received(self, origin: str, msg: Message, conn: Connection) -> None:
-        if self._closing:
+        if self._leaving:
             return
         self.counters["received"] += 1
         if isinstance(msg, GossipSync) and msg.reply:
@@ -564,7 +566,7 @@ class PeerTable:
 
     def _arm(self) -> None:
         """(Re)arm the timer for the first thing due: gossip's, a join, an idle link."""
-        if self._closing:
+        if self._leaving:
             return
         due = self.gossip.next_due()
         for join in self._joining.values():
@@ -591,7 +593,7 @@ class PeerTable:
 
     def _run(self) -> None:
         self._timer = None
-        if self._closing:
+        if self._leaving:
             return
         now = self._loop.time()
         self.counters["timer_runs"] += 1
