@@ -7,7 +7,9 @@ For each N (``--nodes``, default 10,25,50,100):
   line (the seed first: the others are given its address with ``--peer``; with
   ``--mdns`` they all start at once and find each other over mDNS pinned to 127.0.0.1);
 - full_membership_s: from the same start until every node has seen every other join;
-- idle: nodes only (no client, no job ever), after a settling second: CPU of all nodes
+- idle: nodes only (no client, no job ever), ``--settle-s`` (1 s) after full membership
+  (the first seconds still carry the joins' news and the file links' first catalogs;
+  ``--settle-s 20`` shows the steady state): CPU of all nodes
   with their workers over ``--idle-s`` (from /proc), per node, in % of one core; and
   the protocol messages a node sends per second, counted as TCP data segments of the
   nodes' sockets (``ss -ti``'s data_segs_out: the nodes write each frame at once,
@@ -277,8 +279,8 @@ def measure(n: int, cfg: argparse.Namespace, data: str) -> dict[str, Any]:
         out["full_membership_s"] = r(_latest(full))
         out["nodes_seeing_all"] = sum(t is not None for t in full)
 
-        log(f"N={n}: idle for {cfg.idle_s} s")
-        time.sleep(1.0)
+        log(f"N={n}: idle for {cfg.idle_s} s, {cfg.settle_s} s after full membership")
+        time.sleep(cfg.settle_s)
         pids = m.pids()
         cpu0, segs0, t = cpu_s(pids), data_segments_out(pids), now()
         time.sleep(cfg.idle_s)
@@ -356,6 +358,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="10,25,50,100", help="comma-separated mesh sizes")
     p.add_argument("--idle-s", type=float, default=10.0, help="idle window (s)")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="wait after full membership before the idle window (s)")  # fmt: skip
     p.add_argument("--map-items", type=int, default=10_000)
     p.add_argument("--mdns", action="store_true", help="find each other over mDNS, not --peer")
     p.add_argument("--timeout-s", type=float, default=120.0, help="per wait (s)")
@@ -376,6 +380,7 @@ def main() -> None:
         "machine": {**before, "loadavg_after": _machine()["loadavg"]},
         "discovery": "mdns" if cfg.mdns else "peer",
         "idle_s": cfg.idle_s,
+        "settle_s": cfg.settle_s,
         "results": results,
     }))  # fmt: skip
 

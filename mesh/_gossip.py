@@ -34,29 +34,15 @@ Load (workers, running, queued) rides in a member's alive update; a change bumps
 node's incarnation (memberlist's UpdateNode does the same for metadata), so one
 counter orders everything said about a node.
 
-Integration plan (next session; node/_peers.py and node/_server.py are being changed
-for node identity now):
-1. node/_peers.py keeps one :class:`Gossip` per node; addresses from mDNS and
-   ``--peer`` go to :meth:`Gossip.join` (a seed's first link carries the GossipSync).
-   :class:`Send` maps ``to`` to a link: a member's address opens (lazily) and keeps
-   an authenticated Connection; the ``origin`` given to :meth:`Gossip.received` is
-   the link a message came in on, so replies go back on it.
-2. One asyncio timer: ``loop.call_at(next_due())`` -> ``tick(now)`` -> carry out the
-   instructions -> re-arm; re-arm also after each ``received``/``set_load``. Drop the
-   per-link ``keepalive`` heartbeats between nodes and the node's 10 Hz tick.
-3. :class:`Changed` feeds the peer table (joined / load / suspect / dead / left) and
-   ``Peers`` to clients; ``set_load`` at most once per probe period when it changed.
-4. Clients stop heartbeating every node: a node forwards the Changed events it
-   sees to its clients (a dead member -> the client drops that link).
-5. bench/scale.py reads ``peer NAME (ADDR) joined`` / ``lost`` from each node's INFO
-   log: keep those lines on Changed (alive-from-unknown / dead or left).
-6. A join's GossipSync must be retried (with backoff) until a reply comes; this
-   module sends it once. A member that came back after being declared dead learns
-   it at the next push/pull and refutes; to make that quicker, a node may also
-   push/pull with a dead member that reconnects to it.
-7. Tune with bench/scale.py at 10-100 nodes: in tests/test_gossip.py's simulation
-   (N = 20-50, 5 % loss) the defaults drop a frozen member in 3-6 s; the issue wants
-   <= 5 s (probe_interval_s, suspicion_mult, suspicion_max_mult are the knobs).
+In the node (node/_peers.py): addresses from mDNS, ``--peer`` and ``Peers`` messages
+go to :meth:`Gossip.join`, retried with backoff until a GossipSync reply comes (and
+again for a member declared dead, so a frozen node that wakes learns it and
+refutes); :class:`Send` goes over a link opened on demand and closed when idle, and
+replies go back on the link a message came in on; one asyncio timer is armed at
+:meth:`Gossip.next_due`; :class:`Changed` feeds the peer table and its ``peer NAME
+(ADDR) joined`` / ``lost`` log lines (bench/scale.py reads them); ``set_load`` at most
+once per probe period. Clients still keep their own links and heartbeats to the
+nodes they use (a node forwards joins to them in ``Peers``).
 """
 
 from __future__ import annotations
@@ -112,6 +98,11 @@ class Update(NamedTuple):
         if raw[3] < 0 or min(raw[6:]) < 0:
             raise RemoteProtocolError(
                 f"gossip from {origin}: member {raw[0]!r} has a negative incarnation or load"
+            )
+        host, _, port = raw[2].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RemoteProtocolError(
+                f"gossip from {origin}: member {raw[0]!r} has no HOST:PORT address: {raw[2]!r}"
             )
         return cls(raw[0], raw[1], raw[2], raw[3], State(raw[4]), *raw[5:])
 
@@ -308,6 +299,12 @@ class Gossip:
         """Spread a load change (a new incarnation of this node's alive update)."""
         if (workers, running, queued) != self._me[6:] and not self._leaving:
             self._me = self._me._replace(workers=workers, running=running, queued=queued)
+            self._bump()
+
+    def set_name(self, name: str) -> None:
+        """Spread a new name (names are unique among live nodes: node/_peers.py)."""
+        if name != self._me.name and not self._leaving:
+            self._me = self._me._replace(name=name)
             self._bump()
 
     def leave(self, now: float) -> list[Instruction]:

@@ -539,7 +539,8 @@ class Dashboard:
             {"name": node.name, "node_id": node.node_id, "address": node.address,
              "workers": workers, "running": table.running, "queued": table.queued,
              "load": _load(table.running, table.queued, workers), **files(node.node_id),
-             "heartbeat_s": 0.0, "connected": True, "self": True}
+             "heartbeat_s": 0.0, "connected": True, "self": True,
+             "membership": node.peers.stats() if node.peers is not None else {}}
         ]  # fmt: skip
         if node.peers is not None:
             now = asyncio.get_running_loop().time()
@@ -552,7 +553,8 @@ class Dashboard:
                      "workers": p.workers, "running": p.running, "queued": p.queued,
                      "load": _load(p.running, p.queued, p.workers), **files(p.node_id),
                      "heartbeat_s": round(now - conn.last_alive, 3) if live and conn else None,
-                     "connected": p.alive, "self": False}
+                     "connected": p.alive, "self": False,
+                     "member": p.state.name.lower() if p.state is not None else ""}
                 )  # fmt: skip
         return rows
 
@@ -597,7 +599,7 @@ class Dashboard:
         if table is None:
             return [], []
         peers = sorted(table.peers.values(), key=lambda p: (p.name or p.key, p.key))
-        asked = [p for p in peers if p.conn is not None and not p.conn.closed]
+        asked = [p for p in peers if p.alive]  # request() opens a link if there is none
         missing = [p.name or p.key for p in peers if p not in asked]
         replies = await asyncio.gather(
             *(table.request(p, make, self.peer_timeout_s) for p in asked), return_exceptions=True

@@ -41,20 +41,31 @@ from mesh._protocol import (
     Message,
 )
 from mesh._transfer import Stream, Transfers
-from mesh.errors import FileCorrupted, FilesError, FileStoreFull, MeshError, MeshFileNotFound
+from mesh.errors import (
+    ConnectionLost,
+    FileCorrupted,
+    FilesError,
+    FileStoreFull,
+    MeshError,
+    MeshFileNotFound,
+)
 
 if TYPE_CHECKING:
     from mesh.node._peers import Peer
     from mesh.node._server import Node
 
-__all__ = ["FILE_MESSAGES", "FileService"]
+__all__ = ["FILES_LINK", "FILE_MESSAGES", "FileService"]
 
 log = logging.getLogger("mesh.node.files")
 
+FILES_LINK = "/files"  # a node names its file links "NAME/files" in the handshake
 # Every message this service handles (the node routes them here).
 FILE_MESSAGES = (FilePut, FileChunk, FileAck, FileEnd, FileGet, FileReply, FileList, FileDelete,
                  FileCatalog)  # fmt: skip
 MAINTAIN_S = 0.5
+# A file link quiet this long is pinged (liveness is gossip's: this only keeps the
+# other end, which drops node links silent for 5 minutes, from closing it).
+PING_QUIET_S = 120.0
 SETTLE_S = 2.0  # a put or delete waits this long at most for peers to hear of it
 MAX_NAME = 4096
 ASK_UNLINKED_S = 60.0  # a peer unreachable for longer is not asked about unknown names
@@ -779,7 +790,7 @@ class FileService:
         if conn is not None and not conn.closed:
             return conn
         conn = await open_connection(
-            peer.host, peer.port, self.node.config.secret, name=f"{self.node.name}/files",
+            peer.host, peer.port, self.node.config.secret, name=self.node.name + FILES_LINK,
             on_message=self.handle, on_close=self._link_closed,
         )  # fmt: skip
         node_id = self._ids[peer.key] = conn.peer_id
@@ -820,8 +831,14 @@ class FileService:
                 if (conn is None or conn.closed) and peer.node_id not in self._linking:
                     self._linking.add(peer.node_id)
                     self._spawn(self._connect(peer))
-                elif conn is not None and not conn.closed:
-                    conn.keepalive(self.node.config.dead_after_s, f"file link to {peer.name}")
+                elif conn is not None and not conn.closed and now - conn.last_alive > PING_QUIET_S:
+                    conn.keepalive(PING_QUIET_S + self.node.config.dead_after_s,
+                                   f"file link to {peer.name}")  # fmt: skip
+            peers = self.node.peers
+            for node_id, conn in list(self._links.items()):
+                if not conn.closed and peers is not None and peers.gone(node_id):
+                    conn.abort(ConnectionLost(f"file link to {self.names.get(node_id, node_id)}: "
+                                              "gossip declared that node gone"))  # fmt: skip
             if not self._restoring:
                 self._restoring = True
                 self._spawn(self._restore_replicas(now))  # copies may take long: not inline

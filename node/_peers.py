@@ -1,13 +1,21 @@
-"""A node's table of the other nodes of its mesh, kept alive by heartbeats.
+"""A node's table of the other nodes of its mesh, kept by SWIM gossip (mesh/_gossip.py).
 
-Peers come from three places that all feed this one table: mDNS adverts (the
-browser), ``--peer``/``MESH_PEERS`` (networks that block multicast), and the
-``Peers`` messages other nodes send (so naming one node is enough to learn the
-mesh). Each peer is reached over an authenticated connection, as a client would;
-its load arrives in ``Load`` and ``Pong``. A peer silent for ``dead_after_s`` is
-dropped and retried with backoff; one that was only heard of, never named, is
-forgotten after ``forget_after_s`` of failures (mDNS records of crashed nodes
-linger for an hour).
+Addresses come from mDNS adverts (the browser), ``--peer``/``MESH_PEERS`` (networks
+that block multicast) and ``Peers`` messages; each is a seed this node swaps full
+state with (``GossipSync``), retried with backoff until one answers. From then on the
+members, their names and their load come from gossip, whose instructions this table
+carries out: one timer armed for what is due next (nothing runs on a fixed clock), and
+gossip messages over the mesh's authenticated links.
+
+Connection policy: a node opens a link (an authenticated connection, as a client's)
+to a member only when gossip has something to send it, and closes it after
+``link_idle_s`` with no traffic either way. A probe period pings one member, so a
+node holds about ``link_idle_s / probe_interval_s`` links at most (plus the few its
+news and indirect probes use), whatever the size of the mesh: small meshes keep all
+their links, big ones reconnect now and then (an HMAC handshake, no key stretching).
+Replies go back on the link a message came in on. Liveness is gossip's: no
+heartbeats on these links. A member declared dead is sent our state again (with
+backoff, like a seed) so that a frozen node that wakes learns it and refutes.
 
 A node is its id (kept in its data dir, so a restart is the same node); its name is
 for people, and :func:`unique_name` keeps names unique among the live nodes.
@@ -18,22 +26,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import random
 import re
 import secrets
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh._connection import Connection, heartbeats, open_connection
+from mesh._connection import Connection, open_connection
 from mesh._discovery import Advert, Browser, parse_peers
-from mesh._protocol import Goodbye, JobsReply, Load, Message, Peers, Pong
-from mesh.errors import MeshError
+from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State
+from mesh._protocol import (
+    Goodbye,
+    GossipAck,
+    GossipNews,
+    GossipPing,
+    GossipPingReq,
+    GossipSync,
+    JobsReply,
+    Message,
+    Peers,
+)
+from mesh.errors import MeshError, RemoteProtocolError
 
-__all__ = ["Peer", "PeerTable", "load_node_id", "unique_name"]
+__all__ = ["GOSSIP_MESSAGES", "GOSSIP_LINK", "Peer", "PeerTable", "load_node_id", "unique_name"]
 
 log = logging.getLogger("mesh.node.peers")
+
+GOSSIP_MESSAGES = (GossipPing, GossipAck, GossipPingReq, GossipSync, GossipNews)
+# A node names its gossip links "NAME/gossip" in the handshake: the node at the other
+# end sends them no Load or Peers (gossip tells members all of that).
+GOSSIP_LINK = "/gossip"
+PENDING_MAX = 64  # gossip messages queued for a link that is still connecting
+MIN_TIMER_S = 0.002  # the timer never spins, whatever gossip says is due
 
 NODE_ID_FILE = "node_id"
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -111,6 +140,8 @@ def unique_name(base: str, node_id: str, current: str, others: Iterable[tuple[st
 
 @dataclass(eq=False)
 class Peer:
+    """Another node: a gossip member, or only an address (a seed) until it answers."""
+
     host: str
     port: int
     static: bool = False  # named by --peer/MESH_PEERS: never forgotten
@@ -119,10 +150,10 @@ class Peer:
     workers: int = 0
     running: int = 0
     queued: int = 0
-    conn: Connection | None = None
+    state: State | None = None  # what gossip says; None: not a member (yet)
+    conn: Connection | None = None  # our link to it, while one is open
     error: BaseException | None = None
     failing_since: float | None = None
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def key(self) -> str:
@@ -130,11 +161,38 @@ class Peer:
 
     @property
     def alive(self) -> bool:
-        return self.conn is not None and not self.conn.closed and self.workers > 0
+        """A member gossip holds alive (or only suspects: suspects still take work)."""
+        return self.state is not None and self.state <= State.SUSPECT
+
+
+@dataclass(eq=False)
+class _Link:
+    """Our connection to one address, opened when gossip (or a request) needs it."""
+
+    address: str
+    conn: Connection | None = None
+    task: asyncio.Task[None] | None = None
+    pending: list[Message] = field(default_factory=list)
+    used_at: float = 0.0
+
+
+@dataclass(eq=False)
+class _Join:
+    """An address we push our state to until it answers (a seed, a dead member)."""
+
+    since: float
+    next_at: float
+    delay_s: float
+    static: bool
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class PeerTable:
-    """The other nodes this node knows, each with its connection and last load."""
+    """The other nodes this node knows, kept by gossip: see the module docstring."""
 
     def __init__(
         self,
@@ -143,73 +201,137 @@ class PeerTable:
         node_id: str,
         name: str,
         address: str,
+        workers: int = 0,
         on_change: Callable[[], None] | None = None,
         on_renamed: Callable[[], None] | None = None,
-        heartbeat_s: float = 1.0,
-        dead_after_s: float = 5.0,
+        gossip: GossipConfig | None = None,
         connect_timeout_s: float = 5.0,
+        link_idle_s: float = 20.0,
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
         forget_after_s: float = 600.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._secret = secret
-        self.node_id, self.name, self.address = node_id, name, address
-        self._on_change = on_change
-        self._on_renamed = on_renamed  # a live peer now shows another name
-        self._heartbeat_s, self._dead_after_s = heartbeat_s, dead_after_s
+        self.node_id, self._name, self.address = node_id, name, address
+        self._loop = asyncio.get_running_loop()
+        self.gossip = Gossip(node_id, name, address, now=self._loop.time(),
+                             rng=rng or random.Random(), config=gossip, workers=workers)  # fmt: skip
+        self._on_change = on_change  # a member joined
+        self._on_renamed = on_renamed  # a live member now shows another name
         self._connect_timeout_s = connect_timeout_s
+        self._link_idle_s = link_idle_s
         self._retry_s, self._max_retry_s = retry_s, max_retry_s
         self._forget_after_s = forget_after_s
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, Peer] = {}  # by address
+        self._by_id: dict[str, Peer] = {}
+        self._addr_ids: dict[str, str] = {}  # address -> node id its link showed
         self._ignored = {address}  # ourselves, and other addresses of known nodes
+        self._links: dict[str, _Link] = {}
+        self._joining: dict[str, _Join] = {}
+        # Links that came in (to our server): replies to what they sent go back on them.
+        self._origins: weakref.WeakValueDictionary[str, Connection] = weakref.WeakValueDictionary()
+        self._origin_of: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+        self._next_origin = 0
         self._browser: Browser | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._leaving = False  # close() is telling members that this node leaves
+        self._closing = False  # ... and then closing the links
+        self._load: tuple[int, int, int] | None = None  # wanted, not yet told
+        self._load_at = 0.0
         # Requests to peers awaiting their reply (by request id): see request().
         self._pending: dict[int, tuple[Connection, asyncio.Future[Message]]] = {}
         self._next_req = 0
+        # Debug counters (the dashboard's /api/nodes shows them): what membership costs.
+        self.counters = {"sent": 0, "received": 0, "probes": 0, "timer_runs": 0,
+                         "links_opened": 0}  # fmt: skip
+
+    # ---- lifecycle ----
 
     async def start(self, static: list[tuple[str, int]], browse_on: list[str]) -> None:
-        """Connect to ``static`` peers and, with interfaces given, browse mDNS on them."""
+        """Join through ``static`` peers and, with interfaces given, browse mDNS on them."""
         for host, port in static:
             self.add(host, port, static=True)
-        self._spawn(self._heartbeat())
         if browse_on:
             self._browser = Browser(self._secret, browse_on, self._found)
             await self._browser.start()
+        self._arm()
 
     async def close(self) -> None:
-        self._closing = True
+        """Leave: tell a few members (gossip spreads it), then close every link."""
+        self._leaving = True  # links may still open, to carry the leave
+        if self._timer is not None:
+            self._timer.cancel()
         if self._browser is not None:
             with contextlib.suppress(Exception):
                 await self._browser.close()
+        told = []
+        for ins in self.gossip.leave(self._loop.time()):
+            if isinstance(ins, Send):
+                self._send(ins.to, ins.msg)
+                link = self._links.get(ins.to)
+                if link is not None and link.task is not None:
+                    told.append(link.task)
+        if told:  # links still connecting: give them a moment to carry the news
+            await asyncio.wait(told, timeout=self._connect_timeout_s / 5)
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:  # first, so that a connect finishing now is closed below
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for peer in self.peers.values():
-            if peer.conn is not None and not peer.conn.closed:
-                with contextlib.suppress(MeshError):
-                    peer.conn.send(Goodbye("node stopping"))
-                peer.conn.close()
+        for link in self._links.values():
+            if link.conn is not None:
+                link.conn.close()  # after what is queued on it: our leave
+
+    # ---- what the node reads ----
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        """This node shows another name now: gossip spreads it."""
+        self._name = name
+        self.gossip.set_name(name)
+        self._arm()
 
     def alive(self) -> list[Peer]:
         return [p for p in self.peers.values() if p.alive]
 
+    def addresses(self) -> tuple[str, ...]:
+        """This node first, then every live peer: what a ``Peers`` message carries."""
+        return (self.address, *(p.key for p in self.alive()))
+
+    def gone(self, node_id: str) -> bool:
+        """Gossip holds that node dead or left (False for one it does not know)."""
+        peer = self._by_id.get(node_id)
+        return peer is not None and peer.state is not None and peer.state >= State.DEAD
+
+    def stats(self) -> dict[str, int]:
+        """Membership's debug counters, and how many members and links there are now."""
+        links = sum(1 for k in self._links.values() if k.conn is not None and not k.conn.closed)
+        return {**self.counters, "members": len(self.alive()), "links": links}
+
+    def set_load(self, workers: int, running: int, queued: int) -> None:
+        """This node's load; spread at most once per probe period when it changed."""
+        if (workers, running, queued) != tuple(self.gossip.me[6:]):
+            self._load = (workers, running, queued)
+            self._arm()
+
     async def request(
         self, peer: Peer, make: Callable[[int], Message], timeout_s: float
     ) -> Message:
-        """Send ``make(req)`` to ``peer`` over its connection and return its reply.
+        """Send ``make(req)`` to ``peer`` (over a link opened if need be); its reply.
 
         Raises TimeoutError when no reply comes in ``timeout_s``, MeshError when the
-        connection is down or goes down meanwhile.
+        peer cannot be reached or the link goes down meanwhile.
         """
-        conn = peer.conn
-        if conn is None or conn.closed:
-            raise MeshError(f"peer {peer.name or peer.key} is not connected")
+        conn = await asyncio.wait_for(self._connected(peer.key), timeout_s)
         self._next_req += 1
         req = self._next_req
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Message] = self._loop.create_future()
         self._pending[req] = (conn, fut)
         try:
             conn.send(make(req))
@@ -217,128 +339,323 @@ class PeerTable:
         finally:
             self._pending.pop(req, None)
 
-    def _replied(self, conn: Connection, req: int, msg: Message) -> None:
-        pending = self._pending.get(req)
-        if pending is not None and pending[0] is conn and not pending[1].done():
-            pending[1].set_result(msg)
-
-    def addresses(self) -> tuple[str, ...]:
-        """This node first, then every live peer: what a ``Peers`` message carries."""
-        return (self.address, *(p.key for p in self.alive()))
-
-    # ---- learning of peers ----
+    # ---- learning of addresses ----
 
     def add(self, host: str, port: int, *, static: bool = False) -> None:
+        """An address of a node of the mesh, maybe: swap state with it until it answers."""
         key = f"{host}:{port}"
-        if self._closing or key in self._ignored:
+        if self._leaving or key in self._ignored:
             return
         peer = self.peers.get(key)
-        if peer is not None:
-            peer.static = peer.static or static
-            return
-        peer = self.peers[key] = Peer(host, port, static=static)
-        self._spawn(self._maintain(peer))
+        if peer is None:
+            peer = self.peers[key] = Peer(host, port, static=static)
+        peer.static = peer.static or static
+        if not peer.alive:
+            self._want_join(key, static)
 
     def heard(self, msg: Peers) -> None:
-        """Another node (or a connection to us) named the nodes it knows."""
+        """A connection named the nodes it knows."""
         for host, port in parse_peers(msg.addrs, strict=False):
             self.add(host, port)
 
     def _found(self, advert: Advert) -> None:
-        if advert.node_id != self.node_id:
+        if advert.node_id == self.node_id:
+            return
+        known = self._by_id.get(advert.node_id)
+        if known is None or not known.alive:
             self.add(advert.host, advert.port)
 
-    # ---- keeping connections ----
+    def _want_join(self, address: str, static: bool) -> None:
+        if self._leaving or address in self._ignored:
+            return
+        join = self._joining.get(address)
+        if join is not None:
+            join.static = join.static or static
+            return
+        now = self._loop.time()
+        self._joining[address] = _Join(now, now, self._retry_s, static)
+        self._arm()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # ---- gossip in, gossip out ----
 
-    async def _maintain(self, peer: Peer) -> None:
-        """Connect, wait for the connection to end, back off, and again, until forgotten."""
-        loop = asyncio.get_running_loop()
-        delay = self._retry_s
-        while not self._closing:
-            try:
-                await self._connect(peer)
-            except MeshError as exc:
+    def received(self, conn: Connection, msg: Message) -> None:
+        """A gossip message on a link that came in to our server."""
+        origin = self._origin_of.get(conn)
+        if origin is None:
+            self._next_origin += 1
+            origin = f"link {self._next_origin} ({conn.peer_label})"
+            self._origin_of[conn] = origin
+            self._origins[origin] = conn
+        self._received(origin, msg, conn)
+
+    def _received(self, origin: str, msg: Message, conn: Connection) -> None:
+        if self._leaving:
+            return
+        self.counters["received"] += 1
+        if isinstance(msg, GossipSync) and msg.reply:
+            self._joining.pop(origin, None)  # the address answered: joined through it
+        try:
+            out = self.gossip.received(origin, msg, self._loop.time())
+        except RemoteProtocolError as exc:
+            log.warning("%s; closing that link", exc)
+            conn.abort(exc)
+            return
+        self._carry_out(out)
+        self._arm()
+
+    def _carry_out(self, out: list[Instruction]) -> None:
+        for ins in out:
+            if isinstance(ins, Send):
+                self._send(ins.to, ins.msg)
+            elif isinstance(ins, Changed):
+                self._changed(ins)
+
+    def _send(self, to: str, msg: Message) -> None:
+        self.counters["sent"] += 1
+        inbound = self._origins.get(to)
+        if inbound is not None or to.startswith("link "):
+            if inbound is not None and not inbound.closed:
+                with contextlib.suppress(MeshError):
+                    inbound.send(msg)
+            return
+        if to in self._ignored:
+            return
+        link = self._links.get(to)
+        if link is None:
+            link = self._links[to] = _Link(to)
+        link.used_at = self._loop.time()
+        if link.conn is not None and not link.conn.closed:
+            with contextlib.suppress(MeshError):
+                link.conn.send(msg)
+            return
+        if len(link.pending) < PENDING_MAX:
+            link.pending.append(msg)
+        self._open(link)
+
+    def _open(self, link: _Link) -> None:
+        if link.task is None and not self._closing:
+            link.task = self._spawn(self._connect(link))
+
+    async def _connected(self, address: str) -> Connection:
+        """Our open link to ``address``, opened now if need be (raises MeshError)."""
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(address)
+        link.used_at = self._loop.time()
+        if link.conn is None or link.conn.closed:
+            self._open(link)
+            if link.task is not None:
+                await asyncio.shield(link.task)
+        if link.conn is None or link.conn.closed:
+            peer = self.peers.get(address)
+            raise MeshError(f"peer {address} cannot be reached: "
+                            f"{peer.error if peer is not None else 'no link'}")  # fmt: skip
+        return link.conn
+
+    async def _connect(self, link: _Link) -> None:
+        address = link.address
+        peer = self.peers.get(address)
+        try:
+            host, port = _split(address)
+            conn = await open_connection(
+                host, port, self._secret, name=self._name + GOSSIP_LINK,
+                timeout_s=self._connect_timeout_s,
+                on_message=lambda c, m: self._link_message(link, c, m),
+                on_close=lambda c, r: self._link_closed(link, c, r),
+            )  # fmt: skip
+        except (MeshError, ValueError) as exc:
+            link.pending.clear()
+            if peer is not None:
                 peer.error = exc
                 if peer.failing_since is None:
-                    peer.failing_since = loop.time()
-                elif not peer.static and loop.time() - peer.failing_since > self._forget_after_s:
-                    log.info("forgetting peer %s: unreachable since long (%s)", peer.key, exc)
-                    del self.peers[peer.key]
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_retry_s)
-                continue
-            if peer.conn is None:  # it was ourselves, or a node we know by another address
-                return
-            delay = self._retry_s
+                    peer.failing_since = self._loop.time()
+            log.debug("no link to %s: %s", address, exc)
+            return
+        finally:
+            link.task = None
+        self.counters["links_opened"] += 1
+        if self._closing:
+            conn.close()
+            return
+        if conn.peer_id == self.node_id:  # our own address, by another name
+            conn.close()
+            self._forget_address(address)
+            return
+        self._addr_ids[address] = conn.peer_id
+        known = self._by_id.get(conn.peer_id)
+        if known is not None and known.key != address:  # a node we know by its own address
+            conn.close()
+            self._forget_address(address)
+            return
+        link.conn = conn
+        if peer is not None:
+            peer.conn, peer.error, peer.failing_since = conn, None, None
+        pending, link.pending = link.pending, []
+        for msg in pending:
+            with contextlib.suppress(MeshError):
+                conn.send(msg)
+
+    def _forget_address(self, address: str) -> None:
+        self._ignored.add(address)
+        self._joining.pop(address, None)
+        self._links.pop(address, None)
+        peer = self.peers.get(address)
+        if peer is not None and not peer.node_id:
+            del self.peers[address]
+
+    def _link_message(self, link: _Link, conn: Connection, msg: Message) -> None:
+        if isinstance(msg, GOSSIP_MESSAGES):
+            self._received(link.address, msg, conn)
+        elif isinstance(msg, JobsReply):
+            pending = self._pending.get(msg.req)
+            if pending is not None and pending[0] is conn and not pending[1].done():
+                pending[1].set_result(msg)
+        elif isinstance(msg, Goodbye):
+            conn.close()
+
+    def _link_closed(self, link: _Link, conn: Connection, reason: BaseException | None) -> None:
+        for c, fut in self._pending.values():  # requests on it get no answer now
+            if c is conn and not fut.done():
+                fut.set_exception(MeshError(f"peer {link.address}: connection lost ({reason})"))
+        if link.conn is conn:
+            link.conn = None
+            peer = self.peers.get(link.address)
+            if peer is not None and peer.conn is conn:
+                peer.conn, peer.error = None, reason
+
+    # ---- the peer table follows gossip ----
+
+    def _changed(self, ch: Changed) -> None:
+        u = ch.member
+        peer = self._by_id.get(u.node_id)
+        if peer is None:
+            peer = self.peers.get(u.address)
+            if peer is None or (peer.node_id and peer.node_id != u.node_id):
+                # New, or the address now belongs to another node (a new data dir).
+                host, port = _split(u.address)
+                peer = self.peers[u.address] = Peer(host, port, static=bool(peer and peer.static))
+            self._by_id[u.node_id] = peer
+            for address, node_id in list(self._addr_ids.items()):
+                if node_id == u.node_id and address != u.address:
+                    self._forget_address(address)  # a seed's other name for this node
+        elif peer.key != u.address:  # the same node, listening elsewhere now
+            if self.peers.get(peer.key) is peer:
+                del self.peers[peer.key]
+            peer.host, peer.port = _split(u.address)
+            self.peers[u.address] = peer
+        was_alive, old_name = peer.alive, peer.name
+        peer.node_id, peer.name, peer.state = u.node_id, u.name, u.state
+        peer.workers, peer.running, peer.queued = u.workers, u.running, u.queued
+        link = self._links.get(peer.key)
+        peer.conn = link.conn if link is not None else None
+        if peer.alive and not was_alive:
             peer.failing_since = None
+            self._joining.pop(peer.key, None)
             log.info("peer %s (%s) joined: %d workers", peer.name, peer.key, peer.workers)
             if self._on_change is not None:
                 self._on_change()
-            await peer.closed.wait()
-            peer.workers = 0
-            log.info("peer %s (%s) lost: %s", peer.name, peer.key, peer.error)
-            await asyncio.sleep(self._retry_s)
+        elif was_alive and not peer.alive:
+            why = "it left" if u.state == State.LEFT else "no answer to gossip probes"
+            log.info("peer %s (%s) lost: %s", peer.name, peer.key, why)
+            if u.state == State.DEAD:  # frozen, maybe: it learns it was dead and refutes
+                self._want_join(peer.key, peer.static)
+        elif peer.alive and old_name and old_name != peer.name and self._on_renamed is not None:
+            self._on_renamed()
 
-    async def _connect(self, peer: Peer) -> None:
-        peer.closed.clear()
-        loaded = asyncio.Event()
+    # ---- the one timer ----
 
-        def on_message(conn: Connection, msg: Message) -> None:
-            if isinstance(msg, Pong):
-                peer.running, peer.queued = msg.running, msg.queued
-            elif isinstance(msg, Load):
-                peer.workers, peer.running, peer.queued = msg.workers, msg.running, msg.queued
-                renamed = loaded.is_set() and msg.name and msg.name != peer.name
-                peer.name = msg.name or peer.name
-                loaded.set()
-                if renamed and self._on_renamed is not None:
-                    self._on_renamed()
-            elif isinstance(msg, Peers):
-                self.heard(msg)
-            elif isinstance(msg, JobsReply):
-                self._replied(conn, msg.req, msg)
-            elif isinstance(msg, Goodbye):
-                conn.close()
-
-        def on_close(conn: Connection, reason: BaseException | None) -> None:
-            for c, fut in self._pending.values():  # requests on it get no answer now
-                if c is conn and not fut.done():
-                    fut.set_exception(MeshError(f"peer {peer.name or peer.key}: connection lost"))
-            if conn is peer.conn:
-                peer.error = reason
-                peer.closed.set()
-
-        conn = await open_connection(
-            peer.host, peer.port, self._secret, name=self.name,
-            timeout_s=self._connect_timeout_s, on_message=on_message, on_close=on_close,
-        )  # fmt: skip
-        if conn.peer_id == self.node_id or any(
-            p is not peer and p.node_id == conn.peer_id for p in self.peers.values()
-        ):
-            conn.close()
-            del self.peers[peer.key]
-            self._ignored.add(peer.key)
+    def _arm(self) -> None:
+        """(Re)arm the timer for the first thing due: gossip's, a join, an idle link."""
+        if self._leaving:
             return
-        peer.conn, peer.node_id = conn, conn.peer_id
-        if not loaded.is_set():  # else its Load came first, with the name it shows now
-            peer.name = conn.peer_name or peer.key
-        conn.send(Peers(self.addresses()))  # so a peer that named nobody learns of us
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
-        if conn.closed or not loaded.is_set():
-            conn.abort()
-            peer.conn = None
-            raise peer.error or MeshError(f"peer {peer.key} sent no load report")
+        due = self.gossip.next_due()
+        for join in self._joining.values():
+            due = min(due, join.next_at)
+        for link in self._links.values():
+            due = min(due, self._idle_at(link))
+        if self._load is not None:
+            due = min(due, self._load_at)
+        if self._timer is not None:
+            if self._timer.when() == due:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if due < math.inf:
+            due = max(due, self._loop.time() + MIN_TIMER_S)
+            self._timer = self._loop.call_at(due, self._run)
 
-    async def _heartbeat(self) -> None:
-        async for on_time in heartbeats(self._heartbeat_s, lambda: not self._closing):
-            for peer in list(self.peers.values()):
-                if peer.conn is not None:
-                    peer.conn.keepalive(self._dead_after_s, f"peer {peer.name} ({peer.key})",
-                                        judge=on_time)  # fmt: skip
+    def _idle_at(self, link: _Link) -> float:
+        conn = link.conn
+        if link.task is not None or any(c is conn for c, _ in self._pending.values()):
+            return math.inf
+        last = max(link.used_at, conn.last_alive if conn is not None else 0.0)
+        return last + self._link_idle_s
+
+    def _run(self) -> None:
+        self._timer = None
+        if self._leaving:
+            return
+        now = self._loop.time()
+        self.counters["timer_runs"] += 1
+        if self._load is not None and now >= self._load_at:
+            self.gossip.set_load(*self._load)
+            self._load, self._load_at = None, now + self.gossip.config.probe_interval_s
+        try:
+            out = self.gossip.tick(now)
+            self.counters["probes"] += sum(
+                1 for i in out if isinstance(i, Send) and isinstance(i.msg, GossipPing)
+            )
+            self._carry_out(out)
+            self._joins(now)
+            self._close_idle(now)
+            self._forget(now)
+        finally:
+            self._arm()
+
+    def _joins(self, now: float) -> None:
+        """Push our state to each address being joined that is due, with backoff."""
+        for address, join in list(self._joining.items()):
+            if now < join.next_at:
+                continue
+            if not join.static and now - join.since > self._forget_after_s:
+                log.info("forgetting peer %s: no answer for %g s", address, now - join.since)
+                del self._joining[address]
+                peer = self.peers.get(address)
+                if peer is not None and not peer.alive and not peer.static:
+                    del self.peers[address]
+                continue
+            join.next_at = now + join.delay_s
+            join.delay_s = min(join.delay_s * 2, self._max_retry_s)
+            self._carry_out(self.gossip.join([address], now))
+
+    def _close_idle(self, now: float) -> None:
+        for address, link in list(self._links.items()):
+            if now < self._idle_at(link):
+                continue
+            del self._links[address]
+            if link.conn is not None:
+                link.conn.close()
+
+    def _forget(self, now: float) -> None:
+        """Members gossip has forgotten (dead long enough) leave the table too."""
+        if not any(p.state is not None and p.state >= State.DEAD for p in self._by_id.values()):
+            return
+        known = {u.node_id for u in self.gossip.members()}
+        for node_id, peer in list(self._by_id.items()):
+            if node_id not in known:
+                del self._by_id[node_id]
+                if self.peers.get(peer.key) is peer and not peer.static:
+                    del self.peers[peer.key]
+                elif peer.static:
+                    peer.state = None  # a seed again: it is still being joined
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("membership task failed", exc_info=task.exception())

@@ -21,7 +21,7 @@ from typing import IO
 
 from mesh.node._dashboard import Dashboard, jobs_reply
 from mesh.node._envs import Env, EnvBuildError, EnvCache, normalise
-from mesh.node._files import FILE_MESSAGES, FileService
+from mesh.node._files import FILE_MESSAGES, FILES_LINK, FileService
 from mesh.node._jobs import (
     Deliver,
     Dispatch,
@@ -32,7 +32,7 @@ from mesh.node._jobs import (
     JobTable,
     KillWorker,
 )
-from mesh.node._peers import PeerTable, load_node_id, unique_name
+from mesh.node._peers import GOSSIP_LINK, GOSSIP_MESSAGES, PeerTable, load_node_id, unique_name
 from mesh.node._pool import WorkerPool
 from mesh.node._proc import pid_alive
 from mesh.node._shm import SharedBlocks
@@ -42,6 +42,7 @@ from mesh._auth import mesh_id
 from mesh._connection import Connection
 from mesh._discovery import Advert, Advertiser
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
+from mesh._gossip import GossipConfig
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
@@ -72,7 +73,8 @@ __all__ = ["Node", "NodeConfig"]
 
 log = logging.getLogger("mesh.node")
 
-TICK_S = 0.1
+TICK_S = 0.1  # housekeeping while jobs are queued or running (runtime limits, memory)
+IDLE_TICK_S = 1.0  # and with none: results to expire, silent clients, the parent process
 ENV_WID_STRIDE = 1_000_000  # worker ids of the n-th environment's pool start at n * this
 
 
@@ -98,8 +100,12 @@ class NodeConfig:
     interfaces: list[str] = field(default_factory=list)
     # Other nodes to connect to without mDNS (--peer, MESH_PEERS).
     peers: list[tuple[str, int]] = field(default_factory=list)
-    heartbeat_s: float = 1.0
-    dead_after_s: float = 5.0
+    # Membership (SWIM gossip between nodes): probe period, suspicion... see
+    # mesh/_gossip.py. Another node's links (gossip, files) may stay quiet longer
+    # than a client's: the node pings them only now and then (node/_files.py).
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    node_link_timeout_s: float = 300.0
+    dead_after_s: float = 5.0  # a file link silent this long after its ping is dropped
     # On SIGTERM: how long running jobs may take to finish before they are killed.
     grace_s: float = 30.0
     # Resident memory a worker may reach (bytes; 0: no limit), and the share of the
@@ -148,6 +154,9 @@ class Node:
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mesh-store")
         self._store_writes: set[asyncio.Future[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # work arrived: the idle tick hurries
+        self._node_links: set[int] = set()  # connection ids of other nodes' links
+        self._gossip_links: set[int] = set()  # ... of which their gossip links
         self._stopped = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
         self.dashboard: Dashboard | None = None
@@ -218,10 +227,10 @@ class Node:
             node_id=self.node_id,
             name=self.name,
             address=self.address,
+            workers=self.config.workers,
             on_change=self._peers_changed,
             on_renamed=self._check_name,
-            heartbeat_s=self.config.heartbeat_s,
-            dead_after_s=self.config.dead_after_s,
+            gossip=self.config.gossip,
         )
         await self.peers.start(self.config.peers, browse_on=interfaces)
 
@@ -255,8 +264,8 @@ class Node:
         """A peer joined: tell every connection, so clients and nodes learn it too."""
         assert self.peers is not None
         msg = Peers(self.peers.addresses())
-        for conn in list(self._conns.values()):
-            if not conn.closed:
+        for cid, conn in list(self._conns.items()):
+            if not conn.closed and cid not in self._gossip_links:  # gossip told those
                 conn.send(msg)
         self._check_name()
 
@@ -371,9 +380,19 @@ class Node:
                         self.table.running)  # fmt: skip
 
     async def _tick(self) -> None:
+        """Housekeeping: every TICK_S while there is work, else every IDLE_TICK_S (an
+        idle node wakes about once a second), woken at once when work arrives."""
         while True:
-            await asyncio.sleep(TICK_S)
+            busy = self.table.running or self.table.queued
+            self._wake.clear()
+            if busy:
+                await asyncio.sleep(TICK_S)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_TICK_S)
             self._apply(self.table.tick(time.time()))
+            if self.peers is not None:
+                self.peers.set_load(self.config.workers, self.table.running, self.table.queued)
             self._watch_memory()
             if self._shm is not None:
                 self._shm.expire()
@@ -382,8 +401,10 @@ class Node:
             if expired and self._store is not None:
                 self._in_store_thread(self._forget(expired))
             now = asyncio.get_running_loop().time()
-            for conn in list(self._conns.values()):
-                if now - conn.last_alive > self.config.client_timeout_s:
+            for cid, conn in list(self._conns.items()):
+                timeout = (self.config.node_link_timeout_s if cid in self._node_links
+                           else self.config.client_timeout_s)  # fmt: skip
+                if now - conn.last_alive > timeout:
                     conn.abort()  # a client that stopped pinging: its jobs carry on
             ppid = self.config.parent_pid
             if ppid is not None and not pid_alive(ppid):
@@ -419,6 +440,11 @@ class Node:
         self.client_names[cid] = conn.peer_name or conn.peer_label
         if len(self.client_names) > 10_000:  # the dashboard's; oldest connections go first
             del self.client_names[next(iter(self.client_names))]
+        if (conn.peer_name or "").endswith((FILES_LINK, GOSSIP_LINK)):
+            self._node_links.add(cid)  # another node's: quiet for long, and
+        if (conn.peer_name or "").endswith(GOSSIP_LINK):
+            self._gossip_links.add(cid)  # told all by gossip: no Load, no Peers
+            return
         conn.send(self._load())
         if self.peers is not None and self.peers.alive():
             conn.send(Peers(self.peers.addresses()))
@@ -428,6 +454,8 @@ class Node:
         if cid is None:
             return
         self._conns.pop(cid, None)
+        self._node_links.discard(cid)
+        self._gossip_links.discard(cid)
         self._funcs.pop(cid, None)
         self.table.disconnected(cid)
 
@@ -463,6 +491,7 @@ class Node:
                     env_func = funcs[fkey] = Func(base.fhash, base.blob, base.name, env=key)
                 func = env_func
                 self._want_env(key, reqs)
+            self._wake.set()
             self._apply(
                 self.table.submit(
                     cid,
@@ -490,6 +519,9 @@ class Node:
             conn.send(self._env_report(msg))
         elif isinstance(msg, Ping):
             conn.send(Pong(msg.t, self.table.running, self.table.queued))
+        elif isinstance(msg, GOSSIP_MESSAGES):
+            if self.peers is not None:
+                self.peers.received(conn, msg)
         elif isinstance(msg, Peers):
             if self.peers is not None:
                 self.peers.heard(msg)

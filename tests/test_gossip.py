@@ -103,6 +103,10 @@ def test_an_update_with_an_unknown_state_is_refused_naming_sender_and_member() -
     negative = ("id1", "n1", addr(1), -1, 0, "id1", 1, 0, 0)
     with pytest.raises(RemoteProtocolError, match="negative incarnation"):
         g.received(addr(9), GossipSync((negative,)), 0.0)
+    for address in ("10.0.0.1", "10.0.0.1:x", ":7390", "10.0.0.1:0", "10.0.0.1:65536"):
+        nowhere = ("id1", "n1", address, 0, 0, "id1", 1, 0, 0)
+        with pytest.raises(RemoteProtocolError, match=f"no HOST:PORT address: '{address}'"):
+            g.received(addr(9), GossipNews((nowhere,)), 0.0)
     assert g.members() == []
 
 
@@ -410,6 +414,27 @@ def test_a_load_change_is_a_new_incarnation_that_spreads_and_shows_as_changed() 
     h = knowing(gossip(i=1), 0)
     assert h.received(addr(0), GossipNews(piggy), 1.0) == [Changed(g.me, State.ALIVE)]
     assert h.live() == [g.me]
+
+
+def test_a_new_name_is_a_new_incarnation_that_spreads_and_shows_as_changed() -> None:
+    g = knowing(gossip(), 1)
+    g.set_name("n0")
+    assert g.me.incarnation == 0  # the same name: nothing to say
+    g.set_name("n0-2")
+    assert g.me == Update("id0", "n0-2", addr(0), 1, State.ALIVE, "id0", 1, 0, 0)
+    (piggy,) = drain(g)[:1]
+    assert piggy == wire(g.me)
+    h = knowing(gossip(i=1), 0)
+    assert h.received(addr(0), GossipNews(piggy), 1.0) == [Changed(g.me, State.ALIVE)]
+    assert [u.name for u in h.live()] == ["n0-2"]
+
+
+def test_a_leaving_node_spreads_no_new_name() -> None:
+    g = knowing(gossip(), 1)
+    g.leave(0.0)
+    left = g.me
+    g.set_name("other")
+    assert g.me == left and left.state == State.LEFT
 
 
 # ---- a mesh of protocol objects over an in-memory network ----
