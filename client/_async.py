@@ -824,13 +824,16 @@ class AsyncClient:
         node_id = link.node_id if link is not None else ""
         now = time.time()
         tag = self._tag
+        func: _Func | None = None
         with self._final_lock:
             for num in ins.nums:
                 _, state, blob, error = items[num]
-                found = self._locate_num(num)
-                if found is None:
-                    continue
-                func, k = found
+                if func is None or not func.start <= num < func.start + func.n:
+                    found = self._locate_num(num)  # a map's results come in runs
+                    if found is None:
+                        continue
+                    func = found[0]
+                k = num - func.start
                 job = func.job(tag, k)
                 job.state, job.blob, job.error, job.node = state, blob, error, node_id
                 job.args = b""  # final: it will not be sent again
@@ -919,8 +922,11 @@ class AsyncClient:
                 self._accept(ins, items)
             elif isinstance(ins, AckResults):
                 link = self._links.get(ins.node)
-                if link is not None:
-                    self._ack(link, [self._sched.jid(n) for n in ins.nums])
+                if link is not None:  # (an Ack comes with the results it acknowledges)
+                    if items is not None:
+                        self._ack(link, [items[n][0] for n in ins.nums])
+                    else:
+                        self._ack(link, [self._sched.jid(n) for n in ins.nums])
             elif isinstance(ins, Lost):
                 job = self._job_of(ins.num)
                 if job is not None:
