@@ -12,10 +12,8 @@ import bisect
 import hashlib
 import itertools
 import logging
-import math
 import os
 import secrets
-import statistics
 import threading
 import time
 from array import array
@@ -27,7 +25,23 @@ from typing import Any, NamedTuple, TypeVar, overload
 from mesh.client._files import AsyncFiles
 from mesh.client._handle import Job, register_owner
 from mesh.client._local import LocalMesh
-from mesh.client._placement import NodeView, plan
+from mesh.client._scheduler import (
+    Accept,
+    AskRuns,
+    Batch,
+    Fail,
+    Instruction,
+    Lost,
+    Outcome,
+    Run,
+    Scheduler,
+    SchedulerConfig,
+    Send,
+    Stop,
+    Work,
+)
+from mesh.client._scheduler import Ack as AckResults
+from mesh.client._scheduler import Recall as RecallJobs
 
 from mesh._auth import load_secret
 from mesh._connection import Connection, heartbeats, open_connection
@@ -54,7 +68,9 @@ from mesh._protocol import (
     Peers,
     Pong,
     Query,
+    Recall,
     Records,
+    ResultItem,
     Results,
     Submit,
     pushed_name,
@@ -86,12 +102,6 @@ __all__ = ["AsyncClient", "EnvInfo", "EnvRebuild", "JobInfo", "NodeInfo", "parse
 log = logging.getLogger("mesh.client")
 
 UNKNOWN = -1  # a job id this client did not submit and has not yet heard of
-PIPELINE_S = 0.05  # keep about this much work queued at each node
-# Jobs at least this long get no queue at the node: a round trip (about a millisecond)
-# costs them under 1 %, and a job queued behind another could leave a node idle at a
-# map's tail while this one still has two to run.
-LONG_JOB_S = 0.1
-MAX_DEPTH = 4096  # jobs in flight per worker slot, at most
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
 # result/iresult/join look at this many jobs at a time (a _Job each), so waiting on a
 # map of a million jobs does not give every one of them an object at once.
@@ -101,16 +111,7 @@ WAIT_WINDOW = 4096
 # ones) keeps only a window of pickled arguments in memory.
 EAGER_ARGS_BYTES = 4 << 20
 BYTES_OVERHEAD = 33  # what a bytes object costs beside its contents (for that budget)
-# Pickled arguments of unfinished jobs that the client holds (for retries) before it
-# stops reading more from a map's sequences, as long as some are in flight.
-HELD_ARGS_BYTES = 64 << 20
 RECONNECT_S = 1.0
-# _speculative=True: from this share of a map done, a job running longer than
-# STRAGGLER x the median run time (and at least MIN_STRAGGLER_S) gets a copy.
-SPECULATE_AFTER = 0.75
-STRAGGLER = 1.5
-MIN_STRAGGLER_S = 0.2
-SPECULATE_EVERY_S = 0.25
 ACK_DELAY_S = 0.02
 OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
 
@@ -213,7 +214,7 @@ class _Func:
     million jobs costs the client its handles and its results, not a million objects."""
 
     __slots__ = ("ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
-                 "finished", "label", "live", "max_runtime", "n", "name", "next", "node_ids",
+                 "label", "live", "max_runtime", "n", "name", "next", "node_ids",
                  "nodes", "pickled", "prefer", "push", "results", "retries", "sizes", "source",
                  "speculative", "start", "submitted")  # fmt: skip
 
@@ -222,7 +223,6 @@ class _Func:
         # One call or map: its jobs share these options (per job they would cost a map
         # of a million jobs 32 MB).
         self.cores, self.label, self.max_runtime, self.retries = 1, "", 0.0, 3
-        self.finished = 0  # jobs of this call or map that came back (for _speculative)
         self.speculative = False  # stragglers of this map get a copy elsewhere
         self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
@@ -233,7 +233,9 @@ class _Func:
         # when each job's result reached this client, in seconds after ``submitted``
         # (0: not yet; allocated with the first): mesh.info's answer once a node is lost
         self.came = array("f")
-        self.next = 0  # the first job that has not left the queue yet: the rest follow it
+        # the job whose arguments are read next (from ``ahead``, then ``source``): a map's
+        # jobs are first sent in order, and those killed before that skip their items
+        self.next = 0
         self.live: dict[int, _Job] = {}  # job index -> its _Job, while it has one
         # arguments pickled by _prepare, for the first jobs to leave the queue, in order;
         # then those read from ``source`` as jobs leave it
@@ -301,20 +303,9 @@ class _Func:
 
 
 class _Job:
-    __slots__ = (
-        "args",
-        "attempts",
-        "blob",
-        "callbacks",
-        "error",
-        "func",
-        "jid",
-        "link",
-        "node",
-        "state",
-        "tried",
-        "twin",
-    )  # fmt: skip
+    """A job as the ledger knows it; where it runs is the scheduler's (``node_of``)."""
+
+    __slots__ = ("args", "attempts", "blob", "callbacks", "error", "func", "jid", "node", "state")
 
     def __init__(
         self, jid: str, func: _Func | None, args: Payload | None, state: int = QUEUED
@@ -325,7 +316,6 @@ class _Job:
         # leaves the queue); b"" once the job is final
         self.args = args
         self.state = state
-        self.link: _Link | None = None
         self.node = ""  # the id of the node that ran it last (names repeat, ids do not)
         self.blob: Payload = b""
         self.error: ErrorInfo | None = None
@@ -333,27 +323,11 @@ class _Job:
         # would spend 64 MB on one-item lists), a list when there are several
         self.callbacks: Callable[[_Job], None] | list[Callable[[_Job], None]] | None = None
         self.attempts = 0  # attempts that ended with their worker or node dying
-        # (node name, link key) of those attempts: not placed there again while others
-        # exist. A tuple, so the million jobs of a big map share the one empty tuple.
-        self.tried: tuple[tuple[str, str], ...] = ()
-        self.twin: _Link | None = None  # the node running a speculative copy
-
-    # The options of the job's call or map; a job adopted from another process has none.
-    @property
-    def cores(self) -> int:
-        return self.func.cores if self.func is not None else 1
 
     @property
     def label(self) -> str:
+        """Its call's or map's ``_label``; a job adopted from another process has none."""
         return self.func.label if self.func is not None else ""
-
-    @property
-    def max_runtime(self) -> float:
-        return self.func.max_runtime if self.func is not None else 0.0
-
-    @property
-    def retries(self) -> int:
-        return self.func.retries if self.func is not None else 0
 
     @property
     def final(self) -> bool:
@@ -361,7 +335,7 @@ class _Job:
 
 
 class _Link:
-    """One node: its connection, its last reported load, and our jobs in flight there."""
+    """One node: its connection, its last reported load, and the functions it holds."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -372,32 +346,13 @@ class _Link:
         self.workers = 0
         self.running = 0
         self.queued = 0
-        self.avg_run_s = 0.0
-        self.inflight: dict[str, _Job] = {}
-        self.inflight_slots = 0
         self.sent_funcs: set[bytes] = set()
         self.error: BaseException | None = None
         self.loaded: asyncio.Event | None = None  # set by the node's first Load
-        self.draining = False  # the node is leaving (Handback): no new work there
 
     @property
     def usable(self) -> bool:
         return self.conn is not None and not self.conn.closed and self.workers > 0
-
-    def view(self, measured: bool = True) -> NodeView:
-        """This node for placement. ``measured``: the work's run time is known, so the
-        node's average may size a deep pipeline (or none, for long jobs); else a new
-        function (perhaps slow) gets a small one, so one node cannot take a whole
-        CPU-bound map."""
-        if measured and self.avg_run_s >= LONG_JOB_S:
-            depth = 1
-        elif measured and self.avg_run_s > 0:
-            depth = min(MAX_DEPTH, max(2, math.ceil(PIPELINE_S / self.avg_run_s)))
-        else:
-            depth = 2
-        others = max(0, self.running + self.queued - len(self.inflight))
-        room = self.workers * depth - self.inflight_slots
-        return NodeView(self.key, self.workers, self.inflight_slots + others, room)
 
 
 class _Heard(NamedTuple):
@@ -463,34 +418,6 @@ class _Picker:
         if job is not None:
             self.outstanding -= 1
         return job
-
-
-def _same_work(a: _Func, b: _Func) -> bool:
-    """Whether jobs of ``a`` and ``b`` can travel in one Submit and be placed as one:
-    the same function (and constant kwargs), options and placement preference."""
-    return a is b or (
-        a.fhash == b.fhash and a.cores == b.cores and a.label == b.label
-        and a.max_runtime == b.max_runtime and a.env == b.env and a.prefer == b.prefer
-    )  # fmt: skip
-
-
-def _group_length(pending: Iterable[_Job | _Func], head: _Job, limit: int) -> int:
-    """How many single jobs from the head of ``pending`` (at most ``limit``: the room
-    there is) can be placed as one group: jobs put back in the queue, and calls (one
-    job each) of the same work, such as a loop of ``call(f, x)``. Bounded, so a long
-    queue costs a pump no more than the nodes can take."""
-    assert head.func is not None
-    n = 0
-    for entry in pending:
-        if n >= limit:
-            break
-        if isinstance(entry, _Func):
-            if entry.n - entry.next != 1 or not _same_work(entry, head.func):
-                break
-        elif entry.func is None or entry.tried or not _same_work(entry.func, head.func):
-            break
-        n += 1
-    return n
 
 
 # Error kinds a node reports for an attempt that cost the job nothing of its own doing:
@@ -608,25 +535,20 @@ class AsyncClient:
         register_owner(self._tag, self)  # so its Job handles can be awaited
         # every call and map, in id order, and the id number of each one's first job
         self._funcs: list[_Func] = []
-        # Functions (by hash) some job of which came back: calls of one of them in a loop
-        # are as "measured" as a map's later jobs, and get the node's deep pipeline.
-        self._came_back: set[bytes] = set()
         self._starts: list[int] = []
         self._next_id = 1
         self._ids_lock = threading.Lock()
         self._connect_timeout_s = connect_timeout_s
-        # With no node reachable this long, unfinished jobs fail instead of waiting forever.
-        self._no_nodes_timeout_s = no_nodes_timeout_s
-        self._no_nodes_timer: asyncio.TimerHandle | None = None
+        # Where and when this client's jobs run (with no node reachable for
+        # no_nodes_timeout_s, unfinished jobs fail instead of waiting forever).
+        self._sched = Scheduler(self._tag, SchedulerConfig(no_nodes_timeout_s=no_nodes_timeout_s))
+        self._timer: asyncio.TimerHandle | None = None  # calls tick at the scheduler's wake_at
+        self._timer_at: float | None = None
         self._adopted: dict[str, _Job] = {}  # jobs of other processes this one waits for
-        # what waits to be placed: jobs (placed again), and maps (their next jobs, in order)
-        self._pending: deque[_Job | _Func] = deque()
-        self._held = 0  # bytes of pickled arguments of unfinished jobs (see HELD_ARGS_BYTES)
         # Guards job finalisation against waiters registered from other threads.
         self._final_lock = threading.Lock()
         self._acks: dict[_Link, list[str]] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._pump_scheduled = False
         self._requests: dict[int, tuple[asyncio.Future[list[_Heard]], list[_Heard], set[str]]] = {}
         self._req_ids = itertools.count(1)
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
@@ -688,6 +610,8 @@ class AsyncClient:
             if not link.usable:
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
+            else:
+                self._node_up(link)
         self._spawn(self._heartbeat())
         self._started = True
         return self
@@ -719,7 +643,7 @@ class AsyncClient:
             self._aliases.add(link.key)
             link.conn.close()
             return
-        self._schedule_pump()
+        self._node_up(link)
 
     async def _heartbeat(self) -> None:
         """Ping every node each heartbeat; one silent for dead_after_s is lost.
@@ -745,6 +669,8 @@ class AsyncClient:
             await self._browser.close()
         if self._ack_timer is not None:
             self._ack_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._flush_acks()  # so nodes may expire what we hold after their TTL, not a day
         await self.files.close()
         for t in list(self._tasks):
@@ -793,7 +719,6 @@ class AsyncClient:
         self._names[conn.peer_id] = link.name
         link.sent_funcs = set()
         link.error = None
-        link.draining = False
         # link.workers is set by the node's first message (Load), which follows at once.
         try:
             await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
@@ -810,10 +735,7 @@ class AsyncClient:
                 await self._connect(link)
             except MeshError:
                 continue
-            if self._no_nodes_timer is not None:
-                self._no_nodes_timer.cancel()
-                self._no_nodes_timer = None
-            self._schedule_pump()
+            self._node_up(link)
 
     # ---- messages from nodes ----
 
@@ -827,7 +749,8 @@ class AsyncClient:
                 self._names[conn.peer_id] = link.name
             if link.loaded is not None:
                 link.loaded.set()
-            self._schedule_pump()
+            self._apply(self._sched.load(link.key, time.time(), workers=msg.workers,
+                                         running=msg.running, queued=msg.queued, name=link.name))  # fmt: skip
         elif isinstance(msg, Records):
             entry = self._requests.get(msg.req)
             if entry is not None:
@@ -840,8 +763,10 @@ class AsyncClient:
                         fut.set_result(records)
         elif isinstance(msg, Pong):
             link.running, link.queued = msg.running, msg.queued
+            self._apply(self._sched.load(link.key, time.time(), running=msg.running,
+                                         queued=msg.queued))  # fmt: skip
         elif isinstance(msg, Handback):
-            self._handed_back(link, msg.jids)
+            self._handed_back(link, msg)
         elif isinstance(msg, Peers):
             for host, port in parse_peers(msg.addrs, strict=False):
                 self._learn(host, port)
@@ -855,106 +780,86 @@ class AsyncClient:
             self.files.handle(conn, msg)  # mesh.files replies and chunks
 
     def _on_results(self, link: _Link, msg: Results) -> None:
+        """Results: this client's jobs go to the scheduler (it says which are final),
+        jobs adopted from other processes straight to the ledger."""
         link.running, link.queued = msg.running, msg.queued
-        if msg.avg_run_s > 0:
-            link.avg_run_s = msg.avg_run_s
-        acked = []
-        crashed: list[tuple[_Job, ErrorInfo]] = []
         now = time.time()
-        with self._final_lock:
-            inflight = link.inflight
-            for jid, state, blob, error in msg.items:
-                acked.append(jid)
-                job = inflight.get(jid) or self._find(jid)
-                if job is None or job.state >= DONE or job.args is None:
-                    continue  # a late duplicate, e.g. from a node we had given up on
-                if job.twin is None and job.link is link:  # the usual case: one copy, here
-                    if inflight.pop(jid, None) is not None:
-                        link.inflight_slots -= job.cores
-                    job.link = None
-                    others: list[_Link] = []
-                else:
-                    copies = [lk for lk in (job.link, job.twin) if lk is not None]
-                    for lk in copies:
-                        if lk.inflight.pop(jid, None) is not None:
-                            lk.inflight_slots -= job.cores
-                    job.link = job.twin = None
-                    others = [lk for lk in copies if lk is not link]
+        tag = self._tag
+        outcomes: list[Outcome] = []
+        mine: dict[int, ResultItem] = {}
+        adopted: list[str] = []
+        for item in msg.items:
+            jid, state, _, error = item
+            t, _, n = jid.rpartition("-")
+            if t == tag and n.isdigit():
+                num = int(n)
+                mine[num] = item
                 if error is not None and error[0] in _LOST_ATTEMPT:
-                    if others and others[0].usable:  # a speculative copy still runs there
-                        self._keep_running(job, others[0])
+                    outcomes.append(Outcome(num, state, error[2] or error[0], error))
+                else:
+                    outcomes.append(Outcome(num, state))
+            else:
+                adopted.append(jid)
+                self._adopted_result(link, item)
+        if adopted:
+            self._ack(link, adopted)
+        if outcomes:
+            out = self._sched.results(link.key, outcomes, now, running=msg.running,
+                                      queued=msg.queued, avg_run_s=msg.avg_run_s)  # fmt: skip
+            self._apply(out, mine)
+
+    def _adopted_result(self, link: _Link, item: ResultItem) -> None:
+        jid, state, blob, error = item
+        with self._final_lock:
+            job = self._adopted.get(jid)
+            if job is None or job.final:
+                return  # a late duplicate
+            job.state, job.blob, job.error, job.node = state, blob, error, link.node_id
+            if job.callbacks is not None:
+                _call_back(job)
+
+    def _accept(self, ins: Accept, items: dict[int, ResultItem]) -> None:
+        """The scheduler holds these results final: store them and wake their waiters."""
+        link = self._links.get(ins.node)
+        node_id = link.node_id if link is not None else ""
+        now = time.time()
+        tag = self._tag
+        func: _Func | None = None
+        with self._final_lock:
+            for num in ins.nums:
+                _, state, blob, error = items[num]
+                if func is None or not func.start <= num < func.start + func.n:
+                    found = self._locate_num(num)  # a map's results come in runs
+                    if found is None:
                         continue
-                    crashed.append((job, error))  # retried (elsewhere if it can) or failed below
-                    continue
-                for lk in others:  # the first result wins: stop the other copy
-                    if lk.conn is not None and not lk.conn.closed:
-                        lk.conn.send(Kill((jid,)))
-                job.state, job.blob, job.error, job.node = state, blob, error, link.node_id
-                self._drop_args(job)  # final: it will not be sent again
-                func = job.func
-                if func is not None:
-                    k = self._index(job)
-                    func.finished += 1
-                    if not func.came:
-                        func.came = array("f", bytes(4 * func.n))
-                    func.came[k] = now - func.submitted  # func.arrived(), inline: per job
-                    self._came_back.add(func.fhash)
+                    func = found[0]
+                k = num - func.start
+                job = func.job(tag, k)
+                job.state, job.blob, job.error, job.node = state, blob, error, node_id
+                job.args = b""  # final: it will not be sent again
+                if not func.came:
+                    func.came = array("f", bytes(4 * func.n))
+                func.came[k] = now - func.submitted  # func.arrived(), inline: per job
                 if job.callbacks is not None:
                     _call_back(job)
-                if state == DONE and not job.attempts and func is not None:
-                    func.compact(k, blob, link.node_id)
-        self._ack(link, acked)
-        if crashed:
-            requeue = [j for j, error in crashed if self._attempt_lost(j, link, error[2], error)]
-            self._pending.extendleft(reversed(requeue))
-        if self._pending:
-            self._schedule_pump()  # once for every Results that arrived together
+                if state == DONE and not job.attempts:
+                    func.compact(k, blob, node_id)
 
-    @staticmethod
-    def _keep_running(job: _Job, link: _Link) -> None:
-        """One copy of a job is gone; the one on ``link`` carries on alone."""
-        if job.jid not in link.inflight:
-            link.inflight[job.jid] = job
-            link.inflight_slots += job.cores
-        job.link, job.twin, job.state = link, None, PROCESSING
-
-    def _handed_back(self, link: _Link, jids: tuple[str, ...]) -> None:
-        """The node is leaving and did not start these: place them elsewhere, no attempt lost."""
-        link.draining = True
-        back = []
-        for jid in jids:
-            job = link.inflight.pop(jid, None)
-            if job is None:
-                continue
-            link.inflight_slots -= job.cores
-            job.link = None
-            if not job.final:
-                job.state = QUEUED
-                back.append(job)
-        log.info("node %s is leaving; placing %d jobs elsewhere", link.name, len(back))
-        self._pending.extendleft(reversed(back))
-        self._schedule_pump()
-
-    def _attempt_lost(
-        self, job: _Job, link: _Link, why: str, error: ErrorInfo | None = None
-    ) -> bool:
-        """An attempt ended with its worker or node dying, or with a node that cannot start
-        workers (``error``): True to place it again, else it has used its ``_retries`` and
-        fails: with WorkerDied naming every attempt, or with the node's own error."""
-        job.attempts += 1
-        job.tried += ((link.name, link.key),)
-        job.node = link.node_id
-        if job.attempts <= job.retries:
-            job.state = QUEUED
-            return True
-        if error is not None and error[0] == "worker-start":
-            self._fail(job, error)  # names the node and why its workers do not start
-            return False
-        name = job.func.name if job.func is not None else "it"
-        self._fail(job, ("worker-died", "WorkerDied",
-                         f"job {job.jid} ({name}) failed {job.attempts} attempts, on nodes "
-                         f"{', '.join(name for name, _ in job.tried)}; the last: {why}", "", ""))  # fmt: skip
-        return False
+    def _handed_back(self, link: _Link, msg: Handback) -> None:
+        """Jobs the node did not start: it is leaving, or it answers our Recall. The
+        scheduler places them again (no attempt lost)."""
+        tag = self._tag
+        nums = []
+        for jid in msg.jids:
+            t, _, n = jid.rpartition("-")
+            if t == tag and n.isdigit():
+                nums.append(int(n))
+                job = self._find(jid)
+                if job is not None and not job.final:
+                    job.state = QUEUED
+        if not msg.recall:
+            log.info("node %s is leaving; placing %d jobs elsewhere", link.name, len(nums))
+        self._apply(self._sched.handed_back(link.key, nums, time.time(), leaving=not msg.recall))
 
     def _ack(self, link: _Link, jids: list[str]) -> None:
         """Acknowledge results in batches: one Ack per link every ACK_DELAY_S at most."""
@@ -980,161 +885,155 @@ class AsyncClient:
                     del self._requests[req]
                     if not fut.done():
                         fut.set_result(records)
-        lost = list(link.inflight.values())
-        link.inflight.clear()
-        link.inflight_slots = 0
-        requeue = []
-        why = f"node {link.name} ({link.key}) was lost while running it ({reason})"
-        for job in lost:
-            other = job.twin if job.link is link else job.link
-            if job.twin is not None and other is not None and other.usable and not job.final:
-                self._keep_running(job, other)  # its speculative copy carries on
-                continue
-            job.link = job.twin = None
-            if not job.final and self._attempt_lost(job, link, why):
-                requeue.append(job)
-        self._pending.extendleft(reversed(requeue))
         if not self._closed:
+            out = self._sched.node_lost(link.key, str(reason), time.time())
+            lost = sum(1 for ins in out if isinstance(ins, Lost))
             if lost:
-                log.warning("lost %s (%s); re-placing %d jobs", link.name, reason, len(requeue))
+                log.warning("lost %s (%s); %d jobs lost an attempt", link.name, reason, lost)
+            self._apply(out)
             self._spawn(self._reconnect(link))
-            self._schedule_pump()
-            self._watch_for_no_nodes()
-
-    def _watch_for_no_nodes(self) -> None:
-        """Start the countdown to failing unfinished work if no node is usable now."""
-        if self._no_nodes_timer is None and self._loop is not None and not self._usable():
-            self._no_nodes_timer = self._loop.call_later(
-                self._no_nodes_timeout_s, self._no_nodes_expired
-            )
-
-    def _no_nodes_expired(self) -> None:
-        self._no_nodes_timer = None
-        if self._closed or self._usable():
-            return
-        why = "; ".join(f"{lk.name} ({lk.key}): {lk.error}" for lk in self._links.values())
-        error = ("no-nodes", "NoNodesAvailable",
-                 f"no node reachable for {self._no_nodes_timeout_s:g} s ({why})", "", "")  # fmt: skip
-        for entry in self._pending:
-            if isinstance(entry, _Func):  # its jobs not sent yet fail too, unread
-                self._fail_unsent(entry, error)
-        for job in [e for e in self._pending if isinstance(e, _Job)] + [
-            j for lk in self._links.values() for j in lk.inflight.values()
-        ]:
-            if not job.final:
-                self._fail(job, error)
-        self._pending.clear()
-        for lk in self._links.values():
-            lk.inflight.clear()
-            lk.inflight_slots = 0
 
     def _fail(self, job: _Job, error: ErrorInfo, blob: bytes = b"") -> None:
         with self._final_lock:
             job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
             job.blob = blob
-            self._drop_args(job)
+            job.args = b""
             if job.func is not None:
                 job.func.arrived(self._index(job), time.time())
             if job.callbacks is not None:
                 _call_back(job)
 
-    # ---- placing work ----
+    # ---- carrying out the scheduler's instructions ----
 
-    def _schedule_pump(self) -> None:
-        if not self._pump_scheduled and self._loop is not None:
-            self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
+    def _node_up(self, link: _Link) -> None:
+        """``link`` is connected and reported its load: the scheduler may place work there."""
+        self._apply(self._sched.node_up(link.key, link.name, link.workers, time.time(),
+                                        running=link.running, queued=link.queued))  # fmt: skip
 
-    def _pump(self) -> None:
-        self._pump_scheduled = False
-        if self._head() is None:
-            return
-        links = {k: lk for k, lk in self._links.items() if lk.usable and not lk.draining}
-        if not links:
-            return  # a reconnect will pump again
-        pending = self._pending
-        while (head := self._head()) is not None:
-            entry = pending[0]
-            candidates = links
-            if head.tried:  # a retry goes alone, to a node it has not died on where one exists
-                avoid = {key for _, key in head.tried}
-                candidates = {k: lk for k, lk in links.items() if k not in avoid} or links
-            measured = head.func is not None and head.func.fhash in self._came_back
-            views = [lk.view(measured) for lk in candidates.values()]
-            room = sum(max(v.room, 0) for v in views) // head.cores
-            if head.func is not None and head.func.source is not None:  # reads its sequences
-                left = HELD_ARGS_BYTES - self._held
-                if left <= 0 and any(lk.inflight for lk in links.values()):
-                    return  # enough arguments held: results coming back pump again
-                count, size = head.func.pickled
-                room = min(room, max(1, left * count // max(size, 1)))
-            if isinstance(entry, _Func) and entry.n - entry.next > 1:
-                group = min(max(1, room), entry.n - entry.next)
+    def _apply(self, out: list[Instruction], items: dict[int, ResultItem] | None = None) -> None:
+        """Carry out the scheduler's instructions, in order (``items``: the results they
+        accept); then set the timer for its next ``tick``."""
+        dropped: list[int] = []
+        for ins in out:
+            if isinstance(ins, Send):
+                self._send(ins, dropped)
+            elif isinstance(ins, Accept):
+                assert items is not None
+                self._accept(ins, items)
+            elif isinstance(ins, AckResults):
+                link = self._links.get(ins.node)
+                if link is not None:  # (an Ack comes with the results it acknowledges)
+                    if items is not None:
+                        self._ack(link, [items[n][0] for n in ins.nums])
+                    else:
+                        self._ack(link, [self._sched.jid(n) for n in ins.nums])
+            elif isinstance(ins, Lost):
+                job = self._job_of(ins.num)
+                if job is not None:
+                    lost_on = self._links.get(ins.key)
+                    job.attempts, job.state = ins.attempts, QUEUED
+                    job.node = lost_on.node_id if lost_on is not None else job.node
+            elif isinstance(ins, Fail):
+                self._fail_nums(ins)
+            elif isinstance(ins, Stop | RecallJobs):
+                link = self._links.get(ins.node)
+                if link is not None and link.conn is not None and not link.conn.closed:
+                    jids = tuple(self._sched.jid(n) for n in ins.nums)
+                    link.conn.send(Kill(jids) if isinstance(ins, Stop) else Recall(jids))
             else:
-                group = 1 if head.tried else _group_length(pending, head, max(1, room))
-            allocation = plan(group, views, head.cores, (head.func and head.func.prefer) or ())
-            if not allocation:
-                if head.cores > max(lk.workers for lk in links.values()):
-                    biggest = max(lk.workers for lk in links.values())
-                    for _ in range(group):
-                        self._fail(self._take(self._pop()), ("rejected", "ValueError",
-                                   f"job needs {head.cores} cores; the largest node has {biggest}",
-                                   "", ""))  # fmt: skip
-                    continue
-                return
-            for key, count in allocation:
-                self._send(links[key], [self._take(self._pop()) for _ in range(count)])
+                self._spawn(self._ask_runs(ins))
+        if dropped:
+            self._apply(self._sched.dropped(dropped, time.time()))
+        else:
+            self._set_timer()
 
-    def _head(self) -> _Job | None:
-        """The first job waiting to be placed. Drops what need not be: jobs final already
-        (killed before they were sent; a map's skip their items) and maps all sent."""
-        pending = self._pending
-        while pending:
-            entry = pending[0]
-            if isinstance(entry, _Func):
-                if entry.next >= entry.n:
-                    pending.popleft()
-                    continue
-                job = entry.job(self._tag, entry.next)
-                if job.final:
-                    self._take(job)
-                    entry.next += 1
-                    continue
-                return job
-            if not entry.final:
-                return entry
-            pending.popleft()
-        return None
+    def _set_timer(self) -> None:
+        at = self._sched.wake_at()
+        if at == self._timer_at or self._loop is None or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = None if at is None else self._loop.call_later(
+            max(0.0, at - time.time()), self._tick
+        )  # fmt: skip
 
-    def _pop(self) -> _Job:
-        """Take the first job waiting (see _head) off the queue."""
-        entry = self._pending[0]
-        if isinstance(entry, _Func):
-            job = entry.job(self._tag, entry.next)
-            entry.next += 1
-            if entry.next >= entry.n:
-                self._pending.popleft()
-            return job
-        entry = self._pending.popleft()
-        assert isinstance(entry, _Job)
-        return entry
+    def _tick(self) -> None:
+        self._timer = self._timer_at = None
+        if not self._closed:
+            self._apply(self._sched.tick(time.time()))
 
-    def _take(self, job: _Job) -> _Job:
-        """A job leaves the queue: the first time, read and pickle its arguments from its
-        map's sequences (jobs leave in order; one that cannot be read or pickled fails)."""
-        if job.args is not None:
-            return job
+    def _job_of(self, num: int) -> _Job | None:
+        found = self._locate_num(num)
+        return found[0].job(self._tag, found[1]) if found is not None else None
+
+    def _fail_nums(self, ins: Fail) -> None:
+        """Jobs the scheduler failed here. A range: jobs never sent, and none of their
+        call's or map's later jobs will be either: its unread arguments go too."""
+        info = ins.info
+        funcs: dict[int, _Func] = {}
+        for num in ins.nums:
+            found = self._locate_num(num)
+            if found is not None:
+                funcs[found[0].start] = found[0]
+                self._fail(found[0].job(self._tag, found[1]), info)
+        if isinstance(ins.nums, range):
+            for func in funcs.values():
+                if ins.nums.stop >= func.start + func.n:
+                    func.ahead.clear()
+                    func.source = None
+
+    def _send(self, ins: Send, dropped: list[int]) -> None:
+        """Submit ``ins.nums`` to its node, reading their arguments the first time (a job
+        whose arguments cannot be read or pickled fails here: ``dropped``)."""
+        link = self._links[ins.node]
+        conn = link.conn
+        if conn is None or conn.closed:  # its close is on its way: not sent, no attempt lost
+            self._apply(self._sched.handed_back(ins.node, ins.nums, time.time()))
+            return
+        jobs: list[_Job] = []
+        func: _Func | None = None
+        for num in ins.nums:
+            found = self._locate_num(num)
+            if found is None:
+                continue
+            func = found[0]
+            job = func.job(self._tag, found[1])
+            if job.args is None and not self._read_args(job, found[1]):
+                dropped.append(num)
+                continue
+            job.state = PROCESSING
+            jobs.append(job)
+        if func is None or not jobs:
+            return
+        w = ins.work
+        for start in range(0, len(jobs), SUBMIT_BATCH):
+            batch = jobs[start : start + SUBMIT_BATCH]
+            fresh = w.fhash not in link.sent_funcs
+            link.sent_funcs.add(w.fhash)
+            conn.send(
+                Submit(w.fhash, func.blob if fresh else b"", w.name,
+                       tuple((j.jid, j.args) for j in batch),  # type: ignore[misc]  # read above
+                       w.cores, w.label, w.max_runtime_s, retry=ins.retry, env=w.env)
+            )  # fmt: skip
+
+    def _read_args(self, job: _Job, k: int) -> bool:
+        """Job ``k`` of its map is sent the first time: take its pickled arguments, read
+        from the map's sequences if not pickled yet (in order; items of jobs killed before
+        they were sent are skipped). False: they could not be read or pickled (it failed)."""
         func = job.func
         assert func is not None
-        if func.ahead:  # pickled by _prepare (and counted as held since)
+        while func.next < k:  # killed before they were sent: their items are skipped
+            if func.ahead:
+                func.ahead.popleft()
+            elif func.source is not None:
+                next(func.source, None)
+            func.next += 1
+        func.next = k + 1
+        if func.ahead:  # pickled by _prepare
             job.args = func.ahead.popleft()
-            if job.final:
-                self._drop_args(job)
-            return job
+            return True
         assert func.source is not None
-        if job.final:  # killed before it was sent: its item is skipped, unpickled
-            next(func.source, None)
-            return job
         try:
             args = next(func.source)
         except StopIteration:  # so will the jobs after it: the iterator stays exhausted
@@ -1150,60 +1049,34 @@ class AsyncClient:
         else:
             try:
                 job.args = dumps_payload(args, f"arguments of {func.name} (job {job.jid})")
-                size = payload_size(job.args)
-                self._held += size
-                func.pickled[0] += 1
-                func.pickled[1] += size
-                return job
+                return True
             except SerializationError as e:
                 exc = e
-        job.args = b""
         blob, info = pack_exception(exc)
         self._fail(job, info, blob)
-        return job
+        return False
 
     def _fail_unsent(self, func: _Func, error: ErrorInfo) -> None:
-        """None of ``func``'s jobs not sent yet will be: each fails with ``error``, and
-        the arguments pickled ahead for them are dropped (their sequences left unread)."""
-        for k in range(func.next, func.n):
+        """A call or map the scheduler never saw fails whole (its _env could not be pushed);
+        the arguments pickled ahead are dropped, its sequences left unread."""
+        for k in range(func.n):
             self._fail(func.job(self._tag, k), error)
-        func.next = func.n
-        self._held -= sum(map(payload_size, func.ahead))
         func.ahead.clear()
         func.source = None
 
-    def _drop_args(self, job: _Job) -> None:
-        """``job`` is final: its pickled arguments go (None stays: its item is still to be
-        skipped in the map's sequences, in order)."""
-        if job.args:
-            self._held -= payload_size(job.args)
-            job.args = b""
-
-    def _send(self, link: _Link, jobs: list[_Job], copy: bool = False) -> None:
-        """Submit ``jobs`` to ``link``; ``copy``: a speculative second copy (job.twin)."""
-        assert link.conn is not None
-        jobs = [j for j in jobs if not j.final]
-        if not jobs:
+    async def _ask_runs(self, ins: AskRuns) -> None:
+        """A speculative map wants run times: ask the node, answer the scheduler."""
+        link = self._links.get(ins.node)
+        if link is None or not link.usable:
             return
-        head = jobs[0]
-        func = head.func
-        assert func is not None
-        for j in jobs:
-            j.state = PROCESSING
-            if not copy:
-                j.link = link
-            link.inflight[j.jid] = j
-        link.inflight_slots += head.cores * len(jobs)
-        for start in range(0, len(jobs), SUBMIT_BATCH):
-            batch = jobs[start : start + SUBMIT_BATCH]
-            fresh = func.fhash not in link.sent_funcs
-            link.sent_funcs.add(func.fhash)
-            link.conn.send(
-                Submit(func.fhash, func.blob if fresh else b"", func.name,
-                       tuple((j.jid, j.args) for j in batch),  # type: ignore[misc]  # _take read them
-                       head.cores, head.label,
-                       head.max_runtime, retry=any(j.attempts for j in batch), env=func.env)
-            )  # fmt: skip
+        try:
+            heard = await self._query([link], tuple(self._sched.jid(n) for n in ins.nums))
+        except MeshError:
+            return
+        found = [(h.record, self._num(h.record[0])) for h in heard]
+        got = [Run(num, r[1], r[6], r[7]) for r, num in found if num is not None]
+        if not self._closed:
+            self._apply(self._sched.runs(ins.node, got, time.time()))
 
     # ---- thread-safe preparation ----
 
@@ -1263,12 +1136,20 @@ class AsyncClient:
         assert job.func is not None
         return int(job.jid.rpartition("-")[2]) - job.func.start
 
-    def _locate(self, jid: str) -> tuple[_Func, int] | None:
-        """The call or map of one of this client's job ids, and the job's place in it."""
+    def _num(self, jid: str) -> int | None:
+        """The number of one of this client's job ids (None: not this client's)."""
         tag, _, num = jid.rpartition("-")
         if tag != self._tag or not (num.isascii() and num.isdigit()):
             return None
-        n = int(num)
+        return int(num)
+
+    def _locate(self, jid: str) -> tuple[_Func, int] | None:
+        """The call or map of one of this client's job ids, and the job's place in it."""
+        n = self._num(jid)
+        return None if n is None else self._locate_num(n)
+
+    def _locate_num(self, n: int) -> tuple[_Func, int] | None:
+        """The call or map of this client's job number ``n``, and the job's place in it."""
         i = bisect.bisect_right(self._starts, n) - 1
         if i < 0:
             return None
@@ -1290,96 +1171,27 @@ class AsyncClient:
             return job is not None and job.final
         return found[0].is_final(found[1])
 
-    def _enqueue(self, func: _Func, counted: bool = False) -> None:
+    def _enqueue(self, func: _Func) -> None:
         """Loop thread: queue a prepared call or map and place what can be placed now."""
-        self._enqueue_many([func], counted)
+        self._enqueue_many([func])
 
-    def _enqueue_many(self, funcs: Iterable[_Func], counted: bool = False) -> None:
-        """Loop thread: queue prepared calls and maps (in order), then place what can be
-        placed now: calls made in a burst go out together."""
+    def _enqueue_many(self, funcs: Iterable[_Func]) -> None:
+        """Loop thread: give prepared calls and maps to the scheduler (in order) once it
+        can place them; calls made in a burst go out together."""
+        ready = []
         for func in funcs:
-            if not counted:  # the arguments _prepare pickled are held from now on
-                self._held += func.pickled[1]
             if func.push:
                 self._spawn(self._enqueue_after_push(func))  # first: the _env's local files
             elif func.files and func.prefer is None:
                 self._spawn(self._enqueue_near_files(func))  # first: which nodes hold them
             else:
-                self._pending.append(func)
-                if func.speculative:
-                    self._spawn(self._speculate(func))
-        self._pump()
-        if self._pending:
-            self._watch_for_no_nodes()
-
-    async def _speculate(self, func: _Func) -> None:
-        """``_speculative=True``: once most of a map is done, a job running much longer than
-        the median gets a copy on a node with a free worker; the first result wins and the
-        other copy is killed. Run times come from the nodes' records (machine clocks are
-        assumed to agree within a fraction of the median, as NTP keeps them)."""
-        median = 0.0
-        while not self._closed:
-            await asyncio.sleep(SPECULATE_EVERY_S)
-            left = [j for j in list(func.live.values()) if not j.final]
-            if not left and func.next >= func.n:
-                return
-            if func.finished < SPECULATE_AFTER * func.n:
-                continue
-            if not median:
-                median = await self._median_run_s(self._some_done(func, 50))
-                continue
-            by_link: dict[_Link, list[str]] = {}
-            for j in left:
-                if j.state == PROCESSING and j.link is not None and j.twin is None:
-                    by_link.setdefault(j.link, []).append(j.jid)
-            limit = max(STRAGGLER * median, MIN_STRAGGLER_S)
-            for link, jids in by_link.items():
-                if not link.usable:
-                    continue
-                now = time.time()
-                for _, r in await self._query([link], tuple(jids)):
-                    job = self._find(r[0])
-                    if (job is None or job.final or job.twin is not None or job.link is not link
-                            or r[1] != PROCESSING or not r[6] or now - r[6] < limit):  # fmt: skip
-                        continue
-                    spare = self._spare_link(job, exclude=link)
-                    if spare is not None:
-                        log.info("job %s runs %.1f s on %s (median %.2f s): a copy goes to %s",
-                                 job.jid, now - r[6], link.name, median, spare.name)  # fmt: skip
-                        job.twin = spare
-                        self._send(spare, [job], copy=True)
-
-    def _some_done(self, func: _Func, n: int) -> list[_Job]:
-        """Up to ``n`` jobs of ``func`` that are done (compact ones as views)."""
-        done = [j for j in list(func.live.values()) if j.state == DONE][:n]
-        k = -1
-        while len(done) < n and func.done and (k := func.done.find(1, k + 1)) >= 0:
-            done.append(func.job(self._tag, k))
-        return done
-
-    async def _median_run_s(self, done: list[_Job]) -> float:
-        by_link: dict[_Link, list[str]] = {}
-        for j in done:
-            link = self._link_of(j.node)
-            if link is not None and link.usable:
-                by_link.setdefault(link, []).append(j.jid)
-        times = []
-        for link, jids in by_link.items():
-            times += [
-                r[7] - r[6] for _, r in await self._query([link], tuple(jids)) if r[7] and r[6]
-            ]
-        return statistics.median(times) if times else 0.0
-
-    def _spare_link(self, job: _Job, exclude: _Link) -> _Link | None:
-        """The least-loaded node other than ``exclude`` with a free worker for ``job``."""
-        best, best_load = None, 0.0
-        for lk in self._links.values():
-            if lk is exclude or not lk.usable or lk.draining:
-                continue
-            v = lk.view()
-            if v.load + job.cores <= v.workers and (best is None or v.load / v.workers < best_load):
-                best, best_load = lk, v.load / v.workers
-        return best
+                work = Work(func.fhash, func.name, func.cores, func.label, func.max_runtime,
+                            func.env, func.prefer or frozenset())  # fmt: skip
+                count, size = func.pickled
+                ready.append(Batch(func.start, func.n, work, func.retries, func.speculative,
+                                   func.source is not None, size // max(count, 1)))  # fmt: skip
+        if ready:
+            self._apply(self._sched.submit_all(ready, time.time()))
 
     async def _enqueue_after_push(self, func: _Func) -> None:
         """Push the local wheels of an ``_env`` through mesh.files (once per client and
@@ -1396,7 +1208,7 @@ class AsyncClient:
                 return
             self._pushed.add(name)
         func.push = ()
-        self._enqueue(func, counted=True)
+        self._enqueue(func)
 
     async def _enqueue_near_files(self, func: _Func) -> None:
         """Learn which nodes hold the jobs' ``_files`` (a placement tie-breaker), then queue."""
@@ -1404,7 +1216,7 @@ class AsyncClient:
             func.prefer = await self.files.holder_keys(func.files, self._usable())
         except MeshError:
             func.prefer = frozenset()  # no preference: the job still runs
-        self._enqueue(func, counted=True)
+        self._enqueue(func)
 
     def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
         """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).
@@ -1642,7 +1454,7 @@ class AsyncClient:
         by_link: dict[_Link, list[str]] = {}
         for j in jobs:
             if j.state == PROCESSING:  # the node knows better: queued there, or done already
-                link = j.link or self._link_of(j.node)
+                link = self._where(j)
                 if link is not None and link.usable:
                     by_link.setdefault(link, []).append(j.jid)
         heard = await self._records(by_link)
@@ -1671,6 +1483,14 @@ class AsyncClient:
                 heard.update((h.record[0], h) for h in answer)
         return heard
 
+    def _where(self, j: _Job) -> _Link | None:
+        """The link to the node that runs job ``j`` (or ran it last)."""
+        if j.func is not None and not j.final:
+            key = self._sched.node_of(int(j.jid.rpartition("-")[2]))
+            if key:
+                return self._links.get(key)
+        return self._link_of(j.node)
+
     def _link_of(self, node_id: str) -> _Link | None:
         """The link to node ``node_id`` (reachable or not), if this client has one."""
         return next((lk for lk in self._links.values() if lk.node_id == node_id and node_id), None)
@@ -1683,19 +1503,18 @@ class AsyncClient:
         """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
         jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
         await self._adopt(adopted)
+        mine: list[int] = []
         by_link: dict[str, list[str]] = {}
         for j in jobs:
             if j.final:
                 continue
-            if j.link is None and j.state == QUEUED:
-                self._fail(
-                    j, ("killed", "JobKilled", "killed on request before it started", "", "")
-                )
-            elif j.link is not None:
-                by_link.setdefault(j.link.key, []).append(j.jid)
+            if j.func is not None:  # the scheduler fails unsent ones, stops sent ones
+                mine.append(int(j.jid.rpartition("-")[2]))
             else:  # adopted: ask everyone
                 for lk in self._usable():
                     by_link.setdefault(lk.key, []).append(j.jid)
+        if mine:
+            self._apply(self._sched.kill(mine, time.time()))
         for key, ids in by_link.items():
             conn = self._links[key].conn
             if conn is not None and not conn.closed:
@@ -1712,7 +1531,7 @@ class AsyncClient:
         await self._adopt(adopted)
         by_link: dict[_Link, list[str]] = {}
         for j in jobs:
-            link = j.link or self._link_of(j.node)
+            link = self._where(j)
             if link is not None and link.usable:
                 by_link.setdefault(link, []).append(j.jid)
         heard = await self._records(by_link)

@@ -83,6 +83,7 @@ class FailKind(enum.Enum):
     WORKER_DIED = "worker-died"  # its attempts all ended with their worker or node dying
     REJECTED = "rejected"  # it needs more cores than the largest node has
     NO_NODES = "no-nodes"  # no node was usable for no_nodes_timeout_s
+    WORKER_START = "worker-start"  # its attempts all met nodes that could not start workers
     KILLED = "killed"  # killed on request before it was sent
 
     @property
@@ -98,6 +99,7 @@ _EXCEPTIONS = {
     FailKind.WORKER_DIED: "WorkerDied",
     FailKind.REJECTED: "ValueError",
     FailKind.NO_NODES: "NoNodesAvailable",
+    FailKind.WORKER_START: "WorkerStartFailed",
     FailKind.KILLED: "JobKilled",
 }
 
@@ -136,7 +138,11 @@ class Outcome(NamedTuple):
 
     num: int
     state: int  # DONE, ERROR or KILLED
-    died: str = ""  # error kind "worker-died": the node's message (the attempt is lost)
+    # error kind "worker-died" or "worker-start": the node's message (the attempt is lost)
+    died: str = ""
+    # that error as the node sent it: a "worker-start" one is what the job fails with
+    # once its retries are spent (it names the node and why its workers do not start)
+    error: ErrorInfo | None = None
 
 
 class Run(NamedTuple):
@@ -178,6 +184,7 @@ class Lost:
     num: int
     node: str  # the node's name
     attempts: int
+    key: str = ""  # the node's key
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +194,12 @@ class Fail:
     nums: range | tuple[int, ...]
     kind: FailKind
     message: str
+    error: ErrorInfo | None = None  # the node's own error, when the job fails with it
+
+    @property
+    def info(self) -> ErrorInfo:
+        """The error the jobs fail with, as a node would have sent it."""
+        return self.error or self.kind.error_info(self.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +308,7 @@ class Scheduler:
         self.config = config or SchedulerConfig()
         self._nodes: dict[str, _Node] = {}
         self._open: dict[int, _Open] = {}  # by first job number
+        self._speculative: dict[int, _Open] = {}  # those of _open with _speculative=True
         self._pending: deque[_Open | _Flight] = deque()  # what waits to be placed, in order
         self._flights: dict[int, _Flight] = {}  # jobs out of their batch, not final
         self._measured: set[bytes] = set()  # functions some job of which came back
@@ -333,7 +347,7 @@ class Scheduler:
 
     def wake_at(self) -> float | None:
         """When ``tick`` has something to do next (None: not until another event)."""
-        times = [b.check_at for b in self._open.values() if b.spec.speculative]
+        times = [b.check_at for b in self._speculative.values()]
         if self._no_nodes_since is not None:
             times.append(self._no_nodes_since + self.config.no_nodes_timeout_s)
         return min(times) if times else None
@@ -342,15 +356,22 @@ class Scheduler:
 
     def submit(self, batch: Batch, now: float) -> list[Instruction]:
         """A call or map was prepared (ids allocated, function pickled): queue and place it."""
-        if batch.n <= 0:
-            return []
-        if batch.work.cores < 1:
-            raise ValueError(f"_cores must be at least 1, not {batch.work.cores}")
-        b = self._open[batch.first] = _Open(batch, batch.n)
-        if batch.speculative:
-            b.check_at = now + self.config.speculate_every_s
-        self._pending.append(b)
-        self._watch_for_no_nodes(now)
+        return self.submit_all((batch,), now)
+
+    def submit_all(self, batches: Iterable[Batch], now: float) -> list[Instruction]:
+        """Calls and maps made in a burst, in order: queued, then placed together (calls
+        of one function in a row share Submits)."""
+        for batch in batches:
+            if batch.n <= 0:
+                continue
+            if batch.work.cores < 1:
+                raise ValueError(f"_cores must be at least 1, not {batch.work.cores}")
+            b = self._open[batch.first] = _Open(batch, batch.n)
+            if batch.speculative:
+                b.check_at = now + self.config.speculate_every_s
+                self._speculative[batch.first] = b
+            self._pending.append(b)
+            self._watch_for_no_nodes(now)
         return self._place()
 
     def node_up(
@@ -376,11 +397,15 @@ class Scheduler:
         running: int,
         queued: int,
         avg_run_s: float = 0.0,
+        name: str = "",
     ) -> list[Instruction]:
-        """A node reported its load (Load, Pong): place what now fits."""
+        """A node reported its load (Load, Pong): place what now fits. ``name``: the name
+        it shows now (a node that met another of its name takes a suffix)."""
         node = self._nodes.get(key)
         if node is None or not node.up:
             return []
+        if name:
+            node.name = name
         if workers is not None:
             node.workers = workers
         node.running, node.queued = running, queued
@@ -414,7 +439,7 @@ class Scheduler:
         out: list[Instruction] = []
         accepted: list[int] = []
         stops: dict[str, list[int]] = {}
-        crashed: list[tuple[_Flight, str]] = []
+        crashed: list[tuple[_Flight, Outcome]] = []
         for o in outcomes:
             f = self._flights.get(o.num)
             if f is None:
@@ -430,7 +455,7 @@ class Scheduler:
                 if others and self._nodes[others[0]].usable:  # its other copy carries on
                     self._place_on(f, others[0])
                 else:
-                    crashed.append((f, o.died))
+                    crashed.append((f, o))
                 continue
             for k in others:
                 stops.setdefault(k, []).append(o.num)
@@ -451,8 +476,8 @@ class Scheduler:
         if outcomes:
             out.append(Ack(key, tuple(o.num for o in outcomes)))
         again: list[_Flight] = []
-        for f, why in crashed:
-            if self._attempt_lost(f, key, why, out):
+        for f, o in crashed:
+            if self._attempt_lost(f, key, o.died, out, o.error):
                 again.append(f)
         self._pending.extendleft(reversed(again))
         return out + self._place()
@@ -780,17 +805,23 @@ class Scheduler:
 
     # ---- jobs ending ----
 
-    def _attempt_lost(self, f: _Flight, key: str, why: str, out: list[Instruction]) -> bool:
-        """An attempt ended with its worker or node dying: True to place it again, else it
-        has used its retries and fails with WorkerDied naming every attempt."""
+    def _attempt_lost(
+        self, f: _Flight, key: str, why: str, out: list[Instruction], error: ErrorInfo | None = None
+    ) -> bool:
+        """An attempt ended with its worker or node dying (or with a node that cannot start
+        workers, ``error``): True to place it again, else it has used its retries and fails
+        with WorkerDied naming every attempt, or with the node's own worker-start error."""
         node = self._nodes.get(key)
         name = node.name if node is not None else key
         f.attempts += 1
         f.tried += ((name, key),)
-        out.append(Lost(f.num, name, f.attempts))
+        out.append(Lost(f.num, name, f.attempts, key))
         if f.attempts <= f.batch.spec.retries:
             return True
         self._close(f)
+        if error is not None and error[0] == FailKind.WORKER_START.value:
+            out.append(Fail((f.num,), FailKind.WORKER_START, error[2], error))
+            return False
         out.append(Fail((f.num,), FailKind.WORKER_DIED,
                         f"job {self.jid(f.num)} ({f.batch.spec.work.name}) failed {f.attempts} "
                         f"attempts, on nodes {', '.join(n for n, _ in f.tried)}; the last: {why}"))  # fmt: skip
@@ -806,6 +837,7 @@ class Scheduler:
     def _forget_if_done(self, b: _Open) -> None:
         if b.open == 0:
             self._open.pop(b.spec.first, None)
+            self._speculative.pop(b.spec.first, None)
 
     def _batch_of(self, num: int) -> _Open | None:
         f = self._flights.get(num)
@@ -847,6 +879,7 @@ class Scheduler:
             out.append(Fail(tuple(f.num for f in flights), FailKind.NO_NODES, message))
         self._pending.clear()
         self._open.clear()
+        self._speculative.clear()
 
     def _check_stragglers(self, b: _Open, out: list[Instruction]) -> None:
         """Most of a speculative map is done: learn its median run time from a sample of

@@ -68,6 +68,7 @@ __all__ = [
     "Proof",
     "Query",
     "Ran",
+    "Recall",
     "Records",
     "Results",
     "Run",
@@ -84,7 +85,8 @@ __all__ = [
 # 3: arguments and results may be a Payload tuple (pickle + out-of-band buffers)
 # 4: the client proves first; session frames are encrypted
 # 5: a job's error may carry its traceback as data (ErrorInfo's sixth field)
-PROTOCOL_VERSION = 5
+# 6: Recall, answered by a Handback with ``recall`` set (a client waits for that answer)
+PROTOCOL_VERSION = 6
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -382,13 +384,24 @@ class Peers(Message):
 @message(21)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Handback(Message):
-    """The node is leaving: these jobs were not started here; place them elsewhere.
+    """These jobs were not started here; place them elsewhere. They cost no attempt.
 
-    They cost no attempt. The node takes no new work after sending it and still
-    delivers the results of the jobs it is running.
+    The node is leaving (it takes no new work after sending it and still delivers the
+    results of the jobs it is running), or, with ``recall``, it answers a
+    :class:`Recall`: exactly one Handback per Recall, empty if it started them all.
     """
 
     jids: tuple[str, ...]
+    recall: bool = False
+
+
+@message(22)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recall(Message):
+    """Client -> node: hand back those of these jobs (mine) not started yet, so they run
+    on a node with a free slot instead of waiting here behind a slow one."""
+
+    jids: tuple[str, ...] = ()
 
 
 # ---- the dashboard's mesh-wide jobs view (tags 70-79): node <-> node ----

@@ -125,6 +125,7 @@ class Deliver:
 class HandBack:
     conn: int
     jids: list[str]
+    recall: bool = False  # the answer to a Recall (one per Recall, even empty)
 
 
 Instruction = Dispatch | KillWorker | Deliver | HandBack
@@ -397,6 +398,23 @@ class JobTable:
             q.clear()
         self.env_queues.clear()
         return self._flush()
+
+    def recall(self, conn: int, jids: tuple[str, ...]) -> list[Instruction]:
+        """Client ``conn`` wants back those of ``jids`` (its own) not started yet, to place
+        them on a node with a free slot. Always exactly one HandBack, even empty: the
+        client waits for this answer before it recalls from this node again."""
+        back: list[str] = []
+        for jid in jids:
+            job = self.jobs.get(jid)
+            if job is None or job.owner != conn or job.state != QUEUED:
+                continue
+            try:
+                self._queue_of(job.func).remove(job)
+            except ValueError:
+                continue
+            del self.jobs[jid]  # it runs elsewhere; a later ask here finds nothing
+            back.append(jid)
+        return [HandBack(conn, back, recall=True)]
 
     def set_paused(self, paused: bool, now: float) -> list[Instruction]:
         """Pause (the machine is short of memory) or resume starting queued jobs."""

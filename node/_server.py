@@ -61,6 +61,7 @@ from mesh._protocol import (
     Pong,
     Query,
     RanItem,
+    Recall,
     Records,
     Results,
     Run,
@@ -508,6 +509,8 @@ class Node:
             self.table.ack(msg.jids, now)
         elif isinstance(msg, Kill):
             self._apply(self.table.kill(msg.jids, now))
+        elif isinstance(msg, Recall):
+            self._apply(self.table.recall(cid, msg.jids))
         elif isinstance(msg, Query):
             records = tuple(r for r in map(self.table.record, msg.jids) if r is not None)
             conn.send(Records(msg.req, records))
@@ -723,7 +726,7 @@ class Node:
             elif isinstance(ins, HandBack):
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:
-                    conn.send(Handback(tuple(ins.jids)))
+                    conn.send(Handback(tuple(ins.jids), recall=ins.recall))
 
     def _save(self, finished: list[Job]) -> None:
         """Commit finished jobs. Small results are committed here and now (a cheap INSERT);

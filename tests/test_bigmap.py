@@ -5,6 +5,7 @@ what a million would: ``EAGER_ARGS_BYTES`` is how much a map pickles before it r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import mesh.client._async as client_async
@@ -26,6 +27,12 @@ def _pickled(c: mesh.Client, jids) -> int:
     return sum(1 for j in jids if find(j).args)  # None: not read yet; b"": final
 
 
+def _sent(c: mesh.Client) -> int:
+    """Jobs of this client on its nodes, as its scheduler places them."""
+    sched = c._async._sched
+    return sum(len(sched.in_flight(key)) for key in c._async._links)
+
+
 def test_a_streamed_map_gives_every_result_in_order(client, streamed):
     jids = client.map(square, range(300))
     assert client.result(jids, timeout=60) == [x * x for x in range(300)]
@@ -41,14 +48,9 @@ def test_only_the_jobs_sent_have_their_arguments_pickled(client, streamed, tmp_p
     gate = str(tmp_path / "gate")
     try:
         jids = client.map(gated, [gate] * 500, range(500))
-        links = client._async._links.values()
-
-        def sent() -> int:
-            return sum(len(lk.inflight) for lk in links)
-
-        wait_until(lambda: sent() >= 4, what="the nodes' first jobs")  # 2 nodes x 2 workers
+        wait_until(lambda: _sent(client) >= 4, what="the nodes' first jobs")  # 2 nodes x 2 workers
         # a new function gets a shallow pipeline (2 per worker): 8 jobs at most
-        assert _pickled(client, jids) == sent() <= 8
+        assert _pickled(client, jids) == _sent(client) <= 8
     finally:
         (tmp_path / "gate").touch()
     assert client.result(jids, timeout=60) == list(range(500))
@@ -90,8 +92,7 @@ def test_a_sequence_that_shrinks_after_map_fails_the_jobs_it_no_longer_has(
     values = list(range(40))
     try:
         first = client.map(gated, [gate] * 8, range(8))  # every worker busy: nothing else sent
-        links = client._async._links.values()
-        wait_until(lambda: sum(len(lk.inflight) for lk in links) == 8, what="the pipelines to fill")
+        wait_until(lambda: _sent(client) == 8, what="the pipelines to fill")
         jids = client.map(square, values)
         del values[30:]
     finally:
@@ -103,26 +104,30 @@ def test_a_sequence_that_shrinks_after_map_fails_the_jobs_it_no_longer_has(
 
 
 def test_held_arguments_bound_what_is_read_when_the_nodes_would_take_more(
-    client, streamed, tmp_path, monkeypatch
+    client, streamed, tmp_path
 ):
-    monkeypatch.setattr(client_async, "HELD_ARGS_BYTES", 3000)
+    a = client._async
+    sched = a._sched
+    sched.config = dataclasses.replace(sched.config, held_args_bytes=3000)
     opened, closed = tmp_path / "open", tmp_path / "closed"
     opened.touch()
     # quick jobs first: once some are back, the nodes offer deep pipelines; then 400 wait
     gates = [str(opened)] * 40 + [str(closed)] * 400
-    a = client._async
     try:
         jids = client.map(gated, gates, range(440))
         size = len(dumps_value((str(closed), 439)))  # the largest argument tuple
-        wait_until(lambda: a._held >= 3000 - size, what="the held arguments to reach the bound")
-        assert a._held <= 3000 + size
-        in_flight = sum(len(lk.inflight) for lk in a._links.values())
-        assert _pickled(client, jids) == in_flight <= 3000 // (size - 4) + 1
-        assert max(lk.view().room for lk in a._links.values()) > 100  # they would take more
+        # the scheduler counts the held bytes by the size of the map's first job
+        wait_until(
+            lambda: sched._held_bytes >= 3000 - size, what="the held arguments to reach the bound"
+        )
+        assert sched._held_bytes <= 3000 + size
+        assert _pickled(client, jids) == _sent(client) <= 3000 // (size - 4) + 1
+        rooms = [sched._view(n, True).room for n in sched._nodes.values()]
+        assert max(rooms) > 100  # they would take more
     finally:
         closed.touch()
     assert client.result(jids, timeout=60) == list(range(440))
-    assert a._held == 0
+    assert sched._held_bytes == 0
 
 
 def test_a_finished_map_keeps_no_object_per_job(client):
@@ -146,11 +151,10 @@ def test_waiting_on_a_big_map_looks_at_a_window_of_its_jobs(client, tmp_path, mo
     waiter = threading.Thread(target=lambda: got.append(client.result(jids, timeout=60)))
     waiter.start()
     try:
-        links = client._async._links.values()
-        wait_until(lambda: sum(len(lk.inflight) for lk in links) >= 4, what="jobs sent")
+        wait_until(lambda: _sent(client) >= 4, what="jobs sent")
         wait_until(lambda: len(func.live) >= 50, what="the wait to look at its first window")
         # the jobs sent, and the waiter's window: not an object for each of the 600
-        assert len(func.live) <= sum(len(lk.inflight) for lk in links) + 50
+        assert len(func.live) <= _sent(client) + 50
     finally:
         gate.touch()
         waiter.join(60)

@@ -1,37 +1,32 @@
 """Pure client logic: how much work a node is offered (no nodes needed)."""
 
-from mesh.client._async import _Link
+from mesh.client._scheduler import Accept, Ack, Batch, Outcome, Scheduler, Send, Work
+
+from mesh._protocol import DONE
+
+F = Work(b"f" * 16, "work.square")
 
 
 def test_a_new_function_gets_a_shallow_pipeline_even_on_a_node_known_to_be_fast() -> None:
-    link = _Link("127.0.0.1", 7390)
-    link.workers = 2
-    link.avg_run_s = 1e-5  # the node's last work was trivial...
+    s = Scheduler("c0")
+    s.node_up("a", "ws-a", 2, 0.0)
+    s.load("a", 0.0, running=0, queued=0, avg_run_s=1e-5)  # the node's last work was trivial...
     # ...but this map's function has not come back yet: it may be CPU-bound.
-    assert link.view(measured=False).room == 2 * 2
+    assert s.submit(Batch(1, 100, F), 0.0) == [Send("a", F, (1, 2, 3, 4))]  # 2 per worker
     # once its jobs are seen to be that fast, the node is kept busy with a deep queue
-    assert link.view(measured=True).room == 2 * 4096
+    out = s.results("a", [Outcome(1, DONE)], 0.1, running=2, queued=1, avg_run_s=1e-5)
+    assert out == [Accept("a", (1,)), Ack("a", (1,)), Send("a", F, tuple(range(5, 101)))]
 
 
 def test_long_jobs_get_no_queue_at_the_node() -> None:
-    link = _Link("127.0.0.1", 7390)
-    link.workers = 2
-    link.avg_run_s = 0.15  # CPU-bound: one job per worker, the next when a result is back
-    assert link.view(measured=True).room == 2 * 1
-    assert link.view(measured=False).room == 2 * 2  # unmeasured: the usual 2
-    link.inflight_slots = 2
-    assert link.view(measured=True).room == 0
-
-
-def test_room_shrinks_with_jobs_in_flight_and_load_counts_other_clients() -> None:
-    link = _Link("127.0.0.1", 7390)
-    link.workers = 4
-    link.avg_run_s = 0.05  # 50 ms jobs: depth 2
-    link.inflight_slots = 3
-    link.running, link.queued = 4, 6  # 10 at the node, of which ours: none listed
-    view = link.view()
-    assert view.room == 4 * 2 - 3
-    assert view.load == 3 + 10
+    s = Scheduler("c0")
+    s.node_up("a", "ws-a", 2, 0.0)
+    assert s.submit(Batch(1, 10, F), 0.0) == [Send("a", F, (1, 2, 3, 4))]  # unmeasured: 2 each
+    # CPU-bound: one job per worker, the next when a result is back
+    out = s.results("a", [Outcome(1, DONE)], 1.0, running=2, queued=1, avg_run_s=0.15)
+    assert out == [Accept("a", (1,)), Ack("a", (1,))]  # 3 of ours there already
+    out = s.results("a", [Outcome(2, DONE), Outcome(3, DONE)], 2.0, running=1, queued=0)
+    assert out == [Accept("a", (2, 3)), Ack("a", (2, 3)), Send("a", F, (5,))]
 
 
 def test_a_map_reads_sequences_as_it_goes_and_anything_else_at_once():

@@ -445,6 +445,52 @@ def test_drain_hands_queued_jobs_back_and_refuses_new_ones() -> None:
     assert t.worker_ran(1, (ran("run"),), 3.0) == [Deliver(OWNER, [done("run")])]
 
 
+def test_recall_hands_back_what_has_not_started_and_keeps_running_ones() -> None:
+    t = table(capacity=1)
+    t.worker_ready(1, 1.0)
+    t.submit(OWNER, F, items("run"), 1.0)
+    t.submit(OWNER, F, items("q1", "q2", "q3"), 1.5)
+    assert t.jobs["run"].state == PROCESSING
+    assert t.recall(OWNER, ("run", "q3", "q1")) == [HandBack(OWNER, ["q3", "q1"], recall=True)]
+    assert [j.jid for j in t.queue] == ["q2"]
+    assert "q1" not in t.jobs and "q3" not in t.jobs and t.jobs["run"].state == PROCESSING
+    # the node still takes new work (it is not leaving), and a recalled id comes back fresh
+    t.submit(OWNER, F, items("q1"), 2.0)
+    assert [j.jid for j in t.queue] == ["q2", "q1"] and t.jobs["q1"].attempts == 0
+    assert t.worker_ran(1, (ran("run"),), 3.0) == [
+        Dispatch(1, F, False, jobs(t, "q2")),
+        Deliver(OWNER, [done("run")]),
+    ]
+
+
+def test_recall_always_answers_once_even_when_nothing_is_handed_back() -> None:
+    t = table(capacity=1)
+    t.worker_ready(1, 1.0)
+    t.submit(OWNER, F, items("run", "q1"), 1.0)
+    t.worker_ran(1, (ran("run"),), 2.0)  # q1 now runs
+    assert t.jobs["q1"].state == PROCESSING
+    assert t.recall(OWNER, ("run", "q1", "unknown")) == [HandBack(OWNER, [], recall=True)]
+    assert t.recall(OWNER, ()) == [HandBack(OWNER, [], recall=True)]
+
+
+def test_recall_gives_back_only_the_askers_own_jobs() -> None:
+    t = table(capacity=1)
+    t.worker_ready(1, 1.0)
+    t.submit(OWNER, F, items("run"), 1.0)
+    t.submit(OTHER, F, items("theirs"), 1.0)
+    t.submit(OWNER, G, items("mine"), 1.0)
+    assert t.recall(OWNER, ("theirs", "mine")) == [HandBack(OWNER, ["mine"], recall=True)]
+    assert [j.jid for j in t.queue] == ["theirs"] and "mine" not in t.jobs
+
+
+def test_recall_takes_jobs_out_of_an_env_queue() -> None:
+    t = table(capacity=1)
+    e = Func(b"e" * 16, b"blob-e", "work.env", env="env-key")
+    t.submit(OWNER, e, items("e1", "e2"), 1.0)
+    assert t.recall(OWNER, ("e2",)) == [HandBack(OWNER, ["e2"], recall=True)]
+    assert [j.jid for j in t.env_queues["env-key"]] == ["e1"] and t.queued == 1
+
+
 def test_over_memory_blames_a_job_running_alone() -> None:
     t = table()
     t.worker_ready(1, 1.0)

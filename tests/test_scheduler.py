@@ -115,6 +115,16 @@ def test_calls_of_the_same_work_in_a_row_travel_together() -> None:
     ]
 
 
+def test_calls_submitted_in_a_burst_with_a_node_up_travel_together() -> None:
+    s = sched("a", workers=4)
+    burst = [Batch(num, 1, F) for num in range(1, 5)] + [Batch(5, 1, G), Batch(6, 2, F)]
+    assert s.submit_all(burst, 0.0) == [
+        Send("a", F, (1, 2, 3, 4)),
+        Send("a", G, (5,)),
+        Send("a", F, (6, 7)),
+    ]
+
+
 def test_calls_with_other_options_travel_apart() -> None:
     s = sched()
     labelled = Work(F.fhash, F.name, label="nightly")
@@ -191,22 +201,38 @@ def test_a_dead_worker_costs_an_attempt_and_the_job_runs_elsewhere() -> None:
     s = sched("a", "b")
     s.submit(Batch(1, 1, F), 0.0)  # a: tie broken by key
     out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0)
-    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1), Send("b", F, (1,), retry=True)]
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1, "a"), Send("b", F, (1,), retry=True)]
 
 
 def test_a_retry_goes_back_to_the_same_node_when_it_is_the_only_one() -> None:
     s = sched("a")
     s.submit(Batch(1, 1, F, retries=1), 0.0)
     out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0)
-    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1), Send("a", F, (1,), retry=True)]
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1, "a"), Send("a", F, (1,), retry=True)]
     out = s.results("a", [Outcome(1, ERROR, died=DIED)], 2.0)
     assert out == [
         Ack("a", (1,)),
-        Lost(1, "ws-a", 2),
+        Lost(1, "ws-a", 2, "a"),
         Fail((1,), FailKind.WORKER_DIED,
              f"job c0-1 (work.square) failed 2 attempts, on nodes ws-a, ws-a; the last: {DIED}"),
     ]  # fmt: skip
     assert s.unfinished() == 0
+
+
+def test_a_node_that_cannot_start_workers_costs_an_attempt_then_fails_with_its_error() -> None:
+    broken = ("worker-start", "WorkerStartFailed", "node ws-a cannot start its workers",
+              "Traceback: ...", "")  # fmt: skip
+    s = sched("a", "b")
+    s.submit(Batch(1, 1, F, retries=1), 0.0)
+    out = s.results("a", [Outcome(1, ERROR, died=broken[2], error=broken)], 1.0)
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1, "a"), Send("b", F, (1,), retry=True)]
+    out = s.results("b", [Outcome(1, ERROR, died=broken[2], error=broken)], 2.0)
+    fail = Fail((1,), FailKind.WORKER_START, broken[2], broken)
+    assert out == [Ack("b", (1,)), Lost(1, "ws-b", 2, "b"), fail]
+    assert fail.info == broken  # the node's own error, as it sent it
+    assert Fail((1,), FailKind.NO_NODES, "gone").info == (
+        "no-nodes", "NoNodesAvailable", "gone", "", "",
+    )  # fmt: skip
 
 
 def test_a_retry_travels_alone() -> None:
@@ -216,7 +242,7 @@ def test_a_retry_travels_alone() -> None:
     s.submit(Batch(9, 1, F), 0.0)
     out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0, running=2, queued=1)
     # a has room, but the retry waits for a node it has not died on
-    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1)]
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1, "a")]
     assert s.waiting() == [1, 9]
     assert s.results("b", done(5), 2.0, running=2, queued=1) == [
         Accept("b", (5,)),
@@ -231,7 +257,7 @@ def test_a_lost_node_costs_its_jobs_an_attempt_and_they_run_elsewhere() -> None:
     s = sched("a", "b")
     s.submit(Batch(1, 4, F), 0.0)
     out = s.node_lost("a", "connection reset", 1.0)
-    assert out == [Lost(1, "ws-a", 1), Lost(2, "ws-a", 1)]  # b has no room yet
+    assert out == [Lost(1, "ws-a", 1, "a"), Lost(2, "ws-a", 1, "a")]  # b has no room yet
     assert s.waiting() == [1, 2]
     assert s.results("b", done(3), 2.0, running=1, queued=0) == [
         Accept("b", (3,)),
@@ -241,12 +267,12 @@ def test_a_lost_node_costs_its_jobs_an_attempt_and_they_run_elsewhere() -> None:
     for attempts in (2, 3):  # no other node: b again
         assert s.results("b", [Outcome(1, ERROR, died="gone")], 3.0) == [
             Ack("b", (1,)),
-            Lost(1, "ws-b", attempts),
+            Lost(1, "ws-b", attempts, "b"),
             Send("b", F, (1,), retry=True),
         ]
     assert s.results("b", [Outcome(1, ERROR, died="gone")], 4.0) == [
         Ack("b", (1,)),
-        Lost(1, "ws-b", 4),
+        Lost(1, "ws-b", 4, "b"),
         Fail((1,), FailKind.WORKER_DIED, "job c0-1 (work.square) failed 4 attempts, on nodes "
              "ws-a, ws-b, ws-b, ws-b; the last: gone"),
         Send("b", F, (2,), retry=True),  # job 2, lost with a, was next in line
@@ -257,7 +283,7 @@ def test_a_lost_node_with_no_retries_left_fails_the_job_naming_the_node() -> Non
     s = sched("a")
     s.submit(Batch(1, 1, F, retries=0), 0.0)
     assert s.node_lost("a", "connection reset", 1.0) == [
-        Lost(1, "ws-a", 1),
+        Lost(1, "ws-a", 1, "a"),
         Fail((1,), FailKind.WORKER_DIED, "job c0-1 (work.square) failed 1 attempts, on nodes "
              "ws-a; the last: node ws-a (a) was lost while running it (connection reset)"),
     ]  # fmt: skip
@@ -266,7 +292,10 @@ def test_a_lost_node_with_no_retries_left_fails_the_job_naming_the_node() -> Non
 def test_no_node_for_the_timeout_fails_every_unfinished_job() -> None:
     s = sched("a", no_nodes_timeout_s=30.0)
     s.submit(Batch(1, 5, F), 0.0)
-    assert s.node_lost("a", "connection reset", 10.0) == [Lost(1, "ws-a", 1), Lost(2, "ws-a", 1)]
+    assert s.node_lost("a", "connection reset", 10.0) == [
+        Lost(1, "ws-a", 1, "a"),
+        Lost(2, "ws-a", 1, "a"),
+    ]
     assert s.wake_at() == 40.0
     assert s.tick(39.9) == []
     msg = "no node reachable for 30 s (ws-a (a): connection reset)"
