@@ -25,18 +25,52 @@ from mesh.errors import (
     ProtocolError,
 )
 
-__all__ = ["Connection", "heartbeats", "open_connection"]
+__all__ = ["AdmissionGate", "Connection", "heartbeats", "open_connection"]
 
 log = logging.getLogger("mesh.connection")
 
 WRITE_SLICE = 256 * 1024
 JOIN_MAX = 64 * 1024  # buffers shorter than this are joined into one write
 READ_SIZE = 256 * 1024
+# Until the handshake succeeds a connection reads into this much: handshake frames are
+# a few hundred bytes, and a flood of unauthenticated sockets must cost the node little.
+PREAUTH_READ_SIZE = 1024
 DIRECT_MIN = 64 * 1024  # read straight into an attachment when this much is due
 
 Role = Literal["client", "server", "plain"]
 MessageHandler = Callable[["Connection", Message], None]
 CloseHandler = Callable[["Connection", "BaseException | None"], None]
+
+
+class AdmissionGate:
+    """Caps the connections that have not authenticated yet, in all and per source
+    address. Each holds a file descriptor until its handshake ends; without a cap a
+    flood of idle or reconnecting sockets takes every descriptor the node has, and the
+    connections of real clients and peers fail with it."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.pending = 0
+        self._by_source: dict[str, int] = {}
+        self.refused = 0
+
+    def admit(self, source: str) -> bool:
+        """Count one more unauthenticated connection from ``source``, or say no."""
+        held = self._by_source.get(source, 0)
+        if self.pending >= self.total or held >= self.per_source:
+            self.refused += 1
+            return False
+        self.pending += 1
+        self._by_source[source] = held + 1
+        return True
+
+    def release(self, source: str) -> None:
+        """That connection authenticated or ended."""
+        self.pending -= 1
+        held = self._by_source.pop(source, 1) - 1
+        if held > 0:
+            self._by_source[source] = held
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -58,6 +92,7 @@ class Connection(asyncio.BufferedProtocol):
         on_ready: Callable[[Connection], None] | None = None,
         allocate: Allocate | None = None,
         share: Callable[[object], str | None] | None = None,
+        gate: AdmissionGate | None = None,
     ) -> None:
         self.role = role
         self.peer_label = peer_label
@@ -96,8 +131,11 @@ class Connection(asyncio.BufferedProtocol):
         # Loop time the peer last showed life: it sent bytes, or took ours off the socket.
         self.last_alive = self._loop.time()
         # Reads land here, or straight in an attachment's buffer (get_buffer).
-        self._read_view = memoryview(bytearray(READ_SIZE))
+        # Small until the peer authenticates (see PREAUTH_READ_SIZE).
+        self._read_view = memoryview(bytearray(READ_SIZE if role == "plain" else PREAUTH_READ_SIZE))
         self._direct: memoryview | None = None
+        self._gate = gate
+        self._gated_source: str | None = None  # counted by the gate until authenticated
         if role == "plain":
             self.ready.set_result(None)
 
@@ -110,6 +148,17 @@ class Connection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._gate is not None:
+            peer = transport.get_extra_info("peername")
+            source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            if not self._gate.admit(source):
+                log.warning("refused a connection from %s: too many unauthenticated "
+                            "connections (at most %d, %d per address)",
+                            source, self._gate.total, self._gate.per_source)  # fmt: skip
+                self.abort(ConnectionClosed(f"{self.peer_label}: too many unauthenticated "
+                                            "connections"))  # fmt: skip
+                return
+            self._gated_source = source
         if self.role != "plain":
             self._deadline = self._loop.call_later(
                 self._handshake_timeout_s, self._handshake_expired
@@ -216,6 +265,8 @@ class Connection(asyncio.BufferedProtocol):
             msgs = self.codec.receive()
 
     def _authenticated(self) -> None:
+        self._ungate()
+        self._read_view = memoryview(bytearray(READ_SIZE))  # what arrived is parsed already
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -324,8 +375,14 @@ class Connection(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.abort()
 
+    def _ungate(self) -> None:
+        if self._gate is not None and self._gated_source is not None:
+            self._gate.release(self._gated_source)
+        self._gated_source = None
+
     def _finish(self, reason: BaseException | None) -> None:
         self.closed = True
+        self._ungate()
         if self.close_reason is None:
             self.close_reason = reason
         if self._deadline is not None:
@@ -338,9 +395,21 @@ class Connection(asyncio.BufferedProtocol):
             )
             self.ready.exception()  # mark retrieved: the opener may already have given up
         self._outbox.clear()
-        if self.on_close is not None:
-            handler, self.on_close = self.on_close, None
+        handler, self.on_close = self.on_close, None
+        if handler is not None:
             handler(self, reason)
+        # Nothing of a dead connection may outlive it: a partly received message's buffers
+        # (shared memory blocks of a big argument) go now, and the references that made
+        # cycles through handlers and tracebacks (freed only when the collector ran) go too.
+        self.codec.discard()
+        self._read_view = _NO_BUFFER
+        self.on_message = self.on_ready = None
+        self.transport = None
+        if reason is not None:
+            reason.__traceback__ = None
+
+
+_NO_BUFFER = memoryview(bytearray(0))
 
 
 async def heartbeats(interval_s: float, going: Callable[[], bool]) -> AsyncIterator[bool]:

@@ -405,6 +405,20 @@ class FrameCodec:
             raise
         return out
 
+    def discard(self) -> None:
+        """The connection is gone: drop what a half-received message holds (its
+        attachment buffers, maybe shared memory blocks) now, not when this codec is."""
+        self._buf = bytearray()
+        self._parts = bytearray()
+        self._parts_size = 0
+        self._in_parts = False
+        self._attachments = []
+        self._head_body = b""
+        self._blob_left = 0
+        self._blob_pending = False
+        self._blob_ctx = None
+        self._error = self._error or LocalProtocolError("codec discarded: its connection is gone")
+
     def direct_buffer(self) -> memoryview | None:
         """Where the next received bytes may be written directly, if anywhere.
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import shlex
 import signal
 import sys
@@ -15,6 +16,7 @@ from mesh.node._server import Node, NodeConfig, default_max_memory
 
 from mesh._auth import default_secret_path, ensure_secret_file, load_secret
 from mesh._discovery import interfaces_from_env, parse_peers, peers_from_env
+from mesh._logging import install_repeat_filter
 from mesh._netif import default_route_ipv4
 from mesh.errors import ConfigurationError
 
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     # alone: other local users must not read results, arguments or stored files.
     os.umask(0o077)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    install_repeat_filter()  # a flood of one line (refused connections, EMFILE) stays a few
+    raise_fd_limit()
     try:
         if os.environ.get("MESH_SECRET", "").strip():
             secret = load_secret()
@@ -232,6 +236,29 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mesh-node: {exc}")
     except OSError as exc:
         sys.exit(f"mesh-node: cannot listen on {host}:{args.port}: {exc.strerror or exc}")
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit and return it.
+
+    Desktops often start programs with a soft limit of 1024 and a far higher hard one;
+    every connection costs the node a descriptor, and its caps on unauthenticated
+    connections (NodeConfig) are set below whatever limit it ends up with.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    # An unlimited hard limit cannot be the soft one (the kernel caps it at nr_open).
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    for target in (want, 1 << 16):
+        if target <= soft:
+            return soft
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (OSError, ValueError):
+            continue
+    return soft
 
 
 def _dashboard_address(args: argparse.Namespace) -> tuple[str, int] | None:

@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import sqlite3
 import time
 from collections.abc import Coroutine
@@ -39,7 +40,7 @@ from mesh.node._shm import SharedBlocks
 from mesh.node._store import BLOB_MIN, JobStore, StoredJob, payload_size
 
 from mesh._auth import mesh_id
-from mesh._connection import Connection
+from mesh._connection import AdmissionGate, Connection
 from mesh._discovery import Advert, Advertiser
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
 from mesh._gossip import GossipConfig
@@ -126,6 +127,11 @@ class NodeConfig:
     env_idle_s: float = field(
         default_factory=lambda: float(os.environ.get("MESH_ENV_IDLE", "") or 600.0)
     )
+    # Connections not yet authenticated, at most (0: a quarter of the open-files limit,
+    # up to 1024), and from one address (0: a quarter of that): a flood of idle sockets
+    # can never take the descriptors real clients and peers need.
+    max_preauth: int = 0
+    max_preauth_per_source: int = 0
 
 
 class Node:
@@ -170,6 +176,7 @@ class Node:
         self._env_tasks: set[asyncio.Task[None]] = set()
         self._env_busy_at: dict[str, float] = {}  # env key -> when its pool last had jobs
         self._pool_count = 0
+        self.gate = preauth_gate(config.max_preauth, config.max_preauth_per_source)
 
     # ---- lifecycle ----
 
@@ -430,6 +437,7 @@ class Node:
             on_close=self._closed,
             on_ready=lambda conn: self._authenticated(cid, conn),
             allocate=self._shm.allocate if self._shm is not None else None,
+            gate=self.gate,
         )
         return conn
 
@@ -783,6 +791,16 @@ class Node:
     def worker_pids(self) -> list[int]:
         pids = self._pool.pids if self._pool is not None else []
         return pids + [pid for pool in self._env_pools.values() for pid in pool.pids]
+
+
+def preauth_gate(total: int, per_source: int) -> AdmissionGate:
+    """The caps on unauthenticated connections (0: derived from the open-files limit,
+    which mesh-node raised to its hard limit first)."""
+    if not total:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fds = 1 << 16 if soft == resource.RLIM_INFINITY else soft
+        total = min(1024, max(16, fds // 4))
+    return AdmissionGate(total, per_source or max(4, total // 4))
 
 
 def _to_store(j: Job) -> StoredJob:
