@@ -112,6 +112,8 @@ WAIT_WINDOW = 4096
 EAGER_ARGS_BYTES = 4 << 20
 BYTES_OVERHEAD = 33  # what a bytes object costs beside its contents (for that budget)
 RECONNECT_S = 1.0
+# Once one node is usable, how long start() waits for the others before it returns.
+CONNECT_GRACE_S = 0.25
 ACK_DELAY_S = 0.02
 OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
 
@@ -596,9 +598,8 @@ class AsyncClient:
                 )
         links = list(self._links.values())
         self._connecting = True  # nodes learned from now on connect by themselves
-        results = await asyncio.gather(*(self._connect(lk) for lk in links), return_exceptions=True)
+        errors, later = await self._connect_first(links)
         if not any(lk.usable for lk in links):
-            errors = [r for r in results if isinstance(r, BaseException)]
             auth = [e for e in errors if isinstance(e, AuthenticationError)]
             if auth:
                 raise auth[0]
@@ -607,14 +608,55 @@ class AsyncClient:
                 + "; ".join(str(e) for e in errors if isinstance(e, Exception))
             )
         for link in links:
-            if not link.usable:
+            if link.usable:
+                self._node_up(link)
+            elif link not in later:  # (those still connecting join in _join_later)
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
-            else:
-                self._node_up(link)
         self._spawn(self._heartbeat())
         self._started = True
         return self
+
+    async def _connect_first(self, links: list[_Link]) -> tuple[list[BaseException], set[_Link]]:
+        """Connect to every candidate at once and return when one is usable and the rest
+        had CONNECT_GRACE_S more, or when all failed: a silent candidate (a fake advert
+        that copies a node's record and holds the socket) never holds up the start.
+
+        Returns the failures and the links still connecting, which carry on in the
+        background and join when ready, like a node found later (_join)."""
+        assert self._loop is not None
+        tasks = {self._loop.create_task(self._connect(lk)): lk for lk in links}
+        pending = set(tasks)
+        errors: list[BaseException] = []
+        deadline: float | None = None
+        try:
+            while pending:
+                wait_s = None if deadline is None else max(0.0, deadline - self._loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                errors += [exc for t in done if (exc := t.exception()) is not None]
+                if not done:
+                    break  # the grace is over
+                if deadline is None and any(lk.usable for lk in links):
+                    deadline = self._loop.time() + CONNECT_GRACE_S
+        except BaseException:
+            for t in pending:
+                t.cancel()
+            raise
+        for t in pending:
+            self._spawn(self._join_later(t, tasks[t]))
+        return errors, {tasks[t] for t in pending}
+
+    async def _join_later(self, connecting: asyncio.Task[None], link: _Link) -> None:
+        try:
+            await connecting
+        except MeshError as exc:
+            log.warning("%s: %s", link.key, exc)
+            self._spawn(self._reconnect(link))
+            return
+        if link.usable:
+            self._node_up(link)
 
     def _node_found(self, advert: Advert) -> None:
         """The browser heard of a node of this mesh."""
