@@ -31,6 +31,9 @@ from mesh._logging import RepeatFilter
 from mesh._protocol import Submit
 
 ATTACKER = "127.0.0.2"  # the flood's source address; the real client is on 127.0.0.1
+# What a node may keep after a garbage flood beyond its idle memory ("a few MB"; it was
+# 85 MB more at the flood's peak, and stayed, when each connection took 256 KiB).
+AFTER_FLOOD_KIB = 6 * 1024
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
 
 
@@ -237,11 +240,11 @@ def test_garbage_flood_leaves_the_node_at_its_idle_memory(
             peak_kib = max(peak_kib, rss_kib(node.pid))
         wait_until(lambda: open_fds(node.pid) < 40, what="the flood's sockets closed")
         with contextlib.suppress(AssertionError):  # the check below says by how much
-            wait_until(lambda: rss_kib(node.pid) - idle_kib < 4096, timeout_s=5.0)
+            wait_until(lambda: rss_kib(node.pid) - idle_kib < AFTER_FLOOD_KIB, timeout_s=5.0)
         after_kib = rss_kib(node.pid)
     # Before: each such connection took a 256 KiB buffer, 200 of them 50 MB at a time.
     assert peak_kib - idle_kib < 16 * 1024, f"peak {peak_kib} KiB vs idle {idle_kib} KiB"
-    assert after_kib - idle_kib < 4096, f"after the flood {after_kib} KiB vs idle {idle_kib} KiB"
+    assert after_kib - idle_kib < AFTER_FLOOD_KIB, f"after: {after_kib} KiB, idle: {idle_kib} KiB"
 
 
 def shm_bytes(node: NodeProc) -> int:
