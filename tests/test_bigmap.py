@@ -49,8 +49,11 @@ def test_only_the_jobs_sent_have_their_arguments_pickled(client, streamed, tmp_p
     try:
         jids = client.map(gated, [gate] * 500, range(500))
         wait_until(lambda: _sent(client) >= 4, what="the nodes' first jobs")  # 2 nodes x 2 workers
-        # a new function gets a shallow pipeline (2 per worker): 8 jobs at most
-        assert _pickled(client, jids) == _sent(client) <= 8
+        # a new function gets a shallow pipeline (2 per worker): 8 jobs at most. The two
+        # counts are read one after the other while the loop thread sends: wait until
+        # they agree (they must, once a send is done), then check the bound.
+        wait_until(lambda: _pickled(client, jids) == _sent(client), what="pickled == sent")
+        assert _pickled(client, jids) <= 8 and _sent(client) <= 8
     finally:
         (tmp_path / "gate").touch()
     assert client.result(jids, timeout=60) == list(range(500))
