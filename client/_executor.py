@@ -2,11 +2,13 @@
 
 Each ``submit`` is one mesh job and its future a :class:`MeshFuture` (a standard
 ``concurrent.futures.Future``, so ``wait``, ``as_completed`` and done-callbacks work).
-A future stays pending until its job is final: the client cannot see a job start on
-its node, so ``cancel()`` succeeds until the job has finished, and kills it wherever
-it is, queued or running. Results are unpickled and futures resolved on one thread per
-executor, never on the client's loop thread, so a slow done-callback delays this
-executor's other futures (as in the standard executors) but never the network.
+Futures follow the standard's states: PENDING while the job waits, RUNNING once its
+node has started it (the executor's Submits ask nodes for a Started message), then
+FINISHED. As the standard says, only a pending future can be cancelled: its job is
+withdrawn from the queue it waits in; a running job is stopped with ``mesh.kill``.
+Results are unpickled and futures resolved on one thread per executor, never on the
+client's loop thread, so a slow done-callback delays this executor's other futures (as
+in the standard executors) but never the network.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures._base import CANCELLED, PENDING
 from typing import Any, TypeVar
 
 from mesh.client._async import _Job, _split_options
@@ -30,9 +34,19 @@ __all__ = ["Executor", "MeshFuture"]
 
 T = TypeVar("T")
 
+# Executors alive, waited for when the interpreter exits (as ThreadPoolExecutor's
+# threads are joined), and whether it has begun to exit: submit then raises.
+_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False
+
 
 class MeshFuture(concurrent.futures.Future[T]):
-    """The future of one mesh job; ``jid`` is its job id. ``cancel()`` kills the job."""
+    """The future of one mesh job; ``jid`` is its job id.
+
+    ``cancel()`` succeeds while the job waits (it is withdrawn and never runs) and
+    returns False once it runs, as for any standard future: ``mesh.kill(future.jid)``
+    (or ``executor.client.kill``) stops a running job, terminating its worker process.
+    """
 
     def __init__(self, jid: str, executor: Executor) -> None:
         super().__init__()
@@ -40,19 +54,10 @@ class MeshFuture(concurrent.futures.Future[T]):
         self._executor = executor
 
     def cancel(self) -> bool:
-        """Cancel the future and kill its job, unless the job has finished already."""
-        with self._condition:
-            if self._state == concurrent.futures._base.FINISHED:
-                return False
-            if self._state == concurrent.futures._base.CANCELLED_AND_NOTIFIED:
-                return True
+        """Cancel the future if it is pending, and withdraw its job; False once it runs."""
         if not super().cancel():
             return False
-        with self._condition:  # wake wait()/as_completed() now: no worker will do it for us
-            if self._state != concurrent.futures._base.CANCELLED:
-                return True  # another thread cancelled it at the same time
-            self.set_running_or_notify_cancel()
-        self._executor._cancelled(self)
+        self._executor._withdraw([self])
         return True
 
     def result(self, timeout: float | None = None) -> T:
@@ -60,8 +65,8 @@ class MeshFuture(concurrent.futures.Future[T]):
             return super().result(timeout)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
-                f"stopped waiting; job {self.jid} goes on running on the mesh: "
-                "future.cancel() or executor.shutdown(cancel_futures=True) stops it"
+                f"stopped waiting; job {self.jid} goes on on the mesh: future.cancel() "
+                f"withdraws it while it waits, mesh.kill({self.jid!r}) stops it running"
             ) from None
 
 
@@ -114,13 +119,18 @@ class Executor(concurrent.futures.Executor):
 
             self._client, self._owns_client = mesh._client(), False
         self._lock = threading.Lock()
+        # futures whose jobs are not final yet (a cancelled one stays until its job is:
+        # then waiters hear of it, as ThreadPoolExecutor's do when a worker gets to it)
         self._pending: dict[str, MeshFuture[Any]] = {}
+        self._withdrawn: set[str] = set()  # jobs of cancelled futures, killed once
         self._shutdown = False  # no more submissions
         self._draining = False  # shutdown is done with the client: release it once idle
         self._submitting = 0  # submissions between their shutdown check and their futures
         self._released = False
-        self._finals: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # for the resolver: final jobs, ids of jobs started (str), None to look again
+        self._inbox: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
         self._resolver: threading.Thread | None = None
+        _executors.add(self)
 
     @property
     def client(self) -> Client:
@@ -149,9 +159,9 @@ class Executor(concurrent.futures.Executor):
         """Like builtin ``map``, in order, with every call submitted before this returns.
 
         ``chunksize`` items go in one job (fewer round trips for small calls). Past
-        ``timeout`` seconds from this call, the iterator raises ``TimeoutError`` and the
-        jobs not finished are killed, as are the rest when it is closed early or a
-        call raises.
+        ``timeout`` seconds from this call, the iterator raises ``TimeoutError``; then,
+        or when it is closed early or a call raises, the calls not finished are stopped,
+        running or not (their futures are the iterator's own: nobody else waits on them).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
@@ -164,26 +174,38 @@ class Executor(concurrent.futures.Executor):
             futures = self._submit_jobs(_chunked(fn), ((c,) for c in chunks), dict(self._options))
         return self._in_order(futures, end, chunked=chunksize > 1)
 
-    @staticmethod
     def _in_order(
-        futures: list[MeshFuture[Any]], end: float | None, chunked: bool
+        self, futures: list[MeshFuture[Any]], end: float | None, chunked: bool
     ) -> Iterator[Any]:
-        futures.reverse()  # pop from the end: no reference kept to what was yielded
+        # Nothing yielded stays referenced here: futures are popped, results yielded
+        # without a name (test_free_reference of CPython's suite).
+        futures.reverse()
         try:
             while futures:
-                future = futures.pop()
-                try:
-                    value = future.result(None if end is None else end - time.monotonic())
-                finally:
-                    future.cancel()  # on timeout: kill it too (a no-op once finished)
-                del future
                 if chunked:
-                    yield from value
+                    chunk = self._result_or_stop(futures.pop(), end)
+                    chunk.reverse()
+                    while chunk:
+                        yield chunk.pop()
                 else:
-                    yield value
+                    yield self._result_or_stop(futures.pop(), end)
         finally:
-            for future in futures:
-                future.cancel()
+            self._stop(futures)
+
+    def _result_or_stop(self, future: MeshFuture[Any], end: float | None) -> Any:
+        try:
+            return future.result(None if end is None else end - time.monotonic())
+        except BaseException:
+            self._stop([future])  # timed out or interrupted: it goes too
+            raise
+        finally:
+            del future
+
+    def _stop(self, futures: list[MeshFuture[Any]]) -> None:
+        """Cancel these futures, and kill the jobs of those already running."""
+        running = [f for f in futures if not f.cancel() and not f.done()]
+        if running:
+            self._client._kill_soon([f.jid for f in running])
 
     def _submit_jobs(
         self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]], kwargs: dict[str, Any]
@@ -191,6 +213,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if self._client.closed:
+                raise RuntimeError(
+                    "cannot schedule new futures: the executor's mesh client is closed"
+                )
             if self._resolver is None:
                 self._resolver = threading.Thread(
                     target=self._resolve, name="mesh-executor", daemon=True
@@ -203,7 +231,8 @@ class Executor(concurrent.futures.Executor):
         if self._init is not None:
             fn = Initialized(fn, *self._init)
         try:
-            func, jids = a._prepare(fn, arg_tuples, kwargs)  # pickled on this thread
+            # pickled on this thread; nodes tell when each job starts (futures -> RUNNING)
+            func, jids = a._prepare(fn, arg_tuples, kwargs, on_start=self._inbox.put)
             jobs = [func.job(a._tag, k) for k in range(len(jids))]  # a future needs its job
             futures = [MeshFuture(jid, self) for jid in jids]
         finally:
@@ -212,28 +241,39 @@ class Executor(concurrent.futures.Executor):
                 self._pending.update(zip((j.jid for j in jobs), futures, strict=True))
                 idle = not self._pending and not self._submitting
             if idle:  # this submission failed or was empty: the resolver may stop
-                self._finals.put(None)
+                self._inbox.put(None)
         # the loop thread only hands final jobs over; the resolver does the rest
-        a._add_callback(jobs, self._finals.put)
+        a._add_callback(jobs, self._inbox.put)
         self._client._send(func)
         return futures
 
     # ---- resolving ----
 
     def _resolve(self) -> None:
-        """The resolver thread: unpickle each final job's result into its future.
+        """The resolver thread: unpickle each final job's result into its future, and
+        mark futures running as their jobs start.
 
         It runs while futures are pending (an idle executor holds no thread), and the
         last one after shutdown releases the client."""
         value_of = self._client._async._value
         while True:
-            job = self._finals.get()
-            if job is not None:
+            item = self._inbox.get()
+            if isinstance(item, str):  # a job started
                 with self._lock:
-                    future = self._pending.pop(job.jid, None)
-                if future is not None and not future.cancelled():
-                    self._settle(future, value_of, job)
-                del future, job  # hold no result longer than its future does
+                    started = self._pending.get(item)
+                if started is not None:
+                    with started._condition:
+                        if started._state == PENDING:  # not cancelled meanwhile
+                            started.set_running_or_notify_cancel()
+                del started
+            elif item is not None:
+                with self._lock:
+                    future = self._pending.pop(item.jid, None)
+                    self._withdrawn.discard(item.jid)
+                if future is not None:
+                    self._settle(future, value_of, item)
+                del future  # hold no result longer than its future does
+            del item
             with self._lock:
                 if self._pending or self._submitting:
                     continue
@@ -245,58 +285,63 @@ class Executor(concurrent.futures.Executor):
 
     @staticmethod
     def _settle(future: MeshFuture[Any], value_of: Callable[[_Job], Any], job: _Job) -> None:
-        try:
+        if not future.cancelled():
             try:
-                result = value_of(job)
-            except BaseException as exc:  # the job's own exception, re-created
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled meanwhile
+                try:
+                    result = value_of(job)
+                except BaseException as exc:  # the job's own exception, re-created
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                return
+            except concurrent.futures.InvalidStateError:
+                pass  # cancelled meanwhile
+        _notify_cancelled(future)
 
-    def _cancelled(self, future: MeshFuture[Any]) -> None:
+    def _withdraw(self, futures: list[MeshFuture[Any]]) -> None:
+        """These futures were cancelled: kill their jobs (once each), still queued."""
         with self._lock:
-            known = self._pending.pop(future.jid, None) is not None
-            idle = not self._pending and not self._submitting
-        if known:
-            self._client._kill_soon([future.jid])
-        if idle:  # let the resolver stop
-            self._finals.put(None)
+            jids = [f.jid for f in futures if f.jid in self._pending]
+            jids = [j for j in jids if j not in self._withdrawn]
+            self._withdrawn.update(jids)
+        if not jids:
+            return
+        if self._client.closed:  # no job will tell: waiters hear of it now
+            with self._lock:
+                gone = [self._pending.pop(j) for j in jids]
+                idle = not self._pending and not self._submitting
+            for f in gone:
+                _notify_cancelled(f)
+            if idle:
+                self._inbox.put(None)
+            return
+        self._client._kill_soon(jids)
 
     # ---- stopping ----
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No more submissions; ``cancel_futures`` kills the jobs not finished.
+        """No more submissions; ``cancel_futures`` cancels the futures still pending.
 
         ``wait``: return once every future is done (and an executor's own client
         closed). Otherwise the futures still resolve in the background, and the
-        executor's own client closes when the last one has.
+        executor's own client closes when the last one has. Jobs already running go
+        on, as in the standard executors (``mesh.kill`` stops them).
         """
         with self._lock:
             self._shutdown = True
             pending = list(self._pending.values())
         if cancel_futures:
-            stopped = [f for f in pending if _cancel_quietly(f)]
-            with self._lock:
-                for f in stopped:
-                    self._pending.pop(f.jid, None)
-            if stopped:
-                if wait:
-                    self._client.kill([f.jid for f in stopped])
-                else:
-                    self._client._kill_soon([f.jid for f in stopped])
+            self._withdraw([f for f in pending if concurrent.futures.Future.cancel(f)])
         with self._lock:
             self._draining = True
             resolver = self._resolver
         if resolver is None:  # nothing pending: no resolver to do it
             self._release()
             return
-        self._finals.put(None)  # a resolver waiting with nothing pending stops now
-        if wait:
+        self._inbox.put(None)  # a resolver waiting with nothing pending stops now
+        if wait and threading.current_thread() is not resolver:
             concurrent.futures.wait(pending)
-            if threading.current_thread() is not resolver:
-                resolver.join()
+            resolver.join()
 
     def _release(self) -> None:
         """Close our own client, once, when shut down and nothing is pending."""
@@ -307,15 +352,36 @@ class Executor(concurrent.futures.Executor):
         if self._owns_client:
             self._client.close()
 
+    def _wait_at_exit(self) -> None:
+        """The interpreter is exiting: let the jobs of pending futures finish first."""
+        with self._lock:
+            pending = list(self._pending.values())
+        if pending and not self._client.closed:
+            concurrent.futures.wait(pending)
 
-def _cancel_quietly(future: MeshFuture[Any]) -> bool:
-    """Cancel a future without killing its job one by one (shutdown kills them together)."""
-    if not concurrent.futures.Future.cancel(future):
-        return False
+
+def _notify_cancelled(future: MeshFuture[Any]) -> None:
+    """A cancelled future's job is final: CANCELLED -> CANCELLED_AND_NOTIFIED, which
+    wakes ``wait()`` and ``as_completed()`` (ThreadPoolExecutor's worker does the same
+    when it reaches a cancelled item)."""
     with future._condition:
-        if future._state == concurrent.futures._base.CANCELLED:
+        if future._state == CANCELLED:
             future.set_running_or_notify_cancel()
-    return True
+
+
+def _interpreter_exit() -> None:
+    global _exiting
+    _exiting = True
+    for executor in list(_executors):
+        executor._wait_at_exit()
+
+
+# Before atexit handlers, as concurrent.futures does: the clients are still open, and a
+# submit from an atexit handler gets the standard error instead of a closed loop's.
+try:
+    threading._register_atexit(_interpreter_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # imported while the interpreter exits
+    _exiting = True
 
 
 def _chunked(fn: Callable[..., T]) -> Callable[[tuple[tuple[Any, ...], ...]], list[T]]:
