@@ -190,19 +190,21 @@ class Executor(concurrent.futures.Executor):
                 else:
                     yield self._result_or_stop(futures.pop(), end)
         finally:
-            self._stop(futures)
+            self.kill(futures)
 
     def _result_or_stop(self, future: MeshFuture[Any], end: float | None) -> Any:
         try:
             return future.result(None if end is None else end - time.monotonic())
         except BaseException:
-            self._stop([future])  # timed out or interrupted: it goes too
+            self.kill([future])  # timed out or interrupted: it goes too
             raise
         finally:
             del future
 
-    def _stop(self, futures: list[MeshFuture[Any]]) -> None:
-        """Cancel these futures, and kill the jobs of those already running."""
+    def kill(self, futures: Iterable[MeshFuture[Any]]) -> None:
+        """Cancel these futures, and kill the jobs of those already running (their
+        futures then raise :class:`mesh.JobKilled`); never blocks. For callers that own
+        the futures, as ``map`` and the joblib backend do; ``cancel()`` spares running jobs."""
         running = [f for f in futures if not f.cancel() and not f.done()]
         if running:
             self._client._kill_soon([f.jid for f in running])

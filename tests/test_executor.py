@@ -126,6 +126,23 @@ def test_mesh_kill_stops_a_running_job(executor, nodes, tmp_path):
     assert len(before[node.name] - after) == 1  # its worker was terminated and replaced
 
 
+def test_executor_kill_stops_its_futures_running_or_waiting(node_factory, secret, tmp_path):
+    solo = node_factory(name="solo", workers=1)
+    never = str(tmp_path / "never")
+    with mesh.Executor([solo.address], secret) as ex:
+        running = ex.submit(gated, never, "r")
+        wait_until(running.running, what="the first job to start")
+        waiting = ex.submit(gated, never, "w")
+        finished_gate = tmp_path / "open"
+        ex.kill([running, waiting])
+        assert waiting.cancelled()  # withdrawn, as cancel() does
+        with pytest.raises(mesh.JobKilled):
+            running.result(timeout=30)  # killed: cancel() alone would have spared it
+        assert ex.client.status([running.jid, waiting.jid]) == ["killed", "killed"]
+        finished_gate.touch()
+        assert ex.submit(gated, str(finished_gate), "next").result(timeout=30) == "next"
+
+
 def test_cancel_of_a_queued_job_means_it_never_runs(node_factory, secret, tmp_path):
     solo = node_factory(name="solo", workers=1)
     started, gate, ran = tmp_path / "started", tmp_path / "gate", tmp_path / "ran"
