@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures._base import CANCELLED, PENDING
 from typing import Any, TypeVar
@@ -34,9 +33,7 @@ __all__ = ["Executor", "MeshFuture"]
 
 T = TypeVar("T")
 
-# Executors alive, waited for when the interpreter exits (as ThreadPoolExecutor's
-# threads are joined), and whether it has begun to exit: submit then raises.
-_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+# Whether the interpreter has begun to exit: submit then raises the standard error.
 _exiting = False
 
 
@@ -130,7 +127,6 @@ class Executor(concurrent.futures.Executor):
         # for the resolver: final jobs, ids of jobs started (str), None to look again
         self._inbox: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
         self._resolver: threading.Thread | None = None
-        _executors.add(self)
 
     @property
     def client(self) -> Client:
@@ -354,13 +350,6 @@ class Executor(concurrent.futures.Executor):
         if self._owns_client:
             self._client.close()
 
-    def _wait_at_exit(self) -> None:
-        """The interpreter is exiting: let the jobs of pending futures finish first."""
-        with self._lock:
-            pending = list(self._pending.values())
-        if pending and not self._client.closed:
-            concurrent.futures.wait(pending)
-
 
 def _notify_cancelled(future: MeshFuture[Any]) -> None:
     """A cancelled future's job is final: CANCELLED -> CANCELLED_AND_NOTIFIED, which
@@ -372,14 +361,14 @@ def _notify_cancelled(future: MeshFuture[Any]) -> None:
 
 
 def _interpreter_exit() -> None:
+    """Unlike ThreadPoolExecutor, exit does not wait for pending futures: their jobs
+    were handed to nodes, which run them on (a script ends at once, as with mesh.map)."""
     global _exiting
     _exiting = True
-    for executor in list(_executors):
-        executor._wait_at_exit()
 
 
-# Before atexit handlers, as concurrent.futures does: the clients are still open, and a
-# submit from an atexit handler gets the standard error instead of a closed loop's.
+# Before atexit handlers, as concurrent.futures does: a submit from an atexit handler
+# gets the standard error, not that of a client closed at exit.
 try:
     threading._register_atexit(_interpreter_exit)  # type: ignore[attr-defined]
 except RuntimeError:  # imported while the interpreter exits
