@@ -4,8 +4,9 @@ Each ``submit`` is one mesh job and its future a :class:`MeshFuture` (a standard
 ``concurrent.futures.Future``, so ``wait``, ``as_completed`` and done-callbacks work).
 Futures follow the standard's states: PENDING while the job waits, RUNNING once its
 node has started it (the executor's Submits ask nodes for a Started message), then
-FINISHED. As the standard says, only a pending future can be cancelled: its job is
-withdrawn from the queue it waits in; a running job is stopped with ``mesh.kill``.
+FINISHED (a running job placed again, its node lost, stays RUNNING). As the standard
+says, only a pending future can be cancelled: its job is withdrawn from the queue it
+waits in; a running job is stopped with ``mesh.kill`` or :meth:`Executor.kill`.
 Results are unpickled and futures resolved on one thread per executor, never on the
 client's loop thread, so a slow done-callback delays this executor's other futures (as
 in the standard executors) but never the network.
@@ -40,9 +41,10 @@ _exiting = False
 class MeshFuture(concurrent.futures.Future[T]):
     """The future of one mesh job; ``jid`` is its job id.
 
-    ``cancel()`` succeeds while the job waits (it is withdrawn and never runs) and
-    returns False once it runs, as for any standard future: ``mesh.kill(future.jid)``
-    (or ``executor.client.kill``) stops a running job, terminating its worker process.
+    ``cancel()`` succeeds while the job waits (it is withdrawn and never runs; one
+    whose start notice is still on its way is stopped) and returns False once it runs,
+    as for any standard future: ``mesh.kill(future.jid)`` (or ``executor.client.kill``)
+    stops a running job, terminating its worker process.
     """
 
     def __init__(self, jid: str, executor: Executor) -> None:
@@ -62,7 +64,7 @@ class MeshFuture(concurrent.futures.Future[T]):
             return super().result(timeout)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
-                f"stopped waiting; job {self.jid} goes on on the mesh: future.cancel() "
+                f"stopped waiting; job {self.jid} goes on running on the mesh: future.cancel() "
                 f"withdraws it while it waits, mesh.kill({self.jid!r}) stops it running"
             ) from None
 
