@@ -308,7 +308,7 @@ class Executor(concurrent.futures.Executor):
             return
         if self._client.closed:  # no job will tell: waiters hear of it now
             with self._lock:
-                gone = [self._pending.pop(j) for j in jids]
+                gone = [f for f in (self._pending.pop(j, None) for j in jids) if f is not None]
                 idle = not self._pending and not self._submitting
             for f in gone:
                 _notify_cancelled(f)
