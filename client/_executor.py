@@ -15,6 +15,7 @@ in the standard executors) but never the network.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import queue
 import threading
@@ -29,10 +30,15 @@ from mesh.client._sync import Client
 
 from mesh._initializer import Initialized
 from mesh._serialize import function_name
+from mesh.errors import ConnectionClosed
 
 __all__ = ["Executor", "MeshFuture"]
 
 T = TypeVar("T")
+
+# How often a waiting resolver looks whether its client was closed (mesh.close(), a
+# Client closed by its owner): no job of a closed client becomes final.
+CLOSED_CHECK_S = 1.0
 
 # Whether the interpreter has begun to exit: submit then raises the standard error.
 _exiting = False
@@ -257,7 +263,12 @@ class Executor(concurrent.futures.Executor):
         last one after shutdown releases the client."""
         value_of = self._client._async._value
         while True:
-            item = self._inbox.get()
+            try:
+                item = self._inbox.get(timeout=CLOSED_CHECK_S)
+            except queue.Empty:
+                item = None
+                if self._client.closed:
+                    self._abandon()
             if isinstance(item, str):  # a job started
                 with self._lock:
                     started = self._pending.get(item)
@@ -282,6 +293,23 @@ class Executor(concurrent.futures.Executor):
             break
         if release:
             self._release()
+
+    def _abandon(self) -> None:
+        """The client was closed with futures pending: none will hear from its job, so
+        cancelled ones are notified and the others fail with ConnectionClosed."""
+        with self._lock:
+            left, self._pending = self._pending, {}
+            self._withdrawn.clear()
+        for future in left.values():
+            if not future.cancelled():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(
+                        ConnectionClosed(
+                            f"the mesh client of this executor was closed before job "
+                            f"{future.jid} finished; the job may still run on its node"
+                        )
+                    )
+            _notify_cancelled(future)
 
     @staticmethod
     def _settle(future: MeshFuture[Any], value_of: Callable[[_Job], Any], job: _Job) -> None:

@@ -375,6 +375,26 @@ def test_an_executor_on_a_given_client_leaves_it_open(client):
         mesh.Executor(["127.0.0.1:1"], client=client)
 
 
+def test_closing_the_client_under_an_executor_settles_its_futures(node_factory, secret, tmp_path):
+    solo = node_factory(name="solo", workers=1)
+    gate = tmp_path / "gate"
+    own = mesh.Client([solo.address], secret)
+    ex = mesh.Executor(client=own)
+    running = ex.submit(gated, str(gate), "r")
+    wait_until(running.running, what="the job to start")
+    waiting = ex.submit(gated, str(gate), "w")
+    own.close()  # before anything is final: no job will ever tell the executor
+    assert waiting.cancel() is True
+    assert cf.wait([running, waiting], timeout=30).not_done == set()
+    with pytest.raises(mesh.ConnectionClosed, match=f"before job {running.jid} finished"):
+        running.result()
+    assert waiting.cancelled()
+    wait_until(lambda: not resolver_threads(), what="the resolver to stop")
+    with pytest.raises(RuntimeError, match="client is closed"):
+        ex.submit(square, 1)
+    gate.touch()
+
+
 def test_the_default_executor_uses_the_module_level_client(nodes, secret):
     mesh.connect([n.address for n in nodes], secret)
     with mesh.Executor() as ex:
