@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures._base import CANCELLED, PENDING
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from typing import Any, TypeVar
 
 from mesh.client._async import _Job, _split_options
@@ -206,12 +206,24 @@ class Executor(concurrent.futures.Executor):
             del future
 
     def kill(self, futures: Iterable[MeshFuture[Any]]) -> None:
-        """Cancel these futures, and kill the jobs of those already running (their
-        futures then raise :class:`mesh.JobKilled`); never blocks. For callers that own
-        the futures, as ``map`` and the joblib backend do; ``cancel()`` spares running jobs."""
-        running = [f for f in futures if not f.cancel() and not f.done()]
-        if running:
-            self._client._kill_soon([f.jid for f in running])
+        """Cancel these futures, running or not, and stop their jobs; never blocks.
+
+        For callers that own the futures, as ``map`` and the joblib backend do:
+        ``cancel()`` spares a running future, as the standard says; this one does not
+        (its job is killed, its worker process terminated)."""
+        stopped = []
+        for f in futures:
+            with f._condition:
+                running = f._state == RUNNING
+                if running:  # what Future.cancel() refuses: done as it does it
+                    f._state = CANCELLED
+                    f._condition.notify_all()
+            if running:
+                f._invoke_callbacks()  # type: ignore[attr-defined]
+                stopped.append(f)
+            elif f.cancel():
+                stopped.append(f)
+        self._withdraw(stopped)
 
     def _submit_jobs(
         self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]], kwargs: dict[str, Any]
