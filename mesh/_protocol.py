@@ -408,7 +408,7 @@ class Recall(Message):
     jids: tuple[str, ...] = ()
 
 
-@message(22)
+@message(23)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Started(Message):
     """Node -> client: these jobs of a Submit with ``notify_start`` went to a worker.

@@ -545,10 +545,10 @@ def test_notify_start_is_off_unless_sent_and_started_round_trips() -> None:
     assert decode(old).notify_start is False  # a client that does not know the field
     asked = Submit(b"h", b"b", "f", (("j", b"a"),), notify_start=True)
     assert decode(encode(asked)) == asked
-    assert encode(proto.Started(("c-1", "c-2"))) == msgpack.packb([22, ["c-1", "c-2"]])
-    assert decode(msgpack.packb([22, ["c-1"]])) == proto.Started(("c-1",))
+    assert encode(proto.Started(("c-1", "c-2"))) == msgpack.packb([23, ["c-1", "c-2"]])
+    assert decode(msgpack.packb([23, ["c-1"]])) == proto.Started(("c-1",))
     with pytest.raises(RemoteProtocolError):
-        decode(msgpack.packb([22, [7]]))
+        decode(msgpack.packb([23, [7]]))
 
 
 def test_decode_drops_fields_a_newer_peer_adds() -> None:
