@@ -364,7 +364,9 @@ def test_shutdown_cancel_futures_withdraws_the_waiting_jobs_and_lets_the_running
         assert observer.status([f.jid for f in running]) == ["processing"] * 4
         gate.touch()
         assert [f.result(timeout=30) for f in running] == [futures.index(f) for f in running]
-        wait_until(lambda: ex.client.closed, what="its own client to close")
+        # the resolver closes the client as its last act: once it is gone, so is the loop
+        wait_until(lambda: not resolver_threads(), timeout_s=30, what="the resolver to stop")
+        assert ex.client.closed
 
 
 def test_an_executor_on_a_given_client_leaves_it_open(client):
