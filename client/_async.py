@@ -72,6 +72,7 @@ from mesh._protocol import (
     Records,
     ResultItem,
     Results,
+    Started,
     Submit,
     pushed_name,
 )
@@ -217,7 +218,7 @@ class _Func:
 
     __slots__ = ("ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
                  "label", "live", "max_runtime", "n", "name", "next", "node_ids",
-                 "nodes", "pickled", "prefer", "push", "results", "retries", "sizes", "source",
+                 "nodes", "on_start", "pickled", "prefer", "push", "results", "retries", "sizes", "source",
                  "speculative", "start", "submitted")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
@@ -230,6 +231,9 @@ class _Func:
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
         self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
         self.push: tuple[tuple[str, str], ...] = ()  # (local path, store name) to push first
+        # called with a job's id on the loop thread when its node starts it (the Submit
+        # asks for Started messages); None: not asked (see _prepare)
+        self.on_start: Callable[[str], None] | None = None
         self.start = self.n = 0  # the id number of job 0, and how many jobs
         self.submitted = 0.0  # when the call or map was made (epoch seconds)
         # when each job's result reached this client, in seconds after ``submitted``
@@ -809,6 +813,11 @@ class AsyncClient:
                                          queued=msg.queued))  # fmt: skip
         elif isinstance(msg, Handback):
             self._handed_back(link, msg)
+        elif isinstance(msg, Started):
+            for jid in msg.jids:  # each job's own call or map: Submits may mix several
+                found = self._locate(jid)
+                if found is not None and found[0].on_start is not None:
+                    found[0].on_start(jid)
         elif isinstance(msg, Peers):
             for host, port in parse_peers(msg.addrs, strict=False):
                 self._learn(host, port)
@@ -1056,7 +1065,8 @@ class AsyncClient:
             conn.send(
                 Submit(w.fhash, func.blob if fresh else b"", w.name,
                        tuple((j.jid, j.args) for j in batch),  # type: ignore[misc]  # read above
-                       w.cores, w.label, w.max_runtime_s, retry=ins.retry, env=w.env)
+                       w.cores, w.label, w.max_runtime_s, retry=ins.retry, env=w.env,
+                       notify_start=w.notify_start)
             )  # fmt: skip
 
     def _read_args(self, job: _Job, k: int) -> bool:
@@ -1128,11 +1138,14 @@ class AsyncClient:
         arg_tuples: Iterable[tuple[Any, ...]],
         kwargs: dict[str, Any],
         count: int | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> tuple[_Func, list[Job[Any]]]:
         """Pickle the function once and allocate job ids (any thread); return the call or
         map and its job handles. Arguments are pickled here up to EAGER_ARGS_BYTES; the
         rest as the jobs leave the queue, read from ``arg_tuples`` then (``count``: how
-        many it yields; None: read it all now)."""
+        many it yields; None: read it all now). ``on_start(jid)``: called on the loop
+        thread when a node starts each job (its Submits ask for Started messages, which
+        plain calls and maps skip); mesh.Executor's futures enter RUNNING with it."""
         kwargs, opts = _split_options(dict(kwargs))
         cores = int(opts.get("_cores", 1))
         if cores < 1:
@@ -1140,6 +1153,7 @@ class AsyncClient:
         fhash, blob = dumps_function(fn, kwargs)
         func = _Func(fhash, blob, function_name(fn))
         func.speculative = bool(opts.get("_speculative", False))
+        func.on_start = on_start
         func.files = _file_names(opts.get("_files"))
         func.env, func.push = _env_requirements(opts.get("_env"))
         func.cores = cores
@@ -1228,7 +1242,8 @@ class AsyncClient:
                 self._spawn(self._enqueue_near_files(func))  # first: which nodes hold them
             else:
                 work = Work(func.fhash, func.name, func.cores, func.label, func.max_runtime,
-                            func.env, func.prefer or frozenset())  # fmt: skip
+                            func.env, func.prefer or frozenset(),
+                            notify_start=func.on_start is not None)  # fmt: skip
                 count, size = func.pickled
                 ready.append(Batch(func.start, func.n, work, func.retries, func.speculative,
                                    func.source is not None, size // max(count, 1)))  # fmt: skip

@@ -2,22 +2,27 @@
 
 Each ``submit`` is one mesh job and its future a :class:`MeshFuture` (a standard
 ``concurrent.futures.Future``, so ``wait``, ``as_completed`` and done-callbacks work).
-A future stays pending until its job is final: the client cannot see a job start on
-its node, so ``cancel()`` succeeds until the job has finished, and kills it wherever
-it is, queued or running. Results are unpickled and futures resolved on one thread per
-executor, never on the client's loop thread, so a slow done-callback delays this
-executor's other futures (as in the standard executors) but never the network.
+Futures follow the standard's states: PENDING while the job waits, RUNNING once its
+node has started it (the executor's Submits ask nodes for a Started message), then
+FINISHED (a running job placed again, its node lost, stays RUNNING). As the standard
+says, only a pending future can be cancelled: its job is withdrawn from the queue it
+waits in; a running job is stopped with ``mesh.kill`` or :meth:`Executor.kill`.
+Results are unpickled and futures resolved on one thread per executor, never on the
+client's loop thread, so a slow done-callback delays this executor's other futures (as
+in the standard executors) but never the network.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from typing import Any, TypeVar
 
 from mesh.client._async import _Job, _split_options
@@ -25,14 +30,28 @@ from mesh.client._sync import Client
 
 from mesh._initializer import Initialized
 from mesh._serialize import function_name
+from mesh.errors import ConnectionClosed
 
 __all__ = ["Executor", "MeshFuture"]
 
 T = TypeVar("T")
 
+# How often a waiting resolver looks whether its client was closed (mesh.close(), a
+# Client closed by its owner): no job of a closed client becomes final.
+CLOSED_CHECK_S = 1.0
+
+# Whether the interpreter has begun to exit: submit then raises the standard error.
+_exiting = False
+
 
 class MeshFuture(concurrent.futures.Future[T]):
-    """The future of one mesh job; ``jid`` is its job id. ``cancel()`` kills the job."""
+    """The future of one mesh job; ``jid`` is its job id.
+
+    ``cancel()`` succeeds while the job waits (it is withdrawn and never runs; one
+    whose start notice is still on its way is stopped) and returns False once it runs,
+    as for any standard future: ``mesh.kill(future.jid)`` (or ``executor.client.kill``)
+    stops a running job, terminating its worker process.
+    """
 
     def __init__(self, jid: str, executor: Executor) -> None:
         super().__init__()
@@ -40,19 +59,10 @@ class MeshFuture(concurrent.futures.Future[T]):
         self._executor = executor
 
     def cancel(self) -> bool:
-        """Cancel the future and kill its job, unless the job has finished already."""
-        with self._condition:
-            if self._state == concurrent.futures._base.FINISHED:
-                return False
-            if self._state == concurrent.futures._base.CANCELLED_AND_NOTIFIED:
-                return True
+        """Cancel the future if it is pending, and withdraw its job; False once it runs."""
         if not super().cancel():
             return False
-        with self._condition:  # wake wait()/as_completed() now: no worker will do it for us
-            if self._state != concurrent.futures._base.CANCELLED:
-                return True  # another thread cancelled it at the same time
-            self.set_running_or_notify_cancel()
-        self._executor._cancelled(self)
+        self._executor._withdraw([self])
         return True
 
     def result(self, timeout: float | None = None) -> T:
@@ -60,8 +70,8 @@ class MeshFuture(concurrent.futures.Future[T]):
             return super().result(timeout)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
-                f"stopped waiting; job {self.jid} goes on running on the mesh: "
-                "future.cancel() or executor.shutdown(cancel_futures=True) stops it"
+                f"stopped waiting; job {self.jid} goes on running on the mesh: future.cancel() "
+                f"withdraws it while it waits, mesh.kill({self.jid!r}) stops it running"
             ) from None
 
 
@@ -114,12 +124,16 @@ class Executor(concurrent.futures.Executor):
 
             self._client, self._owns_client = mesh._client(), False
         self._lock = threading.Lock()
+        # futures whose jobs are not final yet (a cancelled one stays until its job is:
+        # then waiters hear of it, as ThreadPoolExecutor's do when a worker gets to it)
         self._pending: dict[str, MeshFuture[Any]] = {}
+        self._withdrawn: set[str] = set()  # jobs of cancelled futures, killed once
         self._shutdown = False  # no more submissions
         self._draining = False  # shutdown is done with the client: release it once idle
         self._submitting = 0  # submissions between their shutdown check and their futures
         self._released = False
-        self._finals: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # for the resolver: final jobs, ids of jobs started (str), None to look again
+        self._inbox: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
         self._resolver: threading.Thread | None = None
 
     @property
@@ -149,9 +163,9 @@ class Executor(concurrent.futures.Executor):
         """Like builtin ``map``, in order, with every call submitted before this returns.
 
         ``chunksize`` items go in one job (fewer round trips for small calls). Past
-        ``timeout`` seconds from this call, the iterator raises ``TimeoutError`` and the
-        jobs not finished are killed, as are the rest when it is closed early or a
-        call raises.
+        ``timeout`` seconds from this call, the iterator raises ``TimeoutError``; then,
+        or when it is closed early or a call raises, the calls not finished are stopped,
+        running or not (their futures are the iterator's own: nobody else waits on them).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
@@ -164,26 +178,52 @@ class Executor(concurrent.futures.Executor):
             futures = self._submit_jobs(_chunked(fn), ((c,) for c in chunks), dict(self._options))
         return self._in_order(futures, end, chunked=chunksize > 1)
 
-    @staticmethod
     def _in_order(
-        futures: list[MeshFuture[Any]], end: float | None, chunked: bool
+        self, futures: list[MeshFuture[Any]], end: float | None, chunked: bool
     ) -> Iterator[Any]:
-        futures.reverse()  # pop from the end: no reference kept to what was yielded
+        # Nothing yielded stays referenced here: futures are popped, results yielded
+        # without a name (test_free_reference of CPython's suite).
+        futures.reverse()
         try:
             while futures:
-                future = futures.pop()
-                try:
-                    value = future.result(None if end is None else end - time.monotonic())
-                finally:
-                    future.cancel()  # on timeout: kill it too (a no-op once finished)
-                del future
                 if chunked:
-                    yield from value
+                    chunk = self._result_or_stop(futures.pop(), end)
+                    chunk.reverse()
+                    while chunk:
+                        yield chunk.pop()
                 else:
-                    yield value
+                    yield self._result_or_stop(futures.pop(), end)
         finally:
-            for future in futures:
-                future.cancel()
+            self.kill(futures)
+
+    def _result_or_stop(self, future: MeshFuture[Any], end: float | None) -> Any:
+        try:
+            return future.result(None if end is None else end - time.monotonic())
+        except BaseException:
+            self.kill([future])  # timed out or interrupted: it goes too
+            raise
+        finally:
+            del future
+
+    def kill(self, futures: Iterable[MeshFuture[Any]]) -> None:
+        """Cancel these futures, running or not, and stop their jobs; never blocks.
+
+        For callers that own the futures, as ``map`` and the joblib backend do:
+        ``cancel()`` spares a running future, as the standard says; this one does not
+        (its job is killed, its worker process terminated)."""
+        stopped = []
+        for f in futures:
+            with f._condition:
+                running = f._state == RUNNING
+                if running:  # what Future.cancel() refuses: done as it does it
+                    f._state = CANCELLED
+                    f._condition.notify_all()
+            if running:
+                f._invoke_callbacks()  # type: ignore[attr-defined]
+                stopped.append(f)
+            elif f.cancel():
+                stopped.append(f)
+        self._withdraw(stopped)
 
     def _submit_jobs(
         self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]], kwargs: dict[str, Any]
@@ -191,6 +231,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if self._client.closed:
+                raise RuntimeError(
+                    "cannot schedule new futures: the executor's mesh client is closed"
+                )
             if self._resolver is None:
                 self._resolver = threading.Thread(
                     target=self._resolve, name="mesh-executor", daemon=True
@@ -203,7 +249,8 @@ class Executor(concurrent.futures.Executor):
         if self._init is not None:
             fn = Initialized(fn, *self._init)
         try:
-            func, jids = a._prepare(fn, arg_tuples, kwargs)  # pickled on this thread
+            # pickled on this thread; nodes tell when each job starts (futures -> RUNNING)
+            func, jids = a._prepare(fn, arg_tuples, kwargs, on_start=self._inbox.put)
             jobs = [func.job(a._tag, k) for k in range(len(jids))]  # a future needs its job
             futures = [MeshFuture(jid, self) for jid in jids]
         finally:
@@ -212,28 +259,44 @@ class Executor(concurrent.futures.Executor):
                 self._pending.update(zip((j.jid for j in jobs), futures, strict=True))
                 idle = not self._pending and not self._submitting
             if idle:  # this submission failed or was empty: the resolver may stop
-                self._finals.put(None)
+                self._inbox.put(None)
         # the loop thread only hands final jobs over; the resolver does the rest
-        a._add_callback(jobs, self._finals.put)
+        a._add_callback(jobs, self._inbox.put)
         self._client._send(func)
         return futures
 
     # ---- resolving ----
 
     def _resolve(self) -> None:
-        """The resolver thread: unpickle each final job's result into its future.
+        """The resolver thread: unpickle each final job's result into its future, and
+        mark futures running as their jobs start.
 
         It runs while futures are pending (an idle executor holds no thread), and the
         last one after shutdown releases the client."""
         value_of = self._client._async._value
         while True:
-            job = self._finals.get()
-            if job is not None:
+            try:
+                item = self._inbox.get(timeout=CLOSED_CHECK_S)
+            except queue.Empty:
+                item = None
+                if self._client.closed:
+                    self._abandon()
+            if isinstance(item, str):  # a job started
                 with self._lock:
-                    future = self._pending.pop(job.jid, None)
-                if future is not None and not future.cancelled():
-                    self._settle(future, value_of, job)
-                del future, job  # hold no result longer than its future does
+                    started = self._pending.get(item)
+                if started is not None:
+                    with started._condition:
+                        if started._state == PENDING:  # not cancelled meanwhile
+                            started.set_running_or_notify_cancel()
+                del started
+            elif item is not None:
+                with self._lock:
+                    future = self._pending.pop(item.jid, None)
+                    self._withdrawn.discard(item.jid)
+                if future is not None:
+                    self._settle(future, value_of, item)
+                del future  # hold no result longer than its future does
+            del item
             with self._lock:
                 if self._pending or self._submitting:
                     continue
@@ -243,60 +306,82 @@ class Executor(concurrent.futures.Executor):
         if release:
             self._release()
 
+    def _abandon(self) -> None:
+        """The client was closed with futures pending: none will hear from its job, so
+        cancelled ones are notified and the others fail with ConnectionClosed."""
+        with self._lock:
+            left, self._pending = self._pending, {}
+            self._withdrawn.clear()
+        for future in left.values():
+            if not future.cancelled():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(
+                        ConnectionClosed(
+                            f"the mesh client of this executor was closed before job "
+                            f"{future.jid} finished; the job may still run on its node"
+                        )
+                    )
+            _notify_cancelled(future)
+
     @staticmethod
     def _settle(future: MeshFuture[Any], value_of: Callable[[_Job], Any], job: _Job) -> None:
-        try:
+        if not future.cancelled():
             try:
-                result = value_of(job)
-            except BaseException as exc:  # the job's own exception, re-created
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled meanwhile
+                try:
+                    result = value_of(job)
+                except BaseException as exc:  # the job's own exception, re-created
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                return
+            except concurrent.futures.InvalidStateError:
+                pass  # cancelled meanwhile
+        _notify_cancelled(future)
 
-    def _cancelled(self, future: MeshFuture[Any]) -> None:
+    def _withdraw(self, futures: list[MeshFuture[Any]]) -> None:
+        """These futures were cancelled: kill their jobs (once each), still queued."""
         with self._lock:
-            known = self._pending.pop(future.jid, None) is not None
-            idle = not self._pending and not self._submitting
-        if known:
-            self._client._kill_soon([future.jid])
-        if idle:  # let the resolver stop
-            self._finals.put(None)
+            jids = [f.jid for f in futures if f.jid in self._pending]
+            jids = [j for j in jids if j not in self._withdrawn]
+            self._withdrawn.update(jids)
+        if not jids:
+            return
+        if self._client.closed:  # no job will tell: waiters hear of it now
+            with self._lock:
+                gone = [f for f in (self._pending.pop(j, None) for j in jids) if f is not None]
+                idle = not self._pending and not self._submitting
+            for f in gone:
+                _notify_cancelled(f)
+            if idle:
+                self._inbox.put(None)
+            return
+        self._client._kill_soon(jids)
 
     # ---- stopping ----
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No more submissions; ``cancel_futures`` kills the jobs not finished.
+        """No more submissions; ``cancel_futures`` cancels the futures still pending.
 
         ``wait``: return once every future is done (and an executor's own client
         closed). Otherwise the futures still resolve in the background, and the
-        executor's own client closes when the last one has.
+        executor's own client closes when the last one has. Jobs already running go
+        on, as in the standard executors (``mesh.kill`` stops them).
         """
         with self._lock:
             self._shutdown = True
             pending = list(self._pending.values())
         if cancel_futures:
-            stopped = [f for f in pending if _cancel_quietly(f)]
-            with self._lock:
-                for f in stopped:
-                    self._pending.pop(f.jid, None)
-            if stopped:
-                if wait:
-                    self._client.kill([f.jid for f in stopped])
-                else:
-                    self._client._kill_soon([f.jid for f in stopped])
+            self._withdraw([f for f in pending if concurrent.futures.Future.cancel(f)])
         with self._lock:
             self._draining = True
             resolver = self._resolver
         if resolver is None:  # nothing pending: no resolver to do it
             self._release()
             return
-        self._finals.put(None)  # a resolver waiting with nothing pending stops now
-        if wait:
+        self._inbox.put(None)  # a resolver waiting with nothing pending stops now
+        if wait and threading.current_thread() is not resolver:
             concurrent.futures.wait(pending)
-            if threading.current_thread() is not resolver:
-                resolver.join()
+            resolver.join()
 
     def _release(self) -> None:
         """Close our own client, once, when shut down and nothing is pending."""
@@ -308,14 +393,28 @@ class Executor(concurrent.futures.Executor):
             self._client.close()
 
 
-def _cancel_quietly(future: MeshFuture[Any]) -> bool:
-    """Cancel a future without killing its job one by one (shutdown kills them together)."""
-    if not concurrent.futures.Future.cancel(future):
-        return False
+def _notify_cancelled(future: MeshFuture[Any]) -> None:
+    """A cancelled future's job is final: CANCELLED -> CANCELLED_AND_NOTIFIED, which
+    wakes ``wait()`` and ``as_completed()`` (ThreadPoolExecutor's worker does the same
+    when it reaches a cancelled item)."""
     with future._condition:
-        if future._state == concurrent.futures._base.CANCELLED:
+        if future._state == CANCELLED:
             future.set_running_or_notify_cancel()
-    return True
+
+
+def _interpreter_exit() -> None:
+    """Unlike ThreadPoolExecutor, exit does not wait for pending futures: their jobs
+    were handed to nodes, which run them on (a script ends at once, as with mesh.map)."""
+    global _exiting
+    _exiting = True
+
+
+# Before atexit handlers, as concurrent.futures does: a submit from an atexit handler
+# gets the standard error, not that of a client closed at exit.
+try:
+    threading._register_atexit(_interpreter_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # imported while the interpreter exits
+    _exiting = True
 
 
 def _chunked(fn: Callable[..., T]) -> Callable[[tuple[tuple[Any, ...], ...]], list[T]]:

@@ -6,8 +6,8 @@
 
 ``n_jobs=-1`` means the worker slots of the mesh that are free now (all of them when
 none is), ``-2`` one fewer, and so on, as joblib counts cores. Each batch is one job
-of a :class:`~mesh.client._executor.Executor`, so cancelling (joblib aborts a call whose
-task raised) kills the jobs still running. ``parallel_config(backend="mesh", ...)``
+of a :class:`~mesh.client._executor.Executor`, whose ``kill`` stops the batches left
+when joblib aborts a call whose task raised, running or not. ``parallel_config(backend="mesh", ...)``
 takes ``client=``, or ``peers=``/``secret=``, and job options (``_cores=2``, ...).
 ``initializer``/``initargs`` (there or in ``Parallel(...)``) run once in each worker
 process before the first batch of this backend it runs (see ``mesh.Executor``).
@@ -154,8 +154,7 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
         """A task failed: kill the batches still running (the executor stays usable)."""
         with self._lock:
             futures = list(self._futures)
-        for future in futures:
-            future.cancel()
+        self.executor.kill(futures)
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         level = (self.nesting_level or 0) + 1

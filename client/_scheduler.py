@@ -118,6 +118,7 @@ class Work:
     max_runtime_s: float = 0.0
     env: tuple[str, ...] = ()
     prefer: frozenset[str] = frozenset()  # keys of nodes holding its _files
+    notify_start: bool = False  # its node tells when each job starts (mesh.Executor)
 
 
 @dataclass(frozen=True, slots=True)

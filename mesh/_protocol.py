@@ -74,6 +74,7 @@ __all__ = [
     "Run",
     "Submit",
     "SharedOpener",
+    "Started",
     "WorkerReady",
     "decode",
     "encode",
@@ -291,6 +292,9 @@ class Submit(Message):
     # _env: requirements the jobs need (pip specifiers, or "wheel:<sha256>:<file name>"
     # for a file pushed through mesh.files); the node runs them in a cached venv.
     env: tuple[str, ...] = ()
+    # Send a Started when each of these jobs starts (mesh.Executor: its futures enter
+    # RUNNING); off for plain calls and maps, which need not pay for the messages.
+    notify_start: bool = False
 
 
 def pushed_name(sha: str, filename: str) -> str:
@@ -402,6 +406,17 @@ class Recall(Message):
     on a node with a free slot instead of waiting here behind a slow one."""
 
     jids: tuple[str, ...] = ()
+
+
+@message(23)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Started(Message):
+    """Node -> client: these jobs of a Submit with ``notify_start`` went to a worker.
+
+    Sent before their Results, on the same connection; a job run again (its batch's
+    worker died) is reported again."""
+
+    jids: tuple[str, ...]
 
 
 # ---- the dashboard's mesh-wide jobs view (tags 70-79): node <-> node ----

@@ -42,6 +42,7 @@ __all__ = [
     "Job",
     "JobTable",
     "KillWorker",
+    "Notify",
 ]
 
 # A batch should take about this long; a longer one delays results and kills.
@@ -83,6 +84,7 @@ class Job:
     suspect: bool = False
     kill_reason: str = ""
     watchers: set[int] | None = None
+    notify_start: bool = False  # its owner wants a Started when it starts
 
     def item(self) -> ResultItem:
         return (self.jid, self.state, self.result, self.error)
@@ -128,7 +130,15 @@ class HandBack:
     recall: bool = False  # the answer to a Recall (one per Recall, even empty)
 
 
-Instruction = Dispatch | KillWorker | Deliver | HandBack
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell ``conn`` these jobs of its (submitted with ``notify_start``) have started."""
+
+    conn: int
+    jids: list[str]
+
+
+Instruction = Dispatch | KillWorker | Deliver | HandBack | Notify
 
 
 class JobTable:
@@ -151,6 +161,7 @@ class JobTable:
         self._out: dict[int, list[ResultItem]] = {}
         self._finished: list[Job] = []  # to be stored before their results go out
         self._back: dict[int, list[str]] = {}  # jobs handed back, by connection
+        self._started: dict[int, list[str]] = {}  # started jobs to report, by connection
         self.draining = False  # leaving: no new work, queued jobs go back to their clients
         self.paused = False  # the machine is short of memory: queued jobs wait
         self._expired: list[str] = []  # to be removed from the store
@@ -223,9 +234,11 @@ class JobTable:
         label: str = "",
         max_runtime: float = 0.0,
         retry: bool = False,
+        notify_start: bool = False,
     ) -> list[Instruction]:
         """A client submitted jobs. A jid seen before is not run twice: the sender watches
-        it; unless ``retry`` and its last attempt here killed its worker."""
+        it; unless ``retry`` and its last attempt here killed its worker. With
+        ``notify_start``, a Notify tells the sender when each one starts."""
         fresh: list[Job] = []
         for jid, args in items:
             old = self.jobs.get(jid)
@@ -236,6 +249,7 @@ class JobTable:
                 self._back.setdefault(conn, []).append(jid)
                 continue
             job = Job(jid, func, args, conn, now, cores, label, max_runtime)
+            job.notify_start = notify_start
             if old is not None:
                 job.attempts = old.attempts
             self.jobs[jid] = job
@@ -560,6 +574,8 @@ class JobTable:
                 for j in jobs:
                     j.state, j.worker, j.started = PROCESSING, w.wid, now
                     w.batch[j.jid] = j
+                    if j.notify_start:
+                        self._started.setdefault(j.owner, []).append(j.jid)
                 if head.cores > 1:
                     for _ in range(head.cores - 1):
                         other = idle.pop()
@@ -575,6 +591,9 @@ class JobTable:
 
     def _flush(self) -> list[Instruction]:
         out: list[Instruction] = []
+        if self._started:  # before any results: a job is seen to start, then to finish
+            out.extend(Notify(conn, jids) for conn, jids in self._started.items())
+            self._started = {}
         if self._out:
             out.extend(Deliver(conn, items) for conn, items in self._out.items())
             self._out = {}

@@ -32,6 +32,7 @@ from mesh.node._jobs import (
     Job,
     JobTable,
     KillWorker,
+    Notify,
 )
 from mesh.node._peers import GOSSIP_LINK, GOSSIP_MESSAGES, PeerTable, load_node_id, unique_name
 from mesh.node._pool import WorkerPool
@@ -66,6 +67,7 @@ from mesh._protocol import (
     Records,
     Results,
     Run,
+    Started,
     Submit,
     pushed_name,
 )
@@ -511,6 +513,7 @@ class Node:
                     label=msg.label,
                     max_runtime=msg.max_runtime,
                     retry=msg.retry,
+                    notify_start=msg.notify_start,
                 )
             )
         elif isinstance(msg, Ack):
@@ -708,7 +711,11 @@ class Node:
         # a big result only a moment later, written off the loop (see _save).
         finished = self.table.take_finished()
         for ins in instructions:
-            if isinstance(ins, Deliver):
+            if isinstance(ins, Notify):
+                conn = self._conns.get(ins.conn)
+                if conn is not None and not conn.closed:
+                    conn.send(Started(tuple(ins.jids)))
+            elif isinstance(ins, Deliver):
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:
                     conn.send(

@@ -36,6 +36,7 @@ def resolver_threads():
 def executor(nodes, secret):
     ex = mesh.Executor([n.address for n in nodes], secret)
     yield ex
+    ex.client.kill(job_ids(ex.client))  # running jobs a test left behind: shutdown waits for them
     ex.shutdown(wait=True, cancel_futures=True)
     wait_until(lambda: not resolver_threads(), timeout_s=10, what="the resolver thread to stop")
 
@@ -91,27 +92,57 @@ def test_result_and_exception_time_out_while_the_job_goes_on(executor, tmp_path)
     assert future.result(timeout=30) == "late"
 
 
-def test_cancel_kills_a_running_job(executor, nodes, tmp_path):
+def test_a_future_runs_once_its_node_starts_the_job_and_is_no_longer_cancellable(
+    executor, tmp_path
+):
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    future = executor.submit(started_then_gated, str(started), str(gate), "finished")
+    wait_until(started.exists, what="job to start")
+    wait_until(future.running, what="the node's Started to reach the future")
+    assert not future.done() and not future.cancelled()
+
+    assert future.cancel() is False  # the standard: a running future is not cancelled
+    assert future.running() and executor.client.status(future.jid) == "processing"
+    gate.touch()
+    assert future.result(timeout=30) == "finished"
+
+
+def test_mesh_kill_stops_a_running_job(executor, nodes, tmp_path):
     started, never = tmp_path / "started", tmp_path / "never"
     future = executor.submit(started_then_gated, str(started), str(never), "unreachable")
-    wait_until(started.exists, what="job to start")
+    wait_until(future.running, what="job to start")
     before = {n.name: set(n.worker_pids()) for n in nodes}
     called = []
     future.add_done_callback(called.append)
 
-    assert future.cancel() is True
-    assert future.cancelled() and future.done()
+    executor.client.kill(future.jid)  # what mesh.kill(future.jid) does on the default client
+    with pytest.raises(mesh.JobKilled):
+        future.result(timeout=30)
+    assert future.done() and not future.cancelled()
     assert called == [future]
-    with pytest.raises(cf.CancelledError):
-        future.result()
-    with pytest.raises(cf.CancelledError):
-        future.exception()
-    assert future.cancel() is True  # again: still cancelled
-
-    wait_until(lambda: executor.client.status(future.jid) == "killed", what="job to be killed")
+    assert executor.client.status(future.jid) == "killed"
     node = next(n for n in nodes if n.name == executor.client.info(future.jid).node)
     after = set(node.wait_workers(2))
     assert len(before[node.name] - after) == 1  # its worker was terminated and replaced
+
+
+def test_executor_kill_stops_its_futures_running_or_waiting(node_factory, secret, tmp_path):
+    solo = node_factory(name="solo", workers=1)
+    never = str(tmp_path / "never")
+    with mesh.Executor([solo.address], secret) as ex:
+        running = ex.submit(gated, never, "r")
+        wait_until(running.running, what="the first job to start")
+        waiting = ex.submit(gated, never, "w")
+        finished_gate = tmp_path / "open"
+        called = []
+        running.add_done_callback(called.append)
+        ex.kill([running, waiting])
+        assert running.cancelled() and waiting.cancelled()  # cancel() spares a running one
+        assert called == [running]
+        assert cf.wait([running, waiting], timeout=30).not_done == set()  # once both stopped
+        assert ex.client.status([running.jid, waiting.jid]) == ["killed", "killed"]
+        finished_gate.touch()
+        assert ex.submit(gated, str(finished_gate), "next").result(timeout=30) == "next"
 
 
 def test_cancel_of_a_queued_job_means_it_never_runs(node_factory, secret, tmp_path):
@@ -121,8 +152,15 @@ def test_cancel_of_a_queued_job_means_it_never_runs(node_factory, secret, tmp_pa
         first = ex.submit(started_then_gated, str(started), str(gate), "first")
         wait_until(started.exists, what="first job to start")
         queued = ex.submit(touch, str(ran))
+        called = []
+        queued.add_done_callback(called.append)
         assert queued.cancel() is True
+        assert queued.cancelled() and queued.done() and called == [queued]
+        with pytest.raises(cf.CancelledError):
+            queued.result()
+        assert queued.cancel() is True  # again: still cancelled
         wait_until(lambda: ex.client.status(queued.jid) == "killed", what="queued job killed")
+        assert cf.wait([queued], timeout=30).done == {queued}  # its waiters were told
         gate.touch()
         assert first.result(timeout=30) == "first"
     assert not ran.exists()
@@ -169,11 +207,13 @@ def test_as_completed_yields_in_completion_order(executor, tmp_path):
 
 
 def test_as_completed_times_out(executor, tmp_path):
-    future = executor.submit(gated, str(tmp_path / "gate"), "never")
+    gate = tmp_path / "gate"
+    future = executor.submit(gated, str(gate), "later")
     with pytest.raises(cf.TimeoutError):
         for _ in cf.as_completed([future], timeout=0.3):
             pass
-    future.cancel()
+    gate.touch()
+    assert future.result(timeout=30) == "later"
 
 
 def test_wait_return_conditions(executor, tmp_path):
@@ -196,16 +236,26 @@ def test_wait_return_conditions(executor, tmp_path):
     assert done == {slow, quick, failing} and not not_done
 
 
-def test_wait_counts_a_cancelled_future_as_done_at_once(executor, tmp_path):
-    blocked = executor.submit(gated, str(tmp_path / "never"), "x")
-    waiting = []
-    waiter = threading.Thread(target=lambda: waiting.append(cf.wait([blocked], timeout=30)))
-    waiter.start()
-    blocked.cancel()
-    waiter.join(30)
-    assert not waiter.is_alive()
-    done, not_done = waiting[0]
-    assert done == {blocked} and not not_done
+def test_wait_counts_a_cancelled_future_as_done_once_its_job_is_withdrawn(
+    node_factory, secret, tmp_path
+):
+    solo = node_factory(name="solo", workers=1)
+    gate = tmp_path / "gate"
+    with mesh.Executor([solo.address], secret) as ex:
+        running = ex.submit(gated, str(gate), "running")
+        wait_until(running.running, what="the first job to start")
+        blocked = ex.submit(gated, str(gate), "queued")
+        waiting = []
+        waiter = threading.Thread(target=lambda: waiting.append(cf.wait([blocked], timeout=30)))
+        waiter.start()
+        assert blocked.cancel() is True
+        waiter.join(30)
+        assert not waiter.is_alive()
+        done, not_done = waiting[0]
+        assert done == {blocked} and not not_done
+        gate.touch()
+        assert running.result(timeout=30) == "running"
+        assert ex.client.status(blocked.jid) == "killed"
 
 
 def test_map_keeps_the_order_of_its_input(executor, tmp_path):
@@ -294,17 +344,29 @@ def test_shutdown_without_waiting_lets_futures_finish(nodes, secret, tmp_path):
     wait_until(lambda: not resolver_threads(), what="the resolver to stop")
 
 
-def test_shutdown_cancel_futures_kills_the_jobs(nodes, secret, tmp_path):
-    gate = tmp_path / "never"
+def test_shutdown_cancel_futures_withdraws_the_waiting_jobs_and_lets_the_running_finish(
+    nodes, secret, tmp_path
+):
+    gate = tmp_path / "gate"
     with mesh.Client([n.address for n in nodes], secret) as observer:
         ex = mesh.Executor([n.address for n in nodes], secret)
         finished = ex.submit(square, 4)
         assert finished.result(timeout=30) == 16
-        futures = [ex.submit(gated, str(gate), i) for i in range(6)]  # 4 run, 2 queue
-        ex.shutdown(wait=True, cancel_futures=True)
-        assert all(f.cancelled() for f in futures)
-        assert not finished.cancelled() and finished.result() == 16
-        assert observer.status([f.jid for f in futures]) == ["killed"] * 6
+        futures = [ex.submit(gated, str(gate), i) for i in range(7)]  # 4 run, 3 wait
+        wait_until(lambda: sum(f.running() for f in futures) == 4, what="four jobs to start")
+        running = [f for f in futures if f.running()]
+        waiting = [f for f in futures if not f.running()]
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert all(f.cancelled() for f in waiting)
+        assert not any(f.cancelled() for f in running) and not finished.cancelled()
+        wait_until(lambda: observer.status([f.jid for f in waiting]) == ["killed"] * 3,
+                   what="the waiting jobs to be withdrawn")  # fmt: skip
+        assert observer.status([f.jid for f in running]) == ["processing"] * 4
+        gate.touch()
+        assert [f.result(timeout=30) for f in running] == [futures.index(f) for f in running]
+        # the resolver closes the client as its last act: once it is gone, so is the loop
+        wait_until(lambda: not resolver_threads(), timeout_s=30, what="the resolver to stop")
+        assert ex.client.closed
 
 
 def test_an_executor_on_a_given_client_leaves_it_open(client):
@@ -315,6 +377,26 @@ def test_an_executor_on_a_given_client_leaves_it_open(client):
     assert client.result(client.call(square, 2)) == 4
     with pytest.raises(TypeError):
         mesh.Executor(["127.0.0.1:1"], client=client)
+
+
+def test_closing_the_client_under_an_executor_settles_its_futures(node_factory, secret, tmp_path):
+    solo = node_factory(name="solo", workers=1)
+    gate = tmp_path / "gate"
+    own = mesh.Client([solo.address], secret)
+    ex = mesh.Executor(client=own)
+    running = ex.submit(gated, str(gate), "r")
+    wait_until(running.running, what="the job to start")
+    waiting = ex.submit(gated, str(gate), "w")
+    own.close()  # before anything is final: no job will ever tell the executor
+    assert waiting.cancel() is True
+    assert cf.wait([running, waiting], timeout=30).not_done == set()
+    with pytest.raises(mesh.ConnectionClosed, match=f"before job {running.jid} finished"):
+        running.result()
+    assert waiting.cancelled()
+    wait_until(lambda: not resolver_threads(), what="the resolver to stop")
+    with pytest.raises(RuntimeError, match="client is closed"):
+        ex.submit(square, 1)
+    gate.touch()
 
 
 def test_the_default_executor_uses_the_module_level_client(nodes, secret):

@@ -539,6 +539,18 @@ def test_decode_fills_only_the_defaults_not_sent() -> None:
     assert decode(msgpack.packb([17])) == Goodbye("")
 
 
+def test_notify_start_is_off_unless_sent_and_started_round_trips() -> None:
+    old = msgpack.packb([11, b"h", b"b", "f", [["j", b"a"]], 1, "", 0.0, False, []],
+                        use_bin_type=True)  # fmt: skip
+    assert decode(old).notify_start is False  # a client that does not know the field
+    asked = Submit(b"h", b"b", "f", (("j", b"a"),), notify_start=True)
+    assert decode(encode(asked)) == asked
+    assert encode(proto.Started(("c-1", "c-2"))) == msgpack.packb([23, ["c-1", "c-2"]])
+    assert decode(msgpack.packb([23, ["c-1"]])) == proto.Started(("c-1",))
+    with pytest.raises(RemoteProtocolError):
+        decode(msgpack.packb([23, [7]]))
+
+
 def test_decode_drops_fields_a_newer_peer_adds() -> None:
     new = msgpack.packb([14, ["j1"], "future field", 42], use_bin_type=True)
     assert decode(new) == proto.Ack(("j1",))

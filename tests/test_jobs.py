@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from mesh.node._jobs import MAX_BATCH, Deliver, Dispatch, Func, HandBack, Job, JobTable, KillWorker
+from mesh.node._jobs import (
+    MAX_BATCH,
+    Deliver,
+    Dispatch,
+    Func,
+    HandBack,
+    Job,
+    JobTable,
+    KillWorker,
+    Notify,
+)
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED
 
@@ -535,3 +545,56 @@ def test_environment_workers_share_the_nodes_slots() -> None:
     assert t.submit(OWNER, envf, items("in-env"), 1.0) == []  # the one slot is taken
     out = t.worker_ran(1, (ran("plain"),), 2.0)
     assert Dispatch(1_000_000, envf, True, jobs(t, "in-env")) in out
+
+
+# ---- start notifications (Submit.notify_start: mesh.Executor's RUNNING futures) ----
+
+
+def test_jobs_submitted_with_notify_start_are_reported_as_they_start() -> None:
+    t = table(capacity=2)
+    assert t.submit(OWNER, F, items("j1", "j2", "j3"), 0.0, notify_start=True) == []
+    out = t.worker_ready(10, 1.0) + t.worker_ready(11, 1.0)
+    assert out == [
+        Dispatch(10, F, True, jobs(t, "j1")), Notify(OWNER, ["j1"]),
+        Dispatch(11, F, True, jobs(t, "j2")), Notify(OWNER, ["j2"]),
+    ]  # fmt: skip
+    # a result and the next start in one event: the start goes out first
+    assert t.worker_ran(10, (ran("j1"),), 2.0) == [
+        Dispatch(10, F, False, jobs(t, "j3")), Notify(OWNER, ["j3"]), Deliver(OWNER, [done("j1")]),
+    ]  # fmt: skip
+
+
+def test_a_batch_started_at_once_is_reported_in_one_notify() -> None:
+    t = table(capacity=1)
+    warm_up(t, 10)
+    out = t.submit(OWNER, F, items("a", "b", "c", "d"), 2.0, notify_start=True)
+    (dispatch, notify) = out
+    assert isinstance(dispatch, Dispatch) and len(dispatch.jobs) > 1
+    assert notify == Notify(OWNER, [j.jid for j in dispatch.jobs])
+
+
+def test_jobs_without_notify_start_are_not_reported() -> None:
+    t = table(capacity=1)
+    t.submit(OWNER, F, items("plain"), 0.0)
+    t.submit(OTHER, G, items("told"), 0.0, notify_start=True)
+    assert t.worker_ready(10, 1.0) == [Dispatch(10, F, True, jobs(t, "plain"))]
+    assert t.worker_ran(10, (ran("plain"),), 2.0) == [
+        Dispatch(10, G, True, jobs(t, "told")), Notify(OTHER, ["told"]),
+        Deliver(OWNER, [done("plain")]),
+    ]  # fmt: skip
+
+
+def test_a_job_started_again_after_its_batch_worker_died_is_reported_again() -> None:
+    t = table(capacity=1)
+    warm_up(t, 10)
+    (dispatch, _) = t.submit(OWNER, F, items("a", "b", "c", "d"), 2.0, notify_start=True)
+    assert [j.jid for j in dispatch.jobs] == ["a", "b"]  # a batch: its jobs run again alone
+    assert t.worker_died(10, "was killed by signal 9", 3.0) == []
+    assert t.worker_ready(11, 4.0) == [Dispatch(11, F, True, jobs(t, "a")), Notify(OWNER, ["a"])]
+
+
+def test_a_queued_job_killed_before_it_starts_is_never_reported() -> None:
+    t = table(capacity=1)
+    t.submit(OWNER, F, items("j1"), 0.0, notify_start=True)
+    assert t.kill(("j1",), 1.0) == [Deliver(OWNER, [("j1", KILLED, b"", KILLED_ON_REQUEST)])]
+    assert t.worker_ready(10, 2.0) == []
