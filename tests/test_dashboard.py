@@ -173,13 +173,12 @@ def test_api_jobs_newest_first_filtered_and_paged_past_thousands(mesh2, secret):
         total, jobs = all_jobs(url, "&label=many")
         assert total == len(jobs) == 2500
         assert {j["jid"]: j["node"] for j in jobs} == {j: where[j] for j in many}
-        # newest first: submission times never increase, and each job's counter falls
+        # newest first: submission times (as each node received its jobs) never
+        # increase. Not the client's counters: a job recalled from a busy node reaches
+        # the other one after later-numbered jobs did.
         assert [j["submitted"] for j in jobs] == sorted(
             (j["submitted"] for j in jobs), reverse=True
         )
-        for node in ("n1", "n2"):
-            counters = [int(j["jid"].rsplit("-", 1)[1]) for j in jobs if j["node"] == node]
-            assert counters == sorted(counters, reverse=True)
         assert {j["status"] for j in jobs} == {"done"}
         assert {j["client"] for j in jobs} == {"pager"}
         page = api(url + "api/jobs?label=many&limit=1")
