@@ -92,6 +92,10 @@ def test_a_big_result_leaves_the_node_serving_other_clients(node_factory, secret
         assert (info.status, info.node, info.attempts) == ("done", "big", 1)
         assert {s.attempts for s in small.info(small_jids)} == {1}
     assert peak_rss(node.pid) < 2.2 * BIG, peak_rss(node.pid)
+    # the store thread writes a big result a moment after its client has it
+    wait_until(lambda: len(result_files(node.data_dir)) == 1
+               and result_files(node.data_dir)[0].stat().st_size >= BIG,
+               what="the big result on disk")  # fmt: skip
     files = result_files(node.data_dir)
     assert len(files) == 1 and files[0].stat().st_size >= BIG
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600

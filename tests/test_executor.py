@@ -350,23 +350,31 @@ def test_shutdown_cancel_futures_withdraws_the_waiting_jobs_and_lets_the_running
     gate = tmp_path / "gate"
     with mesh.Client([n.address for n in nodes], secret) as observer:
         ex = mesh.Executor([n.address for n in nodes], secret)
-        finished = ex.submit(square, 4)
-        assert finished.result(timeout=30) == 16
-        futures = [ex.submit(gated, str(gate), i) for i in range(7)]  # 4 run, 3 wait
-        wait_until(lambda: sum(f.running() for f in futures) == 4, what="four jobs to start")
-        running = [f for f in futures if f.running()]
-        waiting = [f for f in futures if not f.running()]
-        ex.shutdown(wait=False, cancel_futures=True)
-        assert all(f.cancelled() for f in waiting)
-        assert not any(f.cancelled() for f in running) and not finished.cancelled()
-        wait_until(lambda: observer.status([f.jid for f in waiting]) == ["killed"] * 3,
-                   what="the waiting jobs to be withdrawn")  # fmt: skip
-        assert observer.status([f.jid for f in running]) == ["processing"] * 4
-        gate.touch()
-        assert [f.result(timeout=30) for f in running] == [futures.index(f) for f in running]
-        # the resolver closes the client as its last act: once it is gone, so is the loop
-        wait_until(lambda: not resolver_threads(), timeout_s=30, what="the resolver to stop")
-        assert ex.client.closed
+        try:
+            # both nodes' 4 workers known before the jobs are placed (a client starts
+            # once one node answers; the other joins a moment later)
+            wait_until(lambda: ex.workers == 4, what="both nodes connected")
+            finished = ex.submit(square, 4)
+            assert finished.result(timeout=30) == 16
+            futures = [ex.submit(gated, str(gate), i) for i in range(7)]  # 4 run, 3 wait
+            wait_until(lambda: sum(f.running() for f in futures) == 4, what="four jobs to start")
+            running = [f for f in futures if f.running()]
+            waiting = [f for f in futures if not f.running()]
+            ex.shutdown(wait=False, cancel_futures=True)
+            assert all(f.cancelled() for f in waiting)
+            assert not any(f.cancelled() for f in running) and not finished.cancelled()
+            wait_until(lambda: observer.status([f.jid for f in waiting]) == ["killed"] * 3,
+                       what="the waiting jobs to be withdrawn")  # fmt: skip
+            assert observer.status([f.jid for f in running]) == ["processing"] * 4
+            gate.touch()
+            assert [f.result(timeout=30) for f in running] == [futures.index(f) for f in running]
+            # the resolver closes the client as its last act: once it is gone, so is the loop
+            wait_until(lambda: not resolver_threads(), timeout_s=30, what="the resolver to stop")
+            assert ex.client.closed
+        finally:  # a failure above must not leave the executor's client to the next tests
+            gate.touch()
+            ex.shutdown(wait=True, cancel_futures=True)
+            ex.client.close()
 
 
 def test_an_executor_on_a_given_client_leaves_it_open(client):
