@@ -139,6 +139,21 @@ def start_node(
     return NodeProc(m.group(1), m.group(2), int(m.group(3)), proc, data_dir)
 
 
+def stop_nodes(nodes: list[NodeProc]) -> None:
+    """Stop every node, then fail if any worker it ever had outlived it (killing those)."""
+    leaked = []
+    for node in nodes:
+        node.stop()
+        for pid in node.seen_workers:
+            deadline = time.monotonic() + 5
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if alive(pid):
+                leaked.append(pid)
+                os.kill(pid, signal.SIGKILL)
+    assert not leaked, f"worker processes outlived their node: {leaked}"
+
+
 @pytest.fixture
 def secret() -> str:
     return secrets.token_hex(32)
@@ -157,17 +172,7 @@ def node_factory(secret: str, tmp_path: Path) -> Iterator[Callable[..., NodeProc
         return node
 
     yield make
-    leaked = []
-    for node in nodes:
-        node.stop()
-        for pid in node.seen_workers:
-            deadline = time.monotonic() + 5
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if alive(pid):
-                leaked.append(pid)
-                os.kill(pid, signal.SIGKILL)
-    assert not leaked, f"worker processes outlived their node: {leaked}"
+    stop_nodes(nodes)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from _helpers import run_cli, started_then_gated, table, wait_until
-from conftest import NodeProc, alive, start_node
+from conftest import NodeProc, start_node, stop_nodes
 from mesh.client._async import JobInfo, runs
 from mesh.node._peers import NODE_ID_FILE, load_node_id, unique_name
 
@@ -121,17 +121,7 @@ def start(secret: str, tmp_path: Path) -> Iterator[Callable[..., NodeProc]]:
         return node
 
     yield make
-    leaked = []
-    for node in procs:
-        node.stop()
-        for pid in node.seen_workers:
-            deadline = time.monotonic() + 5
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if alive(pid):
-                leaked.append(pid)
-                os.kill(pid, signal.SIGKILL)
-    assert not leaked, f"worker processes outlived their node: {leaked}"
+    stop_nodes(procs)
 
 
 def _read(path: Path) -> str:

@@ -18,12 +18,10 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,7 +30,7 @@ from typing import Any
 
 import pytest
 from _helpers import run_cli, started_then_gated, wait_until
-from conftest import NodeProc, alive, start_node
+from conftest import NodeProc, start_node, stop_nodes
 
 import mesh
 from mesh._auth import dashboard_node_proof, dashboard_request_mac, dashboard_token
@@ -98,17 +96,7 @@ def own_nodes(secret: str) -> Iterator[Callable[..., NodeProc]]:
         return node
 
     yield make
-    leaked = []
-    for node in started:
-        node.stop()
-        for pid in node.seen_workers:
-            deadline = time.monotonic() + 5
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if alive(pid):
-                leaked.append(pid)
-                os.kill(pid, signal.SIGKILL)
-    assert not leaked, f"worker processes outlived their node: {leaked}"
+    stop_nodes(started)
 
 
 # ---- the data dir ----

@@ -10,16 +10,13 @@ remote backend cannot pass are marked here, each with its reason (see README, jo
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NodeProc, alive, start_node
+from conftest import NodeProc, start_node, stop_nodes
 
 # Marks joblib's test module uses (unknown marks are warnings, and warnings errors).
 JOBLIB_MARKS = ("thread_unsafe: joblib's own mark", "no_cover: joblib's own mark")
@@ -119,17 +116,7 @@ def mesh_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[
             node.wait_workers(2)
         yield nodes, secret
     finally:
-        leaked = []
-        for node in nodes:
-            node.stop()
-            for pid in node.seen_workers:
-                deadline = time.monotonic() + 5
-                while alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if alive(pid):
-                    leaked.append(pid)
-                    os.kill(pid, signal.SIGKILL)
-        assert not leaked, f"worker processes outlived their node: {leaked}"
+        stop_nodes(nodes)
 
 
 @pytest.fixture(autouse=True)
