@@ -90,6 +90,7 @@ from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
     ConnectionClosed,
+    ErrorKind,
     MeshConnectionError,
     MeshError,
     MeshTimeout,
@@ -154,10 +155,11 @@ class JobInfo:
     @classmethod
     def from_record(cls, r: JobRecord, node_id: str = "", attempts: int | None = None) -> JobInfo:
         return cls(
-            jid=r[0], status=JOB_STATES[r[1]], node=r[2], function=r[3], label=r[4],
-            submitted=r[5], started=r[6] or None, finished=r[7] or None, cpu_s=r[8],
-            stdout=r[9], stderr=r[10], error=r[11],
-            attempts=r[12] if attempts is None else attempts, node_id=node_id,
+            jid=r.jid, status=JOB_STATES[r.state], node=r.node, function=r.function,
+            label=r.label, submitted=r.submitted, started=r.started or None,
+            finished=r.finished or None, cpu_s=r.cpu_s, stdout=r.stdout, stderr=r.stderr,
+            error=r.error, attempts=r.attempts if attempts is None else attempts,
+            node_id=node_id,
         )  # fmt: skip
 
 
@@ -370,7 +372,7 @@ class _Heard(NamedTuple):
 
 # Error kinds of a job that ran on a node (others: it failed before it started, or in
 # this client, or its worker died)
-_RAN_KINDS = frozenset({"raised", "max-runtime", "memory", "unpicklable"})
+_RAN_KINDS = frozenset({ErrorKind.RAISED, ErrorKind.MAX_RUNTIME, ErrorKind.MEMORY})
 
 
 class _Picker:
@@ -428,7 +430,7 @@ class _Picker:
 
 # Error kinds a node reports for an attempt that cost the job nothing of its own doing:
 # its worker died, or the node could not start one. Retried like a lost node.
-_LOST_ATTEMPT = frozenset({"worker-died", "worker-start"})
+_LOST_ATTEMPT = frozenset({ErrorKind.WORKER_DIED, ErrorKind.WORKER_START})
 
 
 def _call_back(job: _Job) -> None:
@@ -845,8 +847,8 @@ class AsyncClient:
             if t == tag and n.isdigit():
                 num = int(n)
                 mine[num] = item
-                if error is not None and error[0] in _LOST_ATTEMPT:
-                    outcomes.append(Outcome(num, state, error[2] or error[0], error))
+                if error is not None and error.kind in _LOST_ATTEMPT:
+                    outcomes.append(Outcome(num, state, error.message or error.kind, error))
                 else:
                     outcomes.append(Outcome(num, state))
             else:
@@ -946,7 +948,8 @@ class AsyncClient:
 
     def _fail(self, job: _Job, error: ErrorInfo, blob: bytes = b"") -> None:
         with self._final_lock:
-            job.state, job.error = ERROR if error[0] != "killed" else KILLED, error
+            job.state = KILLED if error.kind == ErrorKind.KILLED else ERROR
+            job.error = error
             job.blob = blob
             job.args = b""
             if job.func is not None:
@@ -1125,8 +1128,8 @@ class AsyncClient:
             heard = await self._query([link], tuple(self._sched.jid(n) for n in ins.nums))
         except MeshError:
             return
-        found = [(h.record, self._num(h.record[0])) for h in heard]
-        got = [Run(num, r[1], r[6], r[7]) for r, num in found if num is not None]
+        found = [(h.record, self._num(h.record.jid)) for h in heard]
+        got = [Run(num, r.state, r.started, r.finished) for r, num in found if num is not None]
         if not self._closed:
             self._apply(self._sched.runs(ins.node, got, time.time()))
 
@@ -1261,7 +1264,7 @@ class AsyncClient:
                     await self.files.put(path, name)
             except MeshError as exc:
                 msg = f"_env: could not push {path} through mesh.files: {exc}"
-                self._fail_unsent(func, ("env-build", "EnvBuildFailed", msg, "", ""))
+                self._fail_unsent(func, ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg))
                 return
             self._pushed.add(name)
         func.push = ()
@@ -1312,8 +1315,8 @@ class AsyncClient:
         jids = tuple(j.jid for j in adopted)
         known: dict[str, _Heard] = {}
         for heard in await self._query(list(self._usable()), jids, watch=True):
-            if heard.record[0] not in known or heard.record[1] >= DONE:  # a finished copy first
-                known[heard.record[0]] = heard
+            if heard.record.jid not in known or heard.record.state >= DONE:  # finished first
+                known[heard.record.jid] = heard
         missing = [job.jid for job in adopted if job.jid not in known]
         if missing:
             for jid in missing:
@@ -1326,7 +1329,7 @@ class AsyncClient:
             link, r = known[job.jid]
             job.node = link.node_id
             if job.state == UNKNOWN:
-                job.state = min(r[1], PROCESSING)  # a finished result is on its way (watch)
+                job.state = min(r.state, PROCESSING)  # a finished result is on its way (watch)
 
     def _usable(self) -> list[_Link]:
         return [lk for lk in self._links.values() if lk.usable]
@@ -1597,26 +1600,30 @@ class AsyncClient:
 
     def _info(self, j: _Job, heard: _Heard | None) -> JobInfo:
         """``mesh.info`` of one job: its node's record, or what this client knows."""
-        kind = j.error[0] if j.final and j.error is not None else ""
+        kind = j.error.kind if j.final and j.error is not None else ""
         if heard is not None:
             link, r = heard
-            died_last = kind == "worker-died" or (r[1] == ERROR and r[11].startswith("WorkerDied"))
-            attempts = runs(max(j.attempts, r[12]), bool(r[6]), died_last)
+            died_last = kind == ErrorKind.WORKER_DIED or (
+                r.state == ERROR and r.error.startswith("WorkerDied")
+            )
+            attempts = runs(max(j.attempts, r.attempts), bool(r.started), died_last)
             info = JobInfo.from_record(r, link.node_id, attempts)
-            if j.final and j.error is not None and len(j.error) > 5:  # rendered with our source
+            if j.final and j.error is not None and j.error.tb_data is not None:  # our source
                 info = replace(info, error=traceback_text(j.error))
             return info
         started = j.state == DONE or kind in _RAN_KINDS
         func, k = j.func, 0
         if func is not None:
             k = self._index(j)
-        err = "" if j.error is None else traceback_text(j.error) or f"{j.error[1]}: {j.error[2]}"
+        err = ""
+        if j.error is not None:
+            err = traceback_text(j.error) or f"{j.error.type_name}: {j.error.message}"
         return JobInfo(
             j.jid, JOB_STATES[max(j.state, QUEUED)], self._node_name(j.node) if j.node else "",
             func.name if func is not None else "", j.label,
             func.submitted if func is not None else 0.0, None,
             func.came_at(k) if func is not None and j.final else None, 0.0, "", "", err,
-            runs(j.attempts, started, kind == "worker-died"), node_id=j.node,
+            runs(j.attempts, started, kind == ErrorKind.WORKER_DIED), node_id=j.node,
             # a node ran it (or holds it) but no reachable node has its record now
             record_lost=bool(j.node) and j.state != QUEUED,
         )  # fmt: skip

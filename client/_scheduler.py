@@ -33,6 +33,7 @@ from typing import NamedTuple
 from mesh.client._placement import NodeView, plan
 
 from mesh._protocol import DONE, PROCESSING, ErrorInfo
+from mesh.errors import ErrorKind
 
 __all__ = [
     "Accept",
@@ -80,11 +81,11 @@ class SchedulerConfig:
 class FailKind(enum.Enum):
     """Why the scheduler failed a job; the value is the error kind on the wire."""
 
-    WORKER_DIED = "worker-died"  # its attempts all ended with their worker or node dying
-    REJECTED = "rejected"  # it needs more cores than the largest node has
-    NO_NODES = "no-nodes"  # no node was usable for no_nodes_timeout_s
-    WORKER_START = "worker-start"  # its attempts all met nodes that could not start workers
-    KILLED = "killed"  # killed on request before it was sent
+    WORKER_DIED = ErrorKind.WORKER_DIED  # its attempts all ended with their worker or node dying
+    REJECTED = ErrorKind.REJECTED  # it needs more cores than the largest node has
+    NO_NODES = ErrorKind.NO_NODES  # no node was usable for no_nodes_timeout_s
+    WORKER_START = ErrorKind.WORKER_START  # its attempts all met nodes that could not start
+    KILLED = ErrorKind.KILLED  # killed on request before it was sent
 
     @property
     def exception(self) -> str:
@@ -92,7 +93,7 @@ class FailKind(enum.Enum):
         return _EXCEPTIONS[self]
 
     def error_info(self, message: str) -> ErrorInfo:
-        return (self.value, self.exception, message, "", "")
+        return ErrorInfo(self.value, self.exception, message)
 
 
 _EXCEPTIONS = {
@@ -820,8 +821,8 @@ class Scheduler:
         if f.attempts <= f.batch.spec.retries:
             return True
         self._close(f)
-        if error is not None and error[0] == FailKind.WORKER_START.value:
-            out.append(Fail((f.num,), FailKind.WORKER_START, error[2], error))
+        if error is not None and error.kind == ErrorKind.WORKER_START:
+            out.append(Fail((f.num,), FailKind.WORKER_START, error.message, error))
             return False
         out.append(Fail((f.num,), FailKind.WORKER_DIED,
                         f"job {self.jid(f.num)} ({f.batch.spec.work.name}) failed {f.attempts} "

@@ -38,17 +38,12 @@ import cloudpickle  # type: ignore[import-untyped]
 from mesh._frames import ATTACH_MIN
 from mesh._protocol import ErrorInfo, Payload, TracebackData, TracebackFrame
 from mesh.errors import (
-    EnvBuildFailed,
+    ErrorKind,
     JobError,
-    JobKilled,
-    MaxRuntimeExceeded,
-    MemoryLimitExceeded,
     MissingModule,
     NoNodesAvailable,
     RemoteTraceback,
     SerializationError,
-    WorkerDied,
-    WorkerStartFailed,
 )
 
 __all__ = [
@@ -652,12 +647,13 @@ def traceback_text(info: ErrorInfo) -> str:
     """A job's remote traceback as this process shows it: rendered from the frames the
     worker sent with this process's own source where the job's code came from here (a
     script, a notebook cell, a module shipped by value), else the worker's text."""
-    for data in info[5:]:
+    data = info.tb_data
+    if data is not None:
         try:
             return _render(data, here=True)
         except Exception:  # odd data from the worker: its own text still says it all
-            break
-    return info[3]
+            pass
+    return info.traceback
 
 
 def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, ErrorInfo]:
@@ -681,11 +677,11 @@ def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, 
         pickle.loads(blob)
     except Exception:
         blob = b""
-    kind = "missing-module" if isinstance(exc, ModuleNotFoundError) else "raised"
-    module = (getattr(exc, "name", None) or "") if kind == "missing-module" else ""
+    missing = isinstance(exc, ModuleNotFoundError)
+    kind = ErrorKind.MISSING_MODULE if missing else ErrorKind.RAISED
+    module = (getattr(exc, "name", None) or "") if missing else ""
     tname = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    info: ErrorInfo = (kind, tname, str(exc), text, module)
-    return blob, info if data is None else (kind, tname, str(exc), text, module, data)
+    return blob, ErrorInfo(kind, tname, str(exc), text, module, data)
 
 
 def _client_version_hint(module: str) -> tuple[str, str]:
@@ -711,22 +707,16 @@ def _importable(module: str) -> bool:
         return False
 
 
-_KINDS: dict[str, type[JobError]] = {
-    "worker-died": WorkerDied,
-    "killed": JobKilled,
-    "max-runtime": MaxRuntimeExceeded,
-    "memory": MemoryLimitExceeded,
-    "env-build": EnvBuildFailed,
-    "worker-start": WorkerStartFailed,
-}
-
-
 def unpack_error(jid: str, node: str, blob: Payload, info: ErrorInfo) -> BaseException:
     """Re-create a job's exception on the client, with the remote traceback attached."""
-    kind, tname, message, module = info[0], info[1], info[2], info[4]
+    tname, message, module = info.type_name, info.message, info.module
     tb_text = traceback_text(info)
     where = f"job {jid} on node {node}"
-    if kind == "missing-module":
+    try:
+        kind: ErrorKind | None = ErrorKind(info.kind)
+    except ValueError:  # a newer peer's kind: its type name and message still tell
+        kind = None
+    if kind is ErrorKind.MISSING_MODULE:
         has, hint = _client_version_hint(module or message)
         if has:
             client_side = f"client has {has}"
@@ -746,10 +736,12 @@ def unpack_error(jid: str, node: str, blob: Payload, info: ErrorInfo) -> BaseExc
         )
         err.__cause__ = RemoteTraceback(tb_text) if tb_text else None
         return err
-    if kind == "no-nodes":
+    if kind is ErrorKind.NO_NODES:
         return NoNodesAvailable(f"{message} [{where}]")
-    if kind in _KINDS:
-        return _KINDS[kind](f"{message} [{where}]", jid=jid, node=node, remote_traceback=tb_text)
+    if kind is not None and kind is not ErrorKind.RAISED:
+        cls = kind.exception
+        assert issubclass(cls, JobError)  # every other kind's exception is a job's
+        return cls(f"{message} [{where}]", jid=jid, node=node, remote_traceback=tb_text)
     exc: BaseException | None = None
     if blob:
         try:

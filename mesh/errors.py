@@ -27,14 +27,20 @@
         │   ├── MaxRuntimeExceeded
         │   └── MemoryLimitExceeded past the node's --max-memory per worker
         ├── MissingModule           also ModuleNotFoundError: the node lacks a module the job needs
-        └── EnvBuildFailed          the node could not build the job's ``_env``; pip's last lines
+        ├── EnvBuildFailed          the node could not build the job's ``_env``; pip's last lines
+        └── JobRejected             no node can ever run it (it needs more cores than any has)
 
 A job's own exception (``ValueError`` raised by the user's function) is re-raised
 as its original type; its ``__cause__`` is a :class:`RemoteTraceback` holding the
 remote traceback text, and it carries ``jid`` and ``node`` attributes.
+
+A failed job's error travels as data whose kind is an :class:`ErrorKind`; each kind
+names the exception class the client raises for it.
 """
 
 from __future__ import annotations
+
+import enum
 
 __all__ = [
     "AuthenticationError",
@@ -47,6 +53,7 @@ __all__ = [
     "FilesError",
     "JobError",
     "JobKilled",
+    "JobRejected",
     "LocalProtocolError",
     "MaxRuntimeExceeded",
     "MemoryLimitExceeded",
@@ -250,6 +257,10 @@ class EnvBuildFailed(JobError):
     node and ends with pip's last lines. Cached as failed there until the set changes."""
 
 
+class JobRejected(JobError):
+    """No node can ever run the job as asked: it needs more cores than any node has."""
+
+
 class RemoteTraceback(Exception):
     """Carries a remote traceback as the ``__cause__`` of a re-raised job exception: the
     node's frames rendered with this process's source (a script's, a notebook cell's)."""
@@ -260,6 +271,53 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class ErrorKind(str, enum.Enum):
+    """(Internal, not in ``__all__``: the exceptions are the users'.) Why a job failed, as its error's first field on the wire (the value); exactly the
+    kinds that nodes and clients emit. ``exception`` is the class the client raises."""
+
+    RAISED = "raised"  # the job's own exception (re-created; JobError if it cannot be)
+    MISSING_MODULE = "missing-module"  # the node lacks a module the job needs
+    WORKER_DIED = "worker-died"  # its worker process (or its node) died while it ran
+    WORKER_START = "worker-start"  # the node cannot start worker processes
+    KILLED = "killed"  # killed on request
+    MAX_RUNTIME = "max-runtime"  # ran past its _max_runtime
+    MEMORY = "memory"  # its worker grew past the node's --max-memory
+    ENV_BUILD = "env-build"  # its _env could not be built
+    REJECTED = "rejected"  # it needs more cores than a node (or any node) has
+    NO_NODES = "no-nodes"  # no node was usable for the client's no-nodes timeout
+
+    @property
+    def exception(self) -> type[MeshError]:
+        """The exception class the client raises for this kind (for RAISED: the one it
+        raises when the job's own exception cannot be re-created)."""
+        return _EXCEPTION_OF[self]
+
+    @classmethod
+    def of(cls, exc_type: type[BaseException]) -> ErrorKind | None:
+        """The kind whose exception ``exc_type`` is, or is a subclass of (the most
+        specific one); None for an exception no kind raises."""
+        for klass in exc_type.__mro__:
+            kind = _KIND_OF.get(klass)
+            if kind is not None:
+                return kind
+        return None
+
+
+_EXCEPTION_OF: dict[ErrorKind, type[MeshError]] = {
+    ErrorKind.RAISED: JobError,
+    ErrorKind.MISSING_MODULE: MissingModule,
+    ErrorKind.WORKER_DIED: WorkerDied,
+    ErrorKind.WORKER_START: WorkerStartFailed,
+    ErrorKind.KILLED: JobKilled,
+    ErrorKind.MAX_RUNTIME: MaxRuntimeExceeded,
+    ErrorKind.MEMORY: MemoryLimitExceeded,
+    ErrorKind.ENV_BUILD: EnvBuildFailed,
+    ErrorKind.REJECTED: JobRejected,
+    ErrorKind.NO_NODES: NoNodesAvailable,
+}
+_KIND_OF: dict[type[BaseException], ErrorKind] = {v: k for k, v in _EXCEPTION_OF.items()}
 
 
 # Users meet these as ``mesh.X`` (the name they import and catch them by, as httpx's

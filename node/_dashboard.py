@@ -51,7 +51,7 @@ from mesh._protocol import (
     Kill,
     Message,
 )
-from mesh.errors import ConfigurationError, MeshError
+from mesh.errors import ConfigurationError, ErrorKind, MeshError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -735,7 +735,7 @@ def _summary(node: Node, job: Job) -> JobSummary:
 def _runs(job: Job) -> int:
     """The job's runs on this node, counted as ``mesh.info`` counts them (1 for a job
     that ran once): the table counts only the runs its worker died in."""
-    died_last = job.error is not None and job.error[0] == "worker-died"
+    died_last = job.error is not None and job.error.kind == ErrorKind.WORKER_DIED
     return job.attempts + (1 if job.started and not died_last else 0)
 
 
@@ -768,7 +768,12 @@ def _detail_row(s: JobSummary, d: JobDetails, node_id: str) -> dict[str, Any]:
         stderr=stderr,
         error=None
         if err is None
-        else {"kind": err[0], "type": err[1], "message": err[2], "traceback": err[3]},
+        else {
+            "kind": err.kind,
+            "type": err.type_name,
+            "message": err.message,
+            "traceback": err.traceback,
+        },
     )
     return out
 

@@ -28,10 +28,12 @@ from mesh._protocol import (
     QUEUED,
     ErrorInfo,
     JobRecord,
+    KillReason,
     Payload,
     RanItem,
     ResultItem,
 )
+from mesh.errors import ErrorKind
 
 __all__ = [
     "Deliver",
@@ -82,12 +84,12 @@ class Job:
     attempts: int = 0
     worker: int = -1
     suspect: bool = False
-    kill_reason: str = ""
+    kill_reason: KillReason | None = None
     watchers: set[int] | None = None
     notify_start: bool = False  # its owner wants a Started when it starts
 
     def item(self) -> ResultItem:
-        return (self.jid, self.state, self.result, self.error)
+        return ResultItem(self.jid, self.state, self.result, self.error)
 
 
 @dataclass(slots=True, eq=False)
@@ -199,8 +201,8 @@ class JobTable:
             return None
         err = ""
         if j.error is not None:
-            err = j.error[3] or f"{j.error[1]}: {j.error[2]}"
-        return (
+            err = j.error.traceback or f"{j.error.type_name}: {j.error.message}"
+        return JobRecord(
             j.jid, j.state, self.node_name, j.func.name, j.label, j.submitted, j.started,
             j.finished, j.cpu_s, j.stdout, j.stderr, err, j.attempts,
         )  # fmt: skip
@@ -242,7 +244,12 @@ class JobTable:
         fresh: list[Job] = []
         for jid, args in items:
             old = self.jobs.get(jid)
-            if old is not None and not (retry and old.error and old.error[0] == "worker-died"):
+            died = (
+                old is not None
+                and old.error is not None
+                and old.error.kind == ErrorKind.WORKER_DIED
+            )
+            if old is not None and not (retry and died):
                 self._watch(old, conn)
                 continue
             if self.draining:
@@ -258,8 +265,8 @@ class JobTable:
                     job,
                     ERROR,
                     now,
-                    error=("rejected", "ValueError", f"job needs {cores} cores; node "
-                           f"{self.node_name} has {self.capacity} workers", "", ""),
+                    error=ErrorInfo(ErrorKind.REJECTED, "ValueError", f"job needs {cores} "
+                                    f"cores; node {self.node_name} has {self.capacity} workers"),
                 )  # fmt: skip
                 continue
             if func.env in self.broken:
@@ -345,33 +352,20 @@ class JobTable:
         batch = list(w.batch.values())
         requeue: list[Job] = []
         for job in batch:
-            if job.kill_reason.startswith("memory"):
-                _, rss, limit = job.kill_reason.split(":")
-                msg = (f"stopped at {int(rss) / 2**20:,.0f} MiB of memory, past the limit of "
-                       f"{int(limit) / 2**20:,.0f} MiB per worker on node {self.node_name} "
-                       "(mesh-node --max-memory)")  # fmt: skip
-                self._finish(job, KILLED, now, error=("memory", "MemoryLimitExceeded", msg, "", ""))
-            elif job.kill_reason:
-                kind = "max-runtime" if job.kill_reason == "max-runtime" else "killed"
-                msg = (
-                    f"killed after exceeding _max_runtime={job.max_runtime:g}s"
-                    if kind == "max-runtime"
-                    else "killed on request"
-                )
-                self._finish(job, KILLED, now, error=(kind, "JobKilled", msg, "", ""))
+            if job.kill_reason is not None:
+                error = job.kill_reason.error_info(self.node_name, job.max_runtime)
+                self._finish(job, KILLED, now, error=error)
             elif len(batch) == 1:
                 job.attempts += 1
                 self._finish(
                     job,
                     ERROR,
                     now,
-                    error=(
-                        "worker-died",
+                    error=ErrorInfo(
+                        ErrorKind.WORKER_DIED,
                         "WorkerDied",
                         f"worker process on node {self.node_name} {exit_desc} while running "
                         f"{job.func.name}",
-                        "",
-                        "",
                     ),
                 )
             else:
@@ -381,9 +375,7 @@ class JobTable:
             self._queue_of(requeue[0].func).extendleft(reversed(requeue))
         return self._schedule(now)
 
-    def kill(
-        self, jids: tuple[str, ...], now: float, *, reason: str = "killed"
-    ) -> list[Instruction]:
+    def kill(self, jids: tuple[str, ...], now: float) -> list[Instruction]:
         out: list[Instruction] = []
         for jid in jids:
             job = self.jobs.get(jid)
@@ -394,12 +386,11 @@ class JobTable:
                     self._queue_of(job.func).remove(job)
                 except ValueError:
                     pass
-                self._finish(
-                    job, KILLED, now, error=("killed", "JobKilled", "killed on request", "", "")
-                )
-            elif job.state == PROCESSING and not job.kill_reason:
-                job.kill_reason = reason
-                out.append(KillWorker(job.worker, f"{reason}: {jid}"))
+                error = KillReason(ErrorKind.KILLED).error_info(self.node_name, job.max_runtime)
+                self._finish(job, KILLED, now, error=error)
+            elif job.state == PROCESSING and job.kill_reason is None:
+                job.kill_reason = KillReason(ErrorKind.KILLED)
+                out.append(KillWorker(job.worker, f"killed: {jid}"))
         return out + self._schedule(now)
 
     def drain(self) -> list[Instruction]:
@@ -444,7 +435,7 @@ class JobTable:
         w.stopping = True
         if len(w.batch) == 1:
             (job,) = w.batch.values()
-            job.kill_reason = job.kill_reason or f"memory:{rss}:{limit}"
+            job.kill_reason = job.kill_reason or KillReason(ErrorKind.MEMORY, rss, limit)
         return [KillWorker(wid, f"memory: {rss} bytes > {limit}")]
 
     def ack(self, jids: tuple[str, ...], now: float) -> None:
@@ -461,11 +452,11 @@ class JobTable:
             for job in w.batch.values():
                 if (
                     job.max_runtime > 0
-                    and not job.kill_reason
+                    and job.kill_reason is None
                     and job.started
                     and now - job.started > job.max_runtime
                 ):
-                    job.kill_reason = "max-runtime"
+                    job.kill_reason = KillReason(ErrorKind.MAX_RUNTIME)
                     out.append(KillWorker(w.wid, f"max-runtime: {job.jid}"))
         while self._expiry and self._expiry[0][0] <= now:
             _, jid = heapq.heappop(self._expiry)

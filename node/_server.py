@@ -51,6 +51,7 @@ from mesh._protocol import (
     EnvQuery,
     EnvRecord,
     EnvReport,
+    ErrorInfo,
     Goodbye,
     Handback,
     JobsQuery,
@@ -72,6 +73,7 @@ from mesh._protocol import (
     pushed_name,
 )
 from mesh._serialize import function_hash
+from mesh.errors import ErrorKind
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -578,13 +580,13 @@ class Node:
         except EnvBuildError as exc:
             msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {exc}"
             log.warning("%s", msg)
-            self._apply(self.table.env_failed(key, ("env-build", "EnvBuildFailed", msg, "", ""),
+            self._apply(self.table.env_failed(key, ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg),
                                               time.time()))  # fmt: skip
             return
         except Exception as exc:  # a bug of ours: the jobs still get an answer
             log.exception("building environment %s", key)
             msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {exc!r}"
-            self._apply(self.table.env_failed(key, ("env-build", "EnvBuildFailed", msg, "", ""),
+            self._apply(self.table.env_failed(key, ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg),
                                               time.time()))  # fmt: skip
             return
         finally:
@@ -698,7 +700,7 @@ class Node:
         msg = (f"node {self.name} cannot start {whose} worker processes: {cause}; the last "
                f"said: {last} (more in {self.config.data_dir / 'workers.log'})")  # fmt: skip
         log.warning("%s; failing their jobs until a worker starts", msg)
-        error = ("worker-start", "WorkerStartFailed", msg, stderr, "")
+        error = ErrorInfo(ErrorKind.WORKER_START, "WorkerStartFailed", msg, stderr)
         self._apply(self.table.workers_broken(env, error, time.time()))
 
     # ---- carrying out instructions ----
@@ -811,8 +813,8 @@ def preauth_gate(total: int, per_source: int) -> AdmissionGate:
 
 
 def _to_store(j: Job) -> StoredJob:
-    return (j.jid, j.state, j.func.name, j.label, j.submitted, j.started, j.finished, j.cpu_s,
-            j.stdout, j.stderr, j.result, j.error, j.attempts)  # fmt: skip
+    return StoredJob(j.jid, j.state, j.func.name, j.label, j.submitted, j.started, j.finished,
+                     j.cpu_s, j.stdout, j.stderr, j.result, j.error, j.attempts)  # fmt: skip
 
 
 def _use_files(jobs: list[Job], rows: list[StoredJob], mapped: dict[str, Payload]) -> None:
@@ -820,7 +822,7 @@ def _use_files(jobs: list[Job], rows: list[StoredJob], mapped: dict[str, Payload
     the node's own copy (hundreds of MB) goes once its last send is done. Not a job
     that got another result meanwhile."""
     for job, row in zip(jobs, rows, strict=True):
-        if job.jid in mapped and job.result is row[10]:
+        if job.jid in mapped and job.result is row.result:
             job.result = mapped[job.jid]
 
 

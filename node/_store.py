@@ -38,7 +38,7 @@ import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -53,11 +53,25 @@ log = logging.getLogger("mesh.node")
 # Results this big (all their parts) are files in results/, not SQLite blobs.
 BLOB_MIN = 1 << 20
 
-# jid, state, fname, label, submitted, started, finished, cpu_s, stdout, stderr,
-# result, error, attempts
-StoredJob = tuple[
-    str, int, str, str, float, float, float, float, str, str, Payload, ErrorInfo | None, int
-]
+
+class StoredJob(NamedTuple):
+    """A finished job as the store keeps it (a row of its table, in column order)."""
+
+    jid: str
+    state: int
+    fname: str
+    label: str
+    submitted: float
+    started: float
+    finished: float
+    cpu_s: float
+    stdout: str
+    stderr: str
+    result: Payload
+    error: ErrorInfo | None
+    attempts: int
+
+
 # A result with out-of-band buffers is stored as this byte, then msgpack of its parts: a
 # pickle starts with b"\x80" (PROTO), so the two never mix up.
 _PARTS = b"\x00"
@@ -120,13 +134,13 @@ class JobStore:
         rows = []
         mapped: dict[str, Payload] = {}
         for j in jobs:
-            result = j[10]
-            if payload_size(result) >= BLOB_MIN:
-                stored = self._write_file(j[0], result)
-                mapped[j[0]] = self._read_file(stored)
+            if payload_size(j.result) >= BLOB_MIN:
+                stored = self._write_file(j.jid, j.result)
+                mapped[j.jid] = self._read_file(stored)
             else:
-                stored = _flat(result)
-            rows.append((*j[:10], stored, None if j[11] is None else json.dumps(j[11]), j[12]))
+                stored = _flat(j.result)
+            error = None if j.error is None else json.dumps(j.error)
+            rows.append((*j[:10], stored, error, j.attempts))
         if not rows:
             return mapped
         with self._db_lock, self._db:  # one transaction
@@ -160,7 +174,7 @@ class JobStore:
         with self._db_lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY finished").fetchall()
         for row in rows:
-            error = None if row[11] is None else tuple(json.loads(row[11]))
+            error = None if row[11] is None else ErrorInfo.from_wire(json.loads(row[11]))
             stored: bytes = row[10]
             if stored[:1] == _FILE:
                 try:
@@ -172,7 +186,7 @@ class JobStore:
                 self._files.add(row[0])
             else:
                 result = _parts(stored)
-            out.append((*row[:10], result, error, row[12]))
+            out.append(StoredJob._make((*row[:10], result, error, row[12])))
         self.forget(lost)
         named = {_file_name(jid) for jid in self._files}
         for entry in os.scandir(self.results_dir):

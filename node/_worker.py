@@ -45,6 +45,7 @@ from mesh._protocol import (
     shared_path,
 )
 from mesh._serialize import dumps_payload, load_function, loads, pack_exception
+from mesh.errors import ErrorKind
 
 FLUSH_EVERY_S = 0.005
 # Processes a job leaves running get SIGTERM when it returns, then SIGKILL after this.
@@ -190,8 +191,10 @@ class Worker:
                 fn = load_function(run.fblob)  # a big one is in a block: closed after the run
             except BaseException as exc:  # a missing module, or a class that moved
                 fn = pack_exception(exc)[1]
-                if fn[0] != "missing-module":
-                    fn = ("raised", fn[1], f"cannot unpickle {run.fname}: {fn[2]}", fn[3], fn[4])
+                if fn.kind != ErrorKind.MISSING_MODULE:
+                    fn = ErrorInfo(ErrorKind.RAISED, fn.type_name,
+                                   f"cannot unpickle {run.fname}: {fn.message}", fn.traceback,
+                                   fn.module)  # fmt: skip
             self.functions[run.fhash] = fn
             if len(self.functions) > WORKER_FUNCTIONS:
                 self.functions.popitem(last=False)
@@ -209,7 +212,7 @@ class Worker:
             err = _Capture()
             blob: Payload = b""
             error: ErrorInfo | None = None
-            if isinstance(fn, tuple):
+            if isinstance(fn, ErrorInfo):
                 error = fn
             else:
                 sys.stdout, sys.stderr = out, err
@@ -228,12 +231,13 @@ class Worker:
                     try:
                         blob = dumps_payload(value, f"the result of {run.fname}")
                     except Exception as exc:
-                        error = ("raised", "mesh.errors.SerializationError", str(exc), "", "")
+                        error = ErrorInfo(ErrorKind.RAISED, "mesh.errors.SerializationError",
+                                          str(exc))  # fmt: skip
                 finally:
                     sys.stdout, sys.stderr = real_out, real_err
             finished = time.time()
             self.out.append(
-                (
+                RanItem(
                     jid,
                     DONE if error is None else ERROR,
                     blob,

@@ -129,7 +129,7 @@ def test_a_big_result_is_served_again_after_a_restart(node_factory, secret, tmp_
 
 
 def _row(jid: str, result: Payload) -> StoredJob:
-    return (jid, DONE, "f", "", 1.0, 2.0, 3.0, 0.5, "out", "err", result, None, 1)
+    return StoredJob(jid, DONE, "f", "", 1.0, 2.0, 3.0, 0.5, "out", "err", result, None, 1)
 
 
 def test_the_store_keeps_big_results_in_private_files_and_reads_them_back(tmp_path):

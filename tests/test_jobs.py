@@ -15,7 +15,8 @@ from mesh.node._jobs import (
     Notify,
 )
 
-from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED
+from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED, ErrorInfo, RanItem
+from mesh.errors import ErrorKind
 
 OWNER, OTHER = 1, 2
 F = Func(b"f" * 16, b"blob-f", "work.square")
@@ -35,7 +36,7 @@ def items(*jids: str) -> tuple[tuple[str, bytes], ...]:
 
 def ran(jid: str, started: float = 1.0, finished: float = 1.0, state: int = DONE):
     """One RanItem as a worker reports it."""
-    return (jid, state, f"result-{jid}".encode(), None, started, finished, 0.25, "out", "")
+    return RanItem(jid, state, f"result-{jid}".encode(), None, started, finished, 0.25, "out", "")
 
 
 def done(jid: str) -> tuple[str, int, bytes, None]:
@@ -102,10 +103,12 @@ def test_worker_ran_with_an_error_delivers_it() -> None:
     t = table()
     t.submit(OWNER, F, items("j1"), 0.0)
     t.worker_ready(10, 1.0)
-    err = ("raised", "builtins.ValueError", "bad", "Traceback...\nValueError: bad\n", "")
-    item = ("j1", ERROR, b"pickled", err, 1.0, 1.2, 0.1, "", "warn")
+    err = ErrorInfo(
+        ErrorKind.RAISED, "builtins.ValueError", "bad", "Traceback...\nValueError: bad\n"
+    )
+    item = RanItem("j1", ERROR, b"pickled", err, 1.0, 1.2, 0.1, "", "warn")
     assert t.worker_ran(10, (item,), 2.0) == [Deliver(OWNER, [("j1", ERROR, b"pickled", err)])]
-    assert t.record("j1")[11] == "Traceback...\nValueError: bad\n"
+    assert t.record("j1").error == "Traceback...\nValueError: bad\n"
 
 
 def test_worker_ran_from_an_unknown_worker_or_job_is_ignored() -> None:
@@ -176,7 +179,7 @@ def test_worker_died_with_a_single_job_blames_it() -> None:
         Deliver(OWNER, [("j1", ERROR, b"", ("worker-died", "WorkerDied", message, "", ""))])
     ]
     assert t.jobs["j1"].attempts == 1
-    assert t.record("j1")[11] == f"WorkerDied: {message}"
+    assert t.record("j1").error == f"WorkerDied: {message}"
     assert t.worker_died(10, "again", 3.0) == []  # already gone
 
 

@@ -28,7 +28,8 @@ from mesh.client._scheduler import (
     Work,
 )
 
-from mesh._protocol import DONE, ERROR, KILLED, PROCESSING
+from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, ErrorInfo
+from mesh.errors import ErrorKind
 
 F = Work(b"f" * 16, "work.square")
 G = Work(b"g" * 16, "work.cube")
@@ -220,8 +221,8 @@ def test_a_retry_goes_back_to_the_same_node_when_it_is_the_only_one() -> None:
 
 
 def test_a_node_that_cannot_start_workers_costs_an_attempt_then_fails_with_its_error() -> None:
-    broken = ("worker-start", "WorkerStartFailed", "node ws-a cannot start its workers",
-              "Traceback: ...", "")  # fmt: skip
+    broken = ErrorInfo(ErrorKind.WORKER_START, "WorkerStartFailed",
+                       "node ws-a cannot start its workers", "Traceback: ...")  # fmt: skip
     s = sched("a", "b")
     s.submit(Batch(1, 1, F, retries=1), 0.0)
     out = s.results("a", [Outcome(1, ERROR, died=broken[2], error=broken)], 1.0)

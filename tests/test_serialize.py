@@ -19,6 +19,7 @@ import cloudpickle
 import pytest
 from packaging.requirements import Requirement
 
+from mesh._protocol import ErrorInfo
 from mesh._serialize import (
     dumps_function,
     dumps_value,
@@ -30,13 +31,19 @@ from mesh._serialize import (
     unpack_error,
 )
 from mesh.errors import (
+    EnvBuildFailed,
+    ErrorKind,
     JobError,
     JobKilled,
+    JobRejected,
     MaxRuntimeExceeded,
+    MemoryLimitExceeded,
     MissingModule,
+    NoNodesAvailable,
     RemoteTraceback,
     SerializationError,
     WorkerDied,
+    WorkerStartFailed,
 )
 
 
@@ -447,7 +454,7 @@ def test_exception_that_cannot_be_re_created_becomes_job_error() -> None:
 
 
 def test_garbage_blob_falls_back_to_job_error() -> None:
-    info = ("raised", "mymod.Weird", "boom", "Traceback ...\nmymod.Weird: boom\n", "")
+    info = ErrorInfo(ErrorKind.RAISED, "mymod.Weird", "boom", "Traceback ...\nmymod.Weird: boom\n")
     err = unpack_error("j1", "ws-07", b"not a pickle", info)
     assert type(err) is JobError
     assert str(err) == "mymod.Weird: boom [job j1 on node ws-07]"
@@ -479,8 +486,8 @@ def test_module_not_found_becomes_missing_module() -> None:
 
 def test_missing_module_the_client_has_names_its_version() -> None:
     version = importlib.metadata.version("msgpack")
-    info = ("missing-module", "builtins.ModuleNotFoundError", "No module named 'msgpack'",
-            "Traceback ...\n", "msgpack")  # fmt: skip
+    info = ErrorInfo(ErrorKind.MISSING_MODULE, "builtins.ModuleNotFoundError",
+                     "No module named 'msgpack'", "Traceback ...\n", "msgpack")  # fmt: skip
     err = unpack_error("j1", "ws-07", b"", info)
     assert isinstance(err, MissingModule)
     text = str(err)
@@ -490,13 +497,34 @@ def test_missing_module_the_client_has_names_its_version() -> None:
 
 @pytest.mark.parametrize(
     "kind, cls",
-    [("worker-died", WorkerDied), ("killed", JobKilled), ("max-runtime", MaxRuntimeExceeded)],
+    [
+        (ErrorKind.WORKER_DIED, WorkerDied),
+        (ErrorKind.KILLED, JobKilled),
+        (ErrorKind.MAX_RUNTIME, MaxRuntimeExceeded),
+        (ErrorKind.MEMORY, MemoryLimitExceeded),
+        (ErrorKind.ENV_BUILD, EnvBuildFailed),
+        (ErrorKind.WORKER_START, WorkerStartFailed),
+        (ErrorKind.REJECTED, JobRejected),
+    ],
 )
-def test_error_kinds_become_their_classes(kind: str, cls: type[JobError]) -> None:
-    err = unpack_error("j1", "ws-07", b"", (kind, "JobKilled", "it happened", "", ""))
+def test_error_kinds_become_their_classes(kind: ErrorKind, cls: type[JobError]) -> None:
+    err = unpack_error("j1", "ws-07", b"", ErrorInfo(kind, "JobKilled", "it happened"))
     assert type(err) is cls
     assert str(err) == "it happened [job j1 on node ws-07]"
     assert (err.jid, err.node) == ("j1", "ws-07")
+
+
+def test_no_nodes_becomes_no_nodes_available() -> None:
+    err = unpack_error("j1", "", b"", ErrorInfo(ErrorKind.NO_NODES, "NoNodesAvailable", "none"))
+    assert type(err) is NoNodesAvailable
+    assert str(err) == "none [job j1 on node ]"
+
+
+def test_an_unknown_kind_from_a_newer_peer_becomes_a_job_error_naming_its_type() -> None:
+    info = ErrorInfo.from_wire(("future-kind", "Odd", "it happened", "", ""))
+    err = unpack_error("j1", "ws-07", b"", info)
+    assert type(err) is JobError
+    assert str(err) == "Odd: it happened [job j1 on node ws-07]"
 
 
 def test_job_errors_pickle_with_their_attributes() -> None:
