@@ -25,20 +25,29 @@ from mesh import _protocol as proto
 from mesh._auth import ClientHandshake, ServerHandshake
 from mesh._frames import HANDSHAKE_MAX, HEADER_SIZE, MAC_SIZE, FrameCodec
 from mesh._protocol import (
+    DONE,
+    ERROR,
+    KILLED,
     Challenge,
+    ErrorInfo,
     Goodbye,
     Hello,
+    JobRecord,
     Kill,
     Load,
     Message,
     Proof,
+    Ran,
+    RanItem,
+    Records,
+    ResultItem,
     Results,
     Submit,
     decode,
     encode,
     open_shared_file,
 )
-from mesh.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from mesh.errors import ErrorKind, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 SECRET = b"0123456789abcdef" * 4
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -594,6 +603,90 @@ def test_decode_rejects_wrong_types(obj: object, match: str) -> None:
 
 def test_float_fields_accept_ints() -> None:
     assert decode(msgpack.packb([12, [], 0, 0, 3])) == Results((), 0, 0, 3)
+
+
+# ---- named records over the unchanged wire (old and new peers interoperate) ----
+
+MEMORY_ERROR = ("memory", "MemoryLimitExceeded", "too big", "", "")
+# Results([("a-1", KILLED, b"", MEMORY_ERROR), ("a-2", DONE, b"\x80x", None)], 1, 2, 0.5),
+# written out byte by byte as protocol 6 sent it when records were plain tuples.
+RESULTS_BYTES = (
+    b"\x95\x0c"  # array of 5: tag 12 (Results)
+    b"\x92"  # items: array of 2
+    b"\x94\xa3a-1\x04\xc4\x00"  # ResultItem: "a-1", 4 (KILLED), b""
+    b"\x95\xa6memory\xb3MemoryLimitExceeded\xa7too big\xa0\xa0"  # ErrorInfo: 5 strings
+    b"\x94\xa3a-2\x02\xc4\x02\x80x\xc0"  # "a-2", 2 (DONE), b"\x80x", nil
+    b"\x01\x02\xcb?\xe0\x00\x00\x00\x00\x00\x00"  # running 1, queued 2, avg_run_s 0.5
+)
+
+
+def test_named_records_encode_to_the_bytes_plain_tuples_did() -> None:
+    error = ErrorInfo(ErrorKind.MEMORY, "MemoryLimitExceeded", "too big")
+    named = Results((ResultItem("a-1", KILLED, b"", error), ResultItem("a-2", DONE, b"\x80x", None)),
+                    running=1, queued=2, avg_run_s=0.5)  # fmt: skip
+    assert encode(named) == RESULTS_BYTES
+    plain = [12, [["a-1", 4, b"", list(MEMORY_ERROR)], ["a-2", 2, b"\x80x", None]], 1, 2, 0.5]
+    assert msgpack.packb(plain, use_bin_type=True) == RESULTS_BYTES  # what an old peer sends
+
+
+def test_an_old_peers_plain_arrays_decode_to_named_records() -> None:
+    msg = decode(RESULTS_BYTES)
+    assert isinstance(msg, Results)
+    first, second = msg.items
+    assert type(first) is ResultItem and type(second) is ResultItem
+    assert (first.jid, first.state, first.payload) == ("a-1", KILLED, b"")
+    assert type(first.error) is ErrorInfo
+    assert first.error == MEMORY_ERROR
+    assert (first.error.kind, first.error.type_name, first.error.message) == (
+        "memory", "MemoryLimitExceeded", "too big")  # fmt: skip
+    assert first.error.kind == ErrorKind.MEMORY and first.error.tb_data is None
+    assert second.error is None and second.payload == b"\x80x"
+
+
+def test_an_error_with_traceback_data_keeps_its_sixth_field_and_five_without() -> None:
+    frame = ("f.py", 3, "g", "x()", 3, 0, 3, False)
+    data = ("T\n", ((frame,),))
+    six = ErrorInfo(ErrorKind.RAISED, "builtins.ValueError", "bad", "T\n", "", data)
+    assert tuple(six) == ("raised", "builtins.ValueError", "bad", "T\n", "", data)
+    assert len(ErrorInfo(ErrorKind.RAISED, "builtins.ValueError", "bad")) == 5
+    wire = encode(Results((ResultItem("a-3", ERROR, b"", six),)))
+    assert wire == (
+        b"\x95\x0c\x91\x94\xa3a-3\x03\xc4\x00"
+        b"\x96\xa6raised\xb3builtins.ValueError\xa3bad\xa2T\n\xa0"  # six fields
+        b"\x92\xa2T\n\x91\x91\x98\xa4f.py\x03\xa1g\xa3x()\x03\x00\x03\xc2"  # the frames
+        b"\x00\x00\xcb\x00\x00\x00\x00\x00\x00\x00\x00"
+    )
+    back = decode(wire)
+    assert isinstance(back, Results)
+    error = back.items[0].error
+    assert type(error) is ErrorInfo and error.tb_data == data and error.traceback == "T\n"
+
+
+def test_job_records_and_ran_items_keep_their_wire_bytes() -> None:
+    record = JobRecord("a-1", DONE, "ws-07", "sq", "", 1.0, 2.0, 3.0, 0.5, "o", "", "", 1)
+    wire = encode(Records(7, (record,)))
+    assert wire == msgpack.packb([16, 7, [list(record)]], use_bin_type=True)
+    assert wire[:6] == b"\x93\x10\x07\x91\x9d\xa3"  # Records, req 7, 1 record of 13 fields
+    back = decode(wire)
+    assert isinstance(back, Records) and type(back.records[0]) is JobRecord
+    assert (back.records[0].node, back.records[0].attempts) == ("ws-07", 1)
+    error = ErrorInfo(ErrorKind.MEMORY, "MemoryLimitExceeded", "too big")
+    ran = RanItem("a-1", KILLED, b"", error, 1.0, 2.0, 0.5, "", "w")
+    wire = encode(Ran((ran,)))
+    assert wire == msgpack.packb([32, [[*ran[:3], list(MEMORY_ERROR), *ran[4:]]], []],
+                                 use_bin_type=True)  # fmt: skip
+    back = decode(wire)
+    assert isinstance(back, Ran) and type(back.items[0]) is RanItem
+    assert type(back.items[0].error) is ErrorInfo and back.items[0].stderr == "w"
+
+
+def test_error_info_from_wire_refuses_what_is_not_one() -> None:
+    assert ErrorInfo.from_wire(["killed", "JobKilled", "m", "", ""]) == (
+        "killed", "JobKilled", "m", "", "")  # fmt: skip
+    with pytest.raises(ValueError, match="not an error record"):
+        ErrorInfo.from_wire(["killed", "JobKilled"])
+    with pytest.raises(ValueError, match="not an error record"):
+        ErrorInfo.from_wire(["killed", 3, "m", "", ""])
 
 
 # ---- property tests ----

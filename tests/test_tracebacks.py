@@ -24,7 +24,7 @@ import pytest
 from conftest import NodeProc
 
 import mesh
-from mesh._protocol import Results, decode, encode
+from mesh._protocol import ErrorInfo, Results, decode, encode
 from mesh._serialize import (
     dumps_function,
     load_function,
@@ -32,7 +32,7 @@ from mesh._serialize import (
     traceback_text,
     unpack_error,
 )
-from mesh.errors import JobError, RemoteProtocolError, RemoteTraceback
+from mesh.errors import ErrorKind, JobError, RemoteProtocolError, RemoteTraceback
 
 # ---- end to end: scripts run as __main__ against real nodes ----
 
@@ -350,8 +350,9 @@ def test_client_source_wins_for_code_that_came_by_value():
             ("/site/lib.py", 7, "helper", "    return lib_line()\n", 7, -1, -1, False),
             ("/nowhere/gone.py", 3, "lost", "", 3, -1, -1, True),
         )
-        info = ("raised", "builtins.ValueError", "x", "worker text", "", (template, (frames,)))
-        assert traceback_text(info) == (  # type: ignore[arg-type]
+        data = (template, (frames,))
+        info = ErrorInfo(ErrorKind.RAISED, "builtins.ValueError", "x", "worker text", "", data)
+        assert traceback_text(info) == (
             "Traceback (most recent call last):\n"
             f'  File "{name}", line 2, in cell\n    second = 2\n'
             '  File "/site/lib.py", line 7, in helper\n    return lib_line()\n'
@@ -363,17 +364,13 @@ def test_client_source_wins_for_code_that_came_by_value():
 
 
 def test_errors_without_frames_keep_their_text():
-    info = ("worker-died", "mesh.errors.WorkerDied", "worker 12 died", "its last words", "")
-    assert traceback_text(info) == "its last words"
-    broken = (
-        "raised",
-        "builtins.ValueError",
-        "x",
-        "the worker's text",
-        "",
-        ("\x00mesh-stack 5\x00", ()),
+    info = ErrorInfo(
+        ErrorKind.WORKER_DIED, "mesh.errors.WorkerDied", "worker 12 died", "its last words"
     )
-    assert traceback_text(broken) == "\x00mesh-stack 5\x00"  # type: ignore[arg-type]
+    assert traceback_text(info) == "its last words"
+    data = ("\x00mesh-stack 5\x00", ())
+    broken = ErrorInfo(ErrorKind.RAISED, "builtins.ValueError", "x", "the worker's text", "", data)
+    assert traceback_text(broken) == "\x00mesh-stack 5\x00"
 
 
 def test_unpicklable_exception_still_gets_its_rendered_traceback():
@@ -437,8 +434,9 @@ def test_error_with_its_traceback_data_crosses_the_wire():
     got = decode(encode(msg))
     assert got == msg
     assert isinstance(got, Results)
-    assert traceback_text(got.items[0][3]) == info[3]  # type: ignore[arg-type]
-    assert pickle.loads(got.items[0][2]).args == ("lookup failed",)
+    error = got.items[0].error
+    assert error is not None and traceback_text(error) == info.traceback
+    assert pickle.loads(got.items[0].payload).args == ("lookup failed",)
 
 
 def test_malformed_traceback_data_is_refused_by_the_codec():

@@ -22,8 +22,8 @@ from conftest import LISTENING, alive, start_node
 from mesh.node._jobs import Deliver, Dispatch, Func, JobTable
 
 import mesh
-from mesh._protocol import ERROR, QUEUED
-from mesh.errors import WorkerStartFailed
+from mesh._protocol import ERROR, QUEUED, ErrorInfo
+from mesh.errors import ErrorKind, WorkerStartFailed
 
 
 def environment_seen_by_job() -> dict[str, object]:
@@ -298,8 +298,8 @@ def test_jobs_a_broken_node_fails_run_on_a_node_that_works(node_factory, secret,
 
 # ---- the job table's side of a pool that cannot start workers (pure, exact output) ----
 
-BROKEN = ("worker-start", "WorkerStartFailed", "node ws-07 cannot start its worker processes",
-          "ImportError: x", "")  # fmt: skip
+BROKEN = ErrorInfo(ErrorKind.WORKER_START, "WorkerStartFailed",
+                   "node ws-07 cannot start its worker processes", "ImportError: x")  # fmt: skip
 
 
 def test_table_fails_queued_and_new_jobs_of_a_broken_pool_until_it_recovers() -> None:
