@@ -18,7 +18,15 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar, overload
 
@@ -86,6 +94,7 @@ from mesh._serialize import (
     traceback_text,
     unpack_error,
 )
+from mesh._tasks import TaskSet
 from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -561,7 +570,7 @@ class AsyncClient:
         self._req_ids = itertools.count(1)
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("client", log)
         self._closed = False
         self._local_mesh: LocalMesh | None = None  # started by AsyncClient.local()
         self._started = False
@@ -721,12 +730,9 @@ class AsyncClient:
             self._timer.cancel()
         self._flush_acks()  # so nodes may expire what we hold after their TTL, not a day
         await self.files.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            # A connect that had just finished may swallow its cancellation: wait for
-            # every task first, so the loop below sees every connection.
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A connect that had just finished may swallow its cancellation: wait for
+        # every task first, so the loop below sees every connection.
+        await self._tasks.close()
         for link in self._links.values():
             if link.conn is not None and not link.conn.closed:
                 try:
@@ -737,11 +743,8 @@ class AsyncClient:
         if self._local_mesh is not None:
             await asyncio.to_thread(self._local_mesh.close)
 
-    def _spawn(self, coro: Any) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.spawn(coro)
 
     async def _connect(self, link: _Link) -> None:
         # The node's first message (Load) may arrive before open_connection returns.

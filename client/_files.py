@@ -36,6 +36,7 @@ from mesh._protocol import (
     Message,
     Peers,
 )
+from mesh._tasks import TaskSet
 from mesh._transfer import Stream, Transfers, file_chunks, reply_error
 from mesh.errors import FileCorrupted, FilesError, MeshError, MeshFileNotFound, NoNodesAvailable
 
@@ -93,14 +94,11 @@ class AsyncFiles:
         self._local = local  # a job on its node's machine: blobs are opened in place
         self.transfers = Transfers()
         self._introduced: set[tuple[int, int]] = set()
-        self._downloads: set[asyncio.Task[None]] = set()  # the streamed getf's
+        self._downloads = TaskSet("files", log)  # the streamed getf's
 
     async def close(self) -> None:
         """Stop the downloads of streamed ``getf`` files still open (their reads fail)."""
-        for task in list(self._downloads):
-            task.cancel()
-        if self._downloads:
-            await asyncio.gather(*self._downloads, return_exceptions=True)
+        await self._downloads.close()
 
     def handle(self, conn: Connection, msg: Any) -> bool:
         """A message from a node: True if it belonged to a files request."""
@@ -453,9 +451,7 @@ class AsyncFiles:
             else:
                 raw.finish(None)
 
-        task = loop.create_task(download())
-        self._downloads.add(task)
-        task.add_done_callback(self._downloads.discard)
+        task = self._downloads.spawn(download(), f"download {name!r}")
         raw.stop = lambda: _call_soon(loop, task.cancel)
         try:
             await raw.wait_started()

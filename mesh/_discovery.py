@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,7 @@ from mesh._auth import mesh_id
 from mesh._connection import open_connection
 from mesh._netif import default_route
 from mesh._protocol import PROTOCOL_VERSION
+from mesh._tasks import TaskSet
 from mesh.errors import AuthenticationError, ConfigurationError, MeshError
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "parse_peers",
     "peers_from_env",
 ]
+
+log = logging.getLogger("mesh.discovery")
 
 SERVICE = "_lanmesh._tcp.local."
 TXT_MAX = 200
@@ -227,7 +231,7 @@ class Browser:
         self.found: dict[str, Advert] = {}
         self._azc: Any = None
         self._browser: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("discovery", log)
         self._changed = asyncio.Event()
 
     async def start(self) -> None:
@@ -242,9 +246,7 @@ class Browser:
         from zeroconf import ServiceStateChange
 
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
-            task = asyncio.get_running_loop().create_task(self._resolve(name))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._resolve(name), f"resolve {name}")
 
     async def _resolve(self, name: str) -> None:
         from zeroconf.asyncio import AsyncServiceInfo
@@ -311,8 +313,7 @@ class Browser:
                     return
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         if self._browser is not None:
             await self._browser.async_cancel()
             self._browser = None

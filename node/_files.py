@@ -40,6 +40,7 @@ from mesh._protocol import (
     Holders,
     Message,
 )
+from mesh._tasks import TaskSet
 from mesh._transfer import Stream, Transfers
 from mesh.errors import (
     ConnectionLost,
@@ -140,7 +141,8 @@ class FileService:
         # blob hash -> names of the nodes whose copy failed its hash check (until a good
         # copy is back here), so "no good copy left" can say where the bad ones were
         self._corrupt: dict[str, set[str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # A request whose connection went away mid-answer (MeshError) has no one to tell.
+        self._tasks = TaskSet("files", log, quiet=(MeshError,))
         self._unix: asyncio.AbstractServer | None = None
         self._sock_dir: str | None = None
         self.socket_path = ""
@@ -175,10 +177,7 @@ class FileService:
         self._spawn(self._maintain())
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         for conn in self._links.values():
             conn.close()
         if self._unix is not None:
@@ -192,17 +191,7 @@ class FileService:
             self.store.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        exc = None if task.cancelled() else task.exception()
-        if isinstance(exc, MeshError):  # its connection went away mid-answer: no one to tell
-            log.info("files request ended: %s", exc)
-        elif exc is not None:
-            log.error("files request failed", exc_info=exc)
+        self._tasks.spawn(coro)
 
     def _local_connection(self) -> Connection:
         return Connection("plain", peer_label="a job on this node", on_message=self.handle)

@@ -51,6 +51,7 @@ from mesh._protocol import (
     Message,
     Peers,
 )
+from mesh._tasks import TaskSet
 from mesh.errors import MeshError, RemoteProtocolError
 
 __all__ = ["GOSSIP_MESSAGES", "GOSSIP_LINK", "Peer", "PeerTable", "load_node_id", "unique_name"]
@@ -234,7 +235,7 @@ class PeerTable:
         self._origin_of: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         self._next_origin = 0
         self._browser: Browser | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("membership", log)
         self._timer: asyncio.TimerHandle | None = None
         self._leaving = False  # close() is telling members that this node leaves
         self._closing = False  # ... and then closing the links
@@ -276,10 +277,7 @@ class PeerTable:
         if told:  # links still connecting: give them a moment to carry the news
             await asyncio.wait(told, timeout=self._connect_timeout_s / 5)
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:  # first, so that a connect finishing now is closed below
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()  # first, so that a connect finishing now is closed below
         for link in self._links.values():
             if link.conn is not None:
                 link.conn.close()  # after what is queued on it: our leave
@@ -650,12 +648,4 @@ class PeerTable:
                     peer.state = None  # a seed again: it is still being joined
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("membership task failed", exc_info=task.exception())
+        return self._tasks.spawn(coro)

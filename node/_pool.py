@@ -25,6 +25,7 @@ from mesh.node._proc import become_subreaper, end_orphans, hide_from_jobs
 from mesh._connection import Connection
 from mesh._protocol import Message, Ran, RanItem, Run, WorkerReady
 from mesh._spawn import job_environment, module_command
+from mesh._tasks import TaskSet
 
 __all__ = ["WorkerPool", "describe_exit", "sweep_orphans"]
 
@@ -145,7 +146,7 @@ class WorkerPool:
         self._kill_grace_s = kill_grace_s
         self._procs: dict[int, _Proc] = {}
         self._ready: set[int] = set()  # workers that said WorkerReady and are alive
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("pool", log)
         self._waiting: set[asyncio.Task[Any]] = set()  # tasks in a backoff before a spawn
         self._next_wid = first_wid  # pools of one node number their workers apart
         self._closing = False
@@ -172,9 +173,7 @@ class WorkerPool:
 
     def _spawn(self, delay_s: float = 0.0) -> None:
         self._next_wid += 1
-        task = asyncio.get_running_loop().create_task(self._run_worker(self._next_wid, delay_s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._run_worker(self._next_wid, delay_s), f"worker {self._next_wid}")
 
     def _ready_now(self, wid: int) -> None:
         self._ready.add(wid)
@@ -319,13 +318,12 @@ class WorkerPool:
         for p in list(self._procs.values()):
             self._signal(p, signal.SIGTERM)
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self._kill_grace_s)
+            pending = await self._tasks.wait(self._kill_grace_s)
             for p in list(self._procs.values()):
                 self._signal(p, signal.SIGKILL)
             if pending:
-                await asyncio.wait(pending, timeout=2.0)
-            for t in pending:
-                t.cancel()
+                await self._tasks.wait(2.0)
+            self._tasks.cancel()
         await sweep_orphans()
 
 

@@ -73,6 +73,7 @@ from mesh._protocol import (
     pushed_name,
 )
 from mesh._serialize import function_hash
+from mesh._tasks import TaskSet
 from mesh.errors import ErrorKind
 
 __all__ = ["Node", "NodeConfig"]
@@ -163,7 +164,7 @@ class Node:
         # Big results are written to their files here, one at a time, off the loop (and
         # expired jobs removed); the tasks not yet done, awaited before the store closes.
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mesh-store")
-        self._store_writes: set[asyncio.Future[None]] = set()
+        self._store_writes = TaskSet("store", log)  # awaited before the store closes
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # work arrived: the idle tick hurries
         self._node_links: set[int] = set()  # connection ids of other nodes' links
@@ -177,7 +178,7 @@ class Node:
         self._env_pools: dict[str, WorkerPool] = {}  # env key -> its workers
         self._pools_by_base: dict[int, WorkerPool] = {}  # wid // ENV_WID_STRIDE -> pool
         self._env_building: set[str] = set()
-        self._env_tasks: set[asyncio.Task[None]] = set()
+        self._env_tasks = TaskSet("environments", log)  # builds, and closing their pools
         self._env_busy_at: dict[str, float] = {}  # env key -> when its pool last had jobs
         self._pool_count = 0
         self.gate = preauth_gate(config.max_preauth, config.max_preauth_per_source)
@@ -332,10 +333,7 @@ class Node:
             with contextlib.suppress(Exception):
                 conn.send(Goodbye("node stopping"))
             conn.close()
-        for task in list(self._env_tasks):
-            task.cancel()
-        if self._env_tasks:
-            await asyncio.wait(set(self._env_tasks), timeout=5.0)
+        await self._env_tasks.close(timeout_s=5.0)
         for pool in list(self._env_pools.values()):
             await pool.close()
         if self._pool is not None:
@@ -350,8 +348,7 @@ class Node:
         if self._shm is not None:
             self._shm.close()
         if self._store is not None:
-            if self._store_writes:  # results finished before the stop survive it
-                await asyncio.wait(set(self._store_writes))
+            await self._store_writes.wait()  # results finished before the stop survive it
             self._store_thread.shutdown()
             self._store.close()
 
@@ -562,9 +559,7 @@ class Node:
         if key in self._env_building:
             return
         self._env_building.add(key)
-        task = asyncio.get_running_loop().create_task(self._build_env(key, reqs))
-        self._env_tasks.add(task)
-        task.add_done_callback(self._env_tasks.discard)
+        self._env_tasks.spawn(self._build_env(key, reqs), f"build {key}")
 
     async def _fetch_file(self, sha: str, filename: str) -> Path:
         """A pushed file, by the store name the client put it under (``envs`` then
@@ -676,9 +671,7 @@ class Node:
             return
         self._pools_by_base = {b: p for b, p in self._pools_by_base.items() if p is not pool}
         self.table.remove_env_workers(key)
-        task = asyncio.get_running_loop().create_task(pool.close())
-        self._env_tasks.add(task)
-        task.add_done_callback(self._env_tasks.discard)
+        self._env_tasks.spawn(pool.close(), f"close the pool of {key}")
 
     def _pool_for(self, wid: int) -> WorkerPool | None:
         base = wid // ENV_WID_STRIDE
@@ -765,9 +758,7 @@ class Node:
     def _in_store_thread(self, work: Coroutine[None, None, None]) -> None:
         """Run ``work`` (which hands its blocking part to the store thread) as a task
         the node awaits before it closes the store."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._store_writes.add(task)
-        task.add_done_callback(self._store_writes.discard)
+        self._store_writes.spawn(work)
 
     async def _save_big(self, jobs: list[Job]) -> None:
         store = self._store
