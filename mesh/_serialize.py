@@ -7,7 +7,8 @@ script); installed packages, wherever they are installed, travel by reference (s
 pickler's fast path. A job's exception travels as data: the pickled exception when it
 round-trips, always with its remote traceback as text and as frames (which the client
 renders with its own source: a script's, a notebook cell's), and is re-raised on the
-client as its original type. Code pickled by value keeps its file name for that.
+client as its original type (its traceback: mesh._traceback). Code pickled by value
+keeps its file name for that.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import io
-import itertools
 import json
-import linecache
 import os
 import pickle
-import re
 import site
 import sys
 import sysconfig
@@ -36,7 +34,8 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from mesh._frames import ATTACH_MIN
-from mesh._protocol import ErrorInfo, Payload, TracebackData, TracebackFrame
+from mesh._protocol import ErrorInfo, Payload, TracebackData
+from mesh._traceback import render, traceback_data, traceback_text
 from mesh.errors import (
     ErrorKind,
     JobError,
@@ -517,143 +516,7 @@ def _bind_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[...
 _BOUND_CALL = next(c for c in _bind_kwargs.__code__.co_consts if isinstance(c, types.CodeType))
 
 
-# ---- exceptions as data ----
-
-# Where a stack goes in a traceback's template: a line of its own, after the indent an
-# exception group gives its members' lines.
-_STACK_MARK = "\x00mesh-stack {}\x00"
-_STACK_LINE = re.compile(r"(.*)\x00mesh-stack (\d+)\x00")
-
-
-# Frames of one line repeated past this (a recursion) print as one line saying how many.
-_RECURSIVE_CUTOFF: int = getattr(traceback, "_RECURSIVE_CUTOFF", 3)
-
-
-class _MarkedStack(traceback.StackSummary):
-    """A stack that formats as marker lines (see :func:`_traceback_data`)."""
-
-    lines: list[str]
-
-    def format(self) -> list[str]:
-        return self.lines
-
-
-def _traceback_data(exc: BaseException, tb: types.TracebackType | None) -> TracebackData:
-    """``exc``'s traceback (from ``tb``) as data: the text ``traceback`` prints, with its
-    stacks (one per exception of the chain) as marker lines, and the frames of each.
-
-    A recursion's repeated frames beyond the few ``traceback`` prints are left out, its
-    "[Previous line repeated N more times]" line kept as text: a RecursionError's 1,000
-    frames would cost a hundred kilobytes a job."""
-    te = traceback.TracebackException(type(exc), exc, tb, compact=True)
-    by_value = _by_value_files(exc, tb)
-    stacks: list[tuple[TracebackFrame, ...]] = []
-
-    def mark(frames: list[traceback.FrameSummary]) -> str:
-        stacks.append(tuple(_frame(f, by_value) for f in frames))
-        return _STACK_MARK.format(len(stacks) - 1) + "\n"
-
-    todo, seen = [te], set()
-    while todo:
-        t = todo.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        lines, chunk = [], []
-        for _, run in itertools.groupby(t.stack, lambda f: (f.filename, f.lineno, f.name)):
-            frames = list(run)
-            chunk += frames[:_RECURSIVE_CUTOFF]
-            if len(frames) > _RECURSIVE_CUTOFF:
-                lines += [mark(chunk), traceback.StackSummary.from_list(frames).format()[-1]]
-                chunk = []
-        if chunk:
-            lines.append(mark(chunk))
-        marked = _MarkedStack(t.stack)
-        marked.lines = lines
-        t.stack = marked
-        todo.extend(c for c in (t.__cause__, t.__context__) if c is not None)
-        todo.extend(getattr(t, "exceptions", None) or ())  # an exception group's members
-    return "".join(te.format()), tuple(stacks)
-
-
-def _frame(f: traceback.FrameSummary, by_value: set[str]) -> TracebackFrame:
-    line = linecache.getline(f.filename, f.lineno) if f.lineno else ""
-    positions = (f.lineno, *(getattr(f, a, None) for a in ("end_lineno", "colno", "end_colno")))
-    lineno, end_lineno, colno, end_colno = (-1 if p is None else p for p in positions)
-    return (f.filename, lineno, f.name, line, end_lineno, colno, end_colno, f.filename in by_value)
-
-
-def _by_value_files(exc: BaseException, tb: types.TracebackType | None) -> set[str]:
-    """Files of the frames (of ``exc`` and its chain) whose code came by value: their
-    globals are not their module's, cloudpickle made them (``__main__``, a notebook,
-    the user's own modules). The client's source of those is the source they ran."""
-    files: set[str] = set()
-    todo: list[tuple[BaseException, types.TracebackType | None]] = [(exc, tb)]
-    seen: set[int] = set()
-    while todo:
-        e, e_tb = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        for frame, _ in traceback.walk_tb(e_tb):
-            name = frame.f_globals.get("__name__")
-            module = sys.modules.get(name) if isinstance(name, str) else None
-            if module is None or getattr(module, "__dict__", None) is not frame.f_globals:
-                files.add(frame.f_code.co_filename)
-        chained = [e.__cause__, e.__context__, *(getattr(e, "exceptions", None) or ())]
-        todo.extend((c, c.__traceback__) for c in chained if isinstance(c, BaseException))
-    return files
-
-
-def _format_stack(frames: Sequence[TracebackFrame], here: bool) -> str:
-    """A stack as ``traceback`` prints it. ``here``: on the client, whose source (its
-    ``linecache``: files, notebook cells) is preferred for code that came by value and
-    used for any line the worker could not read."""
-    summaries = []
-    for filename, lineno, name, worker_line, end_lineno, colno, end_colno, by_value in frames:
-        line = worker_line
-        if here and (by_value or not line) and lineno > 0:
-            linecache.checkcache(filename)  # as a local traceback does: a changed file is reread
-            line = linecache.getline(filename, lineno) or worker_line
-        if sys.version_info >= (3, 11):  # columns: the ^^^ under a call
-            fs = traceback.FrameSummary(
-                filename, None if lineno < 0 else lineno, name, lookup_line=False, line=line,
-                end_lineno=None if end_lineno < 0 else end_lineno,
-                colno=None if colno < 0 else colno, end_colno=None if end_colno < 0 else end_colno,
-            )  # fmt: skip
-        else:
-            fs = traceback.FrameSummary(
-                filename, None if lineno < 0 else lineno, name, lookup_line=False, line=line
-            )
-        summaries.append(fs)
-    return "".join(traceback.StackSummary.from_list(summaries).format())
-
-
-def _render(data: TracebackData, here: bool) -> str:
-    """The text of a traceback from its data (see :func:`_traceback_data`)."""
-    template, stacks = data
-    lines: list[str] = []
-    for line in template.split("\n"):
-        m = _STACK_LINE.fullmatch(line)
-        if m is None or int(m[2]) >= len(stacks):
-            lines.append(line)
-            continue
-        text = _format_stack(stacks[int(m[2])], here)
-        lines.extend(m[1] + part for part in text.split("\n")[:-1])
-    return "\n".join(lines)
-
-
-def traceback_text(info: ErrorInfo) -> str:
-    """A job's remote traceback as this process shows it: rendered from the frames the
-    worker sent with this process's own source where the job's code came from here (a
-    script, a notebook cell, a module shipped by value), else the worker's text."""
-    data = info.tb_data
-    if data is not None:
-        try:
-            return _render(data, here=True)
-        except Exception:  # odd data from the worker: its own text still says it all
-            pass
-    return info.traceback
+# ---- exceptions as data (their tracebacks: mesh._traceback) ----
 
 
 def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, ErrorInfo]:
@@ -667,8 +530,8 @@ def pack_exception(exc: BaseException, *, skip_frames: int = 0) -> tuple[bytes, 
         tb = tb.tb_next
     data: TracebackData | None
     try:
-        data = _traceback_data(exc, tb)
-        text = _render(data, here=False)
+        data = traceback_data(exc, tb)
+        text = render(data, here=False)
     except Exception:  # a traceback that cannot be walked: the plain text, no data
         data = None
         text = "".join(traceback.format_exception(type(exc), exc, tb))
