@@ -328,6 +328,11 @@ def _conv(tp: Any, var: str, env: dict[str, Any], depth: int = 0) -> str | None:
         if typing.get_origin(wire) is tuple and typing.get_args(wire)[-1:] != (Ellipsis,):
             inner = _conv(wire, var, env, depth)
             if inner is not None:
+                nested = [i for i, a in enumerate(typing.get_args(wire))
+                          if _conv(a, "_", {}, depth) is not None]  # fmt: skip
+                if len(nested) == 1:  # a result without an error: no tuple rebuilt
+                    whole, field = f"_tnew({name}, {var})", f"{var}[{nested[0]}]"
+                    return f"({whole} if {field} is None else _tnew({name}, {inner}))"
                 return f"_tnew({name}, {inner})"
         elif _conv(wire, var, env, depth) is not None:
             raise TypeError(f"unsupported record wire type {wire!r}")
