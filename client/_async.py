@@ -981,7 +981,7 @@ class AsyncClient:
                 link = self._links.get(ins.node)
                 if link is not None:  # (an Ack comes with the results it acknowledges)
                     if items is not None:
-                        self._ack(link, [items[n][0] for n in ins.nums])
+                        self._ack(link, [items[n].jid for n in ins.nums])
                     else:
                         self._ack(link, [self._sched.jid(n) for n in ins.nums])
             elif isinstance(ins, Lost):
@@ -1525,7 +1525,7 @@ class AsyncClient:
         for j in jobs:
             state = j.state
             if not j.final and j.jid in heard and state == PROCESSING:
-                state = heard[j.jid].record[1]
+                state = heard[j.jid].record.state
             names.append(JOB_STATES[state])
         return names[0] if isinstance(jids, str) else names
 
@@ -1543,7 +1543,7 @@ class AsyncClient:
             elif isinstance(answer, BaseException):
                 raise answer
             else:
-                heard.update((h.record[0], h) for h in answer)
+                heard.update((h.record.jid, h) for h in answer)
         return heard
 
     def _where(self, j: _Job) -> _Link | None:

@@ -140,9 +140,10 @@ class ErrorInfo(tuple[Any, ...]):
 
     @classmethod
     def from_wire(cls, values: Sequence[Any]) -> "ErrorInfo":
-        """An ErrorInfo from its wire fields as another store kept them (checked)."""
-        values = tuple(values)
-        if not (len(values) in (5, 6) and all(type(v) is str for v in values[:5])):
+        """An ErrorInfo from its wire fields as another store kept them (JSON's lists
+        become tuples again; checked)."""
+        values = _tuples(values)
+        if not _ERROR_INFO_OK(values):
             raise ValueError(f"not an error record: {values!r}")
         return tuple.__new__(cls, values)
 
@@ -204,6 +205,13 @@ class KillReason:
             msg = f"killed after exceeding _max_runtime={max_runtime_s:g}s"
             return ErrorInfo(self.kind, "JobKilled", msg)
         return ErrorInfo(self.kind, "JobKilled", "killed on request")
+
+
+def _tuples(value: Any) -> Any:
+    """``value`` with every list in it a tuple (as msgpack decodes arrays)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 class ResultItem(typing.NamedTuple):
@@ -384,6 +392,9 @@ def _all_checker(tps: list[Any]) -> Callable[[tuple[Any, ...]], bool]:
     single call where a check per field cost a call each."""
     parts = [f"({_expr(tp, f'v[{i}]')})" for i, tp in enumerate(tps)] or ["True"]
     return eval(f"lambda v: {' and '.join(parts)}", {"_mmap": mmap.mmap})  # type: ignore[no-any-return]
+
+
+_ERROR_INFO_OK = _checker(ErrorInfo.WIRE)
 
 
 def message(tag: int) -> Callable[[type[_M]], type[_M]]:

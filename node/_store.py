@@ -174,19 +174,21 @@ class JobStore:
         with self._db_lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY finished").fetchall()
         for row in rows:
-            error = None if row[11] is None else ErrorInfo.from_wire(json.loads(row[11]))
-            stored: bytes = row[10]
+            job = StoredJob._make(row)  # the table's columns are the record's fields
+            stored: bytes = job.result  # type: ignore[assignment]  # as the table holds it
             if stored[:1] == _FILE:
                 try:
                     result = self._read_file(stored)
                 except (OSError, ValueError) as exc:
-                    log.warning("dropping job %s: its result file %s", row[0], exc)
-                    lost.append(row[0])
+                    log.warning("dropping job %s: its result file %s", job.jid, exc)
+                    lost.append(job.jid)
                     continue
-                self._files.add(row[0])
+                self._files.add(job.jid)
             else:
                 result = _parts(stored)
-            out.append(StoredJob._make((*row[:10], result, error, row[12])))
+            text: str | None = job.error  # type: ignore[assignment]  # JSON in the table
+            error = None if text is None else ErrorInfo.from_wire(json.loads(text))
+            out.append(job._replace(result=result, error=error))
         self.forget(lost)
         named = {_file_name(jid) for jid in self._files}
         for entry in os.scandir(self.results_dir):

@@ -23,8 +23,8 @@ from mesh.node._store import BLOB_MIN, JobStore, StoredJob
 
 import mesh
 from mesh._connection import Connection
-from mesh._protocol import DONE, FileChunk, Payload
-from mesh.errors import ConnectionLost
+from mesh._protocol import DONE, ERROR, ErrorInfo, FileChunk, Payload
+from mesh.errors import ConnectionLost, ErrorKind
 
 BIG = 300 << 20
 # Clients that give up on a node silent this long: a node that stalls its loop while it
@@ -160,6 +160,23 @@ def test_the_store_keeps_big_results_in_private_files_and_reads_them_back(tmp_pa
     assert len(result_files(data)) == 1
     assert sorted(r[0] for r in store.load()) == ["a-2"]
     store.close()
+
+
+def test_the_store_gives_errors_back_as_error_info_with_their_traceback_data(tmp_path):
+    frame = ("f.py", 3, "g", "x()", 3, 0, 3, False)
+    data = ("T\n", ((frame,),))
+    error = ErrorInfo(ErrorKind.RAISED, "builtins.ValueError", "bad", "T\n", "", data)
+    failed = _row("e-1", b"")._replace(state=ERROR, error=error)
+    store = JobStore(tmp_path / "data")
+    try:
+        store.save([failed, _row("e-2", b"x")])
+        rows = {r.jid: r for r in store.load()}
+    finally:
+        store.close()
+    back = rows["e-1"].error
+    assert type(back) is ErrorInfo and back == error  # JSON's lists are tuples again
+    assert back.kind == ErrorKind.RAISED and back.tb_data is not None
+    assert rows["e-2"].error is None and rows["e-2"].result == b"x"
 
 
 def test_the_store_drops_a_truncated_result_file_and_sweeps_strays(tmp_path, caplog):

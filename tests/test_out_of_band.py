@@ -12,7 +12,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from mesh.node._store import JobStore
+from mesh.node._store import JobStore, StoredJob
 
 from mesh._frames import ATTACH_MIN, FrameCodec
 from mesh._protocol import Results, Submit
@@ -100,14 +100,16 @@ def test_the_store_keeps_a_result_with_buffers(tmp_path: Path):
     assert type(result) is tuple
     store = JobStore(tmp_path)
     try:
-        row = ("t-1", 2, "f", "", 1.0, 2.0, 3.0, 0.5, "", "", result, None, 1)
-        plain = ("t-2", 2, "f", "", 1.0, 2.0, 3.0, 0.5, "", "", pickle.dumps(5, 5), None, 1)
+        row = StoredJob("t-1", 2, "f", "", 1.0, 2.0, 3.0, 0.5, "", "", result, None, 1)
+        plain = StoredJob(
+            "t-2", 2, "f", "", 1.0, 2.0, 3.0, 0.5, "", "", pickle.dumps(5, 5), None, 1
+        )
         store.save([row, plain])
-        loaded = {r[0]: r for r in store.load()}
+        loaded = {r.jid: r for r in store.load()}
     finally:
         store.close()
-    assert loads(loaded["t-1"][10]) == blob
-    assert loads(loaded["t-2"][10]) == 5
+    assert loads(loaded["t-1"].result) == blob
+    assert loads(loaded["t-2"].result) == 5
 
 
 # ---- through real nodes ----
