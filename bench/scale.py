@@ -372,6 +372,8 @@ def main() -> None:
         p.error(f"--nodes {cfg.nodes!r}: a mesh needs at least 2 nodes")
     # SIGTERM unwinds like Ctrl-C, through every finally that stops nodes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Ctrl-C too when started from a shell's background job, which ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["MESH_INTERFACES"] = "127.0.0.1"
     before = _machine()
     with tempfile.TemporaryDirectory(prefix="mesh-scale-") as data:

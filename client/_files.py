@@ -559,7 +559,35 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class _Verified(io.RawIOBase):
+class _Seekable(io.RawIOBase):
+    """A readable, seekable raw stream over `_size` bytes; subclasses read at `_pos`."""
+
+    _pos = 0
+    _size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            pos += self._pos
+        elif whence == io.SEEK_END:
+            pos += self._size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+
+class _Verified(_Seekable):
     """A job's ``getf``: its node's copy of a blob, read in place and hashed as it is
     read (in order; bytes skipped by a seek are hashed at the end). The bytes that reach
     the end of the file, and the end itself, are returned only once the whole content
@@ -592,29 +620,8 @@ class _Verified(io.RawIOBase):
         self._hashed = 0  # bytes [0, _hashed) are in _hasher
         self._checked = False
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def fileno(self) -> int:
         return self._fd
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_CUR:
-            pos += self._pos
-        elif whence == io.SEEK_END:
-            pos += self._size
-        elif whence != io.SEEK_SET:
-            raise ValueError(f"invalid whence ({whence})")
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
-        self._pos = pos
-        return pos
 
     def readinto(self, b: Any) -> int:
         if self.closed:
@@ -721,7 +728,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> Non
         loop.call_soon_threadsafe(fn)
 
 
-class _Streamed(io.RawIOBase):
+class _Streamed(_Seekable):
     """A streamed ``getf``: the content of ``name`` arriving in an unnamed temp file,
     read from another thread than the loop's. A read waits until its bytes are written
     and returns what there is (at most a chunk's worth at a time). The end of the file
@@ -781,27 +788,6 @@ class _Streamed(io.RawIOBase):
         await asyncio.shield(self._started)
 
     # ---- the reader's side ----
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_CUR:
-            pos += self._pos
-        elif whence == io.SEEK_END:
-            pos += self._size
-        elif whence != io.SEEK_SET:
-            raise ValueError(f"invalid whence ({whence})")
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
-        self._pos = pos
-        return pos
 
     def _available(self, whole: bool = False) -> int:
         """Bytes readable at the position (0: the checked end), once there are any."""

@@ -272,6 +272,7 @@ class Message:
     _valid: ClassVar[Callable[[tuple[Any, ...]], bool]] = staticmethod(lambda values: False)
     _make: ClassVar[Callable[[tuple[Any, ...]], Any]] = staticmethod(lambda values: None)
     _required: ClassVar[int] = 0
+    _nfields: ClassVar[int] = 0
     _defaults: ClassVar[tuple[Any, ...]] = ()
 
 
@@ -397,6 +398,17 @@ def _all_checker(tps: list[Any]) -> Callable[[tuple[Any, ...]], bool]:
 _ERROR_INFO_OK = _checker(ErrorInfo.WIRE)
 
 
+def compile_checks(dc: type[_M]) -> type[_M]:
+    """Compile ``dc``'s field checks and constructor (once; :func:`decode` calls it)."""
+    if "_checks" not in dc.__dict__:
+        hints = typing.get_type_hints(dc)
+        fields = dataclasses.fields(dc)  # type: ignore[arg-type]
+        dc._make = staticmethod(_maker(dc, [hints[f.name] for f in fields]))
+        dc._checks = tuple(_checker(hints[f.name]) for f in fields)
+        dc._valid = staticmethod(_all_checker([hints[f.name] for f in fields]))
+    return dc
+
+
 def message(tag: int) -> Callable[[type[_M]], type[_M]]:
     """Register a frozen dataclass as the wire message with ``tag``."""
 
@@ -405,12 +417,13 @@ def message(tag: int) -> Callable[[type[_M]], type[_M]]:
             raise ValueError(f"tag {tag} already used by {_REGISTRY[tag].__name__}")
         if not dataclasses.is_dataclass(dc) or "__slots__" not in dc.__dict__:
             raise TypeError(f"{dc.__name__} must be a frozen, slotted dataclass")
-        hints = typing.get_type_hints(dc)
         fields = dataclasses.fields(dc)
         dc.TAG = tag
-        dc._checks = tuple(_checker(hints[f.name]) for f in fields)
-        dc._valid = staticmethod(_all_checker([hints[f.name] for f in fields]))
-        dc._make = staticmethod(_maker(dc, [hints[f.name] for f in fields]))
+        dc._nfields = len(fields)
+        # Checks are compiled on the first decode of this message type, not here:
+        # compiling every message's at import cost each process (every worker
+        # included) a tenth of a second, for types most processes never decode.
+        dc._valid = staticmethod(lambda values: compile_checks(dc)._valid(values))
         required = [f for f in fields if f.default is dataclasses.MISSING]
         dc._required = len(required)
         if fields[: len(required)] != tuple(required):
@@ -1050,19 +1063,19 @@ def decode(
     if cls is None:
         raise RemoteProtocolError(f"unknown message tag {obj[0]}")
     values = obj[1:]
-    checks = cls._checks
-    if len(values) != len(checks):
+    nfields = cls._nfields
+    if len(values) != nfields:
         if len(values) < cls._required:
             raise RemoteProtocolError(
                 f"{cls.__name__} has {len(values)} fields, needs {cls._required}"
             )
-        if len(values) > len(checks):
-            values = values[: len(checks)]  # from a newer peer: fields we do not know
+        if len(values) > nfields:
+            values = values[:nfields]  # from a newer peer: fields we do not know
         else:  # from an older peer: the defaults (which pass their checks) for the rest
             values = values + cls._defaults[len(values) - cls._required :]
     if not cls._valid(values):
         for i, value in enumerate(values):
-            if not checks[i](value):
+            if not cls._checks[i](value):
                 name = cls.__slots__[i]
                 raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
     return cls._make(values)  # type: ignore[no-any-return]

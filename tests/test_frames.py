@@ -578,7 +578,10 @@ def test_every_default_passes_its_fields_check() -> None:
     for cls in proto._REGISTRY.values():
         fields = dataclasses.fields(cls)
         for i in range(cls._required, len(fields)):
-            assert cls._checks[i](cls._defaults[i - cls._required]), (cls, fields[i].name)
+            assert proto.compile_checks(cls)._checks[i](cls._defaults[i - cls._required]), (
+                cls,
+                fields[i].name,
+            )
 
 
 @pytest.mark.parametrize(
