@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mesh.node._console_web import Console, states_of
 from mesh.node._login import Handler, Login, json_response
 from mesh.node._preview import preview_pickle
 from mesh.node._store import private_data_dir
@@ -34,6 +35,7 @@ from mesh._protocol import (
     JOB_STATES,
     PROCESSING,
     QUEUED,
+    ConsoleQuery,
     JobDetails,
     JobsQuery,
     JobsReply,
@@ -55,7 +57,7 @@ log = logging.getLogger("mesh.node.dashboard")
 
 STATIC = Path(__file__).with_name("static")
 URL_FILE = "dashboard"
-PAGES = ("/", "/jobs", "/files")
+PAGES = ("/", "/jobs", "/files", "/map")
 PAGE_LIMIT = 50
 MAX_LIMIT = 1000
 PREVIEWS_KEPT = 4096
@@ -92,6 +94,7 @@ class Dashboard:
         self.peer_timeout_s = peer_timeout_s
         self._jobs_bumped = 0.0
         self.login = Login(node.config.secret, lambda: self.node.name, explicit=explicit)
+        self.console = Console(self)
         self._sock: socket.socket | None = None
         self._serving: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -207,6 +210,7 @@ class Dashboard:
         r.add_get("/job/{jid}", self._page)
         r.add_get("/static/{name}", self._static)
         self.login.routes(r)
+        self.console.routes(r)
         r.add_get("/api/nodes", self._api_nodes)
         r.add_get("/api/jobs", self._api_jobs)
         r.add_get("/api/jobs/{jid}", self._api_job)
@@ -235,6 +239,18 @@ class Dashboard:
 
     async def _api_jobs(self, request: web.Request) -> web.StreamResponse:
         q = request.query
+        key, function, node = q.get("map", ""), q.get("function", ""), q.get("node", "")
+        if q.get("group", "") in ("1", "true") or key or function or node:
+            # The console's query: maps as one row (group=1), or the jobs of one map.
+            query = ConsoleQuery(
+                0, states_of(q.get("status", "")), q.get("label", ""), function,
+                q.get("client", ""), node, _int(q.get("offset", "0"), "offset"),
+                _int(q.get("limit", str(PAGE_LIMIT)), "limit"),
+                grouped=q.get("group", "") in ("1", "true"), keys=(key,) if key else (),
+            )  # fmt: skip
+            page = await (self.console.groups(query) if query.grouped
+                          else self.console.rows(query))  # fmt: skip
+            return _json(page)
         return _json(
             await self.mesh_jobs(
                 status=q.get("status", ""),
@@ -323,11 +339,12 @@ class Dashboard:
         """Fan the node's state out to every open event stream; stop when none is left."""
         while self._subscribers and not self._closing:
             await asyncio.sleep(self.event_interval_s)
-            data = self._event()
+            series = await self.console.fresh_series()
+            data = self._event(series)
             for q in list(self._subscribers):
                 _offer(q, data)
 
-    def _event(self) -> str:
+    def _event(self, series: dict[str, Any] | None = None) -> str:
         counts = dict.fromkeys(JOB_STATES, 0)
         states = []
         budget = PREVIEWS_PER_EVENT
@@ -356,7 +373,8 @@ class Dashboard:
             self._files_version += 1
         return _dumps(
             {"node": self.node.name, "t": time.time(), "nodes": self.nodes(), "counts": counts,
-             "jobs_version": self._jobs_version, "files_version": self._files_version}
+             "jobs_version": self._jobs_version, "files_version": self._files_version,
+             **({"series": series} if series is not None else {})}
         )  # fmt: skip
 
     # ---- what the API shows ----
@@ -431,8 +449,8 @@ class Dashboard:
                 "missing": missing}  # fmt: skip
 
     async def _ask_peers(
-        self, make: Callable[[int], Message]
-    ) -> tuple[list[tuple[Peer, JobsReply]], list[str]]:
+        self, make: Callable[[int], Message], kinds: tuple[type[Message], ...] = (JobsReply,)
+    ) -> tuple[list[tuple[Peer, Any]], list[str]]:
         """Send a query to every connected peer at once: (peer, reply) of those that
         answered in time, and the names of the known peers that did not (or cannot)."""
         table = self.node.peers
@@ -446,7 +464,7 @@ class Dashboard:
         )
         answers = []
         for peer, reply in zip(asked, replies, strict=True):
-            if isinstance(reply, JobsReply):
+            if isinstance(reply, kinds):
                 answers.append((peer, reply))
             elif isinstance(reply, BaseException) and not isinstance(
                 reply, (MeshError, TimeoutError)

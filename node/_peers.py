@@ -41,6 +41,8 @@ from mesh._connection import Connection, open_connection
 from mesh._discovery import Advert, Browser, parse_peers
 from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State
 from mesh._protocol import (
+    ConsoleReply,
+    ConsoleSeries,
     Goodbye,
     GossipAck,
     GossipNews,
@@ -504,7 +506,7 @@ class PeerTable:
     def _link_message(self, link: _Link, conn: Connection, msg: Message) -> None:
         if isinstance(msg, GOSSIP_MESSAGES):
             self._received(link.address, msg, conn)
-        elif isinstance(msg, JobsReply):
+        elif isinstance(msg, (JobsReply, ConsoleReply, ConsoleSeries)):
             pending = self._pending.get(msg.req)
             if pending is not None and pending[0] is conn and not pending[1].done():
                 pending[1].set_result(msg)

@@ -23,7 +23,7 @@ from typing import IO, Any
 from mesh.node._proc import become_subreaper, end_orphans, hide_from_jobs
 
 from mesh._connection import Connection
-from mesh._protocol import Message, Ran, RanItem, Run, WorkerReady
+from mesh._protocol import JobOutput, Message, Ran, RanItem, Run, WorkerReady
 from mesh._spawn import job_environment, module_command
 from mesh._tasks import TaskSet
 
@@ -131,7 +131,9 @@ class WorkerPool:
         restart_first_s: float = 0.1,
         restart_max_s: float = 10.0,
         broken_after: int = 3,
+        on_output: Callable[[JobOutput], None] | None = None,
     ) -> None:
+        self._on_output = on_output  # a running job's output so far (the dashboard shows it)
         self._share = share
         self._on_released = on_released  # shared blocks a worker closed (see node._shm)
         self._max_memory = max_memory  # the node's --max-memory: workers keep less free
@@ -251,6 +253,8 @@ class WorkerPool:
                 self._on_ran(wid, msg.items)
             elif isinstance(msg, WorkerReady):
                 self._ready_now(wid)
+            elif isinstance(msg, JobOutput) and self._on_output is not None:
+                self._on_output(msg)
 
         entry: _Proc | None = None
         try:

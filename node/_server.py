@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from mesh.node._console import running_output
+from mesh.node._console_web import console_answer
 from mesh.node._dashboard import Dashboard, jobs_reply
 from mesh.node._envs import Env, EnvBuildError, EnvCache, normalise
 from mesh.node._files import FILE_MESSAGES, FILES_LINK, FileService
@@ -48,6 +50,8 @@ from mesh._gossip import GossipConfig
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
+    ConsoleQuery,
+    ConsoleStats,
     EnvQuery,
     EnvRecord,
     EnvReport,
@@ -221,6 +225,7 @@ class Node:
             on_recovered=lambda: self.table.workers_recovered(""),
             log_file=self._log_file,
             kill_grace_s=self.config.kill_grace_s,
+            on_output=lambda msg: running_output(self.table.jobs, msg),
         )
         self._pool.start()
         loop = asyncio.get_running_loop()
@@ -528,6 +533,8 @@ class Node:
                 self._apply(self.table.watch(cid, msg.jids))
         elif isinstance(msg, JobsQuery):  # a peer's dashboard lists the mesh's jobs
             conn.send(jobs_reply(self, msg))
+        elif isinstance(msg, (ConsoleQuery, ConsoleStats)):  # a peer's mesh console
+            conn.send(console_answer(self, msg))
         elif isinstance(msg, EnvQuery):  # mesh.env_info / `mesh envs [--rebuild]`
             conn.send(self._env_report(msg))
         elif isinstance(msg, Ping):
@@ -657,6 +664,7 @@ class Node:
             on_recovered=lambda: self.table.workers_recovered(key),
             log_file=self._log_file,
             kill_grace_s=self.config.kill_grace_s,
+            on_output=lambda msg: running_output(self.table.jobs, msg),
             python=env.python,
             first_wid=self._pool_count * ENV_WID_STRIDE,
         )

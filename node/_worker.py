@@ -22,6 +22,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from mesh._protocol import (
     DONE,
     ERROR,
     ErrorInfo,
+    JobOutput,
     Payload,
     Ran,
     RanItem,
@@ -48,6 +50,7 @@ from mesh._serialize import dumps_payload, load_function, loads, pack_exception
 from mesh.errors import ErrorKind
 
 FLUSH_EVERY_S = 0.005
+OUTPUT_EVERY_S, OUTPUT_SENDS = 0.25, 2  # a running job's output reaches the node this often
 # Processes a job leaves running get SIGTERM when it returns, then SIGKILL after this.
 CHILD_GRACE_S = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -62,11 +65,44 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class _Capture(io.StringIO):
-    """stdout/stderr of one job; keeps the last CAPTURE_BYTES characters."""
+    """stdout/stderr of one job; keeps the last CAPTURE_BYTES characters. ``on_write``
+    hears of each write, so the node can show the text while the job runs."""
+
+    def __init__(self, on_write: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._on_write = on_write
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self._on_write is not None:
+            self._on_write()
+        return n
 
     def tail(self) -> str:
         text = self.getvalue()
         return text[-CAPTURE_BYTES:] if len(text) > CAPTURE_BYTES else text
+
+
+class _OutputStream:
+    """Sends a running job's output tail to the node as it grows, at most OUTPUT_SENDS
+    times per OUTPUT_EVERY_S (print's text and its newline are two writes: both go), so
+    a chatty job costs the pipe little. No thread: text written during a quiet spell
+    waits for the next write or the job's end."""
+
+    def __init__(self, worker: Worker, jid: str) -> None:
+        self.worker, self.jid = worker, jid
+        self.out = _Capture(self.wrote)
+        self.err = _Capture(self.wrote)
+        self.window_s = 0.0
+        self.sends = 0
+
+    def wrote(self) -> None:
+        now = time.monotonic()
+        if now - self.window_s >= OUTPUT_EVERY_S:
+            self.window_s, self.sends = now, 0
+        if self.sends < OUTPUT_SENDS:
+            self.sends += 1
+            self.worker.send(JobOutput(self.jid, self.out.tail(), self.err.tail()))
 
 
 def _keep_big_allocations(keep_bytes: int) -> Callable[[], object] | None:
@@ -119,10 +155,12 @@ class Worker:
         self.home = os.getcwd()
         self._environ: dict[bytes, bytes] = vars(os.environb)["_data"]
         self._environ_before = dict(self._environ)
+        self._send_lock = threading.Lock()
 
-    def send(self, msg: Ran | WorkerReady) -> None:
-        for chunk in self.codec.send(msg):
-            self.sock.sendall(chunk)
+    def send(self, msg: Ran | WorkerReady | JobOutput) -> None:
+        with self._send_lock:  # a job's own threads may print (JobOutput) meanwhile
+            for chunk in self.codec.send(msg):
+                self.sock.sendall(chunk)
 
     def flush(self) -> None:
         if self.out or self.released:
@@ -208,8 +246,8 @@ class Worker:
         for jid, args_blob in run.items:
             started = time.time()
             cpu0 = time.process_time()
-            out = _Capture()
-            err = _Capture()
+            stream = _OutputStream(self, jid)
+            out, err = stream.out, stream.err
             blob: Payload = b""
             error: ErrorInfo | None = None
             if isinstance(fn, ErrorInfo):
