@@ -59,6 +59,7 @@ STATIC = Path(__file__).with_name("static")
 URL_FILE = "dashboard"
 PAGES = ("/", "/jobs", "/files", "/map")
 PAGE_LIMIT = 50
+DEFAULT_REPLICAS = 2  # mesh.files.put's default copies
 MAX_LIMIT = 1000
 PREVIEWS_KEPT = 4096
 PREVIEWS_PER_EVENT = 256
@@ -228,7 +229,7 @@ class Dashboard:
         from aiohttp import web
 
         name = request.match_info["name"]
-        if name not in ("app.js", "style.css"):
+        if name not in ("app.js", "charts.js", "style.css"):
             raise web.HTTPNotFound()
         return web.FileResponse(STATIC / name)
 
@@ -507,10 +508,15 @@ class Dashboard:
         """One page of the files this node's catalog knows, by name, with their holders."""
         if offset < 0 or not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
-        catalog = self.node.files.catalog(prefix) if self.node.files is not None else []
+        files = self.node.files
+        catalog = files.catalog(prefix) if files is not None else []
+        store = files.store if files is not None else None
+        # The copies each version was put with (0: not known; put's default then).
         page = [
             {"name": e[0], "size": e[2], "hash": e[1], "time": e[3],
-             "holders": [name for _, name in holders]}
+             "holders": [name for _, name in holders],
+             "wanted": (store.target(e[0]) if store is not None else 0) or DEFAULT_REPLICAS,
+             "here": store is not None and e[1] in store.have}
             for e, holders in catalog[offset : offset + limit]
         ]  # fmt: skip
         return {"node": self.node.name, "total": len(catalog),

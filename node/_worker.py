@@ -15,6 +15,7 @@ stays faulted in between jobs (see _keep_big_allocations).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
@@ -86,8 +87,8 @@ class _Capture(io.StringIO):
 class _OutputStream:
     """Sends a running job's output tail to the node as it grows, at most OUTPUT_SENDS
     times per OUTPUT_EVERY_S (print's text and its newline are two writes: both go), so
-    a chatty job costs the pipe little. No thread: text written during a quiet spell
-    waits for the next write or the job's end."""
+    a chatty job costs the pipe little. Text held back by that limit goes by a one-shot
+    timer at the window's end; ``close`` (the job ended: Ran carries the text) stops it."""
 
     def __init__(self, worker: Worker, jid: str) -> None:
         self.worker, self.jid = worker, jid
@@ -95,6 +96,8 @@ class _OutputStream:
         self.err = _Capture(self.wrote)
         self.window_s = 0.0
         self.sends = 0
+        self.timer: threading.Timer | None = None
+        self.closed = False
 
     def wrote(self) -> None:
         now = time.monotonic()
@@ -102,7 +105,26 @@ class _OutputStream:
             self.window_s, self.sends = now, 0
         if self.sends < OUTPUT_SENDS:
             self.sends += 1
+            self.send()
+        elif self.timer is None and not self.closed:
+            self.timer = threading.Timer(self.window_s + OUTPUT_EVERY_S - now, self.late)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def late(self) -> None:
+        self.timer = None
+        self.window_s, self.sends = time.monotonic(), 1
+        if not self.closed:
+            self.send()
+
+    def send(self) -> None:
+        with contextlib.suppress(OSError):  # the node went away: the main loop sees it
             self.worker.send(JobOutput(self.jid, self.out.tail(), self.err.tail()))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _keep_big_allocations(keep_bytes: int) -> Callable[[], object] | None:
@@ -273,6 +295,7 @@ class Worker:
                                           str(exc))  # fmt: skip
                 finally:
                     sys.stdout, sys.stderr = real_out, real_err
+                    stream.close()
             finished = time.time()
             self.out.append(
                 RanItem(

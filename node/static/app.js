@@ -7,6 +7,7 @@ let view = null;          // the current view: {render(), onEvent(ev)}
 let lastEvent = null;     // the newest server-sent event
 let jobsVersion = -1;
 let filesVersion = -1;
+let lastSeries = null;    // the newest per-node series (jobs finished, workers busy)
 
 // ---- small helpers ----
 
@@ -121,7 +122,13 @@ function meshView() {
       tbody),
     h("p", {class: "note"}, "Files held: the blobs of the mesh file store on each node's disk, as this node's catalog knows them."),
     h("h2", {}, "Jobs held by this node"),
-    counts);
+    counts,
+    h("div", {class: "charts"},
+      h("div", {class: "card chart-card"}, h("h2", {}, "Jobs finished per second"),
+        h("div", {id: "chart-throughput"}, h("p", {class: "muted"}, "waiting for the first figures…"))),
+      h("div", {class: "card chart-card"}, h("h2", {}, "Workers busy"),
+        h("div", {id: "chart-busy"}, h("p", {class: "muted"}, "waiting for the first figures…")))),
+    h("p", {class: "note"}, "The last five minutes, a point a second: each node's line, and the whole mesh's (total)."));
 
   function draw(nodes, jobCounts) {
     const live = nodes.filter((n) => n.connected);
@@ -155,21 +162,131 @@ function meshView() {
     draw(data.nodes, lastEvent && lastEvent.counts);
   });
   if (lastEvent) draw(lastEvent.nodes, lastEvent.counts); else refresh();
-  return {refresh, onEvent: (ev) => draw(ev.nodes, ev.counts), onJobs: () => {}};
+  const charts = () => drawSeries(lastSeries);
+  if (lastSeries) charts(); else api("/api/stats").then((data) => { lastSeries = lastSeries || data; charts(); }, console.error);
+  return {refresh, onEvent: (ev) => { draw(ev.nodes, ev.counts); if (ev.series) charts(); }, onJobs: () => {}};
+}
+
+// The mesh page's two charts from /api/stats (or an event's "series").
+function drawSeries(data) {
+  const now = data.t;
+  const names = Object.keys(data.nodes).sort();
+  const lines = (k) => names.map((name) => {
+    const s = data.nodes[name];
+    return {name, points: s[k].map((v, i) => [s.start_s + i * s.step_s - now, v])};
+  });
+  const total = (series) => {
+    const sum = new Map();
+    for (const s of series) for (const [x, y] of s.points) {
+      const k = Math.round(x);
+      sum.set(k, (sum.get(k) || 0) + y);
+    }
+    return {name: "total", total: true, color: "#1d2430", points: [...sum.entries()].sort((a, b) => a[0] - b[0])};
+  };
+  const ago = (x) => x >= -1 ? "now" : Math.round(-x / 60 * 10) / 10 + " min ago";
+  const done = lines("finished");
+  const doneAll = [...done, total(done)];
+  fill(document.getElementById("chart-throughput") || h("div"),
+    lineChart(doneAll, {xmax: 0, xfmt: ago, yfmt: (y) => String(Math.round(y * 10) / 10), title: "jobs finished per second"}),
+    legend(doneAll));
+  const busy = lines("busy");
+  const workers = names.reduce((a, n) => a + data.nodes[n].workers, 0);
+  const busyAll = [...busy, total(busy)];
+  fill(document.getElementById("chart-busy") || h("div"),
+    lineChart(busyAll, {xmax: 0, xfmt: ago, ymax: 1, yfmt: (y) => String(Math.round(y * 10) / 10), title: "workers busy"}),
+    legend(busyAll), h("p", {class: "muted"}, workers + " workers in all"));
+}
+
+function jobRow(j, cls) {
+  return h("tr", {"data-jid": j.jid, "data-status": j.status, class: cls || null},
+    h("td", {class: "mono"}, h("a", {href: "/job/" + encodeURIComponent(j.jid) + onNode(j.node_id), "data-link": true}, j.jid)),
+    h("td", {class: "status"}, badge(j.status)),
+    h("td", {class: "node", "data-node-id": j.node_id, title: "node id " + j.node_id}, j.node),
+    h("td", {class: "mono"}, j.function),
+    h("td", {}, j.label),
+    h("td", {}, j.client),
+    h("td", {}, fmtTime(j.submitted)),
+    h("td", {class: "num"}, duration(j)),
+    h("td", {class: "num"}, j.finished ? fmtSeconds(j.cpu_s) : ""),
+    h("td", {class: "num"}, j.attempts),
+    h("td", {}, killButton(j)));
+}
+
+function mapLink(key) { return "/map?key=" + encodeURIComponent(key); }
+
+function progressBar(m) {
+  const c = m.counts, n = m.jobs || 1;
+  const part = (k) => h("span", {class: "p-" + k, style: "width:" + (100 * c[k] / n).toFixed(2) + "%"});
+  return h("span", {class: "progress", title: Math.round(m.progress * 100) + " % finished"},
+    part("done"), part("error"), part("killed"), part("processing"));
+}
+
+function mapStatus(m) {
+  const c = m.counts;
+  return c.processing ? "processing" : c.queued ? "queued" : c.error ? "error" : c.killed ? "killed" : "done";
+}
+
+function countsCell(m) {
+  return STATES.filter((s) => m.counts[s]).map((s) =>
+    h("span", {class: "count", "data-state": s}, badge(s), " " + m.counts[s].toLocaleString()));
+}
+
+function rateText(m) {
+  const rate = m.rate_per_s === null ? "" : (m.rate_per_s >= 10 ? Math.round(m.rate_per_s) : m.rate_per_s.toFixed(2)) + " jobs/s";
+  const eta = m.eta_s === null ? "" : m.eta_s === 0 ? "" : " · ETA " + fmtSeconds(m.eta_s);
+  return rate + eta;
+}
+
+async function killMap(key, button) {
+  if (button) { button.disabled = true; button.textContent = "killing…"; }
+  let out = null;
+  try {
+    out = await api("/api/map/kill?key=" + encodeURIComponent(key), {method: "POST", headers: {"X-Mesh": "1"}});
+  } catch (err) {
+    alert("kill map: " + err.message);
+  }
+  if (view) view.refresh();
+  return out;
+}
+
+function mapRow(m, expand) {
+  const pending = m.counts.queued + m.counts.processing;
+  const toggle = h("button", {class: "expand", title: "show its jobs", "aria-expanded": "false"}, "▸");
+  const row = h("tr", {class: "map", "data-map": m.key, "data-status": mapStatus(m), "data-jobs": m.jobs},
+    h("td", {class: "mono"}, toggle, " ", h("a", {href: mapLink(m.key), "data-link": true, class: "map-link"},
+      m.first_jid + (m.jobs > 1 ? " … " + m.last_jid : ""))),
+    h("td", {class: "status"}, h("span", {class: "badge s-map"}, "map × " + m.jobs.toLocaleString())),
+    h("td", {class: "node"}, m.nodes.join(", ")),
+    h("td", {class: "mono"}, m.function),
+    h("td", {}, m.label),
+    h("td", {}, m.client),
+    h("td", {}, fmtTime(m.submitted)),
+    h("td", {colspan: 3, class: "map-progress"}, progressBar(m), " ", countsCell(m),
+      h("div", {class: "muted rate"}, rateText(m))),
+    h("td", {}, pending ? h("button", {class: "kill kill-map", "data-map": m.key, title: "kill every job of this map",
+      onclick: (e) => { e.preventDefault(); killMap(m.key, e.target); }}, "Kill map") : null));
+  toggle.addEventListener("click", (e) => { e.preventDefault(); expand(m, row, toggle); });
+  return row;
 }
 
 function jobsView() {
   const params = new URLSearchParams(location.search);
   const state = {
     status: params.get("status") || "", label: params.get("label") || "",
-    client: params.get("client") || "", page: Math.max(0, parseInt(params.get("page") || "0", 10) || 0),
+    client: params.get("client") || "", function: params.get("function") || "", node: params.get("node") || "",
+    group: params.get("group") !== "0",
+    page: Math.max(0, parseInt(params.get("page") || "0", 10) || 0),
   };
   const limit = 50;
+  const expanded = new Set();
   const statusSel = h("select", {name: "status", id: "f-status"},
     h("option", {value: ""}, "all"), ...STATES.map((s) => h("option", {value: s}, s)));
   statusSel.value = state.status;
   const label = h("input", {name: "label", id: "f-label", placeholder: "any", value: state.label});
   const client = h("input", {name: "client", id: "f-client", placeholder: "any", value: state.client});
+  const func = h("input", {name: "function", id: "f-function", placeholder: "any", value: state.function});
+  const node = h("input", {name: "node", id: "f-node", placeholder: "any", value: state.node});
+  const group = h("input", {type: "checkbox", id: "f-group", checked: state.group});
   const tbody = h("tbody");
   const info = h("span", {id: "page-info"});
   const missing = h("p", {id: "missing", class: "problem", hidden: true});
@@ -179,7 +296,8 @@ function jobsView() {
     h("h1", {}, "Jobs"),
     h("form", {class: "filters", onsubmit: (e) => e.preventDefault()},
       h("label", {}, "Status", statusSel), h("label", {}, "Label", label),
-      h("label", {}, "Client", client)),
+      h("label", {}, "Function", func), h("label", {}, "Client", client), h("label", {}, "Node", node),
+      h("label", {class: "check"}, h("span", {}, group, " maps as one row"))),
     missing,
     h("table", {id: "jobs"},
       h("thead", {}, h("tr", {},
@@ -188,47 +306,66 @@ function jobsView() {
         h("th", {class: "num"}, "CPU"), h("th", {class: "num"}, "Attempts"), h("th", {}, ""))),
       tbody),
     h("div", {class: "pager"}, prev, info, next),
-    h("p", {class: "note"}, "The mesh's jobs as this node sees it (its own and those of the peers it is connected to), newest first."));
+    h("p", {class: "note"}, "The whole mesh's jobs (this node asks each peer for its newest matches and merges them), newest first. " +
+      "A map is one row: the jobs of one client running one function under one label."));
 
   let timer = null;
   const typed = () => { clearTimeout(timer); timer = setTimeout(() => { state.page = 0; changed(); }, 250); };
-  label.addEventListener("input", typed);
-  client.addEventListener("input", typed);
+  for (const input of [label, client, func, node]) input.addEventListener("input", typed);
   statusSel.addEventListener("change", () => { state.page = 0; changed(); });
+  group.addEventListener("change", () => { state.page = 0; changed(); });
 
   function query() {
     const q = new URLSearchParams();
-    for (const k of ["status", "label", "client"]) if (state[k]) q.set(k, state[k]);
+    for (const k of ["status", "label", "client", "function", "node"]) if (state[k]) q.set(k, state[k]);
     return q;
   }
   function changed() {
     state.status = statusSel.value; state.label = label.value.trim(); state.client = client.value.trim();
+    state.function = func.value.trim(); state.node = node.value.trim(); state.group = group.checked;
     const q = query();
+    if (!state.group) q.set("group", "0");
     if (state.page) q.set("page", state.page);
     history.replaceState(null, "", "/jobs" + (q.toString() ? "?" + q : ""));
     refresh();
+  }
+  async function expand(m, row, toggle) {
+    const open = toggle.getAttribute("aria-expanded") === "true";
+    let sib = row.nextElementSibling;
+    while (sib && sib.classList.contains("sub")) { const n = sib.nextElementSibling; sib.remove(); sib = n; }
+    if (open) { expanded.delete(m.key); toggle.setAttribute("aria-expanded", "false"); toggle.textContent = "▸"; return; }
+    expanded.add(m.key);
+    toggle.setAttribute("aria-expanded", "true"); toggle.textContent = "▾";
+    const q = query();
+    q.set("map", m.key); q.set("limit", 20);
+    const data = await api("/api/jobs?" + q);
+    const rows = data.jobs.map((j) => jobRow(j, "sub"));
+    if (data.total > data.jobs.length) {
+      rows.push(h("tr", {class: "sub"}, h("td", {colspan: 11, class: "muted"},
+        "the newest " + data.jobs.length + " of " + data.total.toLocaleString() + ": ",
+        h("a", {href: mapLink(m.key), "data-link": true}, "all of them on the map's page"))));
+    }
+    row.after(...rows);
   }
   const refresh = refresher(async () => {
     const q = query();
     q.set("offset", state.page * limit);
     q.set("limit", limit);
+    if (state.group) q.set("group", "1");
     const data = await api("/api/jobs?" + q);
     if (data.total && state.page * limit >= data.total) {  // the page emptied: go back
       state.page = Math.max(0, Math.ceil(data.total / limit) - 1);
       return changed();
     }
-    tbody.replaceChildren(...data.jobs.map((j) => h("tr", {"data-jid": j.jid, "data-status": j.status},
-      h("td", {class: "mono"}, h("a", {href: "/job/" + encodeURIComponent(j.jid) + onNode(j.node_id), "data-link": true}, j.jid)),
-      h("td", {class: "status"}, badge(j.status)),
-      h("td", {class: "node", "data-node-id": j.node_id, title: "node id " + j.node_id}, j.node),
-      h("td", {class: "mono"}, j.function),
-      h("td", {}, j.label),
-      h("td", {}, j.client),
-      h("td", {}, fmtTime(j.submitted)),
-      h("td", {class: "num"}, duration(j)),
-      h("td", {class: "num"}, j.finished ? fmtSeconds(j.cpu_s) : ""),
-      h("td", {class: "num"}, j.attempts),
-      h("td", {}, killButton(j)))));
+    const rows = data.jobs.map((j) => j.kind === "map" ? mapRow(j, expand) : jobRow(j));
+    tbody.replaceChildren(...rows);
+    for (const m of data.jobs) {  // rows opened before stay open
+      if (m.kind === "map" && expanded.has(m.key)) {
+        const row = tbody.querySelector(`tr.map[data-map="${CSS.escape(m.key)}"]`);
+        expanded.delete(m.key);
+        if (row) expand(m, row, row.querySelector("button.expand"));
+      }
+    }
     if (!data.jobs.length) {
       tbody.append(h("tr", {}, h("td", {colspan: 11, class: "empty-state"},
         data.total ? "" : "No jobs" + (query().toString() ? " match these filters." : " in the mesh yet."))));
@@ -238,12 +375,73 @@ function jobsView() {
     missing.textContent = gone.length ? "No answer from " + gone.join(", ") + ": their jobs are not listed." : "";
     const first = data.total ? data.offset + 1 : 0;
     info.textContent = first.toLocaleString() + "–" + (data.offset + data.jobs.length).toLocaleString() +
-      " of " + data.total.toLocaleString();
+      " of " + data.total.toLocaleString() + (state.group ? " rows" : "");
     prev.disabled = state.page === 0;
     next.disabled = data.offset + data.jobs.length >= data.total;
   });
   refresh();
   return {refresh, onEvent: () => {}, onJobs: refresh};
+}
+
+function mapView(key) {
+  const head = h("h1", {}, "Map");
+  const body = h("div", {});
+  const progress = h("div", {id: "chart-progress"});
+  const runtimes = h("div", {id: "chart-runtimes"});
+  const tbody = h("tbody");
+  const info = h("span", {id: "page-info"});
+  main.replaceChildren(head, body,
+    h("div", {class: "charts"},
+      h("div", {class: "card chart-card"}, h("h2", {}, "Progress"), progress),
+      h("div", {class: "card chart-card"}, h("h2", {}, "Run times"), runtimes)),
+    h("h2", {}, "Its jobs, newest first"),
+    h("table", {id: "jobs"},
+      h("thead", {}, h("tr", {},
+        h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Node"), h("th", {}, "Function"), h("th", {}, "Label"),
+        h("th", {}, "Client"), h("th", {}, "Submitted"), h("th", {class: "num"}, "Run time"),
+        h("th", {class: "num"}, "CPU"), h("th", {class: "num"}, "Attempts"), h("th", {}, ""))),
+      tbody),
+    h("div", {class: "pager"}, info));
+  let poll = null;
+  const refresh = refresher(async () => {
+    let m;
+    try {
+      m = await api("/api/map?key=" + encodeURIComponent(key));
+    } catch (err) {
+      body.replaceChildren(h("p", {class: "empty-state"}, err.message));
+      return;
+    }
+    const pending = m.counts.queued + m.counts.processing;
+    fill(head, h("span", {class: "mono"}, m.function), h("span", {class: "muted"}, " × " + m.jobs.toLocaleString()),
+      h("span", {id: "map-status"}, badge(mapStatus(m))),
+      pending ? h("button", {class: "kill", id: "kill-map", onclick: (e) => { e.preventDefault(); killMap(key, e.target); }}, "Kill map") : null);
+    fill(body,
+      h("div", {class: "summary", id: "map-counts"}, ...STATES.map((s) =>
+        h("div", {class: "card", "data-state": s}, h("div", {class: "big"}, m.counts[s].toLocaleString()), badge(s)))),
+      h("div", {class: "card"}, progressBar(m), h("dl", {class: "fields"},
+        h("dt", {}, "Jobs"), h("dd", {}, m.first_jid + " … " + m.last_jid),
+        h("dt", {}, "Client"), h("dd", {}, m.client || "—"),
+        h("dt", {}, "Label"), h("dd", {}, m.label || "—"),
+        h("dt", {}, "Nodes"), h("dd", {}, m.nodes.join(", ")),
+        h("dt", {}, "Rate"), h("dd", {id: "map-rate"}, rateText(m) || "—"),
+        h("dt", {}, "Mean run time"), h("dd", {}, m.mean_run_s === null ? "—" : fmtSeconds(m.mean_run_s)))),
+      m.missing.length ? h("p", {class: "problem"}, "No answer from " + m.missing.join(", ") + ": their jobs are not counted.") : null);
+    const t0 = m.started || (m.curve.length ? m.curve[0][0] : 0);
+    const curve = m.curve.length ? [[0, 0], ...m.curve.map(([t, n]) => [t - t0, n])] : [];
+    fill(progress, lineChart([{name: "finished", points: curve}],
+      {ymax: m.jobs, xfmt: (x) => fmtSeconds(x), yfmt: (y) => String(Math.round(y)), title: "jobs finished over time"}),
+      h("p", {class: "muted"}, "jobs finished since the map's first start, of " + m.jobs.toLocaleString()));
+    fill(runtimes, barChart(m.runtimes.edges, m.runtimes.counts, {xfmt: (x) => fmtSeconds(x), title: "run time distribution"}),
+      h("p", {class: "muted"}, m.runtimes.counts.length ? "finished jobs by run time (a straggler is a lone bar on the right)" +
+        (m.sampled ? "; the newest 20,000 per node" : "") : "no job finished yet"));
+    const data = await api("/api/jobs?limit=50&map=" + encodeURIComponent(key));
+    tbody.replaceChildren(...data.jobs.map((j) => jobRow(j)));
+    info.textContent = "the newest " + data.jobs.length + " of " + data.total.toLocaleString();
+    clearTimeout(poll);
+    if (pending) poll = setTimeout(() => { if (view && view.key === key) refresh(); }, 1000);
+  });
+  refresh();
+  return {key, refresh, onEvent: () => {}, onJobs: refresh};
 }
 
 function jobView(jid) {
@@ -277,16 +475,25 @@ function jobView(jid) {
         field("Finished", fmtTime(j.finished)),
         field("Run time", duration(j)),
         field("CPU seconds", j.finished ? j.cpu_s.toFixed(3) : ""),
-        field("Attempts", j.attempts),
+        field("Attempts", j.attempts ? j.attempts + " on " + j.node : ""),
         field("Cores", j.cores),
         field("Max runtime", j.max_runtime ? fmtSeconds(j.max_runtime) : ""))),
-      h("h2", {}, "stdout"), pre("stdout", j.stdout, "(nothing printed)"),
+      h("h2", {}, "stdout" + (j.status === "processing" ? " (so far)" : "")), pre("stdout", j.stdout, "(nothing printed)"),
       h("h2", {}, "stderr"), pre("stderr", j.stderr, "(nothing printed)"),
       err ? [h("h2", {}, "Error"), h("p", {id: "error"}, h("strong", {}, err.type), ": ", err.message),
              pre("traceback", err.traceback, "(no traceback)")] : null);
+    for (const id of ["stdout", "stderr"]) {  // a running job's tail: keep its end in view
+      const el = document.getElementById(id);
+      if (j.status === "processing" && el) el.scrollTop = el.scrollHeight;
+    }
+    clearTimeout(poll);  // while it runs, its output grows without a state change: ask again
+    if (j.status === "processing" || j.status === "queued") {
+      poll = setTimeout(() => { if (view && view.jid === jid) refresh(); }, 1000);
+    }
   });
+  let poll = null;
   refresh();
-  return {refresh, onEvent: () => {}, onJobs: refresh};
+  return {jid, refresh, onEvent: () => {}, onJobs: refresh};
 }
 
 function filesView() {
@@ -306,7 +513,7 @@ function filesView() {
     h("table", {id: "files"},
       h("thead", {}, h("tr", {},
         h("th", {}, "Name"), h("th", {class: "num"}, "Size"), h("th", {}, "Version"),
-        h("th", {}, "Stored"), h("th", {}, "Held by"))),
+        h("th", {}, "Stored"), h("th", {}, "Held by"), h("th", {class: "num"}, "Copies"), h("th", {}, ""))),
       tbody),
     h("div", {class: "pager"}, prev, info, next),
     h("p", {class: "note"}, "The mesh file store (mesh.files) as this node's catalog knows it: every name's current version and the live nodes holding a copy. Store files with ",
@@ -336,9 +543,14 @@ function filesView() {
       h("td", {class: "num size", title: f.size.toLocaleString() + " bytes"}, fmtBytes(f.size)),
       h("td", {class: "mono version", title: "SHA-256 " + f.hash}, f.hash.slice(0, 12)),
       h("td", {class: "time"}, fmtTime(f.time)),
-      h("td", {class: "holders"}, f.holders.length ? f.holders.join(", ") : h("span", {class: "muted"}, "no live node")))));
+      h("td", {class: "holders"}, f.holders.length ? f.holders.join(", ") : h("span", {class: "muted"}, "no live node")),
+      h("td", {class: "num copies" + (f.holders.length < f.wanted ? " under" : ""),
+               title: f.holders.length < f.wanted ? "fewer live copies than the " + f.wanted + " it was put with" : "as many copies as it was put with"},
+        f.holders.length + " / " + f.wanted),
+      h("td", {}, f.here ? h("a", {class: "download", href: "/api/files/download?name=" + encodeURIComponent(f.name), download: ""}, "Download")
+        : h("span", {class: "muted", title: "this node holds no copy: download from a holder's dashboard"}, "elsewhere")))));
     if (!data.files.length) {
-      tbody.append(h("tr", {}, h("td", {colspan: 5, class: "empty-state", id: "files-empty"},
+      tbody.append(h("tr", {}, h("td", {colspan: 7, class: "empty-state", id: "files-empty"},
         data.total ? "" : state.prefix ? "No file names start with this." : "No files in the mesh file store yet.")));
     }
     const first = data.total ? data.offset + 1 : 0;
@@ -359,6 +571,7 @@ function route() {
   if (path === "/jobs") { nav = "jobs"; view = jobsView(); }
   else if (path.startsWith("/job/")) { nav = "jobs"; view = jobView(decodeURIComponent(path.slice(5))); }
   else if (path === "/files") { nav = "files"; view = filesView(); }
+  else if (path === "/map") { nav = "jobs"; view = mapView(new URLSearchParams(location.search).get("key") || ""); }
   else view = meshView();
   for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === nav);
 }
@@ -380,6 +593,7 @@ function connect() {
   events.onmessage = (msg) => {
     const ev = JSON.parse(msg.data);
     lastEvent = ev;
+    if (ev.series) lastSeries = ev.series;
     document.getElementById("node-name").textContent = "node " + ev.node;
     document.title = "lanmesh · " + ev.node;
     if (view) view.onEvent(ev);

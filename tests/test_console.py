@@ -1,0 +1,302 @@
+"""The mesh console against a real mesh of 3 nodes, in headless Chromium (Playwright with
+the system chromium) and through its JSON API: a map shows on every node's Jobs page as
+one row with its counts, the throughput chart draws while jobs run, a job's page shows
+its output while it runs, and the map page's kill stops every job of the map.
+
+One mesh for the module (n2 and n3 name n1); each test keeps to its own label."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _helpers import gated, wait_until
+from conftest import NodeProc, start_node, stop_nodes
+from test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+import mesh
+from mesh._auth import dashboard_token
+
+KILL = {"method": "POST", "headers": {"X-Mesh": "1"}}
+
+
+class Mesh3:
+    def __init__(self, secret: str, nodes: list[NodeProc]) -> None:
+        self.secret = secret
+        self.nodes = nodes
+        self.token = dashboard_token(secret.encode())
+        self.urls = {n.name: _dashboard_url(n) for n in nodes}
+
+    def client(self, name: str) -> mesh.Client:
+        return mesh.Client([n.address for n in self.nodes], self.secret, name=name)
+
+    def api(self, url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Any:
+        status, body = self.http(url, method, headers)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def http(
+        self, url: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        req = urllib.request.Request(url, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
+
+    def maps(self, node: str, label: str) -> list[dict[str, Any]]:
+        page = self.api(self.urls[node] + f"api/jobs?group=1&label={label}")
+        return [j for j in page["jobs"] if j["kind"] == "map"]
+
+
+def _dashboard_url(node: NodeProc) -> str:
+    path = node.data_dir / "dashboard"
+    wait_until(path.exists, what=f"{path}")
+    return path.read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def mesh3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh3]:
+    secret = secrets.token_hex(32)
+    root = tmp_path_factory.mktemp("console")
+    nodes: list[NodeProc] = []
+    try:
+        nodes.append(start_node(secret, root / "n1", name="n1"))
+        for name in ("n2", "n3"):
+            nodes.append(start_node(secret, root / name, name=name,
+                                    extra=("--peer", nodes[0].address)))  # fmt: skip
+        for n in nodes:
+            n.wait_workers(2)
+        m = Mesh3(secret, nodes)
+        for url in m.urls.values():  # every node sees the two others
+            wait_until(lambda url=url: sum(n["connected"] for n in m.api(url + "api/nodes")["nodes"])
+                       == 3, timeout_s=20, what="the nodes to know each other")  # fmt: skip
+        yield m
+    finally:
+        stop_nodes(nodes)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; `make test` does as root)")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as exc:
+            pytest.skip(f"chromium does not start: {str(exc).splitlines()[0]}")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def pages(mesh3: Mesh3, browser: Any) -> Iterator[dict[str, Any]]:
+    """A logged-in page on each node's dashboard (through a one-time login link)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    out = {}
+    for name, url in mesh3.urls.items():
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.set_default_timeout(20_000)
+        link = mesh3.api(url + "api/login-link", **KILL)
+        page.goto(url + link["path"])
+        assert page.url == url
+        out[name] = page
+    yield out
+    context.close()
+    assert not errors, errors
+
+
+SHOTS = os.environ.get("MESH_KEEP_SCREENSHOTS", "")
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
+
+
+def odd_fails(x: int) -> int:
+    time.sleep(0.05)
+    if x % 3 == 0:
+        raise ValueError(f"{x} is a multiple of 3")
+    return x
+
+
+def talk_then_wait(gate: str) -> str:
+    print("hello from a running job", flush=True)
+    print("to stderr as well", file=sys.stderr)
+    return str(gated(gate, "done"))
+
+
+def quick_or_gated(x: int, gate: str) -> int:
+    if x >= 6:
+        gated(gate, x)
+    return x
+
+
+def test_a_map_is_one_row_with_its_counts_on_every_nodes_jobs_page(mesh3, pages):
+    with mesh3.client("counter") as c:
+        wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        jids = c.map(odd_fails, range(12), _label="counted")
+        c.join(jids, ignore_errors=True)
+        where = {i.node for i in c.info(jids)}
+    assert len(where) >= 2, where  # spread over nodes: their parts merge into one row
+    expected = {"queued": 0, "processing": 0, "done": 8, "error": 4, "killed": 0}
+    for name, url in mesh3.urls.items():
+        (row,) = mesh3.maps(name, "counted")
+        assert (row["jobs"], row["counts"], row["client"]) == (12, expected, "counter")
+        assert (row["first_jid"], row["last_jid"]) == (jids[0], jids[-1])
+        assert row["nodes"] == sorted(where) and row["progress"] == 1.0 and row["eta_s"] == 0.0
+        page = mesh3.api(url + f"api/jobs?map={row['key']}&status=error&limit=3")
+        assert page["total"] == 4 and len(page["jobs"]) == 3  # the map's jobs, filtered, paged
+        assert all(j["status"] == "error" for j in page["jobs"])
+    key = row["key"]
+    for name, page in pages.items():
+        page.goto(mesh3.urls[name] + "jobs?label=counted")
+        sel = f'#jobs tr.map[data-map="{key}"]'
+        page.wait_for_selector(sel)
+        assert page.eval_on_selector_all("#jobs tbody tr", "rows => rows.length") == 1
+        assert page.get_attribute(sel, "data-jobs") == "12"
+        counts = page.eval_on_selector_all(
+            f"{sel} .count", "els => els.map(e => [e.dataset.state, e.innerText.trim()])"
+        )
+        assert counts == [["done", "done 8"], ["error", "error 4"]]
+        page.click(f"{sel} button.expand")  # expanded: its jobs below it
+        page.wait_for_selector("#jobs tr.sub[data-jid]")
+        shown = page.eval_on_selector_all(
+            "#jobs tr.sub[data-jid]", "rs => rs.map(r => r.dataset.jid)"
+        )
+        assert sorted(shown) == sorted(jids)
+    shot(pages["n1"], "console-jobs.png")
+
+
+def test_the_throughput_chart_draws_while_a_map_runs(mesh3, pages, tmp_path):
+    gate = tmp_path / "gate"
+    page = pages["n2"]
+    page.goto(mesh3.urls["n2"])
+    page.wait_for_selector("#live.on")
+    with mesh3.client("charted") as c:
+        wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        jids = c.map(quick_or_gated, range(10), [str(gate)] * 10, _label="charted")
+        assert c.result(jids[:6]) == list(range(6))
+        wait_until(lambda: c.status(jids[6:]).count("processing") == 4, what="the gated jobs")
+
+        def drawn() -> bool:
+            maxima = page.eval_on_selector_all(
+                "#chart-throughput path.series", "ps => ps.map(p => +p.dataset.max)"
+            )
+            return bool(maxima) and max(maxima) > 0
+
+        wait_until(drawn, timeout_s=15, what="the throughput chart to draw finished jobs")
+        names = page.eval_on_selector_all(
+            "#chart-throughput path.series", "ps => ps.map(p => p.dataset.name)"
+        )
+        assert sorted(names) == ["n1", "n2", "n3", "total"]
+        total = page.get_attribute('#chart-throughput path.series[data-name="total"]', "data-max")
+        assert float(total) >= 1
+        busy = page.eval_on_selector_all(  # 4 gated jobs hold 4 workers now
+            '#chart-busy path.series[data-name="total"]', "ps => ps.map(p => +p.dataset.max)"
+        )
+        wait_until(lambda: max(page.eval_on_selector_all(
+            '#chart-busy path.series[data-name="total"]', "ps => ps.map(p => +p.dataset.max)"
+        ) or [0]) >= 3, timeout_s=15, what="the busy chart to show the gated jobs")  # fmt: skip
+        assert c.status(jids[6:]) == ["processing"] * 4  # all of it while the map runs
+        shot(page, "console-mesh.png")
+        gate.touch()
+        assert c.result(jids) == list(range(10))
+    assert busy is not None
+
+
+def test_a_job_page_shows_its_output_while_it_runs(mesh3, pages, tmp_path):
+    gate = tmp_path / "gate"
+    with mesh3.client("talker") as c:
+        jid = c.call(talk_then_wait, str(gate), _label="talk")
+        wait_until(lambda: c.status(jid) == "processing", what="the job to run")
+        page = pages["n3"]
+        page.goto(mesh3.urls["n3"] + f"job/{jid}")
+        page.wait_for_selector("#job-status")
+        wait_until(lambda: "hello from a running job" in page.inner_text("#stdout"),
+                   timeout_s=15, what="the running job's stdout on its page")  # fmt: skip
+        assert page.inner_text("#job-status") == "processing"
+        assert c.status(jid) == "processing"
+        wait_until(lambda: "to stderr as well" in page.inner_text("#stderr"), what="its stderr")
+        shot(page, "console-job.png")
+        gate.touch()
+        assert c.result(jid) == "done"
+    wait_until(lambda: page.inner_text("#job-status") == "done", what="the page to say done")
+    assert page.inner_text("#stdout").strip() == "hello from a running job"
+
+
+def test_kill_on_the_map_page_stops_all_of_its_jobs(mesh3, pages, tmp_path):
+    gate = tmp_path / "never"
+    with mesh3.client("victim") as c:
+        wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        jids = c.map(gated, [str(gate)] * 6, range(6), _label="doomed")
+        wait_until(lambda: c.status(jids).count("processing") == 6, what="all 6 to run")
+        (row,) = mesh3.maps("n1", "doomed")
+        assert row["counts"]["processing"] == 6
+        page = pages["n1"]
+        page.goto(mesh3.urls["n1"] + "map?key=" + urllib.request.quote(row["key"], safe=""))
+        page.wait_for_selector("#kill-map")
+        page.wait_for_selector("#chart-progress svg")
+        shot(page, "console-map.png")
+        page.click("#kill-map")
+        for jid in jids:
+            with pytest.raises(mesh.JobKilled):
+                c.result(jid, timeout=30)
+        assert c.status(jids) == ["killed"] * 6
+    wait_until(lambda: page.inner_text('#map-counts [data-state="killed"] .big') == "6",
+               timeout_s=15, what="the map page to count 6 killed")  # fmt: skip
+    assert page.query_selector("#kill-map") is None
+    status, _ = mesh3.http(mesh3.urls["n2"] + "api/map/kill?key=" + row["key"], "POST")
+    assert status == 403  # without the anti-CSRF header nothing is killed
+
+
+def test_files_page_shows_copies_and_downloads_for_the_token_holder(mesh3, pages):
+    with mesh3.client("filer") as c:
+        info = c.files.putf(b"abc" * 1000, "console/one.bin", replicas=3)
+    holders = sorted(info.nodes)
+    name = holders[0]
+    url = mesh3.urls[name]
+    files = mesh3.api(url + "api/files?prefix=console/")["files"]
+    (f,) = files
+    assert f["wanted"] == 3 and f["here"] is True
+    status, body = mesh3.http(url + "api/files/download?name=console/one.bin")
+    assert status == 200 and body == b"abc" * 1000
+    req = urllib.request.Request(url + "api/files/download?name=console/one.bin")
+    with pytest.raises(urllib.error.HTTPError) as err:  # no token: no file
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 401
+    err.value.close()
+    page = pages[name]
+    page.goto(url + "files?prefix=console/")
+    row = '#files tr[data-name="console/one.bin"]'
+    page.wait_for_selector(row)
+    cell = page.inner_text(f"{row} .copies")
+    assert cell == f"{len(holders)} / 3"
+    under = page.eval_on_selector(f"{row} .copies", "e => e.classList.contains('under')")
+    assert under == (len(holders) < 3)
+    assert page.get_attribute(f"{row} a.download", "href").endswith("name=console%2Fone.bin")
+    if SHOTS:
+        shutil.rmtree(Path(SHOTS) / "unused", ignore_errors=True)
