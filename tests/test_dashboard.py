@@ -459,9 +459,10 @@ def test_dashboard_pages_in_a_browser(mesh2, secret, browser, tmp_path, capsys, 
     page.wait_for_selector("#live.on")  # the event stream is connected
     page.screenshot(path=str(shots / "mesh.png"), full_page=True)
 
-    # jobs pages opened first; a map's jobs then appear on them and turn done, live
+    # jobs pages opened first (one row a job: maps not grouped); a map's jobs then
+    # appear on them and turn done, live
     for name, page in pages.items():
-        page.goto(urls[name] + "jobs")
+        page.goto(urls[name] + "jobs?group=0")
         page.wait_for_selector("#live.on")
     with mesh.Client([n1.address, n2.address], secret, name="browser") as c:
         jids = c.map(nap, [0.8] * 6, _label="live")
