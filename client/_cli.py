@@ -88,6 +88,14 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("--client", default="", metavar="C", help="only jobs of this client name")
     jobs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)")  # fmt: skip
     jobs.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N newest")
+    jobs.add_argument("--all", action="store_true",
+                      help="the mesh console's view: every node asked, each map one row with its "
+                           "counts, rate and ETA")  # fmt: skip
+    jobs.add_argument("--function", default="", metavar="F",
+                      help="only jobs whose function name contains F (with --all)")  # fmt: skip
+    jobs.add_argument("--node", default="", metavar="NAME", help="only jobs held by this node (with --all)")  # fmt: skip
+    jobs.add_argument("--map", default="", metavar="KEY",
+                      help="the jobs of one map (its KEY from --all --json), one row each")  # fmt: skip
     jobs.add_argument(
         "--dashboard", action="append", default=[], metavar="URL",
         help="a node's dashboard (repeatable; default MESH_DASHBOARD, else the one of the node "
@@ -439,6 +447,8 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
 def _list_jobs(args: argparse.Namespace) -> int:
     if args.limit < 1 or args.offset < 0:
         raise ConfigurationError("--limit must be at least 1 and --offset at least 0")
+    if args.all or args.map or args.function or args.node:
+        return _console_jobs(args)
     query = {"status": args.status, "label": args.label, "client": args.client}
     query = {k: v for k, v in query.items() if v}
     urls = _dashboards(args.dashboard)
@@ -483,6 +493,52 @@ def _list_jobs(args: argparse.Namespace) -> int:
     if total > len(jobs):
         print(f"({len(jobs)} of {total} jobs, newest first; --offset/--limit for others)")
     return EXIT_OK
+
+
+def _console_jobs(args: argparse.Namespace) -> int:
+    """The console's view from one dashboard (it asks every node): maps as one row, or
+    with ``--map`` the jobs of one map."""
+    urls = _dashboards(args.dashboard)
+    query = {"status": args.status, "label": args.label, "client": args.client,
+             "function": args.function, "node": args.node, "map": args.map,
+             "group": "" if args.map else "1"}  # fmt: skip
+    query = {k: v for k, v in query.items() if v}
+    page = _get_json(urls[0], "api/jobs?" + urllib.parse.urlencode(
+        {**query, "offset": args.offset, "limit": min(args.limit, 1000)}))  # fmt: skip
+    missing = list(page.get("missing", ()))
+    if missing:
+        print(f"mesh: no answer from {', '.join(missing)}: their jobs are not listed",
+              file=sys.stderr)  # fmt: skip
+    if args.json:
+        print(json.dumps(page))
+        return EXIT_OK
+    rows = []
+    for j in page["jobs"]:
+        if j.get("kind") == "map":
+            c = j["counts"]
+            eta = f", ETA {_seconds(j['eta_s'])}" if j["eta_s"] else ""
+            rate = f"{j['rate_per_s']}/s{eta}" if j["rate_per_s"] is not None else "-"
+            rows.append({"jid": f"{j['first_jid']}..{j['last_jid']} ({j['jobs']})",
+                         "status": f"{c['done']} done {c['processing']} running "
+                                   f"{c['queued']} queued {c['error'] + c['killed']} failed",
+                         "node": ",".join(j["nodes"]), "function": j["function"],
+                         "label": j["label"] or "-", "client": j["client"],
+                         "submitted": _clock(j["submitted"]), "run time": rate})  # fmt: skip
+        else:
+            rows.append({"jid": j["jid"], "status": j["status"], "node": j["node"],
+                         "function": j["function"], "label": j["label"] or "-",
+                         "client": j["client"], "submitted": _clock(j["submitted"]),
+                         "run time": _duration(j["started"], j["finished"])})  # fmt: skip
+    cols = ["jid", "status", "node", "function", "label", "client", "submitted", "run time"]
+    print(_table(rows, cols))
+    what = "jobs" if args.map else "rows (a map is one row)"
+    if page["total"] > len(rows):
+        print(f"({len(rows)} of {page['total']} {what}, newest first; --offset/--limit for others)")
+    return EXIT_OK
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _open_dashboard(args: argparse.Namespace) -> int:

@@ -300,3 +300,34 @@ def test_files_page_shows_copies_and_downloads_for_the_token_holder(mesh3, pages
     assert page.get_attribute(f"{row} a.download", "href").endswith("name=console%2Fone.bin")
     if SHOTS:
         shutil.rmtree(Path(SHOTS) / "unused", ignore_errors=True)
+
+
+def test_mesh_jobs_all_lists_a_map_as_one_row(mesh3, capsys, monkeypatch):
+    from mesh.client._cli import main as mesh_cli
+
+    with mesh3.client("cli") as c:
+        wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        jids = c.map(abs, range(-7, 0), _label="cli-map")
+        c.join(jids)
+        lone = c.call(abs, -1, _label="cli-one")
+        c.join([lone])
+    monkeypatch.setenv("MESH_SECRET", mesh3.secret)
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            mesh_cli(["jobs", *args, "--dashboard", mesh3.urls["n3"]])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0, out
+        return out
+
+    page = json.loads(run("--all", "--json", "--label", "cli-map"))
+    (row,) = page["jobs"]
+    assert row["kind"] == "map" and row["jobs"] == 7 and row["counts"]["done"] == 7
+    text = run("--all", "--label", "cli-map").splitlines()
+    assert text[1].startswith(f"{jids[0]}..{jids[-1]} (7)") and "7 done 0 running" in text[1]
+    one = json.loads(run("--all", "--json", "--label", "cli-one"))["jobs"]
+    assert [(j["kind"], j["jid"]) for j in one] == [("job", lone)]  # a lone call stays a job
+    listed = json.loads(run("--json", "--map", row["key"], "--limit", "3"))
+    assert listed["total"] == 7 and [j["jid"] for j in listed["jobs"]] == [
+        j["jid"] for j in sorted(listed["jobs"], key=lambda j: -j["submitted"])]  # fmt: skip
