@@ -52,12 +52,13 @@ MAX_LIMIT = 1000
 
 def console_answer(node: Node, msg: ConsoleQuery | ConsoleStats) -> Message:
     """This node's answer to a peer's console (or its own dashboard's) question."""
-    from mesh.node._dashboard import _summary
+    from mesh.node._dashboard import _client, _summary
 
     if isinstance(msg, ConsoleStats):
         workers = node.config.workers
         return stats_reply(msg, node.table, node.name, workers, time.time())
-    return console_reply(msg, node.table, node.name, lambda job: _summary(node, job))
+    return console_reply(msg, node.table, node.name, lambda job: _client(node, job),
+                         lambda job: _summary(node, job))  # fmt: skip
 
 
 class Console:

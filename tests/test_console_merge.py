@@ -16,6 +16,7 @@ from mesh.node._console import (
     series,
     total_groups,
 )
+from mesh.node._jobs import Func, Job
 
 from mesh._protocol import (
     DONE,
@@ -36,13 +37,33 @@ G = bytes.fromhex("cd" * 32)
 
 def job(jid: str, state: int, sub: float, start: float = 0.0, fin: float = 0.0,
         fn: str = "m.f", label: str = "", client: str = "alice", node: str = "n1") -> JobSummary:  # fmt: skip
+    """A job's row as ``summary`` below makes it from its Job."""
     return (jid, state, fn, label, client, node, sub, start, fin, 0.0, 1 if start else 0, 1)
 
 
-def keyed(*jobs: JobSummary, fhash: bytes = F) -> list[tuple[str, JobSummary]]:
-    """Newest first, as a node's table gives them."""
-    rows = sorted(jobs, key=lambda s: s[6], reverse=True)
-    return [(group_key(s[0], fhash if s[2] == "m.f" else G, s[3]), s) for s in rows]
+CLIENTS = {1: "alice", 2: "bob"}
+
+
+def summary(j: Job) -> JobSummary:
+    return (j.jid, j.state, j.func.name, j.label, CLIENTS[j.owner], j.kill_reason or "n1",
+            j.submitted, j.started, j.finished, 0.0, 1 if j.started else 0, 1)  # fmt: skip
+
+
+def jobs_of(*rows: JobSummary) -> list[Job]:
+    """The node's Jobs for these rows, newest first, as its table gives them (the node's
+    name rides in ``kill_reason``, which these jobs do not use)."""
+    out = []
+    for s in sorted(rows, key=lambda s: s[6], reverse=True):
+        jid, state, fn, label, client, node, sub, start, fin = s[:9]
+        func = Func(F if fn == "m.f" else G, b"", fn)
+        owner = next(k for k, v in CLIENTS.items() if v == client)
+        out.append(Job(jid, func, b"", owner, sub, label=label, state=state, started=start,
+                       finished=fin, kill_reason=node))  # fmt: skip
+    return out
+
+
+def sel(q: ConsoleQuery, rows: list[JobSummary], node: str = "n1") -> ConsoleReply:
+    return select(q, jobs_of(*rows), node, lambda j: CLIENTS[j.owner], summary)
 
 
 def test_group_key_is_client_prefix_function_and_label():
@@ -51,12 +72,12 @@ def test_group_key_is_client_prefix_function_and_label():
 
 
 def test_a_nodes_groups_count_every_state_newest_first():
-    jobs = keyed(
+    jobs = [
         job("t-0", DONE, 10.0, 11.0, 12.0), job("t-1", DONE, 10.0, 11.0, 14.0),
         job("t-2", PROCESSING, 10.5, 13.0), job("t-3", QUEUED, 11.0),
         job("t-4", ERROR, 20.0, 20.5, 21.0, fn="m.g"),
-    )  # fmt: skip
-    reply = select(ConsoleQuery(7), jobs, "n1")
+    ]  # fmt: skip
+    reply = sel(ConsoleQuery(7), jobs, "n1")
     kf, kg = group_key("t-0", F, ""), group_key("t-4", G, "")
     assert reply == ConsoleReply(
         7,
@@ -70,30 +91,30 @@ def test_a_nodes_groups_count_every_state_newest_first():
 
 
 def test_filters_apply_on_the_node_and_status_keeps_whole_groups():
-    jobs = keyed(
+    jobs = [
         job("t-0", DONE, 1.0, 1.0, 2.0, label="a"), job("t-1", ERROR, 2.0, 2.0, 3.0, label="a"),
         job("t-2", DONE, 3.0, 3.0, 4.0, label="b"), job("u-0", DONE, 4.0, 4.0, 5.0, client="bob"),
-    )  # fmt: skip
-    errors = select(ConsoleQuery(1, status=(ERROR,)), jobs, "n1")
+    ]  # fmt: skip
+    errors = sel(ConsoleQuery(1, status=(ERROR,)), jobs, "n1")
     assert [(g[2], g[4]) for g in errors.groups] == [("a", (0, 0, 1, 1, 0))]  # counts: all jobs
-    assert select(ConsoleQuery(1, label="b"), jobs, "n1").total == 1
-    assert [g[3] for g in select(ConsoleQuery(1, client="bob"), jobs, "n1").groups] == ["bob"]
-    assert select(ConsoleQuery(1, function="F"), jobs, "n1").total == 3  # part of the name
-    assert select(ConsoleQuery(1, function="nope"), jobs, "n1").total == 0
-    assert select(ConsoleQuery(1, node="n2"), jobs, "n1") == ConsoleReply(1)
-    rows = select(ConsoleQuery(1, grouped=False, status=(DONE,), offset=1, limit=2), jobs, "n1")
+    assert sel(ConsoleQuery(1, label="b"), jobs, "n1").total == 1
+    assert [g[3] for g in sel(ConsoleQuery(1, client="bob"), jobs, "n1").groups] == ["bob"]
+    assert sel(ConsoleQuery(1, function="F"), jobs, "n1").total == 3  # part of the name
+    assert sel(ConsoleQuery(1, function="nope"), jobs, "n1").total == 0
+    assert sel(ConsoleQuery(1, node="n2"), jobs, "n1") == ConsoleReply(1)
+    rows = sel(ConsoleQuery(1, grouped=False, status=(DONE,), offset=1, limit=2), jobs, "n1")
     assert [s[0] for s in rows.rows] == ["t-2", "t-0"] and rows.total == 3
     key_a = group_key("t-0", F, "a")
-    rows = select(ConsoleQuery(1, grouped=False, keys=(key_a,)), jobs, "n1")
+    rows = sel(ConsoleQuery(1, grouped=False, keys=(key_a,)), jobs, "n1")
     assert [s[0] for s in rows.rows] == ["t-1", "t-0"] and rows.total == 2
 
 
 def test_groups_spread_over_nodes_merge_into_one_row():
     key = group_key("t-0", F, "")
-    n1 = select(ConsoleQuery(1), keyed(job("t-0", DONE, 10.0, 10.0, 11.0),
-                                       job("t-2", PROCESSING, 10.0, 11.0)), "n1")  # fmt: skip
-    n2 = select(ConsoleQuery(1), keyed(job("t-1", DONE, 10.2, 10.1, 12.0, node="n2"),
-                                       job("t-3", QUEUED, 10.2, node="n2")), "n2")  # fmt: skip
+    n1 = sel(ConsoleQuery(1), [job("t-0", DONE, 10.0, 10.0, 11.0),
+                                  job("t-2", PROCESSING, 10.0, 11.0)], "n1")  # fmt: skip
+    n2 = sel(ConsoleQuery(1), [job("t-1", DONE, 10.2, 10.1, 12.0, node="n2"),
+                                  job("t-3", QUEUED, 10.2, node="n2")], "n2")  # fmt: skip
     (g,) = merge_groups([("n1", n1), ("n2", n2)])
     assert (g.key, g.counts, g.low, g.high, g.nodes) == (key, [1, 1, 2, 0, 0], 0, 3, ["n1", "n2"])
     row = map_row(g, now_s=12.0)
@@ -105,7 +126,7 @@ def test_groups_spread_over_nodes_merge_into_one_row():
         "rate_per_s": 1.0, "eta_s": 2.0, "mean_run_s": 1.45,
     }  # fmt: skip
     # a group of one job on each of two nodes is a map; one job alone stays that job
-    one = select(ConsoleQuery(1), keyed(job("s-0", DONE, 1.0, 1.0, 2.0)), "n1")
+    one = sel(ConsoleQuery(1), [job("s-0", DONE, 1.0, 1.0, 2.0)], "n1")
     (alone,) = merge_groups([("n1", one)])
     assert alone.jobs == 1 and alone.sample == [job("s-0", DONE, 1.0, 1.0, 2.0)]
 
@@ -116,12 +137,12 @@ def test_the_page_holds_groups_past_one_nodes_own_page_and_counts_each_once():
     a2 = [job(f"a-{i}", DONE, 1.0, 1.0, 2.0, node="n2") for i in range(2, 5)]
     b2 = [job(f"b-{i}", DONE, 50.0 + i, 50.0, 51.0, node="n2") for i in range(3)]
     first = ConsoleQuery(1, limit=1)
-    r1, r2 = select(first, keyed(*a1), "n1"), select(first, keyed(*a2, *b2), "n2")
+    r1, r2 = sel(first, a1, "n1"), sel(first, [*a2, *b2], "n2")
     replies = [("n1", r1), ("n2", r2)]
     page = merge_groups(replies)[:1]
     assert [g.key.split("/")[0] for g in page] == ["a"] and page[0].jobs == 2  # n2's part missing
     assert missing_parts(page, replies) == {"n2": (page[0].key,)}
-    extra = select(ConsoleQuery(1, keys=(page[0].key,)), keyed(*a2, *b2), "n2")
+    extra = sel(ConsoleQuery(1, keys=(page[0].key,)), [*a2, *b2], "n2")
     (full,) = [g for g in merge_groups([("n1", r1), ("n2", extra)]) if g.key == page[0].key]
     assert full.jobs == 5 and full.nodes == ["n1", "n2"]
     assert total_groups(replies) == 2  # "a" on both nodes counts once
@@ -130,7 +151,7 @@ def test_the_page_holds_groups_past_one_nodes_own_page_and_counts_each_once():
 
 
 def test_replies_cross_the_wire_unchanged():
-    reply = select(ConsoleQuery(3, detail=True), keyed(job("t-0", DONE, 1.0, 1.5, 2.0)), "n1")
+    reply = sel(ConsoleQuery(3, detail=True), [job("t-0", DONE, 1.0, 1.5, 2.0)], "n1")
     assert reply.finished_s == (2.0,) and reply.run_s == (0.5,)
     assert decode(encode(reply)) == reply
     q = ConsoleQuery(9, (QUEUED,), "l", "f", "c", "n", 5, 10, False, ("k",), True)
