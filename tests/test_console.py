@@ -117,6 +117,9 @@ def pages(mesh3: Mesh3, browser: Any) -> Iterator[dict[str, Any]]:
     for name, url in mesh3.urls.items():
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # a CSP violation (inline script or style the page's policy refuses) is an error
+        page.on("console", lambda msg: errors.append(f"{msg.text} {msg.location}")
+                if msg.type == "error" and "favicon" not in str(msg.location) else None)
         page.set_default_timeout(20_000)
         link = mesh3.api(url + "api/login-link", **KILL)
         page.goto(url + link["path"])
@@ -152,6 +155,7 @@ def talk_then_wait(gate: str) -> str:
 def quick_or_gated(x: int, gate: str) -> int:
     if x >= 6:
         gated(gate, x)
+    time.sleep(0.05 * x)  # run times spread out: the map page's histogram has bars
     return x
 
 
@@ -223,6 +227,11 @@ def test_the_throughput_chart_draws_while_a_map_runs(mesh3, pages, tmp_path):
         ) or [0]) >= 3, timeout_s=15, what="the busy chart to show the gated jobs")  # fmt: skip
         assert c.status(jids[6:]) == ["processing"] * 4  # all of it while the map runs
         shot(page, "console-mesh.png")
+        if SHOTS:  # the map's page, mid-run, for the README
+            (row,) = mesh3.maps("n2", "charted")
+            page.goto(mesh3.urls["n2"] + "map?key=" + urllib.request.quote(row["key"], safe=""))
+            page.wait_for_selector("#chart-runtimes rect.bar")
+            shot(page, "console-map.png")
         gate.touch()
         assert c.result(jids) == list(range(10))
     assert busy is not None
@@ -260,7 +269,6 @@ def test_kill_on_the_map_page_stops_all_of_its_jobs(mesh3, pages, tmp_path):
         page.goto(mesh3.urls["n1"] + "map?key=" + urllib.request.quote(row["key"], safe=""))
         page.wait_for_selector("#kill-map")
         page.wait_for_selector("#chart-progress svg")
-        shot(page, "console-map.png")
         page.click("#kill-map")
         for jid in jids:
             with pytest.raises(mesh.JobKilled):

@@ -185,13 +185,13 @@ function drawSeries(data) {
   };
   const ago = (x) => x >= -1 ? "now" : Math.round(-x / 60 * 10) / 10 + " min ago";
   const done = lines("finished");
-  const doneAll = [...done, total(done)];
+  const doneAll = [total(done), ...done];  // the total underneath, nodes on top
   fill(document.getElementById("chart-throughput") || h("div"),
     lineChart(doneAll, {xmax: 0, xfmt: ago, yfmt: (y) => String(Math.round(y * 10) / 10), title: "jobs finished per second"}),
     legend(doneAll));
   const busy = lines("busy");
   const workers = names.reduce((a, n) => a + data.nodes[n].workers, 0);
-  const busyAll = [...busy, total(busy)];
+  const busyAll = [total(busy), ...busy];
   fill(document.getElementById("chart-busy") || h("div"),
     lineChart(busyAll, {xmax: 0, xfmt: ago, ymax: 1, yfmt: (y) => String(Math.round(y * 10) / 10), title: "workers busy"}),
     legend(busyAll), h("p", {class: "muted"}, workers + " workers in all"));
@@ -418,7 +418,7 @@ function mapView(key) {
     fill(body,
       h("div", {class: "summary", id: "map-counts"}, ...STATES.map((s) =>
         h("div", {class: "card", "data-state": s}, h("div", {class: "big"}, m.counts[s].toLocaleString()), badge(s)))),
-      h("div", {class: "card"}, progressBar(m), h("dl", {class: "fields"},
+      h("div", {class: "card map-card"}, progressBar(m), h("dl", {class: "fields"},
         h("dt", {}, "Jobs"), h("dd", {}, m.first_jid + " … " + m.last_jid),
         h("dt", {}, "Client"), h("dd", {}, m.client || "—"),
         h("dt", {}, "Label"), h("dd", {}, m.label || "—"),
