@@ -118,8 +118,14 @@ def pages(mesh3: Mesh3, browser: Any) -> Iterator[dict[str, Any]]:
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         # a CSP violation (inline script or style the page's policy refuses) is an error
-        page.on("console", lambda msg: errors.append(f"{msg.text} {msg.location}")
-                if msg.type == "error" and "favicon" not in str(msg.location) else None)
+        page.on(
+            "console",
+            lambda msg: (
+                errors.append(f"{msg.text} {msg.location}")
+                if msg.type == "error" and "favicon" not in str(msg.location)
+                else None
+            ),
+        )
         page.set_default_timeout(20_000)
         link = mesh3.api(url + "api/login-link", **KILL)
         page.goto(url + link["path"])
