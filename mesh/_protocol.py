@@ -98,7 +98,9 @@ __all__ = [
 # 4: the client proves first; session frames are encrypted
 # 5: a job's error may carry its traceback as data (ErrorInfo's sixth field)
 # 6: Recall, answered by a Handback with ``recall`` set (a client waits for that answer)
-PROTOCOL_VERSION = 6
+# 7: the mesh console's messages (tags 90-94): a version 6 node cannot decode them and
+#    would drop the link a dashboard asks it over
+PROTOCOL_VERSION = 7
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
