@@ -6,6 +6,8 @@ the node's links and merges their answers with node/_console.py's pure functions
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -78,17 +80,12 @@ class Console:
 
     # ---- asking the mesh ----
 
-    async def ask(
-        self, make: Any, *, only: set[str] | None = None
-    ) -> tuple[list[tuple[Peer | None, Message]], list[str]]:
+    async def ask(self, make: Any) -> tuple[list[tuple[Peer | None, Message]], list[str]]:
         """This node's answer (peer None) and every live peer's to ``make(req)``: those
         that answered, and the names of those that did not."""
-        mine = console_answer(self.node, make(0))
-        answers: list[tuple[Peer | None, Message]] = []
-        if only is None or self.node.name in only:
-            answers.append((None, mine))
+        answers: list[tuple[Peer | None, Message]] = [(None, console_answer(self.node, make(0)))]
         peers, missing = await self.dash._ask_peers(make, (ConsoleReply, ConsoleSeries))
-        answers.extend((p, m) for p, m in peers if only is None or p.name in only)
+        answers.extend(peers)
         return answers, missing
 
     def _name(self, peer: Peer | None) -> str:
@@ -104,10 +101,17 @@ class Console:
         replies = [(self._name(p), r) for p, r in answers if isinstance(r, ConsoleReply)]
         ids = {self._name(p): (p.node_id if p else self.node.node_id) for p, _ in answers}
         page = merge_groups(replies)[q.offset : q.offset + q.limit]
-        # Groups on this page whose other parts were past some node's own page.
-        more = missing_parts(page, replies)
+        # Groups on this page whose other parts were past some node's own page; with a
+        # status filter, also parts with no job in those states (a row counts all its
+        # jobs), which a node does not list: every node that did not send them is asked.
+        if q.status:
+            more = {n: keys for n, r in replies
+                    if (keys := tuple(g.key for g in page
+                                      if g.key not in {x[0] for x in r.groups}))}  # fmt: skip
+        else:
+            more = missing_parts(page, replies)
         if more:
-            extra = await self._fill(wide, more)
+            extra = await self._fill(dataclasses.replace(wide, status=()), more)
             page = _refill(page, replies + extra)
         now = time.time()
         rows = [self._entry(g, ids, now) for g in page]
@@ -118,11 +122,23 @@ class Console:
         self, wide: ConsoleQuery, more: dict[str, tuple[str, ...]]
     ) -> list[tuple[str, ConsoleReply]]:
         out: list[tuple[str, ConsoleReply]] = []
+        table = self.node.peers
+        by_name = {p.name or p.key: p for p in table.alive()} if table is not None else {}
         for name, keys in more.items():
             q = ConsoleQuery(0, wide.status, wide.label, wide.function, wide.client, wide.node,
                              keys=keys)  # fmt: skip
-            answers, _ = await self.ask(lambda req, q=q: _with_req(q, req), only={name})
-            out.extend((name, r) for _, r in answers if isinstance(r, ConsoleReply))
+            if name == self.node.name:
+                reply: Message = console_answer(self.node, q)
+            elif name in by_name and table is not None:
+                try:
+                    reply = await table.request(by_name[name], functools.partial(_with_req, q),
+                                                self.dash.peer_timeout_s)  # fmt: skip
+                except (MeshError, TimeoutError):
+                    continue  # its part is left out, as a node that did not answer
+            else:
+                continue
+            if isinstance(reply, ConsoleReply):
+                out.append((name, reply))
         return out
 
     def _entry(self, g: Group, ids: dict[str, str], now: float) -> dict[str, Any]:
@@ -255,8 +271,6 @@ class Console:
 
 
 def _with_req(q: ConsoleQuery, req: int) -> ConsoleQuery:
-    import dataclasses
-
     return dataclasses.replace(q, req=req)
 
 

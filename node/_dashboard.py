@@ -340,7 +340,11 @@ class Dashboard:
         """Fan the node's state out to every open event stream; stop when none is left."""
         while self._subscribers and not self._closing:
             await asyncio.sleep(self.event_interval_s)
-            series = await self.console.fresh_series()
+            try:
+                series = await self.console.fresh_series()
+            except Exception:  # the charts miss a beat; the event stream goes on
+                log.exception("the dashboard could not gather the mesh's series")
+                series = None
             data = self._event(series)
             for q in list(self._subscribers):
                 _offer(q, data)

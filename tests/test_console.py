@@ -232,6 +232,12 @@ def test_the_throughput_chart_draws_while_a_map_runs(mesh3, pages, tmp_path):
             '#chart-busy path.series[data-name="total"]', "ps => ps.map(p => +p.dataset.max)"
         ) or [0]) >= 3, timeout_s=15, what="the busy chart to show the gated jobs")  # fmt: skip
         assert c.status(jids[6:]) == ["processing"] * 4  # all of it while the map runs
+        for url in mesh3.urls.values():  # a status filter picks the row, which counts all
+            page_ = mesh3.api(url + "api/jobs?group=1&status=processing&label=charted")
+            (row,) = page_["jobs"]
+            assert row["counts"] == {"queued": 0, "processing": 4, "done": 6, "error": 0,
+                                     "killed": 0}  # fmt: skip
+            assert page_["total"] == 1 and row["eta_s"] is not None
         shot(page, "console-mesh.png")
         if SHOTS:  # the map's page, mid-run, for the README
             (row,) = mesh3.maps("n2", "charted")
