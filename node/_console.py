@@ -242,16 +242,18 @@ def merge_groups(replies: Sequence[tuple[str, ConsoleReply]]) -> list[Group]:
 
 
 def missing_parts(
-    page: Sequence[Group], replies: Sequence[tuple[str, ConsoleReply]]
+    page: Sequence[Group], replies: Sequence[tuple[str, ConsoleReply]], *, filtered: bool = False
 ) -> dict[str, tuple[str, ...]]:
-    """Node name -> keys of groups on ``page`` that node holds but did not send (they
-    were past its own page): ask it for those before showing their counts."""
+    """Node name -> keys of groups on ``page`` that node may hold but did not send (they
+    were past its own page): ask it for those before showing their counts. ``filtered``
+    (a status filter): a node lists only groups with a job in those states, yet a row
+    counts all of its jobs, so every node that did not send a group is asked for it."""
     out: dict[str, tuple[str, ...]] = {}
     for node, reply in replies:
         sent = {g[0] for g in reply.groups}
         held = set(reply.all_keys)
-        keys = tuple(g.key for g in page
-                     if g.key not in sent and (reply.keys_truncated or g.key in held))  # fmt: skip
+        keys = tuple(g.key for g in page if g.key not in sent
+                     and (filtered or reply.keys_truncated or g.key in held))  # fmt: skip
         if keys:
             out[node] = keys
     return out

@@ -104,12 +104,7 @@ class Console:
         # Groups on this page whose other parts were past some node's own page; with a
         # status filter, also parts with no job in those states (a row counts all its
         # jobs), which a node does not list: every node that did not send them is asked.
-        if q.status:
-            more = {n: keys for n, r in replies
-                    if (keys := tuple(g.key for g in page
-                                      if g.key not in {x[0] for x in r.groups}))}  # fmt: skip
-        else:
-            more = missing_parts(page, replies)
+        more = missing_parts(page, replies, filtered=bool(q.status))
         if more:
             extra = await self._fill(dataclasses.replace(wide, status=()), more)
             page = _refill(page, replies + extra)

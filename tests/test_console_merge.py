@@ -146,6 +146,15 @@ def test_the_page_holds_groups_past_one_nodes_own_page_and_counts_each_once():
     (full,) = [g for g in merge_groups([("n1", r1), ("n2", extra)]) if g.key == page[0].key]
     assert full.jobs == 5 and full.nodes == ["n1", "n2"]
     assert total_groups(replies) == 2  # "a" on both nodes counts once
+    # with a status filter n2 lists no group without a job in those states: asked anyway
+    only_b = [*a2, job("b-9", ERROR, 60.0, 60.0, 61.0, node="n2")]
+    q = ConsoleQuery(1, status=(ERROR,), limit=5)
+    f1, f2 = sel(q, [*a1, job("a-9", ERROR, 99.0, 99.0, 99.5)], "n1"), sel(q, only_b, "n2")
+    page = merge_groups([("n1", f1), ("n2", f2)])
+    assert [g.key[0] for g in page] == ["a", "b"]
+    assert missing_parts(page, [("n1", f1), ("n2", f2)]) == {}  # n2 lists only "b"
+    assert missing_parts(page, [("n1", f1), ("n2", f2)], filtered=True) == {
+        "n1": (page[1].key,), "n2": (page[0].key,)}  # fmt: skip
     truncated = [("n1", ConsoleReply(1, total=3, keys_truncated=True)), ("n2", r2)]
     assert total_groups(truncated) == 5  # past the key list: the nodes' counts summed
 
