@@ -202,8 +202,10 @@ class Console:
         for peer, reply in peers:
             assert isinstance(reply, ConsoleReply)
             theirs = tuple(s[0] for s in reply.rows)
-            if theirs and peer.conn is not None:
+            if theirs:
                 try:  # the holder kills them as a client's Kill
+                    if peer.conn is None:
+                        raise MeshError("its link closed")
                     peer.conn.send(Kill(theirs))
                 except MeshError:
                     missing.append(peer.name or peer.key)
