@@ -54,13 +54,13 @@ MAX_LIMIT = 1000
 
 def console_answer(node: Node, msg: ConsoleQuery | ConsoleStats) -> Message:
     """This node's answer to a peer's console (or its own dashboard's) question."""
-    from mesh.node._dashboard import _client, _summary
+    from mesh.node._dashboard import client_name, job_summary
 
     if isinstance(msg, ConsoleStats):
         workers = node.config.workers
         return stats_reply(msg, node.table, node.name, workers, time.time())
-    return console_reply(msg, node.table, node.name, lambda job: _client(node, job),
-                         lambda job: _summary(node, job))  # fmt: skip
+    return console_reply(msg, node.table, node.name, lambda job: client_name(node, job),
+                         lambda job: job_summary(node, job))  # fmt: skip
 
 
 class Console:
@@ -84,7 +84,7 @@ class Console:
         """This node's answer (peer None) and every live peer's to ``make(req)``: those
         that answered, and the names of those that did not."""
         answers: list[tuple[Peer | None, Message]] = [(None, console_answer(self.node, make(0)))]
-        peers, missing = await self.dash._ask_peers(make, (ConsoleReply, ConsoleSeries))
+        peers, missing = await self.dash.ask_peers(make, (ConsoleReply, ConsoleSeries))
         answers.extend(peers)
         return answers, missing
 
@@ -137,18 +137,18 @@ class Console:
         return out
 
     def _entry(self, g: Group, ids: dict[str, str], now: float) -> dict[str, Any]:
-        from mesh.node._dashboard import _row
+        from mesh.node._dashboard import job_row
 
         if g.jobs == 1 and len(g.sample) == 1:  # a group of one: the job itself
             s = g.sample[0]
-            return {"kind": "job", **_row(s, ids.get(s[5], ""))}
+            return {"kind": "job", **job_row(s, ids.get(s[5], ""))}
         return map_row(g, now)
 
     async def rows(self, q: ConsoleQuery) -> dict[str, Any]:
         """One page of single jobs (of one map with ``keys``), filtered on each node."""
         if q.offset < 0 or not 1 <= q.limit <= MAX_LIMIT:
             raise ValueError(f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
-        from mesh.node._dashboard import _row
+        from mesh.node._dashboard import job_row
 
         wide = ConsoleQuery(0, q.status, q.label, q.function, q.client, q.node, 0,
                             q.offset + q.limit, grouped=False, keys=q.keys)  # fmt: skip
@@ -158,7 +158,7 @@ class Console:
         for p, r in answers:
             if isinstance(r, ConsoleReply):
                 node_id = p.node_id if p else self.node.node_id
-                merged.extend(_row(s, node_id) for s in r.rows)
+                merged.extend(job_row(s, node_id) for s in r.rows)
                 total += r.total
         merged.sort(key=lambda j: j["submitted"], reverse=True)
         return {"node": self.node.name, "total": total, "offset": q.offset, "limit": q.limit,
@@ -197,7 +197,7 @@ class Console:
         if jids:
             self.node._apply(self.node.table.kill(tuple(jids), time.time()))
         q = ConsoleQuery(0, status=live, limit=MAX_LIMIT * 100, grouped=False, keys=(key,))
-        peers, missing = await self.dash._ask_peers(lambda req: _with_req(q, req),
+        peers, missing = await self.dash.ask_peers(lambda req: _with_req(q, req),
                                                     (ConsoleReply,))  # fmt: skip
         for peer, reply in peers:
             assert isinstance(reply, ConsoleReply)
@@ -251,11 +251,12 @@ class Console:
         files = self.node.files
         if files is None or files.store is None:
             return json_response({"error": "this node has no file store"}, 404)
-        entry = next((e for e, _ in files.catalog(name) if e[0] == name), None)
-        if entry is None:
+        found = next(((e, h) for e, h in files.catalog(name) if e[0] == name), None)
+        if found is None:
             return json_response({"error": f"no file {name!r} in the mesh file store"}, 404)
+        entry, held_by = found
         if entry[1] not in files.store.have:
-            holders = ", ".join(n for _, n in files._holders(entry[1])) or "no live node"
+            holders = ", ".join(n for _, n in held_by) or "no live node"
             return json_response({"error": f"node {self.node.name} holds no copy of {name!r}: "
                                            f"open the dashboard of {holders}"}, 404)  # fmt: skip
         base = name.rsplit("/", 1)[-1] or "file"

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from mesh.node._peers import Peer
     from mesh.node._server import Node
 
-__all__ = ["Dashboard", "jobs_reply"]
+__all__ = ["Dashboard", "client_name", "job_row", "job_summary", "jobs_reply"]
 
 log = logging.getLogger("mesh.node.dashboard")
 
@@ -442,18 +442,18 @@ class Dashboard:
         states = tuple(sorted(wanted)) if wanted is not None else ()
         query = JobsQuery(0, states, label, client, 0, offset + limit)
         rows, total = select_jobs(self.node, query)
-        merged = [_row(r, self.node.node_id) for r in rows]
+        merged = [job_row(r, self.node.node_id) for r in rows]
         by_node = {self.node.name: total}
-        answers, missing = await self._ask_peers(lambda req: dataclasses.replace(query, req=req))
+        answers, missing = await self.ask_peers(lambda req: dataclasses.replace(query, req=req))
         for peer, reply in answers:
-            merged.extend(_row(r, peer.node_id) for r in reply.rows)
+            merged.extend(job_row(r, peer.node_id) for r in reply.rows)
             by_node[peer.name or peer.key] = reply.total
         merged.sort(key=lambda r: r["submitted"], reverse=True)  # stable: each node's order
         return {"node": self.node.name, "total": sum(by_node.values()), "offset": offset,
                 "limit": limit, "jobs": merged[offset : offset + limit], "by_node": by_node,
                 "missing": missing}  # fmt: skip
 
-    async def _ask_peers(
+    async def ask_peers(
         self, make: Callable[[int], Message], kinds: tuple[type[Message], ...] = (JobsReply,)
     ) -> tuple[list[tuple[Peer, Any]], list[str]]:
         """Send a query to every connected peer at once: (peer, reply) of those that
@@ -490,7 +490,7 @@ class Dashboard:
         if peer is not None:
             with contextlib.suppress(MeshError, TimeoutError):
                 return (peer, await self._ask(peer, jid)), []
-        answers, missing = await self._ask_peers(lambda req: JobsQuery(req, jid=jid))
+        answers, missing = await self.ask_peers(lambda req: JobsQuery(req, jid=jid))
         for peer, reply in answers:  # the peer itself, not one found by name: names repeat
             if reply.rows and reply.details:
                 return (peer, _detail_row(reply.rows[0], reply.details[0], peer.node_id)), missing
@@ -532,7 +532,7 @@ class Dashboard:
         job = self.node.table.jobs.get(jid)
         if job is None:
             return None
-        return _detail_row(_summary(self.node, job), _details(self.node, job), self.node.node_id)
+        return _detail_row(job_summary(self.node, job), _details(self.node, job), self.node.node_id)
 
     def _preview(self, job: Job) -> str:
         preview = self._previews[job.jid] = preview_pickle(job.args)
@@ -550,7 +550,7 @@ def jobs_reply(node: Node, msg: JobsQuery) -> JobsReply:
         job = node.table.jobs.get(msg.jid)
         if job is None:
             return JobsReply(msg.req, (), 0)
-        return JobsReply(msg.req, (_summary(node, job),), 1, (_details(node, job),))
+        return JobsReply(msg.req, (job_summary(node, job),), 1, (_details(node, job),))
     rows, total = select_jobs(node, msg)
     return JobsReply(msg.req, tuple(rows), total)
 
@@ -566,10 +566,10 @@ def select_jobs(node: Node, q: JobsQuery) -> tuple[list[JobSummary], int]:
             continue
         if q.label and job.label != q.label:
             continue
-        if q.client and _client(node, job) != q.client:
+        if q.client and client_name(node, job) != q.client:
             continue
         if offset <= total < end:
-            page.append(_summary(node, job))
+            page.append(job_summary(node, job))
         total += 1
     return page, total
 
@@ -588,14 +588,14 @@ def _newest_first(node: Node) -> Iterator[Job]:
     return reversed(node.table.jobs.values())
 
 
-def _client(node: Node, job: Job) -> str:
+def client_name(node: Node, job: Job) -> str:
     if job.owner < 0:  # restored from disk after a restart: its connection is long gone
         return ""
     return node.client_names.get(job.owner, f"connection {job.owner}")
 
 
-def _summary(node: Node, job: Job) -> JobSummary:
-    return (job.jid, job.state, job.func.name, job.label, _client(node, job), node.name,
+def job_summary(node: Node, job: Job) -> JobSummary:
+    return (job.jid, job.state, job.func.name, job.label, client_name(node, job), node.name,
             job.submitted, job.started, job.finished, job.cpu_s, _runs(job),
             job.cores)  # fmt: skip
 
@@ -615,7 +615,7 @@ def _details(node: Node, job: Job) -> JobDetails:
     return (preview or "", job.max_runtime, job.stdout, job.stderr, job.error)
 
 
-def _row(s: JobSummary, node_id: str) -> dict[str, Any]:
+def job_row(s: JobSummary, node_id: str) -> dict[str, Any]:
     """A job's summary as the API shows it; ``node_id``: the node that sent it."""
     jid, state, function, label, client, node, submitted, started, finished, cpu, n, cores = s
     return {
@@ -627,7 +627,7 @@ def _row(s: JobSummary, node_id: str) -> dict[str, Any]:
 
 
 def _detail_row(s: JobSummary, d: JobDetails, node_id: str) -> dict[str, Any]:
-    out = _row(s, node_id)
+    out = job_row(s, node_id)
     preview, max_runtime, stdout, stderr, err = d
     out.update(
         args_preview=preview or None,
