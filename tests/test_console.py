@@ -146,7 +146,7 @@ def shot(page: Any, name: str) -> None:
 
 
 def odd_fails(x: int) -> int:
-    time.sleep(0.05)
+    time.sleep(0.2)  # long enough that the map spreads over every node
     if x % 3 == 0:
         raise ValueError(f"{x} is a multiple of 3")
     return x
@@ -168,6 +168,7 @@ def quick_or_gated(x: int, gate: str) -> int:
 def test_a_map_is_one_row_with_its_counts_on_every_nodes_jobs_page(mesh3, pages):
     with mesh3.client("counter") as c:
         wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        wait_until(lambda: all(n.connected for n in c.nodes()), what="links to all 3 nodes")
         jids = c.map(odd_fails, range(12), _label="counted")
         c.join(jids, ignore_errors=True)
         where = {i.node for i in c.info(jids)}
@@ -194,9 +195,12 @@ def test_a_map_is_one_row_with_its_counts_on_every_nodes_jobs_page(mesh3, pages)
         assert counts == [["done", "done 8"], ["error", "error 4"]]
         page.click(f"{sel} button.expand")  # expanded: its jobs below it
         page.wait_for_selector("#jobs tr.sub[data-jid]")
-        shown = page.eval_on_selector_all(
-            "#jobs tr.sub[data-jid]", "rs => rs.map(r => r.dataset.jid)"
-        )
+        sub = "#jobs tr.sub[data-jid]"
+        shown = page.eval_on_selector_all(sub, "rs => rs.map(r => r.dataset.jid)")
+        assert sorted(shown) == sorted(jids)
+        page.evaluate("view.refresh()")  # a live refresh keeps it open, its rows in place
+        page.wait_for_timeout(300)
+        shown = page.eval_on_selector_all(sub, "rs => rs.map(r => r.dataset.jid)")
         assert sorted(shown) == sorted(jids)
     shot(pages["n1"], "console-jobs.png")
 

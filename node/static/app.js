@@ -329,13 +329,8 @@ function jobsView() {
     history.replaceState(null, "", "/jobs" + (q.toString() ? "?" + q : ""));
     refresh();
   }
-  async function expand(m, row, toggle) {
-    const open = toggle.getAttribute("aria-expanded") === "true";
-    let sib = row.nextElementSibling;
-    while (sib && sib.classList.contains("sub")) { const n = sib.nextElementSibling; sib.remove(); sib = n; }
-    if (open) { expanded.delete(m.key); toggle.setAttribute("aria-expanded", "false"); toggle.textContent = "▸"; return; }
-    expanded.add(m.key);
-    toggle.setAttribute("aria-expanded", "true"); toggle.textContent = "▾";
+  // A map's newest jobs, as rows to show below its row.
+  async function subRows(m) {
     const q = query();
     q.set("map", m.key); q.set("limit", 20);
     const data = await api("/api/jobs?" + q);
@@ -345,7 +340,19 @@ function jobsView() {
         "the newest " + data.jobs.length + " of " + data.total.toLocaleString() + ": ",
         h("a", {href: mapLink(m.key), "data-link": true}, "all of them on the map's page"))));
     }
-    row.after(...rows);
+    return rows;
+  }
+  function opened(toggle, open) {
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    toggle.textContent = open ? "▾" : "▸";
+  }
+  async function expand(m, row, toggle) {
+    let sib = row.nextElementSibling;
+    while (sib && sib.classList.contains("sub")) { const n = sib.nextElementSibling; sib.remove(); sib = n; }
+    if (expanded.has(m.key)) { expanded.delete(m.key); opened(toggle, false); return; }
+    expanded.add(m.key);
+    opened(toggle, true);
+    row.after(...await subRows(m));
   }
   const refresh = refresher(async () => {
     const q = query();
@@ -357,15 +364,17 @@ function jobsView() {
       state.page = Math.max(0, Math.ceil(data.total / limit) - 1);
       return changed();
     }
-    const rows = data.jobs.map((j) => j.kind === "map" ? mapRow(j, expand) : jobRow(j));
-    tbody.replaceChildren(...rows);
-    for (const m of data.jobs) {  // rows opened before stay open
-      if (m.kind === "map" && expanded.has(m.key)) {
-        const row = tbody.querySelector(`tr.map[data-map="${CSS.escape(m.key)}"]`);
-        expanded.delete(m.key);
-        if (row) expand(m, row, row.querySelector("button.expand"));
+    const rows = [];
+    for (const j of data.jobs) {
+      if (j.kind !== "map") { rows.push(jobRow(j)); continue; }
+      const row = mapRow(j, expand);
+      rows.push(row);
+      if (expanded.has(j.key)) {  // opened before: stays open, its rows fetched first
+        opened(row.querySelector("button.expand"), true);
+        rows.push(...await subRows(j));
       }
     }
+    tbody.replaceChildren(...rows);  // at once: no moment without the open maps' rows
     if (!data.jobs.length) {
       tbody.append(h("tr", {}, h("td", {colspan: 11, class: "empty-state"},
         data.total ? "" : "No jobs" + (query().toString() ? " match these filters." : " in the mesh yet."))));
