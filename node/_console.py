@@ -369,7 +369,9 @@ def console_reply(
 def stats_reply(
     q: ConsoleStats, table: JobTable, node: str, workers: int, now_s: float
 ) -> ConsoleSeries:
-    jobs = ((j.started, j.finished, j.cores, j.state) for j in table.jobs.values())
+    since = q.since_s - q.step_s  # a job that ended before the window adds nothing
+    jobs = ((j.started, j.finished, j.cores, j.state) for j in table.jobs.values()
+            if j.state == PROCESSING or j.finished >= since)  # fmt: skip
     return series(q, jobs, node, workers, now_s)
 
 
