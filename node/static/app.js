@@ -245,6 +245,7 @@ async function killMap(key, button) {
   } catch (err) {
     alert("kill map: " + err.message);
   }
+  if (button) { button.disabled = false; button.textContent = "Kill map"; }  // the map page keeps it
   if (view) view.refresh();
   return out;
 }
@@ -394,6 +395,8 @@ function jobsView() {
 
 function mapView(key) {
   const head = h("h1", {}, "Map");
+  const killMapButton = h("button", {class: "kill", id: "kill-map", hidden: true,
+                                     onclick: (e) => { e.preventDefault(); killMap(key, e.target); }}, "Kill map");
   const body = h("div", {});
   const progress = h("div", {id: "chart-progress"});
   const runtimes = h("div", {id: "chart-runtimes"});
@@ -421,9 +424,19 @@ function mapView(key) {
       return;
     }
     const pending = m.counts.queued + m.counts.processing;
-    fill(head, h("span", {class: "mono"}, m.function), h("span", {class: "muted"}, " × " + m.jobs.toLocaleString()),
-      h("span", {id: "map-status"}, badge(mapStatus(m))),
-      pending ? h("button", {class: "kill", id: "kill-map", onclick: (e) => { e.preventDefault(); killMap(key, e.target); }}, "Kill map") : null);
+    // The head is built once and updated in place: a button replaced every second
+    // would slip from under the pointer.
+    if (!head.dataset.built) {
+      head.dataset.built = "1";
+      fill(head, h("span", {class: "mono", id: "map-function"}), h("span", {class: "muted", id: "map-size"}),
+        h("span", {id: "map-status"}), killMapButton);
+    }
+    head.querySelector("#map-function").textContent = m.function;
+    head.querySelector("#map-size").textContent = " × " + m.jobs.toLocaleString();
+    const status = mapStatus(m);
+    const shown = head.querySelector("#map-status");
+    if (shown.dataset.status !== status) { shown.dataset.status = status; fill(shown, badge(status)); }
+    killMapButton.hidden = !pending;
     fill(body,
       h("div", {class: "summary", id: "map-counts"}, ...STATES.map((s) =>
         h("div", {class: "card", "data-state": s}, h("div", {class: "big"}, m.counts[s].toLocaleString()), badge(s)))),
@@ -465,7 +478,10 @@ function jobView(jid) {
       body.replaceChildren(h("p", {class: "empty-state"}, err.message));
       return;
     }
-    fill(head, h("span", {class: "mono"}, j.jid), h("span", {id: "job-status"}, badge(j.status)), killButton(j));
+    if (head.dataset.status !== j.status) {  // rebuilt on a change only: its button stays put
+      head.dataset.status = j.status;
+      fill(head, h("span", {class: "mono"}, j.jid), h("span", {id: "job-status"}, badge(j.status)), killButton(j));
+    }
     const args = j.args_preview === null ? h("span", {class: "muted"}, "not kept: a node frees a job's arguments when it finishes")
       : h("code", {id: "args"}, j.args_preview.startsWith("(")
         ? j.function.split(".").pop() + j.args_preview.replace(/,\)$/, ")") : j.args_preview);
