@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -258,10 +259,14 @@ def test_api_files_lists_the_catalog_and_what_each_node_holds(mesh2, secret):
                    what=f"{name} to hold no blobs")  # fmt: skip
 
 
-def test_api_job_shows_output_traceback_and_arguments(node_factory, secret, tmp_path):
+def test_api_job_shows_output_traceback_and_arguments(node_factory, secret, request):
     node = node_factory(name="solo")
     url = dashboard(node)
-    started, gate = tmp_path / "started", tmp_path / "gate"
+    # short paths: the preview shortens strings past 80 characters, and pytest's
+    # tmp_path can be longer than that (under xdist, say)
+    short = Path(tempfile.mkdtemp(prefix="mesh-"))
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    started, gate = short / "started", short / "gate"
     with mesh.Client([node.address], secret) as c:
         failed = c.call(shout, "hello from the job", _label="loud")
         with pytest.raises(ValueError):

@@ -357,7 +357,8 @@ def test_shutdown_cancel_futures_withdraws_the_waiting_jobs_and_lets_the_running
             finished = ex.submit(square, 4)
             assert finished.result(timeout=30) == 16
             futures = [ex.submit(gated, str(gate), i) for i in range(7)]  # 4 run, 3 wait
-            wait_until(lambda: sum(f.running() for f in futures) == 4, what="four jobs to start")
+            wait_until(lambda: sum(f.running() for f in futures) == 4, timeout_s=30,
+                       what="four jobs to start")  # fmt: skip
             running = [f for f in futures if f.running()]
             waiting = [f for f in futures if not f.running()]
             ex.shutdown(wait=False, cancel_futures=True)
