@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest processes for `make test`: its tests mostly wait on real nodes and timers,
+# so two processes share this 2-core machine well; each module stays on one process.
+TEST_PROCS ?= 2
 
 .PHONY: demo test bench lint clean chromium typecheck
 
@@ -18,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check mesh node client tests
 	$(MAKE) --no-print-directory typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadscope
 
 # mypy sees the package as it installs: node/ and client/ as mesh.node and
 # mesh.client. A tree of symlinks gives it that layout without copying a file.
