@@ -25,6 +25,7 @@ from mesh.errors import (
     ConfigurationError,
     ConnectionClosed,
     ConnectionLost,
+    DependencyFailed,
     EnvBuildFailed,
     FileCorrupted,
     FilesError,
@@ -59,7 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "EnvInfo", "call", "connect", "env", "env_info", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close", "files",
-    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "EnvBuildFailed", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "JobRejected", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied", "WorkerStartFailed",
+    "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "DependencyFailed", "EnvBuildFailed", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "JobRejected", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied", "WorkerStartFailed",
 ]  # fmt: skip
 
 T = TypeVar("T")

@@ -28,7 +28,8 @@
         │   └── MemoryLimitExceeded past the node's --max-memory per worker
         ├── MissingModule           also ModuleNotFoundError: the node lacks a module the job needs
         ├── EnvBuildFailed          the node could not build the job's ``_env``; pip's last lines
-        └── JobRejected             no node can ever run it (it needs more cores than any has)
+        ├── JobRejected             no node can ever run it (it needs more cores than any has)
+        └── DependencyFailed        a job it depends on (``_depends_on``) failed: it never ran
 
 A job's own exception (``ValueError`` raised by the user's function) is re-raised
 as its original type; its ``__cause__`` is a :class:`RemoteTraceback` holding the
@@ -47,6 +48,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionLost",
+    "DependencyFailed",
     "EnvBuildFailed",
     "FileCorrupted",
     "FileStoreFull",
@@ -261,6 +263,11 @@ class JobRejected(JobError):
     """No node can ever run the job as asked: it needs more cores than any node has."""
 
 
+class DependencyFailed(JobError):
+    """A job it depends on (``_depends_on``) failed, was killed or is unknown to this
+    client, so it was never run; the message names that job and its error."""
+
+
 class RemoteTraceback(Exception):
     """Carries a remote traceback as the ``__cause__`` of a re-raised job exception: the
     node's frames rendered with this process's source (a script's, a notebook cell's)."""
@@ -287,6 +294,7 @@ class ErrorKind(str, enum.Enum):
     ENV_BUILD = "env-build"  # its _env could not be built
     REJECTED = "rejected"  # it needs more cores than a node (or any node) has
     NO_NODES = "no-nodes"  # no node was usable for the client's no-nodes timeout
+    DEPENDENCY = "dependency"  # a job it depends on (_depends_on) failed: it never ran
 
     @property
     def exception(self) -> type[MeshError]:
@@ -316,6 +324,7 @@ _EXCEPTION_OF: dict[ErrorKind, type[MeshError]] = {
     ErrorKind.ENV_BUILD: EnvBuildFailed,
     ErrorKind.REJECTED: JobRejected,
     ErrorKind.NO_NODES: NoNodesAvailable,
+    ErrorKind.DEPENDENCY: DependencyFailed,
 }
 _KIND_OF: dict[type[BaseException], ErrorKind] = {v: k for k, v in _EXCEPTION_OF.items()}
 

@@ -12,6 +12,7 @@ import pytest
 import mesh
 from mesh._protocol import ErrorInfo, KillReason
 from mesh.errors import (
+    DependencyFailed,
     EnvBuildFailed,
     ErrorKind,
     JobError,
@@ -133,6 +134,7 @@ def test_each_kind_maps_to_its_exception_and_back() -> None:
         ErrorKind.ENV_BUILD: EnvBuildFailed,
         ErrorKind.REJECTED: JobRejected,
         ErrorKind.NO_NODES: NoNodesAvailable,
+        ErrorKind.DEPENDENCY: DependencyFailed,
     }
     for kind in ErrorKind:
         assert ErrorKind.of(kind.exception) is kind
@@ -148,7 +150,7 @@ def test_each_kind_maps_to_its_exception_and_back() -> None:
 def test_kinds_are_their_wire_strings() -> None:
     assert [k.value for k in ErrorKind] == [
         "raised", "missing-module", "worker-died", "worker-start", "killed", "max-runtime",
-        "memory", "env-build", "rejected", "no-nodes",
+        "memory", "env-build", "rejected", "no-nodes", "dependency",
     ]  # fmt: skip
     assert ErrorKind("memory") is ErrorKind.MEMORY
     info = ErrorInfo(ErrorKind.WORKER_DIED, "WorkerDied", "m")
