@@ -18,6 +18,11 @@ free slots plus a small pipeline. No job waits behind a slow one while a slot is
 when a node has a free slot and nothing waits here, the jobs of ours queued behind
 others on a busy node are recalled (the node hands back those it has not started) and
 placed again.
+
+Jobs run in priority order (``_priority``: lower first, then in submission order), and a
+job waiting here recalls ours of a later priority queued on a full node. A call or map
+with ``_depends_on`` is held (not placed) until those jobs are done; if one of them
+fails, it fails without running, and so do the jobs that depend on it.
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ from typing import NamedTuple
 
 from mesh.client._placement import NodeView, plan
 
-from mesh._protocol import DONE, PROCESSING, ErrorInfo
+from mesh._protocol import DONE, KILLED, PROCESSING, ErrorInfo
 from mesh.errors import ErrorKind
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "Accept",
     "Ack",
     "AskRuns",
@@ -52,7 +58,10 @@ __all__ = [
     "Send",
     "Stop",
     "Work",
+    "dependency_failed",
 ]
+
+DEFAULT_PRIORITY = 5  # PiCloud's default _priority: lower runs first
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,7 @@ class FailKind(enum.Enum):
     NO_NODES = ErrorKind.NO_NODES  # no node was usable for no_nodes_timeout_s
     WORKER_START = ErrorKind.WORKER_START  # its attempts all met nodes that could not start
     KILLED = ErrorKind.KILLED  # killed on request before it was sent
+    DEPENDENCY = ErrorKind.DEPENDENCY  # a job it depends on (_depends_on) failed
 
     @property
     def exception(self) -> str:
@@ -102,6 +112,7 @@ _EXCEPTIONS = {
     FailKind.NO_NODES: "NoNodesAvailable",
     FailKind.WORKER_START: "WorkerStartFailed",
     FailKind.KILLED: "JobKilled",
+    FailKind.DEPENDENCY: "DependencyFailed",
 }
 
 
@@ -120,6 +131,8 @@ class Work:
     env: tuple[str, ...] = ()
     prefer: frozenset[str] = frozenset()  # keys of nodes holding its _files
     notify_start: bool = False  # its node tells when each job starts (mesh.Executor)
+    priority: int = DEFAULT_PRIORITY  # _priority: lower runs first, here and on nodes
+    kill_process: bool = False  # _kill_process: its worker is replaced after each job
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +146,10 @@ class Batch:
     speculative: bool = False
     lazy: bool = False  # its arguments are read from its sequences as its jobs leave
     job_bytes: int = 0  # pickled arguments of one job (an estimate): held until it ends
+    # _depends_on: jobs of this client, not final when this was made, that must end
+    # done before any of these is placed (the client fails a call or map whose
+    # dependency failed already; one not submitted yet is waited for)
+    after: tuple[int, ...] = ()
 
 
 class Outcome(NamedTuple):
@@ -142,8 +159,9 @@ class Outcome(NamedTuple):
     state: int  # DONE, ERROR or KILLED
     # error kind "worker-died" or "worker-start": the node's message (the attempt is lost)
     died: str = ""
-    # that error as the node sent it: a "worker-start" one is what the job fails with
-    # once its retries are spent (it names the node and why its workers do not start)
+    # the error as the node sent it: a "worker-start" one is what the job fails with
+    # once its retries are spent (it names the node and why its workers do not start);
+    # a final one is what jobs depending on it name
     error: ErrorInfo | None = None
 
 
@@ -256,10 +274,15 @@ class _Open:
     runs_s: list[float] = field(default_factory=list)  # their run times, once asked
     median_s: float = 0.0
     check_at: float = 0.0  # next speculation check
+    deps: set[int] = field(default_factory=set)  # _depends_on jobs not done yet: held
 
     @property
     def left(self) -> int:
         return self.spec.n - self.next
+
+    @property
+    def priority(self) -> int:
+        return self.spec.work.priority
 
 
 @dataclass(slots=True, eq=False)
@@ -276,6 +299,10 @@ class _Flight:
     recalling: bool = False
     started_on: str = ""  # a recall found it running on this node: not recalled from it
 
+    @property
+    def priority(self) -> int:
+        return self.batch.spec.work.priority
+
 
 @dataclass(slots=True, eq=False)
 class _Node:
@@ -288,9 +315,11 @@ class _Node:
     up: bool = False
     draining: bool = False  # leaving: no new work
     recalling: bool = False  # a Recall awaits its hand-back
+    recall_slots: int = 0  # slots that Recall frees for jobs of an earlier priority
     error: str = ""  # why it was last lost
     inflight: dict[int, _Flight] = field(default_factory=dict)  # ours there, in send order
     slots: int = 0  # slots our jobs there take
+    priorities: dict[int, int] = field(default_factory=dict)  # ours there, by priority
 
     @property
     def usable(self) -> bool:
@@ -316,6 +345,15 @@ class Scheduler:
         self._measured: set[bytes] = set()  # functions some job of which came back
         self._no_nodes_since: float | None = None
         self._held_bytes = 0  # pickled arguments of jobs that left their batch (estimated)
+        self._held: dict[int, _Open] = {}  # calls and maps waiting for _depends_on, by first
+        self._dependents: dict[int, list[_Open]] = {}  # job -> held batches waiting for it
+        # jobs others wait for that ended since they last heard: (num, None if done else
+        # its error). Only those: the client checks its own records for jobs already final.
+        self._ended: list[tuple[int, ErrorInfo | None]] = []
+        # Whether jobs of different priorities were submitted: until then no node's jobs
+        # are counted by priority, and nothing is recalled for one (see _recall_for).
+        self._priority = DEFAULT_PRIORITY
+        self._mixed = False
 
     # ---- queries ----
 
@@ -341,6 +379,13 @@ class Scheduler:
                 out.extend(first + k for k in range(e.next, e.spec.n) if k not in e.killed)
             elif self._flights.get(e.num) is e and not e.node:
                 out.append(e.num)
+        return out
+
+    def held(self) -> list[int]:
+        """Jobs held until the jobs they depend on are done (``_depends_on``), in order."""
+        out: list[int] = []
+        for b in sorted(self._held.values(), key=lambda b: b.spec.first):
+            out.extend(b.spec.first + k for k in range(b.spec.n) if k not in b.killed)
         return out
 
     def unfinished(self) -> int:
@@ -369,10 +414,18 @@ class Scheduler:
             if batch.work.cores < 1:
                 raise ValueError(f"_cores must be at least 1, not {batch.work.cores}")
             b = self._open[batch.first] = _Open(batch, batch.n)
+            if batch.work.priority != self._priority and not self._mixed:
+                self._count_priorities()
             if batch.speculative:
                 b.check_at = now + self.config.speculate_every_s
                 self._speculative[batch.first] = b
-            self._pending.append(b)
+            b.deps = {d for d in batch.after if d < batch.first}  # later ids: see the client
+            if b.deps:
+                self._held[batch.first] = b
+                for d in b.deps:
+                    self._dependents.setdefault(d, []).append(b)
+            else:
+                self._enqueue(b)
             self._watch_for_no_nodes(now)
         return self._place()
 
@@ -471,6 +524,8 @@ class Scheduler:
             ):
                 b.sample.append((o.num, key))
             self._close(f)
+            if o.num in self._dependents:
+                self._ended.append((o.num, None if o.state == DONE else _final_error(o)))
             accepted.append(o.num)
         if accepted:
             out.append(Accept(key, tuple(accepted)))
@@ -481,7 +536,7 @@ class Scheduler:
         for f, o in crashed:
             if self._attempt_lost(f, key, o.died, out, o.error):
                 again.append(f)
-        self._pending.extendleft(reversed(again))
+        self._requeue(again)
         return out + self._place()
 
     def handed_back(
@@ -516,7 +571,7 @@ class Scheduler:
             else:
                 f.node = ""
                 back.append(f)
-        self._pending.extendleft(reversed(back))
+        self._requeue(back)
         return self._place()
 
     def node_lost(self, key: str, reason: str, now: float) -> list[Instruction]:
@@ -529,6 +584,7 @@ class Scheduler:
         lost = list(node.inflight.values())
         node.inflight.clear()
         node.slots = 0
+        node.priorities.clear()
         out: list[Instruction] = []
         again: list[_Flight] = []
         why = f"node {node.name} ({key}) was lost while running it ({reason})"
@@ -543,7 +599,7 @@ class Scheduler:
             f.node = f.twin = ""
             if self._attempt_lost(f, key, why, out):
                 again.append(f)
-        self._pending.extendleft(reversed(again))
+        self._requeue(again)
         self._watch_for_no_nodes(now)
         return out + self._place()
 
@@ -575,13 +631,22 @@ class Scheduler:
                 self._forget_if_done(b)
                 here.append(num)
         if here:
-            out.append(Fail(tuple(here), FailKind.KILLED, "killed on request before it started"))
+            ins = Fail(tuple(here), FailKind.KILLED, "killed on request before it started")
+            self._end(here, ins.info)
+            out.append(ins)
         out.extend(Stop(k, tuple(v)) for k, v in stops.items())
         return out + self._place()  # nothing left waiting here: a free node may recall
 
-    def dropped(self, nums: Iterable[int], now: float) -> list[Instruction]:
-        """The client finished these jobs itself while sending them (their arguments could
-        not be read or pickled): forget them and give their slots to others."""
+    def dropped(
+        self, nums: Iterable[int], now: float, error: ErrorInfo | None = None
+    ) -> list[Instruction]:
+        """The client failed these jobs itself, with ``error``: while sending them (their
+        arguments could not be read or pickled), or before this scheduler saw them (an
+        _env that could not be pushed). Forget them, give their slots to others, and
+        fail the jobs that depend on them."""
+        error = error or ErrorInfo(ErrorKind.RAISED, "SerializationError",
+                                   "its arguments could not be sent")  # fmt: skip
+        nums = nums if isinstance(nums, Sequence) else tuple(nums)  # (read twice)
         for num in nums:
             f = self._flights.get(num)
             if f is not None:
@@ -590,6 +655,7 @@ class Scheduler:
                         self._unplace(f, k)
                 f.node = f.twin = ""
                 self._close(f)
+        self._end(nums, error)
         return self._place()
 
     def tick(self, now: float) -> list[Instruction]:
@@ -652,7 +718,9 @@ class Scheduler:
         """Place what waits, least-loaded first within each node's credit; then, with a
         slot free and nothing waiting, recall our jobs queued behind others."""
         out: list[Instruction] = []
+        self._propagate(out)
         nodes = [n for n in self._nodes.values() if n.usable and not n.draining]
+        head: _Open | _Flight | None = None
         while self._pending and nodes and (head := self._head()) is not None:
             work = head.spec.work if isinstance(head, _Open) else head.batch.spec.work
             tried = () if isinstance(head, _Open) else head.tried
@@ -679,8 +747,11 @@ class Scheduler:
                 rejected = self._take(work, group)
                 for f in rejected:
                     self._close(f)
-                out.append(Fail(tuple(f.num for f in rejected), FailKind.REJECTED,
-                                f"job needs {work.cores} cores; the largest node has {biggest}"))  # fmt: skip
+                fail = Fail(tuple(f.num for f in rejected), FailKind.REJECTED,
+                            f"job needs {work.cores} cores; the largest node has {biggest}")  # fmt: skip
+                self._end(fail.nums, fail.info)
+                out.append(fail)
+                self._propagate(out)
                 continue
             for key, count in allocation:
                 flights = self._take(work, count)
@@ -688,9 +759,53 @@ class Scheduler:
                     self._place_on(f, key)
                 out.append(Send(key, work, tuple(f.num for f in flights),
                                 any(f.attempts for f in flights)))  # fmt: skip
-        if self.config.recall and nodes and self._head() is None:
-            self._recall(nodes, out)
+        if self.config.recall and nodes:
+            head = self._head()
+            if head is None:
+                self._recall(nodes, out)
+            else:
+                self._recall_for(head, nodes, out)
         return out
+
+    def _recall_for(
+        self, head: _Open | _Flight, nodes: list[_Node], out: list[Instruction]
+    ) -> None:
+        """Jobs wait here with no room for them: recall ours of a later priority that nodes
+        hold but have not started (the newest sent first), enough for those waiting ahead
+        of them, so a job of an earlier priority does not wait behind them."""
+        if not self._mixed:
+            return
+        first = head.priority
+        # (by the counts, not the jobs: this runs whenever jobs wait for room)
+        worst = max((p for n in nodes if not n.recalling for p in n.priorities), default=first)
+        if worst <= first:
+            return
+        need = 0  # slots wanted by jobs waiting here ahead of the worst recallable ones
+        for e in self._pending:
+            if e.priority >= worst or need >= 1 << 16:
+                break
+            if isinstance(e, _Open):
+                need += (e.left - len(e.killed)) * e.spec.work.cores
+            elif self._flights.get(e.num) is e and not e.node:
+                need += e.batch.spec.work.cores
+        need -= sum(n.recall_slots for n in self._nodes.values() if n.recalling)  # on their way
+        for n in nodes:
+            if n.recalling or need <= 0:
+                continue
+            nums: list[int] = []
+            n.recall_slots = 0
+            for f in reversed(n.inflight.values()):
+                if need <= 0 or f.started_on == n.key:
+                    break  # the jobs sent before a started one have started too
+                if f.priority <= first or f.node != n.key or f.twin or f.recalling:
+                    continue
+                f.recalling = True
+                nums.append(f.num)
+                need -= f.batch.spec.work.cores
+                n.recall_slots += f.batch.spec.work.cores
+            if nums:
+                n.recalling = True
+                out.append(Recall(n.key, tuple(reversed(nums))))
 
     def _recall(self, nodes: list[_Node], out: list[Instruction]) -> None:
         """Nodes with a free slot and nothing waiting here: recall our jobs queued on busy
@@ -722,7 +837,7 @@ class Scheduler:
                 offer -= cores
                 free -= cores
             if nums:
-                n.recalling = True
+                n.recalling, n.recall_slots = True, 0
                 out.append(Recall(n.key, tuple(reversed(nums))))
 
     def _group_length(self, work: Work, limit: int) -> int:
@@ -759,12 +874,90 @@ class Scheduler:
             pending.popleft()
         return None
 
+    def _count_priorities(self) -> None:
+        """Jobs of another priority than all before: count each node's jobs by priority
+        from now on (a client that never sets one pays nothing for it)."""
+        self._mixed = True
+        for node in self._nodes.values():
+            for f in node.inflight.values():
+                node.priorities[f.priority] = node.priorities.get(f.priority, 0) + 1
+
+    def _enqueue(self, b: _Open) -> None:
+        """Queue a call or map to be placed: after those of its priority or an earlier one."""
+        pending, p = self._pending, b.priority
+        i = len(pending)
+        while i > 0 and pending[i - 1].priority > p:
+            i -= 1
+        pending.insert(i, b)
+
+    def _requeue(self, flights: list[_Flight]) -> None:
+        """Jobs back to be placed again (handed back, or their attempt lost) go first among
+        those of their priority, in the order given."""
+        pending = self._pending
+        for f in reversed(flights):
+            i, p = 0, f.priority
+            while i < len(pending) and pending[i].priority < p:
+                i += 1
+            pending.insert(i, f)
+
+    def _end(self, nums: Iterable[int], error: ErrorInfo) -> None:
+        """Jobs ``nums`` failed with ``error``: those held for them will hear it."""
+        if self._dependents:
+            self._ended.extend((n, error) for n in nums if n in self._dependents)
+
+    def _propagate(self, out: list[Instruction]) -> None:
+        """Tell held calls and maps about jobs that ended: a done one may release them to be
+        placed; a failed one fails them whole (they never ran), and their own dependents."""
+        while self._ended:
+            num, error = self._ended.pop(0)
+            for b in self._dependents.pop(num, ()):
+                if self._held.get(b.spec.first) is not b:
+                    continue  # failed or killed already
+                if error is None:
+                    b.deps.discard(num)
+                    if not b.deps:
+                        del self._held[b.spec.first]
+                        self._enqueue(b)
+                    continue
+                del self._held[b.spec.first]
+                why = dependency_failed(self.jid(num), error)
+                fail = self._fail_unsent(b, FailKind.DEPENDENCY, why, out)
+                if fail is not None:
+                    self._end(fail.nums, fail.info)
+                for d in b.deps:
+                    waiting = self._dependents.get(d)
+                    if waiting is not None and b in waiting:
+                        waiting.remove(b)
+                        if not waiting:
+                            del self._dependents[d]
+                self._forget_if_done(b)
+
+    def _fail_unsent(
+        self, b: _Open, kind: FailKind, message: str, out: list[Instruction]
+    ) -> Fail | None:
+        """Fail the jobs of ``b`` not sent yet (and not killed): none of them will be."""
+        if b.left <= 0:
+            return None
+        first = b.spec.first
+        unsent = range(first + b.next, first + b.spec.n)
+        killed = {first + k for k in b.killed}
+        nums: range | tuple[int, ...] = (
+            tuple(x for x in unsent if x not in killed) if killed else unsent
+        )
+        b.open -= len(nums)
+        b.next, b.killed = b.spec.n, set()
+        if not nums:
+            return None
+        fail = Fail(nums, kind, message)
+        out.append(fail)
+        return fail
+
     def _take(self, work: Work, count: int) -> list[_Flight]:
         """Take up to ``count`` jobs of ``work`` off the head of the queue."""
         out: list[_Flight] = []
         while len(out) < count and (head := self._head()) is not None:
             if isinstance(head, _Open):
-                if head.spec.work != work:
+                if head.spec.work is not work and head.spec.work != work:
                     break
                 f = _Flight(head.spec.first + head.next, head)
                 self._flights[f.num] = f
@@ -786,11 +979,21 @@ class Scheduler:
             f.node = key
         node.inflight[f.num] = f
         node.slots += f.batch.spec.work.cores
+        if self._mixed:
+            p = f.priority
+            node.priorities[p] = node.priorities.get(p, 0) + 1
 
     def _unplace(self, f: _Flight, key: str) -> None:
         node = self._nodes.get(key)
         if node is not None and node.inflight.pop(f.num, None) is not None:
             node.slots -= f.batch.spec.work.cores
+            if self._mixed:
+                p = f.priority
+                left = node.priorities[p] - 1
+                if left:
+                    node.priorities[p] = left
+                else:
+                    del node.priorities[p]
 
     def _spare(self, f: _Flight, exclude: str) -> _Node | None:
         """The least-loaded node other than ``exclude`` with a free slot for ``f``."""
@@ -822,11 +1025,13 @@ class Scheduler:
             return True
         self._close(f)
         if error is not None and error.kind == ErrorKind.WORKER_START:
-            out.append(Fail((f.num,), FailKind.WORKER_START, error.message, error))
-            return False
-        out.append(Fail((f.num,), FailKind.WORKER_DIED,
+            fail = Fail((f.num,), FailKind.WORKER_START, error.message, error)
+        else:
+            fail = Fail((f.num,), FailKind.WORKER_DIED,
                         f"job {self.jid(f.num)} ({f.batch.spec.work.name}) failed {f.attempts} "
-                        f"attempts, on nodes {', '.join(n for n, _ in f.tried)}; the last: {why}"))  # fmt: skip
+                        f"attempts, on nodes {', '.join(n for n, _ in f.tried)}; the last: {why}")  # fmt: skip
+        self._end((f.num,), fail.info)
+        out.append(fail)
         return False
 
     def _close(self, f: _Flight) -> None:
@@ -840,6 +1045,7 @@ class Scheduler:
         if b.open == 0:
             self._open.pop(b.spec.first, None)
             self._speculative.pop(b.spec.first, None)
+            self._held.pop(b.spec.first, None)
 
     def _batch_of(self, num: int) -> _Open | None:
         f = self._flights.get(num)
@@ -859,17 +1065,7 @@ class Scheduler:
         why = "; ".join(f"{n.name} ({n.key}): {n.error}" for n in self._nodes.values())
         message = f"no node reachable for {self.config.no_nodes_timeout_s:g} s ({why})"
         for b in list(self._open.values()):
-            first = b.spec.first
-            if b.left > 0:
-                unsent = range(first + b.next, first + b.spec.n)
-                killed = {first + k for k in b.killed}
-                nums: range | tuple[int, ...] = (
-                    tuple(x for x in unsent if x not in killed) if killed else unsent
-                )
-                b.open -= len(nums)
-                b.next, b.killed = b.spec.n, set()
-                if nums:
-                    out.append(Fail(nums, FailKind.NO_NODES, message))
+            self._fail_unsent(b, FailKind.NO_NODES, message, out)
         flights = list(self._flights.values())
         for f in flights:
             for k in (f.node, f.twin):
@@ -882,6 +1078,9 @@ class Scheduler:
         self._pending.clear()
         self._open.clear()
         self._speculative.clear()
+        self._held.clear()
+        self._dependents.clear()
+        self._ended.clear()
 
     def _check_stragglers(self, b: _Open, out: list[Instruction]) -> None:
         """Most of a speculative map is done: learn its median run time from a sample of
@@ -900,3 +1099,20 @@ class Scheduler:
                 if f.batch is b and f.node and not f.twin and self._nodes[f.node].usable:
                     by_node.setdefault(f.node, []).append(f.num)
         out.extend(AskRuns(k, tuple(v)) for k, v in by_node.items())
+
+
+def dependency_failed(jid: str, error: ErrorInfo) -> str:
+    """Why a job depending on job ``jid``, which failed with ``error``, does not run."""
+    if error.kind == ErrorKind.DEPENDENCY:
+        return f"it depends on job {jid}, which did not run: {error.message}"
+    name = error.type_name.removeprefix("builtins.")
+    return f"it depends on job {jid}, which failed ({name}: {error.message})"
+
+
+def _final_error(o: Outcome) -> ErrorInfo:
+    """The error a job that ended without a result (``o``) ended with, for its dependents."""
+    if o.error is not None:
+        return o.error
+    if o.state == KILLED:
+        return ErrorInfo(ErrorKind.KILLED, "JobKilled", "killed")
+    return ErrorInfo(ErrorKind.RAISED, "JobError", "it raised an exception")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import settings
@@ -643,6 +644,164 @@ def test_a_deep_pipeline_queued_behind_a_slow_job_is_rebalanced_in_simulated_tim
     assert max(simulate(run_s, recall=False).values()) == pytest.approx(0.349)
 
 
+# ---- _depends_on: held until the jobs it depends on are done ----
+
+BOOM = ErrorInfo(ErrorKind.RAISED, "builtins.ValueError", "boom", "Traceback ...")
+
+
+def test_a_held_call_is_placed_once_its_dependency_is_done() -> None:
+    s = sched("a", workers=2)
+    assert s.submit(Batch(1, 1, F), 0.0) == [Send("a", F, (1,))]
+    # room is free, but job 2 waits for job 1
+    assert s.submit(Batch(2, 2, G, after=(1,)), 0.0) == []
+    assert s.held() == [2, 3] and s.waiting() == [] and s.unfinished() == 3
+    assert s.results("a", done(1), 1.0, running=0, queued=0) == [
+        Accept("a", (1,)),
+        Ack("a", (1,)),
+        Send("a", G, (2, 3)),
+    ]
+    assert s.held() == []
+
+
+def test_a_map_waits_for_every_job_it_depends_on() -> None:
+    s = sched("a", workers=4)
+    s.submit(Batch(1, 3, F), 0.0)
+    assert s.submit(Batch(4, 1, G, after=(1, 2, 3)), 0.0) == []
+    assert s.results("a", done(1, 3), 1.0, running=1, queued=0) == [
+        Accept("a", (1, 3)),
+        Ack("a", (1, 3)),
+    ]
+    assert s.held() == [4]
+    assert s.results("a", done(2), 2.0, running=0, queued=0)[-1] == Send("a", G, (4,))
+
+
+def test_a_failed_dependency_fails_its_dependents_whole_naming_it() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.submit(Batch(2, 3, G, after=(1,)), 0.0)
+    s.submit(Batch(5, 1, F, after=(3,)), 0.0)  # on one job of the map
+    out = s.results("a", [Outcome(1, ERROR, error=BOOM)], 1.0, running=0, queued=0)
+    assert out == [
+        Accept("a", (1,)),
+        Ack("a", (1,)),
+        Fail(range(2, 5), FailKind.DEPENDENCY,
+             "it depends on job c0-1, which failed (ValueError: boom)"),
+        Fail(range(5, 6), FailKind.DEPENDENCY, "it depends on job c0-3, which did not run: "
+             "it depends on job c0-1, which failed (ValueError: boom)"),
+    ]  # fmt: skip
+    fail = out[2]
+    assert isinstance(fail, Fail)
+    assert fail.info == ErrorInfo(ErrorKind.DEPENDENCY, "DependencyFailed", fail.message)
+    assert s.unfinished() == 0 and s.held() == []
+
+
+def test_a_killed_dependency_fails_its_dependents() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.submit(Batch(2, 1, G, after=(1,)), 0.0)
+    assert s.kill([1], 1.0) == [Stop("a", (1,))]
+    assert s.held() == [2]  # it waits for the node's word
+    assert s.results("a", [Outcome(1, KILLED)], 2.0, running=0, queued=0)[2:] == [
+        Fail(range(2, 3), FailKind.DEPENDENCY,
+             "it depends on job c0-1, which failed (JobKilled: killed)"),
+    ]  # fmt: skip
+
+
+def test_killing_a_held_job_fails_it_here_and_its_own_dependents() -> None:
+    s = sched("a")
+    s.submit(Batch(1, 1, F), 0.0)
+    s.submit(Batch(2, 2, G, after=(1,)), 0.0)
+    s.submit(Batch(4, 1, G, after=(3,)), 0.0)
+    assert s.kill([3], 1.0) == [
+        Fail((3,), FailKind.KILLED, "killed on request before it started"),
+        Fail(range(4, 5), FailKind.DEPENDENCY, "it depends on job c0-3, which failed "
+             "(JobKilled: killed on request before it started)"),
+    ]  # fmt: skip
+    assert s.held() == [2]
+    # the rest of the map still runs once its dependency is done, without job 3
+    assert s.results("a", done(1), 2.0, running=0, queued=0)[-1] == Send("a", G, (2,))
+    assert s.held() == [] and s.waiting() == []
+
+
+def test_a_dependency_retried_after_its_worker_died_releases_its_dependents_once() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 1, F, retries=1), 0.0)
+    s.submit(Batch(2, 1, G, after=(1,)), 0.0)
+    out = s.results("a", [Outcome(1, ERROR, died=DIED)], 1.0, running=0, queued=0)
+    assert out == [Ack("a", (1,)), Lost(1, "ws-a", 1, "a"), Send("b", F, (1,), retry=True)]
+    assert s.held() == [2]
+    out = s.results("b", done(1), 2.0, running=0, queued=0)
+    assert out == [Accept("b", (1,)), Ack("b", (1,)), Send("a", G, (2,))]
+    assert s.results("b", done(1), 3.0) == [Ack("b", (1,))]  # a duplicate: nothing again
+
+
+def test_a_dependency_the_client_failed_itself_fails_those_held_for_it() -> None:
+    """A call waiting for its _env's wheel to be pushed is not the scheduler's yet; a job
+    depending on it is held, and fails when the client fails it (``dropped``)."""
+    s = sched("a")
+    assert s.submit(Batch(2, 1, G, after=(1,)), 0.0) == []
+    env = ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", "could not push")
+    assert s.dropped(range(1, 2), 1.0, env) == [
+        Fail(range(2, 3), FailKind.DEPENDENCY,
+             "it depends on job c0-1, which failed (EnvBuildFailed: could not push)"),
+    ]  # fmt: skip
+
+
+def test_held_jobs_fail_with_the_rest_when_no_node_is_left() -> None:
+    s = sched(no_nodes_timeout_s=5.0)
+    s.submit(Batch(1, 1, F), 0.0)
+    s.submit(Batch(2, 1, F, after=(1,)), 0.0)
+    out = s.tick(6.0)
+    assert [(f.nums, f.kind) for f in out if isinstance(f, Fail)] == [
+        (range(1, 2), FailKind.NO_NODES),
+        (range(2, 3), FailKind.NO_NODES),
+    ]
+    assert s.unfinished() == 0 and s.held() == []
+
+
+# ---- _priority: lower first, here and on the nodes ----
+
+
+def test_waiting_jobs_are_placed_in_priority_order_then_in_order() -> None:
+    s = sched()
+    low, high = replace(F, priority=9), replace(F, priority=1)
+    s.submit_all([Batch(1, 2, low), Batch(3, 1, F), Batch(4, 2, high), Batch(6, 1, high)], 0.0)
+    assert s.waiting() == [4, 5, 6, 3, 1, 2]
+    assert s.node_up("a", "ws-a", 1, 1.0) == [Send("a", high, (4, 5))]
+    assert s.results("a", done(4, 5), 2.0, running=0, queued=0)[2:] == [
+        Send("a", high, (6,)),
+        Send("a", F, (3,)),
+    ]
+
+
+def test_a_job_of_an_earlier_priority_recalls_later_ones_queued_on_a_full_node() -> None:
+    s = sched("a")
+    low, high = replace(F, priority=9), replace(G, priority=1)
+    assert s.submit(Batch(1, 2, low), 0.0) == [Send("a", low, (1, 2))]
+    # no room left: the one of priority 9 not started there comes back for it
+    assert s.submit(Batch(3, 1, high), 1.0) == [Recall("a", (2,))]
+    assert s.submit(Batch(4, 1, high), 1.0) == []  # one recall at a time
+    # job 4 waits too: job 1 is asked for (the node has not said it started)
+    assert s.handed_back("a", [2], 2.0, leaving=False) == [
+        Send("a", high, (3,)),
+        Recall("a", (1,)),
+    ]
+    assert s.waiting() == [4, 2]
+    assert s.handed_back("a", [], 2.5, leaving=False) == []  # it had: not asked again
+    assert s.results("a", done(1), 3.0, running=1, queued=0)[2:] == [Send("a", high, (4,))]
+    assert s.results("a", done(3, 4), 4.0, running=0, queued=0)[2:] == [Send("a", low, (2,))]
+
+
+def test_jobs_back_to_be_placed_again_go_first_among_their_priority() -> None:
+    s = sched("a", "b")
+    s.submit(Batch(1, 4, F), 0.0)
+    s.submit(Batch(5, 2, F), 0.0)
+    s.submit(Batch(7, 1, replace(F, priority=9)), 0.0)
+    assert s.waiting() == [5, 6, 7]
+    s.handed_back("b", [3, 4], 1.0)  # leaving
+    assert s.waiting() == [3, 4, 5, 6, 7]
+
+
 # ---- random event sequences ----
 
 NODES = ("a", "b", "c")
@@ -655,7 +814,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     After each step: every job not final is waiting in the scheduler or on exactly the
     nodes the scheduler thinks; no node holds more of our slots than its credit; a
     node gets nothing while it is down or leaving; no job is final twice; a map's jobs
-    leave the queue in order. At the end, nodes that answer finish every job."""
+    leave the queue in order; no job is sent before every job it depends on is done.
+    At the end, nodes that answer finish every job, and a call or map one of whose
+    dependencies failed never ran."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -677,6 +838,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.copies: dict[str, dict[int, bool]] = {k: {} for k in NODES}  # num -> stopped
         self.recalls: dict[str, tuple[int, ...]] = {}
         self.asked: list[AskRuns] = []
+        self.ok: set[int] = set()  # final and done
+        self.reported: dict[int, int] = {}  # the state a node last reported for a job
+        self.deps_of: dict[int, tuple[int, ...]] = {}  # batch first -> its _depends_on
 
     # -- carrying out instructions --
 
@@ -687,6 +851,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 for num in ins.nums:
                     assert num not in self.final, ins
                     assert self.batch_of[num].work == ins.work, ins
+                    deps = self.deps_of.get(self.batch_of[num].first, ())
+                    assert set(deps) <= self.ok, (ins, deps)  # never before its dependencies
                     if num not in self.sent:
                         first = self.batch_of[num].first
                         assert self.first_sent.get(first, first - 1) < num, ins  # in order
@@ -697,6 +863,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 for num in ins.nums:
                     assert num not in self.final, f"{num} final twice: {ins}"
                     self.final.add(num)
+                    if isinstance(ins, Accept) and self.reported.get(num) == DONE:
+                        self.ok.add(num)
             elif isinstance(ins, Lost):
                 assert ins.num not in self.final, ins
             elif isinstance(ins, Stop):
@@ -725,12 +893,29 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- events --
 
     @rule(n=st.integers(1, 6), work=st.sampled_from(WORKS), retries=st.integers(0, 2),
-          speculative=st.booleans(), lazy=st.booleans())  # fmt: skip
-    def submit(self, n: int, work: Work, retries: int, speculative: bool, lazy: bool) -> None:
-        batch = Batch(self.next_num, n, work, retries, speculative, lazy, 30 if lazy else 0)
-        for num in range(self.next_num, self.next_num + n):
+          speculative=st.booleans(), lazy=st.booleans(), priority=st.sampled_from([1, 5, 9]),
+          deps=st.lists(st.integers(1, 40), max_size=3))  # fmt: skip
+    def submit(
+        self, n: int, work: Work, retries: int, speculative: bool, lazy: bool, priority: int,
+        deps: list[int],
+    ) -> None:  # fmt: skip
+        first = self.next_num
+        deps = [d for d in deps if d < first]
+        work = replace(work, priority=priority)
+        # as the client does: done dependencies are met, a failed one fails it at once
+        after = tuple(d for d in deps if d not in self.final)
+        batch = Batch(first, n, work, retries, speculative, lazy, 30 if lazy else 0, after)
+        for num in range(first, first + n):
             self.batch_of[num] = batch
+        self.deps_of[first] = tuple(deps)
         self.next_num += n
+        if any(d in self.final and d not in self.ok for d in deps):
+            self.final.update(range(first, first + n))
+            error = ErrorInfo(
+                ErrorKind.DEPENDENCY, "DependencyFailed", "it depends on a failed job"
+            )
+            self.apply(self.s.dropped(range(first, first + n), self.now, error))
+            return
         self.apply(self.s.submit(batch, self.now))
 
     @rule(key=st.sampled_from(NODES), workers=st.integers(1, 3))
@@ -773,6 +958,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 outcomes.append(Outcome(num, ERROR, died="worker died"))
             else:
                 outcomes.append(Outcome(num, DONE if how == "done" else ERROR))
+            self.reported[num] = outcomes[-1].state
         self.apply(self.s.results(key, outcomes, self.now, **self.report(key),
                                   avg_run_s=0.5 if slow else 0.0))  # fmt: skip
 
@@ -861,11 +1047,23 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert key in self.up, (key, num)
                 assert num in self.copies[key], (key, num)  # the node holds it
                 where.setdefault(num, []).append(key)
+        held = self.s.held()
+        assert not set(held) & set(waiting)
         for num in open_:
-            places = (num in waiting) + len(where.get(num, []))
+            places = (num in waiting) + (num in held) + len(where.get(num, []))
             assert 1 <= places <= 2, (num, waiting, where)  # a copy makes two
         assert not (set(waiting) | set(where)) & self.final
         assert self.s.unfinished() == len(open_)
+
+    @invariant()
+    def each_nodes_priority_counts_match_its_jobs(self) -> None:
+        for key, node in self.s._nodes.items():
+            counts: dict[int, int] = {}
+            for num in self.s.in_flight(key):
+                p = self.batch_of[num].work.priority
+                counts[p] = counts.get(p, 0) + 1
+            # (counted once two priorities met, from then on)
+            assert node.priorities == (counts if self.s._mixed else {}), key
 
     @invariant()
     def no_node_holds_more_than_its_credit(self) -> None:
@@ -887,6 +1085,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if self.copies[key]:
                     outcomes = [Outcome(n, KILLED if stopped else DONE)
                                 for n, stopped in self.copies[key].items()]  # fmt: skip
+                    self.reported.update((o.num, o.state) for o in outcomes)
                     self.copies[key].clear()
                     self.apply(self.s.results(key, outcomes, self.now, running=0, queued=0))
             if not any(self.copies[k] for k in self.up) and self.s.unfinished():
@@ -895,6 +1094,11 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.node_up("a", 3)
         assert self.s.unfinished() == 0
         assert self.final == set(range(1, self.next_num))
+        assert self.s.held() == [] and self.s.waiting() == []
+        for first, deps in self.deps_of.items():
+            if not set(deps) <= self.ok:  # a dependency failed: none of it ran
+                nums = set(range(first, first + self.batch_of[first].n))
+                assert not nums & (self.sent | self.ok), (first, deps)
 
 
 SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
