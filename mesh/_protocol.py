@@ -518,6 +518,10 @@ class Submit(Message):
     # Send a Started when each of these jobs starts (mesh.Executor: its futures enter
     # RUNNING); off for plain calls and maps, which need not pay for the messages.
     notify_start: bool = False
+    # _priority: among this sender's queued jobs, lower runs first (5: PiCloud's default)
+    priority: int = 5
+    # _kill_process: each job runs alone and its worker process is replaced afterwards
+    kill_process: bool = False
 
 
 def pushed_name(sha: str, filename: str) -> str:

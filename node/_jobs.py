@@ -8,9 +8,12 @@ passed in. Job states: queued -> processing -> done | error | killed.
 
 Workers take batches of consecutive jobs of one function, sized so a batch is a few
 milliseconds of work; a job that needs several cores reserves idle workers; a job
-with a runtime limit runs alone. When a worker dies, the job it was running gets the
-blame only if it ran alone; the rest of a batch is re-queued to run one by one
-("suspects"), so a crashing job is always identified on its own.
+with a runtime limit runs alone, and so does one with ``kill_process``, whose worker is
+retired once it reported the result (the pool starts a fresh one in its place). When
+a worker dies, the job it was running gets the blame only if it ran alone; the rest
+of a batch is re-queued to run one by one ("suspects"), so a crashing job is always
+identified on its own. A client's jobs run in its ``priority`` order (lower first;
+among equal, in the order sent); other clients' jobs keep their places.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "JobTable",
     "KillWorker",
     "Notify",
+    "RetireWorker",
 ]
 
 # A batch should take about this long; a longer one delays results and kills.
@@ -87,6 +91,8 @@ class Job:
     kill_reason: KillReason | None = None
     watchers: set[int] | None = None
     notify_start: bool = False  # its owner wants a Started when it starts
+    priority: int = 5  # among its owner's queued jobs, lower runs first
+    kill_process: bool = False  # runs alone; its worker is retired afterwards
 
     def item(self) -> ResultItem:
         return ResultItem(self.jid, self.state, self.result, self.error)
@@ -103,6 +109,7 @@ class _Worker:
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     stopping: bool = False  # being killed for its memory
     env: str = ""  # the job environment this worker runs in ("" the node's own)
+    retiring: bool = False  # runs a kill_process job: no more work, retired after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +147,15 @@ class Notify:
     jids: list[str]
 
 
-Instruction = Dispatch | KillWorker | Deliver | HandBack | Notify
+@dataclass(frozen=True, slots=True)
+class RetireWorker:
+    """Stop ``worker``, idle now: its last job asked for a fresh process after it (its
+    result went out first); the pool starts another in its place."""
+
+    worker: int
+
+
+Instruction = Dispatch | KillWorker | Deliver | HandBack | Notify | RetireWorker
 
 
 class JobTable:
@@ -170,6 +185,9 @@ class JobTable:
         # Worker pools that cannot start a worker, by environment ("" the node's own):
         # their jobs fail with this error at once instead of waiting for a worker.
         self.broken: dict[str, ErrorInfo] = {}
+        # The latest priority each connection queued jobs with: one no later than that
+        # is queued at the end, with no search.
+        self._latest: dict[int, int] = {}
 
     # ---- queries ----
 
@@ -237,10 +255,14 @@ class JobTable:
         max_runtime: float = 0.0,
         retry: bool = False,
         notify_start: bool = False,
+        priority: int = 5,
+        kill_process: bool = False,
     ) -> list[Instruction]:
         """A client submitted jobs. A jid seen before is not run twice: the sender watches
         it; unless ``retry`` and its last attempt here killed its worker. With
-        ``notify_start``, a Notify tells the sender when each one starts."""
+        ``notify_start``, a Notify tells the sender when each one starts. They queue
+        ahead of the sender's jobs of a later ``priority``; with ``kill_process`` each
+        runs alone and its worker process is replaced afterwards."""
         fresh: list[Job] = []
         for jid, args in items:
             old = self.jobs.get(jid)
@@ -256,7 +278,7 @@ class JobTable:
                 self._back.setdefault(conn, []).append(jid)
                 continue
             job = Job(jid, func, args, conn, now, cores, label, max_runtime)
-            job.notify_start = notify_start
+            job.notify_start, job.priority, job.kill_process = notify_start, priority, kill_process
             if old is not None:
                 job.attempts = old.attempts
             self.jobs[jid] = job
@@ -274,8 +296,24 @@ class JobTable:
                 continue
             fresh.append(job)
         if fresh:
-            self._queue_of(func).extend(fresh)
+            self._enqueue(self._queue_of(func), fresh, conn, priority)
         return self._schedule(now)
+
+    def _enqueue(self, q: deque[Job], jobs: list[Job], conn: int, priority: int) -> None:
+        """Queue ``jobs`` after the sender's of this priority or an earlier one, ahead of
+        its first of a later one (whose place they take: others' jobs keep theirs)."""
+        latest = self._latest.get(conn)
+        self._latest[conn] = priority if latest is None else max(latest, priority)
+        if latest is None or priority >= latest:
+            q.extend(jobs)
+            return
+        at = next((i for i, j in enumerate(q) if j.owner == conn and j.priority > priority), None)
+        if at is None:
+            q.extend(jobs)
+            return
+        q.rotate(-at)
+        q.extendleft(reversed(jobs))
+        q.rotate(at)
 
     def watch(self, conn: int, jids: tuple[str, ...]) -> list[Instruction]:
         """Also deliver these jobs' results to ``conn`` (at once for finished ones)."""
@@ -341,6 +379,8 @@ class JobTable:
             self._finish(job, state, now, result=blob, error=error, finished=finished)
         if not w.batch:
             self._release(w)
+            if w.retiring:  # its result goes out first (_flush), then the worker
+                return [*self._schedule(now), RetireWorker(wid)]
         return self._schedule(now)
 
     def worker_died(self, wid: int, exit_desc: str, now: float) -> list[Instruction]:
@@ -468,6 +508,7 @@ class JobTable:
 
     def disconnected(self, conn: int) -> None:
         """A client went away; its jobs keep running and their results wait to be fetched."""
+        self._latest.pop(conn, None)
         for job in self.jobs.values():
             if job.watchers and conn in job.watchers:
                 job.watchers.discard(conn)
@@ -509,7 +550,7 @@ class JobTable:
         w.reserving.clear()
 
     def _batch_size(self, head: Job, queued: int, workers: int) -> int:
-        if head.cores > 1 or head.max_runtime > 0 or head.suspect:
+        if head.cores > 1 or head.max_runtime > 0 or head.suspect or head.kill_process:
             return 1
         by_queue = queued // (2 * max(workers, 1))
         if self.avg_run_s is None:
@@ -526,7 +567,7 @@ class JobTable:
         shared = any(w.env for w in self.workers.values())
         if self.queue:
             idle = [w for w in self.workers.values()
-                    if not w.batch and not w.reserved_for and not w.env]  # fmt: skip
+                    if not w.batch and not w.reserved_for and not w.env and not w.retiring]  # fmt: skip
             n_workers = len(self.workers) if not self.env_queues else sum(
                 1 for w in self.workers.values() if not w.env)  # fmt: skip
             if shared:
@@ -535,7 +576,7 @@ class JobTable:
         for env, q in list(self.env_queues.items()):
             if q:
                 mine = [w for w in self.workers.values() if w.env == env]
-                idle = [w for w in mine if not w.batch and not w.reserved_for]
+                idle = [w for w in mine if not w.batch and not w.reserved_for and not w.retiring]
                 self._schedule_queue(q, idle[: self._free_slots()], len(mine), now, out)
             if not q:
                 del self.env_queues[env]
@@ -559,9 +600,11 @@ class JobTable:
                 jobs = [q.popleft()]
                 while q and len(jobs) < n:
                     j = q[0]
-                    if j.func is not head.func or j.cores != 1 or j.max_runtime > 0 or j.suspect:
+                    if (j.func is not head.func or j.cores != 1 or j.max_runtime > 0 or j.suspect
+                            or j.kill_process):  # fmt: skip
                         break
                     jobs.append(q.popleft())
+                w.retiring = head.kill_process
                 for j in jobs:
                     j.state, j.worker, j.started = PROCESSING, w.wid, now
                     w.batch[j.jid] = j

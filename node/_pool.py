@@ -148,6 +148,7 @@ class WorkerPool:
         self._kill_grace_s = kill_grace_s
         self._procs: dict[int, _Proc] = {}
         self._ready: set[int] = set()  # workers that said WorkerReady and are alive
+        self._retiring: set[int] = set()  # stopped after a _kill_process job: not news
         self._tasks = TaskSet("pool", log)
         self._waiting: set[asyncio.Task[Any]] = set()  # tasks in a backoff before a spawn
         self._next_wid = first_wid  # pools of one node number their workers apart
@@ -283,7 +284,10 @@ class WorkerPool:
             return
         desc = describe_exit(returncode)
         delay_s = 0.0
-        if was_ready:
+        if wid in self._retiring:
+            self._retiring.discard(wid)
+            log.debug("worker %d (pid %d) retired after a _kill_process job", wid, proc.pid)
+        elif was_ready:
             log.info("worker %d (pid %d) %s", wid, proc.pid, desc)
         else:
             delay_s = self._failed_start(wid, desc, stderr.lines())
@@ -296,6 +300,13 @@ class WorkerPool:
             return False
         p.conn.send(msg)
         return True
+
+    def retire(self, wid: int) -> None:
+        """Replace an idle worker with a fresh process (its job asked for _kill_process):
+        stopped as by ``kill``; its slot is refilled as after any exit."""
+        if wid in self._procs:
+            self._retiring.add(wid)
+            self.kill(wid)
 
     def kill(self, wid: int) -> None:
         """SIGTERM the worker's process group, SIGKILL after the grace period."""

@@ -35,6 +35,7 @@ from mesh.node._jobs import (
     JobTable,
     KillWorker,
     Notify,
+    RetireWorker,
 )
 from mesh.node._peers import GOSSIP_LINK, GOSSIP_MESSAGES, PeerTable, load_node_id, unique_name
 from mesh.node._pool import WorkerPool
@@ -518,6 +519,8 @@ class Node:
                     max_runtime=msg.max_runtime,
                     retry=msg.retry,
                     notify_start=msg.notify_start,
+                    priority=msg.priority,
+                    kill_process=msg.kill_process,
                 )
             )
         elif isinstance(msg, Ack):
@@ -741,6 +744,10 @@ class Node:
                 pool = self._pool_for(ins.worker)
                 if pool is not None:
                     pool.kill(ins.worker)
+            elif isinstance(ins, RetireWorker):
+                pool = self._pool_for(ins.worker)
+                if pool is not None:
+                    pool.retire(ins.worker)
             elif isinstance(ins, HandBack):
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:

@@ -13,6 +13,7 @@ from mesh.node._jobs import (
     JobTable,
     KillWorker,
     Notify,
+    RetireWorker,
 )
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED, ErrorInfo, RanItem
@@ -601,3 +602,45 @@ def test_a_queued_job_killed_before_it_starts_is_never_reported() -> None:
     t.submit(OWNER, F, items("j1"), 0.0, notify_start=True)
     assert t.kill(("j1",), 1.0) == [Deliver(OWNER, [("j1", KILLED, b"", KILLED_ON_REQUEST)])]
     assert t.worker_ready(10, 2.0) == []
+
+
+# ---- _kill_process and _priority ----
+
+
+def test_a_kill_process_job_runs_alone_and_its_worker_is_retired_after_its_result() -> None:
+    t = table(capacity=1)
+    warm_up(t, 1)  # F is measured quick: its jobs would go in batches
+    out = t.submit(OWNER, F, items("k1", "k2"), 2.0, kill_process=True)
+    assert out == [Dispatch(1, F, False, jobs(t, "k1"))]
+    assert t.jobs["k1"].state == PROCESSING and t.jobs["k2"].state == QUEUED
+    out = t.worker_ran(1, (ran("k1"),), 3.0)
+    # the result first, then the worker goes; k2 waits for a fresh one
+    assert out == [Deliver(OWNER, [done("k1")]), RetireWorker(1)]
+    assert t.jobs["k2"].state == QUEUED
+    assert t.worker_died(1, "was killed by SIGTERM", 3.5) == []  # retired: nobody blamed
+    assert t.worker_ready(2, 4.0) == [Dispatch(2, F, True, jobs(t, "k2"))]
+    assert t.worker_ran(2, (ran("k2"),), 5.0) == [Deliver(OWNER, [done("k2")]), RetireWorker(2)]
+
+
+def test_a_job_without_kill_process_keeps_its_worker() -> None:
+    t = table(capacity=1)
+    t.worker_ready(1, 0.0)
+    t.submit(OWNER, F, items("a", "b"), 1.0)
+    assert t.worker_ran(1, (ran("a"),), 2.0) == [
+        Dispatch(1, F, False, jobs(t, "b")),
+        Deliver(OWNER, [done("a")]),
+    ]
+
+
+def test_a_senders_earlier_priority_jobs_go_ahead_of_its_later_ones_only() -> None:
+    t = table(capacity=1)
+    t.submit(OWNER, F, items("low1", "low2"), 1.0, priority=9)
+    t.submit(OTHER, F, items("theirs"), 1.0, priority=9)
+    t.submit(OWNER, F, items("mid"), 1.0)  # the default, 5
+    t.submit(OTHER, F, items("their-high"), 1.0, priority=1)  # takes the place of theirs
+    t.submit(OWNER, F, items("high"), 1.0, priority=1)
+    t.submit(OWNER, F, items("low3"), 1.0, priority=9)
+    assert [j.jid for j in t.queue] == [
+        "high", "mid", "low1", "low2", "their-high", "theirs", "low3",
+    ]  # fmt: skip
+    assert t.worker_ready(1, 2.0) == [Dispatch(1, F, True, jobs(t, "high"))]
