@@ -34,6 +34,7 @@ from mesh.client._files import AsyncFiles
 from mesh.client._handle import Job, register_owner
 from mesh.client._local import LocalMesh
 from mesh.client._scheduler import (
+    DEFAULT_PRIORITY,
     Accept,
     AskRuns,
     Batch,
@@ -47,6 +48,7 @@ from mesh.client._scheduler import (
     Send,
     Stop,
     Work,
+    dependency_failed,
 )
 from mesh.client._scheduler import Ack as AckResults
 from mesh.client._scheduler import Recall as RecallJobs
@@ -126,7 +128,8 @@ RECONNECT_S = 1.0
 # Once one node is usable, how long start() waits for the others before it returns.
 CONNECT_GRACE_S = 0.25
 ACK_DELAY_S = 0.02
-OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
+OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files",
+           "_depends_on", "_kill_process", "_priority")  # fmt: skip
 
 T = TypeVar("T")
 
@@ -227,10 +230,10 @@ class _Func:
     back and its result in one buffer, about 18 bytes beside the result. So a map of a
     million jobs costs the client its handles and its results, not a million objects."""
 
-    __slots__ = ("ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
-                 "label", "live", "max_runtime", "n", "name", "next", "node_ids",
-                 "nodes", "on_start", "pickled", "prefer", "push", "results", "retries", "sizes", "source",
-                 "speculative", "start", "submitted")  # fmt: skip
+    __slots__ = ("after", "ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
+                 "kill_process", "label", "live", "max_runtime", "n", "name", "next", "node_ids",
+                 "nodes", "on_start", "pickled", "prefer", "priority", "push", "results", "retries",
+                 "sizes", "source", "speculative", "start", "submitted")  # fmt: skip
 
     def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
         self.fhash, self.blob, self.name = fhash, blob, name
@@ -238,6 +241,9 @@ class _Func:
         # of a million jobs 32 MB).
         self.cores, self.label, self.max_runtime, self.retries = 1, "", 0.0, 3
         self.speculative = False  # stragglers of this map get a copy elsewhere
+        self.after: tuple[str, ...] = ()  # _depends_on: jobs that must be done first
+        self.priority = DEFAULT_PRIORITY  # _priority: lower runs first
+        self.kill_process = False  # _kill_process: a fresh worker process after each job
         self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
         self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
         self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
@@ -469,6 +475,16 @@ def _file_names(files: Any) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in names):
         raise TypeError(f"_files= takes mesh file names (str), not {files!r}")
     return names
+
+
+def _depends_on(jids: Any) -> tuple[str, ...]:
+    """``_depends_on=``: a job id or job ids (a call's or a map's) that must be done first."""
+    if jids is None:
+        return ()
+    out = (jids,) if isinstance(jids, str) else tuple(jids)
+    if not all(isinstance(j, str) for j in out):
+        raise TypeError(f"_depends_on= takes job ids (str, as call/map return), not {jids!r}")
+    return out
 
 
 def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -852,8 +868,8 @@ class AsyncClient:
                 mine[num] = item
                 if error is not None and error.kind in _LOST_ATTEMPT:
                     outcomes.append(Outcome(num, state, error.message or error.kind, error))
-                else:
-                    outcomes.append(Outcome(num, state))
+                else:  # a final error: what jobs depending on it name
+                    outcomes.append(Outcome(num, state, "", error))
             else:
                 adopted.append(jid)
                 self._adopted_result(link, item)
@@ -1072,7 +1088,8 @@ class AsyncClient:
                 Submit(w.fhash, func.blob if fresh else b"", w.name,
                        tuple((j.jid, j.args) for j in batch),  # type: ignore[misc]  # read above
                        w.cores, w.label, w.max_runtime_s, retry=ins.retry, env=w.env,
-                       notify_start=w.notify_start)
+                       notify_start=w.notify_start, priority=w.priority,
+                       kill_process=w.kill_process)
             )  # fmt: skip
 
     def _read_args(self, job: _Job, k: int) -> bool:
@@ -1115,12 +1132,14 @@ class AsyncClient:
         return False
 
     def _fail_unsent(self, func: _Func, error: ErrorInfo) -> None:
-        """A call or map the scheduler never saw fails whole (its _env could not be pushed);
-        the arguments pickled ahead are dropped, its sequences left unread."""
+        """A call or map the scheduler never saw fails whole (its _env could not be pushed,
+        or a job it depends on failed); the arguments pickled ahead are dropped, its
+        sequences left unread. The scheduler fails what was held for it."""
         for k in range(func.n):
             self._fail(func.job(self._tag, k), error)
         func.ahead.clear()
         func.source = None
+        self._apply(self._sched.dropped(range(func.start, func.start + func.n), time.time(), error))
 
     async def _ask_runs(self, ins: AskRuns) -> None:
         """A speculative map wants run times: ask the node, answer the scheduler."""
@@ -1166,6 +1185,15 @@ class AsyncClient:
         func.label = str(opts.get("_label", ""))
         func.max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
         func.retries = int(opts.get("_retries", 3))
+        func.after = _depends_on(opts.get("_depends_on"))
+        priority = opts.get("_priority", DEFAULT_PRIORITY)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"_priority= takes an integer (lower runs first), not {priority!r}")
+        func.priority = priority
+        kill_process = opts.get("_kill_process", False)
+        if not isinstance(kill_process, bool):
+            raise TypeError(f"_kill_process= takes True or False, not {kill_process!r}")
+        func.kill_process = kill_process
         if count is None:
             arg_tuples = list(arg_tuples)  # a generator: its length gives the job ids
             count = len(arg_tuples)
@@ -1247,14 +1275,42 @@ class AsyncClient:
             elif func.files and func.prefer is None:
                 self._spawn(self._enqueue_near_files(func))  # first: which nodes hold them
             else:
+                after = self._pending_deps(func)
+                if after is None:
+                    continue  # a dependency failed: so did the call or map
                 work = Work(func.fhash, func.name, func.cores, func.label, func.max_runtime,
                             func.env, func.prefer or frozenset(),
-                            notify_start=func.on_start is not None)  # fmt: skip
+                            notify_start=func.on_start is not None, priority=func.priority,
+                            kill_process=func.kill_process)  # fmt: skip
                 count, size = func.pickled
                 ready.append(Batch(func.start, func.n, work, func.retries, func.speculative,
-                                   func.source is not None, size // max(count, 1)))  # fmt: skip
+                                   func.source is not None, size // max(count, 1), after))  # fmt: skip
         if ready:
             self._apply(self._sched.submit_all(ready, time.time()))
+
+    def _pending_deps(self, func: _Func) -> tuple[int, ...] | None:
+        """Loop thread: the numbers of ``func``'s dependencies not final yet (those done are
+        met). None: one failed, was killed or is not this client's, and ``func`` failed
+        whole with DependencyFailed naming it."""
+        pending: list[int] = []
+        for jid in func.after:
+            num = self._num(jid)
+            found = self._locate_num(num) if num is not None and num < func.start else None
+            if found is None:
+                why = (f"it depends on job {jid}, which this client does not know (only "
+                       "its own earlier jobs can be waited for)")  # fmt: skip
+            elif not found[0].is_final(found[1]):
+                pending.append(found[0].start + found[1])
+                continue
+            else:
+                dep = found[0].job(self._tag, found[1])
+                if dep.state == DONE:
+                    continue
+                failed = dep.error or ErrorInfo(ErrorKind.RAISED, "JobError", "failed")
+                why = dependency_failed(jid, failed)
+            self._fail_unsent(func, ErrorInfo(ErrorKind.DEPENDENCY, "DependencyFailed", why))
+            return None
+        return tuple(pending)
 
     async def _enqueue_after_push(self, func: _Func) -> None:
         """Push the local wheels of an ``_env`` through mesh.files (once per client and

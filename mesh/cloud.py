@@ -105,7 +105,9 @@ def translate_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     ``_cores``, ``_label``, ``_env``, ``_retries``: as the mesh's own.
     ``_max_runtime``: PiCloud's minutes, converted to the mesh's seconds.
     ``_restartable=False``: ``_retries=0`` (a job that must not run twice).
-    ``_priority``, ``_profile``, ``_fast_serialization``: accepted, no effect on a mesh.
+    ``_depends_on``, ``_kill_process``, ``_priority``: the mesh's own, which are PiCloud's
+    (held until those jobs are done; a fresh worker process after the job; lower first).
+    ``_profile``, ``_fast_serialization``: accepted, no effect on a mesh.
     """
     out = dict(kwargs)
     high_cpu = out.pop("_high_cpu", False)
@@ -121,8 +123,10 @@ def translate_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     restartable = out.pop("_restartable", True)
     if not restartable:
         out.setdefault("_retries", 0)
-    priority = out.pop("_priority", None)
-    if priority is not None and not isinstance(priority, int):
+    priority = out.get("_priority")
+    if priority is None:
+        out.pop("_priority", None)  # PiCloud's default
+    elif isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"_priority must be an integer, not {priority!r}")
     out.pop("_profile", None)
     out.pop("_fast_serialization", None)

@@ -365,9 +365,11 @@ def test_picloud_options_become_mesh_options() -> None:
     assert t({"_type": "c2", "_cores": 3}) == {"_cores": 3}
     assert t({"_max_runtime": 2}) == {"_max_runtime": 120.0}
     assert t({"_restartable": False}) == {"_retries": 0}
-    assert t({"_priority": 1, "_profile": True, "_fast_serialization": 2, "_label": "a"}) == {
-        "_label": "a"
-    }
+    assert t({"_profile": True, "_fast_serialization": 2, "_label": "a"}) == {"_label": "a"}
+    # PiCloud's own meaning on the mesh: passed on as they are
+    deps = {"_priority": 1, "_depends_on": ["j-1"], "_kill_process": True}
+    assert t(deps) == deps
+    assert t({"_priority": None}) == {}
     with pytest.raises(ValueError, match="_type 'x9' is not a PiCloud type"):
         t({"_type": "x9"})
     with pytest.raises(TypeError, match="_priority must be an integer"):
