@@ -574,7 +574,8 @@ def unpack_error(jid: str, node: str, blob: Payload, info: ErrorInfo) -> BaseExc
     """Re-create a job's exception on the client, with the remote traceback attached."""
     tname, message, module = info.type_name, info.message, info.module
     tb_text = traceback_text(info)
-    where = f"job {jid} on node {node}"
+    # "?": no node to name (a job the client failed itself, or whose node it forgot)
+    where = f"job {jid}" if node in ("", "?") else f"job {jid} on node {node}"
     try:
         kind: ErrorKind | None = ErrorKind(info.kind)
     except ValueError:  # a newer peer's kind: its type name and message still tell
