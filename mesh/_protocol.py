@@ -73,6 +73,7 @@ __all__ = [
     "KillReason",
     "Load",
     "MemberUpdate",
+    "Members",
     "Message",
     "Proof",
     "Query",
@@ -100,7 +101,9 @@ __all__ = [
 # 6: Recall, answered by a Handback with ``recall`` set (a client waits for that answer)
 # 7: the mesh console's messages (tags 90-94): a version 6 node cannot decode them and
 #    would drop the link a dashboard asks it over
-PROTOCOL_VERSION = 7
+# 8: nodes push Members (gossip's view of the mesh, tag 85) to clients and exchange
+#    FileDigests (tag 86): a version 7 peer would drop the connection on either tag
+PROTOCOL_VERSION = 8
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -838,6 +841,18 @@ class GossipNews(Message):
     (memberlist's gossip timer); not answered."""
 
     updates: tuple[MemberUpdate, ...]
+
+
+@message(85)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Members(Message):
+    """Node -> client: what the node's gossip holds of the mesh's members. With ``full``
+    (once, on connect): the sender itself first, then every live member; then each
+    member that joins, is suspected, dies, leaves or comes back, as gossip learns it,
+    so a client needs no heartbeats of its own to learn of joins and deaths."""
+
+    updates: tuple[MemberUpdate, ...]
+    full: bool = False
 
 
 # ---- mesh.files (tags 40-59): client <-> node, node <-> node, job <-> its node ----

@@ -39,7 +39,7 @@ from typing import Any
 
 from mesh._connection import Connection, open_connection
 from mesh._discovery import Advert, Browser, parse_peers
-from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State
+from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State, Update
 from mesh._protocol import (
     ConsoleReply,
     ConsoleSeries,
@@ -50,6 +50,7 @@ from mesh._protocol import (
     GossipPingReq,
     GossipSync,
     JobsReply,
+    MemberUpdate,
     Message,
     Peers,
 )
@@ -207,6 +208,7 @@ class PeerTable:
         workers: int = 0,
         on_change: Callable[[], None] | None = None,
         on_renamed: Callable[[], None] | None = None,
+        on_member: Callable[[Update, State | None], None] | None = None,
         gossip: GossipConfig | None = None,
         connect_timeout_s: float = 5.0,
         link_idle_s: float = 20.0,
@@ -222,6 +224,7 @@ class PeerTable:
                              rng=rng or random.Random(), config=gossip, workers=workers)  # fmt: skip
         self._on_change = on_change  # a member joined
         self._on_renamed = on_renamed  # a live member now shows another name
+        self._on_member = on_member  # a member is new or changed state (clients are told)
         self._connect_timeout_s = connect_timeout_s
         self._link_idle_s = link_idle_s
         self._retry_s, self._max_retry_s = retry_s, max_retry_s
@@ -303,6 +306,11 @@ class PeerTable:
     def addresses(self) -> tuple[str, ...]:
         """This node first, then every live peer: what a ``Peers`` message carries."""
         return (self.address, *(p.key for p in self.alive()))
+
+    def snapshot(self) -> tuple[MemberUpdate, ...]:
+        """This node first, then every live member, as gossip holds them: the ``Members``
+        a client gets on connect."""
+        return (self.gossip.me.wire(), *(u.wire() for u in self.gossip.live()))
 
     def gone(self, node_id: str) -> bool:
         """Gossip holds that node dead or left (False for one it does not know)."""
@@ -544,6 +552,8 @@ class PeerTable:
             peer.host, peer.port = _split(u.address)
             self.peers[u.address] = peer
         was_alive, old_name = peer.alive, peer.name
+        if self._on_member is not None and ch.previous != u.state:  # not a mere load change
+            self._on_member(u, ch.previous)
         peer.node_id, peer.name, peer.state = u.node_id, u.name, u.state
         peer.workers, peer.running, peer.queued = u.workers, u.running, u.queued
         link = self._links.get(peer.key)
