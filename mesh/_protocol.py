@@ -44,6 +44,7 @@ __all__ = [
     "FileAck",
     "FileCatalog",
     "FileChunk",
+    "FileDigest",
     "FileDelete",
     "FileEnd",
     "FileEntry",
@@ -983,6 +984,25 @@ class FileCatalog(Message):
     full: bool = False
     replicas: tuple[int, ...] = ()
     corrupt: tuple[str, ...] = ()
+    # Anti-entropy (an answer to a FileDigest): the receiver sends back its versions
+    # of these buckets, and with ``want_have`` all the blobs it holds (``full``).
+    want: tuple[int, ...] = ()
+    want_have: bool = False
+
+
+@message(86)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileDigest(Message):
+    """Node -> node: a digest of the sender's catalog (node/_digest.py: per-bucket
+    hashes of its versions; none in a ``reply``) and one hash of the blobs it holds.
+    The receiver answers a FileCatalog with its versions of the buckets that differ and
+    ``want`` set, and a digest of its own (``reply``: not answered with one)."""
+
+    node_id: str
+    name: str
+    buckets: tuple[bytes, ...]
+    have: bytes
+    reply: bool = False
 
 
 # ---- job environments (_env; tags 60-69): client <-> node ----

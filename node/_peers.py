@@ -312,6 +312,10 @@ class PeerTable:
         a client gets on connect."""
         return (self.gossip.me.wire(), *(u.wire() for u in self.gossip.live()))
 
+    def peer(self, node_id: str) -> Peer | None:
+        """The member with that node id, if gossip knows it."""
+        return self._by_id.get(node_id)
+
     def gone(self, node_id: str) -> bool:
         """Gossip holds that node dead or left (False for one it does not know)."""
         peer = self._by_id.get(node_id)
@@ -552,10 +556,10 @@ class PeerTable:
             peer.host, peer.port = _split(u.address)
             self.peers[u.address] = peer
         was_alive, old_name = peer.alive, peer.name
-        if self._on_member is not None and ch.previous != u.state:  # not a mere load change
-            self._on_member(u, ch.previous)
         peer.node_id, peer.name, peer.state = u.node_id, u.name, u.state
         peer.workers, peer.running, peer.queued = u.workers, u.running, u.queued
+        if self._on_member is not None and ch.previous != u.state:  # not a mere load change
+            self._on_member(u, ch.previous)
         link = self._links.get(peer.key)
         peer.conn = link.conn if link is not None else None
         if peer.alive and not was_alive:

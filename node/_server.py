@@ -119,7 +119,6 @@ class NodeConfig:
     # than a client's: the node pings them only now and then (node/_files.py).
     gossip: GossipConfig = field(default_factory=GossipConfig)
     node_link_timeout_s: float = 300.0
-    dead_after_s: float = 5.0  # a file link silent this long after its ping is dropped
     # On SIGTERM: how long running jobs may take to finish before they are killed.
     grace_s: float = 30.0
     # Resident memory a worker may reach (bytes; 0: no limit), and the share of the
@@ -292,7 +291,10 @@ class Node:
     def _member_changed(self, u: Update, previous: State | None) -> None:
         """Gossip says a member joined, is suspected, died, left or is back: tell the
         clients (in one Members per turn of the loop, so a burst of joins is one message),
-        which learn the mesh from this rather than from heartbeats of their own."""
+        which learn the mesh from this rather than from heartbeats of their own; and the
+        file service, which swaps catalog digests with a member that joins."""
+        if self.files is not None:
+            self.files.member_changed(u, previous)
         if not self._member_news:
             asyncio.get_running_loop().call_soon(self._tell_members)
         self._member_news.append(u.wire())

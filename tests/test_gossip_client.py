@@ -60,7 +60,7 @@ def test_a_frozen_node_is_dropped_on_the_mesh_word_and_its_job_finishes_elsewher
     node_factory, secret, tmp_path: Path
 ):
     a = node_factory(name="a", workers=1)
-    b = node_factory(name="b", workers=1, extra=("--peer", a.address))
+    node_factory(name="b", workers=1, extra=("--peer", a.address))
     f = node_factory(name="f", workers=1, extra=("--peer", a.address))
     gate = str(tmp_path / "gate")
     with mesh.Client([a.address], secret, dead_after_s=NO_HEARTBEAT_DROP_S) as c:
