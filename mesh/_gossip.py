@@ -250,6 +250,7 @@ class Gossip:
         self._relays: dict[int, _Relay] = {}
         self._seq = 0
         self._leaving = False
+        self._announced = False  # our own alive news is spread once a join is answered
         self._next_probe = math.inf  # armed when there is someone to probe
         self._next_gossip = now  # news goes out at once, then every gossip_interval_s
         self._next_sync = (
@@ -370,6 +371,12 @@ class Gossip:
                 self._merge(Update.from_wire(raw, origin), now, out)
             if not msg.reply:
                 out.append(Send(origin, GossipSync(self._state(), reply=True)))
+            elif not self._announced and not self._leaving:
+                # Our join was answered: spread our own alive news too (memberlist's
+                # setAlive), so that members who missed the seed's news of us (they
+                # joined after it was sent) hear it from us, not at the next push/pull.
+                self._announced = True
+                self._broadcasts.queue(self._me)
             return out
         if not isinstance(msg, GossipPing | GossipAck | GossipPingReq | GossipNews):
             raise TypeError(f"not a gossip message: {type(msg).__name__}")

@@ -565,12 +565,15 @@ class PeerTable:
         if peer.alive and not was_alive:
             peer.failing_since = None
             self._joining.pop(peer.key, None)
-            log.info("peer %s (%s) joined: %d workers", peer.name, peer.key, peer.workers)
+            # The peer is part of the line's template, not an argument: the log's repeat
+            # filter (mesh/_logging.py) then bounds each peer's lines, not all peers'
+            # together (a 50-node start logs 49 joins; bench/scale.py reads them).
+            log.info(f"peer {peer.name} ({peer.key}) joined: {peer.workers} workers")
             if self._on_change is not None:
                 self._on_change()
         elif was_alive and not peer.alive:
             why = "it left" if u.state == State.LEFT else "no answer to gossip probes"
-            log.info("peer %s (%s) lost: %s", peer.name, peer.key, why)
+            log.info(f"peer {peer.name} ({peer.key}) lost: {why}")
             if u.state == State.DEAD:  # frozen, maybe: it learns it was dead and refutes
                 self._want_join(peer.key, peer.static)
         elif peer.alive and old_name and old_name != peer.name and self._on_renamed is not None:

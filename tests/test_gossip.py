@@ -139,6 +139,17 @@ def test_a_push_is_merged_and_answered_with_our_state_a_pull_is_not_answered() -
     assert g.live() == [upd(1), upd(2), upd(3)]
 
 
+def test_a_joiner_spreads_its_own_alive_news_once_its_join_is_answered() -> None:
+    g = gossip()
+    g.received(addr(1), GossipSync(wire(upd(1))), 0.0)  # a push from another: not our join
+    assert drain(g) == [(upd(1).wire(),)] * 4  # (4 sends: retransmit_mult x log10 N)
+    g.received(addr(2), GossipSync(wire(upd(2)), reply=True), 0.0)  # our join, answered
+    # Ourselves first (newest, then the member just heard of), as often as any news.
+    assert drain(g) == [(g.me.wire(), upd(2).wire())] * 4
+    g.received(addr(3), GossipSync(wire(upd(3)), reply=True), 0.0)  # a second seed answers
+    assert drain(g) == [(upd(3).wire(),)] * 4  # we are announced already
+
+
 def test_a_dead_member_in_a_push_is_only_suspected_here_a_left_one_has_left() -> None:
     g = knowing(gossip(), 1, 2)
     out = g.received(
