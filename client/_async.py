@@ -135,6 +135,9 @@ CONNECT_GRACE_S = 0.25
 # the node, which closes client links silent for 30 s; the mesh's gossip (Members) is
 # what tells this client of a node that died.
 IDLE_PING_S = 10.0
+# A node gossip declares dead that sent us something this recently is checked by our
+# own ping instead of dropped (it was slow to answer its peers, not gone).
+DOUBT_S = 1.0
 ACK_DELAY_S = 0.02
 OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files")
 
@@ -895,9 +898,26 @@ class AsyncClient:
             elif u.state == State.DEAD:
                 for lk in list(self._links.values()):
                     if lk.node_id == u.node_id and lk.conn is not None and not lk.conn.closed:
-                        lk.conn.abort(ConnectionLost(
-                            f"node {lk.name} ({lk.key}) declared dead by the mesh's gossip "
-                            f"(no answer to its probes; told by {told_by})"))  # fmt: skip
+                        self._declared_dead(lk, lk.conn, told_by)
+
+    def _declared_dead(self, link: _Link, conn: Connection, told_by: str) -> None:
+        """Gossip declared the node of ``link`` dead: drop the link, unless the node spoke
+        to us a moment ago (SWIM needs seconds of silence; a node that was only slow to
+        answer its peers' probes): then our own ping decides, within dead_after_s."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - conn.last_alive < DOUBT_S:
+            log.info("node %s (%s) declared dead by the mesh (told by %s) but heard from "
+                     "%.1f s ago: checking it ourselves", link.name, link.key, told_by,
+                     now - conn.last_alive)  # fmt: skip
+            link.pinged_at = now
+            if link.unanswered_since is None:
+                link.unanswered_since = now
+            with contextlib.suppress(MeshError):
+                conn.send(Ping(now))
+            return
+        conn.abort(ConnectionLost(f"node {link.name} ({link.key}) declared dead by the "
+                                  f"mesh's gossip (no answer to its probes; told by {told_by})"))  # fmt: skip
 
     def _on_results(self, link: _Link, msg: Results) -> None:
         """Results: this client's jobs go to the scheduler (it says which are final),
