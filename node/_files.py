@@ -35,9 +35,10 @@ from typing import IO, TYPE_CHECKING, Any
 from mesh.node._blobs import BlobStore
 from mesh.node._digest import catalog_digest, differing, in_buckets, set_digest
 
-from mesh._connection import Connection, open_connection
+from mesh._connection import Connection
 from mesh._gossip import State, Update
 from mesh._hash import is_hash
+from mesh._link import Links
 from mesh._protocol import (
     FileAck,
     FileCatalog,
@@ -143,6 +144,7 @@ class FileService:
         self.transfers = Transfers()
         self.holders: dict[str, set[str]] = {}  # blob hash -> ids of *other* nodes holding it
         self.names: dict[str, str] = {}  # node id -> node name
+        self._net: Links | None = None  # our file links, by address (mesh/_link.py)
         self._links: dict[str, Connection] = {}  # peer node id -> our file link to it
         self._ids: dict[str, str] = {}  # "host:port" -> node id, as our file links found
         self._linking: set[str] = set()
@@ -188,6 +190,11 @@ class FileService:
         self.socket_path = path
         os.environ["MESH_NODE_FILES"] = path  # the workers started after this inherit it
         self._started = loop.time()
+        # The far end closes a node's link quiet for long (node_link_timeout_s); the next
+        # use opens it again, with a digest: no pings, no timer here.
+        self._net = Links(self.node.config.secret, self.node.name + FILES_LINK,
+                          on_message=lambda _, conn, msg: self.handle(conn, msg),
+                          on_close=lambda _, conn, __: self.transfers.fail_all(conn))  # fmt: skip
         # Holders named in the catalog but never seen since this start: checked then.
         self._restore_later(self._rereplicate_s)
 
@@ -195,8 +202,8 @@ class FileService:
         if self._restore_at is not None:
             self._restore_at.cancel()
         await self._tasks.close()
-        for conn in self._links.values():
-            conn.close()
+        if self._net is not None:
+            await self._net.close()
         if self._unix is not None:
             self._unix.close()
         with contextlib.suppress(OSError):
@@ -847,25 +854,24 @@ class FileService:
         conn = self._links.get(node_id) if node_id else None
         if conn is not None and not conn.closed:
             return conn
-        conn = await open_connection(
-            peer.host, peer.port, self.node.config.secret, name=self.node.name + FILES_LINK,
-            on_message=self.handle, on_close=self._link_closed,
-        )  # fmt: skip
+        if self._net is None:
+            raise FilesError(f"{self.label}'s file service is not started")
+        self._net.name = self.node.name + FILES_LINK  # (the node may have been renamed)
+        conn = await self._net.connected(peer.key)
         node_id = self._ids[peer.key] = conn.peer_id
         if node_id == self.node.node_id:  # our own address, as a client named it
-            conn.close()
+            self._net.forget(peer.key)
             raise FilesError(f"{peer.key} is {self.label} itself")
         old = self._links.get(node_id)
-        if old is not None and not old.closed:  # another task linked meanwhile
-            conn.close()
+        if old is conn:  # another task linked meanwhile, on this same connect
+            return conn
+        if old is not None and not old.closed:  # ... or at another address of that node
+            self._net.forget(peer.key)
             return old
         self._links[node_id] = conn
         self.names[node_id] = conn.peer_name or peer.name or peer.key
         self._send_digest(conn)  # anti-entropy: only what differs follows
         return conn
-
-    def _link_closed(self, conn: Connection, reason: BaseException | None) -> None:
-        self.transfers.fail_all(conn)
 
     async def _connect(self, peer: Peer) -> None:
         try:
