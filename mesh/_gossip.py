@@ -340,7 +340,10 @@ class Gossip:
         if p is not None and now >= p.started + cfg.probe_interval_s:
             self._probe = None
             target = self._members.get(p.target)
-            if target is not None and target.update.state == State.ALIVE:
+            # A suspect we fail to reach too: our suspicion confirms the others'
+            # (memberlist's probeNode does the same), so it dies after the shorter
+            # timeout, not the longest one.
+            if target is not None and target.update.state <= State.SUSPECT:
                 u = target.update._replace(state=State.SUSPECT, origin=self._me.node_id)
                 self._suspect(u, now, out)
         if self._probe is None and now >= self._next_probe:

@@ -325,6 +325,26 @@ def test_a_confirmation_from_another_node_brings_the_timeout_down_to_the_minimum
     assert about(target, g.tick(2.0)) == [Changed(upd(n, 0, State.DEAD, ME), State.SUSPECT)]
 
 
+def test_failing_to_reach_a_suspect_ourselves_confirms_the_suspicion() -> None:
+    g = knowing(gossip(), 1, 2, 3)
+    (ping,) = g.tick(0.0)
+    assert isinstance(ping.msg, GossipPing)
+    target = ping.msg.target
+    n = int(target[2:])
+    other = "id2" if target != "id2" else "id3"
+    # Another node's suspicion arrives first: alone it dies after max = 2 x 1.5 s.
+    g.received(addr(9), GossipNews(wire(upd(n, 0, State.SUSPECT, other))), 0.1)
+    drain(g)
+    g.tick(0.2)  # ping-reqs
+    out = g.tick(0.5)  # our own probe failed too: we confirm, and say so
+    assert about(target, out) == []  # still a suspect, no new state
+    said = [u for x in sends(out) for u in getattr(x.msg, "updates", ())]
+    assert upd(n, 0, State.SUSPECT, ME).wire() in said
+    # min = 3 * max(1, log10 4) * 0.5 s from the suspicion's start (0.1 s)
+    assert about(target, g.tick(1.599)) == []
+    assert about(target, g.tick(1.6)) == [Changed(upd(n, 0, State.DEAD, ME), State.SUSPECT)]
+
+
 def test_a_suspected_node_refutes_with_a_higher_incarnation() -> None:
     g = knowing(gossip(), 1)
     assert g.received(addr(1), GossipNews(wire(upd(0, 0, State.SUSPECT, "id1"))), 1.0) == []
