@@ -41,8 +41,9 @@ refutes); :class:`Send` goes over a link opened on demand and closed when idle, 
 replies go back on the link a message came in on; one asyncio timer is armed at
 :meth:`Gossip.next_due`; :class:`Changed` feeds the peer table and its ``peer NAME
 (ADDR) joined`` / ``lost`` log lines (bench/scale.py reads them); ``set_load`` at most
-once per probe period. Clients still keep their own links and heartbeats to the
-nodes they use (a node forwards joins to them in ``Peers``).
+once per probe period. Clients take no part in gossip: the nodes they link to push
+them each member's changes of state (``Members``, node/_server.py), and they act on
+those rather than on heartbeats of their own (client/_async.py).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ members, their names and their load come from gossip, whose instructions this ta
 carries out: one timer armed for what is due next (nothing runs on a fixed clock), and
 gossip messages over the mesh's authenticated links.
 
-Connection policy: a node opens a link (an authenticated connection, as a client's)
-to a member only when gossip has something to send it, and closes it after
+Connection policy: a node opens a link (an authenticated connection, as a client's;
+the pool is mesh/_link.py's, shared with the file service) to a member only when
+gossip has something to send it, and closes it after
 ``link_idle_s`` with no traffic either way. A probe period pings one member, so a
 node holds about ``link_idle_s / probe_interval_s`` links at most (plus the few its
 news and indirect probes use), whatever the size of the mesh: small meshes keep all
