@@ -715,7 +715,8 @@ class AsyncClient:
             # Another address of a node we already use (a node names itself as it sees fit).
             del self._links[link.key]
             self._aliases.add(link.key)
-            link.conn.close()
+            conn, link.conn = link.conn, None  # so that its close is no loss to _on_close
+            conn.close()
             return
         self._node_up(link)
 

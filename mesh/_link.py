@@ -84,7 +84,7 @@ class Links:
         self._on_open = on_open
         self._on_fail = on_fail
         self._connect_timeout_s = connect_timeout_s
-        self._idle_s = idle_s
+        self.idle_s = idle_s  # the owner may change it (membership: with the mesh's size)
         self._loop = asyncio.get_running_loop()
         self._links: dict[str, Link] = {}
         self._tasks = TaskSet(f"links of {name}", log)
@@ -136,7 +136,7 @@ class Links:
         if link.task is not None or link.busy:
             return math.inf
         last = max(link.used_at, link.conn.last_alive if link.conn is not None else 0.0)
-        return last + self._idle_s
+        return last + self.idle_s
 
     def next_idle(self) -> float:
         return min((self.idle_at(link) for link in self._links.values()), default=math.inf)
