@@ -16,7 +16,9 @@ For each N (``--nodes``, default 10,25,50,100):
   with TCP_NODELAY);
 - rss_mib_per_node: resident memory of a node with its worker, after the idle window;
 - client_sees_all_s: a client given the seed's address only, until it has a usable
-  link to every node;
+  link to every node (it learns them from the seed's Members);
+- client_idle_cpu_pct, client_links: that client's CPU (this process) over
+  ``--client-idle-s`` with a link to every node and no job, in % of one core;
 - tiny_map: a map of ``--map-items`` (10,000) trivial jobs, jobs/s;
 - sleep_map: 2N jobs of 0.5 s: seconds, and how many nodes ran them;
 - freeze: one node and its workers are SIGSTOPped (its sockets stay open, as on a
@@ -302,6 +304,13 @@ def measure(n: int, cfg: argparse.Namespace, data: str) -> dict[str, Any]:
             out["client_sees_all_s"] = r(now() - t) if seen == n else None
             out["client_nodes_seen"] = seen
 
+            # The client holds a link to every node: what that costs it while idle.
+            time.sleep(1.0)
+            cpu0, t = time.process_time(), now()
+            time.sleep(cfg.client_idle_s)
+            out["client_idle_cpu_pct"] = r((time.process_time() - cpu0) / (now() - t) * 100, 2)
+            out["client_links"] = sum(x.connected for x in c.nodes())
+
             t = now()
             c.result(c.map(noop, range(cfg.map_items)), timeout=cfg.timeout_s)
             out["tiny_map"] = {
@@ -360,6 +369,8 @@ def main() -> None:
     p.add_argument("--idle-s", type=float, default=10.0, help="idle window (s)")
     p.add_argument("--settle-s", type=float, default=1.0,
                    help="wait after full membership before the idle window (s)")  # fmt: skip
+    p.add_argument("--client-idle-s", type=float, default=5.0,
+                   help="idle window of the client linked to every node (s)")  # fmt: skip
     p.add_argument("--map-items", type=int, default=10_000)
     p.add_argument("--mdns", action="store_true", help="find each other over mDNS, not --peer")
     p.add_argument("--timeout-s", type=float, default=120.0, help="per wait (s)")

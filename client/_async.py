@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -56,6 +57,7 @@ from mesh.client._scheduler import Recall as RecallJobs
 from mesh._auth import load_secret
 from mesh._connection import Connection, heartbeats, open_connection
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers, peers_from_env
+from mesh._gossip import State, Update
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     DONE,
@@ -73,9 +75,11 @@ from mesh._protocol import (
     JobRecord,
     Kill,
     Load,
+    Members,
     Message,
     Payload,
     Peers,
+    Ping,
     Pong,
     Query,
     Recall,
@@ -101,11 +105,13 @@ from mesh.errors import (
     AuthenticationError,
     ConfigurationError,
     ConnectionClosed,
+    ConnectionLost,
     ErrorKind,
     MeshConnectionError,
     MeshError,
     MeshTimeout,
     NoNodesAvailable,
+    RemoteProtocolError,
     SerializationError,
     UnknownJob,
 )
@@ -127,6 +133,13 @@ BYTES_OVERHEAD = 33  # what a bytes object costs beside its contents (for that b
 RECONNECT_S = 1.0
 # Once one node is usable, how long start() waits for the others before it returns.
 CONNECT_GRACE_S = 0.25
+# An idle link (none of our jobs on that node) is pinged this seldom: often enough for
+# the node, which closes client links silent for 30 s; the mesh's gossip (Members) is
+# what tells this client of a node that died.
+IDLE_PING_S = 10.0
+# A node gossip declares dead that sent us something this recently is checked by our
+# own ping instead of dropped (it was slow to answer its peers, not gone).
+DOUBT_S = 1.0
 ACK_DELAY_S = 0.02
 OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files",
            "_depends_on", "_kill_process", "_priority")  # fmt: skip
@@ -372,6 +385,8 @@ class _Link:
         self.sent_funcs: set[bytes] = set()
         self.error: BaseException | None = None
         self.loaded: asyncio.Event | None = None  # set by the node's first Load
+        self.pinged_at = 0.0  # loop time of our last Ping
+        self.unanswered_since: float | None = None  # our first Ping not answered yet
 
     @property
     def usable(self) -> bool:
@@ -558,6 +573,8 @@ class AsyncClient:
         self._names: dict[str, str] = {}
         self._heartbeat_s = heartbeat_s
         self._dead_after_s = dead_after_s
+        # node id -> the highest incarnation its nodes' gossip told us (older news is ignored)
+        self._incarnations: dict[str, int] = {}
         named = parse_peers(peers) if peers is not None else peers_from_env()
         # No peers anywhere: find this mesh's nodes over mDNS when starting.
         self._discover = not named
@@ -714,21 +731,44 @@ class AsyncClient:
             # Another address of a node we already use (a node names itself as it sees fit).
             del self._links[link.key]
             self._aliases.add(link.key)
-            link.conn.close()
+            conn, link.conn = link.conn, None  # so that its close is no loss to _on_close
+            conn.close()
             return
         self._node_up(link)
 
     async def _heartbeat(self) -> None:
-        """Ping every node each heartbeat; one silent for dead_after_s is lost.
+        """A cheap liveness check of the links this client uses, besides the mesh's word.
 
-        mDNS records linger for many minutes, so liveness comes from here: a node
-        that crashed, froze or lost its link is dropped and its jobs placed again.
+        The nodes' gossip tells this client of members that join and die (Members, see
+        _members), so no link needs a heartbeat to learn of deaths. Pings remain where
+        gossip cannot speak: a link with our jobs in flight is pinged each heartbeat
+        (a node cut off from this client alone, or a one-node mesh, has nobody to declare
+        it dead), an idle one every IDLE_PING_S (so the node keeps it). A link whose
+        Ping has had no answer, nor any other frame, for dead_after_s is lost and its
+        jobs placed again. mDNS records linger for minutes: liveness never comes from it.
         """
+        assert self._loop is not None
         async for on_time in heartbeats(self._heartbeat_s, lambda: not self._closed):
+            now = self._loop.time()
             for link in list(self._links.values()):
-                if link.conn is not None:
-                    link.conn.keepalive(self._dead_after_s, f"node {link.name} ({link.key})",
-                                        judge=on_time)  # fmt: skip
+                conn = link.conn
+                if conn is None or conn.closed:
+                    continue
+                since = link.unanswered_since
+                if since is not None and conn.last_alive >= since:
+                    since = link.unanswered_since = None  # it answered (or sent anything)
+                # on_time: our own loop was not stalled, so what it sent has been read.
+                if since is not None and on_time and now - since > self._dead_after_s:
+                    conn.abort(ConnectionLost(f"node {link.name} ({link.key}) missed "
+                                              f"heartbeats for {self._dead_after_s:g} s"))  # fmt: skip
+                    continue
+                busy = bool(self._sched.in_flight(link.key))
+                if busy or now - link.pinged_at >= IDLE_PING_S:
+                    link.pinged_at = now
+                    if since is None:
+                        link.unanswered_since = now
+                    with contextlib.suppress(MeshError):
+                        conn.send(Ping(now))
 
     async def __aenter__(self) -> AsyncClient:
         return await self.start()
@@ -839,6 +879,8 @@ class AsyncClient:
                 found = self._locate(jid)
                 if found is not None and found[0].on_start is not None:
                     found[0].on_start(jid)
+        elif isinstance(msg, Members):
+            self._members(link, conn, msg)
         elif isinstance(msg, Peers):
             for host, port in parse_peers(msg.addrs, strict=False):
                 self._learn(host, port)
@@ -850,6 +892,49 @@ class AsyncClient:
             conn.close()
         else:
             self.files.handle(conn, msg)  # mesh.files replies and chunks
+
+    def _members(self, link: _Link, conn: Connection, msg: Members) -> None:
+        """What a node's gossip says of the mesh: connect to members that join or come
+        back; drop the link to a member declared dead (its jobs are placed again, and
+        the link reconnects by itself if it wakes). A member that left is not dropped
+        here: it still delivers the results of the jobs it runs, then closes its links."""
+        told_by = f"node {link.name} ({link.key})"
+        try:
+            updates = [Update.from_wire(raw, told_by) for raw in msg.updates]
+        except RemoteProtocolError as exc:
+            log.warning("%s; closing that link", exc)
+            conn.abort(exc)
+            return
+        for u in updates:
+            if u.incarnation < self._incarnations.get(u.node_id, -1):
+                continue  # older news than what we heard already
+            self._incarnations[u.node_id] = u.incarnation
+            if u.state <= State.SUSPECT:  # suspects still take work
+                for host, port in parse_peers((u.address,), strict=False):
+                    self._learn(host, port)
+            elif u.state == State.DEAD:
+                for lk in list(self._links.values()):
+                    if lk.node_id == u.node_id and lk.conn is not None and not lk.conn.closed:
+                        self._declared_dead(lk, lk.conn, told_by)
+
+    def _declared_dead(self, link: _Link, conn: Connection, told_by: str) -> None:
+        """Gossip declared the node of ``link`` dead: drop the link, unless the node spoke
+        to us a moment ago (SWIM needs seconds of silence; a node that was only slow to
+        answer its peers' probes): then our own ping decides, within dead_after_s."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - conn.last_alive < DOUBT_S:
+            log.info("node %s (%s) declared dead by the mesh (told by %s) but heard from "
+                     "%.1f s ago: checking it ourselves", link.name, link.key, told_by,
+                     now - conn.last_alive)  # fmt: skip
+            link.pinged_at = now
+            if link.unanswered_since is None:
+                link.unanswered_since = now
+            with contextlib.suppress(MeshError):
+                conn.send(Ping(now))
+            return
+        conn.abort(ConnectionLost(f"node {link.name} ({link.key}) declared dead by the "
+                                  f"mesh's gossip (no answer to its probes; told by {told_by})"))  # fmt: skip
 
     def _on_results(self, link: _Link, msg: Results) -> None:
         """Results: this client's jobs go to the scheduler (it says which are final),

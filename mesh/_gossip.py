@@ -41,8 +41,9 @@ refutes); :class:`Send` goes over a link opened on demand and closed when idle, 
 replies go back on the link a message came in on; one asyncio timer is armed at
 :meth:`Gossip.next_due`; :class:`Changed` feeds the peer table and its ``peer NAME
 (ADDR) joined`` / ``lost`` log lines (bench/scale.py reads them); ``set_load`` at most
-once per probe period. Clients still keep their own links and heartbeats to the
-nodes they use (a node forwards joins to them in ``Peers``).
+once per probe period. Clients take no part in gossip: the nodes they link to push
+them each member's changes of state (``Members``, node/_server.py), and they act on
+those rather than on heartbeats of their own (client/_async.py).
 """
 
 from __future__ import annotations
@@ -250,6 +251,7 @@ class Gossip:
         self._relays: dict[int, _Relay] = {}
         self._seq = 0
         self._leaving = False
+        self._announced = False  # our own alive news is spread once a join is answered
         self._next_probe = math.inf  # armed when there is someone to probe
         self._next_gossip = now  # news goes out at once, then every gossip_interval_s
         self._next_sync = (
@@ -339,7 +341,10 @@ class Gossip:
         if p is not None and now >= p.started + cfg.probe_interval_s:
             self._probe = None
             target = self._members.get(p.target)
-            if target is not None and target.update.state == State.ALIVE:
+            # A suspect we fail to reach too: our suspicion confirms the others'
+            # (memberlist's probeNode does the same), so it dies after the shorter
+            # timeout, not the longest one.
+            if target is not None and target.update.state <= State.SUSPECT:
                 u = target.update._replace(state=State.SUSPECT, origin=self._me.node_id)
                 self._suspect(u, now, out)
         if self._probe is None and now >= self._next_probe:
@@ -370,6 +375,12 @@ class Gossip:
                 self._merge(Update.from_wire(raw, origin), now, out)
             if not msg.reply:
                 out.append(Send(origin, GossipSync(self._state(), reply=True)))
+            elif not self._announced and not self._leaving:
+                # Our join was answered: spread our own alive news too (memberlist's
+                # setAlive), so that members who missed the seed's news of us (they
+                # joined after it was sent) hear it from us, not at the next push/pull.
+                self._announced = True
+                self._broadcasts.queue(self._me)
             return out
         if not isinstance(msg, GossipPing | GossipAck | GossipPingReq | GossipNews):
             raise TypeError(f"not a gossip message: {type(msg).__name__}")

@@ -44,6 +44,7 @@ __all__ = [
     "FileAck",
     "FileCatalog",
     "FileChunk",
+    "FileDigest",
     "FileDelete",
     "FileEnd",
     "FileEntry",
@@ -73,6 +74,7 @@ __all__ = [
     "KillReason",
     "Load",
     "MemberUpdate",
+    "Members",
     "Message",
     "Proof",
     "Query",
@@ -100,7 +102,9 @@ __all__ = [
 # 6: Recall, answered by a Handback with ``recall`` set (a client waits for that answer)
 # 7: the mesh console's messages (tags 90-94): a version 6 node cannot decode them and
 #    would drop the link a dashboard asks it over
-PROTOCOL_VERSION = 7
+# 8: nodes push Members (gossip's view of the mesh, tag 85) to clients and exchange
+#    FileDigests (tag 86): a version 7 peer would drop the connection on either tag
+PROTOCOL_VERSION = 8
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -844,6 +848,18 @@ class GossipNews(Message):
     updates: tuple[MemberUpdate, ...]
 
 
+@message(85)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Members(Message):
+    """Node -> client: what the node's gossip holds of the mesh's members. With ``full``
+    (once, on connect): the sender itself first, then every live member; then each
+    member that joins, is suspected, dies, leaves or comes back, as gossip learns it,
+    so a client needs no heartbeats of its own to learn of joins and deaths."""
+
+    updates: tuple[MemberUpdate, ...]
+    full: bool = False
+
+
 # ---- mesh.files (tags 40-59): client <-> node, node <-> node, job <-> its node ----
 #
 # A transfer is one request id on one connection: FilePut, then FileChunks, then
@@ -972,6 +988,25 @@ class FileCatalog(Message):
     full: bool = False
     replicas: tuple[int, ...] = ()
     corrupt: tuple[str, ...] = ()
+    # Anti-entropy (an answer to a FileDigest): the receiver sends back its versions
+    # of these buckets, and with ``want_have`` all the blobs it holds (``full``).
+    want: tuple[int, ...] = ()
+    want_have: bool = False
+
+
+@message(86)
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileDigest(Message):
+    """Node -> node: a digest of the sender's catalog (node/_digest.py: per-bucket
+    hashes of its versions; none in a ``reply``) and one hash of the blobs it holds.
+    The receiver answers a FileCatalog with its versions of the buckets that differ and
+    ``want`` set, and a digest of its own (``reply``: not answered with one)."""
+
+    node_id: str
+    name: str
+    buckets: tuple[bytes, ...]
+    have: bytes
+    reply: bool = False
 
 
 # ---- job environments (_env; tags 60-69): client <-> node ----

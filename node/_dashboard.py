@@ -403,7 +403,8 @@ class Dashboard:
              "workers": workers, "running": table.running, "queued": table.queued,
              "load": _load(table.running, table.queued, workers), **files(node.node_id),
              "heartbeat_s": 0.0, "connected": True, "self": True,
-             "membership": node.peers.stats() if node.peers is not None else {}}
+             "membership": node.peers.stats() if node.peers is not None else {},
+             "catalog": dict(node.files.counters) if node.files is not None else {}}
         ]  # fmt: skip
         if node.peers is not None:
             now = asyncio.get_running_loop().time()

@@ -5,8 +5,18 @@ socket in the data dir (``files.sock``, mode 0600, its path in ``MESH_NODE_FILES
 for the workers): only this user can connect, as only the node's own socketpair
 reaches its workers, and no secret passes through the environment of every
 process a job starts. Other nodes are reached over file links this service opens
-itself to each live peer of the node's peer table; on each it first sends its whole
-catalog and the blobs it holds, then every change.
+to the live peers of the node's peer table, when a member joins (or comes back) and
+when there is something to send; the far end closes a link quiet for long.
+
+Catalogs converge by anti-entropy, not by sending them whole: on each new link a node
+sends a FileDigest (per-bucket hashes of its catalog, node/_digest.py, and one hash of
+the blobs it holds); the other answers with its versions of the buckets that differ
+and asks for the sender's (FileCatalog ``want``), and for its blob list if that
+differs. Every change then goes to the linked peers as it happens (and a peer with no
+link gets a link, so a digest). Nothing runs on a timer while nothing changes: an idle
+mesh sends no catalog traffic. A change a peer missed (its link broke mid-send) is
+repaired by the digest of the next link, or of its coming back; a name a node has not
+heard of is asked of the peers before "not found" (_ask_peers).
 """
 
 from __future__ import annotations
@@ -23,14 +33,18 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mesh.node._blobs import BlobStore
+from mesh.node._digest import catalog_digest, differing, in_buckets, set_digest
 
-from mesh._connection import Connection, open_connection
+from mesh._connection import Connection
+from mesh._gossip import State, Update
 from mesh._hash import is_hash
+from mesh._link import Links
 from mesh._protocol import (
     FileAck,
     FileCatalog,
     FileChunk,
     FileDelete,
+    FileDigest,
     FileEnd,
     FileEntry,
     FileGet,
@@ -49,6 +63,7 @@ from mesh.errors import (
     FileStoreFull,
     MeshError,
     MeshFileNotFound,
+    RemoteProtocolError,
 )
 
 if TYPE_CHECKING:
@@ -62,11 +77,7 @@ log = logging.getLogger("mesh.node.files")
 FILES_LINK = "/files"  # a node names its file links "NAME/files" in the handshake
 # Every message this service handles (the node routes them here).
 FILE_MESSAGES = (FilePut, FileChunk, FileAck, FileEnd, FileGet, FileReply, FileList, FileDelete,
-                 FileCatalog)  # fmt: skip
-MAINTAIN_S = 0.5
-# A file link quiet this long is pinged (liveness is gossip's: this only keeps the
-# other end, which drops node links silent for 5 minutes, from closing it).
-PING_QUIET_S = 120.0
+                 FileCatalog, FileDigest)  # fmt: skip
 SETTLE_S = 2.0  # a put or delete waits this long at most for peers to hear of it
 MAX_NAME = 4096
 ASK_UNLINKED_S = 60.0  # a peer unreachable for longer is not asked about unknown names
@@ -133,10 +144,15 @@ class FileService:
         self.transfers = Transfers()
         self.holders: dict[str, set[str]] = {}  # blob hash -> ids of *other* nodes holding it
         self.names: dict[str, str] = {}  # node id -> node name
+        self._net: Links | None = None  # our file links, by address (mesh/_link.py)
         self._links: dict[str, Connection] = {}  # peer node id -> our file link to it
         self._ids: dict[str, str] = {}  # "host:port" -> node id, as our file links found
         self._linking: set[str] = set()
-        self._seen: dict[str, float] = {}  # peer node id -> loop time last seen alive
+        self._seen: dict[str, float] = {}  # peer node id -> loop time gossip last spoke of it
+        self._restore_at: asyncio.TimerHandle | None = None
+        # What catalog exchange costs (the dashboard shows them; tests count them).
+        self.counters = {"digests_sent": 0, "digests_received": 0, "catalogs_sent": 0,
+                         "entries_sent": 0}  # fmt: skip
         self._pulls: dict[str, asyncio.Future[Path]] = {}
         # blob hash -> names of the nodes whose copy failed its hash check (until a good
         # copy is back here), so "no good copy left" can say where the bad ones were
@@ -174,12 +190,20 @@ class FileService:
         self.socket_path = path
         os.environ["MESH_NODE_FILES"] = path  # the workers started after this inherit it
         self._started = loop.time()
-        self._spawn(self._maintain())
+        # The far end closes a node's link quiet for long (node_link_timeout_s); the next
+        # use opens it again, with a digest: no pings, no timer here.
+        self._net = Links(self.node.config.secret, self.node.name + FILES_LINK,
+                          on_message=lambda _, conn, msg: self.handle(conn, msg),
+                          on_close=lambda _, conn, __: self.transfers.fail_all(conn))  # fmt: skip
+        # Holders named in the catalog but never seen since this start: checked then.
+        self._restore_later(self._rereplicate_s)
 
     async def close(self) -> None:
+        if self._restore_at is not None:
+            self._restore_at.cancel()
         await self._tasks.close()
-        for conn in self._links.values():
-            conn.close()
+        if self._net is not None:
+            await self._net.close()
         if self._unix is not None:
             self._unix.close()
         with contextlib.suppress(OSError):
@@ -220,7 +244,9 @@ class FileService:
             else:
                 self._delete(conn, msg)
         elif isinstance(msg, FileCatalog):
-            self._catalog(msg)
+            self._catalog(conn, msg)
+        elif isinstance(msg, FileDigest):
+            self._digest(conn, msg)
 
     async def _ask_then(self, names: list[str], then: Any, conn: Connection, msg: Any) -> None:
         await self._ask_peers(tuple(names))
@@ -370,7 +396,45 @@ class FileService:
         if gone:
             self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=tuple(gone)))
 
-    def _catalog(self, msg: FileCatalog) -> None:
+    def _digest_of_mine(self, *, reply: bool = False) -> FileDigest:
+        assert self.store is not None
+        buckets = () if reply else catalog_digest(self.store.entries.values())
+        return FileDigest(self.node.node_id, self.node.name, buckets,
+                          set_digest(self.store.have), reply)  # fmt: skip
+
+    def _send_digest(self, conn: Connection, *, reply: bool = False) -> None:
+        self.counters["digests_sent"] += 1
+        with contextlib.suppress(MeshError):
+            conn.send(self._digest_of_mine(reply=reply))
+
+    def _digest(self, conn: Connection, msg: FileDigest) -> None:
+        """A peer's digest: send it our versions of the buckets that differ and ask for
+        its own; ask for its blob list if ours of it differs; answer with our digest."""
+        assert self.store is not None
+        self.counters["digests_received"] += 1
+        self.names[msg.node_id] = msg.name
+        try:
+            diff = (differing(catalog_digest(self.store.entries.values()), msg.buckets,
+                              f"{msg.name} ({conn.peer_label})") if msg.buckets else ())  # fmt: skip
+        except RemoteProtocolError as exc:
+            log.warning("%s; closing that link", exc)
+            conn.abort(exc)
+            return
+        if not msg.reply:
+            self._send_digest(conn, reply=True)
+        theirs = {h for h, ids in self.holders.items() if msg.node_id in ids}
+        want_have = set_digest(theirs) != msg.have
+        if diff or want_have:
+            self._send_catalog(conn, self._versions(
+                in_buckets(self.store.entries.values(), diff), want=diff, want_have=want_have))  # fmt: skip
+
+    def _send_catalog(self, conn: Connection, msg: FileCatalog) -> None:
+        self.counters["catalogs_sent"] += 1
+        self.counters["entries_sent"] += len(msg.entries)
+        with contextlib.suppress(MeshError):
+            conn.send(msg)
+
+    def _catalog(self, conn: Connection, msg: FileCatalog) -> None:
         assert self.store is not None
         self.names[msg.node_id] = msg.name
         if msg.full:
@@ -393,12 +457,24 @@ class FileService:
             if changed:  # gossip what was news to us: a peer the sender misses hears it
                 self._broadcast(self._versions(changed), skip=msg.node_id)
                 self._collect([o[1] for o in before.values() if o is not None and o[1]])
+        if msg.want or msg.want_have:  # its answer to our digest: our side of those buckets
+            have = tuple(self.store.have) if msg.want_have else ()
+            self._send_catalog(conn, self._versions(
+                in_buckets(self.store.entries.values(), msg.want), have=have,
+                full=msg.want_have))  # fmt: skip
 
     def _broadcast(self, msg: FileCatalog, skip: str = "") -> None:
-        for pid, conn in list(self._links.items()):
-            if pid != skip and not conn.closed:
-                with contextlib.suppress(MeshError):
-                    conn.send(msg)
+        """A change, to every live peer: on its link, or on a new link (whose digest
+        carries the change) for a peer with none."""
+        for peer in self._alive():
+            if peer.node_id == skip:
+                continue
+            conn = self._links.get(peer.node_id)
+            if conn is not None and not conn.closed:
+                self._send_catalog(conn, msg)
+            elif peer.node_id not in self._linking:
+                self._linking.add(peer.node_id)
+                self._spawn(self._connect(peer))
 
     def _announce_have(self, h: str) -> None:
         self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), have=(h,)))
@@ -778,27 +854,24 @@ class FileService:
         conn = self._links.get(node_id) if node_id else None
         if conn is not None and not conn.closed:
             return conn
-        conn = await open_connection(
-            peer.host, peer.port, self.node.config.secret, name=self.node.name + FILES_LINK,
-            on_message=self.handle, on_close=self._link_closed,
-        )  # fmt: skip
+        if self._net is None:
+            raise FilesError(f"{self.label}'s file service is not started")
+        self._net.name = self.node.name + FILES_LINK  # (the node may have been renamed)
+        conn = await self._net.connected(peer.key)
         node_id = self._ids[peer.key] = conn.peer_id
         if node_id == self.node.node_id:  # our own address, as a client named it
-            conn.close()
+            self._net.forget(peer.key)
             raise FilesError(f"{peer.key} is {self.label} itself")
         old = self._links.get(node_id)
-        if old is not None and not old.closed:  # another task linked meanwhile
-            conn.close()
+        if old is conn:  # another task linked meanwhile, on this same connect
+            return conn
+        if old is not None and not old.closed:  # ... or at another address of that node
+            self._net.forget(peer.key)
             return old
         self._links[node_id] = conn
         self.names[node_id] = conn.peer_name or peer.name or peer.key
-        assert self.store is not None
-        conn.send(self._versions(list(self.store.entries.values()), have=tuple(self.store.have),
-                                 full=True))  # fmt: skip
+        self._send_digest(conn)  # anti-entropy: only what differs follows
         return conn
-
-    def _link_closed(self, conn: Connection, reason: BaseException | None) -> None:
-        self.transfers.fail_all(conn)
 
     async def _connect(self, peer: Peer) -> None:
         try:
@@ -808,29 +881,43 @@ class FileService:
         finally:
             self._linking.discard(peer.node_id)
 
-    async def _maintain(self) -> None:
-        """Keep a file link to every live peer; restore replica counts of lost holders."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(MAINTAIN_S)
-            now = loop.time()
-            for peer in self._alive():
-                self._seen[peer.node_id] = now
-                conn = self._links.get(peer.node_id)
-                if (conn is None or conn.closed) and peer.node_id not in self._linking:
-                    self._linking.add(peer.node_id)
+    def member_changed(self, u: Update, previous: State | None) -> None:
+        """Gossip says a member joined, came back, died or left (node/_server.py). A
+        member that joins gets a link, so our digest; a lost one's link is dropped and
+        its blobs are copied elsewhere if it stays lost (see _restore_replicas)."""
+        now = asyncio.get_running_loop().time()
+        self._seen[u.node_id] = now
+        peers = self.node.peers
+        if u.state <= State.SUSPECT:
+            if previous is None or previous >= State.DEAD:
+                peer = peers.peer(u.node_id) if peers is not None else None
+                if peer is not None and u.node_id not in self._linking:
+                    self._linking.add(u.node_id)
                     self._spawn(self._connect(peer))
-                elif conn is not None and not conn.closed and now - conn.last_alive > PING_QUIET_S:
-                    conn.keepalive(PING_QUIET_S + self.node.config.dead_after_s,
-                                   f"file link to {peer.name}")  # fmt: skip
-            peers = self.node.peers
-            for node_id, conn in list(self._links.items()):
-                if not conn.closed and peers is not None and peers.gone(node_id):
-                    conn.abort(ConnectionLost(f"file link to {self.names.get(node_id, node_id)}: "
-                                              "gossip declared that node gone"))  # fmt: skip
-            if not self._restoring:
-                self._restoring = True
-                self._spawn(self._restore_replicas(now))  # copies may take long: not inline
+            return
+        conn = self._links.get(u.node_id)
+        if conn is not None and not conn.closed:
+            how = "left" if u.state == State.LEFT else "dead"
+            conn.abort(ConnectionLost(f"file link to {u.name}: gossip declared that node {how}"))
+        self._restore_later(self._rereplicate_s + 0.1)
+
+    def _restore_later(self, delay_s: float) -> None:
+        """Check replica counts in ``delay_s`` (the earliest check asked for wins)."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay_s
+        if self._restore_at is not None:
+            if self._restore_at.when() <= at:
+                return
+            self._restore_at.cancel()
+        self._restore_at = loop.call_at(at, self._restore_due)
+
+    def _restore_due(self) -> None:
+        self._restore_at = None
+        if self._restoring:  # copies still under way: look again once they are done
+            self._restore_later(1.0)
+            return
+        self._restoring = True
+        self._spawn(self._restore_replicas(asyncio.get_running_loop().time()))
 
     async def _restore_replicas(self, now: float) -> None:
         """A holder missing for good: the first live holder (by id) copies its blobs."""

@@ -7,12 +7,15 @@ members, their names and their load come from gossip, whose instructions this ta
 carries out: one timer armed for what is due next (nothing runs on a fixed clock), and
 gossip messages over the mesh's authenticated links.
 
-Connection policy: a node opens a link (an authenticated connection, as a client's)
-to a member only when gossip has something to send it, and closes it after
-``link_idle_s`` with no traffic either way. A probe period pings one member, so a
-node holds about ``link_idle_s / probe_interval_s`` links at most (plus the few its
-news and indirect probes use), whatever the size of the mesh: small meshes keep all
-their links, big ones reconnect now and then (an HMAC handshake, no key stretching).
+Connection policy: a node opens a link (an authenticated connection, as a client's;
+the pool is mesh/_link.py's, shared with the file service) to a member only when
+gossip has something to send it, and closes it after ``link_idle_s`` with no traffic
+either way, or longer in a big mesh: ``LINK_IDLE_ROUNDS`` rounds of probes (one probe
+period per member), at most ``LINK_IDLE_MAX_S``. A round-robin probe comes back to each
+member once a round, so a link is never closed just before its next probe: a probe
+costs one ping and one ack, never a handshake (measured at 50 nodes with a 20 s idle
+close, reconnecting for every probe cost more CPU than the probes). A node then holds
+a link to each member it probes (an idle socket costs no CPU), plus inbound ones.
 Replies go back on the link a message came in on. Liveness is gossip's: no
 heartbeats on these links. A member declared dead is sent our state again (with
 backoff, like a seed) so that a frozen node that wakes learns it and refutes.
@@ -32,14 +35,14 @@ import random
 import re
 import secrets
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mesh._connection import Connection, open_connection
+from mesh._connection import Connection
 from mesh._discovery import Advert, Browser, parse_peers
-from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State
+from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State, Update
+from mesh._link import Link, Links
 from mesh._protocol import (
     ConsoleReply,
     ConsoleSeries,
@@ -50,10 +53,10 @@ from mesh._protocol import (
     GossipPingReq,
     GossipSync,
     JobsReply,
+    MemberUpdate,
     Message,
     Peers,
 )
-from mesh._tasks import TaskSet
 from mesh.errors import MeshError, RemoteProtocolError
 
 __all__ = ["GOSSIP_MESSAGES", "GOSSIP_LINK", "Peer", "PeerTable", "load_node_id", "unique_name"]
@@ -64,8 +67,12 @@ GOSSIP_MESSAGES = (GossipPing, GossipAck, GossipPingReq, GossipSync, GossipNews)
 # A node names its gossip links "NAME/gossip" in the handshake: the node at the other
 # end sends them no Load or Peers (gossip tells members all of that).
 GOSSIP_LINK = "/gossip"
-PENDING_MAX = 64  # gossip messages queued for a link that is still connecting
 MIN_TIMER_S = 0.002  # the timer never spins, whatever gossip says is due
+# A gossip link stays open at least this long past its last use, and longer in a big
+# mesh: until the next round of probes comes back to that member (a round is one probe
+# period per member), so a probe never pays for a new handshake; at most LINK_IDLE_MAX_S.
+LINK_IDLE_ROUNDS = 2.5
+LINK_IDLE_MAX_S = 300.0
 
 NODE_ID_FILE = "node_id"
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -169,17 +176,6 @@ class Peer:
 
 
 @dataclass(eq=False)
-class _Link:
-    """Our connection to one address, opened when gossip (or a request) needs it."""
-
-    address: str
-    conn: Connection | None = None
-    task: asyncio.Task[None] | None = None
-    pending: list[Message] = field(default_factory=list)
-    used_at: float = 0.0
-
-
-@dataclass(eq=False)
 class _Join:
     """An address we push our state to until it answers (a seed, a dead member)."""
 
@@ -207,6 +203,7 @@ class PeerTable:
         workers: int = 0,
         on_change: Callable[[], None] | None = None,
         on_renamed: Callable[[], None] | None = None,
+        on_member: Callable[[Update, State | None], None] | None = None,
         gossip: GossipConfig | None = None,
         connect_timeout_s: float = 5.0,
         link_idle_s: float = 20.0,
@@ -222,6 +219,7 @@ class PeerTable:
                              rng=rng or random.Random(), config=gossip, workers=workers)  # fmt: skip
         self._on_change = on_change  # a member joined
         self._on_renamed = on_renamed  # a live member now shows another name
+        self._on_member = on_member  # a member is new or changed state (clients are told)
         self._connect_timeout_s = connect_timeout_s
         self._link_idle_s = link_idle_s
         self._retry_s, self._max_retry_s = retry_s, max_retry_s
@@ -230,25 +228,26 @@ class PeerTable:
         self._by_id: dict[str, Peer] = {}
         self._addr_ids: dict[str, str] = {}  # address -> node id its link showed
         self._ignored = {address}  # ourselves, and other addresses of known nodes
-        self._links: dict[str, _Link] = {}
+        # Our gossip links (and the dashboard's requests), opened when gossip needs one.
+        self._links = Links(secret, name + GOSSIP_LINK, on_message=self._link_message,
+                            on_close=self._link_closed, on_open=self._link_opened,
+                            on_fail=self._link_failed,
+                            connect_timeout_s=connect_timeout_s, idle_s=link_idle_s)  # fmt: skip
         self._joining: dict[str, _Join] = {}
         # Links that came in (to our server): replies to what they sent go back on them.
         self._origins: weakref.WeakValueDictionary[str, Connection] = weakref.WeakValueDictionary()
         self._origin_of: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         self._next_origin = 0
         self._browser: Browser | None = None
-        self._tasks = TaskSet("membership", log)
         self._timer: asyncio.TimerHandle | None = None
         self._leaving = False  # close() is telling members that this node leaves
-        self._closing = False  # ... and then closing the links
         self._load: tuple[int, int, int] | None = None  # wanted, not yet told
         self._load_at = 0.0
         # Requests to peers awaiting their reply (by request id): see request().
         self._pending: dict[int, tuple[Connection, asyncio.Future[Message]]] = {}
         self._next_req = 0
         # Debug counters (the dashboard's /api/nodes shows them): what membership costs.
-        self.counters = {"sent": 0, "received": 0, "probes": 0, "timer_runs": 0,
-                         "links_opened": 0}  # fmt: skip
+        self.counters = {"sent": 0, "received": 0, "probes": 0, "timer_runs": 0}
 
     # ---- lifecycle ----
 
@@ -269,20 +268,13 @@ class PeerTable:
         if self._browser is not None:
             with contextlib.suppress(Exception):
                 await self._browser.close()
-        told = []
         for ins in self.gossip.leave(self._loop.time()):
             if isinstance(ins, Send):
                 self._send(ins.to, ins.msg)
-                link = self._links.get(ins.to)
-                if link is not None and link.task is not None:
-                    told.append(link.task)
+        told = self._links.close_soon()
         if told:  # links still connecting: give them a moment to carry the news
             await asyncio.wait(told, timeout=self._connect_timeout_s / 5)
-        self._closing = True
-        await self._tasks.close()  # first, so that a connect finishing now is closed below
-        for link in self._links.values():
-            if link.conn is not None:
-                link.conn.close()  # after what is queued on it: our leave
+        await self._links.close()  # each after what is queued on it: our leave
 
     # ---- what the node reads ----
 
@@ -294,6 +286,7 @@ class PeerTable:
     def name(self, name: str) -> None:
         """This node shows another name now: gossip spreads it."""
         self._name = name
+        self._links.name = name + GOSSIP_LINK
         self.gossip.set_name(name)
         self._arm()
 
@@ -304,6 +297,15 @@ class PeerTable:
         """This node first, then every live peer: what a ``Peers`` message carries."""
         return (self.address, *(p.key for p in self.alive()))
 
+    def snapshot(self) -> tuple[MemberUpdate, ...]:
+        """This node first, then every live member, as gossip holds them: the ``Members``
+        a client gets on connect."""
+        return (self.gossip.me.wire(), *(u.wire() for u in self.gossip.live()))
+
+    def peer(self, node_id: str) -> Peer | None:
+        """The member with that node id, if gossip knows it."""
+        return self._by_id.get(node_id)
+
     def gone(self, node_id: str) -> bool:
         """Gossip holds that node dead or left (False for one it does not know)."""
         peer = self._by_id.get(node_id)
@@ -311,8 +313,8 @@ class PeerTable:
 
     def stats(self) -> dict[str, int]:
         """Membership's debug counters, and how many members and links there are now."""
-        links = sum(1 for k in self._links.values() if k.conn is not None and not k.conn.closed)
-        return {**self.counters, "members": len(self.alive()), "links": links}
+        return {**self.counters, "links_opened": self._links.opened,
+                "members": len(self.alive()), "links": self._links.open_count()}  # fmt: skip
 
     def set_load(self, workers: int, running: int, queued: int) -> None:
         """This node's load; spread at most once per probe period when it changed."""
@@ -328,16 +330,21 @@ class PeerTable:
         Raises TimeoutError when no reply comes in ``timeout_s``, MeshError when the
         peer cannot be reached or the link goes down meanwhile.
         """
-        conn = await asyncio.wait_for(self._connected(peer.key), timeout_s)
+        conn = await asyncio.wait_for(self._links.connected(peer.key), timeout_s)
+        link = self._links.get(peer.key)
         self._next_req += 1
         req = self._next_req
         fut: asyncio.Future[Message] = self._loop.create_future()
         self._pending[req] = (conn, fut)
+        if link is not None:
+            link.busy += 1  # not closed as idle while the answer is awaited
         try:
             conn.send(make(req))
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             self._pending.pop(req, None)
+            if link is not None:
+                link.busy -= 1
 
     # ---- learning of addresses ----
 
@@ -420,90 +427,41 @@ class PeerTable:
             return
         if to in self._ignored:
             return
-        link = self._links.get(to)
-        if link is None:
-            link = self._links[to] = _Link(to)
-        link.used_at = self._loop.time()
-        if link.conn is not None and not link.conn.closed:
-            with contextlib.suppress(MeshError):
-                link.conn.send(msg)
-            return
-        if len(link.pending) < PENDING_MAX:
-            link.pending.append(msg)
-        self._open(link)
+        self._links.send(to, msg)
 
-    def _open(self, link: _Link) -> None:
-        if link.task is None and not self._closing:
-            link.task = self._spawn(self._connect(link))
+    def _link_failed(self, link: Link, exc: BaseException) -> None:
+        peer = self.peers.get(link.address)
+        if peer is not None:
+            peer.error = exc
+            if peer.failing_since is None:
+                peer.failing_since = self._loop.time()
 
-    async def _connected(self, address: str) -> Connection:
-        """Our open link to ``address``, opened now if need be (raises MeshError)."""
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = _Link(address)
-        link.used_at = self._loop.time()
-        if link.conn is None or link.conn.closed:
-            self._open(link)
-            if link.task is not None:
-                await asyncio.shield(link.task)
-        if link.conn is None or link.conn.closed:
-            peer = self.peers.get(address)
-            raise MeshError(f"peer {address} cannot be reached: "
-                            f"{peer.error if peer is not None else 'no link'}")  # fmt: skip
-        return link.conn
-
-    async def _connect(self, link: _Link) -> None:
+    def _link_opened(self, link: Link, conn: Connection) -> bool:
+        """A new gossip link: refused if it reached ourselves, or a node we know by
+        another address (the address is forgotten then)."""
         address = link.address
-        peer = self.peers.get(address)
-        try:
-            host, port = _split(address)
-            conn = await open_connection(
-                host, port, self._secret, name=self._name + GOSSIP_LINK,
-                timeout_s=self._connect_timeout_s,
-                on_message=lambda c, m: self._link_message(link, c, m),
-                on_close=lambda c, r: self._link_closed(link, c, r),
-            )  # fmt: skip
-        except (MeshError, ValueError) as exc:
-            link.pending.clear()
-            if peer is not None:
-                peer.error = exc
-                if peer.failing_since is None:
-                    peer.failing_since = self._loop.time()
-            log.debug("no link to %s: %s", address, exc)
-            return
-        finally:
-            link.task = None
-        self.counters["links_opened"] += 1
-        if self._closing:
-            conn.close()
-            return
         if conn.peer_id == self.node_id:  # our own address, by another name
-            conn.close()
-            self._forget_address(address)
-            return
+            self._loop.call_soon(self._forget_address, address)
+            return False
         self._addr_ids[address] = conn.peer_id
         known = self._by_id.get(conn.peer_id)
         if known is not None and known.key != address:  # a node we know by its own address
-            conn.close()
-            self._forget_address(address)
-            return
-        link.conn = conn
+            self._loop.call_soon(self._forget_address, address)
+            return False
+        peer = self.peers.get(address)
         if peer is not None:
             peer.conn, peer.error, peer.failing_since = conn, None, None
-        pending, link.pending = link.pending, []
-        for msg in pending:
-            with contextlib.suppress(MeshError):
-                conn.send(msg)
+        return True
 
     def _forget_address(self, address: str) -> None:
         self._ignored.add(address)
         self._joining.pop(address, None)
-        self._links.pop(address, None)
+        self._links.forget(address)
         peer = self.peers.get(address)
         if peer is not None and not peer.node_id:
             del self.peers[address]
 
-    def _link_message(self, link: _Link, conn: Connection, msg: Message) -> None:
+    def _link_message(self, link: Link, conn: Connection, msg: Message) -> None:
         if isinstance(msg, GOSSIP_MESSAGES):
             self._received(link.address, msg, conn)
         elif isinstance(msg, (JobsReply, ConsoleReply, ConsoleSeries)):
@@ -513,15 +471,13 @@ class PeerTable:
         elif isinstance(msg, Goodbye):
             conn.close()
 
-    def _link_closed(self, link: _Link, conn: Connection, reason: BaseException | None) -> None:
+    def _link_closed(self, link: Link, conn: Connection, reason: BaseException | None) -> None:
         for c, fut in self._pending.values():  # requests on it get no answer now
             if c is conn and not fut.done():
                 fut.set_exception(MeshError(f"peer {link.address}: connection lost ({reason})"))
-        if link.conn is conn:
-            link.conn = None
-            peer = self.peers.get(link.address)
-            if peer is not None and peer.conn is conn:
-                peer.conn, peer.error = None, reason
+        peer = self.peers.get(link.address)
+        if peer is not None and peer.conn is conn:
+            peer.conn, peer.error = None, reason
 
     # ---- the peer table follows gossip ----
 
@@ -544,19 +500,28 @@ class PeerTable:
             peer.host, peer.port = _split(u.address)
             self.peers[u.address] = peer
         was_alive, old_name = peer.alive, peer.name
+        round_s = self.gossip.config.probe_interval_s * len(self.gossip.live())
+        self._links.idle_s = max(
+            self._link_idle_s, min(LINK_IDLE_MAX_S, LINK_IDLE_ROUNDS * round_s)
+        )
         peer.node_id, peer.name, peer.state = u.node_id, u.name, u.state
         peer.workers, peer.running, peer.queued = u.workers, u.running, u.queued
+        if self._on_member is not None and ch.previous != u.state:  # not a mere load change
+            self._on_member(u, ch.previous)
         link = self._links.get(peer.key)
         peer.conn = link.conn if link is not None else None
         if peer.alive and not was_alive:
             peer.failing_since = None
             self._joining.pop(peer.key, None)
-            log.info("peer %s (%s) joined: %d workers", peer.name, peer.key, peer.workers)
+            # The peer is part of the line's template, not an argument: the log's repeat
+            # filter (mesh/_logging.py) then bounds each peer's lines, not all peers'
+            # together (a 50-node start logs 49 joins; bench/scale.py reads them).
+            log.info(f"peer {peer.name} ({peer.key}) joined: {peer.workers} workers")
             if self._on_change is not None:
                 self._on_change()
         elif was_alive and not peer.alive:
             why = "it left" if u.state == State.LEFT else "no answer to gossip probes"
-            log.info("peer %s (%s) lost: %s", peer.name, peer.key, why)
+            log.info(f"peer {peer.name} ({peer.key}) lost: {why}")
             if u.state == State.DEAD:  # frozen, maybe: it learns it was dead and refutes
                 self._want_join(peer.key, peer.static)
         elif peer.alive and old_name and old_name != peer.name and self._on_renamed is not None:
@@ -571,8 +536,7 @@ class PeerTable:
         due = self.gossip.next_due()
         for join in self._joining.values():
             due = min(due, join.next_at)
-        for link in self._links.values():
-            due = min(due, self._idle_at(link))
+        due = min(due, self._links.next_idle())
         if self._load is not None:
             due = min(due, self._load_at)
         if self._timer is not None:
@@ -583,13 +547,6 @@ class PeerTable:
         if due < math.inf:
             due = max(due, self._loop.time() + MIN_TIMER_S)
             self._timer = self._loop.call_at(due, self._run)
-
-    def _idle_at(self, link: _Link) -> float:
-        conn = link.conn
-        if link.task is not None or any(c is conn for c, _ in self._pending.values()):
-            return math.inf
-        last = max(link.used_at, conn.last_alive if conn is not None else 0.0)
-        return last + self._link_idle_s
 
     def _run(self) -> None:
         self._timer = None
@@ -607,7 +564,7 @@ class PeerTable:
             )
             self._carry_out(out)
             self._joins(now)
-            self._close_idle(now)
+            self._links.close_idle(now)
             self._forget(now)
         finally:
             self._arm()
@@ -628,14 +585,6 @@ class PeerTable:
             join.delay_s = min(join.delay_s * 2, self._max_retry_s)
             self._carry_out(self.gossip.join([address], now))
 
-    def _close_idle(self, now: float) -> None:
-        for address, link in list(self._links.items()):
-            if now < self._idle_at(link):
-                continue
-            del self._links[address]
-            if link.conn is not None:
-                link.conn.close()
-
     def _forget(self, now: float) -> None:
         """Members gossip has forgotten (dead long enough) leave the table too."""
         if not any(p.state is not None and p.state >= State.DEAD for p in self._by_id.values()):
@@ -648,6 +597,3 @@ class PeerTable:
                     del self.peers[peer.key]
                 elif peer.static:
                     peer.state = None  # a seed again: it is still being joined
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return self._tasks.spawn(coro)

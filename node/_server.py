@@ -47,7 +47,7 @@ from mesh._auth import mesh_id
 from mesh._connection import AdmissionGate, Connection
 from mesh._discovery import Advert, Advertiser
 from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
-from mesh._gossip import GossipConfig
+from mesh._gossip import GossipConfig, State, Update
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
@@ -62,6 +62,8 @@ from mesh._protocol import (
     JobsQuery,
     Kill,
     Load,
+    Members,
+    MemberUpdate,
     Message,
     Payload,
     Peers,
@@ -79,13 +81,14 @@ from mesh._protocol import (
 )
 from mesh._serialize import function_hash
 from mesh._tasks import TaskSet
-from mesh.errors import ErrorKind
+from mesh.errors import ErrorKind, MeshError
 
 __all__ = ["Node", "NodeConfig"]
 
 log = logging.getLogger("mesh.node")
 
 TICK_S = 0.1  # housekeeping while jobs are queued or running (runtime limits, memory)
+LOAD_PUSH_S = 1.0  # a node tells its clients its load when it changed, this often at most
 IDLE_TICK_S = 1.0  # and with none: results to expire, silent clients, the parent process
 ENV_WID_STRIDE = 1_000_000  # worker ids of the n-th environment's pool start at n * this
 
@@ -107,7 +110,7 @@ class NodeConfig:
     max_message: int = DEFAULT_MAX_MESSAGE
     parent_pid: int | None = None
     advertise: bool = True
-    client_timeout_s: float = 30.0  # clients ping every second
+    client_timeout_s: float = 30.0  # clients ping idle links every 10 s
     # Interfaces to advertise on; empty: the listening address unless it is loopback.
     interfaces: list[str] = field(default_factory=list)
     # Other nodes to connect to without mDNS (--peer, MESH_PEERS).
@@ -117,7 +120,6 @@ class NodeConfig:
     # than a client's: the node pings them only now and then (node/_files.py).
     gossip: GossipConfig = field(default_factory=GossipConfig)
     node_link_timeout_s: float = 300.0
-    dead_after_s: float = 5.0  # a file link silent this long after its ping is dropped
     # On SIGTERM: how long running jobs may take to finish before they are killed.
     grace_s: float = 30.0
     # Resident memory a worker may reach (bytes; 0: no limit), and the share of the
@@ -174,6 +176,9 @@ class Node:
         self._wake = asyncio.Event()  # work arrived: the idle tick hurries
         self._node_links: set[int] = set()  # connection ids of other nodes' links
         self._gossip_links: set[int] = set()  # ... of which their gossip links
+        self._member_news: list[MemberUpdate] = []  # for the clients, sent on the next turn
+        self._load_told: tuple[int, int] = (0, 0)  # (running, queued) the clients last heard
+        self._load_told_at = 0.0
         self._stopped = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop request: do not wait for jobs
         self.dashboard: Dashboard | None = None
@@ -249,6 +254,7 @@ class Node:
             workers=self.config.workers,
             on_change=self._peers_changed,
             on_renamed=self._check_name,
+            on_member=self._member_changed,
             gossip=self.config.gossip,
         )
         await self.peers.start(self.config.peers, browse_on=interfaces)
@@ -280,13 +286,26 @@ class Node:
         return f"{self.host}:{self.port}"
 
     def _peers_changed(self) -> None:
-        """A peer joined: tell every connection, so clients and nodes learn it too."""
-        assert self.peers is not None
-        msg = Peers(self.peers.addresses())
-        for cid, conn in list(self._conns.items()):
-            if not conn.closed and cid not in self._gossip_links:  # gossip told those
-                conn.send(msg)
+        """A peer joined: this node may have to show another name."""
         self._check_name()
+
+    def _member_changed(self, u: Update, previous: State | None) -> None:
+        """Gossip says a member joined, is suspected, died, left or is back: tell the
+        clients (in one Members per turn of the loop, so a burst of joins is one message),
+        which learn the mesh from this rather than from heartbeats of their own; and the
+        file service, which swaps catalog digests with a member that joins."""
+        if self.files is not None:
+            self.files.member_changed(u, previous)
+        if not self._member_news:
+            asyncio.get_running_loop().call_soon(self._tell_members)
+        self._member_news.append(u.wire())
+
+    def _tell_members(self) -> None:
+        msg, self._member_news = Members(tuple(self._member_news)), []
+        for cid, conn in list(self._conns.items()):
+            if not conn.closed and cid not in self._node_links:  # nodes hear it by gossip
+                with contextlib.suppress(MeshError):
+                    conn.send(msg)
 
     def _check_name(self) -> None:
         """Show a name no other live node shows (a node with a smaller id keeps it), and
@@ -408,6 +427,7 @@ class Node:
             self._apply(self.table.tick(time.time()))
             if self.peers is not None:
                 self.peers.set_load(self.config.workers, self.table.running, self.table.queued)
+            self._tell_load()
             self._watch_memory()
             if self._shm is not None:
                 self._shm.expire()
@@ -462,8 +482,8 @@ class Node:
             self._gossip_links.add(cid)  # told all by gossip: no Load, no Peers
             return
         conn.send(self._load())
-        if self.peers is not None and self.peers.alive():
-            conn.send(Peers(self.peers.addresses()))
+        if self.peers is not None and cid not in self._node_links:
+            conn.send(Members(self.peers.snapshot(), full=True))
 
     def _closed(self, conn: Connection, reason: BaseException | None) -> None:
         cid = self._conn_ids.pop(conn, None)
@@ -474,6 +494,20 @@ class Node:
         self._gossip_links.discard(cid)
         self._funcs.pop(cid, None)
         self.table.disconnected(cid)
+
+    def _tell_load(self) -> None:
+        """Tell the clients this node's load when it changed, at most every LOAD_PUSH_S:
+        they place by it, and no longer ping idle links to hear it."""
+        now = time.monotonic()
+        told = (self.table.running, self.table.queued)
+        if told == self._load_told or now < self._load_told_at + LOAD_PUSH_S:
+            return
+        self._load_told, self._load_told_at = told, now
+        load = self._load()
+        for cid, conn in list(self._conns.items()):
+            if not conn.closed and cid not in self._node_links:
+                with contextlib.suppress(MeshError):
+                    conn.send(load)
 
     def _load(self) -> Load:
         return Load(

@@ -40,7 +40,8 @@ def alive(pid: int) -> bool:
 
 def test_a_run_at_three_nodes_prints_one_json_object_of_sane_figures() -> None:
     run = subprocess.run(
-        [sys.executable, str(SCALE), "--nodes", "3", "--idle-s", "1", "--map-items", "200"],
+        [sys.executable, str(SCALE), "--nodes", "3", "--idle-s", "1", "--map-items", "200",
+         "--client-idle-s", "1"],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -54,6 +55,7 @@ def test_a_run_at_three_nodes_prints_one_json_object_of_sane_figures() -> None:
     assert r["idle_messages_per_node_per_s"] > 0  # membership is kept by some messages
     assert r["rss_mib_per_node"] > 10  # a Python node and its worker
     assert r["client_sees_all_s"] > 0
+    assert r["client_links"] == 3 and r["client_idle_cpu_pct"] >= 0
     assert r["tiny_map"]["jobs"] == 200 and r["tiny_map"]["jobs_per_s"] > 0
     sleep = r["sleep_map"]
     assert sleep["jobs"] == 6 and sleep["s"] >= sleep["job_s"] == 0.5

@@ -139,6 +139,17 @@ def test_a_push_is_merged_and_answered_with_our_state_a_pull_is_not_answered() -
     assert g.live() == [upd(1), upd(2), upd(3)]
 
 
+def test_a_joiner_spreads_its_own_alive_news_once_its_join_is_answered() -> None:
+    g = gossip()
+    g.received(addr(1), GossipSync(wire(upd(1))), 0.0)  # a push from another: not our join
+    assert drain(g) == [(upd(1).wire(),)] * 4  # (4 sends: retransmit_mult x log10 N)
+    g.received(addr(2), GossipSync(wire(upd(2)), reply=True), 0.0)  # our join, answered
+    # Ourselves first (newest, then the member just heard of), as often as any news.
+    assert drain(g) == [(g.me.wire(), upd(2).wire())] * 4
+    g.received(addr(3), GossipSync(wire(upd(3)), reply=True), 0.0)  # a second seed answers
+    assert drain(g) == [(upd(3).wire(),)] * 4  # we are announced already
+
+
 def test_a_dead_member_in_a_push_is_only_suspected_here_a_left_one_has_left() -> None:
     g = knowing(gossip(), 1, 2)
     out = g.received(
@@ -312,6 +323,26 @@ def test_a_confirmation_from_another_node_brings_the_timeout_down_to_the_minimum
     # min = 3 * max(1, log10 4) * 0.5 s from the suspicion's start, 0.5 s
     assert about(target, g.tick(1.999)) == []
     assert about(target, g.tick(2.0)) == [Changed(upd(n, 0, State.DEAD, ME), State.SUSPECT)]
+
+
+def test_failing_to_reach_a_suspect_ourselves_confirms_the_suspicion() -> None:
+    g = knowing(gossip(), 1, 2, 3)
+    (ping,) = g.tick(0.0)
+    assert isinstance(ping.msg, GossipPing)
+    target = ping.msg.target
+    n = int(target[2:])
+    other = "id2" if target != "id2" else "id3"
+    # Another node's suspicion arrives first: alone it dies after max = 2 x 1.5 s.
+    g.received(addr(9), GossipNews(wire(upd(n, 0, State.SUSPECT, other))), 0.1)
+    drain(g)
+    g.tick(0.2)  # ping-reqs
+    out = g.tick(0.5)  # our own probe failed too: we confirm, and say so
+    assert about(target, out) == []  # still a suspect, no new state
+    said = [u for x in sends(out) for u in getattr(x.msg, "updates", ())]
+    assert upd(n, 0, State.SUSPECT, ME).wire() in said
+    # min = 3 * max(1, log10 4) * 0.5 s from the suspicion's start (0.1 s)
+    assert about(target, g.tick(1.599)) == []
+    assert about(target, g.tick(1.6)) == [Changed(upd(n, 0, State.DEAD, ME), State.SUSPECT)]
 
 
 def test_a_suspected_node_refutes_with_a_higher_incarnation() -> None:
