@@ -220,6 +220,8 @@ def test_info_and_status_answer_for_every_job_after_a_node_is_killed(start, secr
         return [int(x) for x in path.read_text().split()] if path.exists() else []
 
     with mesh.Client([a.address, b.address], secret) as c:
+        # both nodes linked before the map (a client starts once one node answers)
+        wait_until(lambda: sum(n.connected for n in c.nodes()) == 2, what="both nodes linked")
         # Jobs finished on b; then b is killed in the middle of a map, a job running there.
         jids = c.map(note_then, range(8), folder=str(runs_dir), gate="")
         quick = c.result(jids, timeout=60)
