@@ -477,6 +477,8 @@ class JobTable:
             return f"node {self.node_name} holds no job {jid}"
         if job.state not in (ERROR, KILLED):
             return f"job {jid} did not fail (it is {JOB_STATES[job.state]})"
+        if job.func.env:  # its environment may be gone: only a client can ask for it again
+            return f"job {jid} ran in a job environment (_env): submit it again from a script"
         if jid not in self.retained:
             return (f"node {self.node_name} no longer keeps job {jid}'s function and arguments "
                     f"(it keeps the latest failures' up to {self.retain_bytes} bytes)")  # fmt: skip

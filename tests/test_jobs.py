@@ -690,6 +690,11 @@ def test_a_killed_job_can_be_retried_and_a_done_or_unknown_one_cannot() -> None:
     with pytest.raises(RetryRefused, match=r"^job d-1 did not fail \(it is done\)$"):
         t.retry("d-1", 5.0)
     assert t.retry_refused("nosuch-1") == "node ws-07 holds no job nosuch-1"
+    t.submit(OWNER, Func(F.fhash, F.blob, F.name, env="venv-1"), items("v-1"), 5.0)
+    t.kill(("v-1",), 5.0)
+    assert t.retry_refused("v-1") == (
+        "job v-1 ran in a job environment (_env): submit it again from a script"
+    )
     t.drain()
     t.submit(OWNER, F, items("x-1"), 6.0)  # handed back: not kept here
     assert t.retry_refused("k-1") == "node ws-07 is leaving"
