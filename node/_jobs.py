@@ -64,6 +64,7 @@ _EWMA = 0.2
 # Failed and killed jobs' submissions kept for the console's Retry, in bytes of arguments
 # and function; the oldest failures are dropped first.
 RETAIN_BYTES = 32 * 1024 * 1024
+RETAINED_OVERHEAD = 256  # bytes a kept submission costs beside its arguments
 _RETRY_SUFFIX = re.compile(r"-r([0-9]+)$")
 
 
@@ -182,8 +183,10 @@ class Retained:
 
     @property
     def size(self) -> int:
+        """Its arguments' bytes and a record's overhead (its function counts once per
+        function kept, see JobTable._retain)."""
         args = self.args if isinstance(self.args, tuple) else (self.args,)
-        return sum(len(a) for a in args) + len(self.func.blob)
+        return sum(len(a) for a in args) + RETAINED_OVERHEAD
 
 
 class RetryRefused(ValueError):
@@ -224,6 +227,7 @@ class JobTable:
         self.retain_bytes = RETAIN_BYTES
         self.retained: OrderedDict[str, Retained] = OrderedDict()
         self._retained_bytes = 0
+        self._retained_funcs: dict[int, int] = {}  # id(Func) -> submissions kept of it
 
     # ---- queries ----
 
@@ -618,22 +622,32 @@ class JobTable:
         heapq.heappush(self._expiry, (now + self.unclaimed_ttl_s, job.jid))
 
     def _retain(self, job: Job) -> None:
-        """Keep a failed job's submission for a Retry; the oldest go first past the budget."""
+        """Keep a failed job's submission for a Retry; the oldest go first past the budget.
+        A function's blob counts once, however many of its jobs are kept."""
         self._forget(job.jid)
         kept = Retained(job.func, job.args, job.owner, job.cores, job.label, job.max_runtime,
                         job.priority, job.kill_process)  # fmt: skip
-        if kept.size > self.retain_bytes:
+        if kept.size + len(job.func.blob) > self.retain_bytes:
             return
         self.retained[job.jid] = kept
-        self._retained_bytes += kept.size
+        self._retained_bytes += kept.size + self._count_func(kept.func, 1)
         while self._retained_bytes > self.retain_bytes:
             _, old = self.retained.popitem(last=False)
-            self._retained_bytes -= old.size
+            self._retained_bytes -= old.size + self._count_func(old.func, -1)
+
+    def _count_func(self, func: Func, delta: int) -> int:
+        """Count a kept submission of ``func`` in or out: the bytes its blob adds or frees."""
+        n = self._retained_funcs.get(id(func), 0) + delta
+        if n:
+            self._retained_funcs[id(func)] = n
+        else:
+            del self._retained_funcs[id(func)]
+        return len(func.blob) if (delta > 0 and n == 1) or (delta < 0 and n == 0) else 0
 
     def _forget(self, jid: str) -> None:
         kept = self.retained.pop(jid, None)
         if kept is not None:
-            self._retained_bytes -= kept.size
+            self._retained_bytes -= kept.size + self._count_func(kept.func, -1)
 
     def _release(self, w: _Worker) -> None:
         for other in w.reserving:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from mesh.node._jobs import (
     MAX_BATCH,
+    RETAINED_OVERHEAD,
     Deliver,
     Dispatch,
     Func,
@@ -702,19 +703,25 @@ def test_a_killed_job_can_be_retried_and_a_done_or_unknown_one_cannot() -> None:
 
 def test_failed_submissions_past_the_budget_drop_the_oldest_first() -> None:
     t = table()
-    size = len(b"args-e-1") + len(F.blob)  # 14 bytes each
-    t.retain_bytes = 2 * size
+    each = len(b"args-e-1") + RETAINED_OVERHEAD  # a function's blob counts once
+    t.retain_bytes = len(F.blob) + 2 * each
     t.submit(OWNER, F, items("e-1", "e-2", "e-3"), 0.0)
     t.kill(("e-1", "e-2", "e-3"), 1.0)
     assert list(t.retained) == ["e-2", "e-3"]
+    assert t._retained_bytes == len(F.blob) + 2 * each
     assert t.retry_refused("e-1") == (
         "node ws-07 no longer keeps job e-1's function and arguments (it keeps the latest "
-        f"failures' up to {2 * size} bytes)"
+        f"failures' up to {t.retain_bytes} bytes)"
     )
     # a submission bigger than the whole budget is not kept, and drops nothing
-    t.submit(OWNER, F, (("big-1", b"x" * 100),), 2.0)
+    t.submit(OWNER, F, (("big-1", b"x" * 1000),), 2.0)
     t.kill(("big-1",), 3.0)
     assert list(t.retained) == ["e-2", "e-3"]
+    # another function's failure pushes out the oldest, and its blob counts too
+    t.submit(OWNER, G, items("g-1"), 4.0)
+    t.kill(("g-1",), 4.0)
+    assert list(t.retained) == ["g-1"]
+    assert t._retained_bytes == len(G.blob) + each
     # a job forgotten by the table is forgotten here too
-    t.tick(1.0 + t.unclaimed_ttl_s)
-    assert not t.retained and t._retained_bytes == 0
+    t.tick(4.0 + t.unclaimed_ttl_s)
+    assert not t.retained and t._retained_bytes == 0 and not t._retained_funcs
