@@ -25,6 +25,7 @@ from mesh._protocol import (
     ConsoleReply,
     ConsoleSeries,
     ConsoleStats,
+    ErrorInfo,
     GroupSummary,
     JobOutput,
     JobSummary,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_KEYS_MAX",
+    "attempts",
     "DETAIL_MAX",
     "Group",
     "console_reply",
@@ -350,6 +352,20 @@ def series(
             i += 1
     return ConsoleSeries(q.req, node, workers, start, step, tuple(finished),
                          tuple(round(x, 3) for x in busy))  # fmt: skip
+
+
+def attempts(
+    records: Iterable[tuple[str, JobSummary, ErrorInfo | None]],
+) -> list[dict[str, Any]]:
+    """A job's attempts over the mesh, one per node's record of it ((node id, summary,
+    error) from each node that holds one), in the order they started (not started: last)."""
+    out = []
+    for node_id, s, err in records:
+        out.append({"node": s[5], "node_id": node_id, "status": JOB_STATES[s[1]],
+                    "started": s[7] or None, "finished": s[8] or None, "runs": s[10],
+                    "error": None if err is None else f"{err.type_name}: {err.message}"})  # fmt: skip
+    out.sort(key=lambda a: (a["started"] is None, a["started"] or 0.0, a["node"], a["node_id"]))
+    return out
 
 
 # ---- a node's jobs as these functions read them ----

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.node._console import (
     DETAIL_MAX,
     Group,
+    attempts,
     console_reply,
     group_jids,
     histogram,
@@ -34,6 +35,8 @@ from mesh._protocol import (
     ConsoleReply,
     ConsoleSeries,
     ConsoleStats,
+    JobsQuery,
+    JobsReply,
     Kill,
     Message,
 )
@@ -77,6 +80,7 @@ class Console:
         r.add_post("/api/map/kill", self._api_map_kill)
         r.add_get("/api/stats", self._api_stats)
         r.add_get("/api/files/download", self._api_download)
+        r.add_post("/api/jobs/{jid}/retry", self._api_retry)
 
     # ---- asking the mesh ----
 
@@ -213,6 +217,42 @@ class Console:
             killed[peer.name or peer.key] = len(theirs)
         return json_response({"key": key, "killed": sum(killed.values()), "by_node": killed,
                               "missing": sorted(missing)})  # fmt: skip
+
+    # ---- a job's attempts, and Retry ----
+
+    async def attempts(self, jid: str) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every node's record of job ``jid`` (one per node it was placed on), and the
+        peers that did not answer."""
+        from mesh.node._dashboard import job_summary
+
+        records = []
+        job = self.node.table.jobs.get(jid)
+        if job is not None:
+            records.append((self.node.node_id, job_summary(self.node, job), job.error))
+        peers, missing = await self.dash.ask_peers(lambda req: JobsQuery(req, jid=jid))
+        for peer, reply in peers:
+            if isinstance(reply, JobsReply) and reply.rows and reply.details:
+                records.append((peer.node_id, reply.rows[0], reply.details[0][4]))
+        return attempts(records), missing
+
+    async def _api_retry(self, request: web.Request) -> web.StreamResponse:
+        """Run a failed or killed job again on this node as a new job (see JobTable.retry)."""
+        jid = request.match_info["jid"]
+        on = request.query.get("node", "")
+        if on not in ("", self.node.node_id):
+            return json_response({"error": f"job {jid}'s record is on another node than "
+                                           f"{self.node.name}: retry it from that node's "
+                                           f"dashboard"}, 409)  # fmt: skip
+        table = self.node.table
+        why = table.retry_refused(jid)
+        if why:
+            return json_response({"error": why}, 404 if jid not in table.jobs else 409)
+        new, out = table.retry(jid, time.time())
+        self.node._wake.set()
+        self.node._apply(out)
+        return json_response({"jid": new, "retry_of": jid, "node": self.node.name,
+                              "node_id": self.node.node_id,
+                              "status": JOB_STATES[table.jobs[new].state]})  # fmt: skip
 
     # ---- charts over time ----
 

@@ -271,6 +271,16 @@ class Dashboard:
             if found is None:
                 return _json({"error": _not_held(self.node.name, jid, missing)}, 404)
             detail = found[1]
+        detail = dict(detail)
+        job = self.node.table.jobs.get(jid) if detail["node_id"] == self.node.node_id else None
+        if job is not None:
+            detail["retry_of"] = job.retry_of or None
+            detail["retry_refused"] = self.node.table.retry_refused(jid) or None
+        else:  # Retry runs the job again on the node that kept its arguments: that one
+            detail["retry_of"] = None
+            detail["retry_refused"] = (f"its record is on node {detail['node']}: retry it "
+                                       f"from that node's dashboard")  # fmt: skip
+        detail["attempts_by_node"], detail["attempts_missing"] = await self.console.attempts(jid)
         return _json(detail)
 
     async def _api_kill(self, request: web.Request) -> web.StreamResponse:

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sys
 import time
 import urllib.error
@@ -163,6 +164,103 @@ def quick_or_gated(x: int, gate: str) -> int:
         gated(gate, x)
     time.sleep(0.05 * x)  # run times spread out: the map page's histogram has bars
     return x
+
+
+def fails_unless(path: str) -> str:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is not there yet")
+    return "fixed"
+
+
+def pid_then_wait(pid_file: str, gate: str) -> str:
+    """The first attempt writes its worker's pid and waits (the test kills it); a later
+    attempt, finding the pid written, returns at once."""
+    if os.path.exists(pid_file):
+        return "second attempt"
+    tmp = pid_file + ".tmp"
+    Path(tmp).write_text(str(os.getpid()))
+    os.replace(tmp, pid_file)
+    return str(gated(gate, "first attempt"))
+
+
+def _failed_on(mesh3: Mesh3, c: mesh.Client, jid: str) -> str:
+    """The dashboard URL of the node holding ``jid``, after it failed there."""
+    with pytest.raises(FileNotFoundError):
+        c.result(jid, timeout=30)
+    return mesh3.urls[c.info(jid).node]
+
+
+def test_retry_runs_a_failed_job_again_as_a_new_job_a_fresh_client_can_read(mesh3, tmp_path):
+    flag = tmp_path / "flag"
+    with mesh3.client("retrier") as c:
+        jid = str(c.call(fails_unless, str(flag), _label="retry-api"))
+        url = _failed_on(mesh3, c, jid)
+    post = url + f"api/jobs/{jid}/retry"
+    detail = mesh3.api(url + f"api/jobs/{jid}")
+    assert (detail["status"], detail["retry_refused"]) == ("error", None)
+    # without the anti-CSRF header, and without the token, nothing runs
+    assert mesh3.http(post, "POST")[0] == 403
+    req = urllib.request.Request(post, method="POST", headers={"X-Mesh": "1"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    refused.value.close()
+    assert refused.value.code == 401
+    assert f"{jid}-r1" not in json.dumps(mesh3.api(url + "api/jobs?label=retry-api"))
+    flag.touch()  # the cause is fixed
+    out = mesh3.api(post, "POST", {"X-Mesh": "1"})
+    assert (out["jid"], out["retry_of"]) == (f"{jid}-r1", jid)
+    with mesh3.client("someone-else") as fresh:
+        assert fresh.result(out["jid"], timeout=30) == "fixed"
+    again = mesh3.api(url + f"api/jobs/{out['jid']}")
+    assert (again["status"], again["retry_of"], again["client"]) == ("done", jid, "retrier")
+    assert again["retry_refused"] == f"job {jid}-r1 did not fail (it is done)"
+    status, body = mesh3.http(url + f"api/jobs/{out['jid']}/retry", "POST", {"X-Mesh": "1"})
+    assert (status, json.loads(body)["error"]) == (409, f"job {jid}-r1 did not fail (it is done)")
+    other = next(u for u in mesh3.urls.values() if u != url)
+    status, body = mesh3.http(other + f"api/jobs/{jid}/retry", "POST", {"X-Mesh": "1"})
+    assert status == 404 and f"holds no job {jid}" in json.loads(body)["error"]
+
+
+def test_the_retry_button_opens_the_new_job_page(mesh3, pages, tmp_path):
+    flag = tmp_path / "flag"
+    with mesh3.client("clicker") as c:
+        jid = str(c.call(fails_unless, str(flag), _label="retry-page"))
+        url = _failed_on(mesh3, c, jid)
+    name = next(n for n, u in mesh3.urls.items() if u == url)
+    page = pages[name]
+    page.goto(url + f"job/{jid}")
+    page.wait_for_selector("#retry")
+    flag.touch()
+    page.click("#retry")
+    page.wait_for_url(f"**/job/{jid}-r1*")
+    wait_until(lambda: page.inner_text("#job-status") == "done", timeout_s=15,
+               what="the retried job's page to say done")  # fmt: skip
+    assert page.inner_text("#retry-of") == jid
+    assert page.query_selector("#retry") is None  # done: nothing to retry
+
+
+def test_a_job_whose_worker_was_killed_shows_both_attempts(mesh3, pages, tmp_path):
+    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
+    with mesh3.client("attempts") as c:
+        wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        jid = str(c.call(pid_then_wait, str(pid_file), str(gate), _label="attempts"))
+        pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(),
+                             timeout_s=20, what="the job's worker pid"))  # fmt: skip
+        first = c.info(jid).node
+        os.kill(pid, signal.SIGKILL)
+        assert c.result(jid, timeout=30) == "second attempt"
+        second = c.info(jid).node
+    assert second != first  # a retry goes to a node it has not died on
+    for url in mesh3.urls.values():  # any node's page lists them
+        got = mesh3.api(url + f"api/jobs/{jid}")["attempts_by_node"]
+        assert [(a["node"], a["status"]) for a in got] == [(first, "error"), (second, "done")]
+        assert got[0]["error"].startswith("WorkerDied: worker process on node " + first)
+        assert got[0]["started"] <= got[0]["finished"] <= got[1]["started"] <= got[1]["finished"]
+    page = pages["n1"]
+    page.goto(mesh3.urls["n1"] + f"job/{jid}")
+    page.wait_for_selector("#attempts tbody tr")
+    rows = page.query_selector_all("#attempts tbody tr")
+    assert [r.query_selector("td").inner_text() for r in rows] == [first, second]
 
 
 def test_a_map_is_one_row_with_its_counts_on_every_nodes_jobs_page(mesh3, pages):

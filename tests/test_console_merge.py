@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from mesh.node._console import (
     Group,
+    attempts,
     group_key,
     histogram,
     map_row,
@@ -26,10 +27,12 @@ from mesh._protocol import (
     ConsoleQuery,
     ConsoleReply,
     ConsoleStats,
+    ErrorInfo,
     JobSummary,
     decode,
     encode,
 )
+from mesh.errors import ErrorKind
 
 F = bytes.fromhex("ab" * 32)
 G = bytes.fromhex("cd" * 32)
@@ -204,3 +207,23 @@ def test_a_group_merges_parts_in_any_order():
     for p in reversed(parts):
         b.merge(p, "n1")
     assert a == b and a.summary()[4:12] == ((1, 0, 2, 0, 0), 5.0, 3.0, 3.5, 4.5, 1.5, 2, 9)
+
+
+def test_a_jobs_attempts_list_each_nodes_record_in_the_order_they_started():
+    died = ErrorInfo(
+        ErrorKind.WORKER_DIED, "WorkerDied", "worker process on node n1 was killed", "", ""
+    )
+    records = [
+        ("id-2", job("c-4", DONE, 10.0, 20.0, 21.5, node="n2"), None),
+        ("id-3", job("c-4", QUEUED, 10.0, node="n3"), None),
+        ("id-1", job("c-4", ERROR, 10.0, 12.0, 19.0, node="n1"), died),
+    ]
+    assert attempts(records) == [
+        {"node": "n1", "node_id": "id-1", "status": "error", "started": 12.0, "finished": 19.0,
+         "runs": 1, "error": "WorkerDied: worker process on node n1 was killed"},
+        {"node": "n2", "node_id": "id-2", "status": "done", "started": 20.0, "finished": 21.5,
+         "runs": 1, "error": None},
+        {"node": "n3", "node_id": "id-3", "status": "queued", "started": None, "finished": None,
+         "runs": 0, "error": None},
+    ]  # fmt: skip
+    assert attempts([]) == []

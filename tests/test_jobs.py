@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from mesh.node._jobs import (
     MAX_BATCH,
+    RETAINED_OVERHEAD,
     Deliver,
     Dispatch,
     Func,
@@ -14,6 +15,8 @@ from mesh.node._jobs import (
     KillWorker,
     Notify,
     RetireWorker,
+    RetryRefused,
+    retry_base,
 )
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED, ErrorInfo, RanItem
@@ -644,3 +647,81 @@ def test_a_senders_earlier_priority_jobs_go_ahead_of_its_later_ones_only() -> No
         "high", "mid", "low1", "low2", "their-high", "theirs", "low3",
     ]  # fmt: skip
     assert t.worker_ready(1, 2.0) == [Dispatch(1, F, True, jobs(t, "high"))]
+
+
+# ---- the console's Retry: failed jobs' submissions, kept within a byte budget ----
+
+
+def failed(t: JobTable, wid: int, jid: str, now: float) -> None:
+    """Run ``jid`` (submitted before) on ``wid`` and have it raise."""
+    err = ErrorInfo(ErrorKind.RAISED, "OSError", "no file", "", "")
+    t.worker_ready(wid, now)
+    t.worker_ran(wid, (RanItem(jid, ERROR, b"", err, now, now, 0.0, "", ""),), now)
+
+
+def test_a_failed_job_runs_again_as_a_new_job_with_its_submission() -> None:
+    t = table()
+    t.submit(OWNER, F, items("c-3"), 0.0, label="nightly", max_runtime=9.0, priority=2)
+    failed(t, 10, "c-3", 1.0)
+    assert t.retry_refused("c-3") == ""
+    assert t.jobs["c-3"].args == b""  # the job itself let go of it: the table keeps it
+    new, out = t.retry("c-3", 2.0)
+    assert new == "c-3-r1"
+    j = t.jobs["c-3-r1"]
+    assert out == [Dispatch(10, F, False, [j])]
+    assert (j.args, j.owner, j.label, j.max_runtime, j.priority, j.retry_of, j.submitted) == (
+        b"args-c-3", OWNER, "nightly", 9.0, 2, "c-3", 2.0)  # fmt: skip
+    assert t.jobs["c-3"].state == ERROR  # the failed record stays as it was
+    out = t.worker_ran(10, (ran("c-3-r1"),), 3.0)
+    assert out == [Deliver(OWNER, [done("c-3-r1")])]
+    assert t.retry_refused("c-3-r1") == "job c-3-r1 did not fail (it is done)"
+    # a retry of a retry counts on from the first job; taken numbers are skipped
+    new, _ = t.retry("c-3", 4.0)
+    assert new == "c-3-r2"
+    assert retry_base("c-3-r2") == ("c-3", 2) and retry_base("c-3") == ("c-3", 0)
+
+
+def test_a_killed_job_can_be_retried_and_a_done_or_unknown_one_cannot() -> None:
+    t = table()
+    t.submit(OWNER, F, items("k-1", "d-1"), 0.0)
+    t.kill(("k-1",), 1.0)
+    assert t.retry("k-1", 2.0)[0] == "k-1-r1"
+    t.worker_ready(10, 3.0)
+    t.worker_ran(10, (ran("d-1"), ran("k-1-r1")), 4.0)
+    with pytest.raises(RetryRefused, match=r"^job d-1 did not fail \(it is done\)$"):
+        t.retry("d-1", 5.0)
+    assert t.retry_refused("nosuch-1") == "node ws-07 holds no job nosuch-1"
+    t.submit(OWNER, Func(F.fhash, F.blob, F.name, env="venv-1"), items("v-1"), 5.0)
+    t.kill(("v-1",), 5.0)
+    assert t.retry_refused("v-1") == (
+        "job v-1 ran in a job environment (_env): submit it again from a script"
+    )
+    t.drain()
+    t.submit(OWNER, F, items("x-1"), 6.0)  # handed back: not kept here
+    assert t.retry_refused("k-1") == "node ws-07 is leaving"
+
+
+def test_failed_submissions_past_the_budget_drop_the_oldest_first() -> None:
+    t = table()
+    each = len(b"args-e-1") + RETAINED_OVERHEAD  # a function's blob counts once
+    t.retain_bytes = len(F.blob) + 2 * each
+    t.submit(OWNER, F, items("e-1", "e-2", "e-3"), 0.0)
+    t.kill(("e-1", "e-2", "e-3"), 1.0)
+    assert list(t.retained) == ["e-2", "e-3"]
+    assert t._retained_bytes == len(F.blob) + 2 * each
+    assert t.retry_refused("e-1") == (
+        "node ws-07 no longer keeps job e-1's function and arguments (it keeps the latest "
+        f"failures' up to {t.retain_bytes} bytes)"
+    )
+    # a submission bigger than the whole budget is not kept, and drops nothing
+    t.submit(OWNER, F, (("big-1", b"x" * 1000),), 2.0)
+    t.kill(("big-1",), 3.0)
+    assert list(t.retained) == ["e-2", "e-3"]
+    # another function's failure pushes out the oldest, and its blob counts too
+    t.submit(OWNER, G, items("g-1"), 4.0)
+    t.kill(("g-1",), 4.0)
+    assert list(t.retained) == ["g-1"]
+    assert t._retained_bytes == len(G.blob) + each
+    # a job forgotten by the table is forgotten here too
+    t.tick(4.0 + t.unclaimed_ttl_s)
+    assert not t.retained and t._retained_bytes == 0 and not t._retained_funcs

@@ -92,6 +92,44 @@ function killButton(job) {
                       onclick: (e) => { e.preventDefault(); kill(job.jid, e.target, job.node_id); }}, "Kill");
 }
 
+// Run a failed or killed job again (on the node that kept its arguments) as a new job,
+// and open the new job's page.
+async function retry(jid, button, nodeId) {
+  if (button) { button.disabled = true; button.textContent = "retrying…"; }
+  let out;
+  try {
+    out = await api("/api/jobs/" + encodeURIComponent(jid) + "/retry" + onNode(nodeId),
+                    {method: "POST", headers: {"X-Mesh": "1"}});
+  } catch (err) {
+    alert("retry " + jid + ": " + err.message);
+    if (view) view.refresh();
+    return;
+  }
+  history.pushState(null, "", "/job/" + encodeURIComponent(out.jid) + onNode(out.node_id));
+  route();
+}
+
+function retryButton(job) {
+  if (job.status !== "error" && job.status !== "killed") return null;
+  if (job.retry_refused) return h("span", {id: "retry-absent", class: "muted"}, "no retry: " + job.retry_refused);
+  return h("button", {class: "retry", id: "retry", title: "run this job again as a new job",
+                      onclick: (e) => { e.preventDefault(); retry(job.jid, e.target, job.node_id); }}, "Retry");
+}
+
+function attemptsTable(j) {
+  const list = j.attempts_by_node || [];
+  if (!list.length) return null;
+  const rows = list.map((a) => h("tr", {},
+    h("td", {}, a.node), h("td", {}, badge(a.status)), h("td", {}, fmtTime(a.started)),
+    h("td", {}, fmtTime(a.finished)), h("td", {}, a.runs), h("td", {}, a.error || "")));
+  const missing = (j.attempts_missing || []).length
+    ? h("p", {class: "muted"}, "no answer from " + j.attempts_missing.join(", ")) : null;
+  return [h("h2", {}, "Attempts"),
+          h("table", {id: "attempts"}, h("thead", {}, h("tr", {},
+            ...["Node", "Status", "Started", "Ended", "Runs", "Error"].map((t) => h("th", {}, t)))),
+            h("tbody", {}, rows)), missing];
+}
+
 // Refetch at most once at a time; a change during a fetch fetches again after it.
 function refresher(load) {
   let busy = false, again = false;
@@ -480,7 +518,7 @@ function jobView(jid) {
     }
     if (head.dataset.status !== j.status) {  // rebuilt on a change only: its button stays put
       head.dataset.status = j.status;
-      fill(head, h("span", {class: "mono"}, j.jid), h("span", {id: "job-status"}, badge(j.status)), killButton(j));
+      fill(head, h("span", {class: "mono"}, j.jid), h("span", {id: "job-status"}, badge(j.status)), killButton(j), retryButton(j));
     }
     const args = j.args_preview === null ? h("span", {class: "muted"}, "not kept: a node frees a job's arguments when it finishes")
       : h("code", {id: "args"}, j.args_preview.startsWith("(")
@@ -501,8 +539,11 @@ function jobView(jid) {
         field("Run time", duration(j)),
         field("CPU seconds", j.finished ? j.cpu_s.toFixed(3) : ""),
         field("Attempts", j.attempts ? j.attempts + " on " + j.node : ""),
+        field("Retry of", j.retry_of ? h("a", {href: "/job/" + encodeURIComponent(j.retry_of) + onNode(j.node_id),
+                                                "data-link": true, id: "retry-of"}, j.retry_of) : ""),
         field("Cores", j.cores),
         field("Max runtime", j.max_runtime ? fmtSeconds(j.max_runtime) : ""))),
+      attemptsTable(j),
       h("h2", {}, "stdout" + (j.status === "processing" ? " (so far)" : "")), pre("stdout", j.stdout, "(nothing printed)"),
       h("h2", {}, "stderr"), pre("stderr", j.stderr, "(nothing printed)"),
       err ? [h("h2", {}, "Error"), h("p", {id: "error"}, h("strong", {}, err.type), ": ", err.message),
