@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from _helpers import gated, wait_until
 from conftest import NodeProc, start_node, stop_nodes
-from test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from test_dashboard import launched_chromium
 
 import mesh
 from mesh._auth import dashboard_token
@@ -92,21 +92,7 @@ def mesh3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh3]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; `make test` does as root)")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.skip(f"chromium does not start: {str(exc).splitlines()[0]}")
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from launched_chromium()
 
 
 @pytest.fixture(scope="module")

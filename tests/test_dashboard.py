@@ -395,8 +395,9 @@ def test_preview_reads_pickles_without_running_them(tmp_path):
 # ---- the pages, in a real browser ----
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+def launched_chromium() -> Iterator[Any]:
+    """The system chromium through Playwright, closed afterwards; a skip saying why
+    when Playwright or chromium is missing or cannot start (the browser fixtures)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -412,6 +413,11 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    yield from launched_chromium()
 
 
 def login_link(url: str, capsys: Any) -> str:

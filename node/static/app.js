@@ -250,6 +250,16 @@ function jobRow(j, cls) {
     h("td", {}, killButton(j)));
 }
 
+// The table of job rows (jobRow) that the Jobs and map pages share.
+function jobsTable(tbody) {
+  return h("table", {id: "jobs"},
+    h("thead", {}, h("tr", {},
+      h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Node"), h("th", {}, "Function"), h("th", {}, "Label"),
+      h("th", {}, "Client"), h("th", {}, "Submitted"), h("th", {class: "num"}, "Run time"),
+      h("th", {class: "num"}, "CPU"), h("th", {class: "num"}, "Attempts"), h("th", {}, ""))),
+    tbody);
+}
+
 function mapLink(key) { return "/map?key=" + encodeURIComponent(key); }
 
 function progressBar(m) {
@@ -338,12 +348,7 @@ function jobsView() {
       h("label", {}, "Function", func), h("label", {}, "Client", client), h("label", {}, "Node", node),
       h("label", {class: "check"}, h("span", {}, group, " maps as one row"))),
     missing,
-    h("table", {id: "jobs"},
-      h("thead", {}, h("tr", {},
-        h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Node"), h("th", {}, "Function"), h("th", {}, "Label"),
-        h("th", {}, "Client"), h("th", {}, "Submitted"), h("th", {class: "num"}, "Run time"),
-        h("th", {class: "num"}, "CPU"), h("th", {class: "num"}, "Attempts"), h("th", {}, ""))),
-      tbody),
+    jobsTable(tbody),
     h("div", {class: "pager"}, prev, info, next),
     h("p", {class: "note"}, "The whole mesh's jobs (this node asks each peer for its newest matches and merges them), newest first. " +
       "A map is one row: the jobs of one client running one function under one label."));
@@ -445,12 +450,7 @@ function mapView(key) {
       h("div", {class: "card chart-card"}, h("h2", {}, "Progress"), progress),
       h("div", {class: "card chart-card"}, h("h2", {}, "Run times"), runtimes)),
     h("h2", {}, "Its jobs, newest first"),
-    h("table", {id: "jobs"},
-      h("thead", {}, h("tr", {},
-        h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Node"), h("th", {}, "Function"), h("th", {}, "Label"),
-        h("th", {}, "Client"), h("th", {}, "Submitted"), h("th", {class: "num"}, "Run time"),
-        h("th", {class: "num"}, "CPU"), h("th", {class: "num"}, "Attempts"), h("th", {}, ""))),
-      tbody),
+    jobsTable(tbody),
     h("div", {class: "pager"}, info));
   let poll = null;
   const refresh = refresher(async () => {
