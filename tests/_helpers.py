@@ -83,3 +83,8 @@ def job_ids(client: Any) -> list[str]:
     """Every job id a mesh.Client (or AsyncClient) has handed out, oldest first."""
     a = getattr(client, "_async", client)
     return [f"{a._tag}-{i}" for i in range(1, a._next_id)]
+
+
+def blob_path(node: Any, h: str) -> Path:
+    """Where ``node`` (a conftest NodeProc) keeps the blob of hash ``h`` on its disk."""
+    return Path(node.data_dir) / "blobs" / h[:2] / h

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _helpers import blob_path, wait_until
 from blake3 import blake3
 from conftest import NodeProc
 
@@ -103,16 +104,7 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 def wait_for(cond: Callable[[], object], timeout_s: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or cond}")
-
-
-def blob_path(node: NodeProc, h: str) -> Path:
-    return node.data_dir / "blobs" / h[:2] / h
+    wait_until(cond, timeout_s, what)
 
 
 def read_where(name: str) -> tuple[bytes, str]:
