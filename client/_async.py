@@ -1,41 +1,40 @@
 """The client, written once, in asyncio. The sync :class:`Client` runs it on a loop thread.
 
-All mutable state belongs to the event loop's thread, except what ``_prepare`` does
-(pickling and id allocation), which is safe from any thread so a script's ``map``
+All mutable state belongs to the event loop's thread, except the ledger's "any thread"
+methods (preparing calls and maps, looking jobs up, waiting), so a script's ``map``
 pickles on its own thread while the loop keeps sending.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import secrets
-import threading
 import time
-from array import array
-from collections import deque
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Callable,
     Coroutine,
     Generator,
     Iterable,
-    Iterator,
     Sequence,
 )
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar, overload
 
 from mesh.client._files import AsyncFiles
 from mesh.client._handle import Job, register_owner
+from mesh.client._ledger import Func, JobEntry, Ledger, count_items
+from mesh.client._lifecycle import State
 from mesh.client._local import LocalMesh
+from mesh.client._options import env_requirements
+from mesh.client._progress import Progress, watch
 from mesh.client._scheduler import (
-    DEFAULT_PRIORITY,
     Accept,
     AskRuns,
     Batch,
@@ -53,17 +52,29 @@ from mesh.client._scheduler import (
 )
 from mesh.client._scheduler import Ack as AckResults
 from mesh.client._scheduler import Recall as RecallJobs
+from mesh.client._waiting import (
+    AllFinal,
+    Countdown,
+    Lookup,
+    NextFinal,
+    Plan,
+    Ready,
+    Watch,
+    as_ids,
+    iresult_plan,
+    windows_plan,
+)
 
 from mesh._auth import load_secret
 from mesh._connection import Connection, heartbeats, open_connection
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers, peers_from_env
-from mesh._gossip import State, Update
+from mesh._gossip import State as MemberState
+from mesh._gossip import Update
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     DONE,
     ERROR,
     JOB_STATES,
-    KILLED,
     PROCESSING,
     QUEUED,
     Ack,
@@ -77,7 +88,6 @@ from mesh._protocol import (
     Load,
     Members,
     Message,
-    Payload,
     Peers,
     Ping,
     Pong,
@@ -88,23 +98,11 @@ from mesh._protocol import (
     Results,
     Started,
     Submit,
-    pushed_name,
 )
-from mesh._serialize import (
-    dumps_function,
-    dumps_payload,
-    function_name,
-    loads,
-    pack_exception,
-    payload_size,
-    traceback_text,
-    unpack_error,
-)
+from mesh._serialize import traceback_text
 from mesh._tasks import TaskSet
 from mesh.errors import (
     AuthenticationError,
-    ConfigurationError,
-    ConnectionClosed,
     ConnectionLost,
     ErrorKind,
     MeshConnectionError,
@@ -112,24 +110,13 @@ from mesh.errors import (
     MeshTimeout,
     NoNodesAvailable,
     RemoteProtocolError,
-    SerializationError,
-    UnknownJob,
 )
 
 __all__ = ["AsyncClient", "EnvInfo", "EnvRebuild", "JobInfo", "NodeInfo", "parse_peers"]
 
 log = logging.getLogger("mesh.client")
 
-UNKNOWN = -1  # a job id this client did not submit and has not yet heard of
 SUBMIT_BATCH = 4096  # jobs per Submit message, at most
-# result/iresult/join look at this many jobs at a time (a _Job each), so waiting on a
-# map of a million jobs does not give every one of them an object at once.
-WAIT_WINDOW = 4096
-# A map pickles its arguments at once up to this many bytes; the rest are read from its
-# sequences and pickled as the nodes take them, so a map of a million items (or of large
-# ones) keeps only a window of pickled arguments in memory.
-EAGER_ARGS_BYTES = 4 << 20
-BYTES_OVERHEAD = 33  # what a bytes object costs beside its contents (for that budget)
 RECONNECT_S = 1.0
 # Once one node is usable, how long start() waits for the others before it returns.
 CONNECT_GRACE_S = 0.25
@@ -141,8 +128,6 @@ IDLE_PING_S = 10.0
 # own ping instead of dropped (it was slow to answer its peers, not gone).
 DOUBT_S = 1.0
 ACK_DELAY_S = 0.02
-OPTIONS = ("_cores", "_label", "_max_runtime", "_retries", "_speculative", "_env", "_files",
-           "_depends_on", "_kill_process", "_priority")  # fmt: skip
 
 T = TypeVar("T")
 
@@ -236,140 +221,6 @@ class EnvRebuild:
     outcome: str
 
 
-class _Func:
-    """One call or map: its function, its options and its jobs, ids ``tag-start`` to
-    ``tag-(start + n - 1)``. A job has a :class:`_Job` only while it is live (sent, or
-    looked at before); once finished it is kept compact: a flag, its node, when it came
-    back and its result in one buffer, about 18 bytes beside the result. So a map of a
-    million jobs costs the client its handles and its results, not a million objects."""
-
-    __slots__ = ("after", "ahead", "at", "blob", "came", "cores", "done", "env", "fhash", "files",
-                 "kill_process", "label", "live", "max_runtime", "n", "name", "next", "node_ids",
-                 "nodes", "on_start", "pickled", "prefer", "priority", "push", "results", "retries",
-                 "sizes", "source", "speculative", "start", "submitted")  # fmt: skip
-
-    def __init__(self, fhash: bytes, blob: bytes, name: str) -> None:
-        self.fhash, self.blob, self.name = fhash, blob, name
-        # One call or map: its jobs share these options (per job they would cost a map
-        # of a million jobs 32 MB).
-        self.cores, self.label, self.max_runtime, self.retries = 1, "", 0.0, 3
-        self.speculative = False  # stragglers of this map get a copy elsewhere
-        self.after: tuple[str, ...] = ()  # _depends_on: jobs that must be done first
-        self.priority = DEFAULT_PRIORITY  # _priority: lower runs first
-        self.kill_process = False  # _kill_process: a fresh worker process after each job
-        self.files: tuple[str, ...] = ()  # _files: mesh files its jobs read
-        self.prefer: frozenset[str] | None = None  # link keys holding them, once asked
-        self.env: tuple[str, ...] = ()  # _env: requirements, sent with every Submit
-        self.push: tuple[tuple[str, str], ...] = ()  # (local path, store name) to push first
-        # called with a job's id on the loop thread when its node starts it (the Submit
-        # asks for Started messages); None: not asked (see _prepare)
-        self.on_start: Callable[[str], None] | None = None
-        self.start = self.n = 0  # the id number of job 0, and how many jobs
-        self.submitted = 0.0  # when the call or map was made (epoch seconds)
-        # when each job's result reached this client, in seconds after ``submitted``
-        # (0: not yet; allocated with the first): mesh.info's answer once a node is lost
-        self.came = array("f")
-        # the job whose arguments are read next (from ``ahead``, then ``source``): a map's
-        # jobs are first sent in order, and those killed before that skip their items
-        self.next = 0
-        self.live: dict[int, _Job] = {}  # job index -> its _Job, while it has one
-        # arguments pickled by _prepare, for the first jobs to leave the queue, in order;
-        # then those read from ``source`` as jobs leave it
-        self.ahead: deque[Payload] = deque()
-        self.source: Iterator[tuple[Any, ...]] | None = None
-        self.pickled = [0, 0]  # argument tuples pickled, their bytes: the size to expect
-        # finished jobs, compact (allocated with the first): a flag and a node (an
-        # index in node_ids) a job, and the results in one buffer at ``at`` for ``sizes``
-        self.done = bytearray()
-        self.nodes = bytearray()
-        self.node_ids: list[str] = []
-        self.results = bytearray()
-        self.at = array("Q")
-        self.sizes = array("I")
-
-    def job(self, tag: str, k: int, jid: str | None = None) -> _Job:
-        """Job ``k``: its live _Job, a view of it once finished and compacted, or a new
-        live one (not sent yet: the queue takes that one when its turn comes). Any thread."""
-        job = self.live.get(k)
-        if job is not None:
-            return job
-        if self.done and self.done[k]:  # done before live lost it: see compact()
-            view = _Job(jid or f"{tag}-{self.start + k}", self, b"", DONE)
-            at = self.at[k]
-            view.blob = bytes(self.results[at : at + self.sizes[k]])
-            view.node = self.node_ids[self.nodes[k]]
-            return view
-        return self.live.setdefault(k, _Job(jid or f"{tag}-{self.start + k}", self, None))
-
-    def is_final(self, k: int) -> bool:
-        job = self.live.get(k)
-        return job.final if job is not None else bool(self.done and self.done[k])
-
-    def arrived(self, k: int, now: float) -> None:
-        """Job ``k``'s outcome reached this client at ``now`` (epoch seconds)."""
-        if not self.came:
-            self.came = array("f", bytes(4 * self.n))
-        self.came[k] = max(now - self.submitted, 1e-3)  # 0.0 means "not yet"
-
-    def came_at(self, k: int) -> float | None:
-        """When job ``k``'s outcome reached this client, if it did (float32: to about a
-        millisecond an hour after the map)."""
-        return self.submitted + self.came[k] if self.came and self.came[k] else None
-
-    def compact(self, k: int, blob: Payload, node_id: str) -> None:
-        """Job ``k`` is done with ``blob`` from node ``node_id``: keep that, drop its _Job."""
-        if isinstance(blob, tuple):
-            return  # big buffers beside a pickle: it keeps its _Job, they stay apart
-        if node_id in self.node_ids:
-            i = self.node_ids.index(node_id)
-        elif len(self.node_ids) < 256 and len(blob) < 1 << 32:
-            i = len(self.node_ids)
-            self.node_ids.append(node_id)
-        else:
-            return  # it keeps its _Job
-        if not self.done:
-            self.done, self.nodes = bytearray(self.n), bytearray(self.n)
-            self.at, self.sizes = array("Q", bytes(8 * self.n)), array("I", bytes(4 * self.n))
-        self.at[k] = len(self.results)
-        self.sizes[k] = len(blob)
-        self.results += blob
-        self.nodes[k] = i
-        self.done[k] = 1  # before the _Job goes, so a lookup always finds one or the other
-        self.live.pop(k, None)
-
-
-class _Job:
-    """A job as the ledger knows it; where it runs is the scheduler's (``node_of``)."""
-
-    __slots__ = ("args", "attempts", "blob", "callbacks", "error", "func", "jid", "node", "state")
-
-    def __init__(
-        self, jid: str, func: _Func | None, args: Payload | None, state: int = QUEUED
-    ) -> None:
-        self.jid = jid
-        self.func = func
-        # pickled; None: not read yet (func.ahead, then func.source, as the job first
-        # leaves the queue); b"" once the job is final
-        self.args = args
-        self.state = state
-        self.node = ""  # the id of the node that ran it last (names repeat, ids do not)
-        self.blob: Payload = b""
-        self.error: ErrorInfo | None = None
-        # what to call once it is final: one callable (a wait over a million jobs
-        # would spend 64 MB on one-item lists), a list when there are several
-        self.callbacks: Callable[[_Job], None] | list[Callable[[_Job], None]] | None = None
-        self.attempts = 0  # attempts that ended with their worker or node dying
-
-    @property
-    def label(self) -> str:
-        """Its call's or map's ``_label``; a job adopted from another process has none."""
-        return self.func.label if self.func is not None else ""
-
-    @property
-    def final(self) -> bool:
-        return self.state >= DONE
-
-
 class _Link:
     """One node: its connection, its last reported load, and the functions it holds."""
 
@@ -405,149 +256,9 @@ class _Heard(NamedTuple):
 _RAN_KINDS = frozenset({ErrorKind.RAISED, ErrorKind.MAX_RUNTIME, ErrorKind.MEMORY})
 
 
-class _Picker:
-    """``iresult``'s bookkeeping, the same for the sync and the async client: which ids
-    to watch next (WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order) and which job
-    that came back to yield next (in order, or as they come). The clients only wait."""
-
-    def __init__(self, ids: list[str], ordered: bool) -> None:
-        self.ids, self.ordered = ids, ordered
-        self.pos = 0  # ids[:pos] are watched
-        self.outstanding = 0  # watched, not yielded yet
-        self._watched: deque[_Job] = deque()  # ordered: the jobs to yield, in order
-        self._ready: dict[str, int] = {}  # ordered: back, not yielded yet (by id)
-        self._came: deque[_Job] = deque()  # in completion order: back, not yielded yet
-
-    @property
-    def more(self) -> bool:
-        return self.pos < len(self.ids) or self.outstanding > 0
-
-    def to_watch(self) -> list[str]:
-        """The next window of ids to watch, or none while enough are watched."""
-        if self.pos < len(self.ids) and self.outstanding < WAIT_WINDOW:
-            return self.ids[self.pos : self.pos + WAIT_WINDOW]
-        return []
-
-    def watch(self, jobs: list[_Job]) -> None:
-        self.pos += len(jobs)
-        self.outstanding += len(jobs)
-        if self.ordered:
-            self._watched.extend(jobs)
-
-    def arrived(self, job: _Job) -> None:
-        """A watched job is final (its callback ran)."""
-        if self.ordered:
-            self._ready[job.jid] = self._ready.get(job.jid, 0) + 1
-        else:
-            self._came.append(job)
-
-    def pick(self) -> _Job | None:
-        """The job to yield now, or None: wait for one to arrive first."""
-        if not self.ordered:
-            job = self._came.popleft() if self._came else None
-        elif self._watched and self._ready.get(jid := self._watched[0].jid):
-            job = self._watched.popleft()
-            if self._ready[jid] == 1:
-                del self._ready[jid]
-            else:
-                self._ready[jid] -= 1
-        else:
-            job = None
-        if job is not None:
-            self.outstanding -= 1
-        return job
-
-
 # Error kinds a node reports for an attempt that cost the job nothing of its own doing:
 # its worker died, or the node could not start one. Retried like a lost node.
 _LOST_ATTEMPT = frozenset({ErrorKind.WORKER_DIED, ErrorKind.WORKER_START})
-
-
-def _call_back(job: _Job) -> None:
-    """Call what waits for ``job``, now final, once (with the final lock held)."""
-    callbacks, job.callbacks = job.callbacks, None
-    if isinstance(callbacks, list):
-        for cb in callbacks:
-            cb(job)
-    elif callbacks is not None:
-        callbacks(job)
-
-
-def _count(sequences: Sequence[Iterable[Any]]) -> int | None:
-    """How many items ``zip(*sequences)`` gives, if every one is a Sequence (list, tuple,
-    range, str: iterating one gives len() items), so a big map reads them as it goes;
-    None for anything else (a generator, a DataFrame, whose len() is not what it yields)."""
-    if all(isinstance(s, Sequence) for s in sequences):
-        return min(len(s) for s in sequences)  # type: ignore[arg-type]
-    return None
-
-
-def _file_names(files: Any) -> tuple[str, ...]:
-    """``_files=``: a name or names of mesh files the job reads."""
-    if not files:
-        return ()
-    names = (files,) if isinstance(files, str) else tuple(files)
-    if not all(isinstance(n, str) for n in names):
-        raise TypeError(f"_files= takes mesh file names (str), not {files!r}")
-    return names
-
-
-def _depends_on(jids: Any) -> tuple[str, ...]:
-    """``_depends_on=``: a job id or job ids (a call's or a map's) that must be done first."""
-    if jids is None:
-        return ()
-    out = (jids,) if isinstance(jids, str) else tuple(jids)
-    if not all(isinstance(j, str) for j in out):
-        raise TypeError(f"_depends_on= takes job ids (str, as call/map return), not {jids!r}")
-    return out
-
-
-def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    opts = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("_")}
-    for k in opts:
-        if k not in OPTIONS:
-            raise TypeError(f"unknown job option {k}= (job options are {', '.join(OPTIONS)})")
-    return kwargs, opts
-
-
-_DIST_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
-
-
-def _env_requirements(env: Any) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """``_env=``: pip requirements, and local wheels or sdists to push through mesh.files
-    (by hash: a ``wheel:<sha256>:<file name>`` requirement). Returns (requirements,
-    (path, store name) of the files to push)."""
-    if not env:
-        return (), ()
-    reqs = (env,) if isinstance(env, str) else tuple(env)
-    if not all(isinstance(r, str) for r in reqs):
-        raise TypeError(f"_env= takes requirement strings, not {env!r}")
-    out, push = [], []
-    for req in reqs:
-        req = req.strip()
-        local = req.endswith(_DIST_SUFFIXES) and (
-            req.startswith((".", "/", "~")) or os.sep in req or os.path.exists(req)
-        )
-        if not local:
-            out.append(req)
-            continue
-        path = os.path.expanduser(req)
-        try:
-            sha = _sha256_file(path)
-        except OSError as exc:
-            raise ConfigurationError(f"_env: cannot read {req}: {exc}") from exc
-        filename = os.path.basename(path)
-        out.append(f"wheel:{sha}:{filename}")
-        push.append((path, pushed_name(sha, filename)))
-    return tuple(out), tuple(push)
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class AsyncClient:
@@ -567,7 +278,7 @@ class AsyncClient:
     ) -> None:
         self._discovery_window_s = discovery_window_s
         self._browser: Browser | None = None
-        self._connecting = False
+        self._state = State.NEW
         self._aliases: set[str] = set()  # addresses that turned out to be a known node
         # node id -> the name it last showed (for jobs whose node is gone, or has a new id)
         self._names: dict[str, str] = {}
@@ -582,21 +293,15 @@ class AsyncClient:
         self._secret = load_secret(secret)
         self._name = name or f"client-{os.getpid()}"
         self._tag = secrets.token_hex(3)
-        register_owner(self._tag, self)  # so its Job handles can be awaited
-        # every call and map, in id order, and the id number of each one's first job
-        self._funcs: list[_Func] = []
-        self._starts: list[int] = []
-        self._next_id = 1
-        self._ids_lock = threading.Lock()
+        # every call and map, and the jobs of other processes waited for
+        self.ledger = Ledger(self._tag, self._node_name)
+        register_owner(self._tag, self._await_job)  # its Job handles can be awaited
         self._connect_timeout_s = connect_timeout_s
         # Where and when this client's jobs run (with no node reachable for
         # no_nodes_timeout_s, unfinished jobs fail instead of waiting forever).
         self._sched = Scheduler(self._tag, SchedulerConfig(no_nodes_timeout_s=no_nodes_timeout_s))
         self._timer: asyncio.TimerHandle | None = None  # calls tick at the scheduler's wake_at
         self._timer_at: float | None = None
-        self._adopted: dict[str, _Job] = {}  # jobs of other processes this one waits for
-        # Guards job finalisation against waiters registered from other threads.
-        self._final_lock = threading.Lock()
         self._acks: dict[_Link, list[str]] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._requests: dict[int, tuple[asyncio.Future[list[_Heard]], list[_Heard], set[str]]] = {}
@@ -604,9 +309,7 @@ class AsyncClient:
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks = TaskSet("client", log)
-        self._closed = False
         self._local_mesh: LocalMesh | None = None  # started by AsyncClient.local()
-        self._started = False
         self.files = AsyncFiles(self._usable)  # mesh.files over these same links
         self._pushed: set[str] = set()  # _env files already in the store
 
@@ -627,11 +330,31 @@ class AsyncClient:
             raise
 
     async def start(self) -> AsyncClient:
-        """Connect to every peer; succeed if at least one answers. Once: again is a no-op."""
-        if self._started:
+        """Connect to every peer; succeed if at least one answers. Once: again is a no-op.
+
+        A start that fails leaves the client NEW (it may be started again)."""
+        if self._state is State.RUNNING:
             return self
+        if self._state is not State.NEW:
+            raise self._state.refuse("start it")
         self._loop = asyncio.get_running_loop()
+        self.ledger.attach(self._loop, self._enqueue_many, self._kill_soon, self._ask_adopted)
+        try:
+            await self._start()
+        except BaseException:
+            if not self._state.closed:
+                self._state = State.NEW
+            self.ledger.detach()
+            if self._browser is not None:
+                await self._browser.close()
+                self._browser = None
+            raise
+        self._state = State.RUNNING
+        return self
+
+    async def _start(self) -> None:
         if self._discover:
+            self._state = State.DISCOVERING
             interfaces = interfaces_from_env() or [a for a in [default_route_ipv4()] if a]
             # The browser stays on: nodes that appear later join (see _node_found).
             self._browser = Browser(self._secret, interfaces, self._node_found)
@@ -639,13 +362,12 @@ class AsyncClient:
             await self._browser.settle(self._discovery_window_s)
             adverts = list(self._browser.found.values())
             if not adverts:
-                await self._browser.close()
                 raise NoNodesAvailable(
                     f"no lanmesh node of this mesh answered on {', '.join(interfaces) or 'no interface'}"
                     f" within {self._discovery_window_s:g} s (set MESH_PEERS to name nodes)"
                 )
         links = list(self._links.values())
-        self._connecting = True  # nodes learned from now on connect by themselves
+        self._state = State.STARTING  # nodes learned from now on connect by themselves
         errors, later = await self._connect_first(links)
         if not any(lk.usable for lk in links):
             auth = [e for e in errors if isinstance(e, AuthenticationError)]
@@ -662,8 +384,6 @@ class AsyncClient:
                 log.warning("%s: %s", link.key, link.error)
                 self._spawn(self._reconnect(link))
         self._spawn(self._heartbeat())
-        self._started = True
-        return self
 
     async def _connect_first(self, links: list[_Link]) -> tuple[list[BaseException], set[_Link]]:
         """Connect to every candidate at once and return when one is usable and the rest
@@ -713,10 +433,10 @@ class AsyncClient:
     def _learn(self, host: str, port: int) -> None:
         """A node found by mDNS or named by a node's Peers; once connecting, it joins now."""
         key = f"{host}:{port}"
-        if key in self._links or key in self._aliases or self._closed:
+        if key in self._links or key in self._aliases or self._state.closed:
             return
         link = self._links[key] = _Link(host, port)
-        if self._connecting:
+        if self._state in (State.STARTING, State.RUNNING):
             self._spawn(self._join(link))
 
     async def _join(self, link: _Link) -> None:
@@ -748,7 +468,7 @@ class AsyncClient:
         jobs placed again. mDNS records linger for minutes: liveness never comes from it.
         """
         assert self._loop is not None
-        async for on_time in heartbeats(self._heartbeat_s, lambda: not self._closed):
+        async for on_time in heartbeats(self._heartbeat_s, lambda: not self._state.closed):
             now = self._loop.time()
             for link in list(self._links.values()):
                 conn = link.conn
@@ -777,7 +497,18 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        self._closed = True
+        """Say goodbye to every node and stop every task; stop the local mesh if this
+        client started one. Again: a no-op."""
+        if self._state.closed:
+            return
+        self._state = State.CLOSING
+        self.ledger.detach()
+        try:
+            await self._close()
+        finally:
+            self._state = State.CLOSED
+
+    async def _close(self) -> None:
         if self._browser is not None:
             await self._browser.close()
         if self._ack_timer is not None:
@@ -836,7 +567,7 @@ class AsyncClient:
             raise link.error
 
     async def _reconnect(self, link: _Link) -> None:
-        while not self._closed and not link.usable:
+        while not self._state.closed and not link.usable:
             await asyncio.sleep(RECONNECT_S)
             try:
                 await self._connect(link)
@@ -876,9 +607,7 @@ class AsyncClient:
             self._handed_back(link, msg)
         elif isinstance(msg, Started):
             for jid in msg.jids:  # each job's own call or map: Submits may mix several
-                found = self._locate(jid)
-                if found is not None and found[0].on_start is not None:
-                    found[0].on_start(jid)
+                self.ledger.started(jid)
         elif isinstance(msg, Members):
             self._members(link, conn, msg)
         elif isinstance(msg, Peers):
@@ -909,10 +638,10 @@ class AsyncClient:
             if u.incarnation < self._incarnations.get(u.node_id, -1):
                 continue  # older news than what we heard already
             self._incarnations[u.node_id] = u.incarnation
-            if u.state <= State.SUSPECT:  # suspects still take work
+            if u.state <= MemberState.SUSPECT:  # suspects still take work
                 for host, port in parse_peers((u.address,), strict=False):
                     self._learn(host, port)
-            elif u.state == State.DEAD:
+            elif u.state == MemberState.DEAD:
                 for lk in list(self._links.values()):
                     if lk.node_id == u.node_id and lk.conn is not None and not lk.conn.closed:
                         self._declared_dead(lk, lk.conn, told_by)
@@ -957,50 +686,13 @@ class AsyncClient:
                     outcomes.append(Outcome(num, state, "", error))
             else:
                 adopted.append(jid)
-                self._adopted_result(link, item)
+                self.ledger.adopted_result(item, link.node_id)
         if adopted:
             self._ack(link, adopted)
         if outcomes:
             out = self._sched.results(link.key, outcomes, now, running=msg.running,
                                       queued=msg.queued, avg_run_s=msg.avg_run_s)  # fmt: skip
             self._apply(out, mine)
-
-    def _adopted_result(self, link: _Link, item: ResultItem) -> None:
-        jid, state, blob, error = item
-        with self._final_lock:
-            job = self._adopted.get(jid)
-            if job is None or job.final:
-                return  # a late duplicate
-            job.state, job.blob, job.error, job.node = state, blob, error, link.node_id
-            if job.callbacks is not None:
-                _call_back(job)
-
-    def _accept(self, ins: Accept, items: dict[int, ResultItem]) -> None:
-        """The scheduler holds these results final: store them and wake their waiters."""
-        link = self._links.get(ins.node)
-        node_id = link.node_id if link is not None else ""
-        now = time.time()
-        tag = self._tag
-        func: _Func | None = None
-        with self._final_lock:
-            for num in ins.nums:
-                _, state, blob, error = items[num]
-                if func is None or not func.start <= num < func.start + func.n:
-                    found = self._locate_num(num)  # a map's results come in runs
-                    if found is None:
-                        continue
-                    func = found[0]
-                k = num - func.start
-                job = func.job(tag, k)
-                job.state, job.blob, job.error, job.node = state, blob, error, node_id
-                job.args = b""  # final: it will not be sent again
-                if not func.came:
-                    func.came = array("f", bytes(4 * func.n))
-                func.came[k] = now - func.submitted  # func.arrived(), inline: per job
-                if job.callbacks is not None:
-                    _call_back(job)
-                if state == DONE and not job.attempts:
-                    func.compact(k, blob, node_id)
 
     def _handed_back(self, link: _Link, msg: Handback) -> None:
         """Jobs the node did not start: it is leaving, or it answers our Recall. The
@@ -1011,9 +703,7 @@ class AsyncClient:
             t, _, n = jid.rpartition("-")
             if t == tag and n.isdigit():
                 nums.append(int(n))
-                job = self._find(jid)
-                if job is not None and not job.final:
-                    job.state = QUEUED
+                self.ledger.requeue(jid)
         if not msg.recall:
             log.info("node %s is leaving; placing %d jobs elsewhere", link.name, len(nums))
         self._apply(self._sched.handed_back(link.key, nums, time.time(), leaving=not msg.recall))
@@ -1042,24 +732,13 @@ class AsyncClient:
                     del self._requests[req]
                     if not fut.done():
                         fut.set_result(records)
-        if not self._closed:
+        if not self._state.closed:
             out = self._sched.node_lost(link.key, str(reason), time.time())
             lost = sum(1 for ins in out if isinstance(ins, Lost))
             if lost:
                 log.warning("lost %s (%s); %d jobs lost an attempt", link.name, reason, lost)
             self._apply(out)
             self._spawn(self._reconnect(link))
-
-    def _fail(self, job: _Job, error: ErrorInfo, blob: bytes = b"") -> None:
-        with self._final_lock:
-            job.state = KILLED if error.kind == ErrorKind.KILLED else ERROR
-            job.error = error
-            job.blob = blob
-            job.args = b""
-            if job.func is not None:
-                job.func.arrived(self._index(job), time.time())
-            if job.callbacks is not None:
-                _call_back(job)
 
     # ---- carrying out the scheduler's instructions ----
 
@@ -1077,7 +756,8 @@ class AsyncClient:
                 self._send(ins, dropped)
             elif isinstance(ins, Accept):
                 assert items is not None
-                self._accept(ins, items)
+                link = self._links.get(ins.node)
+                self.ledger.accept(ins.nums, items, link.node_id if link is not None else "")
             elif isinstance(ins, AckResults):
                 link = self._links.get(ins.node)
                 if link is not None:  # (an Ack comes with the results it acknowledges)
@@ -1086,13 +766,10 @@ class AsyncClient:
                     else:
                         self._ack(link, [self._sched.jid(n) for n in ins.nums])
             elif isinstance(ins, Lost):
-                job = self._job_of(ins.num)
-                if job is not None:
-                    lost_on = self._links.get(ins.key)
-                    job.attempts, job.state = ins.attempts, QUEUED
-                    job.node = lost_on.node_id if lost_on is not None else job.node
+                lost_on = self._links.get(ins.key)
+                self.ledger.lost(ins.num, ins.attempts, lost_on.node_id if lost_on else "")
             elif isinstance(ins, Fail):
-                self._fail_nums(ins)
+                self.ledger.fail_nums(ins.nums, ins.info)
             elif isinstance(ins, Stop | RecallJobs):
                 link = self._links.get(ins.node)
                 if link is not None and link.conn is not None and not link.conn.closed:
@@ -1107,7 +784,7 @@ class AsyncClient:
 
     def _set_timer(self) -> None:
         at = self._sched.wake_at()
-        if at == self._timer_at or self._loop is None or self._closed:
+        if at == self._timer_at or self._loop is None or self._state.closed:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -1118,28 +795,8 @@ class AsyncClient:
 
     def _tick(self) -> None:
         self._timer = self._timer_at = None
-        if not self._closed:
+        if not self._state.closed:
             self._apply(self._sched.tick(time.time()))
-
-    def _job_of(self, num: int) -> _Job | None:
-        found = self._locate_num(num)
-        return found[0].job(self._tag, found[1]) if found is not None else None
-
-    def _fail_nums(self, ins: Fail) -> None:
-        """Jobs the scheduler failed here. A range: jobs never sent, and none of their
-        call's or map's later jobs will be either: its unread arguments go too."""
-        info = ins.info
-        funcs: dict[int, _Func] = {}
-        for num in ins.nums:
-            found = self._locate_num(num)
-            if found is not None:
-                funcs[found[0].start] = found[0]
-                self._fail(found[0].job(self._tag, found[1]), info)
-        if isinstance(ins.nums, range):
-            for func in funcs.values():
-                if ins.nums.stop >= func.start + func.n:
-                    func.ahead.clear()
-                    func.source = None
 
     def _send(self, ins: Send, dropped: list[int]) -> None:
         """Submit ``ins.nums`` to its node, reading their arguments the first time (a job
@@ -1149,19 +806,7 @@ class AsyncClient:
         if conn is None or conn.closed:  # its close is on its way: not sent, no attempt lost
             self._apply(self._sched.handed_back(ins.node, ins.nums, time.time()))
             return
-        jobs: list[_Job] = []
-        func: _Func | None = None
-        for num in ins.nums:
-            found = self._locate_num(num)
-            if found is None:
-                continue
-            func = found[0]
-            job = func.job(self._tag, found[1])
-            if job.args is None and not self._read_args(job, found[1]):
-                dropped.append(num)
-                continue
-            job.state = PROCESSING
-            jobs.append(job)
+        func, jobs = self.ledger.take(ins.nums, dropped)
         if func is None or not jobs:
             return
         w = ins.work
@@ -1177,55 +822,6 @@ class AsyncClient:
                        kill_process=w.kill_process)
             )  # fmt: skip
 
-    def _read_args(self, job: _Job, k: int) -> bool:
-        """Job ``k`` of its map is sent the first time: take its pickled arguments, read
-        from the map's sequences if not pickled yet (in order; items of jobs killed before
-        they were sent are skipped). False: they could not be read or pickled (it failed)."""
-        func = job.func
-        assert func is not None
-        while func.next < k:  # killed before they were sent: their items are skipped
-            if func.ahead:
-                func.ahead.popleft()
-            elif func.source is not None:
-                next(func.source, None)
-            func.next += 1
-        func.next = k + 1
-        if func.ahead:  # pickled by _prepare
-            job.args = func.ahead.popleft()
-            return True
-        assert func.source is not None
-        try:
-            args = next(func.source)
-        except StopIteration:  # so will the jobs after it: the iterator stays exhausted
-            exc: Exception = SerializationError(
-                f"the sequences of map({func.name}, ...) ended before job {job.jid}: "
-                "they were changed after map() was called"
-            )
-        except Exception as e:  # e.g. a dict changed size while it was read
-            exc = SerializationError(
-                f"cannot read the arguments of job {job.jid} from the sequences of "
-                f"map({func.name}, ...): {type(e).__name__}: {e}"
-            )
-        else:
-            try:
-                job.args = dumps_payload(args, f"arguments of {func.name} (job {job.jid})")
-                return True
-            except SerializationError as e:
-                exc = e
-        blob, info = pack_exception(exc)
-        self._fail(job, info, blob)
-        return False
-
-    def _fail_unsent(self, func: _Func, error: ErrorInfo) -> None:
-        """A call or map the scheduler never saw fails whole (its _env could not be pushed,
-        or a job it depends on failed); the arguments pickled ahead are dropped, its
-        sequences left unread. The scheduler fails what was held for it."""
-        for k in range(func.n):
-            self._fail(func.job(self._tag, k), error)
-        func.ahead.clear()
-        func.source = None
-        self._apply(self._sched.dropped(range(func.start, func.start + func.n), time.time(), error))
-
     async def _ask_runs(self, ins: AskRuns) -> None:
         """A speculative map wants run times: ask the node, answer the scheduler."""
         link = self._links.get(ins.node)
@@ -1235,122 +831,16 @@ class AsyncClient:
             heard = await self._query([link], tuple(self._sched.jid(n) for n in ins.nums))
         except MeshError:
             return
-        found = [(h.record, self._num(h.record.jid)) for h in heard]
+        found = [(h.record, self.ledger.num(h.record.jid)) for h in heard]
         got = [Run(num, r.state, r.started, r.finished) for r, num in found if num is not None]
-        if not self._closed:
+        if not self._state.closed:
             self._apply(self._sched.runs(ins.node, got, time.time()))
 
-    # ---- thread-safe preparation ----
-
-    def _prepare(
-        self,
-        fn: Callable[..., Any],
-        arg_tuples: Iterable[tuple[Any, ...]],
-        kwargs: dict[str, Any],
-        count: int | None = None,
-        on_start: Callable[[str], None] | None = None,
-    ) -> tuple[_Func, list[Job[Any]]]:
-        """Pickle the function once and allocate job ids (any thread); return the call or
-        map and its job handles. Arguments are pickled here up to EAGER_ARGS_BYTES; the
-        rest as the jobs leave the queue, read from ``arg_tuples`` then (``count``: how
-        many it yields; None: read it all now). ``on_start(jid)``: called on the loop
-        thread when a node starts each job (its Submits ask for Started messages, which
-        plain calls and maps skip); mesh.Executor's futures enter RUNNING with it."""
-        kwargs, opts = _split_options(dict(kwargs))
-        cores = int(opts.get("_cores", 1))
-        if cores < 1:
-            raise ValueError("_cores must be at least 1")
-        fhash, blob = dumps_function(fn, kwargs)
-        func = _Func(fhash, blob, function_name(fn))
-        func.speculative = bool(opts.get("_speculative", False))
-        func.on_start = on_start
-        func.files = _file_names(opts.get("_files"))
-        func.env, func.push = _env_requirements(opts.get("_env"))
-        func.cores = cores
-        func.label = str(opts.get("_label", ""))
-        func.max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
-        func.retries = int(opts.get("_retries", 3))
-        func.after = _depends_on(opts.get("_depends_on"))
-        priority = opts.get("_priority", DEFAULT_PRIORITY)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"_priority= takes an integer (lower runs first), not {priority!r}")
-        func.priority = priority
-        kill_process = opts.get("_kill_process", False)
-        if not isinstance(kill_process, bool):
-            raise TypeError(f"_kill_process= takes True or False, not {kill_process!r}")
-        func.kill_process = kill_process
-        if count is None:
-            arg_tuples = list(arg_tuples)  # a generator: its length gives the job ids
-            count = len(arg_tuples)
-        source = iter(arg_tuples)
-        ahead, cost, pickled = func.ahead, 0, 0
-        while len(ahead) < count and cost < EAGER_ARGS_BYTES:
-            try:
-                args = dumps_payload(next(source), f"arguments of {func.name}")
-            except StopIteration:
-                count = len(ahead)  # a sequence shorter than its len() said
-                break
-            ahead.append(args)
-            size = payload_size(args)
-            pickled += size
-            cost += size + BYTES_OVERHEAD
-        func.pickled = [len(ahead), pickled]
-        if len(ahead) < count:
-            func.source = source
-        func.submitted = time.time()
-        with self._ids_lock:  # a map's ids are consecutive, whichever threads submit
-            func.start, func.n = self._next_id, count
-            self._next_id += count
-            self._funcs.append(func)  # before its start: a lookup may run meanwhile
-            self._starts.append(func.start)
-        tag = self._tag
-        return func, [Job(f"{tag}-{i}") for i in range(func.start, func.start + count)]
-
-    def _index(self, job: _Job) -> int:
-        """``job``'s place in its call or map."""
-        assert job.func is not None
-        return int(job.jid.rpartition("-")[2]) - job.func.start
-
-    def _num(self, jid: str) -> int | None:
-        """The number of one of this client's job ids (None: not this client's)."""
-        tag, _, num = jid.rpartition("-")
-        if tag != self._tag or not (num.isascii() and num.isdigit()):
-            return None
-        return int(num)
-
-    def _locate(self, jid: str) -> tuple[_Func, int] | None:
-        """The call or map of one of this client's job ids, and the job's place in it."""
-        n = self._num(jid)
-        return None if n is None else self._locate_num(n)
-
-    def _locate_num(self, n: int) -> tuple[_Func, int] | None:
-        """The call or map of this client's job number ``n``, and the job's place in it."""
-        i = bisect.bisect_right(self._starts, n) - 1
-        if i < 0:
-            return None
-        func = self._funcs[i]
-        return (func, n - func.start) if n - func.start < func.n else None
-
-    def _find(self, jid: str) -> _Job | None:
-        """The job ``jid`` (this client's, or adopted), or None. Any thread."""
-        found = self._locate(jid)
-        if found is None:
-            return self._adopted.get(jid)
-        return found[0].job(self._tag, found[1], jid)
-
-    def _is_final(self, jid: str) -> bool:
-        """Whether job ``jid`` is final, without making it an object. Any thread."""
-        found = self._locate(jid)
-        if found is None:
-            job = self._adopted.get(jid)
-            return job is not None and job.final
-        return found[0].is_final(found[1])
-
-    def _enqueue(self, func: _Func) -> None:
+    def _enqueue(self, func: Func) -> None:
         """Loop thread: queue a prepared call or map and place what can be placed now."""
         self._enqueue_many([func])
 
-    def _enqueue_many(self, funcs: Iterable[_Func]) -> None:
+    def _enqueue_many(self, funcs: Iterable[Func]) -> None:
         """Loop thread: give prepared calls and maps to the scheduler (in order) once it
         can place them; calls made in a burst go out together."""
         ready = []
@@ -1373,14 +863,14 @@ class AsyncClient:
         if ready:
             self._apply(self._sched.submit_all(ready, time.time()))
 
-    def _pending_deps(self, func: _Func) -> tuple[int, ...] | None:
+    def _pending_deps(self, func: Func) -> tuple[int, ...] | None:
         """Loop thread: the numbers of ``func``'s dependencies not final yet (those done are
         met). None: one failed, was killed or is not this client's, and ``func`` failed
         whole with DependencyFailed naming it."""
         pending: list[int] = []
         for jid in func.after:
-            num = self._num(jid)
-            found = self._locate_num(num) if num is not None and num < func.start else None
+            num = self.ledger.num(jid)
+            found = self.ledger.locate_num(num) if num is not None and num < func.start else None
             if found is None:
                 why = (f"it depends on job {jid}, which this client does not know (only "
                        "its own earlier jobs can be waited for)")  # fmt: skip
@@ -1388,7 +878,7 @@ class AsyncClient:
                 pending.append(found[0].start + found[1])
                 continue
             else:
-                dep = found[0].job(self._tag, found[1])
+                dep = found[0].job(self.ledger.tag, found[1])
                 if dep.state == DONE:
                     continue
                 failed = dep.error or ErrorInfo(ErrorKind.RAISED, "JobError", "failed")
@@ -1397,7 +887,13 @@ class AsyncClient:
             return None
         return tuple(pending)
 
-    async def _enqueue_after_push(self, func: _Func) -> None:
+    def _fail_unsent(self, func: Func, error: ErrorInfo) -> None:
+        """A call or map the scheduler never saw fails whole (its _env could not be pushed,
+        or a job it depends on failed); the scheduler fails what was held for it."""
+        self.ledger.fail_unsent(func, error)
+        self._apply(self._sched.dropped(range(func.start, func.start + func.n), time.time(), error))
+
+    async def _enqueue_after_push(self, func: Func) -> None:
         """Push the local wheels of an ``_env`` through mesh.files (once per client and
         hash; the nodes then fetch them by hash), then queue the jobs."""
         for path, name in func.push:
@@ -1414,7 +910,7 @@ class AsyncClient:
         func.push = ()
         self._enqueue(func)
 
-    async def _enqueue_near_files(self, func: _Func) -> None:
+    async def _enqueue_near_files(self, func: Func) -> None:
         """Learn which nodes hold the jobs' ``_files`` (a placement tie-breaker), then queue."""
         try:
             func.prefer = await self.files.holder_keys(func.files, self._usable())
@@ -1422,58 +918,20 @@ class AsyncClient:
             func.prefer = frozenset()  # no preference: the job still runs
         self._enqueue(func)
 
-    def _add_callback(self, jobs: Sequence[_Job], cb: Callable[[_Job], None]) -> None:
-        """Any thread: call ``cb(job)`` once per job when it is final (at once if it is).
+    def _kill_soon(self, jids: list[str]) -> None:
+        """Loop thread: kill jobs handed over by ``Ledger.kill_soon`` (a future's cancel)."""
+        if not self._state.closed:
+            self._spawn(self.kill(jids))  # owned by the client: close() awaits it
 
-        ``cb`` runs on the loop thread (or on the caller's, for jobs already final);
-        it must be quick and thread-safe.
-        """
-        with self._final_lock:
-            for job in jobs:
-                if job.final:
-                    cb(job)
-                elif job.callbacks is None:
-                    job.callbacks = cb
-                elif isinstance(job.callbacks, list):
-                    job.callbacks.append(cb)
-                else:
-                    job.callbacks = [job.callbacks, cb]
-
-    def _lookup(self, jids: Iterable[str]) -> tuple[list[_Job], list[_Job]]:
-        """Loop thread: the jobs for ``jids``, adopting ids this client never submitted."""
-        jobs, adopted = [], []
-        for jid in jids:
-            if not isinstance(jid, str):
-                raise TypeError(f"job ids are strings, got {jid!r}")
-            job = self._find(jid)
-            if job is None:
-                job = self._adopted[jid] = _Job(jid, None, b"", state=UNKNOWN)
-                adopted.append(job)
-            jobs.append(job)
-        return jobs, adopted
-
-    async def _adopt(self, adopted: list[_Job]) -> None:
-        """Ask every node about ids from another process; watch those it knows."""
-        if not adopted:
-            return
-        jids = tuple(j.jid for j in adopted)
-        known: dict[str, _Heard] = {}
-        for heard in await self._query(list(self._usable()), jids, watch=True):
-            if heard.record.jid not in known or heard.record.state >= DONE:  # finished first
-                known[heard.record.jid] = heard
-        missing = [job.jid for job in adopted if job.jid not in known]
-        if missing:
-            for jid in missing:
-                self._adopted.pop(jid, None)
-            raise UnknownJob(
-                f"no reachable node knows job {', '.join(missing[:5])}"
-                + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
-            )
-        for job in adopted:
-            link, r = known[job.jid]
-            job.node = link.node_id
-            if job.state == UNKNOWN:
-                job.state = min(r.state, PROCESSING)  # a finished result is on its way (watch)
+    async def _ask_adopted(self, jids: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+        """Ask every node about ids of other processes and have their results sent here
+        (watch): the node id and state of each id a node knows, a finished copy first."""
+        known: dict[str, tuple[str, int]] = {}
+        for heard in await self._query(self._usable(), jids, watch=True):
+            jid, state = heard.record.jid, heard.record.state
+            if jid not in known or state >= DONE:
+                known[jid] = (heard.link.node_id, state)
+        return known
 
     def _usable(self) -> list[_Link]:
         return [lk for lk in self._links.values() if lk.usable]
@@ -1499,19 +957,11 @@ class AsyncClient:
                 f"nodes did not answer a query about {len(jids)} jobs"
             ) from None
 
-    # ---- reading results (any thread) ----
-
-    def _value(self, job: _Job) -> Any:
-        if job.state == DONE:
-            return loads(job.blob)
-        assert job.error is not None
-        raise unpack_error(job.jid, self._node_name(job.node) or "?", job.blob, job.error)
-
     # ---- the API ----
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
         """Run ``fn(*args, **kwargs)`` on the mesh; return its job id (awaitable) at once."""
-        func, (jid,) = self._prepare(fn, [args], kwargs)
+        func, (jid,) = self.ledger.prepare(fn, [args], kwargs)
         self._enqueue(func)
         return jid
 
@@ -1521,140 +971,151 @@ class AsyncClient:
         """Like builtin ``map``: one job per item; return the job ids (awaitable) at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        func, jids = self._prepare(fn, zip(*sequences, strict=False), kwargs, _count(sequences))
+        func, jids = self.ledger.prepare(
+            fn, zip(*sequences, strict=False), kwargs, count_items(sequences)
+        )
         self._enqueue(func)
         return jids
 
-    async def _jobs_of(self, ids: Sequence[str]) -> list[_Job]:
-        jobs, adopted = self._lookup(ids)
-        await self._adopt(adopted)
-        return jobs
-
-    async def _each_window(
-        self, ids: list[str], timeout: float | None, then: Callable[[list[_Job]], None]
-    ) -> None:
-        """Wait for the jobs ``ids``, WAIT_WINDOW at a time, calling ``then`` with each
-        window once all of it is final; MeshTimeout when ``timeout`` runs out first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    async def _carry_out(
+        self,
+        plan: Plan,
+        ids: list[str],
+        bar: Progress | None = None,
+        kill_on_cancel: bool = False,
+    ) -> AsyncGenerator[list[JobEntry], None]:
+        """Carry out a waiting plan (client/_waiting.py) in this loop, yielding each window
+        of final jobs. Cancelled: with ``kill_on_cancel`` the jobs ``ids`` left are killed."""
         assert self._loop is not None
-        for start in range(0, len(ids), WAIT_WINDOW):
-            jobs = await self._jobs_of(ids[start : start + WAIT_WINDOW])
-            pending = [j for j in jobs if not j.final]
-            if pending:
-                fut: asyncio.Future[None] = self._loop.create_future()
-                left = [len(pending)]
-
-                def done(_: _Job, fut: asyncio.Future[None] = fut, left: list[int] = left) -> None:
-                    left[0] -= 1
-                    if left[0] == 0 and not fut.done():
-                        fut.set_result(None)
-
-                self._add_callback(pending, done)
-                wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ledger, loop = self.ledger, self._loop
+        came: asyncio.Queue[JobEntry] = asyncio.Queue()
+        reply: Any = None
+        try:
+            while True:
                 try:
-                    await asyncio.wait_for(asyncio.shield(fut), wait_s)
-                except asyncio.TimeoutError:
-                    n = sum(1 for j in pending if not j.final) + len(
-                        self._unfinished(ids[start + WAIT_WINDOW :])
-                    )
-                    raise MeshTimeout(
-                        f"{n} of {len(ids)} jobs not finished after {timeout} s"
-                    ) from None
-            then(jobs)
-
-    def _unfinished(self, ids: Sequence[str]) -> list[str]:
-        """Those of ``ids`` not final yet (without making them objects). Any thread."""
-        return [jid for jid in ids if not self._is_final(jid)]
+                    step = plan.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(step, Lookup):
+                    reply = await ledger.lookup(step.ids)
+                    if bar is not None:
+                        ledger.add_callback(reply, bar.job_done)
+                elif isinstance(step, AllFinal):
+                    fut: asyncio.Future[None] = loop.create_future()
+                    ledger.add_callback(step.jobs, Countdown(len(step.jobs), _setter(fut)))
+                    try:
+                        await asyncio.wait_for(asyncio.shield(fut), step.left_s)
+                        reply = True
+                    except asyncio.TimeoutError:
+                        reply = False
+                elif isinstance(step, Watch):
+                    ledger.add_callback(step.jobs, came.put_nowait)
+                elif isinstance(step, NextFinal):
+                    try:
+                        reply = await asyncio.wait_for(came.get(), step.left_s)
+                    except asyncio.TimeoutError:
+                        reply = None
+                else:
+                    assert isinstance(step, Ready)
+                    yield step.jobs
+        except asyncio.CancelledError:
+            if kill_on_cancel and not self._state.closed:
+                self._spawn(self.kill(ids))  # owned by the client: close() awaits it
+            raise
+        finally:
+            plan.close()
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     async def result(  # type: ignore[overload-overlap]
-        self, jids: Job[T], timeout: float | None = None, *, kill_on_cancel: bool = False
-    ) -> T: ...
+        self, jids: Job[T], timeout: float | None = None, progress: bool | None = None, *,
+        kill_on_cancel: bool = False,
+    ) -> T: ...  # fmt: skip
     @overload
     async def result(
-        self, jids: str, timeout: float | None = None, *, kill_on_cancel: bool = False
-    ) -> Any: ...
+        self, jids: str, timeout: float | None = None, progress: bool | None = None, *,
+        kill_on_cancel: bool = False,
+    ) -> Any: ...  # fmt: skip
     @overload
     async def result(
-        self, jids: Sequence[Job[T]], timeout: float | None = None, *, kill_on_cancel: bool = False
-    ) -> list[T]: ...
+        self, jids: Sequence[Job[T]], timeout: float | None = None, progress: bool | None = None,
+        *, kill_on_cancel: bool = False,
+    ) -> list[T]: ...  # fmt: skip
     @overload
     async def result(
-        self, jids: Sequence[str], timeout: float | None = None, *, kill_on_cancel: bool = False
-    ) -> list[Any]: ...
+        self, jids: Sequence[str], timeout: float | None = None, progress: bool | None = None, *,
+        kill_on_cancel: bool = False,
+    ) -> list[Any]: ...  # fmt: skip
 
-    async def result(self, jids: str | Sequence[str], timeout: float | None = None, *,
-                     kill_on_cancel: bool = False) -> Any:  # fmt: skip
-        """The result of one job, or the list of results of many; raises a job's exception.
+    async def result(self, jids: str | Sequence[str], timeout: float | None = None,
+                     progress: bool | None = None, *, kill_on_cancel: bool = False) -> Any:  # fmt: skip
+        """The result of one job, or the list of results of many; raises a job's exception
+        or :class:`MeshTimeout`. ``progress``: a bar on stderr (True), none (False), or one
+        for waits past 2 s (None); only ever on a terminal.
 
         Cancelling the awaiting task stops the wait and leaves the jobs running, unless
         ``kill_on_cancel``: then the jobs not finished yet are killed.
         """
+        single = isinstance(jids, str)
+        ids = as_ids(jids)
         values: list[Any] = []
-        try:
-            await self._each_window(
-                [jids] if isinstance(jids, str) else list(jids), timeout,
-                lambda jobs: values.extend(self._value(j) for j in jobs),
-            )  # fmt: skip
-        except asyncio.CancelledError:
-            if kill_on_cancel and not self._closed:
-                self._spawn(self.kill(jids))  # owned by the client: close() awaits it
-            raise
-        return values[0] if isinstance(jids, str) else values
+        with watch(len(ids), progress, single=single) as bar:
+            plan = windows_plan(self.ledger, ids, timeout)
+            async with aclosing(self._carry_out(plan, ids, bar, kill_on_cancel)) as windows:
+                async for jobs in windows:
+                    values.extend(self.ledger.value(j) for j in jobs)
+        return values[0] if single else values
 
     def _await_job(self, job: str) -> Generator[Any, None, Any]:
         """``await job`` (see :class:`Job`): its result, in this client's loop."""
-        if self._closed:
-            raise ConnectionClosed(f"cannot wait for job {job}: its client is closed")
+        if self._state.closed:
+            raise self._state.refuse(f"wait for job {job}")
         return self.result(job).__await__()
 
     async def join(self, jids: str | Sequence[str], timeout: float | None = None,
-                   ignore_errors: bool = False) -> None:  # fmt: skip
-        """Wait for jobs to finish; raise the first failed job's exception unless ignored."""
-
-        def check(jobs: list[_Job]) -> None:
-            for j in jobs:
-                if j.state != DONE and not ignore_errors:
-                    self._value(j)
-
-        await self._each_window([jids] if isinstance(jids, str) else list(jids), timeout, check)
+                   ignore_errors: bool = False, progress: bool | None = None, *,
+                   kill_on_cancel: bool = False) -> None:  # fmt: skip
+        """Wait for jobs to finish; raise the first failed job's exception unless
+        ``ignore_errors``. ``progress`` and ``kill_on_cancel`` as for :meth:`result`."""
+        ids = as_ids(jids)
+        with watch(len(ids), progress, single=isinstance(jids, str)) as bar:
+            plan = windows_plan(self.ledger, ids, timeout)
+            async with aclosing(self._carry_out(plan, ids, bar, kill_on_cancel)) as windows:
+                async for jobs in windows:
+                    for j in jobs:
+                        if j.state != DONE and not ignore_errors:
+                            self.ledger.value(j)
 
     @overload
     def iresult(
-        self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True
-    ) -> AsyncIterator[T]: ...
+        self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True,
+        progress: bool | None = None, *, kill_on_cancel: bool = False,
+    ) -> AsyncIterator[T]: ...  # fmt: skip
     @overload
     def iresult(
-        self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True
-    ) -> AsyncIterator[Any]: ...
+        self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True,
+        progress: bool | None = None, *, kill_on_cancel: bool = False,
+    ) -> AsyncIterator[Any]: ...  # fmt: skip
 
     async def iresult(self, jids: Sequence[str], timeout: float | None = None,
-                      ordered: bool = True) -> AsyncIterator[Any]:  # fmt: skip
+                      ordered: bool = True, progress: bool | None = None, *,
+                      kill_on_cancel: bool = False) -> AsyncIterator[Any]:  # fmt: skip
         """Yield results as jobs finish: in order, or in completion order (``async for``).
+        ``progress`` and ``kill_on_cancel`` as for :meth:`result`.
 
         Jobs are watched WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order: for more
         jobs than that, "completion order" is that order within the jobs watched."""
-        picker = _Picker([jids] if isinstance(jids, str) else list(jids), ordered)
-        queue: asyncio.Queue[_Job] = asyncio.Queue()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while picker.more:
-            if window := picker.to_watch():
-                jobs = await self._jobs_of(window)
-                picker.watch(jobs)
-                self._add_callback(jobs, queue.put_nowait)
-            while (job := picker.pick()) is None:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    picker.arrived(await asyncio.wait_for(queue.get(), left))
-                except asyncio.TimeoutError:
-                    raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
-            yield self._value(job)
+        ids = as_ids(jids)
+        with watch(len(ids), progress) as bar:
+            plan = iresult_plan(ids, timeout, ordered)
+            async with aclosing(self._carry_out(plan, ids, bar, kill_on_cancel)) as windows:
+                async for (job,) in windows:
+                    yield self.ledger.value(job)
 
     async def status(self, jids: str | Sequence[str]) -> str | list[str]:
         """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list). A job
         whose node is gone answers with what this client knows of it."""
-        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
-        await self._adopt(adopted)
+        jobs = await self.ledger.lookup(as_ids(jids))
         by_link: dict[_Link, list[str]] = {}
         for j in jobs:
             if j.state == PROCESSING:  # the node knows better: queued there, or done already
@@ -1687,7 +1148,7 @@ class AsyncClient:
                 heard.update((h.record.jid, h) for h in answer)
         return heard
 
-    def _where(self, j: _Job) -> _Link | None:
+    def _where(self, j: JobEntry) -> _Link | None:
         """The link to the node that runs job ``j`` (or ran it last)."""
         if j.func is not None and not j.final:
             key = self._sched.node_of(int(j.jid.rpartition("-")[2]))
@@ -1705,8 +1166,7 @@ class AsyncClient:
 
     async def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
         """Stop queued or running jobs (a running job's worker is terminated); wait until they stop."""
-        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
-        await self._adopt(adopted)
+        jobs = await self.ledger.lookup(as_ids(jids))
         mine: list[int] = []
         by_link: dict[str, list[str]] = {}
         for j in jobs:
@@ -1719,20 +1179,22 @@ class AsyncClient:
                     by_link.setdefault(lk.key, []).append(j.jid)
         if mine:
             self._apply(self._sched.kill(mine, time.time()))
-        for key, ids in by_link.items():
+        for key, asked in by_link.items():
             conn = self._links[key].conn
             if conn is not None and not conn.closed:
-                conn.send(Kill(tuple(ids)))
+                conn.send(Kill(tuple(asked)))
+        ids = [j.jid for j in jobs]
         try:
-            await self._each_window([j.jid for j in jobs], timeout, lambda _: None)
+            async with aclosing(self._carry_out(windows_plan(self.ledger, ids, timeout), ids)) as w:
+                async for _ in w:
+                    pass
         except MeshTimeout:
             pass
 
     async def info(self, jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
         """Node, times, CPU seconds, captured stdout/stderr and error text of jobs. A job
         whose node is gone gets what this client knows, with ``record_lost`` set."""
-        jobs, adopted = self._lookup([jids] if isinstance(jids, str) else jids)
-        await self._adopt(adopted)
+        jobs = await self.ledger.lookup(as_ids(jids))
         by_link: dict[_Link, list[str]] = {}
         for j in jobs:
             link = self._where(j)
@@ -1742,7 +1204,7 @@ class AsyncClient:
         out = [self._info(j, heard.get(j.jid)) for j in jobs]
         return out[0] if isinstance(jids, str) else out
 
-    def _info(self, j: _Job, heard: _Heard | None) -> JobInfo:
+    def _info(self, j: JobEntry, heard: _Heard | None) -> JobInfo:
         """``mesh.info`` of one job: its node's record, or what this client knows."""
         kind = j.error.kind if j.final and j.error is not None else ""
         if heard is not None:
@@ -1758,7 +1220,7 @@ class AsyncClient:
         started = j.state == DONE or kind in _RAN_KINDS
         func, k = j.func, 0
         if func is not None:
-            k = self._index(j)
+            k = self.ledger.index(j)
         err = ""
         if j.error is not None:
             err = traceback_text(j.error) or f"{j.error.type_name}: {j.error.message}"
@@ -1790,7 +1252,7 @@ class AsyncClient:
         """Drop the environments ``what`` names (key prefixes, requirements, project names,
         pushed or local wheel files) on every node, so their next job builds them again;
         a failed build is forgotten. Those building or in use are left alone."""
-        reqs, _ = _env_requirements(list(what))  # a local wheel: by hash, as _env sends it
+        reqs, _ = env_requirements(list(what))  # a local wheel: by hash, as _env sends it
         _, done = await self._env_query(tuple(reqs))
         return done
 
@@ -1823,4 +1285,20 @@ class AsyncClient:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state.closed
+
+    @property
+    def state(self) -> State:
+        """Where the client is in its life: NEW, DISCOVERING, STARTING, RUNNING, CLOSING,
+        CLOSED."""
+        return self._state
+
+
+def _setter(fut: asyncio.Future[None]) -> Callable[[], None]:
+    """Resolve ``fut`` (once; on the loop thread, where the ledger calls back)."""
+
+    def resolve() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    return resolve

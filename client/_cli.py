@@ -637,9 +637,9 @@ def _envs_command(args: argparse.Namespace) -> int:
 
 def _env_arg_names(given: list[str]) -> list[tuple[str, str]]:
     """(as given, as sent): a local wheel is sent as its pushed-file requirement."""
-    from mesh.client._async import _env_requirements
+    from mesh.client._options import env_requirements
 
-    return [(a, _env_requirements([a])[0][0] if a.strip() else a) for a in given]
+    return [(a, env_requirements([a])[0][0] if a.strip() else a) for a in given]
 
 
 def _env_dict(info: Any) -> dict[str, Any]:

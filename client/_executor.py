@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from typing import Any, TypeVar
 
-from mesh.client._async import _Job, _split_options
+from mesh.client._ledger import JobEntry
+from mesh.client._options import split_options
 from mesh.client._sync import Client
 
 from mesh._initializer import Initialized
@@ -64,6 +65,31 @@ class MeshFuture(concurrent.futures.Future[T]):
             return False
         self._executor._withdraw([self])
         return True
+
+    def _stop_running(self) -> bool:
+        """Cancel a running future, which ``cancel()`` refuses (its job is being killed):
+        done as ``Future.cancel`` does it. False if it was not running."""
+        with self._condition:
+            if self._state != RUNNING:
+                return False
+            self._state = CANCELLED
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def _notify_cancelled(self) -> None:
+        """A cancelled future's job is final: CANCELLED -> CANCELLED_AND_NOTIFIED, which
+        wakes ``wait()`` and ``as_completed()`` (ThreadPoolExecutor's worker does the same
+        when it reaches a cancelled item)."""
+        with self._condition:
+            if self._state == CANCELLED:
+                self.set_running_or_notify_cancel()
+
+    def _mark_running(self) -> None:
+        """Its job started: PENDING -> RUNNING, unless it was cancelled meanwhile."""
+        with self._condition:
+            if self._state == PENDING:
+                self.set_running_or_notify_cancel()
 
     def result(self, timeout: float | None = None) -> T:
         try:
@@ -105,7 +131,7 @@ class Executor(concurrent.futures.Executor):
                 f"Executor() got unexpected keyword arguments {', '.join(plain)} "
                 "(it takes peers, secret, client and job options beginning with _)"
             )
-        _split_options(dict(options))  # unknown options fail here, not at the first submit
+        split_options(dict(options))  # unknown options fail here, not at the first submit
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
         # One key per executor: a worker runs the initializer once for all its jobs.
@@ -122,7 +148,7 @@ class Executor(concurrent.futures.Executor):
         else:
             import mesh
 
-            self._client, self._owns_client = mesh._client(), False
+            self._client, self._owns_client = mesh.default_client(), False
         self._lock = threading.Lock()
         # futures whose jobs are not final yet (a cancelled one stays until its job is:
         # then waiters hear of it, as ThreadPoolExecutor's do when a worker gets to it)
@@ -133,7 +159,7 @@ class Executor(concurrent.futures.Executor):
         self._submitting = 0  # submissions between their shutdown check and their futures
         self._released = False
         # for the resolver: final jobs, ids of jobs started (str), None to look again
-        self._inbox: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[JobEntry | str | None] = queue.SimpleQueue()
         self._resolver: threading.Thread | None = None
 
     @property
@@ -211,18 +237,7 @@ class Executor(concurrent.futures.Executor):
         For callers that own the futures, as ``map`` and the joblib backend do:
         ``cancel()`` spares a running future, as the standard says; this one does not
         (its job is killed, its worker process terminated)."""
-        stopped = []
-        for f in futures:
-            with f._condition:
-                running = f._state == RUNNING
-                if running:  # what Future.cancel() refuses: done as it does it
-                    f._state = CANCELLED
-                    f._condition.notify_all()
-            if running:
-                f._invoke_callbacks()  # type: ignore[attr-defined]
-                stopped.append(f)
-            elif f.cancel():
-                stopped.append(f)
+        stopped = [f for f in futures if f._stop_running() or f.cancel()]
         self._withdraw(stopped)
 
     def _submit_jobs(
@@ -243,15 +258,15 @@ class Executor(concurrent.futures.Executor):
                 )
                 self._resolver.start()
             self._submitting += 1
-        jobs: list[_Job] = []
+        jobs: list[JobEntry] = []
         futures: list[MeshFuture[Any]] = []
-        a = self._client._async
+        ledger = self._client.ledger
         if self._init is not None:
             fn = Initialized(fn, *self._init)
         try:
             # pickled on this thread; nodes tell when each job starts (futures -> RUNNING)
-            func, jids = a._prepare(fn, arg_tuples, kwargs, on_start=self._inbox.put)
-            jobs = [func.job(a._tag, k) for k in range(len(jids))]  # a future needs its job
+            func, jids = ledger.prepare(fn, arg_tuples, kwargs, on_start=self._inbox.put)
+            jobs = ledger.entries(func)  # a future needs its job
             futures = [MeshFuture(jid, self) for jid in jids]
         finally:
             with self._lock:  # known before any of them can finish
@@ -261,8 +276,8 @@ class Executor(concurrent.futures.Executor):
             if idle:  # this submission failed or was empty: the resolver may stop
                 self._inbox.put(None)
         # the loop thread only hands final jobs over; the resolver does the rest
-        a._add_callback(jobs, self._inbox.put)
-        self._client._send(func)
+        ledger.add_callback(jobs, self._inbox.put)
+        ledger.submit(func)
         return futures
 
     # ---- resolving ----
@@ -273,7 +288,7 @@ class Executor(concurrent.futures.Executor):
 
         It runs while futures are pending (an idle executor holds no thread), and the
         last one after shutdown releases the client."""
-        value_of = self._client._async._value
+        value_of = self._client.ledger.value
         while True:
             try:
                 item = self._inbox.get(timeout=CLOSED_CHECK_S)
@@ -285,9 +300,7 @@ class Executor(concurrent.futures.Executor):
                 with self._lock:
                     started = self._pending.get(item)
                 if started is not None:
-                    with started._condition:
-                        if started._state == PENDING:  # not cancelled meanwhile
-                            started.set_running_or_notify_cancel()
+                    started._mark_running()
                 del started
             elif item is not None:
                 with self._lock:
@@ -321,10 +334,12 @@ class Executor(concurrent.futures.Executor):
                             f"{future.jid} finished; the job may still run on its node"
                         )
                     )
-            _notify_cancelled(future)
+            future._notify_cancelled()
 
     @staticmethod
-    def _settle(future: MeshFuture[Any], value_of: Callable[[_Job], Any], job: _Job) -> None:
+    def _settle(
+        future: MeshFuture[Any], value_of: Callable[[JobEntry], Any], job: JobEntry
+    ) -> None:
         if not future.cancelled():
             try:
                 try:
@@ -336,7 +351,7 @@ class Executor(concurrent.futures.Executor):
                 return
             except concurrent.futures.InvalidStateError:
                 pass  # cancelled meanwhile
-        _notify_cancelled(future)
+        future._notify_cancelled()
 
     def _withdraw(self, futures: list[MeshFuture[Any]]) -> None:
         """These futures were cancelled: kill their jobs (once each), still queued."""
@@ -351,11 +366,11 @@ class Executor(concurrent.futures.Executor):
                 gone = [f for f in (self._pending.pop(j, None) for j in jids) if f is not None]
                 idle = not self._pending and not self._submitting
             for f in gone:
-                _notify_cancelled(f)
+                f._notify_cancelled()
             if idle:
                 self._inbox.put(None)
             return
-        self._client._kill_soon(jids)
+        self._client.ledger.kill_soon(jids)
 
     # ---- stopping ----
 
@@ -391,15 +406,6 @@ class Executor(concurrent.futures.Executor):
             self._released = True
         if self._owns_client:
             self._client.close()
-
-
-def _notify_cancelled(future: MeshFuture[Any]) -> None:
-    """A cancelled future's job is final: CANCELLED -> CANCELLED_AND_NOTIFIED, which
-    wakes ``wait()`` and ``as_completed()`` (ThreadPoolExecutor's worker does the same
-    when it reaches a cancelled item)."""
-    with future._condition:
-        if future._state == CANCELLED:
-            future.set_running_or_notify_cancel()
 
 
 def _interpreter_exit() -> None:

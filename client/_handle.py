@@ -11,25 +11,31 @@ reference and costs no more memory than its id.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Generator
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Job"]
 
 T_co = TypeVar("T_co", covariant=True)
 
 
-class _Owner(Protocol):
-    def _await_job(self, job: str) -> Generator[Any, None, Any]: ...
+# What awaits a job for its client: ``await_job(jid)`` is ``yield from``-ed by ``await``.
+AwaitJob = Callable[[str], Generator[Any, None, Any]]
+
+# client tag (the part of a job id before "-") -> how the client of this process that
+# uses it awaits a job (weakly: a handle keeps no client alive)
+_owners: dict[str, weakref.WeakMethod[AwaitJob]] = {}
 
 
-# client tag (the part of a job id before "-") -> the client of this process that uses it
-_owners: weakref.WeakValueDictionary[str, _Owner] = weakref.WeakValueDictionary()
+def register_owner(tag: str, await_job: AwaitJob) -> None:
+    """``await_job`` (a client's bound method) waits for the jobs whose ids start with
+    ``tag``: the last one registered, while its client lives."""
 
+    def gone(ref: weakref.WeakMethod[AwaitJob]) -> None:
+        if _owners.get(tag) is ref:
+            del _owners[tag]
 
-def register_owner(tag: str, owner: _Owner) -> None:
-    """``owner`` waits for the jobs whose ids start with ``tag``: the last one registered."""
-    _owners[tag] = owner
+    _owners[tag] = weakref.WeakMethod(await_job, gone)
 
 
 class Job(str, Generic[T_co]):
@@ -46,11 +52,12 @@ class Job(str, Generic[T_co]):
         return (str, (str(self),))
 
     def __await__(self) -> Generator[Any, None, T_co]:
-        owner = _owners.get(self.partition("-")[0])
-        if owner is None:
+        ref = _owners.get(self.partition("-")[0])
+        await_job = ref() if ref is not None else None
+        if await_job is None:
             raise TypeError(
                 f"job {str(self)!r} was not submitted by an open client of this process: "
                 f"await client.result({str(self)!r}) on an AsyncClient instead"
             )
-        result: T_co = yield from owner._await_job(self)
+        result: T_co = yield from await_job(self)
         return result

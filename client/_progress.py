@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from mesh._protocol import DONE
 
 if TYPE_CHECKING:
-    from mesh.client._async import _Job
+    from mesh.client._ledger import JobEntry
     from tqdm import tqdm
 
 __all__ = ["AUTO_DELAY_S", "Progress", "track", "watch"]
@@ -57,7 +57,7 @@ class Progress:
         self._bar: tqdm[Any] | None = None
         self._shown_errors = 0
 
-    def job_done(self, job: _Job) -> None:
+    def job_done(self, job: JobEntry) -> None:
         with self._lock:
             self.done += 1
             if job.state != DONE:

@@ -13,35 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import os
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-from mesh.client import _async as _async_mod
-from mesh.client import _progress
-from mesh.client._async import (
-    AsyncClient,
-    EnvInfo,
-    EnvRebuild,
-    JobInfo,
-    NodeInfo,
-    _count,
-    _Func,
-    _Job,
-    _Picker,
-)
+from mesh.client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeInfo
 from mesh.client._files import Files
 from mesh.client._handle import Job, register_owner
+from mesh.client._ledger import JobEntry, count_items
+from mesh.client._lifecycle import State
 from mesh.client._local import LocalMesh
+from mesh.client._progress import Progress, make, track, watch
+from mesh.client._waiting import (
+    AllFinal,
+    Countdown,
+    Lookup,
+    NextFinal,
+    Plan,
+    Ready,
+    Watch,
+    as_ids,
+    interrupted,
+    iresult_plan,
+    windows_plan,
+)
 
 from mesh._protocol import DONE
-from mesh.errors import ConnectionClosed, MeshTimeout
+from mesh.errors import ConnectionClosed
 
 __all__ = ["Client"]
 
@@ -76,32 +78,6 @@ class _LoopThread:
             self.thread.join(5.0)
 
 
-class _Gathered(Generic[T]):
-    """Items handed to the loop thread from any thread, in batches: the first item since
-    the last batch schedules ``flush(batch)`` on the loop; the ones added before it runs
-    ride along, so a burst wakes the loop thread once."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[list[T]], None]) -> None:
-        self._loop, self._flush = loop, flush
-        self._lock = threading.Lock()
-        self._items: list[T] = []
-
-    def add(self, items: Iterable[T]) -> None:
-        """Any thread, never blocks. RuntimeError if the loop has closed."""
-        with self._lock:
-            first = not self._items
-            self._items.extend(items)
-            if not self._items:
-                return
-        if first:
-            self._loop.call_soon_threadsafe(self._take)
-
-    def _take(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-        self._flush(items)
-
-
 class Client:
     """A mesh client for ordinary code. ``with mesh.Client(peers=[...]) as c: c.map(...)``."""
 
@@ -127,11 +103,7 @@ class Client:
             heartbeat_s=heartbeat_s, dead_after_s=dead_after_s,
         )  # fmt: skip
         self._thread = _LoopThread("mesh-client")
-        self._closed = False
-        # Calls and maps prepared on callers' threads, and jobs to kill (a future's
-        # cancel), on their way to the loop thread.
-        self._outbox = _Gathered[_Func](self._thread.loop, self._enqueue)
-        self._kills = _Gathered[str](self._thread.loop, self._flush_kills)
+        self._state = State.STARTING
         try:
             self._async = AsyncClient(
                 peers,
@@ -145,11 +117,15 @@ class Client:
             )
             self._thread.run(self._async.start())
         except BaseException:
+            self._state = State.CLOSED
             self._thread.stop()
             if _local is not None:
                 _local.close()
             raise
-        register_owner(self._async._tag, self)  # `await job` waits on our loop thread
+        self._state = State.RUNNING
+        # what the client knows of its jobs: shared with the loop thread
+        self.ledger = self._async.ledger
+        register_owner(self.ledger.tag, self._await_job)  # `await job` waits here
         self.files = Files(self._async.files, self._thread.run)  # mesh.files
         _clients.add(self)
 
@@ -175,7 +151,13 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state.closed
+
+    @property
+    def state(self) -> State:
+        """Where the client is in its life: STARTING (in its constructor), RUNNING,
+        CLOSING, CLOSED."""
+        return self._state
 
     def __enter__(self) -> Client:
         return self
@@ -185,10 +167,11 @@ class Client:
 
     def close(self) -> None:
         """Disconnect; stop the local mesh if this client started one."""
-        if self._closed:
+        if self._state.closed:
             return
-        self._closed = True
+        self._state = State.CLOSING
         if self._thread.pid != os.getpid():
+            self._state = State.CLOSED
             return  # a forked child's copy: the loop, links and local mesh are the parent's
         try:
             self._thread.run(self._async.close(), timeout=5.0)
@@ -197,40 +180,29 @@ class Client:
         self._thread.stop()
         if self._local is not None:
             self._local.close()
+        self._state = State.CLOSED
 
     # ---- submitting ----
 
-    def call(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
-        """Run ``func(*args, **kwargs)`` on the mesh; return its job id at once."""
-        self._check_process()  # before _prepare, whose lock a parent's thread may hold
-        prepared, (jid,) = self._async._prepare(func, [args], kwargs)
-        self._send(prepared)
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
+        """Run ``fn(*args, **kwargs)`` on the mesh; return its job id at once."""
+        self._check_open("call")  # before prepare(), whose lock a parent's thread may hold
+        func, (jid,) = self.ledger.prepare(fn, [args], kwargs)
+        self.ledger.submit(func)  # a loop of calls wakes the loop thread once per batch
         return jid
 
     def map(
-        self, func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
+        self, fn: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any
     ) -> list[Job[T]]:
         """Like builtin ``map``, one job per item; return the list of job ids at once."""
         if not sequences:
             raise TypeError("map() needs at least one sequence")
-        self._check_process()
-        prepared, jids = self._async._prepare(
-            func, zip(*sequences, strict=False), kwargs, _count(sequences)
+        self._check_open("map")
+        func, jids = self.ledger.prepare(
+            fn, zip(*sequences, strict=False), kwargs, count_items(sequences)
         )
-        self._send(prepared)
+        self.ledger.submit(func)
         return jids
-
-    def _send(self, func: _Func) -> None:
-        """Hand a call or map prepared on this thread to the loop thread, which places it.
-
-        Calls made before the loop thread gets to them go in one batch: a loop of calls
-        wakes the loop thread once per batch, not once per call, and its jobs of one
-        function share Submits."""
-        self._check_process()
-        self._outbox.add((func,))
-
-    def _enqueue(self, funcs: list[_Func]) -> None:
-        self._async._enqueue_many(funcs)
 
     # ---- waiting ----
 
@@ -238,177 +210,160 @@ class Client:
         if self._thread.pid != os.getpid():
             raise _forked(self._thread.pid)
 
-    def _jobs(self, ids: Sequence[str]) -> list[_Job]:
+    def _check_open(self, what: str) -> None:
+        self._check_process()
+        if self._state.closed:
+            raise self._state.refuse(what)
+
+    def _jobs(self, ids: Sequence[str]) -> list[JobEntry]:
         self._check_process()  # else waiting on jobs the parent's thread would finish
-        find = self._async._find
-        jobs = [find(j) for j in ids]
-        if any(j is None for j in jobs):  # ids from another process: ask the nodes
+        found = self.ledger.known(ids)
+        if found is None:  # ids from another process: the loop thread asks the nodes
+            return self._thread.run(self.ledger.lookup(ids))
+        return found
 
-            async def adopt() -> list[_Job]:
-                found, adopted = self._async._lookup(ids)
-                await self._async._adopt(adopted)
-                return found
-
-            return self._thread.run(adopt())
-        return jobs  # type: ignore[return-value]
-
-    def _windows(
-        self, ids: list[str], timeout: float | None, bar: _progress.Progress | None = None
-    ) -> Iterator[list[_Job]]:
-        """The jobs ``ids``, WAIT_WINDOW at a time, each window once all of it is final
-        (so a wait on a million jobs never gives them all an object at once)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for start in range(0, len(ids), _async_mod.WAIT_WINDOW):
-            jobs = self._jobs(ids[start : start + _async_mod.WAIT_WINDOW])
-            if bar is not None:
-                self._async._add_callback(jobs, bar.job_done)
-            self._wait(jobs, deadline, timeout, ids, start + _async_mod.WAIT_WINDOW)
-            yield jobs
-
-    def _wait(self, jobs: list[_Job], deadline: float | None, timeout: float | None,
-              ids: list[str], later: int) -> None:  # fmt: skip
-        """Wait until ``jobs`` (``ids`` up to ``later``) are final."""
-        pending = [j for j in jobs if not j.final]
-        if not pending:
-            return
-        done = threading.Event()
-        left = [len(pending)]
-
-        def on_final(_: _Job) -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                done.set()
-
-        self._async._add_callback(pending, on_final)
+    def _carry_out(
+        self, plan: Plan, ids: list[str], bar: Progress | None = None,
+        kill_on_cancel: bool = False, reply: Any = None,
+    ) -> Iterator[list[JobEntry]]:  # fmt: skip
+        """Carry out a waiting plan (client/_waiting.py) on this thread, yielding each
+        window of final jobs (``reply``: the answer to the step the plan is at, if it was
+        started). A Ctrl-C stops the wait, saying which jobs go on (or are killed, with
+        ``kill_on_cancel``)."""
+        ledger = self.ledger
+        came: queue.SimpleQueue[JobEntry] = queue.SimpleQueue()
         try:
-            finished = done.wait(
-                None if deadline is None else max(0.0, deadline - time.monotonic())
-            )
+            while True:
+                try:
+                    step = plan.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(step, Lookup):
+                    reply = self._jobs(step.ids)
+                    if bar is not None:
+                        ledger.add_callback(reply, bar.job_done)
+                elif isinstance(step, AllFinal):
+                    done = threading.Event()
+                    ledger.add_callback(step.jobs, Countdown(len(step.jobs), done.set))
+                    reply = done.wait(step.left_s)
+                elif isinstance(step, Watch):
+                    ledger.add_callback(step.jobs, came.put)
+                elif isinstance(step, NextFinal):
+                    try:
+                        reply = came.get(timeout=step.left_s)
+                    except queue.Empty:
+                        reply = None
+                else:
+                    assert isinstance(step, Ready)
+                    yield step.jobs
         except KeyboardInterrupt:
-            raise _interrupted(self._async._unfinished(ids)) from None
-        if not finished:
-            n = sum(1 for j in pending if not j.final) + len(self._async._unfinished(ids[later:]))
-            raise MeshTimeout(f"{n} of {len(ids)} jobs not finished after {timeout} s")
+            left = ledger.unfinished(ids)
+            if kill_on_cancel and left:
+                ledger.kill_soon(left)
+            raise interrupted(left, killed=kill_on_cancel) from None
+        finally:
+            plan.close()
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     def result(  # type: ignore[overload-overlap]
-        self, jids: Job[T], timeout: float | None = None, progress: bool | None = None
-    ) -> T: ...
+        self, jids: Job[T], timeout: float | None = None, progress: bool | None = None, *,
+        kill_on_cancel: bool = False,
+    ) -> T: ...  # fmt: skip
     @overload
     def result(
-        self, jids: str, timeout: float | None = None, progress: bool | None = None
-    ) -> Any: ...
+        self, jids: str, timeout: float | None = None, progress: bool | None = None, *,
+        kill_on_cancel: bool = False,
+    ) -> Any: ...  # fmt: skip
     @overload
     def result(
-        self, jids: Sequence[Job[T]], timeout: float | None = None, progress: bool | None = None
-    ) -> list[T]: ...
+        self, jids: Sequence[Job[T]], timeout: float | None = None, progress: bool | None = None,
+        *, kill_on_cancel: bool = False,
+    ) -> list[T]: ...  # fmt: skip
     @overload
     def result(
-        self, jids: Sequence[str], timeout: float | None = None, progress: bool | None = None
-    ) -> list[Any]: ...
+        self, jids: Sequence[str], timeout: float | None = None, progress: bool | None = None, *,
+        kill_on_cancel: bool = False,
+    ) -> list[Any]: ...  # fmt: skip
 
     def result(self, jids: str | Sequence[str], timeout: float | None = None,
-               progress: bool | None = None) -> Any:  # fmt: skip
+               progress: bool | None = None, *, kill_on_cancel: bool = False) -> Any:  # fmt: skip
         """The result of one job, or the list of results of many, in order.
 
         Raises the first failed job's exception (with its remote traceback as
         ``__cause__``) or :class:`MeshTimeout` (a ``TimeoutError``). ``progress``:
         a bar on stderr (True), none (False), or one for waits past 2 s (None); only
-        ever on a terminal.
+        ever on a terminal. A Ctrl-C stops the wait and leaves the jobs running, unless
+        ``kill_on_cancel``: then the jobs not finished yet are killed.
         """
         single = isinstance(jids, str)
-        ids = [jids] if single else list(jids)
-        value = self._async._value
+        ids = as_ids(jids)
+        value = self.ledger.value
         values: list[Any] = []
-        with _progress.watch(len(ids), progress, single=single) as bar:
-            for jobs in self._windows(ids, timeout, bar):  # type: ignore[arg-type]
+        with watch(len(ids), progress, single=single) as bar:
+            plan = windows_plan(self.ledger, ids, timeout)
+            for jobs in self._carry_out(plan, ids, bar, kill_on_cancel):
                 values.extend(value(j) for j in jobs)
         return values[0] if single else values
 
     def join(self, jids: str | Sequence[str], timeout: float | None = None,
-             ignore_errors: bool = False) -> None:  # fmt: skip
-        """Wait for jobs to finish; raise the first failure unless ``ignore_errors``."""
-        for jobs in self._windows([jids] if isinstance(jids, str) else list(jids), timeout):
-            for j in jobs:
-                if j.state != DONE and not ignore_errors:
-                    self._async._value(j)
+             ignore_errors: bool = False, progress: bool | None = None, *,
+             kill_on_cancel: bool = False) -> None:  # fmt: skip
+        """Wait for jobs to finish; raise the first failure unless ``ignore_errors``.
+        ``progress`` and ``kill_on_cancel`` as for :meth:`result`."""
+        ids = as_ids(jids)
+        with watch(len(ids), progress, single=isinstance(jids, str)) as bar:
+            plan = windows_plan(self.ledger, ids, timeout)
+            for jobs in self._carry_out(plan, ids, bar, kill_on_cancel):
+                for j in jobs:
+                    if j.state != DONE and not ignore_errors:
+                        self.ledger.value(j)
 
     @overload
     def iresult(
         self, jids: Sequence[Job[T]], timeout: float | None = None, ordered: bool = True,
-        progress: bool | None = None,
+        progress: bool | None = None, *, kill_on_cancel: bool = False,
     ) -> Iterator[T]: ...  # fmt: skip
     @overload
     def iresult(
         self, jids: Sequence[str], timeout: float | None = None, ordered: bool = True,
-        progress: bool | None = None,
+        progress: bool | None = None, *, kill_on_cancel: bool = False,
     ) -> Iterator[Any]: ...  # fmt: skip
 
     def iresult(self, jids: Sequence[str], timeout: float | None = None,
-                ordered: bool = True, progress: bool | None = None) -> Iterator[Any]:  # fmt: skip
+                ordered: bool = True, progress: bool | None = None, *,
+                kill_on_cancel: bool = False) -> Iterator[Any]:  # fmt: skip
         """Yield results as they finish: in submission order, or in completion order.
 
-        ``progress`` as for :meth:`result`: the bar moves while the results are iterated.
-        Jobs are watched WAIT_WINDOW to 2 x WAIT_WINDOW at a time, in order: for more
-        jobs than that, "completion order" is that order within the jobs watched.
+        ``progress`` and ``kill_on_cancel`` as for :meth:`result`: the bar moves while
+        the results are iterated. Jobs are watched WAIT_WINDOW to 2 x WAIT_WINDOW at a
+        time, in order: for more jobs than that, "completion order" is that order within
+        the jobs watched.
         """
-        ids = [jids] if isinstance(jids, str) else list(jids)
-        # Unknown ids fail here, not when the results are iterated.
-        first = self._jobs(ids[: _async_mod.WAIT_WINDOW])
-        bar = _progress.make(len(ids), progress)
-        return _progress.track(bar, self._iresult(ids, first, timeout, ordered, bar))
-
-    def _iresult(self, ids: list[str], first: list[_Job], timeout: float | None, ordered: bool,
-                 bar: _progress.Progress | None) -> Iterator[Any]:  # fmt: skip
-        deadline = None if timeout is None else time.monotonic() + timeout
-        value = self._async._value
-        picker = _Picker(ids, ordered)
-        q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        looked_up: list[_Job] | None = first  # the first window, looked up by iresult()
-        while picker.more:
-            if window := picker.to_watch():
-                jobs = looked_up if looked_up is not None else self._jobs(window)
-                looked_up = None
-                picker.watch(jobs)
-                if bar is not None:
-                    self._async._add_callback(jobs, bar.job_done)
-                self._async._add_callback(jobs, q.put)
-            while (job := picker.pick()) is None:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    picker.arrived(q.get(timeout=left))
-                except queue.Empty:
-                    raise MeshTimeout(f"iresult: jobs not finished after {timeout} s") from None
-                except KeyboardInterrupt:
-                    raise _interrupted(self._async._unfinished(ids)) from None
-            yield value(job)
+        ids = as_ids(jids)
+        plan = iresult_plan(ids, timeout, ordered)
+        step = next(plan, None)  # its first Lookup: unknown ids fail here, not when iterated
+        first = self._jobs(step.ids) if isinstance(step, Lookup) else None
+        bar = make(len(ids), progress)
+        if bar is not None and first is not None:
+            self.ledger.add_callback(first, bar.job_done)
+        value = self.ledger.value
+        windows = self._carry_out(plan, ids, bar, kill_on_cancel, first)
+        return track(bar, (value(job) for (job,) in windows))
 
     # ---- asking ----
 
     def status(self, jids: str | Sequence[str]) -> str | list[str]:
         return self._thread.run(self._async.status(jids))
 
-    def kill(self, jids: str | Sequence[str]) -> None:
-        self._thread.run(self._async.kill(jids))
-
-    def _kill_soon(self, jids: Sequence[str]) -> None:
-        """Any thread, never blocks: have these jobs killed (a future's ``cancel``).
-
-        Ids gathered before the loop thread gets to them go in one kill."""
-        if self._closed or self._thread.pid != os.getpid():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop has just closed: nothing to kill with
-            self._kills.add(jids)
-
-    def _flush_kills(self, ids: list[str]) -> None:
-        if not self._async.closed:
-            self._async._spawn(self._async.kill(ids))  # owned: the client's close awaits it
+    def kill(self, jids: str | Sequence[str], timeout: float = 10.0) -> None:
+        """Stop queued or running jobs (a running job's worker is terminated); wait until
+        they stop, ``timeout`` seconds at most."""
+        self._thread.run(self._async.kill(jids, timeout))
 
     def _await_job(self, job: str) -> Generator[Any, None, Any]:
         """``await job`` in the caller's event loop, waiting on this client's loop thread."""
-        if self._closed:
-            raise ConnectionClosed(f"cannot wait for job {job}: its client is closed")
-        self._check_process()
+        self._check_open(f"wait for job {job}")
         done = asyncio.run_coroutine_threadsafe(self._async.result(job), self._thread.loop)
         return asyncio.wrap_future(done).__await__()
 
@@ -433,18 +388,6 @@ def _forked(parent: int) -> ConnectionClosed:
         "it, where the client's connections and loop thread do not exist. Make a client in "
         "the child: client.clone() (same nodes and secret) or mesh.Client(...); the "
         "module-level mesh.call/map/result reconnect by themselves after a fork"
-    )
-
-
-def _interrupted(left: list[str]) -> KeyboardInterrupt:
-    """Ctrl-C while waiting: say that the jobs ``left`` go on, and how to stop them."""
-    if not left:
-        return KeyboardInterrupt("stopped waiting; every job had finished")
-    some = " ".join(left[:3]) + (" ..." if len(left) > 3 else "")
-    return KeyboardInterrupt(
-        f"stopped waiting; {len(left)} job{'s' if len(left) > 1 else ''} still running on the "
-        f"mesh ({some}). To stop {'them' if len(left) > 1 else 'it'}: mesh.kill(jids) (or "
-        f"client.kill(jids)) with the ids you waited on, or `mesh kill {some}` in a shell"
     )
 
 

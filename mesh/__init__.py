@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "EnvInfo", "call", "connect", "env", "env_info", "info", "iresult", "is_local", "join",
+    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "EnvInfo", "call", "connect", "default_client", "env", "env_info", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close", "files",
     "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "DependencyFailed", "EnvBuildFailed", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "JobRejected", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied", "WorkerStartFailed",
 ]  # fmt: skip
@@ -109,7 +109,10 @@ def _set_default(new: Client) -> Client:
     return new
 
 
-def _client() -> Client:
+def default_client() -> Client:
+    """The client the module-level calls use (``mesh.call``...), connected on first use:
+    the nodes of :func:`connect`, else ``MESH_PEERS``, else those found over mDNS, else an
+    embedded local mesh. ``mesh.Executor()`` and the joblib backend use it too."""
     global _default
     with _lock:
         if _default is not None and not _default.closed:
@@ -135,6 +138,9 @@ def _client() -> Client:
         )
         _default = Client.local(nodes)
         return _default
+
+
+_client = default_client  # mesh.files' name for it
 
 
 def connect(peers: str | Iterable[str] | None = None, secret: str | bytes | None = None,
@@ -173,12 +179,12 @@ def call(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Job[T]:
     The id is a :class:`Job` (a ``str``) typed by ``func``'s result, so ``result(jid)``
     has that type; ``await jid`` waits for it in asyncio code.
     """
-    return _client().call(func, *args, **kwargs)
+    return default_client().call(func, *args, **kwargs)
 
 
 def map(func: Callable[..., T], /, *sequences: Iterable[Any], **kwargs: Any) -> list[Job[T]]:
     """Like builtin ``map``: one job per item; return the job ids at once."""
-    return _client().map(func, *sequences, **kwargs)
+    return default_client().map(func, *sequences, **kwargs)
 
 
 @overload  # a Job is also a Sequence[str]: the first match wins
@@ -205,7 +211,7 @@ def result(
     ``progress``: a bar on stderr (True), none (False), or one once the wait passes
     2 s (None, the default); only ever on a terminal.
     """
-    return _client().result(jids, timeout, progress)
+    return default_client().result(jids, timeout, progress)
 
 
 @overload
@@ -226,36 +232,39 @@ def iresult(
 ) -> Iterator[Any]:  # fmt: skip
     """Yield results as they finish (in order, or in completion order); ``progress``
     as for :func:`result`."""
-    return _client().iresult(jids, timeout, ordered, progress)
+    return default_client().iresult(jids, timeout, ordered, progress)
 
 
 def join(
-    jids: str | Sequence[str], timeout: float | None = None, ignore_errors: bool = False
+    jids: str | Sequence[str],
+    timeout: float | None = None,
+    ignore_errors: bool = False,
+    progress: bool | None = None,
 ) -> None:
     """Wait for jobs to finish; raise the first failure unless ``ignore_errors``."""
-    _client().join(jids, timeout, ignore_errors)
+    default_client().join(jids, timeout, ignore_errors, progress)
 
 
 def status(jids: str | Sequence[str]) -> str | list[str]:
     """'queued', 'processing', 'done', 'error' or 'killed' (one, or a list)."""
-    return _client().status(jids)
+    return default_client().status(jids)
 
 
 def kill(jids: str | Sequence[str]) -> None:
     """Stop queued or running jobs; a running job's worker process is terminated."""
-    _client().kill(jids)
+    default_client().kill(jids)
 
 
 def info(jids: str | Sequence[str]) -> JobInfo | list[JobInfo]:
     """Node, submit/start/finish times, CPU seconds, captured output and error of jobs."""
-    return _client().info(jids)
+    return default_client().info(jids)
 
 
 def env_info() -> list[EnvInfo]:
     """The job environments (``_env``) every reachable node holds: requirements, status
     ("ready", "building", "failed"), size, last use, builds, and a failed build's error
     with pip's last lines. ``mesh envs`` prints them."""
-    return _client().env_info()
+    return default_client().env_info()
 
 
 def env(*requirements: str | Iterable[str]) -> tuple[str, ...]:
@@ -265,7 +274,7 @@ def env(*requirements: str | Iterable[str]) -> tuple[str, ...]:
     node keys its cached environment by, so equal sets share one environment. A local
     wheel or sdist becomes an absolute path (it must exist); its bytes are hashed and
     pushed when a job uses it, so a rebuilt file is picked up."""
-    from mesh.client._async import _DIST_SUFFIXES
+    from mesh.client._options import DIST_SUFFIXES
     from mesh.node._envs import normalise
 
     out: list[str] = []
@@ -275,7 +284,7 @@ def env(*requirements: str | Iterable[str]) -> tuple[str, ...]:
             if not isinstance(req, str):
                 raise TypeError(f"mesh.env takes requirement strings, not {req!r}")
             req = req.strip()
-            if req.endswith(_DIST_SUFFIXES) and (
+            if req.endswith(DIST_SUFFIXES) and (
                 req.startswith((".", "/", "~")) or os.sep in req or os.path.exists(req)
             ):
                 path = os.path.abspath(os.path.expanduser(req))

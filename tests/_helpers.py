@@ -81,8 +81,7 @@ def table(out: str) -> list[list[str]]:
 
 def job_ids(client: Any) -> list[str]:
     """Every job id a mesh.Client (or AsyncClient) has handed out, oldest first."""
-    a = getattr(client, "_async", client)
-    return [f"{a._tag}-{i}" for i in range(1, a._next_id)]
+    return client.ledger.ids()
 
 
 def blob_path(node: Any, h: str) -> Path:

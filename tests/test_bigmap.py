@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-import mesh.client._async as client_async
+import mesh.client._ledger as client_ledger
+import mesh.client._waiting as client_waiting
 import pytest
 from _helpers import gated, square, wait_until
 
@@ -19,11 +20,11 @@ from mesh._serialize import dumps_value
 @pytest.fixture
 def streamed(monkeypatch):
     """Maps pickle one job's arguments up front; every other job's as it is sent."""
-    monkeypatch.setattr(client_async, "EAGER_ARGS_BYTES", 1)
+    monkeypatch.setattr(client_ledger, "EAGER_ARGS_BYTES", 1)
 
 
 def _pickled(c: mesh.Client, jids) -> int:
-    find = c._async._find
+    find = c.ledger.find
     return sum(1 for j in jids if find(j).args)  # None: not read yet; b"": final
 
 
@@ -65,7 +66,7 @@ def test_jobs_killed_before_they_are_sent_keep_the_others_aligned(client, stream
     try:
         jids = client.map(gated, [gate] * 60, range(60))
         wait_until(lambda: client.status(jids[0]) == "processing", what="a job to start")
-        unsent = [j for j in jids[30:40] if client._async._find(j).args is None]
+        unsent = [j for j in jids[30:40] if client.ledger.find(j).args is None]
         assert len(unsent) == 10
         client.kill(unsent)
     finally:
@@ -136,7 +137,7 @@ def test_held_arguments_bound_what_is_read_when_the_nodes_would_take_more(
 def test_a_finished_map_keeps_no_object_per_job(client):
     jids = client.map(square, range(5000))
     assert client.result(jids, timeout=120) == [x * x for x in range(5000)]
-    func, _ = client._async._locate(jids[0])
+    func, _ = client.ledger.locate(jids[0])
     assert not func.live  # every job compact: a flag, a node and its result's bytes
     assert func.done == bytearray(b"\x01" * 5000)
     # and still answers like any job
@@ -146,10 +147,10 @@ def test_a_finished_map_keeps_no_object_per_job(client):
 
 
 def test_waiting_on_a_big_map_looks_at_a_window_of_its_jobs(client, tmp_path, monkeypatch):
-    monkeypatch.setattr(client_async, "WAIT_WINDOW", 50)
+    monkeypatch.setattr(client_waiting, "WAIT_WINDOW", 50)
     gate = tmp_path / "gate"
     jids = client.map(gated, [str(gate)] * 600, range(600))
-    func, _ = client._async._locate(jids[0])
+    func, _ = client.ledger.locate(jids[0])
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(client.result(jids, timeout=60)))
     waiter.start()

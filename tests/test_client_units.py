@@ -30,7 +30,7 @@ def test_long_jobs_get_no_queue_at_the_node() -> None:
 
 
 def test_a_map_reads_sequences_as_it_goes_and_anything_else_at_once():
-    from mesh.client._async import _count
+    from mesh.client._ledger import count_items as _count
 
     assert _count([[1, 2, 3], range(10), "ab"]) == 2  # zip stops at the shortest
     assert _count([range(5)]) == 5
