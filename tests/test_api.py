@@ -13,6 +13,7 @@ import time
 import pytest
 from _helpers import gated, square, started_then_gated, wait_until
 from conftest import alive, children
+from mesh.client import State
 
 import mesh
 
@@ -339,8 +340,13 @@ def test_module_level_facade_with_connect(nodes, secret):
     assert mesh.result(jids) == [8, 12]
     assert list(mesh.iresult(jids)) == [8, 12]
     assert mesh.info(jid).node in {n.name for n in nodes}
+    assert c.state is State.RUNNING
     mesh.close()
-    assert c.closed
+    assert c.closed and c.state is State.CLOSED
+    with pytest.raises(mesh.ConnectionClosed, match=r"^cannot call: the client is closed$"):
+        c.call(square, 1)
+    with pytest.raises(mesh.ConnectionClosed, match=r"^cannot map: the client is closed$"):
+        c.map(square, [1])
 
 
 def test_module_level_local_mesh_starts_and_stops_its_nodes():

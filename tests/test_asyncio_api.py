@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 from _helpers import gated, square, started_then_gated, wait_until
+from mesh.client import State
 
 import mesh
 
@@ -26,6 +27,18 @@ async def aclient(nodes, secret):
     async with mesh.AsyncClient([n.address for n in nodes], secret) as c:
         yield c
     assert c.closed
+
+
+async def test_a_client_moves_through_one_lifecycle_state(nodes, secret):
+    c = mesh.AsyncClient([n.address for n in nodes], secret)
+    assert c.state is State.NEW and not c.closed
+    assert await c.start() is c and c.state is State.RUNNING
+    assert await c.start() is c  # again: a no-op
+    await c.close()
+    assert c.state is State.CLOSED and c.closed
+    await c.close()  # again: a no-op
+    with pytest.raises(mesh.ConnectionClosed, match=r"^cannot start it: the client is closed$"):
+        await c.start()
 
 
 async def wait_for_status(c, jid, state):
@@ -153,7 +166,9 @@ async def test_a_sync_clients_jobs_can_be_awaited_too(client, tmp_path):
     assert await slow == "slow"
     assert client.result(slow) == "slow"
     client.close()
-    with pytest.raises(mesh.ConnectionClosed):
+    with pytest.raises(
+        mesh.ConnectionClosed, match=f"^cannot wait for job {slow}: the client is closed$"
+    ):
         await slow
 
 

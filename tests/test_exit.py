@@ -126,7 +126,7 @@ def _alive(pid: int) -> bool:
     return alive(pid)
 
 
-@pytest.mark.parametrize("wait", ["result", "iresult", "join", "future"])
+@pytest.mark.parametrize("wait", ["result", "iresult", "join", "future", "kill_on_cancel"])
 def test_ctrl_c_while_waiting_stops_the_wait_and_says_how_to_kill(nodes, secret, tmp_path, wait):
     gate = tmp_path / "gate"
     # Everything the wait needs is set up before the marker prints, so the signal
@@ -136,6 +136,7 @@ def test_ctrl_c_while_waiting_stops_the_wait_and_says_how_to_kill(nodes, secret,
         "iresult": ("pass", "list(mesh.iresult(jids))"),
         "join": ("pass", "mesh.join(jids)"),
         "future": ("f = mesh.Executor().submit(gated, GATE, 0); jids.append(f.jid)", "f.result()"),
+        "kill_on_cancel": ("pass", "mesh.default_client().result(jids, kill_on_cancel=True)"),
     }[wait]
     # A terminal gives a script Python's Ctrl-C handler; a runner that started the tests
     # in the background may hand SIGINT down ignored, so the script asks for it itself.
@@ -168,6 +169,10 @@ def test_ctrl_c_while_waiting_stops_the_wait_and_says_how_to_kill(nodes, secret,
         assert last.startswith("KeyboardInterrupt: stopped waiting"), err
         if wait == "future":
             assert "future.cancel()" in last
+        elif wait == "kill_on_cancel":  # the wait's own jobs are killed, as asked
+            assert last.endswith(f"killing the 3 jobs left ({' '.join(jids)})"), err
+            wait_until(lambda: c.status(jids) == ["killed"] * 3, what="the jobs to be killed")
+            return
         else:
             assert "3 jobs still running" in last and "mesh.kill(jids)" in last
             assert f"mesh kill {' '.join(jids)}" in last
