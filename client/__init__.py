@@ -3,7 +3,7 @@
 from mesh.client._async import AsyncClient, EnvInfo, JobInfo, NodeInfo
 from mesh.client._executor import Executor, MeshFuture
 from mesh.client._handle import Job
-from mesh.client._lifecycle import State
+from mesh.client._lifecycle import ClientState
 from mesh.client._local import LocalMesh
 from mesh.client._sync import Client
 
@@ -16,7 +16,7 @@ __all__ = [
     "LocalMesh",
     "MeshFuture",
     "NodeInfo",
-    "State",
+    "ClientState",
 ]
 
 # Users meet these as ``mesh.X``, the name ``mesh`` exports them by (as httpx's do);

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, TypeVar, overload
 from mesh.client._files import AsyncFiles
 from mesh.client._handle import Job, register_owner
 from mesh.client._ledger import Func, JobEntry, Ledger, count_items
-from mesh.client._lifecycle import State
+from mesh.client._lifecycle import ClientState
 from mesh.client._local import LocalMesh
 from mesh.client._options import env_requirements
 from mesh.client._progress import Progress, watch
@@ -278,7 +278,7 @@ class AsyncClient:
     ) -> None:
         self._discovery_window_s = discovery_window_s
         self._browser: Browser | None = None
-        self._state = State.NEW
+        self._state = ClientState.NEW
         self._aliases: set[str] = set()  # addresses that turned out to be a known node
         # node id -> the name it last showed (for jobs whose node is gone, or has a new id)
         self._names: dict[str, str] = {}
@@ -333,9 +333,9 @@ class AsyncClient:
         """Connect to every peer; succeed if at least one answers. Once: again is a no-op.
 
         A start that fails leaves the client NEW (it may be started again)."""
-        if self._state is State.RUNNING:
+        if self._state is ClientState.RUNNING:
             return self
-        if self._state is not State.NEW:
+        if self._state is not ClientState.NEW:
             raise self._state.refuse("start it")
         self._loop = asyncio.get_running_loop()
         self.ledger.attach(self._loop, self._enqueue_many, self._kill_soon, self._ask_adopted)
@@ -343,18 +343,18 @@ class AsyncClient:
             await self._start()
         except BaseException:
             if not self._state.closed:
-                self._state = State.NEW
+                self._state = ClientState.NEW
             self.ledger.detach()
             if self._browser is not None:
                 await self._browser.close()
                 self._browser = None
             raise
-        self._state = State.RUNNING
+        self._state = ClientState.RUNNING
         return self
 
     async def _start(self) -> None:
         if self._discover:
-            self._state = State.DISCOVERING
+            self._state = ClientState.DISCOVERING
             interfaces = interfaces_from_env() or [a for a in [default_route_ipv4()] if a]
             # The browser stays on: nodes that appear later join (see _node_found).
             self._browser = Browser(self._secret, interfaces, self._node_found)
@@ -367,7 +367,7 @@ class AsyncClient:
                     f" within {self._discovery_window_s:g} s (set MESH_PEERS to name nodes)"
                 )
         links = list(self._links.values())
-        self._state = State.STARTING  # nodes learned from now on connect by themselves
+        self._state = ClientState.STARTING  # nodes learned from now on connect by themselves
         errors, later = await self._connect_first(links)
         if not any(lk.usable for lk in links):
             auth = [e for e in errors if isinstance(e, AuthenticationError)]
@@ -436,7 +436,7 @@ class AsyncClient:
         if key in self._links or key in self._aliases or self._state.closed:
             return
         link = self._links[key] = _Link(host, port)
-        if self._state in (State.STARTING, State.RUNNING):
+        if self._state in (ClientState.STARTING, ClientState.RUNNING):
             self._spawn(self._join(link))
 
     async def _join(self, link: _Link) -> None:
@@ -501,12 +501,12 @@ class AsyncClient:
         client started one. Again: a no-op."""
         if self._state.closed:
             return
-        self._state = State.CLOSING
+        self._state = ClientState.CLOSING
         self.ledger.detach()
         try:
             await self._close()
         finally:
-            self._state = State.CLOSED
+            self._state = ClientState.CLOSED
 
     async def _close(self) -> None:
         if self._browser is not None:
@@ -1288,7 +1288,7 @@ class AsyncClient:
         return self._state.closed
 
     @property
-    def state(self) -> State:
+    def state(self) -> ClientState:
         """Where the client is in its life: NEW, DISCOVERING, STARTING, RUNNING, CLOSING,
         CLOSED."""
         return self._state

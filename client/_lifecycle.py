@@ -6,10 +6,10 @@ import enum
 
 from mesh.errors import ConnectionClosed
 
-__all__ = ["State"]
+__all__ = ["ClientState"]
 
 
-class State(enum.Enum):
+class ClientState(enum.Enum):
     """Where a client is in its life; it only moves forward (a failed start goes back to
     NEW). DISCOVERING: listening for nodes over mDNS, before connecting; STARTING:
     connecting (nodes learned from now on connect by themselves); RUNNING: one node at
@@ -25,7 +25,7 @@ class State(enum.Enum):
     @property
     def closed(self) -> bool:
         """Closing or closed: no new work is taken."""
-        return self in (State.CLOSING, State.CLOSED)
+        return self in (ClientState.CLOSING, ClientState.CLOSED)
 
     def refuse(self, what: str) -> ConnectionClosed:
         """The error for doing ``what`` in this state: "cannot wait for job x: the client

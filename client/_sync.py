@@ -25,7 +25,7 @@ from mesh.client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeIn
 from mesh.client._files import Files
 from mesh.client._handle import Job, register_owner
 from mesh.client._ledger import JobEntry, count_items
-from mesh.client._lifecycle import State
+from mesh.client._lifecycle import ClientState
 from mesh.client._local import LocalMesh
 from mesh.client._progress import Progress, make, track, watch
 from mesh.client._waiting import (
@@ -103,7 +103,7 @@ class Client:
             heartbeat_s=heartbeat_s, dead_after_s=dead_after_s,
         )  # fmt: skip
         self._thread = _LoopThread("mesh-client")
-        self._state = State.STARTING
+        self._state = ClientState.STARTING
         try:
             self._async = AsyncClient(
                 peers,
@@ -117,12 +117,12 @@ class Client:
             )
             self._thread.run(self._async.start())
         except BaseException:
-            self._state = State.CLOSED
+            self._state = ClientState.CLOSED
             self._thread.stop()
             if _local is not None:
                 _local.close()
             raise
-        self._state = State.RUNNING
+        self._state = ClientState.RUNNING
         # what the client knows of its jobs: shared with the loop thread
         self.ledger = self._async.ledger
         register_owner(self.ledger.tag, self._await_job)  # `await job` waits here
@@ -154,7 +154,7 @@ class Client:
         return self._state.closed
 
     @property
-    def state(self) -> State:
+    def state(self) -> ClientState:
         """Where the client is in its life: STARTING (in its constructor), RUNNING,
         CLOSING, CLOSED."""
         return self._state
@@ -169,9 +169,9 @@ class Client:
         """Disconnect; stop the local mesh if this client started one."""
         if self._state.closed:
             return
-        self._state = State.CLOSING
+        self._state = ClientState.CLOSING
         if self._thread.pid != os.getpid():
-            self._state = State.CLOSED
+            self._state = ClientState.CLOSED
             return  # a forked child's copy: the loop, links and local mesh are the parent's
         try:
             self._thread.run(self._async.close(), timeout=5.0)
@@ -180,7 +180,7 @@ class Client:
         self._thread.stop()
         if self._local is not None:
             self._local.close()
-        self._state = State.CLOSED
+        self._state = ClientState.CLOSED
 
     # ---- submitting ----
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from _helpers import gated, square, started_then_gated, wait_until
 from conftest import alive, children
-from mesh.client import State
+from mesh.client import ClientState
 
 import mesh
 
@@ -340,9 +340,9 @@ def test_module_level_facade_with_connect(nodes, secret):
     assert mesh.result(jids) == [8, 12]
     assert list(mesh.iresult(jids)) == [8, 12]
     assert mesh.info(jid).node in {n.name for n in nodes}
-    assert c.state is State.RUNNING
+    assert c.state is ClientState.RUNNING
     mesh.close()
-    assert c.closed and c.state is State.CLOSED
+    assert c.closed and c.state is ClientState.CLOSED
     with pytest.raises(mesh.ConnectionClosed, match=r"^cannot call: the client is closed$"):
         c.call(square, 1)
     with pytest.raises(mesh.ConnectionClosed, match=r"^cannot map: the client is closed$"):

@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 from _helpers import gated, square, started_then_gated, wait_until
-from mesh.client import State
+from mesh.client import ClientState
 
 import mesh
 
@@ -31,11 +31,11 @@ async def aclient(nodes, secret):
 
 async def test_a_client_moves_through_one_lifecycle_state(nodes, secret):
     c = mesh.AsyncClient([n.address for n in nodes], secret)
-    assert c.state is State.NEW and not c.closed
-    assert await c.start() is c and c.state is State.RUNNING
+    assert c.state is ClientState.NEW and not c.closed
+    assert await c.start() is c and c.state is ClientState.RUNNING
     assert await c.start() is c  # again: a no-op
     await c.close()
-    assert c.state is State.CLOSED and c.closed
+    assert c.state is ClientState.CLOSED and c.closed
     await c.close()  # again: a no-op
     with pytest.raises(mesh.ConnectionClosed, match=r"^cannot start it: the client is closed$"):
         await c.start()

@@ -13,7 +13,7 @@ import threading
 import mesh.client._ledger as ledger_mod
 import pytest
 from mesh.client._ledger import UNKNOWN, Func, Ledger, count_items
-from mesh.client._lifecycle import State
+from mesh.client._lifecycle import ClientState
 from mesh.client._waiting import (
     AllFinal,
     Countdown,
@@ -355,7 +355,7 @@ def test_what_a_stopped_wait_says() -> None:
 
 
 def test_lifecycle_states_name_themselves_in_errors() -> None:
-    assert [s.closed for s in State] == [False, False, False, False, True, True]
-    err = State.CLOSED.refuse("wait for job c0-1")
+    assert [s.closed for s in ClientState] == [False, False, False, False, True, True]
+    err = ClientState.CLOSED.refuse("wait for job c0-1")
     assert isinstance(err, ConnectionClosed)
     assert str(err) == "cannot wait for job c0-1: the client is closed"
