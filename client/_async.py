@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -53,14 +54,9 @@ from mesh.client._scheduler import (
 from mesh.client._scheduler import Ack as AckResults
 from mesh.client._scheduler import Recall as RecallJobs
 from mesh.client._waiting import (
-    AllFinal,
-    Countdown,
-    Lookup,
-    NextFinal,
     Plan,
-    Ready,
-    Watch,
     as_ids,
+    in_loop,
     iresult_plan,
     windows_plan,
 )
@@ -977,54 +973,12 @@ class AsyncClient:
         self._enqueue(func)
         return jids
 
-    async def _carry_out(
-        self,
-        plan: Plan,
-        ids: list[str],
-        bar: Progress | None = None,
-        kill_on_cancel: bool = False,
-    ) -> AsyncGenerator[list[JobEntry], None]:
-        """Carry out a waiting plan (client/_waiting.py) in this loop, yielding each window
-        of final jobs. Cancelled: with ``kill_on_cancel`` the jobs ``ids`` left are killed."""
-        assert self._loop is not None
-        ledger, loop = self.ledger, self._loop
-        came: asyncio.Queue[JobEntry] = asyncio.Queue()
-        reply: Any = None
-        try:
-            while True:
-                try:
-                    step = plan.send(reply)
-                except StopIteration:
-                    return
-                reply = None
-                if isinstance(step, Lookup):
-                    reply = await ledger.lookup(step.ids)
-                    if bar is not None:
-                        ledger.add_callback(reply, bar.job_done)
-                elif isinstance(step, AllFinal):
-                    fut: asyncio.Future[None] = loop.create_future()
-                    ledger.add_callback(step.jobs, Countdown(len(step.jobs), _setter(fut)))
-                    try:
-                        await asyncio.wait_for(asyncio.shield(fut), step.left_s)
-                        reply = True
-                    except asyncio.TimeoutError:
-                        reply = False
-                elif isinstance(step, Watch):
-                    ledger.add_callback(step.jobs, came.put_nowait)
-                elif isinstance(step, NextFinal):
-                    try:
-                        reply = await asyncio.wait_for(came.get(), step.left_s)
-                    except asyncio.TimeoutError:
-                        reply = None
-                else:
-                    assert isinstance(step, Ready)
-                    yield step.jobs
-        except asyncio.CancelledError:
-            if kill_on_cancel and not self._state.closed:
-                self._spawn(self.kill(ids))  # owned by the client: close() awaits it
-            raise
-        finally:
-            plan.close()
+    def _wait(
+        self, plan: Plan, ids: list[str], bar: Progress | None = None, kill_on_cancel: bool = False
+    ) -> aclosing[AsyncGenerator[list[JobEntry], None]]:
+        """Carry out a waiting plan in this loop (client/_waiting.py): its final windows."""
+        on_cancel = functools.partial(self._kill_soon, ids) if kill_on_cancel else None
+        return aclosing(in_loop(plan, self.ledger, bar.job_done if bar else None, on_cancel))
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     async def result(  # type: ignore[overload-overlap]
@@ -1061,7 +1015,7 @@ class AsyncClient:
         values: list[Any] = []
         with watch(len(ids), progress, single=single) as bar:
             plan = windows_plan(self.ledger, ids, timeout)
-            async with aclosing(self._carry_out(plan, ids, bar, kill_on_cancel)) as windows:
+            async with self._wait(plan, ids, bar, kill_on_cancel) as windows:
                 async for jobs in windows:
                     values.extend(self.ledger.value(j) for j in jobs)
         return values[0] if single else values
@@ -1080,7 +1034,7 @@ class AsyncClient:
         ids = as_ids(jids)
         with watch(len(ids), progress, single=isinstance(jids, str)) as bar:
             plan = windows_plan(self.ledger, ids, timeout)
-            async with aclosing(self._carry_out(plan, ids, bar, kill_on_cancel)) as windows:
+            async with self._wait(plan, ids, bar, kill_on_cancel) as windows:
                 async for jobs in windows:
                     for j in jobs:
                         if j.state != DONE and not ignore_errors:
@@ -1108,7 +1062,7 @@ class AsyncClient:
         ids = as_ids(jids)
         with watch(len(ids), progress) as bar:
             plan = iresult_plan(ids, timeout, ordered)
-            async with aclosing(self._carry_out(plan, ids, bar, kill_on_cancel)) as windows:
+            async with self._wait(plan, ids, bar, kill_on_cancel) as windows:
                 async for (job,) in windows:
                     yield self.ledger.value(job)
 
@@ -1185,7 +1139,7 @@ class AsyncClient:
                 conn.send(Kill(tuple(asked)))
         ids = [j.jid for j in jobs]
         try:
-            async with aclosing(self._carry_out(windows_plan(self.ledger, ids, timeout), ids)) as w:
+            async with self._wait(windows_plan(self.ledger, ids, timeout), ids) as w:
                 async for _ in w:
                     pass
         except MeshTimeout:
@@ -1292,13 +1246,3 @@ class AsyncClient:
         """Where the client is in its life: NEW, DISCOVERING, STARTING, RUNNING, CLOSING,
         CLOSED."""
         return self._state
-
-
-def _setter(fut: asyncio.Future[None]) -> Callable[[], None]:
-    """Resolve ``fut`` (once; on the loop thread, where the ledger calls back)."""
-
-    def resolve() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    return resolve

@@ -15,7 +15,6 @@ import asyncio
 import atexit
 import functools
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
@@ -29,15 +28,10 @@ from mesh.client._lifecycle import ClientState
 from mesh.client._local import LocalMesh
 from mesh.client._progress import Progress, make, track, watch
 from mesh.client._waiting import (
-    AllFinal,
-    Countdown,
     Lookup,
-    NextFinal,
     Plan,
-    Ready,
-    Watch,
     as_ids,
-    interrupted,
+    in_thread,
     iresult_plan,
     windows_plan,
 )
@@ -222,48 +216,13 @@ class Client:
             return self._thread.run(self.ledger.lookup(ids))
         return found
 
-    def _carry_out(
+    def _wait(
         self, plan: Plan, ids: list[str], bar: Progress | None = None,
         kill_on_cancel: bool = False, reply: Any = None,
     ) -> Iterator[list[JobEntry]]:  # fmt: skip
-        """Carry out a waiting plan (client/_waiting.py) on this thread, yielding each
-        window of final jobs (``reply``: the answer to the step the plan is at, if it was
-        started). A Ctrl-C stops the wait, saying which jobs go on (or are killed, with
-        ``kill_on_cancel``)."""
-        ledger = self.ledger
-        came: queue.SimpleQueue[JobEntry] = queue.SimpleQueue()
-        try:
-            while True:
-                try:
-                    step = plan.send(reply)
-                except StopIteration:
-                    return
-                reply = None
-                if isinstance(step, Lookup):
-                    reply = self._jobs(step.ids)
-                    if bar is not None:
-                        ledger.add_callback(reply, bar.job_done)
-                elif isinstance(step, AllFinal):
-                    done = threading.Event()
-                    ledger.add_callback(step.jobs, Countdown(len(step.jobs), done.set))
-                    reply = done.wait(step.left_s)
-                elif isinstance(step, Watch):
-                    ledger.add_callback(step.jobs, came.put)
-                elif isinstance(step, NextFinal):
-                    try:
-                        reply = came.get(timeout=step.left_s)
-                    except queue.Empty:
-                        reply = None
-                else:
-                    assert isinstance(step, Ready)
-                    yield step.jobs
-        except KeyboardInterrupt:
-            left = ledger.unfinished(ids)
-            if kill_on_cancel and left:
-                ledger.kill_soon(left)
-            raise interrupted(left, killed=kill_on_cancel) from None
-        finally:
-            plan.close()
+        """Carry out a waiting plan on this thread (client/_waiting.py): its final windows."""
+        on_final = bar.job_done if bar is not None else None
+        return in_thread(plan, self.ledger, self._jobs, ids, on_final, kill_on_cancel, reply)
 
     @overload  # a Job is also a Sequence[str]: the first match wins
     def result(  # type: ignore[overload-overlap]
@@ -302,7 +261,7 @@ class Client:
         values: list[Any] = []
         with watch(len(ids), progress, single=single) as bar:
             plan = windows_plan(self.ledger, ids, timeout)
-            for jobs in self._carry_out(plan, ids, bar, kill_on_cancel):
+            for jobs in self._wait(plan, ids, bar, kill_on_cancel):
                 values.extend(value(j) for j in jobs)
         return values[0] if single else values
 
@@ -314,7 +273,7 @@ class Client:
         ids = as_ids(jids)
         with watch(len(ids), progress, single=isinstance(jids, str)) as bar:
             plan = windows_plan(self.ledger, ids, timeout)
-            for jobs in self._carry_out(plan, ids, bar, kill_on_cancel):
+            for jobs in self._wait(plan, ids, bar, kill_on_cancel):
                 for j in jobs:
                     if j.state != DONE and not ignore_errors:
                         self.ledger.value(j)
@@ -348,7 +307,7 @@ class Client:
         if bar is not None and first is not None:
             self.ledger.add_callback(first, bar.job_done)
         value = self.ledger.value
-        windows = self._carry_out(plan, ids, bar, kill_on_cancel, first)
+        windows = self._wait(plan, ids, bar, kill_on_cancel, first)
         return track(bar, (value(job) for (job,) in windows))
 
     # ---- asking ----

@@ -12,9 +12,12 @@ jobs never gives them all an entry at once.
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from mesh.client._ledger import JobEntry, Ledger
@@ -35,6 +38,8 @@ __all__ = [
     "Watch",
     "as_ids",
     "interrupted",
+    "in_loop",
+    "in_thread",
     "iresult_plan",
     "windows_plan",
 ]
@@ -139,6 +144,114 @@ def iresult_plan(ids: list[str], timeout_s: float | None, ordered: bool) -> Plan
                 raise MeshTimeout(f"iresult: jobs not finished after {timeout_s} s")
             picker.arrived(came)
         yield Ready([job])
+
+
+def in_thread(
+    plan: Plan,
+    ledger: Ledger,
+    lookup: Callable[[list[str]], list[JobEntry]],
+    ids: list[str],
+    on_final: Callable[[JobEntry], None] | None = None,
+    kill_on_cancel: bool = False,
+    reply: Any = None,
+) -> Iterator[list[JobEntry]]:
+    """Carry out ``plan`` on the caller's thread (the sync client), yielding each window
+    of final jobs: ``lookup`` answers Lookup, thread primitives the waits, ``on_final``
+    (a progress bar) hears of each job looked up as it ends; ``reply`` answers the step
+    the plan is at, if it was started. A Ctrl-C stops the wait, saying which of ``ids``
+    go on (or are killed, with ``kill_on_cancel``)."""
+    came: queue.SimpleQueue[JobEntry] = queue.SimpleQueue()
+    try:
+        while True:
+            try:
+                step = plan.send(reply)
+            except StopIteration:
+                return
+            reply = None
+            if isinstance(step, Lookup):
+                reply = lookup(step.ids)
+                if on_final is not None:
+                    ledger.add_callback(reply, on_final)
+            elif isinstance(step, AllFinal):
+                done = threading.Event()
+                ledger.add_callback(step.jobs, Countdown(len(step.jobs), done.set))
+                reply = done.wait(step.left_s)
+            elif isinstance(step, Watch):
+                ledger.add_callback(step.jobs, came.put)
+            elif isinstance(step, NextFinal):
+                try:
+                    reply = came.get(timeout=step.left_s)
+                except queue.Empty:
+                    reply = None
+            else:
+                assert isinstance(step, Ready)
+                yield step.jobs
+    except KeyboardInterrupt:
+        left = ledger.unfinished(ids)
+        if kill_on_cancel and left:
+            ledger.kill_soon(left)
+        raise interrupted(left, killed=kill_on_cancel) from None
+    finally:
+        plan.close()
+
+
+async def in_loop(
+    plan: Plan,
+    ledger: Ledger,
+    on_final: Callable[[JobEntry], None] | None = None,
+    on_cancel: Callable[[], None] | None = None,
+) -> AsyncGenerator[list[JobEntry], None]:
+    """Carry out ``plan`` in the running event loop (the async client, whose loop thread
+    finalises jobs), yielding each window of final jobs; ``on_final`` as for
+    :func:`in_thread`. A cancelled task stops the wait after calling ``on_cancel``."""
+    loop = asyncio.get_running_loop()
+    came: asyncio.Queue[JobEntry] = asyncio.Queue()
+    reply: Any = None
+    try:
+        while True:
+            try:
+                step = plan.send(reply)
+            except StopIteration:
+                return
+            reply = None
+            if isinstance(step, Lookup):
+                reply = await ledger.lookup(step.ids)
+                if on_final is not None:
+                    ledger.add_callback(reply, on_final)
+            elif isinstance(step, AllFinal):
+                fut: asyncio.Future[None] = loop.create_future()
+                ledger.add_callback(step.jobs, Countdown(len(step.jobs), _setter(fut)))
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), step.left_s)
+                    reply = True
+                except asyncio.TimeoutError:
+                    reply = False
+            elif isinstance(step, Watch):
+                ledger.add_callback(step.jobs, came.put_nowait)
+            elif isinstance(step, NextFinal):
+                try:
+                    reply = await asyncio.wait_for(came.get(), step.left_s)
+                except asyncio.TimeoutError:
+                    reply = None
+            else:
+                assert isinstance(step, Ready)
+                yield step.jobs
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
+        raise
+    finally:
+        plan.close()
+
+
+def _setter(fut: asyncio.Future[None]) -> Callable[[], None]:
+    """Resolve ``fut`` (once; on the loop thread, where the ledger calls back)."""
+
+    def resolve() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    return resolve
 
 
 class Picker:
