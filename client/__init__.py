@@ -1,10 +1,11 @@
 """The user's side of the mesh: the async client, its sync facade and the local mesh."""
 
-from mesh.client._async import AsyncClient, EnvInfo, JobInfo, NodeInfo
+from mesh.client._async import AsyncClient
 from mesh.client._executor import Executor, MeshFuture
 from mesh.client._handle import Job
 from mesh.client._lifecycle import ClientState
 from mesh.client._local import LocalMesh
+from mesh.client._records import EnvInfo, JobInfo, NodeInfo
 from mesh.client._sync import Client
 
 __all__ = [

@@ -20,13 +20,14 @@ import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
-from mesh.client._async import AsyncClient, EnvInfo, EnvRebuild, JobInfo, NodeInfo
+from mesh.client._async import AsyncClient
 from mesh.client._files import Files
 from mesh.client._handle import Job, register_owner
 from mesh.client._ledger import JobEntry, count_items
 from mesh.client._lifecycle import ClientState
 from mesh.client._local import LocalMesh
 from mesh.client._progress import Progress, make, track, watch
+from mesh.client._records import EnvInfo, EnvRebuild, JobInfo, NodeInfo
 from mesh.client._waiting import (
     Lookup,
     Plan,

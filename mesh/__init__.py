@@ -54,7 +54,7 @@ from mesh.errors import (
 
 if TYPE_CHECKING:
     from mesh.client import AsyncClient, Client, Executor, Job, JobInfo, NodeInfo
-    from mesh.client._async import EnvInfo
+    from mesh.client._records import EnvInfo
 
 __version__ = "0.1.0"
 __all__ = [
@@ -90,7 +90,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module("mesh.client"), name)
     if name == "EnvInfo":
-        from mesh.client._async import EnvInfo
+        from mesh.client._records import EnvInfo
 
         return EnvInfo
     if name == "files":  # mesh.files, the file store (imports the client when first used)

@@ -37,6 +37,10 @@ async def test_a_client_moves_through_one_lifecycle_state(nodes, secret):
     await c.close()
     assert c.state is ClientState.CLOSED and c.closed
     await c.close()  # again: a no-op
+    with pytest.raises(mesh.ConnectionClosed, match=r"^cannot call: the client is closed$"):
+        await c.call(square, 1)
+    with pytest.raises(mesh.ConnectionClosed, match=r"^cannot map: the client is closed$"):
+        await c.map(square, [1])
     with pytest.raises(mesh.ConnectionClosed, match=r"^cannot start it: the client is closed$"):
         await c.start()
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from _helpers import run_cli, started_then_gated, table, wait_until
 from conftest import NodeProc, start_node, stop_nodes
-from mesh.client._async import JobInfo, runs
+from mesh.client._records import JobInfo, runs
 from mesh.node._peers import NODE_ID_FILE, load_node_id, unique_name
 
 import mesh
