@@ -70,6 +70,7 @@ from mesh._protocol import (
     Handback,
     Kill,
     Load,
+    MapKilled,
     Message,
     Pong,
     Recall,
@@ -229,8 +230,23 @@ class AsyncClient:
         elif isinstance(msg, Started):
             for jid in msg.jids:  # each job's own call or map: Submits may mix several
                 self.ledger.started(jid)
+        elif isinstance(msg, MapKilled):
+            self._map_killed(link, msg.key)
         else:
             self.files.handle(conn, msg)  # mesh.files replies and chunks
+
+    def _map_killed(self, link: NodeLink, key: str) -> None:
+        """The console killed a map (``key``: client tag / function hash / label): kill
+        what this client still holds of it too, jobs not sent yet included."""
+        tag, _, rest = key.partition("/")
+        fhash_hex, _, label = rest.partition("/")
+        if tag != self._tag or not fhash_hex:
+            return
+        nums = self.ledger.unfinished_numbers(fhash_hex, label)
+        if nums:
+            log.info("node %s: map %s killed from the console; killing its %d unfinished "
+                     "jobs here", link.name, key, len(nums))  # fmt: skip
+            self._apply(self._sched.kill(nums, time.time()))
 
     def _on_results(self, link: NodeLink, msg: Results) -> None:
         """Results: this client's jobs go to the scheduler (it says which are final),

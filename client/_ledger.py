@@ -438,6 +438,15 @@ class Ledger:
         func = self._funcs[i]
         return (func, n - func.start) if n - func.start < func.n else None
 
+    def unfinished_numbers(self, fhash_hex: str, label: str) -> list[int]:
+        """The numbers of this client's unfinished jobs whose function's hash starts with
+        ``fhash_hex`` and whose ``_label`` is ``label`` (a map the console names). Loop thread."""
+        nums: list[int] = []
+        for func in self._funcs:
+            if func.label == label and func.fhash.hex().startswith(fhash_hex):
+                nums += [func.start + k for k in range(func.n) if not func.is_final(k)]
+        return nums
+
     def job_of(self, num: int) -> JobEntry | None:
         found = self.locate_num(num)
         return found[0].job(self.tag, found[1]) if found is not None else None

@@ -73,6 +73,7 @@ __all__ = [
     "Kill",
     "KillReason",
     "Load",
+    "MapKilled",
     "MemberUpdate",
     "Members",
     "Message",
@@ -104,7 +105,8 @@ __all__ = [
 #    would drop the link a dashboard asks it over
 # 8: nodes push Members (gossip's view of the mesh, tag 85) to clients and exchange
 #    FileDigests (tag 86): a version 7 peer would drop the connection on either tag
-PROTOCOL_VERSION = 8
+# 9: a node tells its clients a map was killed from the console (MapKilled, tag 95)
+PROTOCOL_VERSION = 9
 
 # Job states travel as small ints; JOB_STATES names them for users.
 QUEUED, PROCESSING, DONE, ERROR, KILLED = range(5)
@@ -784,6 +786,15 @@ class JobOutput(Message):
     jid: str
     stdout: str
     stderr: str
+
+
+@message(95)
+@dataclasses.dataclass(frozen=True, slots=True)
+class MapKilled(Message):
+    """Node -> client: a map (the console's group ``key``: client tag, function hash,
+    label) was killed from the console; its client kills the jobs it has not sent."""
+
+    key: str
 
 
 # ---- gossip membership (tags 80-89): node <-> node, see mesh/_gossip.py ----

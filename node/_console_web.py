@@ -38,6 +38,7 @@ from mesh._protocol import (
     JobsQuery,
     JobsReply,
     Kill,
+    MapKilled,
     Message,
 )
 from mesh.errors import MeshError
@@ -198,6 +199,9 @@ class Console:
         live = (QUEUED, PROCESSING)
         jids = group_jids(self.node.table, key, live)
         killed = {self.node.name: len(jids)}
+        # First its client, which kills the jobs it holds back (not sent to a node yet);
+        # then the jobs the nodes hold.
+        self.node.tell_clients(MapKilled(key))
         if jids:
             self.node._apply(self.node.table.kill(tuple(jids), time.time()))
         q = ConsoleQuery(0, status=live, limit=MAX_LIMIT * 100, grouped=False, keys=(key,))

@@ -503,11 +503,14 @@ class Node:
         if told == self._load_told or now < self._load_told_at + LOAD_PUSH_S:
             return
         self._load_told, self._load_told_at = told, now
-        load = self._load()
+        self.tell_clients(self._load())
+
+    def tell_clients(self, msg: Message) -> None:
+        """Send ``msg`` to every client connected to this node (not to other nodes)."""
         for cid, conn in list(self._conns.items()):
             if not conn.closed and cid not in self._node_links:
                 with contextlib.suppress(MeshError):
-                    conn.send(load)
+                    conn.send(msg)
 
     def _load(self) -> Load:
         return Load(

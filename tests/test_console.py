@@ -381,6 +381,23 @@ def test_kill_on_the_map_page_stops_all_of_its_jobs(mesh3, pages, tmp_path):
     assert status == 403  # without the anti-CSRF header nothing is killed
 
 
+def test_a_map_kill_reaches_the_jobs_its_client_has_not_sent_yet(mesh3, tmp_path):
+    gate = tmp_path / "never"
+    with mesh3.client("holder") as c:
+        wait_until(lambda: len(c.nodes()) == 3, what="the client to reach 3 nodes")
+        n = 400  # far more than 3 nodes' slots and pipelines: most stay in the client
+        jids = c.map(gated, [str(gate)] * n, range(n), _label="held-back")
+        wait_until(lambda: c.status(jids).count("processing") == 6, what="6 to run")
+        (row,) = mesh3.maps("n2", "held-back")
+        assert sum(row["counts"].values()) < n  # the nodes hold only some of them
+        url = mesh3.urls["n2"] + "api/map/kill?key=" + urllib.request.quote(row["key"], safe="")
+        mesh3.api(url, **KILL)
+        for jid in jids:
+            with pytest.raises(mesh.JobKilled):
+                c.result(jid, timeout=30)
+        assert c.status(jids) == ["killed"] * n
+
+
 def test_files_page_shows_copies_and_downloads_for_the_token_holder(mesh3, pages):
     with mesh3.client("filer") as c:
         info = c.files.putf(b"abc" * 1000, "console/one.bin", replicas=3)

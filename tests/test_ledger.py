@@ -359,3 +359,18 @@ def test_lifecycle_states_name_themselves_in_errors() -> None:
     err = ClientState.CLOSED.refuse("wait for job c0-1")
     assert isinstance(err, ConnectionClosed)
     assert str(err) == "cannot wait for job c0-1: the client is closed"
+
+
+def test_unfinished_numbers_name_a_maps_live_jobs_by_function_hash_and_label(
+    ledger: Ledger,
+) -> None:
+    # what the client kills when the console kills a map (MapKilled: tag/hash/label)
+    mapped, _ = ledger.prepare(add, zip(range(4), range(4), strict=True), {"_label": "m"}, 4)
+    other, _ = ledger.prepare(add, [(9,)], {"_label": "other"})
+    ledger.accept([1, 3], done_items(ledger, {1: 1, 3: 3}), "n-1")
+    fh = mapped.fhash.hex()[:16]
+    assert mapped.fhash == other.fhash  # one function, two labels
+    assert ledger.unfinished_numbers(fh, "m") == [2, 4]
+    assert ledger.unfinished_numbers(fh, "other") == [5]
+    assert ledger.unfinished_numbers(fh, "nope") == []
+    assert ledger.unfinished_numbers("0" * 16, "m") == []
