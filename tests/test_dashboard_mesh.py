@@ -109,7 +109,14 @@ def test_a_job_page_shows_a_job_held_by_a_peer(mesh2, secret, tmp_path):
     for jid, node in placed.items():
         other = "n2" if node == "n1" else "n1"
         detail = api(urls[other] + f"api/jobs/{jid}")
-        assert detail == api(urls[node] + f"api/jobs/{jid}")  # the same, asked anywhere
+        held = api(urls[node] + f"api/jobs/{jid}")
+        # the same, asked anywhere; but only its holder can retry it
+        assert (
+            detail["retry_refused"]
+            == f"its record is on node {node}: retry it from that node's dashboard"
+        )
+        assert held["retry_refused"] is None
+        assert {**detail, "retry_refused": None} == held
         assert detail["node"] == node and detail["status"] == "error"
         assert detail["label"] == "loud" and detail["client"] == "paged"
         assert detail["stdout"].startswith("job ") and detail["stderr"] == "to stderr\n"
