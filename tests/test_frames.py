@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh import _protocol as proto
+from mesh import _wire as wire
 from mesh._auth import ClientHandshake, ServerHandshake
 from mesh._frames import HANDSHAKE_MAX, HEADER_SIZE, MAC_SIZE, FrameCodec
 from mesh._protocol import (
@@ -712,7 +713,7 @@ def strategy_for(tp: object) -> st.SearchStrategy[object]:
         return st.binary(max_size=40)
     if isinstance(tp, type) and issubclass(tp, tuple):  # a record: its wire tuple, named
         record = tp
-        return strategy_for(proto._wire_type(record)).map(lambda t: tuple.__new__(record, t))
+        return strategy_for(wire._wire_type(record)).map(lambda t: tuple.__new__(record, t))
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or origin is types.UnionType:
         return st.one_of(*(st.none() if a is type(None) else strategy_for(a) for a in args))
