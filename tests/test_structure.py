@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,36 @@ def test_twin_properties_match() -> None:
         return {n for n, v in vars(cls).items() if isinstance(v, property) and n[0] != "_"}
 
     assert props(Client) - {"is_local"} == props(AsyncClient)
+
+
+# The wire and scheduler modules split out of mesh/_protocol.py and client/_scheduler.py.
+SPLIT_MODULES = (
+    "mesh._wire",
+    "mesh._msg_jobs",
+    "mesh._msg_files",
+    "mesh._msg_gossip",
+    "mesh._msg_console",
+    "mesh._protocol",
+    "mesh.client._sched_types",
+    "mesh.client._sched_queue",
+    "mesh.client._scheduler",
+)
+
+
+def test_each_split_module_imports_first_without_a_cycle() -> None:
+    """Each module can be the first one imported (a cycle would leave a name missing from
+    a half-imported module), and mesh._protocol then has every message registered."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {SPLIT_MODULES!r}:\n"
+        "    for m in [m for m in sys.modules if m.startswith('mesh')]:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module(name)\n"
+        "from mesh import _protocol\n"
+        "print(len(_protocol._REGISTRY))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    registered = sum(p.read_text().count("\n@message(") for p in (ROOT / "mesh").glob("*.py"))
+    assert done.stdout.strip() == str(registered)  # every family's messages registered
