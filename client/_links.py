@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from mesh.client._scheduler import Work
 from mesh._connection import Connection, heartbeats, open_connection
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers
 from mesh._gossip import State, Update
+from mesh._link import Backoff
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
@@ -55,7 +57,10 @@ __all__ = ["ClientLinks", "Heard", "NodeLink"]
 
 log = logging.getLogger("mesh.client")
 
-RECONNECT_S = 1.0
+# A lost or unreachable node is tried again after 0.1 s, doubling to 5 s (with jitter,
+# so that the clients of a restarted node do not all knock at once); from 0.1 s again
+# once it was usable.
+RECONNECT = Backoff(first_s=0.1, cap_s=5.0)
 # Once one node is usable, how long start() waits for the others before it returns.
 CONNECT_GRACE_S = 0.25
 # An idle link (none of our jobs on that node) is pinged this seldom: often enough for
@@ -86,6 +91,7 @@ class NodeLink:
         self.loaded: asyncio.Event | None = None  # set by the node's first Load
         self.pinged_at = 0.0  # loop time of our last Ping
         self.unanswered_since: float | None = None  # our first Ping not answered yet
+        self.failures = 0  # connects failed in a row (the reconnect backoff's count)
 
     @property
     def usable(self) -> bool:
@@ -163,6 +169,7 @@ class ClientLinks:
         self._requests: dict[int, tuple[asyncio.Future[list[Heard]], list[Heard], set[str]]] = {}
         self._req_ids = itertools.count(1)
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
+        self._rng = random.Random()  # the reconnect backoff's jitter
 
     # ---- starting ----
 
@@ -339,13 +346,17 @@ class ClientLinks:
         if conn.closed or link.workers == 0:
             link.error = conn.close_reason or MeshConnectionError(f"{link.key} sent no load report")
             raise link.error
+        link.failures = 0
 
     async def _reconnect(self, link: NodeLink) -> None:
+        """Connect ``link`` again until it is usable, waiting longer after each failure
+        (RECONNECT); the count starts over once it was usable."""
         while not self._lifecycle().closed and not link.usable:
-            await asyncio.sleep(RECONNECT_S)
+            await asyncio.sleep(RECONNECT.delay_s(link.failures, self._rng.random()))
             try:
                 await self._connect(link)
             except MeshError:
+                link.failures += 1
                 continue
             self._on_up(link)
 

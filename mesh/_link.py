@@ -10,6 +10,10 @@ the owner's call (gossip retries with backoff, a transfer when it needs the link
 pool runs no task or timer of its own: its owner asks :meth:`Links.next_idle` and calls
 :meth:`Links.close_idle` from its own timer, so nothing runs while nothing happens.
 Liveness is not the link's business either: the mesh's gossip says who is alive.
+
+When to try a failed link again is one policy for every owner, :class:`Backoff`
+(capped exponential with jitter): the client's node links (client/_links.py) and the
+gossip joins (node/_peers.py) use it, so no owner hammers a node that is down.
 """
 
 from __future__ import annotations
@@ -26,11 +30,50 @@ from mesh._protocol import Message
 from mesh._tasks import TaskSet
 from mesh.errors import MeshError
 
-__all__ = ["Link", "Links"]
+__all__ = ["Backoff", "Link", "Links"]
 
 log = logging.getLogger("mesh.link")
 
 PENDING_MAX = 64  # messages queued for a link that is still connecting
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When to try again after failures: ``first_s`` doubling (by ``factor``) up to
+    ``cap_s``, each delay shortened by up to ``jitter`` of itself so that many owners
+    that lost the same node do not retry in step. The owner counts its failures and
+    starts again from 0 after a success."""
+
+    first_s: float = 0.1
+    cap_s: float = 5.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.first_s) and self.first_s > 0):
+            raise ValueError(
+                f"Backoff: first_s must be a positive number of seconds, not {self.first_s!r}"
+            )
+        if not (math.isfinite(self.cap_s) and self.cap_s >= self.first_s):
+            raise ValueError(
+                f"Backoff: cap_s must be at least first_s ({self.first_s:g} s), not {self.cap_s!r}"
+            )
+        if not (math.isfinite(self.factor) and self.factor >= 1):
+            raise ValueError(f"Backoff: factor must be at least 1, not {self.factor!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"Backoff: jitter must be within 0..1, not {self.jitter!r}")
+
+    def delay_s(self, failures: int, draw: float = 1.0) -> float:
+        """The wait after ``failures`` failures in a row (0: the first retry), for a
+        ``draw`` in [0, 1) from the owner's random source (1.0: no jitter)."""
+        if failures < 0:
+            raise ValueError(f"Backoff.delay_s: failures must be 0 or more, not {failures}")
+        if not 0 <= draw <= 1:
+            raise ValueError(f"Backoff.delay_s: draw must be within 0..1, not {draw!r}")
+        full = self.cap_s
+        if self.factor == 1 or failures < math.log(self.cap_s / self.first_s, self.factor):
+            full = min(self.cap_s, self.first_s * self.factor**failures)
+        return full * (1 - self.jitter * (1 - draw))
 
 
 @dataclass(eq=False)

@@ -42,7 +42,7 @@ from pathlib import Path
 from mesh._connection import Connection
 from mesh._discovery import Advert, Browser, parse_peers
 from mesh._gossip import Changed, Gossip, GossipConfig, Instruction, Send, State, Update
-from mesh._link import Link, Links
+from mesh._link import Backoff, Link, Links
 from mesh._protocol import (
     ConsoleReply,
     ConsoleSeries,
@@ -181,7 +181,7 @@ class _Join:
 
     since: float
     next_at: float
-    delay_s: float
+    pushes: int  # pushes so far, unanswered (the backoff's count)
     static: bool
 
 
@@ -222,7 +222,10 @@ class PeerTable:
         self._on_member = on_member  # a member is new or changed state (clients are told)
         self._connect_timeout_s = connect_timeout_s
         self._link_idle_s = link_idle_s
-        self._retry_s, self._max_retry_s = retry_s, max_retry_s
+        # Joins are pushed again with the links' backoff policy (mesh/_link.py); the
+        # jitter has its own source, so a seeded ``rng`` still drives gossip alone.
+        self._retry = Backoff(first_s=retry_s, cap_s=max_retry_s)
+        self._retry_rng = random.Random()
         self._forget_after_s = forget_after_s
         self.peers: dict[str, Peer] = {}  # by address
         self._by_id: dict[str, Peer] = {}
@@ -380,7 +383,7 @@ class PeerTable:
             join.static = join.static or static
             return
         now = self._loop.time()
-        self._joining[address] = _Join(now, now, self._retry_s, static)
+        self._joining[address] = _Join(now, now, 0, static)
         self._arm()
 
     # ---- gossip in, gossip out ----
@@ -581,8 +584,8 @@ class PeerTable:
                 if peer is not None and not peer.alive and not peer.static:
                     del self.peers[address]
                 continue
-            join.next_at = now + join.delay_s
-            join.delay_s = min(join.delay_s * 2, self._max_retry_s)
+            join.next_at = now + self._retry.delay_s(join.pushes, self._retry_rng.random())
+            join.pushes += 1
             self._carry_out(self.gossip.join([address], now))
 
     def _forget(self, now: float) -> None:
