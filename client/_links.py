@@ -4,8 +4,10 @@ asked of nodes over them (job records, environments) and acknowledged (results).
 
 :class:`ClientLinks` owns the links and the discovery browser. It tells its client three
 things: a node is usable (``on_up``), a node is lost (``on_lost``), and every message it
-does not answer itself (``on_message``: results, loads, hand-backs, starts, files). It
-is not yet the node's link pool (mesh/_link.py): see docs/architecture.md, "Still to do".
+does not answer itself (``on_message``: results, loads, hand-backs, starts, files). Its
+connections are made by the same link pool as a node's (mesh/_link.py ``Links``: one
+connect at a time per address) and retried with the same ``Backoff``; a ``NodeLink``
+adds what the client's scheduler needs of a node (load, functions sent, pings).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from mesh.client._lifecycle import ClientState
 from mesh.client._records import EnvInfo, EnvRebuild, NodeInfo
 from mesh.client._scheduler import Work
 
-from mesh._connection import Connection, heartbeats, open_connection
+from mesh._connection import Connection, heartbeats
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers
 from mesh._gossip import State, Update
-from mesh._link import Backoff
+from mesh._link import Backoff, Link, Links
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
@@ -170,6 +172,26 @@ class ClientLinks:
         self._req_ids = itertools.count(1)
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
         self._rng = random.Random()  # the reconnect backoff's jitter
+        self._pool: Links | None = None  # made in the loop, at the first connect
+
+    def _links(self) -> Links:
+        """The link pool that makes this client's connections (created on first use)."""
+        if self._pool is None:
+            self._pool = Links(
+                self._secret, self._name, on_message=self._pool_message,
+                on_close=self._pool_closed, connect_timeout_s=self._connect_timeout_s,
+            )  # fmt: skip
+        return self._pool
+
+    def _pool_message(self, link: Link, conn: Connection, msg: Message) -> None:
+        node = self.by_key.get(link.address)
+        if node is not None:
+            self._handle(node, conn, msg)
+
+    def _pool_closed(self, link: Link, conn: Connection, reason: BaseException | None) -> None:
+        node = self.by_key.get(link.address)
+        if node is not None:
+            self._closed(node, conn, reason)
 
     # ---- starting ----
 
@@ -274,10 +296,10 @@ class ClientLinks:
         assert link.conn is not None
         if any(lk is not link and lk.node_id == link.node_id for lk in self.by_key.values()):
             # Another address of a node we already use (a node names itself as it sees fit).
-            del self.by_key[link.key]
+            del self.by_key[link.key]  # first, so that its close is no loss to _closed
             self._aliases.add(link.key)
-            conn, link.conn = link.conn, None  # so that its close is no loss to _closed
-            conn.close()
+            link.conn = None
+            self._links().forget(link.key)
             return
         self._on_up(link)
 
@@ -315,19 +337,11 @@ class ClientLinks:
                         conn.send(Ping(now))
 
     async def _connect(self, link: NodeLink) -> None:
-        # The node's first message (Load) may arrive before open_connection returns.
+        # The node's first message (Load) may arrive before the pool's connect returns.
         link.loaded = loaded = asyncio.Event()
         link.workers = 0
         try:
-            conn = await open_connection(
-                link.host,
-                link.port,
-                self._secret,
-                name=self._name,
-                timeout_s=self._connect_timeout_s,
-                on_message=lambda c, m: self._handle(link, c, m),
-                on_close=lambda c, r: self._closed(link, c, r),
-            )
+            conn = await self._links().connected(link.key)
         except MeshError as exc:
             link.error = exc
             raise
@@ -345,6 +359,9 @@ class ClientLinks:
             pass
         if conn.closed or link.workers == 0:
             link.error = conn.close_reason or MeshConnectionError(f"{link.key} sent no load report")
+            if not conn.closed:  # a node that will not work for us: the next try starts afresh
+                link.conn = None  # (so that this close is no loss to _closed)
+                self._links().forget(link.key)
             raise link.error
         link.failures = 0
 
@@ -559,7 +576,10 @@ class ClientLinks:
 
     async def stop_listening(self) -> None:
         """Closing, first: no more nodes are found, and results held are acknowledged
-        (so nodes may expire them after their TTL, not a day)."""
+        (so nodes may expire them after their TTL, not a day). When the client closes
+        (not a start that failed, which may be tried again), no more links are made."""
+        if self._pool is not None and self._lifecycle().closed:
+            await self._pool.stop_connecting()
         if self._browser is not None:
             await self._browser.close()
             self._browser = None

@@ -1,7 +1,8 @@
 """Links from one node to others: authenticated connections (mesh/_connection.py) by
 address, opened on demand and closed when idle. The node's membership (node/_peers.py)
 and its file service (node/_files.py) each keep one pool, under the names
-``NAME/gossip`` and ``NAME/files`` (issue 15: one link class, not one per service).
+``NAME/gossip`` and ``NAME/files``, and a client (client/_links.py) one for its node
+links (issue 15: one link class, not one per service).
 
 One connect at a time per address: every caller waits on the same attempt, and what is
 sent meanwhile waits in a bounded queue, flushed once the link is up. A failed connect
@@ -165,6 +166,8 @@ class Links:
             if link.task is not None:
                 await asyncio.shield(link.task)
         if link.conn is None or link.conn.closed:
+            if isinstance(link.error, MeshError):  # its kind matters (AuthenticationError)
+                raise link.error
             raise MeshError(f"node at {address} cannot be reached: {link.error or 'no link'}")
         return link.conn
 
@@ -194,10 +197,14 @@ class Links:
         """The connects in progress (a leaving node gives them a moment to carry news)."""
         return [link.task for link in self._links.values() if link.task is not None]
 
+    async def stop_connecting(self) -> None:
+        """Stop (and open no more) connects; the open links stay (an owner's goodbye)."""
+        self._closing = True
+        await self._tasks.close()
+
     async def close(self) -> None:
         """Stop connecting, then close every link after what is queued on it."""
-        self._closing = True
-        await self._tasks.close()  # first, so that a connect finishing now is closed below
+        await self.stop_connecting()  # first, so that a connect finishing now is closed below
         for link in self._links.values():
             if link.conn is not None:
                 link.conn.close()
