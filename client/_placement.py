@@ -33,6 +33,15 @@ def plan(
     """
     if n <= 0 or cores < 1:
         return []
+    if n == 1:  # a call: the heap's first pop, without building one (no closure, no sort)
+        return _one(nodes, cores, prefer)
+    return _fill(n, nodes, cores, prefer)
+
+
+def _fill(
+    n: int, nodes: Sequence[NodeView], cores: int, prefer: Collection[str]
+) -> list[tuple[str, int]]:
+    """``plan`` for any ``n`` >= 1: the water-filling itself."""
     views = [v for v in nodes if v.workers >= cores and v.room >= cores]
     given = [0] * len(views)
 
@@ -83,3 +92,15 @@ def _level_and_alike(heap: list[tuple[float, bool, int, str, int]]) -> bool:
     """Whether every node in ``heap`` is at the same level with the same workers."""
     level, _, neg_workers = heap[0][:3]
     return all(e[0] == level and e[2] == neg_workers for e in heap)
+
+
+def _one(nodes: Sequence[NodeView], cores: int, prefer: Collection[str]) -> list[tuple[str, int]]:
+    """``plan(1, ...)``: the node the heap would pop first, compared by the same key."""
+    best: NodeView | None = None
+    best_key: tuple[float, bool, int, str] | None = None
+    for v in nodes:
+        if v.workers >= cores and v.room >= cores:
+            key = (v.load / v.workers, v.key not in prefer, -v.workers, v.key)
+            if best_key is None or key < best_key:
+                best, best_key = v, key
+    return [] if best is None else [(best.key, 1)]

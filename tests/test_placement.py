@@ -6,7 +6,7 @@ import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mesh.client._placement import NodeView, plan
+from mesh.client._placement import NodeView, _fill, plan
 
 
 def alloc(result: list[tuple[str, int]]) -> dict[str, int]:
@@ -158,3 +158,21 @@ def test_a_big_split_over_alike_nodes_is_even_and_ties_go_by_key() -> None:
     # levels are exact (from counts, not summed floats): thirds tie, and ties go by key
     nodes = [NodeView("n0", 3, 0, 257)] + [NodeView(f"n{i}", 3, 1, 300) for i in (1, 2, 3)]
     assert plan(544, nodes) == [("n0", 137), ("n1", 136), ("n2", 136), ("n3", 135)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=nodes_strategy, cores=st.integers(1, 4), prefer=st.sets(st.text("abcdef", max_size=3)))
+def test_a_single_call_goes_where_the_water_filling_puts_it(
+    nodes: list[NodeView], cores: int, prefer: set[str]
+) -> None:
+    # plan(1) skips the heap (a call loop places one job per call): same answer
+    assert plan(1, nodes, cores, prefer) == _fill(1, nodes, cores, prefer)
+
+
+def test_a_single_call_breaks_ties_as_the_heap_does() -> None:
+    nodes = [NodeView("b", 2, 2, 4), NodeView("a", 2, 2, 4), NodeView("c", 4, 4, 4)]
+    assert plan(1, nodes) == [("c", 1)]  # level 1.0 all; more workers first
+    assert plan(1, nodes, prefer={"b"}) == [("b", 1)]  # then a node that holds the files
+    assert plan(1, nodes[:2]) == [("a", 1)]  # then by key
+    assert plan(1, nodes, cores=3) == [("c", 1)]  # "a" and "b" have too few workers
+    assert plan(1, [NodeView("a", 2, 0, 1)], cores=2) == []  # no room for 2 cores
