@@ -173,9 +173,13 @@ def in_thread(
                 if on_final is not None:
                     ledger.add_callback(reply, on_final)
             elif isinstance(step, AllFinal):
-                done = threading.Event()
-                ledger.add_callback(step.jobs, Countdown(len(step.jobs), done.set))
-                reply = done.wait(step.left_s)
+                # a bare lock, held until the last job ends: an Event is a Condition
+                # and a lock more per wait, and a sequential call loop waits per call
+                done = threading.Lock()
+                done.acquire()
+                ledger.add_callback(step.jobs, Countdown(len(step.jobs), done.release))
+                left_s = step.left_s
+                reply = done.acquire(timeout=-1 if left_s is None else left_s)
             elif isinstance(step, Watch):
                 ledger.add_callback(step.jobs, came.put)
             elif isinstance(step, NextFinal):
