@@ -206,6 +206,26 @@ def count_items(sequences: Sequence[Iterable[Any]]) -> int | None:
     return None
 
 
+def _set_options(func: Func, opts: dict[str, Any], cores: int) -> None:
+    """A call's or map's job options (checked) on its ``Func``."""
+    func.cores = cores
+    func.speculative = bool(opts.get("_speculative", False))
+    func.files = file_names(opts.get("_files"))
+    func.env, func.push = env_requirements(opts.get("_env"))
+    func.label = str(opts.get("_label", ""))
+    func.max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
+    func.retries = int(opts.get("_retries", 3))
+    func.after = depends_on(opts.get("_depends_on"))
+    priority = opts.get("_priority", DEFAULT_PRIORITY)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"_priority= takes an integer (lower runs first), not {priority!r}")
+    func.priority = priority
+    kill_process = opts.get("_kill_process", False)
+    if not isinstance(kill_process, bool):
+        raise TypeError(f"_kill_process= takes True or False, not {kill_process!r}")
+    func.kill_process = kill_process
+
+
 class Handover(Generic[T]):
     """Items handed to the loop thread from any thread, in batches: the first item since
     the last batch schedules ``flush(batch)`` on the loop; the ones added before it runs
@@ -287,37 +307,26 @@ class Ledger:
         many it yields; None: read it all now). ``on_start(jid)``: called on the loop
         thread when a node starts each job (its Submits ask for Started messages, which
         plain calls and maps skip); mesh.Executor's futures enter RUNNING with it."""
-        kwargs, opts = split_options(dict(kwargs))
-        cores = int(opts.get("_cores", 1))
+        opts: dict[str, Any] = {}
+        if kwargs:  # a plain call has none: Func's defaults are the options' defaults
+            kwargs, opts = split_options(dict(kwargs))
+        cores = int(opts.get("_cores", 1)) if opts else 1
         if cores < 1:
             raise ValueError("_cores must be at least 1")
         fhash, blob = dumps_function(fn, kwargs)
         func = Func(fhash, blob, function_name(fn))
-        func.speculative = bool(opts.get("_speculative", False))
         func.on_start = on_start
-        func.files = file_names(opts.get("_files"))
-        func.env, func.push = env_requirements(opts.get("_env"))
-        func.cores = cores
-        func.label = str(opts.get("_label", ""))
-        func.max_runtime = float(opts.get("_max_runtime", 0.0) or 0.0)
-        func.retries = int(opts.get("_retries", 3))
-        func.after = depends_on(opts.get("_depends_on"))
-        priority = opts.get("_priority", DEFAULT_PRIORITY)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"_priority= takes an integer (lower runs first), not {priority!r}")
-        func.priority = priority
-        kill_process = opts.get("_kill_process", False)
-        if not isinstance(kill_process, bool):
-            raise TypeError(f"_kill_process= takes True or False, not {kill_process!r}")
-        func.kill_process = kill_process
+        if opts:
+            _set_options(func, opts, cores)
         if count is None:
             arg_tuples = list(arg_tuples)  # a generator: its length gives the job ids
             count = len(arg_tuples)
         source = iter(arg_tuples)
         ahead, cost, pickled = func.ahead, 0, 0
+        what = f"arguments of {func.name}"  # once, not per item
         while len(ahead) < count and cost < EAGER_ARGS_BYTES:
             try:
-                args = dumps_payload(next(source), f"arguments of {func.name}")
+                args = dumps_payload(next(source), what)
             except StopIteration:
                 count = len(ahead)  # a sequence shorter than its len() said
                 break
