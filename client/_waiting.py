@@ -160,7 +160,7 @@ def in_thread(
     (a progress bar) hears of each job looked up as it ends; ``reply`` answers the step
     the plan is at, if it was started. A Ctrl-C stops the wait, saying which of ``ids``
     go on (or are killed, with ``kill_on_cancel``)."""
-    came: queue.SimpleQueue[JobEntry] = queue.SimpleQueue()
+    came: queue.SimpleQueue[JobEntry] | None = None  # made by Watch: result() never needs one
     try:
         while True:
             try:
@@ -181,8 +181,12 @@ def in_thread(
                 left_s = step.left_s
                 reply = done.acquire(timeout=-1 if left_s is None else left_s)
             elif isinstance(step, Watch):
+                if came is None:
+                    came = queue.SimpleQueue()
                 ledger.add_callback(step.jobs, came.put)
             elif isinstance(step, NextFinal):
+                if came is None:
+                    came = queue.SimpleQueue()
                 try:
                     reply = came.get(timeout=step.left_s)
                 except queue.Empty:
