@@ -24,6 +24,8 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from mesh.node._retained import Retained, RetainedSubmissions
+
 from mesh._protocol import (
     DONE,
     ERROR,
@@ -51,7 +53,6 @@ __all__ = [
     "KillWorker",
     "Notify",
     "RetireWorker",
-    "Retained",
     "RetryRefused",
 ]
 
@@ -61,10 +62,6 @@ MAX_BATCH = 512
 NODE_TRACKED_FUNCTIONS = 128
 WORKER_FUNCTIONS = 2 * NODE_TRACKED_FUNCTIONS
 _EWMA = 0.2
-# Failed and killed jobs' submissions kept for the console's Retry, in bytes of arguments
-# and function; the oldest failures are dropped first.
-RETAIN_BYTES = 32 * 1024 * 1024
-RETAINED_OVERHEAD = 256  # bytes a kept submission costs beside its arguments
 _RETRY_SUFFIX = re.compile(r"-r([0-9]+)$")
 
 
@@ -168,27 +165,6 @@ class RetireWorker:
 Instruction = Dispatch | KillWorker | Deliver | HandBack | Notify | RetireWorker
 
 
-@dataclass(frozen=True, slots=True)
-class Retained:
-    """What a failed or killed job was submitted with: enough to run it again."""
-
-    func: Func
-    args: Payload
-    owner: int
-    cores: int
-    label: str
-    max_runtime: float
-    priority: int
-    kill_process: bool
-
-    @property
-    def size(self) -> int:
-        """Its arguments' bytes and a record's overhead (its function counts once per
-        function kept, see JobTable._retain)."""
-        args = self.args if isinstance(self.args, tuple) else (self.args,)
-        return sum(len(a) for a in args) + RETAINED_OVERHEAD
-
-
 class RetryRefused(ValueError):
     """A job cannot be run again: the message says why (shown beside the absent button)."""
 
@@ -223,11 +199,8 @@ class JobTable:
         # The latest priority each connection queued jobs with: one no later than that
         # is queued at the end, with no search.
         self._latest: dict[int, int] = {}
-        # Failed and killed jobs' submissions for a Retry, oldest first, within retain_bytes.
-        self.retain_bytes = RETAIN_BYTES
-        self.retained: OrderedDict[str, Retained] = OrderedDict()
-        self._retained_bytes = 0
-        self._retained_funcs: dict[int, int] = {}  # id(Func) -> submissions kept of it
+        # Failed and killed jobs' submissions for a Retry, oldest first, within a budget.
+        self.retained = RetainedSubmissions()
 
     # ---- queries ----
 
@@ -321,7 +294,7 @@ class JobTable:
             job.notify_start, job.priority, job.kill_process = notify_start, priority, kill_process
             if old is not None:
                 job.attempts = old.attempts
-                self._forget(jid)
+                self.retained.forget(jid)
             self.jobs[jid] = job
             if cores > max(self.capacity, 1) or cores < 1:
                 self._finish(
@@ -485,7 +458,7 @@ class JobTable:
             return f"job {jid} ran in a job environment (_env): submit it again from a script"
         if jid not in self.retained:
             return (f"node {self.node_name} no longer keeps job {jid}'s function and arguments "
-                    f"(it keeps the latest failures' up to {self.retain_bytes} bytes)")  # fmt: skip
+                    f"(it keeps the latest failures' up to {self.retained.budget_bytes} bytes)")  # fmt: skip
         if self.draining:
             return f"node {self.node_name} is leaving"
         return ""
@@ -497,7 +470,8 @@ class JobTable:
         why = self.retry_refused(jid)
         if why:
             raise RetryRefused(why)
-        kept = self.retained[jid]
+        kept = self.retained.get(jid)
+        assert kept is not None  # retry_refused said so
         base, n = retry_base(jid)
         new = f"{base}-r{n + 1}"
         while new in self.jobs:
@@ -579,7 +553,7 @@ class JobTable:
             expired = self.jobs.get(jid)
             if expired is not None and expired.state in (DONE, ERROR, KILLED):
                 del self.jobs[jid]
-                self._forget(jid)
+                self.retained.forget(jid)
                 self._expired.append(jid)
         return out
 
@@ -610,7 +584,8 @@ class JobTable:
     ) -> None:
         job.state, job.result, job.error = state, result, error
         if state in (ERROR, KILLED) and job.args:
-            self._retain(job)
+            self.retained.keep(job.jid, Retained(job.func, job.args, job.owner, job.cores, job.label,
+                                                 job.max_runtime, job.priority, job.kill_process))  # fmt: skip
         job.args = b""  # it will not run again: free its (possibly shared) buffer
         job.finished = finished if finished is not None else now
         job.worker = -1
@@ -620,34 +595,6 @@ class JobTable:
             for conn in job.watchers:
                 self._out.setdefault(conn, []).append(job.item())
         heapq.heappush(self._expiry, (now + self.unclaimed_ttl_s, job.jid))
-
-    def _retain(self, job: Job) -> None:
-        """Keep a failed job's submission for a Retry; the oldest go first past the budget.
-        A function's blob counts once, however many of its jobs are kept."""
-        self._forget(job.jid)
-        kept = Retained(job.func, job.args, job.owner, job.cores, job.label, job.max_runtime,
-                        job.priority, job.kill_process)  # fmt: skip
-        if kept.size + len(job.func.blob) > self.retain_bytes:
-            return
-        self.retained[job.jid] = kept
-        self._retained_bytes += kept.size + self._count_func(kept.func, 1)
-        while self._retained_bytes > self.retain_bytes:
-            _, old = self.retained.popitem(last=False)
-            self._retained_bytes -= old.size + self._count_func(old.func, -1)
-
-    def _count_func(self, func: Func, delta: int) -> int:
-        """Count a kept submission of ``func`` in or out: the bytes its blob adds or frees."""
-        n = self._retained_funcs.get(id(func), 0) + delta
-        if n:
-            self._retained_funcs[id(func)] = n
-        else:
-            del self._retained_funcs[id(func)]
-        return len(func.blob) if (delta > 0 and n == 1) or (delta < 0 and n == 0) else 0
-
-    def _forget(self, jid: str) -> None:
-        kept = self.retained.pop(jid, None)
-        if kept is not None:
-            self._retained_bytes -= kept.size + self._count_func(kept.func, -1)
 
     def _release(self, w: _Worker) -> None:
         for other in w.reserving:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from mesh.node._jobs import (
     MAX_BATCH,
-    RETAINED_OVERHEAD,
     Deliver,
     Dispatch,
     Func,
@@ -18,6 +17,7 @@ from mesh.node._jobs import (
     RetryRefused,
     retry_base,
 )
+from mesh.node._retained import RETAINED_OVERHEAD
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED, ErrorInfo, RanItem
 from mesh.errors import ErrorKind
@@ -704,14 +704,14 @@ def test_a_killed_job_can_be_retried_and_a_done_or_unknown_one_cannot() -> None:
 def test_failed_submissions_past_the_budget_drop_the_oldest_first() -> None:
     t = table()
     each = len(b"args-e-1") + RETAINED_OVERHEAD  # a function's blob counts once
-    t.retain_bytes = len(F.blob) + 2 * each
+    t.retained.budget_bytes = len(F.blob) + 2 * each
     t.submit(OWNER, F, items("e-1", "e-2", "e-3"), 0.0)
     t.kill(("e-1", "e-2", "e-3"), 1.0)
     assert list(t.retained) == ["e-2", "e-3"]
-    assert t._retained_bytes == len(F.blob) + 2 * each
+    assert t.retained.bytes == len(F.blob) + 2 * each
     assert t.retry_refused("e-1") == (
         "node ws-07 no longer keeps job e-1's function and arguments (it keeps the latest "
-        f"failures' up to {t.retain_bytes} bytes)"
+        f"failures' up to {t.retained.budget_bytes} bytes)"
     )
     # a submission bigger than the whole budget is not kept, and drops nothing
     t.submit(OWNER, F, (("big-1", b"x" * 1000),), 2.0)
@@ -721,7 +721,7 @@ def test_failed_submissions_past_the_budget_drop_the_oldest_first() -> None:
     t.submit(OWNER, G, items("g-1"), 4.0)
     t.kill(("g-1",), 4.0)
     assert list(t.retained) == ["g-1"]
-    assert t._retained_bytes == len(G.blob) + each
+    assert t.retained.bytes == len(G.blob) + each
     # a job forgotten by the table is forgotten here too
     t.tick(4.0 + t.unclaimed_ttl_s)
-    assert not t.retained and t._retained_bytes == 0 and not t._retained_funcs
+    assert not t.retained and t.retained.bytes == 0 and t.retained.functions == 0
