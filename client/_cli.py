@@ -1,6 +1,6 @@
 """``mesh``: the mesh from a shell: nodes, jobs, results, kills, files, the secret and tokens.
 
-``jobs`` and ``dashboard`` talk to nodes' dashboards over HTTP, and only after the
+``jobs`` and ``dashboard`` talk to nodes' dashboards over HTTP (client/_cli_web.py), only after the
 dashboard proved it knows the login token (a challenge-response): a credential is
 never sent to whatever else listens on its port (another user's program, say).
 
@@ -13,30 +13,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hmac
 import json
 import os
 import random
-import secrets
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from mesh._auth import (
-    dashboard_node_proof,
-    dashboard_request_mac,
     dashboard_token,
     default_secret_path,
     load_secret,
 )
 from mesh._protocol import JOB_STATES
 from mesh.errors import (
-    AuthenticationError,
     ConfigurationError,
     MeshConnectionError,
     MeshError,
@@ -167,9 +158,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "files":
             sys.exit(_files_command(args))
         if args.command == "jobs":
-            sys.exit(_list_jobs(args))
+            from mesh.client._cli_web import list_jobs
+
+            sys.exit(list_jobs(args))
         if args.command == "dashboard":
-            sys.exit(_open_dashboard(args))
+            from mesh.client._cli_web import open_dashboard
+
+            sys.exit(open_dashboard(args))
         if args.command == "demo":
             sys.exit(_demo(args))
         if args.command == "envs":
@@ -190,11 +185,11 @@ def _jobs_command(args: argparse.Namespace) -> int:
             while time.monotonic() < deadline and not all(n.connected for n in c.nodes()):
                 time.sleep(0.05)
             rows = [n.__dict__ for n in c.nodes()]  # by name (unique in a mesh); --json has ids
-            _print(args, rows, _table)
+            emit(args, rows, table)
             return EXIT_OK
         if args.command == "status":
             states = c.status(args.jids)
-            _print(
+            emit(
                 args,
                 dict(zip(args.jids, states, strict=True)),
                 lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()),
@@ -202,7 +197,7 @@ def _jobs_command(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "kill":
             c.kill(args.jids)
-            _print(
+            emit(
                 args,
                 {j: "killed" for j in args.jids},
                 lambda d: "\n".join(f"{k}\tkilled" for k in d),
@@ -211,14 +206,12 @@ def _jobs_command(args: argparse.Namespace) -> int:
         if args.command == "job":
             infos = c.info(list(args.jids))
             assert isinstance(infos, list)
-            _print(
-                args, [i.__dict__ for i in infos], lambda rows: "\n\n".join(map(_job_block, rows))
-            )
+            emit(args, [i.__dict__ for i in infos], lambda rows: "\n\n".join(map(job_block, rows)))
             return EXIT_OK
         if args.command == "info":
             infos = c.info(list(args.jids))
             assert isinstance(infos, list)
-            _print(
+            emit(
                 args,
                 [i.__dict__ for i in infos],
                 lambda rows: "\n\n".join(
@@ -236,7 +229,7 @@ def _jobs_command(args: argparse.Namespace) -> int:
             except Exception as exc:  # the job's own exception: report it, keep going
                 out[jid] = f"{type(exc).__name__}: {exc}"
                 failed = EXIT_JOB_FAILED
-        _print(
+        emit(
             args,
             {k: repr(v) if not args.json else v for k, v in out.items()},
             lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()),
@@ -244,7 +237,7 @@ def _jobs_command(args: argparse.Namespace) -> int:
         return failed
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+def table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
     cols = cols or ["name", "address", "workers", "running", "queued", "connected"]
     cells = [cols] + [[str(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
@@ -253,7 +246,7 @@ def _table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
     )
 
 
-def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
+def emit(args: argparse.Namespace, data: Any, human: Any) -> None:
     print(json.dumps(data, default=repr) if args.json else human(data))
 
 
@@ -275,11 +268,11 @@ def _files_command(args: argparse.Namespace) -> int:
                 except MeshFileNotFound:
                     continue  # deleted since it was listed
             rows = [_file_dict(i) for i in infos]
-            _print(args, rows, lambda rows: _file_table(rows, args.prefix))
+            emit(args, rows, lambda rows: _file_table(rows, args.prefix))
             return EXIT_OK
         if args.action == "put":
             stored = files.put(args.path, args.name, args.replicas)
-            _print(args, _file_dict(stored), lambda d: (
+            emit(args, _file_dict(stored), lambda d: (
                 f"stored {d['name']} ({_size(d['size'])}, version {d['hash'][:12]}) on "
                 f"{', '.join(d['nodes']) or 'no live node'}"
             ))  # fmt: skip
@@ -287,15 +280,15 @@ def _files_command(args: argparse.Namespace) -> int:
         if args.action == "get":
             path = files.get(args.name, args.path)
             out = {"name": args.name, "path": path, "size": os.path.getsize(path)}
-            _print(args, out, lambda d: f"wrote {d['name']} to {d['path']} ({_size(d['size'])})")
+            emit(args, out, lambda d: f"wrote {d['name']} to {d['path']} ({_size(d['size'])})")
             return EXIT_OK
         if args.action == "info":
             d = _file_dict(files.info(args.name))
-            _print(args, d, lambda d: "\n".join([
+            emit(args, d, lambda d: "\n".join([
                 f"name     {d['name']}",
                 f"size     {_size(d['size'])} ({d['size']:,} bytes)",
                 f"hash     {d['hash']}",
-                f"stored   {_clock(d['time'])}",
+                f"stored   {clock(d['time'])}",
                 f"nodes    {', '.join(d['nodes']) or '-'}",
             ]))  # fmt: skip
             return EXIT_OK
@@ -309,7 +302,7 @@ def _files_command(args: argparse.Namespace) -> int:
             else:
                 removed.append(name)
         if args.json or removed:
-            _print(args, {"removed": removed, "missing": missing},
+            emit(args, {"removed": removed, "missing": missing},
                    lambda d: "\n".join(f"removed {n}" for n in d["removed"]))  # fmt: skip
         return EXIT_ERROR if missing else EXIT_OK
 
@@ -325,10 +318,10 @@ def _file_table(rows: list[dict[str, Any]], prefix: str) -> str:
         return "no files" + (f" starting with {prefix!r}" if prefix else "") + " in the store"
     cells = [
         {"name": r["name"], "size": _size(r["size"]), "version": r["hash"][:12],
-         "stored": _clock(r["time"]), "nodes": ",".join(r["nodes"]) or "-"}
+         "stored": clock(r["time"]), "nodes": ",".join(r["nodes"]) or "-"}
         for r in rows
     ]  # fmt: skip
-    return _table(cells, FILE_COLUMNS)
+    return table(cells, FILE_COLUMNS)
 
 
 def _size(n: int) -> str:
@@ -341,253 +334,29 @@ def _size(n: int) -> str:
     return f"{n} B" if unit == "B" else f"{size:.{2 if size < 10 else 1}f} {unit}"
 
 
-# ---- job listing, from the nodes' dashboards ----
-
-
-def _dashboards(given: list[str]) -> list[str]:
-    """Dashboard URLs: --dashboard, else MESH_DASHBOARD, else this user's node's, else :8390."""
-    urls = [u for g in given for u in g.split(",") if u.strip()]
-    if not urls:
-        urls = [u for u in os.environ.get("MESH_DASHBOARD", "").split(",") if u.strip()]
-    if not urls:
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        written = Path(base) / "lanmesh" / "dashboard"  # the default data dir's node writes it
-        try:
-            urls = [written.read_text().strip()]
-        except OSError:
-            port = int(os.environ.get("MESH_PORT", "7390") or 7390)
-            urls = [f"http://127.0.0.1:{port + 1000}/"]
-    out = []
-    for u in urls:
-        u = u.strip()
-        if "://" not in u:
-            u = "http://" + u
-        out.append(u if u.endswith("/") else u + "/")
-    return out
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A dashboard never redirects its API: a redirect is followed nowhere."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _get_json(base: str, path: str, method: str = "GET") -> Any:
-    """Call a dashboard's JSON API once it proved it knows this mesh's login token.
-
-    The challenge carries no credential; the request after it carries a MAC bound to
-    it, to the dashboard's one-time nonce and to the request, never the token.
-    """
-    try:
-        token = dashboard_token(load_secret())
-    except ConfigurationError as exc:
-        raise ConfigurationError(
-            f"the dashboard needs a login, made from the mesh secret: {exc}"
-        ) from None
-    mine = secrets.token_bytes(32)
-    answer = _http_json(base, "api/challenge?nonce=" + mine.hex(), "GET", {})
-    try:
-        theirs = bytes.fromhex(str(answer["nonce"]))
-        proof = str(answer["proof"])
-    except (KeyError, TypeError, ValueError):
-        theirs, proof = b"", ""
-    if not theirs or not hmac.compare_digest(
-        proof.encode(), dashboard_node_proof(token, mine, theirs).encode()
-    ):
-        raise AuthenticationError(
-            f"the server at {base} could not prove it is a dashboard of this mesh: that node "
-            "has another secret than this machine (compare `mesh token` on both), or another "
-            "program (perhaps another user's) listens there. Nothing secret was sent to it"
-        )
-    target = urllib.parse.urlsplit(base + path)
-    selector = target.path + (f"?{target.query}" if target.query else "")
-    mac = dashboard_request_mac(token, mine, theirs, method, selector)
-    auth = {"Authorization": f"Mesh-HMAC nonce={theirs.hex()}, mac={mac}"}
-    if method == "POST":
-        auth["X-Mesh"] = "1"
-    return _http_json(base, path, method, auth)
-
-
-def _http_json(base: str, path: str, method: str, headers: dict[str, str]) -> Any:
-    request = urllib.request.Request(
-        base + path, method=method, headers={"Accept": "application/json", **headers}
-    )
-    try:
-        with urllib.request.build_opener(_NoRedirect).open(request, timeout=HTTP_TIMEOUT_S) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            detail = _error_text(exc)
-        if exc.code == 401:
-            raise AuthenticationError(
-                f"dashboard {base} refused the login: this machine's mesh secret is not that "
-                "node's (compare `mesh token` on both)"
-            ) from None
-        raise MeshError(f"dashboard {base}: HTTP {exc.code}: {detail}") from None
-    except ValueError:
-        raise AuthenticationError(
-            f"the server at {base} does not answer as a lanmesh dashboard does (not JSON)"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise MeshConnectionError(
-            f"no dashboard at {base} ({reason}); is mesh-node running there? Name it with "
-            "--dashboard URL or MESH_DASHBOARD"
-        ) from None
-
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read()).get("error", exc.reason))
-    except (ValueError, AttributeError, OSError):
-        return str(exc.reason)
-
-
-def _list_jobs(args: argparse.Namespace) -> int:
-    if args.limit < 1 or args.offset < 0:
-        raise ConfigurationError("--limit must be at least 1 and --offset at least 0")
-    if args.all or args.map or args.function or args.node:
-        return _console_jobs(args)
-    query = {"status": args.status, "label": args.label, "client": args.client}
-    query = {k: v for k, v in query.items() if v}
-    urls = _dashboards(args.dashboard)
-    if len(urls) == 1:  # a node's dashboard lists the whole mesh as it sees it
-        page = _get_json(urls[0], "api/jobs?" + urllib.parse.urlencode(
-            {**query, "offset": args.offset, "limit": min(args.limit, 1000)}))  # fmt: skip
-        total, jobs = int(page["total"]), list(page["jobs"])
-        missing = set(page.get("missing", ()))
-    else:
-        # Every dashboard's newest offset+limit: their merge holds the page asked for.
-        # Dashboards of nodes that know each other list the same jobs: each (job, node)
-        # once, and each node's count once.
-        by_node: dict[str, int] = {}
-        seen: dict[tuple[str, str], dict[str, Any]] = {}
-        missing = set()
-        for url in urls:
-            page = _get_json(url, "api/jobs?" + urllib.parse.urlencode(
-                {**query, "offset": 0, "limit": min(args.offset + args.limit, 1000)}))  # fmt: skip
-            by_node.update(page.get("by_node") or {page["node"]: int(page["total"])})
-            missing.update(page.get("missing", ()))
-            for j in page["jobs"]:  # by node id where the dashboard sends it: names repeat
-                seen.setdefault((j["jid"], j.get("node_id") or j["node"]), j)
-        missing -= set(by_node)  # a node one dashboard could not reach, another did
-        total = sum(by_node.values())
-        jobs = sorted(seen.values(), key=lambda j: j["submitted"], reverse=True)
-        jobs = jobs[args.offset : args.offset + args.limit]
-    if missing:
-        print(f"mesh: no answer from {', '.join(sorted(missing))}: their jobs are not listed",
-              file=sys.stderr)  # fmt: skip
-    if args.json:
-        print(json.dumps({"total": total, "offset": args.offset, "jobs": jobs,
-                          "missing": sorted(missing)}))  # fmt: skip
-        return EXIT_OK
-    rows = [
-        {"jid": j["jid"], "status": j["status"], "node": j["node"], "function": j["function"],
-         "label": j["label"] or "-", "client": j["client"], "submitted": _clock(j["submitted"]),
-         "run time": _duration(j["started"], j["finished"])}
-        for j in jobs
-    ]  # fmt: skip
-    cols = ["jid", "status", "node", "function", "label", "client", "submitted", "run time"]
-    print(_table(rows, cols))
-    if total > len(jobs):
-        print(f"({len(jobs)} of {total} jobs, newest first; --offset/--limit for others)")
-    return EXIT_OK
-
-
-def _console_jobs(args: argparse.Namespace) -> int:
-    """The console's view from one dashboard (it asks every node): maps as one row, or
-    with ``--map`` the jobs of one map."""
-    urls = _dashboards(args.dashboard)
-    query = {"status": args.status, "label": args.label, "client": args.client,
-             "function": args.function, "node": args.node, "map": args.map,
-             "group": "" if args.map else "1"}  # fmt: skip
-    query = {k: v for k, v in query.items() if v}
-    page = _get_json(urls[0], "api/jobs?" + urllib.parse.urlencode(
-        {**query, "offset": args.offset, "limit": min(args.limit, 1000)}))  # fmt: skip
-    missing = list(page.get("missing", ()))
-    if missing:
-        print(f"mesh: no answer from {', '.join(missing)}: their jobs are not listed",
-              file=sys.stderr)  # fmt: skip
-    if args.json:
-        print(json.dumps(page))
-        return EXIT_OK
-    rows = []
-    for j in page["jobs"]:
-        if j.get("kind") == "map":
-            c = j["counts"]
-            eta = f", ETA {_seconds(j['eta_s'])}" if j["eta_s"] else ""
-            rate = f"{j['rate_per_s']}/s{eta}" if j["rate_per_s"] is not None else "-"
-            rows.append({"jid": f"{j['first_jid']}..{j['last_jid']} ({j['jobs']})",
-                         "status": f"{c['done']} done {c['processing']} running "
-                                   f"{c['queued']} queued {c['error'] + c['killed']} failed",
-                         "node": ",".join(j["nodes"]), "function": j["function"],
-                         "label": j["label"] or "-", "client": j["client"],
-                         "submitted": _clock(j["submitted"]), "run time": rate})  # fmt: skip
-        else:
-            rows.append({"jid": j["jid"], "status": j["status"], "node": j["node"],
-                         "function": j["function"], "label": j["label"] or "-",
-                         "client": j["client"], "submitted": _clock(j["submitted"]),
-                         "run time": _duration(j["started"], j["finished"])})  # fmt: skip
-    cols = ["jid", "status", "node", "function", "label", "client", "submitted", "run time"]
-    print(_table(rows, cols))
-    what = "jobs" if args.map else "rows (a map is one row)"
-    if page["total"] > len(rows):
-        print(f"({len(rows)} of {page['total']} {what}, newest first; --offset/--limit for others)")
-    return EXIT_OK
-
-
-def _seconds(s: float) -> str:
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
-
-
-def _open_dashboard(args: argparse.Namespace) -> int:
-    """Open the dashboard with a one-time login link the node gave (after it proved
-    itself), so the browser gets a session cookie and the token stays here."""
-    import webbrowser
-
-    urls = _dashboards(args.dashboard)
-    if len(urls) != 1:
-        raise ConfigurationError("mesh dashboard opens one dashboard: name one with --dashboard")
-    base = urls[0]
-    link = _get_json(base, "api/login-link", "POST")
-    url = base + str(link["path"]).lstrip("/")
-    try:
-        opened = not args.no_browser and webbrowser.open(url)
-    except webbrowser.Error:
-        opened = False  # no usable browser here: the link is printed instead
-    if args.json:
-        print(json.dumps({"url": url, "opened": opened}))
-    elif opened:
-        print(f"opened {base} in the browser (login link, valid once: {url})")
-    else:
-        print(f"open this link to log in (valid once, for {int(link['expires_s'])} s):\n{url}")
-    return EXIT_OK
-
-
-def _clock(t: float | None) -> str:
+def clock(t: float | None) -> str:
     if not t:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _duration(started: float | None, finished: float | None) -> str:
+def duration(started: float | None, finished: float | None) -> str:
     if not started:
         return "-"
     return f"{max(0.0, (finished or time.time()) - started):.2f} s"
 
 
-def _job_block(r: dict[str, Any]) -> str:
+def job_block(r: dict[str, Any]) -> str:
     lines = [
         f"job        {r['jid']}",
         f"status     {r['status']}",
         f"node       {r['node'] or '-'}",
         f"function   {r['function']}",
         f"label      {r['label'] or '-'}",
-        f"submitted  {_clock(r['submitted'])}",
-        f"started    {_clock(r['started'])}",
-        f"finished   {_clock(r['finished'])}",
-        f"run time   {_duration(r['started'], r['finished'])}",
+        f"submitted  {clock(r['submitted'])}",
+        f"started    {clock(r['started'])}",
+        f"finished   {clock(r['finished'])}",
+        f"run time   {duration(r['started'], r['finished'])}",
         f"cpu        {r['cpu_s']:.3f} s",
         f"attempts   {r['attempts']}",
     ]
@@ -612,7 +381,7 @@ def _envs_command(args: argparse.Namespace) -> int:
         else:
             done, infos = [], c.env_info()
     if not args.rebuild:
-        _print(args, [_env_dict(i) for i in infos], _env_report)
+        emit(args, [_env_dict(i) for i in infos], _env_report)
         return EXIT_OK
     found = {d.what for d in done}
     asked = _env_arg_names(args.rebuild)
@@ -655,10 +424,10 @@ def _env_report(rows: list[dict[str, Any]]) -> str:
         {"node": r["node"], "key": r["key"][:12],
          "requirements": " ".join(_short_req(q) for q in r["requirements"]) or "-",
          "status": r["status"], "size": _size(r["size_bytes"]) if r["size_bytes"] else "-",
-         "last use": _clock(r["last_used"]), "builds": r["builds"]}
+         "last use": clock(r["last_used"]), "builds": r["builds"]}
         for r in rows
     ]  # fmt: skip
-    out = [_table(cells, ENV_COLUMNS)]
+    out = [table(cells, ENV_COLUMNS)]
     for r in rows:
         if r["status"] == "failed" and r["error"]:
             out += ["", f"--- {r['node']} {r['key'][:12]}: build failed ---",
@@ -704,7 +473,7 @@ def _demo(args: argparse.Namespace) -> int:
     samples = args.samples * args.jobs
     out = {"pi": 4 * sum(hits) / samples, "samples": samples, "jobs": args.jobs,
            "nodes": dict(sorted(nodes.items())), "seconds": round(seconds, 3)}  # fmt: skip
-    _print(args, out, lambda d: (
+    emit(args, out, lambda d: (
         f"pi is about {d['pi']:.5f} ({d['samples']:,} random points in {d['jobs']} jobs, "
         f"{d['seconds']:.2f} s)\n" + "\n".join(f"  {n}: {k} jobs" for n, k in d["nodes"].items())
     ))  # fmt: skip
