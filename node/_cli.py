@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from mesh.node._server import Node, NodeConfig, default_max_memory
+from mesh.node._proc import default_max_memory
+from mesh.node._server import Node, NodeConfig
 
 from mesh._auth import default_secret_path, ensure_secret_file, load_secret
 from mesh._discovery import interfaces_from_env, parse_peers, peers_from_env

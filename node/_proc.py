@@ -173,3 +173,40 @@ def end_orphans(keep: Collection[int]) -> int:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
     return len(roots)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident bytes of a process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def memory_in_use() -> float:
+    """The share of this machine's memory in use (1 - MemAvailable / MemTotal)."""
+    total = avail = 0
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemTotal:"):
+                    total = int(line.split()[1])
+                elif line.startswith(b"MemAvailable:"):
+                    avail = int(line.split()[1])
+                    break
+    except (OSError, ValueError):
+        return 0.0
+    return 1 - avail / total if total else 0.0
+
+
+def default_max_memory(workers: int) -> int:
+    """A worker's share of the memory a node may fill: 80 % of the machine's."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * _PAGE
+    except (ValueError, OSError):
+        return 0
+    return int(total * 0.8 / max(workers, 1))

@@ -39,7 +39,7 @@ from mesh.node._jobs import (
 )
 from mesh.node._peers import GOSSIP_LINK, GOSSIP_MESSAGES, PeerTable, load_node_id, unique_name
 from mesh.node._pool import WorkerPool
-from mesh.node._proc import pid_alive
+from mesh.node._proc import memory_in_use, pid_alive, rss_bytes
 from mesh.node._shm import SharedBlocks
 from mesh.node._store import BLOB_MIN, JobStore, StoredJob, payload_size
 
@@ -385,10 +385,10 @@ class Node:
             for wid, w in list(self.table.workers.items()):
                 pool = self._pool_for(wid)
                 pid = pool.pid(wid) if w.batch and pool is not None else None
-                rss = _rss(pid) if pid is not None else 0
+                rss = rss_bytes(pid) if pid is not None else 0
                 if rss > limit:
                     self._apply(self.table.over_memory(wid, rss, limit))
-        used = _memory_in_use()
+        used = memory_in_use()
         short = used > self.config.pause_above
         if short != self.table.paused:
             log.warning("%s new jobs: %.0f %% of this machine's memory is in use",
@@ -620,16 +620,11 @@ class Node:
         try:
             env = await self.envs.ensure(reqs, self._fetch_file)
         except EnvBuildError as exc:
-            msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {exc}"
-            log.warning("%s", msg)
-            self._apply(self.table.env_failed(key, ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg),
-                                              time.time()))  # fmt: skip
+            log.warning("%s", self._env_failed(key, reqs, str(exc)))
             return
         except Exception as exc:  # a bug of ours: the jobs still get an answer
             log.exception("building environment %s", key)
-            msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {exc!r}"
-            self._apply(self.table.env_failed(key, ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg),
-                                              time.time()))  # fmt: skip
+            self._env_failed(key, reqs, repr(exc))
             return
         finally:
             self._env_building.discard(key)
@@ -640,6 +635,13 @@ class Node:
         for gone in self.envs.evict(keep=busy | {key}):
             log.info("environment %s evicted (least recently used, past the budget)", gone)
             self._stop_env_pool(gone)
+
+    def _env_failed(self, key: str, reqs: tuple[str, ...], why: str) -> str:
+        """Fail the jobs waiting for environment ``key``; the message they fail with."""
+        msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {why}"
+        error = ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg)
+        self._apply(self.table.env_failed(key, error, time.time()))
+        return msg
 
     def _env_report(self, msg: EnvQuery) -> EnvReport:
         """The environments for env_info, after dropping those ``rebuild`` names (not one
@@ -875,40 +877,3 @@ def _from_store(row: StoredJob) -> Job:
               started=started, finished=finished, cpu_s=cpu_s, stdout=out, stderr=err,
               result=result, error=error, attempts=n)  # fmt: skip
     return job
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss(pid: int) -> int:
-    """Resident bytes of a process (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _memory_in_use() -> float:
-    """The share of this machine's memory in use (1 - MemAvailable / MemTotal)."""
-    total = avail = 0
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemTotal:"):
-                    total = int(line.split()[1])
-                elif line.startswith(b"MemAvailable:"):
-                    avail = int(line.split()[1])
-                    break
-    except (OSError, ValueError):
-        return 0.0
-    return 1 - avail / total if total else 0.0
-
-
-def default_max_memory(workers: int) -> int:
-    """A worker's share of the memory a node may fill: 80 % of the machine's."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * _PAGE
-    except (ValueError, OSError):
-        return 0
-    return int(total * 0.8 / max(workers, 1))
