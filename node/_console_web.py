@@ -203,7 +203,7 @@ class Console:
         # then the jobs the nodes hold.
         self.node.tell_clients(MapKilled(key))
         if jids:
-            self.node._apply(self.node.table.kill(tuple(jids), time.time()))
+            self.node.kill(tuple(jids))
         q = ConsoleQuery(0, status=live, limit=MAX_LIMIT * 100, grouped=False, keys=(key,))
         peers, missing = await self.dash.ask_peers(lambda req: _with_req(q, req),
                                                     (ConsoleReply,))  # fmt: skip
@@ -251,9 +251,7 @@ class Console:
         why = table.retry_refused(jid)
         if why:
             return json_response({"error": why}, 404 if jid not in table.jobs else 409)
-        new, out = table.retry(jid, time.time())
-        self.node._wake.set()
-        self.node._apply(out)
+        new = self.node.retry(jid)
         return json_response({"jid": new, "retry_of": jid, "node": self.node.name,
                               "node_id": self.node.node_id,
                               "status": JOB_STATES[table.jobs[new].state]})  # fmt: skip

@@ -291,7 +291,7 @@ class Dashboard:
             killable = job.state in (QUEUED, PROCESSING)
             if killable:
                 # What a client's Kill message does; a running job's worker is terminated.
-                self.node._apply(self.node.table.kill((jid,), time.time()))
+                self.node.kill((jid,))
             return _json({"jid": jid, "killed": killable, "status": JOB_STATES[job.state],
                           "node": self.node.name})  # fmt: skip
         found, missing = await self._find(jid, on)

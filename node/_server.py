@@ -505,6 +505,19 @@ class Node:
         self._load_told, self._load_told_at = told, now
         self.tell_clients(self._load())
 
+    def kill(self, jids: tuple[str, ...]) -> None:
+        """Kill these jobs held here, as a client's Kill does (also the dashboard's and
+        the console's buttons): queued ones end now, running ones' workers are stopped."""
+        self._apply(self.table.kill(jids, time.time()))
+
+    def retry(self, jid: str) -> str:
+        """Run the failed or killed job ``jid`` again here as a new job (the console's
+        Retry) and return its id; :class:`RetryRefused` says why it cannot."""
+        new, out = self.table.retry(jid, time.time())
+        self._wake.set()  # an idle node's loop sleeps: the new job is work
+        self._apply(out)
+        return new
+
     def tell_clients(self, msg: Message) -> None:
         """Send ``msg`` to every client connected to this node (not to other nodes)."""
         for cid, conn in list(self._conns.items()):

@@ -44,13 +44,6 @@ ALLOWED = {
     "default client; mesh.default_client() is the public way, for its next change",
     ("mesh/files.py", "_client"): "not issue 15's file: as above (mesh._client is kept "
     "as an alias of mesh.default_client for it)",
-    ("node/_dashboard.py", "_apply"): "not issue 15's file: the dashboard's kill drives "
-    "the node's applier; a public Node.kill belongs to the dashboard rework (issue 19)",
-    ("node/_console_web.py", "_apply"): "not issue 15's file: the console's map kill and "
-    "Retry drive the node's applier as the dashboard's kill does (a public Node.kill and "
-    "Node.retry would serve all three)",
-    ("node/_console_web.py", "_wake"): "not issue 15's file: the console's Retry wakes the "
-    "node's loop for its new job (as above, a public Node.retry)",
     ("client/_files.py", "_LoopThread"): "not issue 15's file: a job's files use the sync "
     "client's loop thread; the import should become LoopThread when that file changes",
 }
