@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -15,8 +16,8 @@ from _netns import lan, netns_available
 from conftest import start_node
 
 import mesh
-from mesh._auth import mesh_id
-from mesh._discovery import Advert
+from mesh._auth import load_secret, mesh_id
+from mesh._discovery import Advert, discover, interfaces_from_env
 from mesh._netif import DefaultRoute, default_route, default_route_ipv4
 
 
@@ -40,7 +41,11 @@ def test_a_client_with_no_peers_finds_the_nodes_of_its_mesh_only(node_factory, s
 def test_module_functions_use_discovered_nodes_before_a_local_mesh(
     node_factory, secret, monkeypatch
 ):
-    node_factory(name="solo", advertise=True)
+    solo = node_factory(name="solo", advertise=True)
+    # The node listens before its advert is out (~1.6 s, more on a loaded machine); the
+    # default client browses 1.5 s and then starts a local mesh, which is not this test.
+    heard = asyncio.run(discover(load_secret(secret), interfaces_from_env(), window_s=60))
+    assert solo.address in {a.address for a in heard}
     monkeypatch.setenv("MESH_SECRET", secret)
     assert mesh.result(mesh.call(pow, 3, 3), timeout=30) == 27
     assert not mesh.is_local()
