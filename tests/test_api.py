@@ -225,6 +225,22 @@ def test_kill_a_running_job(client, nodes, tmp_path):
     assert client.result(client.call(square, 4)) == 16
 
 
+def speaks_if_odd(x):
+    if x % 2:
+        print(f"odd {x}")
+    return x
+
+
+def test_each_job_of_a_batch_keeps_its_own_output(client):
+    # A worker hands a job's empty output streams to the next job: the text of each
+    # job must still be its own, whatever its neighbours in the batch wrote.
+    jids = client.map(speaks_if_odd, range(40))
+    assert client.result(jids) == list(range(40))
+    for x, info in enumerate(client.info(jids)):
+        assert info.stdout == (f"odd {x}\n" if x % 2 else ""), (x, info.stdout)
+        assert info.stderr == ""
+
+
 def test_info_node_times_cpu_and_captured_output(client, nodes):
     t0 = time.time()
     jid = client.call(chatty, 41, _label="talks")
