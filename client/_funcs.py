@@ -48,7 +48,7 @@ class Intake:
             elif func.files and func.prefer is None:
                 self._spawn(self._near_files(func))  # first: which nodes hold them
             else:
-                after = self._pending_deps(func)
+                after = self._pending_deps(func) if func.after else ()
                 if after is None:
                     continue  # a dependency failed: so did the call or map
                 work = Work(func.fhash, func.name, func.cores, func.label, func.max_runtime,

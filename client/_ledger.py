@@ -535,7 +535,7 @@ class Ledger:
                 func.came[k] = now - func.submitted  # func.arrived(), inline: per job
                 if job.callbacks is not None:
                     _call_back(job)
-                if state == DONE and not job.attempts:
+                if state == DONE and not job.attempts and func.n > 1:  # a call keeps its entry
                     func.compact(k, blob, node_id)
 
     def fail(self, job: JobEntry, error: ErrorInfo, blob: bytes = b"") -> None:

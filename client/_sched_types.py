@@ -71,9 +71,9 @@ _EXCEPTIONS = {
 # ---- what comes in ----
 
 
-@dataclass(frozen=True, slots=True)
-class Work:
-    """What jobs that can travel in one Submit share: function and placement options."""
+class Work(NamedTuple):
+    """What jobs that can travel in one Submit share: function and placement options.
+    (A NamedTuple: one is made per call, and compared per job placed.)"""
 
     fhash: bytes
     name: str
@@ -87,8 +87,7 @@ class Work:
     kill_process: bool = False  # _kill_process: its worker is replaced after each job
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(NamedTuple):
     """A call (n=1) or map: jobs ``first`` to ``first + n - 1``, all of ``work``."""
 
     first: int

@@ -134,9 +134,11 @@ class Scheduler(SchedulerQueue):
     def submit_all(self, batches: Iterable[Batch], now: float) -> list[Instruction]:
         """Calls and maps made in a burst, in order: queued, then placed together (calls
         of one function in a row share Submits)."""
+        added = False
         for batch in batches:
             if batch.n <= 0:
                 continue
+            added = True
             if batch.work.cores < 1:
                 raise ValueError(f"_cores must be at least 1, not {batch.work.cores}")
             b = self._open[batch.first] = OpenBatch(batch, batch.n)
@@ -145,13 +147,15 @@ class Scheduler(SchedulerQueue):
             if batch.speculative:
                 b.check_at = now + self.config.speculate_every_s
                 self._speculative[batch.first] = b
-            b.deps = {d for d in batch.after if d < batch.first}  # later ids: see the client
+            if batch.after:
+                b.deps = {d for d in batch.after if d < batch.first}  # later ids: see the client
             if b.deps:
                 self._held[batch.first] = b
                 for d in b.deps:
                     self._dependents.setdefault(d, []).append(b)
             else:
                 self._enqueue(b)
+        if added:
             self._watch_for_no_nodes(now)
         return self._place()
 
@@ -225,12 +229,16 @@ class Scheduler(SchedulerQueue):
             f = self._flights.get(o.num)
             if f is None:
                 continue  # final already, or not ours: a late duplicate
-            copies = [k for k in (f.node, f.twin) if k]
-            if o.died and not copies:
-                continue  # a stale attempt: the job waits here to be placed again already
-            for k in copies:
-                self._unplace(f, k)
-            others = [k for k in copies if k != key]
+            if f.node == key and not f.twin:  # the common case: one copy, this node's
+                self._unplace(f, key)
+                others: list[str] = []
+            else:
+                copies = [k for k in (f.node, f.twin) if k]
+                if o.died and not copies:
+                    continue  # a stale attempt: the job waits here to be placed again already
+                for k in copies:
+                    self._unplace(f, k)
+                others = [k for k in copies if k != key]
             f.node = f.twin = ""
             if o.died:
                 if others and self._nodes[others[0]].usable:  # its other copy carries on

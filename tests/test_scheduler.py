@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import replace
 
 import pytest
 from hypothesis import settings
@@ -764,7 +763,7 @@ def test_held_jobs_fail_with_the_rest_when_no_node_is_left() -> None:
 
 def test_waiting_jobs_are_placed_in_priority_order_then_in_order() -> None:
     s = sched()
-    low, high = replace(F, priority=9), replace(F, priority=1)
+    low, high = F._replace(priority=9), F._replace(priority=1)
     s.submit_all([Batch(1, 2, low), Batch(3, 1, F), Batch(4, 2, high), Batch(6, 1, high)], 0.0)
     assert s.waiting() == [4, 5, 6, 3, 1, 2]
     assert s.node_up("a", "ws-a", 1, 1.0) == [Send("a", high, (4, 5))]
@@ -776,7 +775,7 @@ def test_waiting_jobs_are_placed_in_priority_order_then_in_order() -> None:
 
 def test_a_job_of_an_earlier_priority_recalls_later_ones_queued_on_a_full_node() -> None:
     s = sched("a")
-    low, high = replace(F, priority=9), replace(G, priority=1)
+    low, high = F._replace(priority=9), G._replace(priority=1)
     assert s.submit(Batch(1, 2, low), 0.0) == [Send("a", low, (1, 2))]
     # no room left: the one of priority 9 not started there comes back for it
     assert s.submit(Batch(3, 1, high), 1.0) == [Recall("a", (2,))]
@@ -796,7 +795,7 @@ def test_jobs_back_to_be_placed_again_go_first_among_their_priority() -> None:
     s = sched("a", "b")
     s.submit(Batch(1, 4, F), 0.0)
     s.submit(Batch(5, 2, F), 0.0)
-    s.submit(Batch(7, 1, replace(F, priority=9)), 0.0)
+    s.submit(Batch(7, 1, F._replace(priority=9)), 0.0)
     assert s.waiting() == [5, 6, 7]
     s.handed_back("b", [3, 4], 1.0)  # leaving
     assert s.waiting() == [3, 4, 5, 6, 7]
@@ -901,7 +900,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     ) -> None:  # fmt: skip
         first = self.next_num
         deps = [d for d in deps if d < first]
-        work = replace(work, priority=priority)
+        work = work._replace(priority=priority)
         # as the client does: done dependencies are met, a failed one fails it at once
         after = tuple(d for d in deps if d not in self.final)
         batch = Batch(first, n, work, retries, speculative, lazy, 30 if lazy else 0, after)
