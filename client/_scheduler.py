@@ -132,16 +132,25 @@ class Scheduler(SchedulerQueue):
         return self.submit_all((batch,), now)
 
     def submit_all(self, batches: Iterable[Batch], now: float) -> list[Instruction]:
-        """Calls and maps made in a burst, in order: queued, then placed together (calls
-        of one function in a row share Submits)."""
+        """Calls and maps made in a burst, in order: queued, then placed together. Calls
+        of one function and options in a row (numbered in a row) join into one batch, as
+        if they were a map: a loop of ``call(f, x)`` costs the scheduler what a map does."""
         added = False
+        last: OpenBatch | None = None  # made by this burst, still open to more calls
         for batch in batches:
             if batch.n <= 0:
                 continue
             added = True
             if batch.work.cores < 1:
                 raise ValueError(f"_cores must be at least 1, not {batch.work.cores}")
+            if last is not None and _joins(last.spec, batch):
+                spec = last.spec
+                last.spec = spec._replace(n=spec.n + batch.n,
+                                          job_bytes=max(spec.job_bytes, batch.job_bytes))  # fmt: skip
+                last.open += batch.n
+                continue
             b = self._open[batch.first] = OpenBatch(batch, batch.n)
+            last = b if _joinable(batch) else None
             if batch.work.priority != self._priority and not self._mixed:
                 self._count_priorities()
             if batch.speculative:
@@ -520,3 +529,19 @@ def _final_error(o: Outcome) -> ErrorInfo:
     if o.state == KILLED:
         return ErrorInfo(ErrorKind.KILLED, "JobKilled", "killed")
     return ErrorInfo(ErrorKind.RAISED, "JobError", "it raised an exception")
+
+
+def _joinable(batch: Batch) -> bool:
+    """Whether later calls may join ``batch`` (see submit_all): not a map whose arguments
+    are read as it goes, nor one held or speculated on (those are tracked per batch)."""
+    return not (batch.lazy or batch.after or batch.speculative)
+
+
+def _joins(into: Batch, batch: Batch) -> bool:
+    """Whether ``batch`` continues ``into``: the next numbers, the same work and options."""
+    return (
+        into.first + into.n == batch.first
+        and _joinable(batch)
+        and into.retries == batch.retries
+        and (into.work is batch.work or into.work == batch.work)
+    )

@@ -126,6 +126,35 @@ def test_calls_submitted_in_a_burst_with_a_node_up_travel_together() -> None:
     ]
 
 
+def test_calls_in_a_row_join_one_batch_and_their_kill_is_still_per_job() -> None:
+    s = sched()  # no node yet: everything waits, so the queue shows the batches
+    burst = [Batch(1, 1, F), Batch(2, 1, F), Batch(3, 2, F), Batch(5, 1, F, retries=0),
+             Batch(6, 1, G), Batch(8, 1, G), Batch(9, 1, G, after=(1,))]  # fmt: skip
+    assert s.submit_all(burst, 0.0) == []
+    # 1-4 are one batch; 5 has other options, 6 and 8 are not numbered in a row, 9 is held
+    assert [(b.spec.first, b.spec.n) for b in s._pending] == [(1, 4), (5, 1), (6, 1), (8, 1)]
+    assert s.held() == [9]
+    assert s.kill([3], 0.5) == [Fail((3,), FailKind.KILLED, "killed on request before it started")]
+    assert s.waiting() == [1, 2, 4, 5, 6, 8]
+    # (jobs of one work travel in one Submit, whatever their batch: retries stay here)
+    assert s.node_up("a", "ws-a", 8, 1.0) == [Send("a", F, (1, 2, 4, 5)), Send("a", G, (6, 8))]
+    assert s.unfinished() == 7
+    assert s.results("a", done(1, 2, 4, 5, 6, 8), 2.0) == [
+        Accept("a", (1, 2, 4, 5, 6, 8)),
+        Ack("a", (1, 2, 4, 5, 6, 8)),
+        Send("a", G, (9,)),  # held until 1 was done
+    ]
+    assert s.held() == [] and s.unfinished() == 1
+
+
+def test_a_speculative_or_lazy_map_takes_no_calls_after_it() -> None:
+    s = sched()
+    lazy, spec = Batch(1, 3, F, lazy=True), Batch(4, 3, F, speculative=True)
+    s.submit_all([lazy, Batch(4, 1, F)], 0.0)
+    s.submit_all([spec, Batch(7, 1, F)], 0.0)
+    assert [(b.spec.first, b.spec.n) for b in s._pending] == [(1, 3), (4, 1), (4, 3), (7, 1)]
+
+
 def test_calls_with_other_options_travel_apart() -> None:
     s = sched()
     labelled = Work(F.fhash, F.name, label="nightly")
