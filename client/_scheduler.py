@@ -137,18 +137,19 @@ class Scheduler(SchedulerQueue):
         if they were a map: a loop of ``call(f, x)`` costs the scheduler what a map does."""
         added = False
         last: OpenBatch | None = None  # made by this burst, still open to more calls
+        joined: list[Batch] = []  # the calls that joined ``last``
         for batch in batches:
             if batch.n <= 0:
                 continue
             added = True
             if batch.work.cores < 1:
                 raise ValueError(f"_cores must be at least 1, not {batch.work.cores}")
-            if last is not None and _joins(last.spec, batch):
-                spec = last.spec
-                last.spec = spec._replace(n=spec.n + batch.n,
-                                          job_bytes=max(spec.job_bytes, batch.job_bytes))  # fmt: skip
+            if last is not None and _joins(last.spec, last.open, batch):
+                joined.append(batch)
                 last.open += batch.n
                 continue
+            if joined:
+                _grow(last, joined)
             b = self._open[batch.first] = OpenBatch(batch, batch.n)
             last = b if _joinable(batch) else None
             if batch.work.priority != self._priority and not self._mixed:
@@ -164,6 +165,8 @@ class Scheduler(SchedulerQueue):
                     self._dependents.setdefault(d, []).append(b)
             else:
                 self._enqueue(b)
+        if joined:
+            _grow(last, joined)
         if added:
             self._watch_for_no_nodes(now)
         return self._place()
@@ -537,11 +540,22 @@ def _joinable(batch: Batch) -> bool:
     return not (batch.lazy or batch.after or batch.speculative)
 
 
-def _joins(into: Batch, batch: Batch) -> bool:
-    """Whether ``batch`` continues ``into``: the next numbers, the same work and options."""
+def _joins(into: Batch, n: int, batch: Batch) -> bool:
+    """Whether ``batch`` continues ``into`` (grown to ``n`` jobs so far): the next
+    numbers, the same work and options."""
     return (
-        into.first + into.n == batch.first
+        into.first + n == batch.first
         and _joinable(batch)
         and into.retries == batch.retries
         and (into.work is batch.work or into.work == batch.work)
     )
+
+
+def _grow(b: OpenBatch | None, joined: list[Batch]) -> None:
+    """``b`` takes the jobs of the calls that joined it (its count of open jobs did), once
+    per burst: a NamedTuple's _replace costs more than a call's whole placement."""
+    assert b is not None
+    spec = b.spec
+    b.spec = spec._replace(n=spec.n + sum(j.n for j in joined),
+                           job_bytes=max(spec.job_bytes, *(j.job_bytes for j in joined)))  # fmt: skip
+    joined.clear()

@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import io
 import json
+import operator
 import os
 import pickle
 import site
@@ -370,7 +371,7 @@ def _stable(value: Any, depth: int = 0) -> bool:
 
 
 def _same(a: list[Any], b: list[Any]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(map(operator.is_, a, b))  # (in C: run on every call)
 
 
 def _is_simple(value: Any) -> bool:
