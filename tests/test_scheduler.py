@@ -946,6 +946,22 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         self.apply(self.s.submit(batch, self.now))
 
+    @rule(calls=st.lists(st.tuples(st.integers(1, 2), st.sampled_from(WORKS),
+                                   st.integers(0, 1), st.booleans()),
+                         min_size=2, max_size=5))  # fmt: skip
+    def submit_burst(self, calls: list[tuple[int, Work, int, bool]]) -> None:
+        """Calls and maps handed over together (as the client does): those of one work
+        and options in a row join one batch."""
+        batches = []
+        for n, work, retries, speculative in calls:
+            batch = Batch(self.next_num, n, work, retries, speculative)
+            for num in range(batch.first, batch.first + n):
+                self.batch_of[num] = batch
+            self.deps_of[batch.first] = ()
+            self.next_num += n
+            batches.append(batch)
+        self.apply(self.s.submit_all(batches, self.now))
+
     @rule(key=st.sampled_from(NODES), workers=st.integers(1, 3))
     def node_up(self, key: str, workers: int) -> None:
         if key in self.up:
