@@ -67,18 +67,29 @@ def test_txt_record_stays_small_and_never_holds_the_secret():
     assert back is not None and back.mesh_id == advert.mesh_id and back.workers == 64
 
 
-def slow_double(x):
+def double_once_open(x, gate):
+    """2x, after ``gate`` exists (at most 60 s): the map waits for the late node."""
+    import os
     import time
 
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
     time.sleep(0.1)
     return 2 * x
 
 
-def test_a_node_started_mid_map_gets_work(node_factory, secret):
+def test_a_node_started_mid_map_gets_work(node_factory, secret, tmp_path):
     node_factory(name="first", workers=1, advertise=True)
+    gate = tmp_path / "open"
     with mesh.Client(secret=secret) as c:
-        jids = c.map(slow_double, range(60))  # ~6 s on the first node alone
+        jids = c.map(double_once_open, range(60), [str(gate)] * 60)
         node_factory(name="late", workers=1, advertise=True)  # ~1.6 s to advertise
+        # The map's first job holds "first" until the client has found "late" (however
+        # long mDNS takes on a loaded machine); then 60 x 0.1 s are left for both.
+        wait_until(lambda: "late" in {n.name for n in c.nodes() if n.connected and n.workers},
+                   timeout_s=60, what="the late node joins")  # fmt: skip
+        gate.touch()
         assert c.result(jids, timeout=60) == [2 * x for x in range(60)]
         used = {i.node for i in c.info(jids)}
         assert used == {"first", "late"}
