@@ -196,7 +196,8 @@ def test_kill_and_result_table_and_json(cli, client, tmp_path):
     wait_until(started.exists, what="the job to start")
     code, out, _ = cli("kill", running)
     assert (code, out) == (0, f"{running}\tkilled\n")
-    assert client.status(running) == "killed"
+    # this client hears of it from the node's result, a moment after the CLI's kill
+    wait_until(lambda: client.status(running) == "killed", what="the kill reaches the client")
     code, out, _ = cli("kill", "--json", running)
     assert code == 0 and json.loads(out) == {running: "killed"}
     code, _, err = cli("kill", "nosuch-1")
