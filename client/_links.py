@@ -220,7 +220,7 @@ class ClientLinks:
         if node is None:
             return False
         node.node_id = conn.peer_id
-        if node.loaded_on is not conn:  # its Load did not come with the handshake
+        if node.loaded_on is not conn and not conn.closed:  # no Load came with the handshake
             node.workers = 0
             node.name = conn.peer_name or node.key
             node.loaded = loaded = asyncio.Event()

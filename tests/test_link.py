@@ -112,6 +112,7 @@ class _Server:
 
     def __init__(self, secret: bytes, changed: asyncio.Event) -> None:
         self.secret = secret
+        self.hang_up = False  # close each connection once it authenticated
         self.conns: list[Connection] = []
         self.heard: list[Message] = []
         self.changed = changed
@@ -131,6 +132,8 @@ class _Server:
     def _ready(self, conn: Connection) -> None:
         self.conns.append(conn)
         self.changed.set()
+        if self.hang_up:
+            conn.close()
 
     def _message(self, conn: Connection, msg: Message) -> None:
         self.heard.append(msg)
@@ -318,3 +321,33 @@ async def test_a_kept_link_queues_what_is_sent_until_its_hook_says_ready(
     assert await waiter is owner.readies[0]
     await owner.until(lambda: bool(server.heard))
     assert server.heard == [Ping(1.0)] and link.pending == []
+
+
+async def test_a_client_keeps_trying_a_node_that_hangs_up_before_its_load_report(
+    node_factory: Callable[..., NodeProc], secret: str, owner: _Owner, server: _Server
+) -> None:
+    """The client's ready hook refuses a link whose node sends no Load (here: it hangs up
+    once authenticated); the pool tries it again, the other node is used meanwhile."""
+    node = node_factory(name="n1", workers=1)
+    server.hang_up = True
+    async with mesh.AsyncClient([node.address, server.address], secret) as client:
+        await owner.until(lambda: len(server.conns) >= 3)  # tried again, and again
+        assert {(n.address, n.connected) for n in client.nodes()} == {
+            (node.address, True), (server.address, False),
+        }  # fmt: skip
+        assert await client.result(await client.call(abs, -3)) == 3
+    assert all(conn.closed for conn in server.conns)
+
+
+async def test_a_client_start_that_fails_keeps_no_link(
+    secret: str, owner: _Owner, server: _Server
+) -> None:
+    server.hang_up = True
+    client = mesh.AsyncClient([server.address], secret)
+    with pytest.raises(mesh.NoNodesAvailable) as err:
+        await client.start()
+    assert str(err.value) == f"no node reachable: node at {server.address} closed the connection"
+    tried = len(server.conns)
+    await asyncio.sleep(0.5)  # five times the first retry's wait: a kept link would be back
+    assert len(server.conns) == tried == 1
+    await client.close()
