@@ -138,7 +138,8 @@ class Links:
 
     ``on_open(link, conn)`` sees each new connection first and returns False to refuse
     it (our own address by another name, a node already linked elsewhere): it is closed
-    and its queue dropped. ``on_message`` and ``on_close`` get every link's traffic,
+    and its queue dropped (a kept link's refusal counts as a failure, so it is tried
+    again). ``on_message`` and ``on_close`` get every link's traffic,
     ``on_fail`` each failed connect (of a kept link: each one its ready hook refused,
     too; ``link.failures`` counts them, ``link.retry_s`` is the wait before the next).
     """
