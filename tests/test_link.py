@@ -167,7 +167,8 @@ class _Owner:
         self.changed.set()
 
     def failed(self, link: Link, exc: BaseException) -> None:
-        assert link.retry is not None  # the timer of the next try is set first
+        kept = link.keep is not None
+        assert (link.retry is not None) == kept  # a kept link's next try is set first
         self.failures.append((link.failures, link.retry_s, str(exc)))
         self.changed.set()
 
@@ -225,6 +226,7 @@ async def test_a_kept_link_to_a_closed_port_retries_on_the_backoff_schedule(
     ]  # fmt: skip
     assert all(error.startswith(f"cannot reach node at {address}:") for *_, error in owner.failures)
     assert owner.readies == [] and owner.links.get(address) is link
+    owner.links.idle_s = 1.0
     assert owner.links.idle_at(link) == float("inf")  # a kept link is never idle-closed
 
 
@@ -351,3 +353,38 @@ async def test_a_client_start_that_fails_keeps_no_link(
     await asyncio.sleep(0.5)  # five times the first retry's wait: a kept link would be back
     assert len(server.conns) == tried == 1
     await client.close()
+
+
+async def test_an_on_demand_link_that_fails_is_not_retried_by_the_pool(owner: _Owner) -> None:
+    """The node's owners (gossip, files) open links on demand: a failure is theirs to
+    retry, so the pool sets no timer and counts nothing."""
+    address = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(MeshError, match=rf"^cannot reach node at {address}: "):
+        await owner.links.connected(address)
+    link = owner.links.get(address)
+    assert link is not None and link.keep is None and link.retry is None
+    assert link.failures == 0 and link.task is None and _other_tasks() == set()
+    owner.links.idle_s = 1.0
+    assert owner.links.idle_at(link) == link.used_at + 1.0  # closed when idle, as ever
+
+
+async def test_a_ready_hook_that_breaks_is_logged_and_the_link_still_kept(
+    owner: _Owner, server: _Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def ready(link: Link, conn: Connection) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("a bug in the owner")
+        return True
+
+    owner.links.keep(server.address, Backoff(first_s=0.01, cap_s=0.01, jitter=0.0),
+                     ready=ready, on_ready=owner.ready)  # fmt: skip
+    await owner.until(lambda: len(owner.readies) == 1)
+    assert [(n, error) for n, _, error in owner.failures] == [(1, "'a bug in the owner'")]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"the ready hook of the link to {server.address} failed"
+    ]
+    assert calls == 2 and len(server.conns) == 2 and server.conns[0].closed is True
