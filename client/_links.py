@@ -1,13 +1,16 @@
 """The client's connections to nodes: one :class:`NodeLink` per node, found by mDNS,
-gossip or named, connected at start, heartbeated, and reconnected when lost; and what is
-asked of nodes over them (job records, environments) and acknowledged (results).
+gossip or named, kept up from start, heartbeated; and what is asked of nodes over them
+(job records, environments) and acknowledged (results).
 
 :class:`ClientLinks` owns the links and the discovery browser. It tells its client three
 things: a node is usable (``on_up``), a node is lost (``on_lost``), and every message it
 does not answer itself (``on_message``: results, loads, hand-backs, starts, files). Its
-connections are made by the same link pool as a node's (mesh/_link.py ``Links``: one
-connect at a time per address) and retried with the same ``Backoff``; a ``NodeLink``
-adds what the client's scheduler needs of a node (load, functions sent, pings).
+connections are the link pool's (mesh/_link.py ``Links``), which keeps each node's link
+up (``Links.keep``: reconnects with the ``Backoff`` after a failure or a loss); the
+client's ready hook waits for the node's first load report, so a node is usable once
+it said how many workers it offers. A ``NodeLink`` is what the client's scheduler needs
+of a node (load, functions sent, pings, names); the heartbeat (pings of busy links) is
+the client's liveness policy, not the link's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +30,7 @@ from mesh.client._scheduler import Work
 from mesh._connection import Connection, heartbeats
 from mesh._discovery import Advert, Browser, interfaces_from_env, parse_peers
 from mesh._gossip import State, Update
-from mesh._link import Backoff, Link, Links
+from mesh._link import Link, Links
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
@@ -59,10 +61,6 @@ __all__ = ["ClientLinks", "Heard", "NodeLink"]
 
 log = logging.getLogger("mesh.client")
 
-# A lost or unreachable node is tried again after 0.1 s, doubling to 5 s (with jitter,
-# so that the clients of a restarted node do not all knock at once); from 0.1 s again
-# once it was usable.
-RECONNECT = Backoff(first_s=0.1, cap_s=5.0)
 # Once one node is usable, how long start() waits for the others before it returns.
 CONNECT_GRACE_S = 0.25
 # An idle link (none of our jobs on that node) is pinged this seldom: often enough for
@@ -90,10 +88,11 @@ class NodeLink:
         self.queued = 0
         self.sent_funcs: set[bytes] = set()
         self.error: BaseException | None = None
-        self.loaded: asyncio.Event | None = None  # set by the node's first Load
+        self.loaded_on: Connection | None = None  # the connection its last Load came on
+        self.loaded: asyncio.Event | None = None  # set by a Load while a connect waits
         self.pinged_at = 0.0  # loop time of our last Ping
         self.unanswered_since: float | None = None  # our first Ping not answered yet
-        self.failures = 0  # connects failed in a row (the reconnect backoff's count)
+        self.learned = False  # found by mDNS or gossip (maybe a known node's other address)
 
     @property
     def usable(self) -> bool:
@@ -171,15 +170,16 @@ class ClientLinks:
         self._requests: dict[int, tuple[asyncio.Future[list[Heard]], list[Heard], set[str]]] = {}
         self._req_ids = itertools.count(1)
         self._env_requests: dict[int, asyncio.Future[EnvReport]] = {}  # env_info
-        self._rng = random.Random()  # the reconnect backoff's jitter
         self._pool: Links | None = None  # made in the loop, at the first connect
+        self._progress = asyncio.Event()  # a link became ready or failed (connect_all)
 
     def _links(self) -> Links:
         """The link pool that makes this client's connections (created on first use)."""
         if self._pool is None:
             self._pool = Links(
                 self._secret, self._name, on_message=self._pool_message,
-                on_close=self._pool_closed, connect_timeout_s=self._connect_timeout_s,
+                on_close=self._pool_closed, on_fail=self._pool_failed,
+                connect_timeout_s=self._connect_timeout_s,
             )  # fmt: skip
         return self._pool
 
@@ -191,7 +191,68 @@ class ClientLinks:
     def _pool_closed(self, link: Link, conn: Connection, reason: BaseException | None) -> None:
         node = self.by_key.get(link.address)
         if node is not None:
+            if node.loaded is not None:  # a connect waiting for its Load: it will not come
+                node.loaded.set()
             self._closed(node, conn, reason)
+
+    def _pool_failed(self, link: Link, exc: BaseException) -> None:
+        """A connect to a kept node link failed, or its node sent no load report (the
+        pool tries again after its backoff)."""
+        node = self.by_key.get(link.address)
+        if node is None:
+            return
+        node.error = exc
+        if link.failures == 1 and node.conn is None:  # the first failure of a node never up
+            log.warning("node %s not reachable (trying again): %s", node.key, exc)
+        else:
+            log.debug("node %s not reachable (failure %d): %s", node.key, link.failures, exc)
+        self._progress.set()
+
+    def _keep(self, node: NodeLink) -> None:
+        """Have the pool keep ``node``'s link up (connect now, again when lost)."""
+        self._links().keep(node.key, ready=self._ready, on_ready=self._up)
+
+    async def _ready(self, link: Link, conn: Connection) -> bool:
+        """The pool's ready hook: a new connection to a node is usable once the node's
+        first Load said how many workers it offers (within connect_timeout_s); else it
+        is refused (the pool closes it and tries again later)."""
+        node = self.by_key.get(link.address)
+        if node is None:
+            return False
+        node.node_id = conn.peer_id
+        if node.loaded_on is not conn and not conn.closed:  # no Load came with the handshake
+            node.workers = 0
+            node.name = conn.peer_name or node.key
+            node.loaded = loaded = asyncio.Event()
+            try:
+                await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                node.loaded = None
+        self._names[conn.peer_id] = node.name
+        if conn.closed or node.loaded_on is not conn or node.workers == 0:
+            if isinstance(conn.close_reason, MeshError):
+                raise conn.close_reason
+            raise MeshConnectionError(f"{node.key} sent no load report")
+        return True
+
+    def _up(self, link: Link, conn: Connection) -> None:
+        """The pool's on_ready: ``conn`` to a node is usable; a node found again under
+        another address (a node names itself as it sees fit) is forgotten instead."""
+        node = self.by_key.get(link.address)
+        if node is None:
+            return
+        if node.learned and any(
+            other is not node and other.node_id == node.node_id for other in self.by_key.values()
+        ):
+            del self.by_key[node.key]  # first, so that its close is no loss to _closed
+            self._aliases.add(node.key)
+            self._links().forget(node.key)
+        else:
+            node.conn, node.error, node.sent_funcs = conn, None, set()
+            self._on_up(node)
+        self._progress.set()
 
     # ---- starting ----
 
@@ -209,68 +270,53 @@ class ClientLinks:
             )
 
     async def connect_all(self) -> None:
-        """Connect to every node known; return once one is usable (the others join in
-        the background), or raise why none is."""
-        links = list(self.by_key.values())
-        errors, later = await self._connect_first(links)
-        if not any(lk.usable for lk in links):
-            auth = [e for e in errors if isinstance(e, AuthenticationError)]
-            if auth:
-                raise auth[0]
-            raise NoNodesAvailable(
-                "no node reachable: "
-                + "; ".join(str(e) for e in errors if isinstance(e, Exception))
-            )
-        for link in links:
-            if link.usable:
-                self._on_up(link)
-            elif link not in later:  # (those still connecting join in _join_later)
-                log.warning("%s: %s", link.key, link.error)
-                self._spawn(self._reconnect(link))
+        """Keep a link to every node known; return once one is usable and the others had
+        CONNECT_GRACE_S more (a silent candidate, such as a fake advert that copies a
+        node's record and holds the socket, never holds up the start; those still
+        connecting join in the background, like a node found later), or raise why none
+        is once each was tried. A start that fails keeps no link."""
+        nodes = list(self.by_key.values())
+        try:
+            for node in nodes:
+                self._keep(node)
+            await self._first_usable(nodes)
+        except BaseException:
+            for key in list(self.by_key):  # (nodes learned meanwhile too)
+                self._links().forget(key)
+            raise
         self._spawn(self._heartbeat())
 
-    async def _connect_first(
-        self, links: list[NodeLink]
-    ) -> tuple[list[BaseException], set[NodeLink]]:
-        """Connect to every candidate at once and return when one is usable and the rest
-        had CONNECT_GRACE_S more, or when all failed: a silent candidate (a fake advert
-        that copies a node's record and holds the socket) never holds up the start.
-
-        Returns the failures and the links still connecting, which carry on in the
-        background and join when ready, like a node found later (_join)."""
+    async def _first_usable(self, nodes: list[NodeLink]) -> None:
         loop = asyncio.get_running_loop()
-        tasks = {loop.create_task(self._connect(lk)): lk for lk in links}
-        pending = set(tasks)
-        errors: list[BaseException] = []
-        deadline: float | None = None
-        try:
-            while pending:
-                wait_s = None if deadline is None else max(0.0, deadline - loop.time())
-                done, pending = await asyncio.wait(
-                    pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                errors += [exc for t in done if (exc := t.exception()) is not None]
-                if not done:
-                    break  # the grace is over
-                if deadline is None and any(lk.usable for lk in links):
-                    deadline = loop.time() + CONNECT_GRACE_S
-        except BaseException:
-            for t in pending:
-                t.cancel()
-            raise
-        for t in pending:
-            self._spawn(self._join_later(t, tasks[t]))
-        return errors, {tasks[t] for t in pending}
+        pool = self._links()
 
-    async def _join_later(self, connecting: asyncio.Task[None], link: NodeLink) -> None:
-        try:
-            await connecting
-        except MeshError as exc:
-            log.warning("%s: %s", link.key, exc)
-            self._spawn(self._reconnect(link))
+        def tried(node: NodeLink) -> bool:
+            link = pool.get(node.key)
+            return link is None or link.failures > 0
+
+        deadline: float | None = None
+        while True:
+            now = loop.time()
+            if deadline is None and any(n.usable for n in nodes):
+                deadline = now + CONNECT_GRACE_S
+            if all(n.usable or tried(n) for n in nodes):
+                break
+            if deadline is not None and now >= deadline:
+                break  # the grace is over
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(
+                    self._progress.wait(), None if deadline is None else deadline - now
+                )
+            except asyncio.TimeoutError:
+                pass
+        if any(n.usable for n in nodes):
             return
-        if link.usable:
-            self._on_up(link)
+        errors = [n.error for n in nodes if n.error is not None]
+        auth = [e for e in errors if isinstance(e, AuthenticationError)]
+        if auth:
+            raise auth[0]
+        raise NoNodesAvailable("no node reachable: " + "; ".join(str(e) for e in errors))
 
     def _node_found(self, advert: Advert) -> None:
         """The browser heard of a node of this mesh."""
@@ -282,31 +328,16 @@ class ClientLinks:
         state = self._lifecycle()
         if key in self.by_key or key in self._aliases or state.closed:
             return
-        link = self.by_key[key] = NodeLink(host, port)
+        node = self.by_key[key] = NodeLink(host, port)
+        node.learned = True
         if state in (ClientState.STARTING, ClientState.RUNNING):
-            self._spawn(self._join(link))
-
-    async def _join(self, link: NodeLink) -> None:
-        try:
-            await self._connect(link)
-        except MeshError as exc:
-            log.warning("node %s found but not reachable: %s", link.key, exc)
-            self._spawn(self._reconnect(link))
-            return
-        assert link.conn is not None
-        if any(lk is not link and lk.node_id == link.node_id for lk in self.by_key.values()):
-            # Another address of a node we already use (a node names itself as it sees fit).
-            del self.by_key[link.key]  # first, so that its close is no loss to _closed
-            self._aliases.add(link.key)
-            link.conn = None
-            self._links().forget(link.key)
-            return
-        self._on_up(link)
+            self._keep(node)
 
     async def _heartbeat(self) -> None:
         """A cheap liveness check of the links this client uses, besides the mesh's word.
 
-        The nodes' gossip tells this client of members that join and die (Members, see
+        This is the client's liveness policy, not the link's (the pool keeps links up;
+        whether a node answers in time is for the client to judge). The nodes' gossip tells this client of members that join and die (Members, see
         _members), so no link needs a heartbeat to learn of deaths. Pings remain where
         gossip cannot speak: a link with our jobs in flight is pinged each heartbeat
         (a node cut off from this client alone, or a one-node mesh, has nobody to declare
@@ -336,47 +367,6 @@ class ClientLinks:
                     with contextlib.suppress(MeshError):
                         conn.send(Ping(now))
 
-    async def _connect(self, link: NodeLink) -> None:
-        # The node's first message (Load) may arrive before the pool's connect returns.
-        link.loaded = loaded = asyncio.Event()
-        link.workers = 0
-        try:
-            conn = await self._links().connected(link.key)
-        except MeshError as exc:
-            link.error = exc
-            raise
-        link.conn = conn
-        if not loaded.is_set():  # else its Load came first, with the name it shows now
-            link.name = conn.peer_name or link.key
-        link.node_id = conn.peer_id
-        self._names[conn.peer_id] = link.name
-        link.sent_funcs = set()
-        link.error = None
-        # link.workers is set by the node's first message (Load), which follows at once.
-        try:
-            await asyncio.wait_for(loaded.wait(), self._connect_timeout_s)
-        except asyncio.TimeoutError:
-            pass
-        if conn.closed or link.workers == 0:
-            link.error = conn.close_reason or MeshConnectionError(f"{link.key} sent no load report")
-            if not conn.closed:  # a node that will not work for us: the next try starts afresh
-                link.conn = None  # (so that this close is no loss to _closed)
-                self._links().forget(link.key)
-            raise link.error
-        link.failures = 0
-
-    async def _reconnect(self, link: NodeLink) -> None:
-        """Connect ``link`` again until it is usable, waiting longer after each failure
-        (RECONNECT); the count starts over once it was usable."""
-        while not self._lifecycle().closed and not link.usable:
-            await asyncio.sleep(RECONNECT.delay_s(link.failures, self._rng.random()))
-            try:
-                await self._connect(link)
-            except MeshError:
-                link.failures += 1
-                continue
-            self._on_up(link)
-
     # ---- messages ----
 
     def _handle(self, link: NodeLink, conn: Connection, msg: Message) -> None:
@@ -384,6 +374,7 @@ class ClientLinks:
         if isinstance(msg, Load):
             link.workers, link.running, link.queued = msg.workers, msg.running, msg.queued
             link.name = msg.name or link.name
+            link.loaded_on = conn
             if conn.peer_id:
                 self._names[conn.peer_id] = link.name
             if link.loaded is not None:
@@ -470,8 +461,7 @@ class ClientLinks:
                     if not fut.done():
                         fut.set_result(records)
         if not self._lifecycle().closed:
-            self._on_lost(link, reason)
-            self._spawn(self._reconnect(link))
+            self._on_lost(link, reason)  # (the pool connects it again)
 
     def ack(self, link: NodeLink, jids: list[str]) -> None:
         """Acknowledge results in batches: one Ack per link every ACK_DELAY_S at most."""

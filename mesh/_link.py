@@ -1,20 +1,28 @@
 """Links from one node to others: authenticated connections (mesh/_connection.py) by
-address, opened on demand and closed when idle. The node's membership (node/_peers.py)
-and its file service (node/_files.py) each keep one pool, under the names
-``NAME/gossip`` and ``NAME/files``, and a client (client/_links.py) one for its node
-links (issue 15: one link class, not one per service).
+address, opened on demand or kept up. The node's membership (node/_peers.py) and its
+file service (node/_files.py) each keep one pool of on-demand links, under the names
+``NAME/gossip`` and ``NAME/files``; a client (client/_links.py) keeps its node links up
+with one (issue 15: one link class, not one per service).
 
 One connect at a time per address: every caller waits on the same attempt, and what is
 sent meanwhile waits in a bounded queue, flushed once the link is up. A failed connect
-drops that queue and is remembered (``error``, ``failing_since``); when to try again is
-the owner's call (gossip retries with backoff, a transfer when it needs the link). The
-pool runs no task or timer of its own: its owner asks :meth:`Links.next_idle` and calls
-:meth:`Links.close_idle` from its own timer, so nothing runs while nothing happens.
-Liveness is not the link's business either: the mesh's gossip says who is alive.
+drops that queue and is remembered (``error``, ``failing_since``). An on-demand link is
+tried again when its owner next needs it (gossip retries with backoff, a transfer when
+it needs the link); its owner asks :meth:`Links.next_idle` and calls
+:meth:`Links.close_idle` from its own timer.
+
+A kept link (:meth:`Links.keep`) is the pool's to keep up: each connect runs the
+owner's async ready hook (the client waits for the node's first load report) and a
+link that fails to connect, is refused by the hook or closes is connected again after
+its :class:`Backoff` wait, from one ``loop.call_later`` timer per link (no sleeping
+task: nothing runs while nothing is due); its failure count starts over once it was
+ready. It is never closed as idle; :meth:`Links.forget` stops keeping it, closing the
+pool cancels every timer. Liveness is not the link's business: the mesh's gossip says
+who is alive, and the client pings the nodes it has jobs on (client/_links.py).
 
 When to try a failed link again is one policy for every owner, :class:`Backoff`
-(capped exponential with jitter): the client's node links (client/_links.py) and the
-gossip joins (node/_peers.py) use it, so no owner hammers a node that is down.
+(capped exponential with jitter): kept links and the gossip joins (node/_peers.py) use
+it, so no owner hammers a node that is down.
 """
 
 from __future__ import annotations
@@ -23,15 +31,16 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mesh._connection import Connection, open_connection
 from mesh._protocol import Message
 from mesh._tasks import TaskSet
-from mesh.errors import MeshError
+from mesh.errors import MeshConnectionError, MeshError
 
-__all__ = ["Backoff", "Link", "Links"]
+__all__ = ["KEEP_BACKOFF", "Backoff", "Keep", "Link", "Links", "ReadyHook"]
 
 log = logging.getLogger("mesh.link")
 
@@ -77,9 +86,15 @@ class Backoff:
         return full * (1 - self.jitter * (1 - draw))
 
 
+# A kept link that is lost or cannot be reached is tried again after 0.1 s, doubling to
+# 5 s (with jitter, so that the clients of a restarted node do not all knock at once).
+KEEP_BACKOFF = Backoff(first_s=0.1, cap_s=5.0)
+
+
 @dataclass(eq=False)
 class Link:
-    """One address's link: its connection while one is open, its connect in progress."""
+    """One address's link: its connection while one is open, its connect in progress;
+    while kept, how (``keep``), its failures in a row and the timer of its next try."""
 
     address: str
     conn: Connection | None = None
@@ -89,10 +104,28 @@ class Link:
     busy: int = 0  # requests waiting for an answer on it: never idle meanwhile
     error: BaseException | None = None
     failing_since: float | None = None
+    keep: Keep | None = None
+    failures: int = 0  # connects failed (or refused) in a row while kept
+    retry: asyncio.TimerHandle | None = None  # the next connect of a kept link
+    retry_s: float = 0.0  # the wait before that connect
 
     @property
     def is_open(self) -> bool:
         return self.conn is not None and not self.conn.closed
+
+
+# The owner's check of a new connection of a kept link: True when it is usable; False
+# or a MeshError refuses it (it is closed and counts as a failure).
+ReadyHook = Callable[[Link, Connection], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Keep:
+    """How the pool keeps one link up (see :meth:`Links.keep`)."""
+
+    backoff: Backoff = KEEP_BACKOFF
+    ready: ReadyHook | None = None
+    on_ready: Callable[[Link, Connection], None] | None = None
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -105,8 +138,10 @@ class Links:
 
     ``on_open(link, conn)`` sees each new connection first and returns False to refuse
     it (our own address by another name, a node already linked elsewhere): it is closed
-    and its queue dropped. ``on_message`` and ``on_close`` get every link's traffic,
-    ``on_fail`` each failed connect.
+    and its queue dropped (a kept link's refusal counts as a failure, so it is tried
+    again). ``on_message`` and ``on_close`` get every link's traffic,
+    ``on_fail`` each failed connect (of a kept link: each one its ready hook refused,
+    too; ``link.failures`` counts them, ``link.retry_s`` is the wait before the next).
     """
 
     def __init__(
@@ -133,6 +168,7 @@ class Links:
         self._links: dict[str, Link] = {}
         self._tasks = TaskSet(f"links of {name}", log)
         self._closing = False
+        self._rng = random.Random()  # the kept links' backoff jitter
         self.opened = 0  # connections made since start (a debug counter)
 
     def get(self, address: str) -> Link | None:
@@ -148,7 +184,7 @@ class Links:
         """Send on the link to ``address``, opening it (and queueing ``msg``) if need be."""
         link = self._link(address)
         link.used_at = self._loop.time()
-        if link.conn is not None and not link.conn.closed:
+        if link.conn is not None and not link.conn.closed and link.task is None:
             with contextlib.suppress(MeshError):
                 link.conn.send(msg)
             return link
@@ -158,28 +194,56 @@ class Links:
         return link
 
     async def connected(self, address: str) -> Connection:
-        """The open link to ``address``, opened now if need be. Raises MeshError."""
+        """The open (and, if kept, ready) link to ``address``, opened now if need be.
+        Raises MeshError."""
         link = self._link(address)
         link.used_at = self._loop.time()
         if not link.is_open:
             self._open(link)
-            if link.task is not None:
-                await asyncio.shield(link.task)
+        if link.task is not None:
+            await asyncio.shield(link.task)
         if link.conn is None or link.conn.closed:
             if isinstance(link.error, MeshError):  # its kind matters (AuthenticationError)
                 raise link.error
             raise MeshError(f"node at {address} cannot be reached: {link.error or 'no link'}")
         return link.conn
 
+    def keep(
+        self,
+        address: str,
+        backoff: Backoff = KEEP_BACKOFF,
+        *,
+        ready: ReadyHook | None = None,
+        on_ready: Callable[[Link, Connection], None] | None = None,
+    ) -> Link:
+        """Keep the link to ``address`` up from now on: connect it now (unless it is open
+        or connecting), and again after each failure or close, ``backoff.delay_s(n)``
+        after the n+1-th failure in a row (a link lost once it was ready: after
+        ``delay_s(0)``). Each new connection is ``ready`` once the hook says so
+        (without one: at once); ``on_ready(link, conn)`` then tells the owner it is
+        usable, and the failure count starts over. :meth:`forget` stops keeping it."""
+        link = self._link(address)
+        link.keep = Keep(backoff, ready, on_ready)
+        if not link.is_open and link.retry is None:
+            self._open(link)
+        return link
+
     def forget(self, address: str) -> None:
-        """Drop (and close) the link to ``address``."""
+        """Drop (and close) the link to ``address``; a kept one is no longer kept."""
         link = self._links.pop(address, None)
-        if link is not None and link.conn is not None:
+        if link is None:
+            return
+        link.keep = None
+        if link.retry is not None:
+            link.retry.cancel()
+            link.retry = None
+        if link.conn is not None:
             link.conn.close()
 
     def idle_at(self, link: Link) -> float:
-        """When ``link`` counts as idle (math.inf while it connects or a request waits)."""
-        if link.task is not None or link.busy:
+        """When ``link`` counts as idle (math.inf while it connects, a request waits or
+        it is kept)."""
+        if link.task is not None or link.busy or link.keep is not None:
             return math.inf
         last = max(link.used_at, link.conn.last_alive if link.conn is not None else 0.0)
         return last + self.idle_s
@@ -198,8 +262,13 @@ class Links:
         return [link.task for link in self._links.values() if link.task is not None]
 
     async def stop_connecting(self) -> None:
-        """Stop (and open no more) connects; the open links stay (an owner's goodbye)."""
+        """Stop (and open no more) connects, kept links' timers too; the open links stay
+        (an owner's goodbye)."""
         self._closing = True
+        for link in self._links.values():
+            if link.retry is not None:
+                link.retry.cancel()
+                link.retry = None
         await self._tasks.close()
 
     async def close(self) -> None:
@@ -221,7 +290,27 @@ class Links:
         if link.task is None and not self._closing:
             link.task = self._tasks.spawn(self._connect(link), f"connect {link.address}")
 
+    def _ours(self, link: Link) -> bool:
+        """Whether ``link`` is still this pool's to use (not forgotten, not closing)."""
+        return not self._closing and self._links.get(link.address) is link
+
     async def _connect(self, link: Link) -> None:
+        try:
+            outcome = await self._attempt(link)
+        finally:
+            link.task = None
+        if isinstance(outcome, BaseException):
+            self._failed(link, outcome)
+        elif outcome is None:
+            link.pending.clear()
+        elif link.keep is not None:
+            link.failures = 0
+            if link.keep.on_ready is not None:
+                link.keep.on_ready(link, outcome)
+
+    async def _attempt(self, link: Link) -> Connection | BaseException | None:
+        """One connect: the ready connection, why it failed, or None when it is not
+        wanted any more (the pool closing, the link forgotten, ``on_open`` refused it)."""
         try:
             host, port = _split(link.address)
             conn = await open_connection(
@@ -230,29 +319,89 @@ class Links:
                 on_close=lambda c, r: self._closed(link, c, r),
             )  # fmt: skip
         except (MeshError, ValueError) as exc:
-            link.pending.clear()
-            link.error = exc
-            if link.failing_since is None:
-                link.failing_since = self._loop.time()
-            log.debug("no link to %s: %s", link.address, exc)
-            if self._on_fail is not None:
-                self._on_fail(link, exc)
-            return
-        finally:
-            link.task = None
+            return exc
         self.opened += 1
-        if self._closing or (self._on_open is not None and not self._on_open(link, conn)):
+        if not self._ours(link):
             conn.close()
-            link.pending.clear()
-            return
+            return None
+        if self._on_open is not None and not self._on_open(link, conn):
+            conn.close()
+            if link.keep is not None:  # kept: refused like by its hook, so tried again
+                return MeshConnectionError(f"the link to {link.address} was refused")
+            return None
         link.conn, link.error, link.failing_since = conn, None, None
+        keep = link.keep
+        if keep is not None and keep.ready is not None:
+            refused = await self._ready(link, conn, keep.ready)
+            if refused is not None or not self._ours(link):
+                if link.conn is conn:  # (so that its close is no loss to _closed)
+                    link.conn = None
+                conn.close()
+                return refused
         pending, link.pending = link.pending, []
         for msg in pending:
             with contextlib.suppress(MeshError):
                 conn.send(msg)
+        return conn
+
+    async def _ready(self, link: Link, conn: Connection, hook: ReadyHook) -> Exception | None:
+        """Run the ready hook on ``conn``: None if it is ready, else why not."""
+        try:
+            ok = await hook(link, conn)
+        except MeshError as exc:
+            return exc
+        except asyncio.CancelledError:
+            if link.conn is conn:
+                link.conn = None
+            conn.close()
+            raise
+        except Exception as exc:  # the owner's bug: logged, and the link still kept
+            log.error("the ready hook of the link to %s failed", link.address, exc_info=exc)
+            return exc
+        if conn.closed:
+            reason = conn.close_reason
+            if isinstance(reason, MeshError):
+                return reason
+            return MeshConnectionError(
+                f"the link to {link.address} closed: {reason or 'by the node'}"
+            )
+        if not ok:
+            return MeshConnectionError(f"the link to {link.address} was refused when it opened")
+        return None
+
+    def _failed(self, link: Link, exc: BaseException) -> None:
+        link.pending.clear()
+        link.error = exc
+        if link.failing_since is None:
+            link.failing_since = self._loop.time()
+        log.debug("no link to %s: %s", link.address, exc)
+        if link.keep is not None:
+            link.failures += 1
+            self._retry_later(link)
+        if self._on_fail is not None:
+            self._on_fail(link, exc)
+
+    def _retry_later(self, link: Link) -> None:
+        """Set the timer of a kept link's next connect (one at a time, none while it is
+        open or connecting)."""
+        keep = link.keep
+        if keep is None or link.retry is not None or link.task is not None or link.is_open:
+            return
+        if not self._ours(link):
+            return
+        link.retry_s = keep.backoff.delay_s(max(link.failures - 1, 0), self._rng.random())
+        link.retry = self._loop.call_later(link.retry_s, self._retry, link)
+
+    def _retry(self, link: Link) -> None:
+        link.retry = None
+        if link.keep is not None and self._ours(link) and not link.is_open:
+            self._open(link)
 
     def _closed(self, link: Link, conn: Connection, reason: BaseException | None) -> None:
-        if link.conn is conn:
+        lost = link.conn is conn
+        if lost:
             link.conn, link.error = None, reason
         if self._on_close is not None:
             self._on_close(link, conn, reason)
+        if lost:
+            self._retry_later(link)
