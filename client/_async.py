@@ -289,6 +289,10 @@ class AsyncClient:
                 self.ledger.requeue(jid)
         if not msg.recall:
             log.info("node %s is leaving; placing %d jobs elsewhere", link.name, len(nums))
+        elif nums:
+            # its last load report counted the jobs it gave back: ask for a fresh one, or
+            # they would pass for others' work there (and keep ours off it) until the next
+            self._links.ping(link)
         self._apply(self._sched.handed_back(link.key, nums, time.time(), leaving=not msg.recall))
 
     def _node_lost(self, link: NodeLink, reason: BaseException | None) -> None:

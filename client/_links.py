@@ -337,8 +337,9 @@ class ClientLinks:
         """A cheap liveness check of the links this client uses, besides the mesh's word.
 
         This is the client's liveness policy, not the link's (the pool keeps links up;
-        whether a node answers in time is for the client to judge). The nodes' gossip tells this client of members that join and die (Members, see
-        _members), so no link needs a heartbeat to learn of deaths. Pings remain where
+        whether a node answers in time is for the client to judge). The nodes' gossip
+        tells this client of members that join and die (Members, see _members), so no
+        link needs a heartbeat to learn of deaths. Pings remain where
         gossip cannot speak: a link with our jobs in flight is pinged each heartbeat
         (a node cut off from this client alone, or a one-node mesh, has nobody to declare
         it dead), an idle one every IDLE_PING_S (so the node keeps it). A link whose
@@ -361,11 +362,20 @@ class ClientLinks:
                                               f"heartbeats for {self._dead_after_s:g} s"))  # fmt: skip
                     continue
                 if self._busy(link.key) or now - link.pinged_at >= IDLE_PING_S:
-                    link.pinged_at = now
-                    if since is None:
-                        link.unanswered_since = now
-                    with contextlib.suppress(MeshError):
-                        conn.send(Ping(now))
+                    self.ping(link)
+
+    def ping(self, link: NodeLink) -> None:
+        """Ping ``link``'s node: its Pong reports its load, and an answer, or any frame,
+        within dead_after_s keeps the link (the heartbeat judges)."""
+        conn = link.conn
+        if conn is None or conn.closed:
+            return
+        now = asyncio.get_running_loop().time()
+        link.pinged_at = now
+        if link.unanswered_since is None:
+            link.unanswered_since = now
+        with contextlib.suppress(MeshError):
+            conn.send(Ping(now))
 
     # ---- messages ----
 
@@ -440,11 +450,7 @@ class ClientLinks:
             log.info("node %s (%s) declared dead by the mesh (told by %s) but heard from "
                      "%.1f s ago: checking it ourselves", link.name, link.key, told_by,
                      now - conn.last_alive)  # fmt: skip
-            link.pinged_at = now
-            if link.unanswered_since is None:
-                link.unanswered_since = now
-            with contextlib.suppress(MeshError):
-                conn.send(Ping(now))
+            self.ping(link)
             return
         conn.abort(ConnectionLost(f"node {link.name} ({link.key}) declared dead by the "
                                   f"mesh's gossip (no answer to its probes; told by {told_by})"))  # fmt: skip

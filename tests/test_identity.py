@@ -224,8 +224,10 @@ def test_info_and_status_answer_for_every_job_after_a_node_is_killed(start, secr
         wait_until(lambda: sum(n.connected and n.workers == 2 for n in c.nodes()) == 2,
                    what="both nodes linked, their workers known")  # fmt: skip
         # Jobs finished on b; then b is killed in the middle of a map, a job running there.
-        # (eight quick jobs may all fit a's slots and pipeline: map again until b ran some)
-        for _ in range(20):
+        # (eight quick jobs may all fit a's slots and pipeline, and b's workers may still
+        # be starting on a loaded machine, its jobs recalled to a: map again until b ran some)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             for f in runs_dir.iterdir():
                 f.unlink()
             jids = c.map(note_then, range(8), folder=str(runs_dir), gate="")
