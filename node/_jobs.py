@@ -9,7 +9,9 @@ passed in. Job states: queued -> processing -> done | error | killed.
 Workers take batches of consecutive jobs of one function, sized so a batch is a few
 milliseconds of work; a job that needs several cores reserves idle workers; a job
 with a runtime limit runs alone, and so does one with ``kill_process``, whose worker is
-retired once it reported the result (the pool starts a fresh one in its place). When
+retired once it reported the result (the pool starts a fresh one in its place), and one
+whose sender is told when it starts (``notify_start``: a job waiting behind another in
+a worker's batch has not started, and a future must not say it runs). When
 a worker dies, the job it was running gets the blame only if it ran alone; the rest
 of a batch is re-queued to run one by one ("suspects"), so a crashing job is always
 identified on its own. A client's jobs run in its ``priority`` order (lower first;
@@ -604,7 +606,8 @@ class JobTable:
         w.reserving.clear()
 
     def _batch_size(self, head: Job, queued: int, workers: int) -> int:
-        if head.cores > 1 or head.max_runtime > 0 or head.suspect or head.kill_process:
+        if (head.cores > 1 or head.max_runtime > 0 or head.suspect or head.kill_process
+                or head.notify_start):  # fmt: skip
             return 1
         by_queue = queued // (2 * max(workers, 1))
         if self.avg_run_s is None:
@@ -655,7 +658,7 @@ class JobTable:
                 while q and len(jobs) < n:
                     j = q[0]
                     if (j.func is not head.func or j.cores != 1 or j.max_runtime > 0 or j.suspect
-                            or j.kill_process):  # fmt: skip
+                            or j.kill_process or j.notify_start):  # fmt: skip
                         break
                     jobs.append(q.popleft())
                 w.retiring = head.kill_process

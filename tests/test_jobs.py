@@ -571,13 +571,20 @@ def test_jobs_submitted_with_notify_start_are_reported_as_they_start() -> None:
     ]  # fmt: skip
 
 
-def test_a_batch_started_at_once_is_reported_in_one_notify() -> None:
-    t = table(capacity=1)
+def test_jobs_told_as_they_start_run_one_per_worker_however_short() -> None:
+    # Batched, "b" would wait behind "a" in the worker while its future said RUNNING
+    # (and refused a cancel): each goes alone, and is told when it really starts.
+    t = table(capacity=2)
     warm_up(t, 10)
+    t.worker_ready(11, 1.0)
     out = t.submit(OWNER, F, items("a", "b", "c", "d"), 2.0, notify_start=True)
-    (dispatch, notify) = out
-    assert isinstance(dispatch, Dispatch) and len(dispatch.jobs) > 1
-    assert notify == Notify(OWNER, [j.jid for j in dispatch.jobs])
+    assert out == [
+        Dispatch(11, F, True, jobs(t, "a")), Dispatch(10, F, False, jobs(t, "b")),
+        Notify(OWNER, ["a", "b"]),
+    ]  # fmt: skip
+    assert t.worker_ran(10, (ran("b"),), 3.0)[:2] == [
+        Dispatch(10, F, False, jobs(t, "c")), Notify(OWNER, ["c"]),
+    ]  # fmt: skip
 
 
 def test_jobs_without_notify_start_are_not_reported() -> None:
@@ -591,13 +598,17 @@ def test_jobs_without_notify_start_are_not_reported() -> None:
     ]  # fmt: skip
 
 
-def test_a_job_started_again_after_its_batch_worker_died_is_reported_again() -> None:
+def test_a_job_told_as_it_starts_that_dies_with_its_worker_is_blamed_alone() -> None:
+    # (it ran alone: its worker's death is its own, and the client runs it again)
     t = table(capacity=1)
     warm_up(t, 10)
     (dispatch, _) = t.submit(OWNER, F, items("a", "b", "c", "d"), 2.0, notify_start=True)
-    assert [j.jid for j in dispatch.jobs] == ["a", "b"]  # a batch: its jobs run again alone
-    assert t.worker_died(10, "was killed by signal 9", 3.0) == []
-    assert t.worker_ready(11, 4.0) == [Dispatch(11, F, True, jobs(t, "a")), Notify(OWNER, ["a"])]
+    assert [j.jid for j in dispatch.jobs] == ["a"]
+    (deliver,) = t.worker_died(10, "was killed by signal 9", 3.0)
+    assert isinstance(deliver, Deliver) and [i.jid for i in deliver.items] == ["a"]
+    assert deliver.items[0].error is not None
+    assert deliver.items[0].error.kind == ErrorKind.WORKER_DIED
+    assert t.worker_ready(11, 4.0) == [Dispatch(11, F, True, jobs(t, "b")), Notify(OWNER, ["b"])]
 
 
 def test_a_queued_job_killed_before_it_starts_is_never_reported() -> None:
