@@ -648,9 +648,9 @@ def job_files() -> Files | None:
     if not path:
         return None
     if _job_files is None:
-        from mesh.client._sync import _LoopThread
+        from mesh.client._sync import LoopThread
 
-        thread = _LoopThread("mesh-job-files")
+        thread = LoopThread("mesh-job-files")
         link = _NodeLink()
         afiles = AsyncFiles(lambda: [link], local=True)
 

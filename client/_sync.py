@@ -46,7 +46,7 @@ T = TypeVar("T")
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
-class _LoopThread:
+class LoopThread:
     """An event loop running forever on a daemon thread."""
 
     def __init__(self, name: str) -> None:
@@ -97,7 +97,7 @@ class Client:
             no_nodes_timeout_s=no_nodes_timeout_s, discovery_window_s=discovery_window_s,
             heartbeat_s=heartbeat_s, dead_after_s=dead_after_s,
         )  # fmt: skip
-        self._thread = _LoopThread("mesh-client")
+        self._thread = LoopThread("mesh-client")
         self._state = ClientState.STARTING
         try:
             self._async = AsyncClient(

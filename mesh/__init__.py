@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "EnvInfo", "call", "connect", "default_client", "env", "env_info", "info", "iresult", "is_local", "join",
+    "AsyncClient", "Client", "Executor", "Job", "JobInfo", "NodeInfo", "EnvInfo", "call", "connect", "default_client", "open_client", "env", "env_info", "info", "iresult", "is_local", "join",
     "kill", "local", "map", "result", "status", "close", "files",
     "AuthenticationError", "ConfigurationError", "ConnectionClosed", "ConnectionLost", "DependencyFailed", "EnvBuildFailed", "FileCorrupted", "FilesError", "FileStoreFull", "JobError", "JobKilled", "JobRejected", "LocalProtocolError", "MaxRuntimeExceeded", "MemoryLimitExceeded", "MeshConnectionError", "MeshError", "MeshFileNotFound", "MeshTimeout", "MissingModule", "NoNodesAvailable", "ProtocolError", "RemoteProtocolError", "RemoteTraceback", "SerializationError", "UnknownJob", "VersionMismatch", "WorkerDied", "WorkerStartFailed",
 ]  # fmt: skip
@@ -140,7 +140,11 @@ def default_client() -> Client:
         return _default
 
 
-_client = default_client  # mesh.files' name for it
+def open_client() -> Client | None:
+    """The client the module-level calls use, if one is open now; None if none is (this
+    starts nothing: ``mesh.files`` inside a job then goes through the job's node)."""
+    client = _default
+    return client if client is not None and not client.closed else None
 
 
 def connect(peers: str | Iterable[str] | None = None, secret: str | bytes | None = None,

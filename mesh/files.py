@@ -27,12 +27,11 @@ def _files() -> Files:
     import mesh
     from mesh.client._files import job_files
 
-    default = mesh._default
-    if default is None or default.closed:
+    if mesh.open_client() is None:
         inside = job_files()  # in a job: through its node
         if inside is not None:
             return inside
-    return mesh._client().files
+    return mesh.default_client().files
 
 
 def put(path: str | os.PathLike[str], name: str | None = None, replicas: int = 2) -> FileInfo:

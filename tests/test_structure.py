@@ -40,12 +40,6 @@ ALLOWED = {
     "by-reference vs by-value; lanmesh must agree with it exactly",
     ("client/_executor.py", "_register_atexit"): "threading's hook that runs before atexit "
     "handlers: what concurrent.futures itself uses for 'after interpreter shutdown'",
-    ("mesh/files.py", "_default"): "not issue 15's file: mesh.files reads the module's "
-    "default client; mesh.default_client() is the public way, for its next change",
-    ("mesh/files.py", "_client"): "not issue 15's file: as above (mesh._client is kept "
-    "as an alias of mesh.default_client for it)",
-    ("client/_files.py", "_LoopThread"): "not issue 15's file: a job's files use the sync "
-    "client's loop thread; the import should become LoopThread when that file changes",
 }
 
 
