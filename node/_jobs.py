@@ -21,6 +21,7 @@ among equal, in the order sent); other clients' jobs keep their places.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import re
 from collections import OrderedDict, deque
@@ -187,7 +188,12 @@ class JobTable:
         self.workers: dict[int, _Worker] = {}
         self.capacity = 0  # workers the node is configured for (ready or starting)
         self.avg_run_s: float | None = None
-        self._expiry: list[tuple[float, str]] = []  # a heap: (time, jid)
+        # A heap of (time, seq, jids): the results to forget then. One entry per event
+        # (the jobs one worker report finished, one Ack), not per job: a map of 20,000
+        # jobs would push 40,000 entries and pay a heap push for each.
+        self._expiry: list[tuple[float, int, list[str]]] = []
+        self._expiry_seq = itertools.count()
+        self._unclaimed: tuple[float, list[str]] | None = None  # the newest finish entry
         self._out: dict[int, list[ResultItem]] = {}
         self._finished: list[Job] = []  # to be stored before their results go out
         self._back: dict[int, list[str]] = {}  # jobs handed back, by connection
@@ -256,7 +262,7 @@ class JobTable:
         """Finished jobs from the store of a previous run: served again until they expire."""
         for job in jobs:
             self.jobs[job.jid] = job
-            heapq.heappush(self._expiry, (now + self.result_ttl_s, job.jid))
+        self._expire_at(now + self.result_ttl_s, [job.jid for job in jobs])
 
     def submit(
         self,
@@ -532,10 +538,7 @@ class JobTable:
 
     def ack(self, jids: tuple[str, ...], now: float) -> None:
         """The client has these results: keep them for ``result_ttl_s`` more."""
-        expire = now + self.result_ttl_s
-        for jid in jids:
-            if jid in self.jobs:
-                heapq.heappush(self._expiry, (expire, jid))
+        self._expire_at(now + self.result_ttl_s, [jid for jid in jids if jid in self.jobs])
 
     def tick(self, now: float) -> list[Instruction]:
         """Time passed: enforce runtime limits, forget expired results."""
@@ -551,12 +554,14 @@ class JobTable:
                     job.kill_reason = KillReason(ErrorKind.MAX_RUNTIME)
                     out.append(KillWorker(w.wid, f"max-runtime: {job.jid}"))
         while self._expiry and self._expiry[0][0] <= now:
-            _, jid = heapq.heappop(self._expiry)
-            expired = self.jobs.get(jid)
-            if expired is not None and expired.state in (DONE, ERROR, KILLED):
-                del self.jobs[jid]
-                self.retained.forget(jid)
-                self._expired.append(jid)
+            _, _, jids = heapq.heappop(self._expiry)
+            for jid in jids:
+                expired = self.jobs.get(jid)
+                if expired is not None and expired.state in (DONE, ERROR, KILLED):
+                    del self.jobs[jid]
+                    self.retained.forget(jid)
+                    self._expired.append(jid)
+        self._unclaimed = None
         return out
 
     def disconnected(self, conn: int) -> None:
@@ -596,7 +601,18 @@ class JobTable:
         if job.watchers:
             for conn in job.watchers:
                 self._out.setdefault(conn, []).append(job.item())
-        heapq.heappush(self._expiry, (now + self.unclaimed_ttl_s, job.jid))
+        expire = now + self.unclaimed_ttl_s
+        last = self._unclaimed
+        if last is not None and last[0] == expire:
+            last[1].append(job.jid)  # finished in the same event: the same entry
+        else:
+            self._unclaimed = (expire, [job.jid])
+            self._expire_at(expire, self._unclaimed[1])
+
+    def _expire_at(self, at: float, jids: list[str]) -> None:
+        """Forget these finished jobs at ``at`` (unless something keeps them longer)."""
+        if jids:
+            heapq.heappush(self._expiry, (at, next(self._expiry_seq), jids))
 
     def _release(self, w: _Worker) -> None:
         for other in w.reserving:

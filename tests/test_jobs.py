@@ -374,6 +374,24 @@ def test_unacked_result_is_forgotten_after_unclaimed_ttl() -> None:
     assert "j1" not in t.jobs
 
 
+def test_results_finished_or_acked_together_expire_together_from_one_entry() -> None:
+    t = table(result_ttl_s=10.0, unclaimed_ttl_s=100.0)
+    warm_up(t, 10, now=0.0)  # "warm": finished at 0.0, never acked
+    names = [f"j{i}" for i in range(8)]
+    (dispatch,) = t.submit(OWNER, F, items(*names), 1.0)  # 8 queued // 2: a batch of 4
+    assert [j.jid for j in dispatch.jobs] == ["j0", "j1", "j2", "j3"]
+    t.worker_ran(10, tuple(ran(j.jid) for j in dispatch.jobs), 2.0)
+    assert len(t._expiry) == 2  # "warm"; then j0-j3 (one report), not one per job
+    t.ack(("j0", "j1", "nosuch"), 3.0)
+    assert len(t._expiry) == 3
+    t.tick(13.0)  # j0 and j1: acked, kept result_ttl_s
+    assert t.take_expired() == ["j0", "j1"] and "j2" in t.jobs
+    t.tick(100.0)  # warm: finished at 0.0, unclaimed_ttl_s
+    assert t.take_expired() == ["warm"]
+    t.tick(102.0)
+    assert t.take_expired() == ["j2", "j3"]
+
+
 def test_tick_never_forgets_a_running_job() -> None:
     t = table(result_ttl_s=1.0, unclaimed_ttl_s=1.0)
     t.submit(OWNER, F, items("j1"), 0.0)
