@@ -27,6 +27,19 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from mesh.node._job_types import (
+    NODE_TRACKED_FUNCTIONS,
+    Deliver,
+    Dispatch,
+    Func,
+    HandBack,
+    Instruction,
+    Job,
+    KillWorker,
+    Notify,
+    RetireWorker,
+    RetryRefused,
+)
 from mesh.node._retained import Retained, RetainedSubmissions
 
 from mesh._protocol import (
@@ -45,6 +58,8 @@ from mesh._protocol import (
 )
 from mesh.errors import ErrorKind
 
+# (the records and instructions live in node/_job_types.py; named here too, as the
+# table's vocabulary)
 __all__ = [
     "Deliver",
     "Dispatch",
@@ -62,50 +77,8 @@ __all__ = [
 # A batch should take about this long; a longer one delays results and kills.
 BATCH_TARGET_S = 0.01
 MAX_BATCH = 512
-NODE_TRACKED_FUNCTIONS = 128
-WORKER_FUNCTIONS = 2 * NODE_TRACKED_FUNCTIONS
 _EWMA = 0.2
 _RETRY_SUFFIX = re.compile(r"-r([0-9]+)$")
-
-
-@dataclass(slots=True, eq=False)
-class Func:
-    fhash: bytes
-    blob: bytes
-    name: str
-    env: str = ""  # key of the job environment (_env) its jobs run in; "" the node's own
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    jid: str
-    func: Func
-    args: Payload
-    owner: int
-    submitted: float
-    cores: int = 1
-    label: str = ""
-    max_runtime: float = 0.0
-    state: int = QUEUED
-    started: float = 0.0
-    finished: float = 0.0
-    cpu_s: float = 0.0
-    stdout: str = ""
-    stderr: str = ""
-    result: Payload = b""
-    error: ErrorInfo | None = None
-    attempts: int = 0
-    worker: int = -1
-    suspect: bool = False
-    kill_reason: KillReason | None = None
-    watchers: set[int] | None = None
-    notify_start: bool = False  # its owner wants a Started when it starts
-    priority: int = 5  # among its owner's queued jobs, lower runs first
-    kill_process: bool = False  # runs alone; its worker is retired afterwards
-    retry_of: str = ""  # the failed job the console's Retry ran again as this one
-
-    def item(self) -> ResultItem:
-        return ResultItem(self.jid, self.state, self.result, self.error)
 
 
 @dataclass(slots=True, eq=False)
@@ -120,56 +93,6 @@ class _Worker:
     stopping: bool = False  # being killed for its memory
     env: str = ""  # the job environment this worker runs in ("" the node's own)
     retiring: bool = False  # runs a kill_process job: no more work, retired after it
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    worker: int
-    func: Func
-    send_function: bool
-    jobs: list[Job]
-
-
-@dataclass(frozen=True, slots=True)
-class KillWorker:
-    worker: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    conn: int
-    items: list[ResultItem]
-
-
-@dataclass(frozen=True, slots=True)
-class HandBack:
-    conn: int
-    jids: list[str]
-    recall: bool = False  # the answer to a Recall (one per Recall, even empty)
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """Tell ``conn`` these jobs of its (submitted with ``notify_start``) have started."""
-
-    conn: int
-    jids: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class RetireWorker:
-    """Stop ``worker``, idle now: its last job asked for a fresh process after it (its
-    result went out first); the pool starts another in its place."""
-
-    worker: int
-
-
-Instruction = Dispatch | KillWorker | Deliver | HandBack | Notify | RetireWorker
-
-
-class RetryRefused(ValueError):
-    """A job cannot be run again: the message says why (shown beside the absent button)."""
 
 
 class JobTable:

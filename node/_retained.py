@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from mesh._protocol import Payload
 
 if TYPE_CHECKING:
-    from mesh.node._jobs import Func
+    from mesh.node._job_types import Func
 
 __all__ = ["RETAINED_OVERHEAD", "RETAIN_BYTES", "Retained", "RetainedSubmissions"]
 

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from mesh.node._jobs import WORKER_FUNCTIONS
+from mesh.node._job_types import WORKER_FUNCTIONS
 from mesh.node._proc import become_subreaper, end_descendants, has_children
 
 from mesh._frames import FrameCodec
