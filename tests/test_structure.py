@@ -173,7 +173,8 @@ def test_twin_properties_match() -> None:
     assert props(Client) - {"is_local"} == props(AsyncClient)
 
 
-# The wire and scheduler modules split out of mesh/_protocol.py and client/_scheduler.py.
+# The wire, scheduler and job-table modules split out of mesh/_protocol.py,
+# client/_scheduler.py and node/_jobs.py.
 SPLIT_MODULES = (
     "mesh._wire",
     "mesh._msg_jobs",
@@ -184,6 +185,8 @@ SPLIT_MODULES = (
     "mesh.client._sched_types",
     "mesh.client._sched_queue",
     "mesh.client._scheduler",
+    "mesh.node._job_types",
+    "mesh.node._jobs",
 )
 
 
