@@ -154,6 +154,20 @@ def stop_nodes(nodes: list[NodeProc]) -> None:
     assert not leaked, f"worker processes outlived their node: {leaked}"
 
 
+def solo_node(
+    tmp_path_factory: pytest.TempPathFactory, label: str
+) -> Iterator[tuple[NodeProc, str]]:
+    """For a module-scoped fixture: one node with one worker and its own secret, shared by
+    a module's tests (each has its own client); stopped after them."""
+    secret = secrets.token_hex(32)
+    node = start_node(secret, Path(tmp_path_factory.mktemp(label)), workers=1)
+    try:
+        node.wait_workers(1)
+        yield node, secret
+    finally:
+        stop_nodes([node])
+
+
 @pytest.fixture
 def secret() -> str:
     return secrets.token_hex(32)

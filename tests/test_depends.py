@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _helpers import append_line, gated, started_then_gated, touch, wait_until
-from conftest import NodeProc, start_node, stop_nodes
+from conftest import NodeProc, solo_node
 
 import mesh
 
@@ -48,14 +47,7 @@ def read_lines(path: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, str]]:
-    """One node with one worker, shared by this module's tests (each has its own client)."""
-    secret = secrets.token_hex(32)
-    node = start_node(secret, Path(tmp_path_factory.mktemp("depends")), workers=1)
-    try:
-        node.wait_workers(1)
-        yield node, secret
-    finally:
-        stop_nodes([node])
+    yield from solo_node(tmp_path_factory, "depends")
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ result delivered first), on a real node with one worker."""
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from _helpers import wait_until
-from conftest import NodeProc, start_node, stop_nodes
+from conftest import NodeProc, solo_node
 
 import mesh
 
@@ -31,14 +29,7 @@ def read_mark() -> int | None:
 
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, str]]:
-    """One node with one worker, shared by this module's tests (each has its own client)."""
-    secret = secrets.token_hex(32)
-    node = start_node(secret, Path(tmp_path_factory.mktemp("kill_process")), workers=1)
-    try:
-        node.wait_workers(1)
-        yield node, secret
-    finally:
-        stop_nodes([node])
+    yield from solo_node(tmp_path_factory, "kill_process")
 
 
 def test_each_kill_process_job_gets_a_fresh_worker_process(one_worker):
