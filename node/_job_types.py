@@ -70,6 +70,15 @@ class Job:
     def item(self) -> ResultItem:
         return ResultItem(self.jid, self.state, self.result, self.error)
 
+    @property
+    def alone(self) -> bool:
+        """Whether it runs in a batch of its own: it takes several cores, has a runtime
+        limit, is a suspect of a batch whose worker died, has its worker replaced after
+        it, or its sender is told when it starts (behind another in a batch it would
+        not have started)."""
+        return (self.cores != 1 or self.max_runtime > 0 or self.suspect or self.kill_process
+                or self.notify_start)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:

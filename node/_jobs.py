@@ -545,8 +545,7 @@ class JobTable:
         w.reserving.clear()
 
     def _batch_size(self, head: Job, queued: int, workers: int) -> int:
-        if (head.cores > 1 or head.max_runtime > 0 or head.suspect or head.kill_process
-                or head.notify_start):  # fmt: skip
+        if head.alone:
             return 1
         by_queue = queued // (2 * max(workers, 1))
         if self.avg_run_s is None:
@@ -596,8 +595,7 @@ class JobTable:
                 jobs = [q.popleft()]
                 while q and len(jobs) < n:
                     j = q[0]
-                    if (j.func is not head.func or j.cores != 1 or j.max_runtime > 0 or j.suspect
-                            or j.kill_process or j.notify_start):  # fmt: skip
+                    if j.func is not head.func or j.alone:
                         break
                     jobs.append(q.popleft())
                 w.retiring = head.kill_process
