@@ -289,11 +289,11 @@ class AsyncClient:
                 self.ledger.requeue(jid)
         if not msg.recall:
             log.info("node %s is leaving; placing %d jobs elsewhere", link.name, len(nums))
-        elif nums:
-            # its last load report counted the jobs it gave back: ask for a fresh one, or
-            # they would pass for others' work there (and keep ours off it) until the next
-            self._links.ping(link)
-        self._apply(self._sched.handed_back(link.key, nums, time.time(), leaving=not msg.recall))
+        if msg.running >= 0:
+            link.running, link.queued = msg.running, msg.queued
+        load = (msg.running, msg.queued) if msg.running >= 0 else None
+        self._apply(self._sched.handed_back(link.key, nums, time.time(),
+                                            leaving=not msg.recall, load=load))  # fmt: skip
 
     def _node_lost(self, link: NodeLink, reason: BaseException | None) -> None:
         """``link`` closed (lost, Goodbye, a missed heartbeat): its jobs are placed again."""

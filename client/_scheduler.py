@@ -286,13 +286,23 @@ class Scheduler(SchedulerQueue):
         return out + self._place()
 
     def handed_back(
-        self, key: str, nums: Iterable[int], now: float, *, leaving: bool = True
+        self,
+        key: str,
+        nums: Iterable[int],
+        now: float,
+        *,
+        leaving: bool = True,
+        load: tuple[int, int] | None = None,
     ) -> list[Instruction]:
         """A node gave back jobs it had not started; they are placed again, no attempt
-        lost. ``leaving``: it is draining (takes no new work); else it answers a Recall."""
+        lost. ``leaving``: it is draining (takes no new work); else it answers a Recall.
+        ``load``: its (running, queued) once they left (its last report counted them:
+        they would pass for others' work there and keep ours off it)."""
         node = self._nodes.get(key)
         if node is None:
             return []
+        if load is not None:
+            node.running, node.queued = load
         if leaving:
             node.draining = True
         else:

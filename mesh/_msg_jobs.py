@@ -194,10 +194,14 @@ class Handback(Message):
     The node is leaving (it takes no new work after sending it and still delivers the
     results of the jobs it is running), or, with ``recall``, it answers a
     :class:`Recall`: exactly one Handback per Recall, empty if it started them all.
+    ``running``/``queued``: the node's load once they left (-1: not told, an older
+    node), since its last report still counted them.
     """
 
     jids: tuple[str, ...]
     recall: bool = False
+    running: int = -1
+    queued: int = -1
 
 
 @message(22)

@@ -803,7 +803,8 @@ class Node:
             elif isinstance(ins, HandBack):
                 conn = self._conns.get(ins.conn)
                 if conn is not None and not conn.closed:
-                    conn.send(Handback(tuple(ins.jids), recall=ins.recall))
+                    conn.send(Handback(tuple(ins.jids), ins.recall, self.table.running,
+                                       self.table.queued))  # fmt: skip
         if finished and self._store is not None:
             self._save(finished)
 

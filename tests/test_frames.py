@@ -561,6 +561,14 @@ def test_notify_start_is_off_unless_sent_and_started_round_trips() -> None:
         decode(msgpack.packb([23, [7]]))
 
 
+def test_a_handback_carries_the_node_s_load_and_an_older_one_says_none() -> None:
+    told = proto.Handback(("c-7", "c-8"), True, 0, 2)
+    assert encode(told) == msgpack.packb([21, ["c-7", "c-8"], True, 0, 2])
+    assert decode(encode(told)) == told
+    older = decode(msgpack.packb([21, ["c-7"], True]))  # a node before the load was sent
+    assert (older.running, older.queued) == (-1, -1)
+
+
 def test_decode_drops_fields_a_newer_peer_adds() -> None:
     new = msgpack.packb([14, ["j1"], "future field", 42], use_bin_type=True)
     assert decode(new) == proto.Ack(("j1",))

@@ -472,6 +472,24 @@ def test_a_recalled_job_that_had_started_runs_on_and_is_not_recalled_again() -> 
     assert s.results("a", done(1, 2), 0.7) == [Accept("a", (1, 2)), Ack("a", (1, 2))]
 
 
+def test_a_hand_back_carries_the_node_s_load_once_the_jobs_left() -> None:
+    """A node whose workers are not up yet reports our jobs queued; once it handed them
+    back, the load it sends with them replaces that report: they are not taken for
+    others' work there, keeping our next jobs off it."""
+    s = sched("a", "b", workers=2)
+    assert s.submit(Batch(1, 8, F), 0.0) == [Send("a", F, (1, 2, 3, 4)), Send("b", F, (5, 6, 7, 8))]
+    assert s.load("b", 0.1, running=0, queued=4) == []  # its workers are still starting
+    assert finish(s, "a", 0.2)[-1] == Recall("b", (7, 8))
+    s.handed_back("b", [7, 8], 0.3, leaving=False, load=(0, 2))
+    assert s._nodes["b"].load == 2  # 5 and 6, ours: nothing else there
+    s2 = sched("a", "b", workers=2)  # the same from an older node, which tells no load
+    s2.submit(Batch(1, 8, F), 0.0)
+    s2.load("b", 0.1, running=0, queued=4)
+    finish(s2, "a", 0.2)
+    s2.handed_back("b", [7, 8], 0.3, leaving=False)
+    assert s2._nodes["b"].load == 4  # the stale report: two of them pass for others' work
+
+
 def test_no_recall_while_work_waits_here_or_no_slot_is_free() -> None:
     s = sched("a", "b")
     s.submit(Batch(1, 12, F), 0.0)
