@@ -140,11 +140,6 @@ class EnvCache:
             if now - saved > 1.0:
                 self._save()
 
-    def forget_failure(self, key: str) -> None:
-        """``mesh envs --rebuild``: a failed set is tried again on its next job."""
-        if self.index.get(key, {}).get("status") == "failed":
-            self.forget(key)
-
     def forget(self, key: str) -> str:
         """``mesh envs --rebuild``: remove a failed or ready environment (the caller makes
         sure none of its workers run) so its next job builds it again; its count of builds
