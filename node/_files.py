@@ -16,7 +16,11 @@ differs. Every change then goes to the linked peers as it happens (and a peer wi
 link gets a link, so a digest). Nothing runs on a timer while nothing changes: an idle
 mesh sends no catalog traffic. A change a peer missed (its link broke mid-send) is
 repaired by the digest of the next link, or of its coming back; a name a node has not
-heard of is asked of the peers before "not found" (_ask_peers).
+heard of is asked of the peers before "not found" (ask_peers).
+
+This module serves requests and moves bytes (put, get, pull); the peers' side (file
+links, catalog exchange, who holds which blob, replica repair) is FileSync, in
+node/_file_sync.py, which FileService owns.
 """
 
 from __future__ import annotations
@@ -33,12 +37,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mesh.node._blobs import BlobStore
-from mesh.node._digest import catalog_digest, differing, in_buckets, set_digest
+from mesh.node._file_sync import FILES_LINK, FileSync
 
 from mesh._connection import Connection
 from mesh._gossip import State, Update
 from mesh._hash import is_hash
-from mesh._link import Links
 from mesh._protocol import (
     FileAck,
     FileCatalog,
@@ -57,13 +60,11 @@ from mesh._protocol import (
 from mesh._tasks import TaskSet
 from mesh._transfer import Stream, Transfers
 from mesh.errors import (
-    ConnectionLost,
     FileCorrupted,
     FilesError,
     FileStoreFull,
     MeshError,
     MeshFileNotFound,
-    RemoteProtocolError,
 )
 
 if TYPE_CHECKING:
@@ -74,21 +75,10 @@ __all__ = ["FILES_LINK", "FILE_MESSAGES", "FileService"]
 
 log = logging.getLogger("mesh.node.files")
 
-FILES_LINK = "/files"  # a node names its file links "NAME/files" in the handshake
 # Every message this service handles (the node routes them here).
 FILE_MESSAGES = (FilePut, FileChunk, FileAck, FileEnd, FileGet, FileReply, FileList, FileDelete,
                  FileCatalog, FileDigest)  # fmt: skip
-SETTLE_S = 2.0  # a put or delete waits this long at most for peers to hear of it
 MAX_NAME = 4096
-ASK_UNLINKED_S = 60.0  # a peer unreachable for longer is not asked about unknown names
-
-
-def _rereplicate_after_s() -> float:
-    """How long a holder may be missing before the others copy its blobs elsewhere."""
-    try:
-        return float(os.environ.get("MESH_FILES_REREPLICATE_S", "30"))
-    except ValueError:
-        return 30.0
 
 
 def _open_raw(path: Path) -> IO[bytes]:
@@ -142,33 +132,19 @@ class FileService:
         self.node = node
         self.store: BlobStore | None = None
         self.transfers = Transfers()
-        self.holders: dict[str, set[str]] = {}  # blob hash -> ids of *other* nodes holding it
-        self.names: dict[str, str] = {}  # node id -> node name
-        self._net: Links | None = None  # our file links, by address (mesh/_link.py)
-        self._links: dict[str, Connection] = {}  # peer node id -> our file link to it
-        self._ids: dict[str, str] = {}  # "host:port" -> node id, as our file links found
-        self._linking: set[str] = set()
-        self._seen: dict[str, float] = {}  # peer node id -> loop time gossip last spoke of it
-        self._restore_at: asyncio.TimerHandle | None = None
-        # What catalog exchange costs (the dashboard shows them; tests count them).
-        self.counters = {"digests_sent": 0, "digests_received": 0, "catalogs_sent": 0,
-                         "entries_sent": 0}  # fmt: skip
-        self._pulls: dict[str, asyncio.Future[Path]] = {}
-        # blob hash -> names of the nodes whose copy failed its hash check (until a good
-        # copy is back here), so "no good copy left" can say where the bad ones were
-        self._corrupt: dict[str, set[str]] = {}
         # A request whose connection went away mid-answer (MeshError) has no one to tell.
         self._tasks = TaskSet("files", log, quiet=(MeshError,))
+        # The peers: links, catalog exchange, who holds what, replica repair.
+        self.sync = FileSync(node, self.transfers, self._tasks, self._replicate)
+        self.counters = self.sync.counters  # (the dashboard reads them here)
+        self._pulls: dict[str, asyncio.Future[Path]] = {}
         self._unix: asyncio.AbstractServer | None = None
         self._sock_dir: str | None = None
         self.socket_path = ""
-        self._started = 0.0
-        self._rereplicate_s = _rereplicate_after_s()
-        self._restoring = False
 
     @property
     def label(self) -> str:
-        return f"node {self.node.name} ({self.node.address})"
+        return self.sync.label
 
     # ---- lifecycle ----
 
@@ -189,21 +165,12 @@ class FileService:
             os.umask(old)
         self.socket_path = path
         os.environ["MESH_NODE_FILES"] = path  # the workers started after this inherit it
-        self._started = loop.time()
-        # The far end closes a node's link quiet for long (node_link_timeout_s); the next
-        # use opens it again, with a digest: no pings, no timer here.
-        self._net = Links(self.node.config.secret, self.node.name + FILES_LINK,
-                          on_message=lambda _, conn, msg: self.handle(conn, msg),
-                          on_close=lambda _, conn, __: self.transfers.fail_all(conn))  # fmt: skip
-        # Holders named in the catalog but never seen since this start: checked then.
-        self._restore_later(self._rereplicate_s)
+        self.sync.start(self.store, self.handle)
 
     async def close(self) -> None:
-        if self._restore_at is not None:
-            self._restore_at.cancel()
+        self.sync.cancel_restore()
         await self._tasks.close()
-        if self._net is not None:
-            await self._net.close()
+        await self.sync.close()
         if self._unix is not None:
             self._unix.close()
         with contextlib.suppress(OSError):
@@ -216,6 +183,10 @@ class FileService:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._tasks.spawn(coro)
+
+    def member_changed(self, u: Update, previous: State | None) -> None:
+        """Gossip says a member joined, came back, died or left (node/_server.py)."""
+        self.sync.member_changed(u, previous)
 
     def _local_connection(self) -> Connection:
         return Connection("plain", peer_label="a job on this node", on_message=self.handle)
@@ -234,71 +205,23 @@ class FileService:
             self._spawn(self._get(self.transfers.open(conn, msg.req), msg))
         elif isinstance(msg, FileList):
             missing = [n for n in msg.names if self.store.current(n) is None]
-            if missing and msg.ask_peers and self._askable():
+            if missing and msg.ask_peers and self.sync.askable():
                 self._spawn(self._ask_then(missing, self._list, conn, msg))
             else:
                 self._list(conn, msg)
         elif isinstance(msg, FileDelete):
-            if self.store.current(msg.name) is None and self._askable():
+            if self.store.current(msg.name) is None and self.sync.askable():
                 self._spawn(self._ask_then([msg.name], self._delete, conn, msg))
             else:
                 self._delete(conn, msg)
         elif isinstance(msg, FileCatalog):
-            self._catalog(conn, msg)
+            self.sync.on_catalog(conn, msg)
         elif isinstance(msg, FileDigest):
-            self._digest(conn, msg)
+            self.sync.on_digest(conn, msg)
 
     async def _ask_then(self, names: list[str], then: Any, conn: Connection, msg: Any) -> None:
-        await self._ask_peers(tuple(names))
+        await self.sync.ask_peers(tuple(names))
         then(conn, msg)
-
-    async def _ask_peers(self, names: tuple[str, ...]) -> None:
-        """Names we do not know: ask every peer we know before saying "not found" (a
-        version stored a moment ago on a node whose link to us is not up yet), also
-        the ones our table has heard of but not reached yet (see :meth:`_askable`)."""
-        assert self.store is not None
-        store = self.store
-
-        async def ask(conn: Connection) -> None:
-            with self.transfers.open(conn) as stream:
-                stream.send(FileList(stream.req, names=names, ask_peers=False))
-                while not isinstance(reply := await stream.next(), FileReply):
-                    pass
-            entries = [e for e in reply.entries if e[4] or is_hash(e[1])]
-            for entry, holders in zip(entries, reply.holders, strict=False):
-                for node_id, name in holders:
-                    if node_id != self.node.node_id:
-                        self.holders.setdefault(entry[1], set()).add(node_id)
-                        self.names[node_id] = name
-            before = {e[0]: store.entries.get(e[0]) for e in entries}
-            if store.merge(entries):
-                self._collect([o[1] for o in before.values() if o is not None and o[1]])
-
-        await self._all_links(ask, self._askable())
-
-    async def _all_links(self, ask: Any, peers: list[Peer] | None = None) -> None:
-        """Run ``ask(conn)`` on a link to every live peer (or ``peers``) at once
-        (linking first where there is none yet), for SETTLE_S at most."""
-
-        async def on(peer: Peer) -> None:
-            await ask(await self._link(peer))
-
-        tasks = [asyncio.ensure_future(on(p)) for p in (self._alive() if peers is None else peers)]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=SETTLE_S)
-        for t in pending:
-            t.cancel()
-        for t in tasks:
-            if t.done() and not t.cancelled():
-                t.exception()  # a peer that failed to answer is no one's error
-
-    def _holders(self, h: str) -> Holders:
-        assert self.store is not None
-        out = [(self.node.node_id, self.node.name)] if h in self.store.have else []
-        alive = {p.node_id: p.name for p in self._alive()}  # the names they show now
-        out += sorted((i, alive[i]) for i in self.holders.get(h, ()) if i in alive)
-        return tuple(out)
 
     # ---- read-only views (the dashboard) ----
 
@@ -306,7 +229,7 @@ class FileService:
         """The live versions this node knows, by name, each with its live holders."""
         if self.store is None:
             return []
-        return [(e, self._holders(e[1])) for e in self.store.live(prefix)]
+        return [(e, self.sync.holders_of(e[1])) for e in self.store.live(prefix)]
 
     def held(self) -> dict[str, tuple[int, int]]:
         """Node id -> (blobs, bytes) it holds: this node's from its blob store, the
@@ -322,7 +245,7 @@ class FileService:
                     size = self.store.path(h).stat().st_size
             count, total = out.get(self.node.node_id, (0, 0))
             out[self.node.node_id] = (count + 1, total + (size or 0))
-        for h, ids in self.holders.items():
+        for h, ids in self.sync.holders.items():
             for node_id in ids:
                 count, total = out.get(node_id, (0, 0))
                 out[node_id] = (count + 1, total + sizes.get(h, 0))
@@ -339,7 +262,7 @@ class FileService:
         else:
             entries = self.store.live(msg.prefix)
         self._reply(conn, FileReply(msg.req, tuple(entries),
-                                    tuple(self._holders(e[1]) for e in entries)))  # fmt: skip
+                                    tuple(self.sync.holders_of(e[1]) for e in entries)))  # fmt: skip
 
     def _delete(self, conn: Connection, msg: FileDelete) -> None:
         assert self.store is not None
@@ -349,135 +272,13 @@ class FileService:
                         error=f"no file {msg.name!r} in the mesh file store ({self.label})"))  # fmt: skip
             return
         tomb = (msg.name, "", 0, max(time.time(), entry[3] + 1e-6), True)
-        self._commit([tomb])
+        self.sync.commit([tomb])
         self._spawn(self._settle_then_reply(conn, (msg.name,), FileReply(msg.req, (tomb,))))
 
     async def _settle_then_reply(self, conn: Connection, names: tuple[str, ...],
                                  reply: FileReply) -> None:  # fmt: skip
-        await self._settle(names)
+        await self.sync.settle(names)
         self._reply(conn, reply)
-
-    async def _settle(self, names: tuple[str, ...]) -> None:
-        """Wait until every linked peer has merged what we just told it about ``names``
-        (a question asked behind it on the same link is answered after it), so a
-        client that hears "done" finds the change on any node it asks next."""
-
-        async def ask(conn: Connection) -> None:
-            with self.transfers.open(conn) as stream:
-                stream.send(FileList(stream.req, names=names, ask_peers=False))
-                while not isinstance(await stream.next(), FileReply):
-                    pass
-
-        await self._all_links(ask)
-
-    def _commit(self, entries: list[FileEntry], targets: tuple[int, ...] = ()) -> None:
-        """Record versions here (with the copies each was put with) and tell every peer;
-        drop blobs no version names now."""
-        assert self.store is not None
-        before = {e[0]: self.store.entries.get(e[0]) for e in entries}
-        changed = self.store.merge(entries, targets)
-        if changed:
-            self._broadcast(self._versions(changed))
-            self._collect([old[1] for old in before.values() if old is not None and old[1]])
-
-    def _versions(self, entries: list[FileEntry], **kw: Any) -> FileCatalog:
-        """A FileCatalog telling ``entries``, with their targets."""
-        assert self.store is not None
-        targets = tuple(self.store.target(e[0]) for e in entries)
-        return FileCatalog(self.node.node_id, self.node.name, tuple(entries), replicas=targets,
-                           **kw)  # fmt: skip
-
-    def _collect(self, hashes: list[str]) -> None:
-        assert self.store is not None
-        named = {e[1] for e in self.store.entries.values() if not e[4]}
-        gone = [h for h in hashes if h not in named and h in self.store.have]
-        for h in gone:
-            self.store.remove(h)
-        if gone:
-            self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=tuple(gone)))
-
-    def _digest_of_mine(self, *, reply: bool = False) -> FileDigest:
-        assert self.store is not None
-        buckets = () if reply else catalog_digest(self.store.entries.values())
-        return FileDigest(self.node.node_id, self.node.name, buckets,
-                          set_digest(self.store.have), reply)  # fmt: skip
-
-    def _send_digest(self, conn: Connection, *, reply: bool = False) -> None:
-        self.counters["digests_sent"] += 1
-        with contextlib.suppress(MeshError):
-            conn.send(self._digest_of_mine(reply=reply))
-
-    def _digest(self, conn: Connection, msg: FileDigest) -> None:
-        """A peer's digest: send it our versions of the buckets that differ and ask for
-        its own; ask for its blob list if ours of it differs; answer with our digest."""
-        assert self.store is not None
-        self.counters["digests_received"] += 1
-        self.names[msg.node_id] = msg.name
-        try:
-            diff = (differing(catalog_digest(self.store.entries.values()), msg.buckets,
-                              f"{msg.name} ({conn.peer_label})") if msg.buckets else ())  # fmt: skip
-        except RemoteProtocolError as exc:
-            log.warning("%s; closing that link", exc)
-            conn.abort(exc)
-            return
-        if not msg.reply:
-            self._send_digest(conn, reply=True)
-        theirs = {h for h, ids in self.holders.items() if msg.node_id in ids}
-        want_have = set_digest(theirs) != msg.have
-        if diff or want_have:
-            self._send_catalog(conn, self._versions(
-                in_buckets(self.store.entries.values(), diff), want=diff, want_have=want_have))  # fmt: skip
-
-    def _send_catalog(self, conn: Connection, msg: FileCatalog) -> None:
-        self.counters["catalogs_sent"] += 1
-        self.counters["entries_sent"] += len(msg.entries)
-        with contextlib.suppress(MeshError):
-            conn.send(msg)
-
-    def _catalog(self, conn: Connection, msg: FileCatalog) -> None:
-        assert self.store is not None
-        self.names[msg.node_id] = msg.name
-        if msg.full:
-            for ids in self.holders.values():
-                ids.discard(msg.node_id)
-        for h in msg.have:
-            self.holders.setdefault(h, set()).add(msg.node_id)
-        for h in msg.gone:
-            self.holders.get(h, set()).discard(msg.node_id)
-        for h in msg.corrupt[: len(msg.gone)]:
-            self._corrupt.setdefault(h, set()).add(msg.name)
-        targets = msg.replicas + (0,) * (len(msg.entries) - len(msg.replicas))
-        pairs = [
-            (e, t) for e, t in zip(msg.entries, targets, strict=False) if e[4] or is_hash(e[1])
-        ]
-        if pairs:
-            entries = [e for e, _ in pairs]
-            before = {e[0]: self.store.entries.get(e[0]) for e in entries}
-            changed = self.store.merge(entries, [t for _, t in pairs])
-            if changed:  # gossip what was news to us: a peer the sender misses hears it
-                self._broadcast(self._versions(changed), skip=msg.node_id)
-                self._collect([o[1] for o in before.values() if o is not None and o[1]])
-        if msg.want or msg.want_have:  # its answer to our digest: our side of those buckets
-            have = tuple(self.store.have) if msg.want_have else ()
-            self._send_catalog(conn, self._versions(
-                in_buckets(self.store.entries.values(), msg.want), have=have,
-                full=msg.want_have))  # fmt: skip
-
-    def _broadcast(self, msg: FileCatalog, skip: str = "") -> None:
-        """A change, to every live peer: on its link, or on a new link (whose digest
-        carries the change) for a peer with none."""
-        for peer in self._alive():
-            if peer.node_id == skip:
-                continue
-            conn = self._links.get(peer.node_id)
-            if conn is not None and not conn.closed:
-                self._send_catalog(conn, msg)
-            elif peer.node_id not in self._linking:
-                self._linking.add(peer.node_id)
-                self._spawn(self._connect(peer))
-
-    def _announce_have(self, h: str) -> None:
-        self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), have=(h,)))
 
     # ---- put ----
 
@@ -505,24 +306,24 @@ class FileService:
                 except MeshError as exc:
                     log.info("put of %r from %s failed: %s", msg.name, stream.conn.peer_label, exc)
                     return
-                self._announce_have(h)
+                self.sync.announce_have(h)
                 copies = await self._forwarded(forwards, h)
             entry = (msg.name, h, size, msg.time or time.time(), False)
             if msg.replicas - 1 > copies:  # peers that failed mid-way: copy from disk
                 await self._replicate(entry, msg.replicas - 1 - copies)
-            self._commit([entry], (msg.target if msg.time else msg.replicas,))
+            self.sync.commit([entry], (msg.target if msg.time else msg.replicas,))
             if not msg.time:  # the client's own put (not a replica): read-your-writes
-                await self._settle((msg.name,))
+                await self.sync.settle((msg.name,))
             if not stream.conn.closed:
-                stream.send(FileReply(msg.req, (entry,), (self._holders(h),)))
+                stream.send(FileReply(msg.req, (entry,), (self.sync.holders_of(h),)))
 
     async def _forwards(self, msg: FilePut) -> list[_Forward]:
         """Transfers to the peers that take the other copies of a put as its bytes
         arrive, so two copies cost about what one does (each peer checks the hash)."""
-        known = self.holders.get(msg.hash, set()) if msg.hash else set()
-        peers = self._by_load([p for p in self._alive() if p.node_id not in known])
+        known = self.sync.holders.get(msg.hash, set()) if msg.hash else set()
+        peers = self._by_load([p for p in self.sync.alive() if p.node_id not in known])
         peers = peers[: msg.replicas - 1]
-        links = await asyncio.gather(*(self._link(p) for p in peers), return_exceptions=True)
+        links = await asyncio.gather(*(self.sync.link(p) for p in peers), return_exceptions=True)
         out = []
         when = time.time()  # superseded by this node's version once the put is done
         for peer, conn in zip(peers, links, strict=True):
@@ -550,7 +351,7 @@ class FileService:
             if reply.error_kind:
                 log.warning("copy of blob %s to %s failed: %s", h[:12], fw.peer.name, reply.error)
                 return False
-            self.holders.setdefault(h, set()).add(fw.peer.node_id)
+            self.sync.holders.setdefault(h, set()).add(fw.peer.node_id)
             return True
 
         return sum(await asyncio.gather(*(end(fw) for fw in forwards)))
@@ -602,7 +403,7 @@ class FileService:
         """Push blob and version to ``copies`` least-loaded peers lacking it; how many took it."""
         h = entry[1]
         assert self.store is not None
-        lacking = [p for p in self._alive() if p.node_id not in self.holders.get(h, set())]
+        lacking = [p for p in self.sync.alive() if p.node_id not in self.sync.holders.get(h, set())]
         done = 0
         for peer in self._by_load(lacking):
             if done >= copies or h not in self.store.have:  # ours was found bad meanwhile
@@ -616,7 +417,7 @@ class FileService:
 
     async def _push(self, peer: Peer, entry: FileEntry) -> None:
         assert self.store is not None
-        conn = await self._link(peer)
+        conn = await self.sync.link(peer)
         h = entry[1]
         with self.transfers.open(conn) as stream:
             target = self.store.target(entry[0])
@@ -640,7 +441,7 @@ class FileService:
                     break
             if reply.error_kind:
                 raise FilesError(reply.error)
-        self.holders.setdefault(h, set()).add(peer.node_id)
+        self.sync.holders.setdefault(h, set()).add(peer.node_id)
 
     # ---- get and pull ----
 
@@ -659,8 +460,8 @@ class FileService:
                     entry = None
             else:
                 entry = self.store.current(msg.name)
-                if entry is None and self._askable():
-                    await self._ask_peers((msg.name,))
+                if entry is None and self.sync.askable():
+                    await self.sync.ask_peers((msg.name,))
                     entry = self.store.current(msg.name)
             if entry is None:
                 what = f"file {msg.name!r}" if msg.name else f"blob {msg.hash[:12]}"
@@ -709,9 +510,11 @@ class FileService:
         assert self.store is not None
         self.store.remove(h)
         bad = (h,) if corrupt else ()
-        self._broadcast(FileCatalog(self.node.node_id, self.node.name, (), gone=(h,), corrupt=bad))
+        self.sync.broadcast(
+            FileCatalog(self.node.node_id, self.node.name, (), gone=(h,), corrupt=bad)
+        )
         if corrupt:
-            self._corrupt.setdefault(h, set()).add(self.node.name)
+            self.sync.corrupt.setdefault(h, set()).add(self.node.name)
             named = next((e[0] for e in self.store.live() if e[1] == h), None)
             if named is not None:
                 self._spawn(self._refetch(h, named))
@@ -741,8 +544,8 @@ class FileService:
         (asking the peers first if this node has not heard of it)."""
         assert self.store is not None
         entry = self.store.current(name)
-        if entry is None and self._askable():
-            await self._ask_peers((name,))
+        if entry is None and self.sync.askable():
+            await self.sync.ask_peers((name,))
             entry = self.store.current(name)
         if entry is None:
             raise MeshFileNotFound(f"no file {name!r} in the mesh file store ({self.label})",
@@ -752,10 +555,10 @@ class FileService:
     async def _pull(self, h: str, name: str, done: asyncio.Future[Path]) -> None:
         errors = []
         failed = False  # a holder failed otherwise than with a bad copy
-        bad = self._corrupt.setdefault(h, set())
+        bad = self.sync.corrupt.setdefault(h, set())
         try:
-            held = self.holders.get(h, set())
-            holders = [p for p in self._reachable() if self._id(p) in held]
+            held = self.sync.holders.get(h, set())
+            holders = [p for p in self.sync.reachable() if self.sync.id_of(p) in held]
             for peer in self._by_load(holders):
                 try:
                     path = await self._pull_from(peer, h, name)
@@ -767,7 +570,7 @@ class FileService:
                     failed = True
                     errors.append(f"{peer.name}: {exc}")
                     continue
-                self._corrupt.pop(h, None)
+                self.sync.corrupt.pop(h, None)
                 done.set_result(path)
                 return
             what = f"{name!r} (blob {h[:12]})" if name else f"blob {h[:12]}"
@@ -786,167 +589,26 @@ class FileService:
             raise
         finally:
             if not bad:
-                self._corrupt.pop(h, None)
+                self.sync.corrupt.pop(h, None)
             self._pulls.pop(h, None)
             if done.done() and not done.cancelled():
                 done.exception()  # retrieved: nobody may be waiting any more
 
     async def _pull_from(self, peer: Peer, h: str, name: str) -> Path:
-        conn = await self._link(peer)
+        conn = await self.sync.link(peer)
         with self.transfers.open(conn) as stream:
             stream.send(FileGet(stream.req, "", h))
             head = await stream.next()
             if not isinstance(head, FileReply) or head.error_kind:
                 err = head.error if isinstance(head, FileReply) else "unexpected answer"
-                self.holders.get(h, set()).discard(self._id(peer))
+                self.sync.holders.get(h, set()).discard(self.sync.id_of(peer))
                 raise FilesError(err)
             got, _ = await self._receive(stream, name or h[:12])
         if got != h:
             raise FileCorrupted(f"blob from {peer.name} hashes to {got[:12]}, not {h[:12]}")
         log.info("pulled %r (%s) from %s", name, h[:12], peer.name)
-        self._announce_have(h)
+        self.sync.announce_have(h)
         assert self.store is not None
         return self.store.path(h)
 
     # ---- peers ----
-
-    def _alive(self) -> list[Peer]:
-        peers = self.node.peers
-        return [p for p in peers.alive() if p.node_id] if peers is not None else []
-
-    def _alive_ids(self) -> set[str]:
-        return {p.node_id for p in self._alive()}
-
-    def _askable(self) -> list[Peer]:
-        """The live peers, and the ones the peer table has heard of (from a client or a
-        node) but never reached, for ASK_UNLINKED_S after its first try: just after start,
-        a node that holds a file may be known before the table has linked to it. A peer
-        that was linked and is lost is not asked (it would only cost a timeout)."""
-        peers = self.node.peers
-        if peers is None:
-            return []
-        now = asyncio.get_running_loop().time()
-        return [
-            p for p in peers.peers.values()
-            if p.alive or (not p.node_id and (p.failing_since is None
-                                              or now - p.failing_since < ASK_UNLINKED_S))
-        ]  # fmt: skip
-
-    def _reachable(self) -> list[Peer]:
-        """The live peers, and the others we hold a file link to (asked by _ask_peers)."""
-        peers = self.node.peers
-        if peers is None:
-            return []
-        return [p for p in peers.peers.values() if p.alive or self._linked(self._id(p))]
-
-    def _linked(self, node_id: str) -> bool:
-        conn = self._links.get(node_id) if node_id else None
-        return conn is not None and not conn.closed
-
-    def _id(self, peer: Peer) -> str:
-        """A peer's node id: from the table, or from our own file link to its address."""
-        return peer.node_id or self._ids.get(peer.key, "")
-
-    async def _link(self, peer: Peer) -> Connection:
-        node_id = self._id(peer)
-        if node_id == self.node.node_id:
-            raise FilesError(f"{peer.key} is {self.label} itself")
-        conn = self._links.get(node_id) if node_id else None
-        if conn is not None and not conn.closed:
-            return conn
-        if self._net is None:
-            raise FilesError(f"{self.label}'s file service is not started")
-        self._net.name = self.node.name + FILES_LINK  # (the node may have been renamed)
-        conn = await self._net.connected(peer.key)
-        node_id = self._ids[peer.key] = conn.peer_id
-        if node_id == self.node.node_id:  # our own address, as a client named it
-            self._net.forget(peer.key)
-            raise FilesError(f"{peer.key} is {self.label} itself")
-        old = self._links.get(node_id)
-        if old is conn:  # another task linked meanwhile, on this same connect
-            return conn
-        if old is not None and not old.closed:  # ... or at another address of that node
-            self._net.forget(peer.key)
-            return old
-        self._links[node_id] = conn
-        self.names[node_id] = conn.peer_name or peer.name or peer.key
-        self._send_digest(conn)  # anti-entropy: only what differs follows
-        return conn
-
-    async def _connect(self, peer: Peer) -> None:
-        try:
-            await self._link(peer)
-        except MeshError as exc:
-            log.info("no file link to %s yet: %s", peer.name, exc)
-        finally:
-            self._linking.discard(peer.node_id)
-
-    def member_changed(self, u: Update, previous: State | None) -> None:
-        """Gossip says a member joined, came back, died or left (node/_server.py). A
-        member that joins gets a link, so our digest; a lost one's link is dropped and
-        its blobs are copied elsewhere if it stays lost (see _restore_replicas)."""
-        now = asyncio.get_running_loop().time()
-        self._seen[u.node_id] = now
-        peers = self.node.peers
-        if u.state <= State.SUSPECT:
-            if previous is None or previous >= State.DEAD:
-                peer = peers.peer(u.node_id) if peers is not None else None
-                if peer is not None and u.node_id not in self._linking:
-                    self._linking.add(u.node_id)
-                    self._spawn(self._connect(peer))
-            return
-        conn = self._links.get(u.node_id)
-        if conn is not None and not conn.closed:
-            how = "left" if u.state == State.LEFT else "dead"
-            conn.abort(ConnectionLost(f"file link to {u.name}: gossip declared that node {how}"))
-        self._restore_later(self._rereplicate_s + 0.1)
-
-    def _restore_later(self, delay_s: float) -> None:
-        """Check replica counts in ``delay_s`` (the earliest check asked for wins)."""
-        loop = asyncio.get_running_loop()
-        at = loop.time() + delay_s
-        if self._restore_at is not None:
-            if self._restore_at.when() <= at:
-                return
-            self._restore_at.cancel()
-        self._restore_at = loop.call_at(at, self._restore_due)
-
-    def _restore_due(self) -> None:
-        self._restore_at = None
-        if self._restoring:  # copies still under way: look again once they are done
-            self._restore_later(1.0)
-            return
-        self._restoring = True
-        self._spawn(self._restore_replicas(asyncio.get_running_loop().time()))
-
-    async def _restore_replicas(self, now: float) -> None:
-        """A holder missing for good: the first live holder (by id) copies its blobs."""
-        try:
-            await self._restore_replicas_now(now)
-        finally:
-            self._restoring = False
-
-    async def _restore_replicas_now(self, now: float) -> None:
-        assert self.store is not None
-        alive = self._alive_ids()
-        for entry in self.store.live():
-            h = entry[1]
-            ids = self.holders.get(h)
-            if not ids or h not in self.store.have:
-                continue
-            lost = {
-                i for i in ids
-                if i not in alive
-                and now - self._seen.get(i, self._started) > self._rereplicate_s
-            }  # fmt: skip
-            if not lost:
-                continue
-            live = {self.node.node_id} | (ids & alive)
-            # As many as the put asked for, counting every live copy (pulled ones too);
-            # a version whose target is not known here replaces the lost ones.
-            target = self.store.target(entry[0])
-            need = target - len(live) if target else len(lost)
-            if need > 0 and min(live) == self.node.node_id:
-                made = await self._replicate(entry, need)
-                log.info("%r lost %d holders; copied it to %d nodes", entry[0], len(lost), made)
-            ids -= lost
