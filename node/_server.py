@@ -12,18 +12,18 @@ import ipaddress
 import logging
 import os
 import resource
-import sqlite3
+import sys
 import time
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from mesh.node._config import NodeConfig
 from mesh.node._console import running_output
 from mesh.node._console_web import console_answer
 from mesh.node._dashboard import Dashboard, jobs_reply
-from mesh.node._envs import Env, EnvBuildError, EnvCache, normalise
+from mesh.node._env_pools import ENV_WID_STRIDE, EnvPools
+from mesh.node._envs import EnvBuildError, EnvCache, normalise
 from mesh.node._files import FILE_MESSAGES, FILES_LINK, FileService
 from mesh.node._jobs import (
     Deliver,
@@ -31,30 +31,28 @@ from mesh.node._jobs import (
     Func,
     HandBack,
     Instruction,
-    Job,
     JobTable,
     KillWorker,
     Notify,
     RetireWorker,
 )
 from mesh.node._peers import GOSSIP_LINK, GOSSIP_MESSAGES, PeerTable, load_node_id, unique_name
+from mesh.node._persist import JobKeeper
 from mesh.node._pool import WorkerPool
 from mesh.node._proc import memory_in_use, pid_alive, rss_bytes
 from mesh.node._shm import SharedBlocks
-from mesh.node._store import BLOB_MIN, JobStore, StoredJob, payload_size
+from mesh.node._store import JobStore
 
 from mesh._auth import mesh_id
 from mesh._connection import AdmissionGate, Connection
 from mesh._discovery import Advert, Advertiser
-from mesh._frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE
-from mesh._gossip import GossipConfig, State, Update
+from mesh._gossip import State, Update
 from mesh._netif import default_route_ipv4
 from mesh._protocol import (
     Ack,
     ConsoleQuery,
     ConsoleStats,
     EnvQuery,
-    EnvRecord,
     EnvReport,
     ErrorInfo,
     Goodbye,
@@ -65,7 +63,6 @@ from mesh._protocol import (
     Members,
     MemberUpdate,
     Message,
-    Payload,
     Peers,
     Ping,
     Pong,
@@ -80,7 +77,6 @@ from mesh._protocol import (
     pushed_name,
 )
 from mesh._serialize import function_hash
-from mesh._tasks import TaskSet
 from mesh.errors import ErrorKind, MeshError
 
 __all__ = ["Node", "NodeConfig"]
@@ -90,60 +86,6 @@ log = logging.getLogger("mesh.node")
 TICK_S = 0.1  # housekeeping while jobs are queued or running (runtime limits, memory)
 LOAD_PUSH_S = 1.0  # a node tells its clients its load when it changed, this often at most
 IDLE_TICK_S = 1.0  # and with none: results to expire, silent clients, the parent process
-ENV_WID_STRIDE = 1_000_000  # worker ids of the n-th environment's pool start at n * this
-
-
-@dataclass
-class NodeConfig:
-    """Everything a node is started with. Tests shrink timings here, not by patching."""
-
-    secret: bytes
-    host: str = "127.0.0.1"
-    port: int = 7390
-    name: str = ""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "lanmesh")
-    handshake_timeout_s: float = 5.0
-    kill_grace_s: float = 5.0
-    result_ttl_s: float = 3600.0
-    max_frame: int = DEFAULT_MAX_FRAME
-    max_message: int = DEFAULT_MAX_MESSAGE
-    parent_pid: int | None = None
-    advertise: bool = True
-    client_timeout_s: float = 30.0  # clients ping idle links every 10 s
-    # Interfaces to advertise on; empty: the listening address unless it is loopback.
-    interfaces: list[str] = field(default_factory=list)
-    # Other nodes to connect to without mDNS (--peer, MESH_PEERS).
-    peers: list[tuple[str, int]] = field(default_factory=list)
-    # Membership (SWIM gossip between nodes): probe period, suspicion... see
-    # mesh/_gossip.py. Another node's links (gossip, files) may stay quiet longer
-    # than a client's: the node pings them only now and then (node/_files.py).
-    gossip: GossipConfig = field(default_factory=GossipConfig)
-    node_link_timeout_s: float = 300.0
-    # On SIGTERM: how long running jobs may take to finish before they are killed.
-    grace_s: float = 30.0
-    # Resident memory a worker may reach (bytes; 0: no limit), and the share of the
-    # machine's memory in use above which the node starts no new jobs.
-    max_memory: int = 0
-    pause_above: float = 0.8
-    # The web dashboard's (host, port), or None for none; with dashboard_token every
-    # request needs the login token (`mesh token`): mesh-node sets it for --dashboard.
-    dashboard: tuple[str, int] | None = None
-    dashboard_token: bool = False
-    # Job environments (_env): extra pip options (--pip-option, MESH_PIP_ARGS; e.g.
-    # --no-index --find-links DIR offline) and the disk budget of cached environments.
-    pip_args: list[str] = field(default_factory=list)
-    env_budget_bytes: int = 5 * 2**30
-    # An environment's worker pool stops after this long without jobs (0: never); the
-    # next job starts it again. MESH_ENV_IDLE sets it (seconds; default 10 minutes).
-    env_idle_s: float = field(
-        default_factory=lambda: float(os.environ.get("MESH_ENV_IDLE", "") or 600.0)
-    )
-    # Connections not yet authenticated, at most (0: a quarter of the open-files limit,
-    # up to 1024), and from one address (0: a quarter of that): a flood of idle sockets
-    # can never take the descriptors real clients and peers need.
-    max_preauth: int = 0
-    max_preauth_per_source: int = 0
 
 
 class Node:
@@ -167,11 +109,7 @@ class Node:
         self._shm: SharedBlocks | None = None
         self._advertiser: Advertiser | None = None
         self.peers: PeerTable | None = None
-        self._store: JobStore | None = None
-        # Big results are written to their files here, one at a time, off the loop (and
-        # expired jobs removed); the tasks not yet done, awaited before the store closes.
-        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="mesh-store")
-        self._store_writes = TaskSet("store", log)  # awaited before the store closes
+        self._keeper: JobKeeper | None = None  # finished jobs, kept in the data dir
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # work arrived: the idle tick hurries
         self._node_links: set[int] = set()  # connection ids of other nodes' links
@@ -185,12 +123,7 @@ class Node:
         self.client_names: dict[int, str] = {}  # connection id -> name from its handshake
         self.files: FileService | None = None  # mesh.files: blobs, catalog, replication
         self.envs: EnvCache | None = None  # _env: cached virtual environments
-        self._env_pools: dict[str, WorkerPool] = {}  # env key -> its workers
-        self._pools_by_base: dict[int, WorkerPool] = {}  # wid // ENV_WID_STRIDE -> pool
-        self._env_building: set[str] = set()
-        self._env_tasks = TaskSet("environments", log)  # builds, and closing their pools
-        self._env_busy_at: dict[str, float] = {}  # env key -> when its pool last had jobs
-        self._pool_count = 0
+        self.env_pools: EnvPools | None = None  # ... and their workers
         self.gate = preauth_gate(config.max_preauth, config.max_preauth_per_source)
 
     # ---- lifecycle ----
@@ -202,12 +135,12 @@ class Node:
             self.dashboard = Dashboard(self, host, port, explicit=self.config.dashboard_token)
             self.dashboard.start()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
+        self._keeper = JobKeeper(await asyncio.to_thread(JobStore, self.config.data_dir))
         self.node_id = await asyncio.to_thread(load_node_id, self.config.data_dir)
-        stored = await asyncio.to_thread(self._store.load)
-        self.table.restore([_from_store(row) for row in stored], time.time())
+        stored = await asyncio.to_thread(self._keeper.load)
+        self.table.restore(stored, time.time())
         if stored:
-            log.info("serving %d finished jobs from %s", len(stored), self._store.path)
+            log.info("serving %d finished jobs from %s", len(stored), self._keeper.path)
         self._log_file = await asyncio.to_thread(open, self.config.data_dir / "workers.log", "ab")
         self.files = FileService(self)  # before the workers start: they inherit its socket path
         await self.files.start()
@@ -218,21 +151,17 @@ class Node:
             pip_args=self.config.pip_args,
             budget_bytes=self.config.env_budget_bytes,
         )
-        self._shm = SharedBlocks(self.node_id, self.config.data_dir)
-        self._pool = WorkerPool(
-            self.config.workers,
-            share=self._shm.share,
-            on_released=self._shm.released,
-            max_memory=self.config.max_memory,
-            on_ready=self._worker_ready,
-            on_ran=self._worker_ran,
-            on_died=self._worker_died,
-            on_broken=lambda cause, stderr: self._workers_broken("", cause, stderr),
-            on_recovered=lambda: self.table.workers_recovered(""),
-            log_file=self._log_file,
-            kill_grace_s=self.config.kill_grace_s,
-            on_output=lambda msg: running_output(self.table.jobs, msg),
+        self.env_pools = EnvPools(
+            self.envs,
+            self.table,
+            apply=self._apply,
+            new_pool=self._new_pool,
+            fetch=self._fetch_file,
+            stopping=self._stopped.is_set,
+            idle_s=self.config.env_idle_s,
         )
+        self._shm = SharedBlocks(self.node_id, self.config.data_dir)
+        self._pool = self._new_pool("", sys.executable, 0, self._worker_ready)
         self._pool.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -358,9 +287,8 @@ class Node:
             with contextlib.suppress(Exception):
                 conn.send(Goodbye("node stopping"))
             conn.close()
-        await self._env_tasks.close(timeout_s=5.0)
-        for pool in list(self._env_pools.values()):
-            await pool.close()
+        if self.env_pools is not None:
+            await self.env_pools.close()
         if self._pool is not None:
             await self._pool.close()
         if self.files is not None:  # after the workers: jobs finishing in the grace use it
@@ -372,10 +300,8 @@ class Node:
             self._log_file.close()
         if self._shm is not None:
             self._shm.close()
-        if self._store is not None:
-            await self._store_writes.wait()  # results finished before the stop survive it
-            self._store_thread.shutdown()
-            self._store.close()
+        if self._keeper is not None:
+            await self._keeper.close()  # results finished before the stop survive it
 
     def _watch_memory(self) -> None:
         """Stop a worker past --max-memory; pause starting jobs while memory is short."""
@@ -431,10 +357,11 @@ class Node:
             self._watch_memory()
             if self._shm is not None:
                 self._shm.expire()
-            self._stop_idle_env_pools()
+            if self.env_pools is not None:
+                self.env_pools.stop_idle()
             expired = self.table.take_expired()
-            if expired and self._store is not None:
-                self._in_store_thread(self._forget(expired))
+            if expired and self._keeper is not None:
+                self._keeper.forget(expired)
             now = asyncio.get_running_loop().time()
             for cid, conn in list(self._conns.items()):
                 timeout = (self.config.node_link_timeout_s if cid in self._node_links
@@ -548,7 +475,7 @@ class Node:
                     conn.abort()
                     return
                 func = funcs[msg.fhash] = Func(msg.fhash, msg.fblob, msg.fname)
-            if msg.env and self.envs is not None:
+            if msg.env and self.env_pools is not None:
                 reqs = normalise(msg.env)
                 key = EnvCache.key(reqs)
                 fkey = msg.fhash + key.encode()
@@ -556,7 +483,7 @@ class Node:
                 if env_func is None:
                     env_func = funcs[fkey] = Func(base.fhash, base.blob, base.name, env=key)
                 func = env_func
-                self._want_env(key, reqs)
+                self.env_pools.want(key, reqs)
             self._wake.set()
             self._apply(
                 self.table.submit(
@@ -589,7 +516,8 @@ class Node:
         elif isinstance(msg, (ConsoleQuery, ConsoleStats)):  # a peer's mesh console
             conn.send(console_answer(self, msg))
         elif isinstance(msg, EnvQuery):  # mesh.env_info / `mesh envs [--rebuild]`
-            conn.send(self._env_report(msg))
+            pools = self.env_pools
+            conn.send(pools.report(msg) if pools is not None else EnvReport(msg.req, ()))
         elif isinstance(msg, Ping):
             conn.send(Pong(msg.t, self.table.running, self.table.queued))
         elif isinstance(msg, GOSSIP_MESSAGES):
@@ -610,17 +538,6 @@ class Node:
 
     # ---- job environments ----
 
-    def _want_env(self, key: str, reqs: tuple[str, ...]) -> None:
-        """Jobs need this environment: use its workers, or build it (once) and start them."""
-        assert self.envs is not None
-        if key in self._env_pools:
-            self.envs.touch(key)
-            return
-        if key in self._env_building:
-            return
-        self._env_building.add(key)
-        self._env_tasks.spawn(self._build_env(key, reqs), f"build {key}")
-
     async def _fetch_file(self, sha: str, filename: str) -> Path:
         """A pushed file, by the store name the client put it under (``envs`` then
         checks its SHA-256 against ``sha``)."""
@@ -628,117 +545,32 @@ class Node:
             raise EnvBuildError("this node has no file store")
         return await self.files.ensure_named(pushed_name(sha, filename))
 
-    async def _build_env(self, key: str, reqs: tuple[str, ...]) -> None:
-        assert self.envs is not None
-        try:
-            env = await self.envs.ensure(reqs, self._fetch_file)
-        except EnvBuildError as exc:
-            log.warning("%s", self._env_failed(key, reqs, str(exc)))
-            return
-        except Exception as exc:  # a bug of ours: the jobs still get an answer
-            log.exception("building environment %s", key)
-            self._env_failed(key, reqs, repr(exc))
-            return
-        finally:
-            self._env_building.discard(key)
-        if self._stopped.is_set():
-            return
-        self._start_env_pool(env)
-        busy = {k for k in self._env_pools if self.table.env_busy(k)}
-        for gone in self.envs.evict(keep=busy | {key}):
-            log.info("environment %s evicted (least recently used, past the budget)", gone)
-            self._stop_env_pool(gone)
-
-    def _env_failed(self, key: str, reqs: tuple[str, ...], why: str) -> str:
-        """Fail the jobs waiting for environment ``key``; the message they fail with."""
-        msg = f"node {self.name} could not build the environment _env={list(reqs)!r}: {why}"
-        error = ErrorInfo(ErrorKind.ENV_BUILD, "EnvBuildFailed", msg)
-        self._apply(self.table.env_failed(key, error, time.time()))
-        return msg
-
-    def _env_report(self, msg: EnvQuery) -> EnvReport:
-        """The environments for env_info, after dropping those ``rebuild`` names (not one
-        building or with jobs queued or running: its workers use it)."""
-        if self.envs is None:
-            return EnvReport(msg.req, ())
-        done = []
-        for what in msg.rebuild:
-            for key in self.envs.matching(what):
-                if key in self._env_building:
-                    outcome = "building"
-                elif self.table.env_busy(key):
-                    outcome = "in use"
-                else:
-                    self._stop_env_pool(key)
-                    was = self.envs.forget(key)
-                    outcome = {"failed": "forgotten", "ready": "removed"}.get(was, "building")
-                    log.info("environment %s: %s on request (mesh envs --rebuild)", key, outcome)
-                done.append((what, key, outcome))
-        envs: list[EnvRecord] = [
-            (e["key"], tuple(e.get("requirements", ())), str(e.get("status", "")),
-             int(e.get("size_bytes", 0)), float(e.get("last_used", 0.0)),
-             int(e.get("builds", 0)), str(e.get("python", "")), float(e.get("build_s", 0.0)),
-             str(e.get("error", "")))
-            for e in self.envs.info()
-        ]  # fmt: skip
-        return EnvReport(msg.req, tuple(envs), tuple(done))
-
-    def _stop_idle_env_pools(self) -> None:
-        """Stop the workers of environments without jobs for ``env_idle_s``."""
-        idle = self.config.env_idle_s
-        if idle <= 0 or self.envs is None:
-            return
-        now = time.time()
-        for key in list(self._env_pools):
-            since = self._env_busy_at.setdefault(key, now)  # first seen: just started
-            if self.table.env_busy(key):
-                self._env_busy_at[key] = now
-                continue
-            last = max(since, float(self.envs.index.get(key, {}).get("last_used", 0.0)))
-            if now - last > idle:
-                log.info("environment %s idle for %g s: stopping its workers", key, idle)
-                self._stop_env_pool(key)
-
-    def _start_env_pool(self, env: Env) -> None:
-        self._pool_count += 1
-        key = env.key
-
-        def ready(wid: int) -> None:
-            if self._env_pools.get(key) is pool:  # not a pool being shut down
-                self._apply(self.table.worker_ready(wid, time.time(), env=key))
-
-        pool = WorkerPool(
+    def _new_pool(
+        self, env: str, python: str, first_wid: int, on_ready: Callable[[int], None]
+    ) -> WorkerPool:
+        """A worker pool wired to this node: the node's own (``env`` empty) or an
+        environment's, started from that environment's interpreter."""
+        return WorkerPool(
             self.config.workers,
             share=self._shm.share if self._shm is not None else None,
             on_released=self._shm.released if self._shm is not None else None,
             max_memory=self.config.max_memory,
-            on_ready=ready,
+            on_ready=on_ready,
             on_ran=self._worker_ran,
             on_died=self._worker_died,
-            on_broken=lambda cause, stderr: self._workers_broken(key, cause, stderr),
-            on_recovered=lambda: self.table.workers_recovered(key),
+            on_broken=lambda cause, stderr: self._workers_broken(env, cause, stderr),
+            on_recovered=lambda: self.table.workers_recovered(env),
             log_file=self._log_file,
             kill_grace_s=self.config.kill_grace_s,
             on_output=lambda msg: running_output(self.table.jobs, msg),
-            python=env.python,
-            first_wid=self._pool_count * ENV_WID_STRIDE,
+            python=python,
+            first_wid=first_wid,
         )
-        self._env_pools[key] = pool
-        self._pools_by_base[self._pool_count] = pool
-        pool.start()
-
-    def _stop_env_pool(self, key: str) -> None:
-        self._env_busy_at.pop(key, None)
-        pool = self._env_pools.pop(key, None)
-        if pool is None:
-            return
-        self._pools_by_base = {b: p for b, p in self._pools_by_base.items() if p is not pool}
-        self.table.remove_env_workers(key)
-        self._env_tasks.spawn(pool.close(), f"close the pool of {key}")
 
     def _pool_for(self, wid: int) -> WorkerPool | None:
-        base = wid // ENV_WID_STRIDE
-        return self._pool if base == 0 else self._pools_by_base.get(base)
+        if wid < ENV_WID_STRIDE:
+            return self._pool
+        return self.env_pools.pool_of(wid) if self.env_pools is not None else None
 
     def _worker_ready(self, wid: int) -> None:
         self._apply(self.table.worker_ready(wid, time.time()))
@@ -768,7 +600,7 @@ class Node:
         # worker waited for it between two jobs: ~1 ms of a 20 ms job), and a job's
         # result is still on disk before the node answers anything else (all of this
         # runs in one callback; a restarted node serves it again); a big result only a
-        # moment later, written off the loop (see _save).
+        # moment later, written off the loop (see JobKeeper.save).
         finished = self.table.take_finished()
         for ins in instructions:
             if isinstance(ins, Notify):
@@ -805,62 +637,13 @@ class Node:
                 if conn is not None and not conn.closed:
                     conn.send(Handback(tuple(ins.jids), ins.recall, self.table.running,
                                        self.table.queued))  # fmt: skip
-        if finished and self._store is not None:
-            self._save(finished)
-
-    def _save(self, finished: list[Job]) -> None:
-        """Commit finished jobs. Small results are committed here and now (a cheap INSERT);
-        big ones (``BLOB_MIN`` bytes or more) go to files from the store thread, so the
-        loop keeps answering heartbeats and other clients while hundreds of MB are
-        written. Such a job survives a crash once its write is done, and a stop always."""
-        assert self._store is not None
-        big = [j for j in finished if payload_size(j.result) >= BLOB_MIN]
-        small = [j for j in finished if payload_size(j.result) < BLOB_MIN] if big else finished
-        if small:
-            try:
-                self._store.save(map(_to_store, small))
-            except sqlite3.Error as exc:  # results still go out; a restart loses them
-                log.error("could not store %d finished jobs in %s: %s",
-                          len(small), self._store.path, exc)  # fmt: skip
-        if big:
-            self._in_store_thread(self._save_big(big))
-
-    def _in_store_thread(self, work: Coroutine[None, None, None]) -> None:
-        """Run ``work`` (which hands its blocking part to the store thread) as a task
-        the node awaits before it closes the store."""
-        self._store_writes.spawn(work)
-
-    async def _save_big(self, jobs: list[Job]) -> None:
-        store = self._store
-        assert store is not None
-        rows = [_to_store(j) for j in jobs]
-        loop = asyncio.get_running_loop()
-        try:
-            mapped = await loop.run_in_executor(self._store_thread, store.save, rows)
-        except (sqlite3.Error, OSError) as exc:  # the results went out; a restart loses them
-            log.error("could not store %d finished jobs in %s: %s",
-                      len(rows), store.path, exc)  # fmt: skip
-            return
-        except Exception:  # a bug of ours: the node carries on
-            log.exception("storing %d finished jobs", len(rows))
-            return
-        _use_files(jobs, rows, mapped)
-        # Often the last reference to the node's copy: unmapping 512 MiB takes ~0.1 s, there.
-        await loop.run_in_executor(self._store_thread, rows.clear)
-
-    async def _forget(self, jids: list[str]) -> None:
-        """Remove expired jobs from the store (a big result's file too) off the loop."""
-        store = self._store
-        assert store is not None
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._store_thread, store.forget, jids)
-        except (sqlite3.Error, OSError) as exc:  # restarted, the node serves them a while more
-            log.error("could not remove %d expired jobs from %s: %s", len(jids), store.path, exc)
+        if finished and self._keeper is not None:
+            self._keeper.save(finished)
 
     @property
     def worker_pids(self) -> list[int]:
         pids = self._pool.pids if self._pool is not None else []
-        return pids + [pid for pool in self._env_pools.values() for pid in pool.pids]
+        return pids + (self.env_pools.pids if self.env_pools is not None else [])
 
 
 def preauth_gate(total: int, per_source: int) -> AdmissionGate:
@@ -871,25 +654,3 @@ def preauth_gate(total: int, per_source: int) -> AdmissionGate:
         fds = 1 << 16 if soft == resource.RLIM_INFINITY else soft
         total = min(1024, max(16, fds // 4))
     return AdmissionGate(total, per_source or max(4, total // 4))
-
-
-def _to_store(j: Job) -> StoredJob:
-    return StoredJob(j.jid, j.state, j.func.name, j.label, j.submitted, j.started, j.finished,
-                     j.cpu_s, j.stdout, j.stderr, j.result, j.error, j.attempts)  # fmt: skip
-
-
-def _use_files(jobs: list[Job], rows: list[StoredJob], mapped: dict[str, Payload]) -> None:
-    """Serve these jobs' big results from their files: the same bytes, in page cache, so
-    the node's own copy (hundreds of MB) goes once its last send is done. Not a job
-    that got another result meanwhile."""
-    for job, row in zip(jobs, rows, strict=True):
-        if job.jid in mapped and job.result is row.result:
-            job.result = mapped[job.jid]
-
-
-def _from_store(row: StoredJob) -> Job:
-    jid, state, fname, label, submitted, started, finished, cpu_s, out, err, result, error, n = row
-    job = Job(jid, Func(b"", b"", fname), b"", -1, submitted, label=label, state=state,
-              started=started, finished=finished, cpu_s=cpu_s, stdout=out, stderr=err,
-              result=result, error=error, attempts=n)  # fmt: skip
-    return job
