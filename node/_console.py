@@ -32,7 +32,8 @@ from mesh._protocol import (
 )
 
 if TYPE_CHECKING:
-    from mesh.node._jobs import Job, JobTable
+    from mesh.node._job_types import Job
+    from mesh.node._jobs import JobTable
 
 __all__ = [
     "ALL_KEYS_MAX",

@@ -47,7 +47,7 @@ from mesh.errors import ConfigurationError, ErrorKind, MeshError
 
 if TYPE_CHECKING:
     from aiohttp import web
-    from mesh.node._jobs import Job
+    from mesh.node._job_types import Job
     from mesh.node._peers import Peer
     from mesh.node._server import Node
 

@@ -58,21 +58,7 @@ from mesh._protocol import (
 )
 from mesh.errors import ErrorKind
 
-# (the records and instructions live in node/_job_types.py; named here too, as the
-# table's vocabulary)
-__all__ = [
-    "Deliver",
-    "Dispatch",
-    "Func",
-    "HandBack",
-    "Instruction",
-    "Job",
-    "JobTable",
-    "KillWorker",
-    "Notify",
-    "RetireWorker",
-    "RetryRefused",
-]
+__all__ = ["JobTable", "retry_base"]
 
 # A batch should take about this long; a longer one delays results and kills.
 BATCH_TARGET_S = 0.01

@@ -25,17 +25,17 @@ from mesh.node._dashboard import Dashboard, jobs_reply
 from mesh.node._env_pools import ENV_WID_STRIDE, EnvPools
 from mesh.node._envs import EnvBuildError, EnvCache, normalise
 from mesh.node._files import FILE_MESSAGES, FILES_LINK, FileService
-from mesh.node._jobs import (
+from mesh.node._job_types import (
     Deliver,
     Dispatch,
     Func,
     HandBack,
     Instruction,
-    JobTable,
     KillWorker,
     Notify,
     RetireWorker,
 )
+from mesh.node._jobs import JobTable
 from mesh.node._peers import GOSSIP_LINK, GOSSIP_MESSAGES, PeerTable, load_node_id, unique_name
 from mesh.node._persist import JobKeeper
 from mesh.node._pool import WorkerPool

@@ -17,7 +17,7 @@ from mesh.node._console import (
     series,
     total_groups,
 )
-from mesh.node._jobs import Func, Job
+from mesh.node._job_types import Func, Job
 
 from mesh._protocol import (
     DONE,

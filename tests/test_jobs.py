@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from mesh.node._jobs import (
-    MAX_BATCH,
+from mesh.node._job_types import (
     Deliver,
     Dispatch,
     Func,
     HandBack,
     Job,
-    JobTable,
     KillWorker,
     Notify,
     RetireWorker,
     RetryRefused,
-    retry_base,
 )
+from mesh.node._jobs import MAX_BATCH, JobTable, retry_base
 from mesh.node._retained import RETAINED_OVERHEAD
 
 from mesh._protocol import DONE, ERROR, KILLED, PROCESSING, QUEUED, ErrorInfo, RanItem

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from _helpers import gated, wait_until
 from conftest import LISTENING, alive, start_node
-from mesh.node._jobs import Deliver, Dispatch, Func, JobTable
+from mesh.node._job_types import Deliver, Dispatch, Func
+from mesh.node._jobs import JobTable
 
 import mesh
 from mesh._protocol import ERROR, QUEUED, ErrorInfo
